@@ -1,0 +1,146 @@
+"""Runtime speed and memory (issue: foundation and device runtime).
+
+Measures, on mobilenet_v2_1.0_224_quant from ../shared/data/coral with 2 threads and a 640x480 RGB frame in memory:
+  * a bare interpreter.invoke() on an already-filled tensor (the runtime's own cost);
+  * the smallest possible Python pipeline (OpenCV resize straight into the tensor, invoke, argmax): the floor;
+  * edgecls Classifier.classify(frame);
+  * the usual example loop (PIL resize, expand_dims, set_tensor, invoke, argsort);
+interleaved round-robin so drift hits all of them alike; then `import edgecls`, `edgecls classify MODEL IMAGE` from
+process start, and the peak RSS of that command.
+
+Run: python benchmarks/runtime_speed.py [--rounds 400] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+CORAL = ROOT.parent / "shared" / "data" / "coral"
+MODEL = CORAL / "mobilenet_v2_1.0_224_quant.tflite"
+IMAGE = CORAL / "cat.bmp"
+
+
+def loop_timings(rounds: int, threads: int) -> dict[str, float]:
+    import cv2
+    from ai_edge_litert.interpreter import Interpreter
+    from PIL import Image
+
+    from edgecls import Classifier
+
+    frame = np.asarray(Image.open(IMAGE).convert("RGB").resize((640, 480)))
+    clf = Classifier(MODEL, num_threads=threads)
+
+    bare = Interpreter(model_path=str(MODEL), num_threads=threads)
+    bare.allocate_tensors()
+    in_index = bare.get_input_details()[0]["index"]
+    out_index = bare.get_output_details()[0]["index"]
+    bare.set_tensor(in_index, clf.preprocessor.to_array(frame)[None])
+    tensor = bare.tensor(in_index)
+
+    def invoke() -> None:
+        bare.invoke()
+
+    def floor() -> None:
+        view = tensor()[0]
+        cv2.resize(frame, (224, 224), dst=view, interpolation=cv2.INTER_LINEAR)
+        del view
+        bare.invoke()
+        int(bare.get_tensor(out_index).argmax())
+
+    def classify() -> None:
+        clf.classify(frame, top_k=5)
+
+    def example_loop() -> None:
+        img = Image.fromarray(frame).resize((224, 224))
+        bare.set_tensor(in_index, np.expand_dims(np.asarray(img), 0))
+        bare.invoke()
+        np.argsort(bare.get_tensor(out_index)[0])[::-1][:5]
+
+    cases = {"invoke": invoke, "floor": floor, "classify": classify, "example_loop": example_loop}
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(20):
+        for fn in cases.values():
+            fn()
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(values) * 1e3 for name, values in samples.items()}
+
+
+def process_timings(runs: int) -> dict[str, float]:
+    python = sys.executable
+    edgecls_bin = Path(python).with_name("edgecls")
+    imports, commands, rss = [], [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run([python, "-c", "import edgecls"], check=True)
+        imports.append(time.perf_counter() - t0)
+    baseline = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run([python, "-c", "pass"], check=True)
+        baseline.append(time.perf_counter() - t0)
+    for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        t0 = time.perf_counter()
+        subprocess.run(
+            [str(edgecls_bin), "classify", str(MODEL), str(IMAGE), "--top-k", "1"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        commands.append(time.perf_counter() - t0)
+        rss.append(max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+    return {
+        "python_startup_s": statistics.median(baseline),
+        "import_edgecls_s": statistics.median(imports),
+        "classify_cli_s": statistics.median(commands),
+        "classify_cli_peak_rss_mb": max(rss) / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=400)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=10, help="process start-up repetitions")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    if not MODEL.exists():
+        sys.exit(f"needs {MODEL} (../shared/data)")
+    loop = loop_timings(args.rounds, args.threads)
+    proc = process_timings(args.runs)
+    result = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "threads": args.threads,
+        "median_ms": loop,
+        "ratio_to_invoke": {k: v / loop["invoke"] for k, v in loop.items()},
+        **proc,
+    }
+    print(f"median per frame (ms), {args.threads} threads, 640x480 RGB frame -> {MODEL.name}")
+    for name, ms in loop.items():
+        print(f"  {name:13s} {ms:7.3f} ms   {ms / loop['invoke']:.3f}x invoke")
+    print(f"  classify vs example loop: {loop['example_loop'] / loop['classify']:.2f}x faster")
+    print(f"python start-up          {proc['python_startup_s'] * 1e3:6.0f} ms")
+    print(f"import edgecls           {proc['import_edgecls_s'] * 1e3:6.0f} ms (process incl. start-up)")
+    print(f"edgecls classify (CLI)   {proc['classify_cli_s'] * 1e3:6.0f} ms from process start to result")
+    print(f"peak RSS of that command {proc['classify_cli_peak_rss_mb']:6.1f} MB")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

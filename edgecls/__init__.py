@@ -1,0 +1,63 @@
+"""edgecls: run int8 TFLite image classifiers on small devices, fast.
+
+``import edgecls`` is light: the names below load on first use, so scripts and the CLI start quickly and nothing
+heavy (TensorFlow, OpenCV) is ever imported by the runtime on its own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Classifier": "edgecls.classifier",
+    "Timing": "edgecls.classifier",
+    "Prediction": "edgecls.postprocess",
+    "PreprocessConfig": "edgecls.preprocess",
+    "InputSpec": "edgecls.preprocess",
+    "read_image": "edgecls.images",
+    "EdgeclsError": "edgecls.errors",
+    "ModelError": "edgecls.errors",
+    "BackendError": "edgecls.errors",
+    "DelegateError": "edgecls.errors",
+    "LabelsError": "edgecls.errors",
+    "ImageError": "edgecls.errors",
+    "CameraError": "edgecls.errors",
+    "DataError": "edgecls.errors",
+    "ConfigError": "edgecls.errors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .classifier import Classifier, Timing
+    from .errors import (
+        BackendError,
+        CameraError,
+        ConfigError,
+        DataError,
+        DelegateError,
+        EdgeclsError,
+        ImageError,
+        LabelsError,
+        ModelError,
+    )
+    from .images import read_image
+    from .postprocess import Prediction
+    from .preprocess import InputSpec, PreprocessConfig
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'edgecls' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,241 @@
+"""`Classifier`: load a TFLite image classifier once, then classify frames and image files fast."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import delegates
+from .backends import Backend, op_counts, resolve_backend
+from .errors import ConfigError, ModelError
+from .images import read_image
+from .labels import Labels, find_labels
+from .metadata import ModelFileInfo, check_model_file
+from .postprocess import OutputSpec, Postprocessor, Prediction, predictions, top_k as rank
+from .preprocess import InputSpec, PreprocessConfig, Preprocessor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Where the time of one classification went, in milliseconds."""
+
+    preprocess_ms: float
+    invoke_ms: float
+    postprocess_ms: float
+
+    @property
+    def total_ms(self) -> float:
+        return self.preprocess_ms + self.invoke_ms + self.postprocess_ms
+
+
+def default_num_threads() -> int:
+    """Threads used when none are asked for: every core, at most 4 (more rarely helps small models)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class Classifier:
+    """An int8 (or float) TFLite image classifier, built once and reused for every frame.
+
+    ``model``: path to a .tflite file. ``labels``: a label file or a list; by default they come from the model's
+    edgecls manifest, its TFLite metadata, or a ``labels.txt`` beside it. ``num_threads``: interpreter threads
+    (default: all cores, at most 4). ``delegate``: ``"edgetpu"``, a delegate library path, or a loaded delegate.
+    ``backend``: ``"auto"``, ``"ai_edge_litert"``, ``"tflite_runtime"`` or ``"tensorflow"``. ``preprocess``:
+    resize mode, interpolation and normalisation (default: the model's manifest, else squash + bilinear).
+
+    >>> with Classifier("mobilenet_v2_1.0_224_quant.tflite") as clf:  # doctest: +SKIP
+    ...     clf.classify("cat.bmp", top_k=3)[0].label
+    'Egyptian cat'
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        labels: str | os.PathLike[str] | Sequence[str] | None = None,
+        num_threads: int | None = None,
+        delegate: Any = None,
+        backend: str = "auto",
+        device: str | None = None,
+        preprocess: PreprocessConfig | None = None,
+        activation: str | None = None,
+        resize_engine: str = "auto",
+    ) -> None:
+        if num_threads is not None and num_threads < 1:
+            raise ConfigError(f"num_threads must be at least 1 (received {num_threads})")
+        self.model_info: ModelFileInfo = check_model_file(model)
+        self.path = self.model_info.path
+        self.backend: Backend = resolve_backend(backend)
+        self.num_threads = num_threads or default_num_threads()
+        self.delegate = delegates.resolve(delegate, device=device, model=self.model_info, backend=self.backend)
+        self._interpreter = self._build_interpreter()
+        manifest = self.model_info.manifest or {}
+        self.input_spec, self._input_index = self._input_details()
+        self.output_spec, self._output_index = self._output_details()
+        config = preprocess or PreprocessConfig.from_dict(manifest.get("preprocess", {}))
+        self.preprocessor = Preprocessor(self.input_spec, config, engine=resize_engine)
+        self.postprocessor = Postprocessor(
+            self.output_spec, activation=activation or manifest.get("output", {}).get("activation", "auto")
+        )
+        self.labels: Labels | None = find_labels(self.model_info, self.output_spec.num_classes, labels)
+        self._input_view = self._interpreter.tensor(self._input_index)
+        self._output_view = self._interpreter.tensor(self._output_index)
+        self.last_timing: Timing | None = None
+
+    # -- construction -------------------------------------------------------------------------------------------
+
+    def _build_interpreter(self) -> Any:
+        kwargs: dict[str, Any] = {"model_path": str(self.path), "num_threads": self.num_threads}
+        if self.delegate is not None:
+            kwargs["experimental_delegates"] = [self.delegate.handle]
+        try:
+            with warnings.catch_warnings():
+                # tf.lite.Interpreter warns that it is deprecated; edgecls uses it only as the last fallback.
+                warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated")
+                interpreter = self.backend.interpreter_class(**kwargs)
+            interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            if self.delegate is None and "edgetpu-custom-op" in str(exc):
+                raise delegates.edgetpu_model_error(self.model_info) from None
+            raise ModelError(
+                f"{self.path}: the {self.backend.name} interpreter cannot load this model ({_one_line(exc)}); "
+                "the file may be truncated or need ops this runtime lacks"
+            ) from None
+        return interpreter
+
+    def _input_details(self) -> tuple[InputSpec, int]:
+        details = self._interpreter.get_input_details()
+        if len(details) != 1:
+            raise ModelError(f"{self.path}: expected a model with one image input, found {len(details)} inputs")
+        d = details[0]
+        shape = [int(x) for x in d["shape"]]
+        if len(shape) == 3:
+            shape = [*shape, 1]
+        if len(shape) != 4 or shape[0] != 1 or shape[3] not in (1, 3):
+            raise ModelError(
+                f"{self.path}: input shape {shape} is not an image input; expected [1, height, width, 3 or 1]"
+            )
+        scale, zero_point = d.get("quantization", (0.0, 0))
+        dtype = np.dtype(d["dtype"]).name
+        try:
+            spec = InputSpec(shape[1], shape[2], shape[3], dtype, float(scale), int(zero_point))
+        except ConfigError as exc:
+            raise ModelError(f"{self.path}: {exc}") from None
+        return spec, int(d["index"])
+
+    def _output_details(self) -> tuple[OutputSpec, int]:
+        details = self._interpreter.get_output_details()
+        if len(details) > 1:
+            log.info("%s has %d outputs; classifying with the first (%s)", self.path, len(details), details[0]["name"])
+        d = details[0]
+        scale, zero_point = d.get("quantization", (0.0, 0))
+        size = int(np.prod(d["shape"]))
+        return OutputSpec(size, np.dtype(d["dtype"]).name, float(scale), int(zero_point)), int(d["index"])
+
+    # -- inference ------------------------------------------------------------------------------------------------
+
+    def classify(
+        self,
+        image: np.ndarray | str | os.PathLike[str],
+        *,
+        top_k: int = 5,
+        threshold: float = 0.0,
+        color: str = "rgb",
+    ) -> list[Prediction]:
+        """Classify one image: a uint8 array (HxW, HxWx3, HxWx4 in ``color`` order, "rgb" or "bgr") or a file path.
+
+        Returns up to ``top_k`` predictions with score >= ``threshold``, best first.
+        """
+        t0, t1, t2 = self._run(image, color)
+        pairs = self.postprocessor.top_k(self._output_view(), top_k, threshold)
+        result = predictions(pairs, self.labels.names if self.labels else None)
+        t3 = time.perf_counter()
+        self.last_timing = Timing((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+        return result
+
+    def scores(self, image: np.ndarray | str | os.PathLike[str], *, color: str = "rgb") -> np.ndarray:
+        """All class scores in [0, 1] for one image (two for a single sigmoid unit: negative, positive)."""
+        t0, t1, t2 = self._run(image, color)
+        scores = self.postprocessor.scores(self._output_view())
+        t3 = time.perf_counter()
+        self.last_timing = Timing((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+        return scores
+
+    def _run(self, image: np.ndarray | str | os.PathLike[str], color: str) -> tuple[float, float, float]:
+        """Preprocess into the input tensor and invoke; returns the perf_counter marks around each step."""
+        if not isinstance(image, np.ndarray):
+            image = read_image(image, grayscale=self.input_spec.channels == 1)
+            color = "rgb"
+        t0 = time.perf_counter()
+        self.preprocessor(image, self._input_view()[0], color=color)
+        t1 = time.perf_counter()
+        self.invoke()
+        return t0, t1, time.perf_counter()
+
+    def invoke(self) -> None:
+        """Run the interpreter on the current input tensor; failures become ModelError."""
+        try:
+            self._interpreter.invoke()
+        except (RuntimeError, ValueError) as exc:
+            raise ModelError(f"{self.path}: inference failed ({_one_line(exc)})") from None
+
+    # -- description and lifetime ---------------------------------------------------------------------------------
+
+    @property
+    def interpreter(self) -> Any:
+        """The underlying interpreter, for advanced use (bench, custom tensors)."""
+        return self._interpreter
+
+    def describe(self) -> dict[str, Any]:
+        """Everything `edgecls info` shows, as plain data."""
+        inp, out = self.input_spec, self.output_spec
+        return {
+            "path": str(self.path),
+            "size_bytes": self.model_info.size_bytes,
+            "backend": {"name": self.backend.name, "version": self.backend.version, "num_threads": self.num_threads},
+            "delegate": self.delegate.describe() if self.delegate else None,
+            "input": {
+                "shape": [1, inp.height, inp.width, inp.channels],
+                "dtype": inp.dtype,
+                "color": inp.color,
+                "quantization": {"scale": inp.scale, "zero_point": inp.zero_point} if inp.quantized else None,
+            },
+            "output": {
+                "size": out.size,
+                "num_classes": out.num_classes,
+                "dtype": out.dtype,
+                "quantization": {"scale": out.scale, "zero_point": out.zero_point} if out.scale > 0 else None,
+                "activation": self.postprocessor.activation,
+            },
+            "labels": {"count": len(self.labels), "source": self.labels.source, "first": list(self.labels.names[:5])}
+            if self.labels
+            else None,
+            "preprocess": {**self.preprocessor.config.to_dict(), "engine": self.preprocessor.engine},
+            "ops": op_counts(self.backend, str(self.path)),
+            "metadata_files": sorted(self.model_info.associated_files),
+            "manifest": self.model_info.manifest,
+        }
+
+    def close(self) -> None:
+        """Release the interpreter (and its delegate)."""
+        self._input_view = self._output_view = None  # type: ignore[assignment]
+        self._interpreter = None
+
+    def __enter__(self) -> "Classifier":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return " ".join(lines[:2])[:300] if lines else type(exc).__name__

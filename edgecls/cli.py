@@ -1,0 +1,198 @@
+"""The `edgecls` command line: a thin Typer layer over the library.
+
+Every project error becomes one line on stderr and exit code 1; usage errors are Typer's (exit code 2).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Iterator, Optional
+
+import typer
+
+from . import __version__
+from .errors import EdgeclsError
+
+app = typer.Typer(
+    name="edgecls",
+    help="Image classification from workstation to small devices: run, inspect and convert int8 TFLite models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class BackendChoice(str, Enum):
+    auto = "auto"
+    ai_edge_litert = "ai_edge_litert"
+    tflite_runtime = "tflite_runtime"
+    tensorflow = "tensorflow"
+
+
+ModelArg = Annotated[Path, typer.Argument(help="Path to a .tflite model.", show_default=False)]
+LabelsOpt = Annotated[
+    Optional[Path], typer.Option("--labels", help="Label file (one a line, or 'id label'); default: from the model.")
+]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="Interpreter threads (default: cores, max 4).")]
+BackendOpt = Annotated[BackendChoice, typer.Option("--backend", help="Interpreter backend.")]
+DelegateOpt = Annotated[
+    Optional[str], typer.Option("--delegate", help="'edgetpu' or the path of a TFLite delegate library.")
+]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="Edge TPU device: usb, usb:N or pci:N.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+
+
+def error(message: str) -> None:
+    """Print one error line to stderr."""
+    typer.echo(f"error: {message}", err=True)
+
+
+@contextmanager
+def project_errors() -> Iterator[None]:
+    """Turn project errors into one stderr line and exit code 1 (never a traceback)."""
+    try:
+        yield
+    except EdgeclsError as exc:
+        error(str(exc))
+        raise typer.Exit(code=1) from None
+    except KeyboardInterrupt:
+        error("interrupted")
+        raise typer.Exit(code=130) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgecls {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Image classification from workstation to small devices."""
+
+
+def _open_classifier(
+    model: Path,
+    *,
+    labels: Optional[Path] = None,
+    threads: Optional[int] = None,
+    backend: BackendChoice = BackendChoice.auto,
+    delegate: Optional[str] = None,
+    device: Optional[str] = None,
+) -> Any:
+    from .classifier import Classifier
+
+    return Classifier(
+        model, labels=labels, num_threads=threads, backend=backend.value, delegate=delegate, device=device
+    )
+
+
+@app.command()
+def info(
+    model: ModelArg,
+    labels: LabelsOpt = None,
+    backend: BackendOpt = BackendChoice.auto,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show a model's input, outputs, labels (and where they came from), backend, ops and metadata."""
+    with project_errors():
+        with _open_classifier(model, labels=labels, backend=backend) as clf:
+            facts = clf.describe()
+    if json_out:
+        typer.echo(json.dumps(facts, indent=2))
+        return
+    typer.echo(_format_info(facts))
+
+
+def _format_info(facts: dict[str, Any]) -> str:
+    inp, out = facts["input"], facts["output"]
+    quant = inp["quantization"]
+    q = f", scale {quant['scale']:.6g}, zero point {quant['zero_point']}" if quant else ""
+    oq = out["quantization"]
+    oqs = f", scale {oq['scale']:.6g}, zero point {oq['zero_point']}" if oq else ""
+    labels = facts["labels"]
+    lines = [
+        f"model     {facts['path']} ({facts['size_bytes'] / 1024:.1f} KiB)",
+        f"backend   {facts['backend']['name']} {facts['backend']['version']}, {facts['backend']['num_threads']} threads",
+        f"input     {inp['shape']} {inp['dtype']} {inp['color']}{q}",
+        f"output    {out['size']} values {out['dtype']} -> {out['num_classes']} classes{oqs}",
+        "labels    "
+        + (f"{labels['count']} from {labels['source']}: {', '.join(labels['first'])}, ..." if labels else "none found"),
+        "preproc   " + ", ".join(f"{k}={v}" for k, v in facts["preprocess"].items() if v is not None),
+        "ops       " + (", ".join(f"{name} x{n}" for name, n in facts["ops"].items()) or "unknown"),
+        "metadata  " + (", ".join(facts["metadata_files"]) or "none"),
+    ]
+    if facts["delegate"]:
+        lines.insert(2, f"delegate  {facts['delegate']['kind']} {facts['delegate']['library']}")
+    if facts["manifest"]:
+        prov = facts["manifest"].get("provenance", {})
+        lines.append("manifest  edgecls" + (f", trained {prov.get('created', '?')}" if prov else ""))
+    return "\n".join(lines)
+
+
+@app.command()
+def classify(
+    model: ModelArg,
+    images: Annotated[list[str], typer.Argument(help="Image files, directories or glob patterns.", show_default=False)],
+    labels: LabelsOpt = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many classes to show per image.")] = 5,
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="Hide scores below this.")] = 0.0,
+    threads: ThreadsOpt = None,
+    backend: BackendOpt = BackendChoice.auto,
+    delegate: DelegateOpt = None,
+    device: DeviceOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Classify image files; a bad image is reported and the batch goes on (exit code 1 if any failed)."""
+    from .images import expand_image_paths
+
+    with project_errors():
+        clf = _open_classifier(
+            model, labels=labels, threads=threads, backend=backend, delegate=delegate, device=device
+        )
+    failed = total = 0
+    with clf:
+        for path in expand_image_paths(images):
+            total += 1
+            try:
+                preds = clf.classify(path, top_k=top_k, threshold=threshold)
+            except EdgeclsError as exc:
+                failed += 1
+                error(str(exc))
+                if json_out:
+                    typer.echo(json.dumps({"path": str(path), "error": str(exc)}))
+                continue
+            latency = round(clf.last_timing.total_ms, 3) if clf.last_timing else None
+            if json_out:
+                record = {
+                    "path": str(path),
+                    "predictions": [{"index": p.index, "label": p.label, "score": round(p.score, 6)} for p in preds],
+                    "latency_ms": latency,
+                }
+                typer.echo(json.dumps(record))
+            else:
+                shown = "  ".join(f"{p.label} ({p.score:.3f})" for p in preds) or "(no class above threshold)"
+                typer.echo(f"{path}: {shown}  [{latency:.1f} ms]")
+    if total == 0:
+        error("no images found in " + " ".join(images))
+        raise typer.Exit(code=1)
+    if failed:
+        error(f"{failed} of {total} images failed")
+        raise typer.Exit(code=1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

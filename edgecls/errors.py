@@ -1,0 +1,43 @@
+"""One exception hierarchy for the whole project.
+
+Every message says what was received, what was expected, and what to do about it, so the CLI can print it as a
+single line and library users can show it as is.
+"""
+
+from __future__ import annotations
+
+
+class EdgeclsError(Exception):
+    """Base class of every error edgecls raises on purpose."""
+
+
+class ModelError(EdgeclsError):
+    """The model file is missing, not a TFLite model, truncated, or fails when run."""
+
+
+class BackendError(EdgeclsError):
+    """No usable TFLite interpreter backend (ai-edge-litert, tflite-runtime, tensorflow)."""
+
+
+class DelegateError(EdgeclsError):
+    """A hardware delegate (Edge TPU, external delegate library) could not be loaded."""
+
+
+class LabelsError(EdgeclsError):
+    """A label file is unreadable or does not fit the model's outputs."""
+
+
+class ImageError(EdgeclsError):
+    """An image file or array cannot be read or has an unsupported shape or type."""
+
+
+class CameraError(EdgeclsError):
+    """A camera or stream source cannot be opened or stopped delivering frames."""
+
+
+class DataError(EdgeclsError):
+    """A training dataset is missing, empty or unusable."""
+
+
+class ConfigError(EdgeclsError):
+    """A configuration value (option, profile, manifest field) is invalid."""

@@ -1,0 +1,132 @@
+"""Class labels: parse label files, find them for a model, and fit them to the model's outputs.
+
+Sources, first found wins: an explicit file or list; the edgecls manifest embedded in the model; the label file in
+the model's TFLite metadata (the zip appended to the flatbuffer); a ``labels.txt`` next to the model.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .errors import LabelsError
+from .metadata import ModelFileInfo
+
+_ID_LINE = re.compile(r"^\s*(\d+)(?:\s*[:,]\s*|\s+)(\S.*?)\s*$")
+IMAGENET_WITH_BACKGROUND = 1001
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Labels fitted to a model: ``names[i]`` is the label of output ``i``; ``source`` says where they came from."""
+
+    names: tuple[str, ...]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> str:
+        return self.names[index]
+
+
+def parse_labels(text: str, *, origin: str = "labels") -> list[str] | dict[int, str]:
+    """Parse label text: one label a line, or Coral's ``id label`` lines (returned as a dict).
+
+    >>> parse_labels("cat\\ndog\\n")
+    ['cat', 'dog']
+    >>> parse_labels("0 background\\n1 cat\\n")
+    {0: 'background', 1: 'cat'}
+    """
+    lines = [line.strip() for line in text.splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    if not lines:
+        raise LabelsError(f"{origin} holds no labels: expected one label a line, or 'id label' lines")
+    matches = [_ID_LINE.match(line) for line in lines if line]
+    if all(matches) and len(matches) == len(lines):
+        mapping = {int(m.group(1)): m.group(2) for m in matches if m}
+        if len(mapping) == len(matches):
+            return mapping
+    return lines
+
+
+def read_labels_file(path: str | os.PathLike[str]) -> list[str] | dict[int, str]:
+    """Read and parse a label file, with a clear error when it is missing or not text."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise LabelsError(f"label file not found: {p}") from None
+    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as exc:
+        raise LabelsError(f"cannot read label file {p}: {exc}; expected UTF-8 text, one label a line") from None
+    return parse_labels(text, origin=str(p))
+
+
+def fit_labels(raw: Sequence[str] | dict[int, str], num_classes: int, *, source: str) -> Labels:
+    """Fit parsed labels to ``num_classes`` outputs, or raise LabelsError saying how they differ.
+
+    Accepts the ImageNet convention: 1000 labels for a 1001-output model gain a leading ``background``, and
+    1001 labels starting with ``background`` for a 1000-output model lose it.
+    """
+    if isinstance(raw, dict):
+        if raw and max(raw) >= num_classes:
+            raise LabelsError(
+                f"labels from {source} use id {max(raw)} but the model has {num_classes} classes (ids 0..{num_classes - 1}); "
+                "pass the label file made for this model with --labels"
+            )
+        names = [raw.get(i, str(i)) for i in range(num_classes)]
+        return Labels(tuple(names), source)
+    names = list(raw)
+    if len(names) == num_classes:
+        return Labels(tuple(names), source)
+    if num_classes == IMAGENET_WITH_BACKGROUND and len(names) == num_classes - 1:
+        return Labels(("background", *names), source)
+    if len(names) == num_classes + 1 == IMAGENET_WITH_BACKGROUND and names[0].lower() == "background":
+        return Labels(tuple(names[1:]), source)
+    raise LabelsError(
+        f"labels from {source} have {len(names)} entries but the model has {num_classes} classes; "
+        "pass the label file made for this model with --labels"
+    )
+
+
+def find_labels(
+    info: ModelFileInfo,
+    num_classes: int,
+    labels: str | os.PathLike[str] | Sequence[str] | None = None,
+) -> Labels | None:
+    """Find the labels for a model, first found wins (see module doc). None when the model has none anywhere."""
+    if labels is not None:
+        if isinstance(labels, (str, os.PathLike)):
+            return fit_labels(read_labels_file(labels), num_classes, source=str(labels))
+        return fit_labels(list(labels), num_classes, source="labels argument")
+    if info.manifest and info.manifest.get("labels"):
+        return fit_labels(list(info.manifest["labels"]), num_classes, source="edgecls manifest")
+    metadata_labels = _metadata_label_file(info, num_classes)
+    if metadata_labels is not None:
+        return metadata_labels
+    sidecar = info.path.with_name("labels.txt")
+    if sidecar.is_file():
+        return fit_labels(read_labels_file(sidecar), num_classes, source=str(sidecar))
+    return None
+
+
+def _metadata_label_file(info: ModelFileInfo, num_classes: int) -> Labels | None:
+    candidates = [name for name in info.associated_files if name.lower().endswith(".txt")]
+    candidates.sort(key=lambda name: ("label" not in name.lower(), name))
+    first_error: LabelsError | None = None
+    for name in candidates:
+        source = f"TFLite metadata ({name})"
+        try:
+            text = info.associated_files[name].decode("utf-8-sig")
+            return fit_labels(parse_labels(text, origin=source), num_classes, source=source)
+        except UnicodeDecodeError:
+            continue
+        except LabelsError as exc:
+            first_error = first_error or exc
+    if first_error is not None:
+        raise first_error
+    return None

@@ -1,0 +1,97 @@
+"""Build small real TFLite classifiers with TensorFlow for the runtime tests.
+
+Each model is trained for a few steps on a trivially separable synthetic task (the mean colour of the image), so
+its predictions are known in advance and the tests can check that preprocessing and quantisation are right.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _data(n: int, size: int, channels: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Images whose class is given by brightness band (grayscale) or by the dominant channel (RGB)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    x = rng.integers(0, 40, (n, size, size, channels)).astype(np.float32)
+    for i, label in enumerate(y):
+        if channels == 1:
+            x[i] += 40 + 180 * label / max(1, classes - 1)
+        else:
+            x[i, ..., label % 3] += 200
+    return np.clip(x, 0, 255), y
+
+
+def _model(tf, size: int, channels: int, classes: int, head: str, rescale: bool):  # type: ignore[no-untyped-def]
+    keras = tf.keras
+    inputs = keras.Input((size, size, channels), batch_size=1)
+    x = keras.layers.Rescaling(1 / 255.0)(inputs) if rescale else inputs
+    x = keras.layers.Conv2D(8, 3, activation="relu", padding="same")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    if head == "sigmoid":
+        outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+        loss = "binary_crossentropy"
+    else:
+        outputs = keras.layers.Dense(classes, activation=None if head == "logits" else "softmax")(x)
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=head == "logits")
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss=loss)
+    return model
+
+
+def _train_and_convert(tf, model, x, y, *, quant: str | None, io: str | None) -> bytes:  # type: ignore[no-untyped-def]
+    model.fit(x, y, epochs=30, batch_size=32, verbose=0)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if quant == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([x[i : i + 1]] for i in range(min(64, len(x))))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if io:
+            converter.inference_input_type = getattr(tf, io)
+            converter.inference_output_type = getattr(tf, io)
+    return converter.convert()
+
+
+SPECS = {
+    # name: (size, channels, classes, head, rescale-in-model, quantisation, io type)
+    "float_rgb_softmax": (16, 3, 3, "softmax", False, None, None),
+    "int8_gray_softmax": (16, 1, 4, "softmax", True, "int8", "int8"),
+    "uint8_rgb_sigmoid": (16, 3, 2, "sigmoid", True, "int8", "uint8"),
+    "int8_rgb_logits": (16, 3, 3, "logits", True, "int8", "int8"),
+}
+
+
+def build_all(out_dir: Path) -> dict[str, Path]:
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(0)
+    paths = {}
+    for name, (size, channels, classes, head, rescale, quant, io) in SPECS.items():
+        x, y = _data(256, size, channels, classes)
+        # float model without Rescaling: the runtime's default float normalisation maps pixels to [-1, 1].
+        train_x = x if rescale else (x - 127.5) / 127.5
+        model = _model(tf, size, channels, classes, head, rescale)
+        if not rescale:
+            model.fit(train_x, y, epochs=30, batch_size=32, verbose=0)
+            flat = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+        else:
+            flat = _train_and_convert(tf, model, x, y, quant=quant, io=io)
+        path = out_dir / f"{name}.tflite"
+        path.write_bytes(flat)
+        paths[name] = path
+    return paths
+
+
+def sample(name: str, label: int, seed: int = 1) -> np.ndarray:
+    """One uint8 test image of class ``label`` for the model ``name``."""
+    size, channels, classes, *_ = SPECS[name]
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 40, (size * 4, size * 4, channels)).astype(np.float32)  # larger than the model: resized
+    if channels == 1:
+        x += 40 + 180 * label / max(1, classes - 1)
+    else:
+        x[..., label % 3] += 200
+    img = np.clip(x, 0, 255).astype(np.uint8)
+    return img[:, :, 0] if channels == 1 else img

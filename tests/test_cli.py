@@ -1,0 +1,127 @@
+"""The CLI through Typer's CliRunner, and the installed console script for the no-traceback promise."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from edgecls.cli import app
+
+runner = CliRunner()
+MODEL = "mobilenet_v2_1.0_224_quant.tflite"
+
+
+def run(*args: str):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_info_human_and_json(coral):
+    result = run("info", coral / MODEL)
+    assert result.exit_code == 0, result.output
+    assert "[1, 224, 224, 3] uint8" in result.output and "1001 from TFLite metadata" in result.output
+    assert "CONV_2D x36" in result.output
+    facts = json.loads(run("info", coral / MODEL, "--json").stdout)
+    assert facts["input"]["quantization"] == {"scale": 0.0078125, "zero_point": 128}
+    assert facts["labels"]["count"] == 1001 and facts["ops"]["DEPTHWISE_CONV_2D"] == 17
+    assert facts["size_bytes"] == (coral / MODEL).stat().st_size
+    assert facts["backend"]["name"] in ("ai_edge_litert", "tflite_runtime", "tensorflow")
+
+
+def test_classify_json_lines_directory_and_glob(coral, tmp_path):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for name in ("cat.bmp", "hot_dog.jpg"):
+        shutil.copy(coral / name, images / name)
+    result = run("classify", coral / MODEL, images, str(coral / "drag*.bmp"), "--json", "--top-k", "2")
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [os.path.basename(r["path"]) for r in records] == ["cat.bmp", "hot_dog.jpg", "dragonfly.bmp"]
+    assert records[0]["predictions"][0] == {"index": 286, "label": "Egyptian cat", "score": pytest.approx(0.84, abs=0.1)}
+    assert all(len(r["predictions"]) == 2 and r["latency_ms"] > 0 for r in records)
+
+
+def test_classify_goes_on_past_a_bad_image_and_exits_non_zero(coral, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    result = run("classify", coral / MODEL, bad, coral / "cat.bmp", "--threshold", "0.5")
+    assert result.exit_code == 1
+    assert "error: " in result.stderr and "broken.jpg" in result.stderr and "1 of 2 images failed" in result.stderr
+    assert "cat.bmp: Egyptian cat (0.8" in result.stdout
+    assert "tabby" not in result.stdout  # below the threshold
+    json_result = run("classify", coral / MODEL, bad, coral / "cat.bmp", "--json")
+    lines = [json.loads(line) for line in json_result.stdout.splitlines()]
+    assert "error" in lines[0] and lines[1]["predictions"][0]["index"] == 286
+
+
+def test_labels_option_overrides_the_model(coral, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"L{i}" for i in range(1001)))
+    result = run("classify", coral / MODEL, coral / "cat.bmp", "--labels", labels, "--top-k", "1")
+    assert result.exit_code == 0 and "L286" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "model, args, message",
+    [
+        ("missing.tflite", [], "model file not found"),
+        ("cat.bmp", [], "not a TFLite model"),
+        ("model_invoking_error.tflite", [], "model_invoking_error.tflite"),
+        ("mobilenet_v1_0.25_128_quant_edgetpu.tflite", [], "compiled for the Edge TPU"),
+        ("mobilenet_v1_0.25_128_quant_edgetpu.tflite", ["--delegate", "edgetpu"], "libedgetpu"),
+    ],
+)
+def test_errors_are_one_line(coral, model, args, message):
+    result = run("classify", coral / model, coral / "cat.bmp", *args)
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_label_mismatch_and_no_images(coral, tmp_path):
+    labels = tmp_path / "three.txt"
+    labels.write_text("a\nb\nc\n")
+    result = run("classify", coral / MODEL, coral / "cat.bmp", "--labels", labels)
+    assert result.exit_code == 1 and "3 entries but the model has 1001 classes" in result.stderr
+    result = run("classify", coral / MODEL, str(tmp_path / "nothing_here"))
+    assert result.exit_code == 1 and "not found" in result.stderr
+
+
+def test_console_script_prints_no_traceback(coral, tmp_path):
+    """The real process: stderr is exactly one line for a truncated model, and Python prints nothing else."""
+    truncated = tmp_path / "cut.tflite"
+    truncated.write_bytes((coral / MODEL).read_bytes()[:50000])
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgecls", "classify", str(truncated), str(coral / "cat.bmp")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "cut.tflite" in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_grayscale_png_and_rgba_files_classify(coral, tmp_path):
+    rgb = np.asarray(Image.open(coral / "cat.bmp").convert("RGB"))
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "cat.png")
+    Image.fromarray(rgb).convert("L").save(tmp_path / "gray.png")
+    result = run("classify", coral / MODEL, tmp_path, "--json", "--top-k", "3")
+    assert result.exit_code == 0
+    records = {os.path.basename(r["path"]): r for r in map(json.loads, result.stdout.splitlines())}
+    assert 286 in [p["index"] for p in records["cat.png"]["predictions"]]
+    assert len(records["gray.png"]["predictions"]) == 3
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0 and result.stdout.startswith("edgecls ")
