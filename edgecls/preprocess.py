@@ -149,6 +149,7 @@ class _Plan:
     cv2_convert: int | None  # its OpenCV code when OpenCV is the engine
     cv2_interpolation: int | None
     direct: bool  # resize straight into the output (see Preprocessor._direct)
+    crop_slices: tuple[slice, slice] | None  # the crop as slices, None when the whole frame is used
 
 
 class Preprocessor:
@@ -169,7 +170,7 @@ class Preprocessor:
         self.lut = build_lut(spec, self.config)
         self._lut_kind = _lut_kind(self.lut, spec.dtype)
         self._pad = self.lut[self.config.pad_value]
-        self._plans: dict[tuple[int, int, int, str], _Plan] = {}
+        self._plans: dict[tuple[Any, ...], _Plan] = {}
         self._cv2: Any = _import_cv2() if self.engine == "opencv" else None
         self._out_shape = (spec.height, spec.width, spec.channels)
 
@@ -181,12 +182,12 @@ class Preprocessor:
 
     def __call__(self, frame: np.ndarray, out: np.ndarray, *, color: str = "rgb") -> None:
         """Preprocess ``frame`` into ``out`` (HxWxC, the model's dtype), e.g. a view of the input tensor."""
-        key = (*_frame_key(frame), color)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._plans[key] = self._make_plan(frame, color)
-        y0, y1, x0, x1 = plan.crop
-        src = frame[y0:y1, x0:x1] if (y1 - y0, x1 - x0) != frame.shape[:2] else frame
+        try:  # the hot path: a frame shape seen before (validated then) needs one dictionary lookup
+            plan = self._plans[(frame.shape, frame.dtype, color)]
+        except (KeyError, AttributeError, TypeError):
+            _frame_key(frame)  # raises ImageError for anything that is not a usable image
+            plan = self._plans[(frame.shape, frame.dtype, color)] = self._make_plan(frame, color)
+        src = frame[plan.crop_slices] if plan.crop_slices else frame
         if plan.direct:
             self._direct(src, out, plan)
         elif self.config.resize == "letterbox":
@@ -233,16 +234,17 @@ class Preprocessor:
             getattr(cv2, convert) if cv2 is not None and convert else None,
             _CV2_INTERPOLATION[self.config.interpolation](cv2) if cv2 is not None else None,
             direct,
+            None if crop == (0, h, 0, w) else (slice(crop[0], crop[1]), slice(crop[2], crop[3])),
         )
 
     def _direct(self, src: np.ndarray, out: np.ndarray, plan: _Plan) -> None:
         """Fast path (OpenCV, pixels fed as is or shifted by 128): resize straight into the input tensor."""
         cv2 = self._cv2
-        target = out.view(np.uint8)
-        if target.shape[2] == 1:
+        target = out.view(np.uint8) if self._lut_kind == "xor128" else out
+        if self.spec.channels == 1:
             target = target[:, :, 0]
         result = cv2.resize(src, plan.size, dst=target, interpolation=plan.cv2_interpolation)
-        if result is not target:
+        if result is not target:  # OpenCV allocated instead of writing in place (an unusual memory layout)
             np.copyto(target, result.reshape(target.shape))
         if plan.cv2_convert is not None:
             cv2.cvtColor(target, plan.cv2_convert, dst=target)
