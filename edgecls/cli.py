@@ -16,6 +16,7 @@ import typer
 
 from . import __version__
 from .errors import EdgeclsError
+from .nativelog import quiet_native_stderr
 
 app = typer.Typer(
     name="edgecls",
@@ -79,36 +80,6 @@ def _main(
     """Image classification from workstation to small devices."""
 
 
-# The LiteRT runtime prints this on every interpreter it creates; it is not news to a CLI user.
-_NATIVE_NOISE = ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
-
-
-@contextmanager
-def _quiet_native_stderr() -> Iterator[None]:
-    """Hold back the native runtime's routine INFO lines on fd 2; replay everything else unchanged."""
-    import os
-    import tempfile
-
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no usable fd 2: nothing to filter
-        yield
-        return
-    with tempfile.TemporaryFile(mode="w+b") as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            for line in held.read().decode("utf-8", "replace").splitlines():
-                if line.strip() not in _NATIVE_NOISE:
-                    print(line, file=sys.stderr)
-
-
 def _open_classifier(
     model: Path,
     *,
@@ -120,7 +91,7 @@ def _open_classifier(
 ) -> Any:
     from .classifier import Classifier
 
-    with _quiet_native_stderr():
+    with quiet_native_stderr():
         return Classifier(
             model, labels=labels, num_threads=threads, backend=backend.value, delegate=delegate, device=device
         )
@@ -218,6 +189,21 @@ def classify(
     if failed:
         error(f"{failed} of {total} images failed")
         raise typer.Exit(code=1)
+
+
+def _register_host_commands() -> None:
+    """Host-side commands live in the `convert` package (TensorFlow loads only when they run)."""
+    try:
+        from convert.cli import convert
+    except ImportError:  # a device install without the converter package
+        return
+    app.command(
+        "convert",
+        help="Train a compact CNN or MobileNet transfer model and export a verified int8 TFLite model.",
+    )(convert)
+
+
+_register_host_commands()
 
 
 def main() -> None:

@@ -41,3 +41,7 @@ class DataError(EdgeclsError):
 
 class ConfigError(EdgeclsError):
     """A configuration value (option, profile, manifest field) is invalid."""
+
+
+class ConversionError(EdgeclsError):
+    """Training, quantisation or export on the host failed (e.g. an op that cannot be fully quantised)."""

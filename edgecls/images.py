@@ -20,22 +20,35 @@ def read_image(path: str | os.PathLike[str], *, grayscale: bool = False) -> np.n
     EXIF orientation is applied; palette, RGBA, 16-bit and grayscale files are converted. A missing, corrupt or
     unsupported file raises ImageError naming the file.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     p = Path(path)
     try:
-        with Image.open(p) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            return _to_array(im, grayscale)
+        with open(p, "rb") as fh:
+            return _decode(fh, str(p), grayscale)
     except FileNotFoundError:
         raise ImageError(f"image file not found: {p}") from None
     except IsADirectoryError:
         raise ImageError(f"expected an image file, received a directory: {p}") from None
+
+
+def decode_image(data: bytes, *, name: str = "<bytes>", grayscale: bool = False) -> np.ndarray:
+    """Decode an encoded image (file contents) exactly as read_image does; ``name`` is used in errors."""
+    import io
+
+    return _decode(io.BytesIO(data), name, grayscale)
+
+
+def _decode(fh, name: str, grayscale: bool) -> np.ndarray:  # type: ignore[no-untyped-def]
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(fh) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return _to_array(im, grayscale)
     except UnidentifiedImageError:
-        raise ImageError(f"{p}: not an image file Pillow can read (jpg, png, bmp, webp, gif, tiff)") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"{p}: corrupt or truncated image ({exc})") from None
+        raise ImageError(f"{name}: not an image file Pillow can read (jpg, png, bmp, webp, gif, tiff)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{name}: corrupt or truncated image ({exc})") from None
 
 
 def _to_array(im, grayscale: bool) -> np.ndarray:  # type: ignore[no-untyped-def]

@@ -1,0 +1,212 @@
+"""The `edgecls convert` command: options, progress display and exit codes over convert.pipeline.
+
+Importing this module is cheap (Typer only); TensorFlow loads when the command runs.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+
+class Arch(str, Enum):
+    compact_cnn = "compact-cnn"
+    seed_cnn = "seed-cnn"
+    mobilenet_v1 = "mobilenet_v1"
+    mobilenet_v2 = "mobilenet_v2"
+    mobilenet_v3_small = "mobilenet_v3_small"
+
+
+class Color(str, Enum):
+    rgb = "rgb"
+    grayscale = "grayscale"
+
+
+class Quant(str, Enum):
+    int8 = "int8"
+    float16 = "float16"
+    dynamic = "dynamic"
+    none = "none"
+
+
+class IoType(str, Enum):
+    int8 = "int8"
+    uint8 = "uint8"
+
+
+class Strategy(str, Enum):
+    default = "default"
+    mirrored = "mirrored"
+    multi_worker = "multi-worker"
+
+
+class Resize(str, Enum):
+    squash = "squash"
+    center_crop = "center-crop"
+    letterbox = "letterbox"
+
+
+class ClassWeights(str, Enum):
+    none = "none"
+    auto = "auto"
+
+
+class RichObserver:
+    """Progress for people: a bar while images decode, a line per epoch, a line per step."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self._progress: Any = None
+        self._task: Any = None
+
+    def step(self, message: str) -> None:
+        self._close_bar()
+        self.console.print(f"[bold cyan]>[/] {message}")
+
+    def decoding(self, done: int, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        if self._progress is None:
+            self._progress = Progress("decoding images", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                      console=self.console, transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task("decode", total=total)
+        self._progress.update(self._task, completed=done, total=total)
+        if done >= total:
+            self._close_bar()
+
+    def stage(self, name: str, epochs: int) -> None:
+        self._close_bar()
+        self.console.print(f"[bold cyan]>[/] training ({name}), up to {epochs} epochs, early stopping on val loss")
+
+    def epoch(self, stage: str, epoch: int, epochs: int, logs: dict[str, float]) -> None:
+        self.console.print(
+            f"  {stage} {epoch:3d}/{epochs}  loss {logs.get('loss', float('nan')):.4f}  "
+            f"acc {logs.get('accuracy', float('nan')):.3f}  val_loss {logs.get('val_loss', float('nan')):.4f}  "
+            f"val_acc {logs.get('val_accuracy', float('nan')):.3f}"
+        )
+
+    def _close_bar(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def convert(
+    source: Annotated[
+        Optional[Path],
+        typer.Argument(help="Dataset folder (DATA/<class>/*.jpg or train/ val/ [test/]), or a .keras/.h5/SavedModel "
+                       "to quantise with --calibration.", show_default=False),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output folder for model.tflite, report and plots.")] = Path("edgecls-out"),
+    demo: Annotated[bool, typer.Option("--demo", help="Generate a shapes dataset and run the whole job on it.")] = False,
+    calibration: Annotated[Optional[Path], typer.Option(help="Images (class folders) to calibrate and verify an external model.")] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="Label file for an external model (default: calibration folder names).")] = None,
+    arch: Annotated[Arch, typer.Option(help="Architecture.")] = Arch.compact_cnn,
+    input_size: Annotated[Optional[int], typer.Option(min=16, help="Square input size (default per architecture).")] = None,
+    color: Annotated[Color, typer.Option(help="Model colour input; grayscale is a third of the input work.")] = Color.rgb,
+    alpha: Annotated[float, typer.Option(help="MobileNet width multiplier.")] = 0.25,
+    weights: Annotated[str, typer.Option(help="MobileNet weights: imagenet, none, or a local .h5/.keras file.")] = "imagenet",
+    width: Annotated[int, typer.Option(help="compact-cnn: filters of the first stage.")] = 32,
+    depth: Annotated[int, typer.Option(help="compact-cnn: number of stages.")] = 4,
+    separable: Annotated[bool, typer.Option(help="compact-cnn: depthwise-separable blocks.")] = True,
+    dropout: Annotated[float, typer.Option(help="Dropout before the classifier.")] = 0.2,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs (the head, for transfer models).")] = 40,
+    fine_tune_epochs: Annotated[int, typer.Option(min=0, help="Transfer models: fine-tuning epochs.")] = 15,
+    fine_tune_layers: Annotated[int, typer.Option(min=0, help="Transfer models: top base layers to unfreeze.")] = 30,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    learning_rate: Annotated[float, typer.Option(help="Adam learning rate (fine-tuning uses a tenth).")] = 1e-3,
+    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.99)] = 0.0,
+    augment: Annotated[float, typer.Option(min=0.0, max=3.0, help="Augmentation strength (0 = off).")] = 1.0,
+    patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience in epochs.")] = 8,
+    class_weights: Annotated[ClassWeights, typer.Option(help="'auto' weighs classes by inverse frequency.")] = ClassWeights.none,
+    seed: Annotated[int, typer.Option(help="Seed for the split, shuffling and augmentation.")] = 0,
+    split: Annotated[str, typer.Option(help="train,val,test percentages.")] = "70,15,15",
+    strategy: Annotated[Strategy, typer.Option(help="tf.distribute strategy (multi-worker reads TF_CONFIG).")] = Strategy.default,
+    resize: Annotated[Resize, typer.Option(help="How the device fits frames to the input.")] = Resize.squash,
+    quant: Annotated[Quant, typer.Option(help="Quantisation of the exported model.")] = Quant.int8,
+    io: Annotated[IoType, typer.Option("--io", help="int8 models: input/output type.")] = IoType.int8,
+    calibration_samples: Annotated[int, typer.Option(min=1, help="Representative images for int8 calibration.")] = 300,
+    max_drop: Annotated[float, typer.Option(min=0.0, help="Largest allowed top-1 drop of the quantised model, in points.")] = 1.0,
+    baseline: Annotated[bool, typer.Option(help="Also train the seed-cnn baseline to compare against.")] = True,
+    mean: Annotated[Optional[float], typer.Option(help="External model: the mean it subtracts from pixels.")] = None,
+    std: Annotated[Optional[float], typer.Option(help="External model: the std it divides pixels by.")] = None,
+) -> None:
+    """Train a compact CNN or MobileNet transfer model, export it as a verified int8 TFLite model, and report."""
+    from edgecls.cli import project_errors
+
+    import os
+
+    from edgecls.nativelog import quiet_native_stderr
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO/WARNING lines
+    with project_errors():
+        with quiet_native_stderr():  # what TensorFlow prints while it loads
+            import tensorflow  # noqa: F401
+        from convert.pipeline import ConvertOptions, convert_dataset, convert_model, demo_options, write_demo_data
+        from convert.training import TrainConfig
+
+        observer = RichObserver()
+        if demo:
+            options = demo_options(out)
+            observer.step(f"writing the demo dataset to {out / 'demo_data'}")
+            data_dir = write_demo_data(out, seed=seed)
+        else:
+            if source is None:
+                raise typer.BadParameter("give a dataset folder (or a model with --calibration), or use --demo")
+            options = ConvertOptions(
+                out_dir=out, arch=arch.value, input_size=input_size, color=color.value, alpha=alpha, weights=weights,
+                width=width, depth=depth, separable=separable, dropout=dropout,
+                train=TrainConfig(epochs=epochs, fine_tune_epochs=fine_tune_epochs, fine_tune_layers=fine_tune_layers,
+                                  batch_size=batch_size, learning_rate=learning_rate, label_smoothing=label_smoothing,
+                                  augment=augment, patience=patience, class_weights=class_weights is ClassWeights.auto,
+                                  seed=seed, strategy=strategy.value),
+                split=_parse_split(split), resize=resize.value, quant=quant.value, io=io.value,
+                calibration_samples=calibration_samples, max_drop=max_drop, baseline=baseline, labels=labels,
+                mean=mean, std=std,
+            )
+            data_dir = source
+        if calibration is not None:
+            report = convert_model(data_dir, calibration, options, observer)
+        else:
+            report = convert_dataset(data_dir, options, observer)
+        _summary(observer, report, out, demo)
+    if not report["passed"]:
+        typer.echo(f"error: {report['gate_message']}", err=True)
+        raise typer.Exit(code=1)
+
+
+def _parse_split(text: str) -> tuple[float, float, float]:
+    try:
+        parts = [float(p) for p in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"--split expects three numbers like 70,15,15 (received {text!r})") from None
+    if len(parts) != 3 or sum(parts) <= 0:
+        raise typer.BadParameter(f"--split expects three numbers like 70,15,15 (received {text!r})")
+    total = sum(parts)
+    return (parts[0] / total, parts[1] / total, parts[2] / total)
+
+
+def _summary(observer: RichObserver, report: dict[str, Any], out: Path, demo: bool) -> None:
+    key = "int8" if report["quantization"]["mode"] == "int8" else "tflite"
+    console = observer.console
+    verdict = "[green]passed[/]" if report["passed"] else "[red]FAILED[/]"
+    console.print(
+        f"\n[bold]{report['model']['arch']}[/]: float top-1 {100 * report['float']['top1']:.1f}%, "
+        f"{report['quantization']['mode']} top-1 {100 * report[key]['top1']:.1f}% "
+        f"(drop {report['drop_points']:.2f} pt, agreement {100 * report['agreement']:.1f}%) - parity gate {verdict}"
+    )
+    if report.get("baseline"):
+        console.print(f"seed-cnn baseline: float top-1 {100 * report['baseline']['float_top1']:.1f}%")
+    console.print(f"{report['int8_bytes'] / 1024:.0f} KiB model ({report['int8_bytes'] / report['float_tflite_bytes']:.2f}x "
+                  f"float), {report['timing']['total_s']:.0f} s. Report: {out / 'report.md'}")
+    if report["skipped"]:
+        console.print(f"{len(report['skipped'])} files skipped (listed in the report)")
+    sample = next((p for p in sorted((out / "demo_data").rglob("*.png"))), None) if demo else None
+    hint = f" {sample}" if sample else " IMAGE"
+    console.print(f"Try it: edgecls classify {out / 'model.tflite'}{hint}", soft_wrap=True)

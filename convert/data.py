@@ -1,0 +1,282 @@
+"""Datasets for training: scan folder-per-class or pre-split folders, decode once, split stratified, report.
+
+Images are decoded and resized by the device runtime's own code (edgecls.images + edgecls.preprocess), so the float
+model trains on, and the int8 model is evaluated on, exactly the pixels the device will feed. Unreadable files are
+skipped and listed, never a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edgecls.errors import DataError, ImageError
+from edgecls.images import IMAGE_SUFFIXES, decode_image
+from edgecls.preprocess import InputSpec, PreprocessConfig, Preprocessor
+
+SPLIT_NAMES = ("train", "val", "test")
+MIN_IMAGES_PER_CLASS = 5  # what a 70/15/15 split needs to put at least one image in each part
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclass
+class Dataset:
+    """A scanned, decoded and split dataset. ``images[split]`` is uint8 N x H x W x C at the model's input size."""
+
+    root: Path
+    classes: tuple[str, ...]
+    samples: dict[str, list[Sample]]
+    images: dict[str, np.ndarray]
+    skipped: list[Skipped]
+    presplit: bool
+    test_source: str  # "test": a held-out split; "val": pre-split data without test/, evaluated on val/
+    seed: int
+    fingerprint: str
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+    def labels(self, split: str) -> np.ndarray:
+        return np.array([s.label for s in self.samples[split]], dtype=np.int64)
+
+    def counts(self, split: str) -> dict[str, int]:
+        found = np.bincount(self.labels(split), minlength=len(self.classes)) if self.samples[split] else []
+        return {name: int(n) for name, n in zip(self.classes, found)}
+
+    def split_sizes(self) -> dict[str, int]:
+        return {name: len(self.samples[name]) for name in SPLIT_NAMES}
+
+    def imbalance(self) -> float:
+        """Largest over smallest class count in the training split (1.0 = balanced)."""
+        counts = [n for n in self.counts("train").values()]
+        return max(counts) / max(1, min(counts))
+
+    def class_weights(self) -> dict[int, float]:
+        """Weights n / (k * n_c) that give every class the same total weight in training."""
+        counts = self.counts("train")
+        total, k = sum(counts.values()), len(counts)
+        return {i: total / (k * max(1, counts[name])) for i, name in enumerate(self.classes)}
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+def list_class_folders(root: Path) -> tuple[list[str], dict[str, list[Path]], list[Skipped]]:
+    """Classes (sorted) and their image files, found recursively; stray and non-image files are skipped."""
+    if not root.is_dir():
+        raise DataError(f"dataset folder not found: {root}; expected DATA_DIR/<class>/*.jpg")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    skipped = [
+        Skipped(str(p), "not inside a class folder")
+        for p in sorted(root.iterdir())
+        if p.is_file() and not p.name.startswith(".")
+    ]
+    files: dict[str, list[Path]] = {}
+    for name in classes:
+        found = []
+        for path in sorted((root / name).rglob("*")):
+            if not path.is_file() or any(part.startswith(".") for part in path.relative_to(root).parts):
+                continue
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                skipped.append(Skipped(str(path), f"not an image file (suffix {path.suffix or 'none'})"))
+            elif path.stat().st_size == 0:
+                skipped.append(Skipped(str(path), "empty file"))
+            else:
+                found.append(path)
+        files[name] = found
+    return classes, files, skipped
+
+
+def scan(
+    root: str | os.PathLike[str],
+    *,
+    input_size: tuple[int, int],
+    channels: int,
+    seed: int = 0,
+    split: Sequence[float] = (0.7, 0.15, 0.15),
+    preprocess: PreprocessConfig | None = None,
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
+) -> Dataset:
+    """Scan, decode (in parallel) and split a dataset; raise DataError when it cannot be trained on."""
+    root_path = Path(root)
+    if not root_path.is_dir():
+        raise DataError(f"dataset folder not found: {root_path}; expected DATA_DIR/<class>/*.jpg or train/ val/ [test/]")
+    _check_split(split)
+    subdirs = {p.name.lower(): p for p in root_path.iterdir() if p.is_dir()}
+    presplit = "train" in subdirs and "val" in subdirs
+    config = preprocess or PreprocessConfig()
+    if presplit:
+        parts = {name: list_class_folders(subdirs[name]) for name in SPLIT_NAMES if name in subdirs}
+        classes = parts["train"][0]
+        for name, (names, _, _) in parts.items():
+            if names != classes:
+                raise DataError(
+                    f"{subdirs[name]} has classes {names} but train/ has {classes}; every split needs the same class folders"
+                )
+        candidates = {name: _flatten(files, classes) for name, (_, files, _) in parts.items()}
+        skipped = [s for _, _, sk in parts.values() for s in sk]
+    else:
+        classes, files, skipped = list_class_folders(root_path)
+        candidates = {"all": _flatten(files, classes)}
+    _check_classes(root_path, classes, {k: v for k, v in candidates.items()})
+
+    decoded: dict[str, tuple[list[Sample], np.ndarray]] = {}
+    digest = hashlib.sha256()
+    total = sum(len(v) for v in candidates.values())
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        if progress:
+            progress(done[0], total)
+
+    for name in sorted(candidates):
+        samples, images, bad, hashes = _decode_all(
+            candidates[name], input_size=input_size, channels=channels, config=config, workers=workers, tick=tick
+        )
+        skipped.extend(bad)
+        for sample, h in zip(samples, hashes):
+            digest.update(f"{name}/{sample.path.relative_to(root_path)}:{h}\n".encode())
+        decoded[name] = (samples, images)
+
+    if presplit:
+        samples_by_split = {name: decoded[name][0] for name in decoded}
+        images_by_split = {name: decoded[name][1] for name in decoded}
+        test_source = "test" if "test" in decoded else "val"
+        if "test" not in decoded:
+            samples_by_split["test"], images_by_split["test"] = samples_by_split["val"], images_by_split["val"]
+        _check_counts(classes, samples_by_split["train"], "train/", minimum=2)
+    else:
+        samples, images = decoded["all"]
+        _check_counts(classes, samples, str(root_path), minimum=MIN_IMAGES_PER_CLASS)
+        index = _stratified_split([s.label for s in samples], split, seed)
+        samples_by_split = {name: [samples[i] for i in idx] for name, idx in index.items()}
+        images_by_split = {name: images[idx] for name, idx in index.items()}
+        test_source = "test"
+    return Dataset(
+        root=root_path,
+        classes=tuple(classes),
+        samples=samples_by_split,
+        images=images_by_split,
+        skipped=skipped,
+        presplit=presplit,
+        test_source=test_source,
+        seed=seed,
+        fingerprint=digest.hexdigest()[:16],
+        preprocess=config,
+    )
+
+
+def _flatten(files: dict[str, list[Path]], classes: list[str]) -> list[Sample]:
+    return [Sample(path, label) for label, name in enumerate(classes) for path in files.get(name, [])]
+
+
+def _check_split(split: Sequence[float]) -> None:
+    if len(split) != 3 or any(f < 0 for f in split) or abs(sum(split) - 1.0) > 1e-6 or min(split[1:]) <= 0:
+        raise DataError(f"split fractions must be three positive numbers that add up to 1 (received {tuple(split)})")
+
+
+def _check_classes(root: Path, classes: list[str], candidates: dict[str, list[Sample]]) -> None:
+    if not classes:
+        raise DataError(f"{root} has no class folders; expected DATA_DIR/<class>/*.jpg (one folder per class)")
+    if len(classes) == 1:
+        raise DataError(f"{root} has a single class ({classes[0]!r}); a classifier needs at least two class folders")
+    pool = candidates.get("train", candidates.get("all", []))
+    present = {s.label for s in pool}
+    empty = [name for i, name in enumerate(classes) if i not in present]
+    if empty:
+        raise DataError(f"class folder(s) {empty} under {root} hold no image files; add images or remove the folders")
+
+
+def _check_counts(classes: list[str], samples: list[Sample], where: str, *, minimum: int) -> None:
+    counts = np.bincount([s.label for s in samples], minlength=len(classes))
+    few = {classes[i]: int(n) for i, n in enumerate(counts) if n < minimum}
+    if few:
+        raise DataError(
+            f"too few readable images per class in {where}: {few}; each class needs at least {minimum}"
+        )
+
+
+def _decode_all(
+    samples: list[Sample],
+    *,
+    input_size: tuple[int, int],
+    channels: int,
+    config: PreprocessConfig,
+    workers: int | None,
+    tick: Callable[[], None],
+) -> tuple[list[Sample], np.ndarray, list[Skipped], list[str]]:
+    h, w = input_size
+    # A uint8 "model" whose input is the raw pixel: the table is the identity, so this is resize + colour only.
+    spec = InputSpec(h, w, channels, "uint8", scale=1.0, zero_point=0)
+    identity = PreprocessConfig(resize=config.resize, interpolation=config.interpolation, mean=0.0, std=1.0,
+                                pad_value=config.pad_value)
+    preprocessor = Preprocessor(spec, identity)
+
+    def load(sample: Sample) -> tuple[np.ndarray | None, str]:
+        try:
+            data = sample.path.read_bytes()
+            frame = decode_image(data, name=str(sample.path), grayscale=channels == 1)
+            # One shared Preprocessor: its plan cache is a dict, safe to fill from threads under the GIL.
+            return preprocessor.to_array(frame), hashlib.sha1(data).hexdigest()[:12]
+        except (ImageError, OSError) as exc:
+            return None, str(exc)
+
+    kept, arrays, skipped, hashes = [], [], [], []
+    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2))) as pool:
+        for sample, (array, info) in zip(samples, pool.map(load, samples)):
+            tick()  # on this thread, in order: progress displays need not be thread-safe
+            if array is None:
+                skipped.append(Skipped(str(sample.path), info.split(": ", 1)[-1]))
+            else:
+                kept.append(sample)
+                arrays.append(array)
+                hashes.append(info)
+    stacked = np.stack(arrays) if arrays else np.zeros((0, h, w, channels), np.uint8)
+    return kept, stacked, skipped, hashes
+
+
+def _stratified_split(labels: list[int], split: Sequence[float], seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[int]] = {name: [] for name in SPLIT_NAMES}
+    labels_a = np.asarray(labels)
+    for label in np.unique(labels_a):
+        idx = np.flatnonzero(labels_a == label)
+        rng.shuffle(idx)
+        n = len(idx)
+        n_val = max(1, int(round(n * split[1])))
+        n_test = max(1, int(round(n * split[2])))
+        n_train = n - n_val - n_test
+        parts["train"].extend(idx[:n_train])
+        parts["val"].extend(idx[n_train : n_train + n_val])
+        parts["test"].extend(idx[n_train + n_val :])
+    return {name: np.sort(np.asarray(v, dtype=np.int64)) for name, v in parts.items()}
+
+
+def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of about ``n`` items with every class represented in proportion (at least one each)."""
+    rng = np.random.default_rng(seed)
+    if n >= len(labels):
+        return rng.permutation(len(labels))
+    picked = []
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        take = max(1, int(round(n * len(idx) / len(labels))))
+        picked.extend(rng.choice(idx, size=min(take, len(idx)), replace=False))
+    return rng.permutation(np.asarray(picked))

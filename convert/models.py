@@ -1,0 +1,196 @@
+"""Model architectures, one registry: `create_model(name, spec)` is the single way in.
+
+Every model takes raw pixels (0..255) and normalises inside the graph, so the exported model needs nothing but
+resize and colour order on the device. Only ops that quantise fully to int8 and map to the Edge TPU are used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from edgecls.errors import ConfigError, ConversionError
+
+ARCHITECTURES: dict[str, Callable[["ModelSpec"], Any]] = {}
+MOBILENET_ALPHAS = {
+    "mobilenet_v1": (0.25, 0.5, 0.75, 1.0),
+    "mobilenet_v2": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
+    "mobilenet_v3_small": (0.75, 1.0),
+}
+# Keras' default 0.99 needs hundreds of steps before the moving statistics are usable; small datasets give tens
+# per epoch, and validation (which uses those statistics) would look stuck at chance for many epochs.
+BN_MOMENTUM = 0.9
+DEFAULT_INPUT_SIZE = {"compact-cnn": 96, "seed-cnn": 64, "mobilenet_v1": 128, "mobilenet_v2": 128,
+                      "mobilenet_v3_small": 128}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What every builder receives. ``weights``: "imagenet", "none" or a local .h5/.keras path (MobileNets)."""
+
+    num_classes: int
+    input_size: int
+    channels: int = 3
+    dropout: float = 0.2
+    width: int = 32
+    depth: int = 4
+    separable: bool = True
+    alpha: float = 0.25
+    weights: str = "none"
+
+
+def register(name: str) -> Callable[[Callable[[ModelSpec], Any]], Callable[[ModelSpec], Any]]:
+    def wrap(fn: Callable[[ModelSpec], Any]) -> Callable[[ModelSpec], Any]:
+        ARCHITECTURES[name] = fn
+        return fn
+
+    return wrap
+
+
+def create_model(name: str, spec: ModelSpec) -> Any:
+    """Build architecture ``name`` (see ARCHITECTURES) for ``spec``; the model is not compiled."""
+    if name not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {name!r}; available: {', '.join(sorted(ARCHITECTURES))}")
+    if spec.num_classes < 2:
+        raise ConfigError(f"a classifier needs at least 2 classes (received {spec.num_classes})")
+    if not 0.0 <= spec.dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1) (received {spec.dropout})")
+    return ARCHITECTURES[name](spec)
+
+
+def uses_sigmoid(name: str, num_classes: int) -> bool:
+    """The seed CNN keeps the classic binary head: one sigmoid unit and binary cross-entropy for two classes."""
+    return name == "seed-cnn" and num_classes == 2
+
+
+def _keras() -> Any:
+    import keras
+
+    return keras
+
+
+def _head(keras: Any, x: Any, spec: ModelSpec, name: str) -> Any:
+    if spec.dropout > 0:
+        x = keras.layers.Dropout(spec.dropout, name="head_dropout")(x)
+    if uses_sigmoid(name, spec.num_classes):
+        return keras.layers.Dense(1, activation="sigmoid", name="predictions")(x)
+    return keras.layers.Dense(spec.num_classes, activation="softmax", name="predictions")(x)
+
+
+@register("seed-cnn")
+def seed_cnn(spec: ModelSpec) -> Any:
+    """The classic tutorial CNN, exactly: Conv2D(32, 3x3, relu) on 64x64, MaxPooling 2x2, Flatten, Dense(128, relu),
+    then Dense(1, sigmoid) for two classes or softmax for more. No dropout: it is the untuned baseline."""
+    keras = _keras()
+    if spec.input_size != 64:
+        raise ConfigError(f"seed-cnn is defined on 64x64 inputs (received --input-size {spec.input_size}); omit it")
+    inputs = keras.Input((64, 64, spec.channels), name="image")
+    x = keras.layers.Rescaling(1.0 / 255, name="normalize")(inputs)
+    x = keras.layers.Conv2D(32, (3, 3), activation="relu")(x)
+    x = keras.layers.MaxPooling2D((2, 2))(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(128, activation="relu")(x)
+    if uses_sigmoid("seed-cnn", spec.num_classes):
+        outputs = keras.layers.Dense(1, activation="sigmoid", name="predictions")(x)
+    else:
+        outputs = keras.layers.Dense(spec.num_classes, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs, name="seed_cnn")
+
+
+@register("compact-cnn")
+def compact_cnn(spec: ModelSpec) -> Any:
+    """Our small edge CNN: a strided conv stem, ``depth`` stages of conv/BN/ReLU (depthwise-separable when
+    ``separable``) that halve the resolution and double the width (capped at 8x), global average pooling, dropout."""
+    keras = _keras()
+    layers = keras.layers
+    if spec.depth < 1 or spec.width < 4:
+        raise ConfigError(f"compact-cnn needs depth >= 1 and width >= 4 (received depth {spec.depth}, width {spec.width})")
+    inputs = keras.Input((spec.input_size, spec.input_size, spec.channels), name="image")
+    x = layers.Rescaling(1.0 / 255, name="normalize")(inputs)
+
+    def conv_bn_relu(x: Any, filters: int, kernel: int, stride: int, name: str) -> Any:
+        x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+        return layers.ReLU(name=f"{name}_relu")(x)
+
+    x = conv_bn_relu(x, spec.width, 3, 2, "stem")
+    for stage in range(spec.depth):
+        filters = spec.width * min(8, 2 ** (stage + 1))
+        if spec.separable:
+            for block, stride in enumerate((2, 1)):
+                name = f"s{stage}b{block}"
+                x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
+                x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_dw_bn")(x)
+                x = layers.ReLU(name=f"{name}_dw_relu")(x)
+                x = conv_bn_relu(x, filters, 1, 1, f"{name}_pw")
+        else:
+            x = conv_bn_relu(x, filters, 3, 2, f"s{stage}a")
+            x = conv_bn_relu(x, filters, 3, 1, f"s{stage}b")
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, _head(keras, x, spec, "compact-cnn"), name="compact_cnn")
+
+
+def _mobilenet(name: str, spec: ModelSpec) -> Any:
+    keras = _keras()
+    layers = keras.layers
+    alphas = MOBILENET_ALPHAS[name]
+    if spec.alpha not in alphas:
+        raise ConfigError(f"{name} supports --alpha {', '.join(map(str, alphas))} (received {spec.alpha})")
+    if spec.input_size < 32:
+        raise ConfigError(f"{name} needs --input-size of at least 32 (received {spec.input_size})")
+    weights = _resolve_weights(spec.weights)
+    size = spec.input_size
+    inputs = keras.Input((size, size, spec.channels), name="image")
+    x = inputs
+    if spec.channels == 1:  # ImageNet weights expect three channels: repeat the gray one inside the model
+        x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    common: dict[str, Any] = {"input_shape": (size, size, 3), "include_top": False, "weights": weights, "alpha": spec.alpha}
+    try:
+        if name == "mobilenet_v3_small":
+            base = keras.applications.MobileNetV3Small(include_preprocessing=True, minimalistic=False, **common)
+        else:
+            x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize")(x)  # what these weights were trained on
+            builder = keras.applications.MobileNet if name == "mobilenet_v1" else keras.applications.MobileNetV2
+            base = builder(**common)
+    except (ValueError, OSError) as exc:
+        raise ConversionError(f"cannot build {name} with weights {spec.weights!r}: {exc}") from None
+    base.trainable = False
+    base._name = "base"
+    x = base(x, training=False)  # BatchNorm stays in inference mode, also while fine-tuning
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, _head(keras, x, spec, name), name=name)
+
+
+def _resolve_weights(weights: str) -> str | None:
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return "imagenet"  # Keras downloads and checks them on a connected machine
+    path = Path(weights)
+    if not path.is_file():
+        raise ConfigError(f"--weights {weights!r}: expected 'imagenet', 'none' or a local .h5/.keras file that exists")
+    return str(path)
+
+
+@register("mobilenet_v1")
+def mobilenet_v1(spec: ModelSpec) -> Any:
+    return _mobilenet("mobilenet_v1", spec)
+
+
+@register("mobilenet_v2")
+def mobilenet_v2(spec: ModelSpec) -> Any:
+    return _mobilenet("mobilenet_v2", spec)
+
+
+@register("mobilenet_v3_small")
+def mobilenet_v3_small(spec: ModelSpec) -> Any:
+    return _mobilenet("mobilenet_v3_small", spec)
+
+
+def base_model(model: Any) -> Any | None:
+    """The pretrained backbone of a transfer model (None for models trained from scratch)."""
+    try:
+        return model.get_layer("base")
+    except ValueError:
+        return None

@@ -1,0 +1,375 @@
+"""`edgecls convert`: data -> train -> export (int8) -> verify against the float model -> report.
+
+The library entry points are `convert_dataset` (train a model on a folder of images) and `convert_model` (quantise
+and verify a Keras model trained elsewhere). Both write every artifact atomically into the output folder and return
+the report; the parity gate's verdict is ``report["passed"]``.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgecls import __version__
+from edgecls.errors import ConfigError, ConversionError
+from edgecls.fsutil import atomic_write_bytes, atomic_write_text
+from edgecls.labels import read_labels_file
+from edgecls.metadata import embed_manifest
+from edgecls.preprocess import PreprocessConfig
+
+from . import evaluate, report as reporting
+from .data import Dataset, scan, stratified_sample
+from .models import DEFAULT_INPUT_SIZE, ModelSpec, create_model, uses_sigmoid
+from .quantize import IO_TYPES, QUANT_MODES, to_tflite
+from .training import TrainConfig, TrainingObserver, make_strategy, train
+
+COLORS = ("rgb", "grayscale")
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Everything `edgecls convert` can be told. Defaults are what a user gets with no flags."""
+
+    out_dir: Path
+    arch: str = "compact-cnn"
+    input_size: int | None = None  # None: the architecture's default
+    color: str = "rgb"
+    alpha: float = 0.25
+    weights: str = "imagenet"
+    width: int = 32
+    depth: int = 4
+    separable: bool = True
+    dropout: float = 0.2
+    train: TrainConfig = field(default_factory=TrainConfig)
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    resize: str = "squash"
+    quant: str = "int8"
+    io: str = "int8"
+    calibration_samples: int = 300
+    max_drop: float = 1.0
+    baseline: bool = True
+    labels: Path | None = None
+    mean: float | None = None  # external models only: the normalisation the model expects
+    std: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.color not in COLORS:
+            raise ConfigError(f"--color {self.color!r} is not one of {', '.join(COLORS)}")
+        if self.quant not in QUANT_MODES:
+            raise ConfigError(f"--quant {self.quant!r} is not one of {', '.join(QUANT_MODES)}")
+        if self.io not in IO_TYPES:
+            raise ConfigError(f"--io {self.io!r} is not one of {', '.join(IO_TYPES)}")
+        if self.calibration_samples < 1:
+            raise ConfigError(f"--calibration-samples must be at least 1 (received {self.calibration_samples})")
+        if self.max_drop < 0:
+            raise ConfigError(f"--max-drop must be >= 0 percentage points (received {self.max_drop})")
+        if (self.mean is None) != (self.std is None):
+            raise ConfigError("give both --mean and --std, or neither")
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == "grayscale" else 3
+
+    def size(self) -> int:
+        return self.input_size or DEFAULT_INPUT_SIZE.get(self.arch, 96)
+
+
+class ConvertObserver(TrainingObserver, Protocol):
+    """Progress events for whoever displays them (the CLI)."""
+
+    def step(self, message: str) -> None: ...
+
+    def decoding(self, done: int, total: int) -> None: ...
+
+
+class QuietObserver:
+    def step(self, message: str) -> None:
+        pass
+
+    def decoding(self, done: int, total: int) -> None:
+        pass
+
+    def stage(self, name: str, epochs: int) -> None:
+        pass
+
+    def epoch(self, stage: str, epoch: int, epochs: int, logs: dict[str, float]) -> None:
+        pass
+
+
+def convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertObserver | None = None) -> dict[str, Any]:
+    """Train ``options.arch`` on a folder-per-class (or pre-split) dataset, export, verify and report."""
+    obs = observer or QuietObserver()
+    started = time.perf_counter()
+    size = options.size()
+    preprocess = PreprocessConfig(resize=options.resize, mean=0.0, std=1.0)
+    obs.step(f"reading {data_dir}")
+    dataset = scan(data_dir, input_size=(size, size), channels=options.channels, seed=options.train.seed,
+                   split=options.split, preprocess=preprocess, progress=obs.decoding)
+    obs.step(f"{len(dataset.classes)} classes {list(dataset.classes)}; split {dataset.split_sizes()}; "
+             f"{len(dataset.skipped)} files skipped")
+    sigmoid = uses_sigmoid(options.arch, len(dataset.classes))
+    spec = ModelSpec(num_classes=len(dataset.classes), input_size=size, channels=options.channels,
+                     dropout=options.dropout, width=options.width, depth=options.depth, separable=options.separable,
+                     alpha=options.alpha, weights=options.weights)
+    strategy = make_strategy(options.train.strategy)
+    with strategy.scope():
+        model = create_model(options.arch, spec)
+    t_train = time.perf_counter()
+    history = train(model, dataset, options.train, sigmoid=sigmoid, checkpoint_dir=options.out_dir / "checkpoints",
+                    strategy=strategy, observer=obs)
+    train_s = time.perf_counter() - t_train
+    baseline = _baseline(data_dir, dataset, options, obs) if options.baseline and options.arch != "seed-cnn" else None
+    return _export_and_verify(model, dataset, options, obs, sigmoid=sigmoid, history=history, baseline=baseline,
+                              timing={"train_s": train_s, "started": started})
+
+
+def convert_model(model_path: Path, calibration_dir: Path, options: ConvertOptions,
+                  observer: ConvertObserver | None = None) -> dict[str, Any]:
+    """Quantise and verify a Keras model trained elsewhere (.keras, .h5 or a SavedModel folder)."""
+    obs = observer or QuietObserver()
+    started = time.perf_counter()
+    obs.step(f"loading {model_path}")
+    model = load_external_model(model_path)
+    shape = model.input_shape
+    if len(shape) != 4 or shape[1] is None or shape[1] != shape[2] or shape[3] not in (1, 3):
+        raise ConfigError(f"{model_path}: input shape {shape} is not a square image input [batch, N, N, 1 or 3]")
+    size, channels = int(shape[1]), int(shape[3])
+    mean, std = (options.mean, options.std) if options.mean is not None else (0.0, 1.0)
+    preprocess = PreprocessConfig(resize=options.resize, mean=mean, std=std)
+    dataset = scan(calibration_dir, input_size=(size, size), channels=channels, seed=options.train.seed,
+                   split=options.split, preprocess=preprocess, progress=obs.decoding)
+    # Every calibration image is used for evaluation: the model was trained elsewhere, on other data.
+    everything = [s for part in ("train", "val", "test") for s in dataset.samples[part]]
+    images = np.concatenate([dataset.images[p] for p in ("train", "val", "test")])
+    dataset.samples["test"], dataset.images["test"] = everything, images
+    dataset.test_source = "calibration"
+    outputs = int(np.prod(model.output_shape[1:]))
+    classes = _external_labels(options.labels, dataset, outputs)
+    dataset.classes = tuple(classes)
+    sigmoid = outputs == 1
+    opts = replace(options, input_size=size, color="grayscale" if channels == 1 else "rgb", arch=model.name)
+    return _export_and_verify(model, dataset, opts, obs, sigmoid=sigmoid, history=None, baseline=None,
+                              timing={"train_s": 0.0, "started": started}, external=str(model_path))
+
+
+def load_external_model(path: Path) -> Any:
+    """Load a .keras/.h5 file, or wrap a SavedModel folder's serving signature as a Keras model."""
+    import keras
+
+    if not path.exists():
+        raise ConfigError(f"model not found: {path}")
+    try:
+        if path.is_dir():
+            return _wrap_saved_model(path)
+        return keras.models.load_model(path, compile=False)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"cannot load {path} as a Keras model ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _wrap_saved_model(path: Path) -> Any:
+    import keras
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(path)).signatures.get("serving_default")
+    if signature is None:
+        raise ConfigError(f"{path} has no 'serving_default' signature; export it with model.export(path)")
+    inputs = list(signature.structured_input_signature[1].values())
+    if len(inputs) != 1:
+        raise ConfigError(f"{path} takes {len(inputs)} inputs; expected one image input")
+    shape = inputs[0].shape
+    layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
+    image = keras.Input(tuple(shape[1:]), name="image")
+    outputs = layer(image)
+    if isinstance(outputs, dict):
+        if len(outputs) != 1:
+            raise ConfigError(f"{path} has {len(outputs)} outputs; expected one class-score output")
+        outputs = next(iter(outputs.values()))
+    return keras.Model(image, outputs, name="saved_model")
+
+
+def _external_labels(labels: Path | None, dataset: Dataset, outputs: int) -> list[str]:
+    classes = list(dataset.classes)
+    if labels is not None:
+        raw = read_labels_file(labels)
+        classes = list(raw.values()) if isinstance(raw, dict) else list(raw)
+    expected = 2 if outputs == 1 else outputs
+    if len(classes) != expected:
+        raise ConfigError(
+            f"the model has {expected} classes but {'--labels' if labels else 'the calibration folders'} give "
+            f"{len(classes)} ({classes[:6]}...); the calibration folder names must match the model's classes"
+        )
+    return classes
+
+
+def _baseline(data_dir: Path, dataset: Dataset, options: ConvertOptions, obs: ConvertObserver) -> dict[str, Any]:
+    """Train the seed CNN on the same split: the number every report compares against."""
+    obs.step("training the seed-cnn baseline")
+    small = scan(data_dir, input_size=(64, 64), channels=options.channels, seed=options.train.seed,
+                 split=options.split, preprocess=PreprocessConfig(resize=options.resize, mean=0.0, std=1.0))
+    k = len(small.classes)
+    sigmoid = uses_sigmoid("seed-cnn", k)
+    model = create_model("seed-cnn", ModelSpec(num_classes=k, input_size=64, channels=options.channels))
+    config = replace(options.train, epochs=min(options.train.epochs, 15), fine_tune_epochs=0, augment=0.0)
+    started = time.perf_counter()
+    train(model, small, config, sigmoid=sigmoid, checkpoint_dir=options.out_dir / "checkpoints" / "baseline",
+          strategy=make_strategy("default"))
+    probs = evaluate.float_probabilities(model, small.images["test"], sigmoid=sigmoid)
+    return {"arch": "seed-cnn", "float_top1": evaluate.topk_accuracy(small.labels("test"), probs, 1),
+            "train_s": round(time.perf_counter() - started, 1)}
+
+
+def _export_and_verify(
+    model: Any,
+    dataset: Dataset,
+    options: ConvertOptions,
+    obs: ConvertObserver,
+    *,
+    sigmoid: bool,
+    history: dict[str, Any] | None,
+    baseline: dict[str, Any] | None,
+    timing: dict[str, float],
+    external: str | None = None,
+) -> dict[str, Any]:
+    out = options.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    classes = list(dataset.classes)
+    cfg = dataset.preprocess
+    norm = lambda x: (x.astype(np.float32) - float(cfg.mean or 0.0)) / float(cfg.std or 1.0)  # noqa: E731
+    obs.step(f"exporting: {options.quant} TFLite")
+    calib_idx = stratified_sample(dataset.labels("train"), options.calibration_samples, options.train.seed)
+    calibration = norm(dataset.images["train"][calib_idx]) if len(calib_idx) else None
+    if calibration is None:
+        calibration = norm(dataset.images["test"][: options.calibration_samples])
+    flat = to_tflite(model, mode=options.quant, io_type=options.io, representative=calibration)
+    float_bytes = len(to_tflite(model, mode="none"))
+    _save_keras(model, out / "model.keras")
+
+    test_labels = np.array([s.label for s in dataset.samples["test"]])
+    obs.step(f"verifying on {len(test_labels)} held-out images ({dataset.test_source} split)")
+    float_probs = evaluate.float_probabilities(model, norm(dataset.images["test"]), sigmoid=sigmoid)
+    # Write the model with a provisional manifest, evaluate it through the runtime, then rewrite with metrics.
+    manifest = _manifest(options, dataset, sigmoid, metrics=None, external=external)
+    model_path = out / "model.tflite"
+    atomic_write_bytes(model_path, embed_manifest(flat, manifest, labels=classes))
+    tflite_probs = evaluate.tflite_probabilities(model_path, [s.path for s in dataset.samples["test"]])
+    metrics = evaluate.compare(test_labels, float_probs, tflite_probs, classes)
+    passed = metrics["drop_points"] <= options.max_drop
+    key = "int8" if options.quant == "int8" else "tflite"
+    summary = {"float_top1": metrics["float"]["top1"], f"{key}_top1": metrics["int8"]["top1"],
+               "agreement": metrics["agreement"], "passed": passed}
+    atomic_write_bytes(model_path, embed_manifest(flat, _manifest(options, dataset, sigmoid, summary, external),
+                                                  labels=classes))
+    atomic_write_text(out / "labels.txt", "\n".join(classes) + "\n")
+
+    result = _report(options, dataset, model, metrics, key, passed, len(flat), float_bytes, baseline, history,
+                     timing, external)
+    obs.step("writing the report")
+    reporting.write_json(out / "report.json", result)
+    atomic_write_text(out / "report.md", reporting.markdown(result))
+    reporting.plot_confusion(out / "confusion_matrix.png", metrics["int8"]["confusion_matrix"], classes,
+                             f"{options.quant} model on the {dataset.test_source} split")
+    reporting.plot_curves(out / "training_curves.png", history or {}, f"{options.arch} training")
+    return result
+
+
+def _save_keras(model: Any, path: Path) -> None:
+    tmp = path.with_name(".model.tmp.keras")
+    model.save(tmp)
+    tmp.replace(path)
+
+
+def _manifest(options: ConvertOptions, dataset: Dataset, sigmoid: bool, metrics: dict[str, Any] | None,
+              external: str | None) -> dict[str, Any]:
+    size = options.size()
+    return {
+        "preprocess": dataset.preprocess.to_dict(),
+        "input": {"height": size, "width": size, "channels": options.channels, "color": options.color,
+                  "pixels": "raw 0..255; normalisation is inside the model" if external is None else "see preprocess"},
+        "output": {"activation": "probabilities", "head": "sigmoid" if sigmoid else "softmax"},
+        "quantization": {"mode": options.quant, "io": options.io if options.quant == "int8" else "float32",
+                         "calibration_samples": options.calibration_samples},
+        "provenance": _provenance(options, dataset, external),
+        "metrics": metrics,
+    }
+
+
+def _provenance(options: ConvertOptions, dataset: Dataset, external: str | None) -> dict[str, Any]:
+    import keras
+    import tensorflow as tf
+
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "arch": options.arch,
+        "source_model": external,
+        "dataset": {"root": str(dataset.root), "fingerprint": dataset.fingerprint, "presplit": dataset.presplit,
+                    "split": list(options.split), "split_sizes": dataset.split_sizes(), "seed": dataset.seed},
+        "versions": {"edgecls": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+                     "numpy": np.__version__, "python": sys.version.split()[0], "platform": platform.platform()},
+    }
+
+
+def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict[str, Any], key: str, passed: bool,
+            tflite_bytes: int, float_bytes: int, baseline: dict[str, Any] | None, history: dict[str, Any] | None,
+            timing: dict[str, float], external: str | None) -> dict[str, Any]:
+    settings = {k: v for k, v in asdict(options).items() if k not in ("out_dir", "train")}
+    settings.update({f"train.{k}": v for k, v in asdict(options.train).items()})
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items()}
+    drop = metrics["drop_points"]
+    message = (f"{key} top-1 is {drop:.2f} points below float, more than --max-drop {options.max_drop:.2f}; "
+               "the artifacts are written but the model did not pass. Try --calibration-samples higher, "
+               "or quantisation-aware training (--qat) when it is available.")
+    notes = {"val": "the data has no test/ folder, so the held-out evaluation uses val/ (also used for early stopping)",
+             "calibration": "the model was trained elsewhere; every calibration image is also an evaluation image"}
+    return {
+        "classes": list(dataset.classes),
+        "model": {"arch": options.arch, "input_size": options.size(), "color": options.color,
+                  "params": int(model.count_params()), "source_model": external},
+        "float": metrics["float"],
+        key: metrics["int8"],
+        "agreement": metrics["agreement"],
+        "drop_points": drop,
+        "max_drop": options.max_drop,
+        "passed": passed,
+        "gate_message": None if passed else message,
+        "int8_bytes": tflite_bytes,
+        "float_tflite_bytes": float_bytes,
+        "quantization": {"mode": options.quant, "io": options.io},
+        "split_sizes": dataset.split_sizes(),
+        "test_source": dataset.test_source,
+        "test_note": notes.get(dataset.test_source),
+        "class_counts": {"train": dataset.counts("train")},
+        "imbalance": round(dataset.imbalance(), 3),
+        "skipped": [{"path": s.path, "reason": s.reason} for s in dataset.skipped],
+        "baseline": baseline,
+        "history": history,
+        "settings": settings,
+        "dataset_fingerprint": dataset.fingerprint,
+        "timing": {"train_s": round(timing["train_s"], 1),
+                   "total_s": round(time.perf_counter() - timing["started"], 1)},
+    }
+
+
+def write_demo_data(out_dir: Path, *, per_class: int = 300, seed: int = 0) -> Path:
+    """The demo dataset for `edgecls convert --demo`, written under OUT_DIR/demo_data (kept, to try classify on)."""
+    from edgecls.demo import write_demo_dataset
+
+    target = out_dir / "demo_data"
+    if target.exists():
+        shutil.rmtree(target)
+    return write_demo_dataset(target, per_class=per_class, size=64, seed=seed)
+
+
+def demo_options(out_dir: Path) -> ConvertOptions:
+    """Settings that train the demo in a few minutes on a laptop CPU."""
+    return ConvertOptions(out_dir=out_dir, arch="compact-cnn", input_size=64, width=24, depth=3,
+                          train=TrainConfig(epochs=30, batch_size=32, learning_rate=3e-3, patience=8, augment=0.5))
+

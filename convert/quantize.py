@@ -1,0 +1,102 @@
+"""Export to TFLite: full-integer int8 (default), float16, dynamic-range or float; static batch-1 input."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import warnings
+from typing import Any
+
+import numpy as np
+
+from edgecls.errors import ConversionError
+from edgecls.nativelog import quiet_native_stderr
+
+log = logging.getLogger(__name__)
+
+QUANT_MODES = ("int8", "float16", "dynamic", "none")
+IO_TYPES = ("int8", "uint8")
+
+
+def static_batch(model: Any) -> Any:
+    """The same model behind a batch-1 input, so the exported input shape is [1, H, W, C] (the Edge TPU
+    compiler refuses a dynamic batch). Weights are shared, not copied."""
+    import keras
+
+    inputs = keras.Input(batch_shape=(1, *model.input_shape[1:]), name="image")
+    return keras.Model(inputs, model(inputs), name=f"{model.name}_batch1")
+
+
+def to_tflite(
+    model: Any,
+    *,
+    mode: str = "int8",
+    io_type: str = "int8",
+    representative: np.ndarray | None = None,
+) -> bytes:
+    """Convert a Keras model; ``representative`` holds the calibration inputs (float32, N x H x W x C) for int8."""
+    import tensorflow as tf
+
+    if mode not in QUANT_MODES:
+        raise ConversionError(f"quantisation {mode!r} is not one of {', '.join(QUANT_MODES)}")
+    if io_type not in IO_TYPES:
+        raise ConversionError(f"--io {io_type!r} is not one of {', '.join(IO_TYPES)}")
+    converter = tf.lite.TFLiteConverter.from_keras_model(static_batch(model))
+    if mode == "int8":
+        if representative is None or len(representative) == 0:
+            raise ConversionError("int8 quantisation needs calibration images (the representative dataset is empty)")
+        samples = representative.astype(np.float32)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([samples[i : i + 1]] for i in range(len(samples)))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8 if io_type == "uint8" else tf.int8
+        converter.inference_output_type = tf.uint8 if io_type == "uint8" else tf.int8
+    elif mode == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif mode == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    chatter = io.StringIO()
+    try:
+        # The converter prints its SavedModel signature to stdout and routine lines to fd 2; keep both quiet.
+        with contextlib.redirect_stdout(chatter), quiet_native_stderr(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+            flatbuffer = converter.convert()
+    except Exception as exc:  # the converter raises many types; all mean the same to the user
+        raise ConversionError(_explain(exc, mode)) from None
+    finally:
+        log.debug("converter output:\n%s", chatter.getvalue())
+    if mode == "int8":
+        check_fully_quantized(flatbuffer)
+    return bytes(flatbuffer)
+
+
+def _explain(exc: Exception, mode: str) -> str:
+    text = str(exc)
+    ops = sorted(set(re.findall(r"'(tfl?\.[A-Za-z0-9_]+)'", text)))
+    first = next((line.strip() for line in text.splitlines() if "error" in line.lower()), text.strip().splitlines()[0] if text.strip() else type(exc).__name__)
+    if mode == "int8" and ops:
+        return (
+            f"the model cannot be fully quantised to int8: op(s) {', '.join(ops)} have no int8 kernel "
+            f"({first[:200]}); replace them, or use --quant dynamic|float16"
+        )
+    return f"TFLite conversion failed ({first[:300]})"
+
+
+def check_fully_quantized(flatbuffer: bytes) -> None:
+    """Raise ConversionError naming the first op that still computes in float32."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(
+        model_content=flatbuffer, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
+    dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
+    for op in interpreter._get_ops_details():
+        floats = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0 and dtypes.get(i) == "float32"]
+        if floats:
+            raise ConversionError(
+                f"the int8 model is not fully quantised: op {op['op_name']} (#{op['index']}) still uses float32 "
+                "tensors; it cannot run on int8-only hardware such as the Edge TPU"
+            )

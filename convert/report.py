@@ -1,0 +1,134 @@
+"""The convert report: report.json (for machines), report.md (for people), and two plots."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from edgecls.fsutil import atomic_write_bytes, atomic_write_text
+
+
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(report, indent=2, sort_keys=False) + "\n")
+
+
+def _figure_bytes(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def plot_confusion(path: Path, matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    m = np.asarray(matrix, dtype=float)
+    rows = m.sum(axis=1, keepdims=True)
+    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    k = len(classes)
+    size = max(4.0, 0.6 * k + 2)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), labels=classes, rotation=45, ha="right")
+    ax.set_yticks(range(k), labels=classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center",
+                        color="white" if norm[i, j] > 0.5 else "black", fontsize=9)
+    atomic_write_bytes(path, _figure_bytes(fig))
+    plt.close(fig)
+
+
+def plot_curves(path: Path, history: dict[str, Any], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    epochs = range(1, len(history.get("loss", [])) + 1)
+    for ax, key, label in ((loss_ax, "loss", "loss"), (acc_ax, "accuracy", "accuracy")):
+        ax.plot(epochs, history.get(key, []), label=f"train {label}")
+        ax.plot(epochs, history.get(f"val_{key}", []), label=f"val {label}")
+        for stage in history.get("stages", [])[1:]:
+            ax.axvline(stage["start_epoch"] + 0.5, color="grey", linestyle="--", linewidth=1)
+            ax.text(stage["start_epoch"] + 0.7, ax.get_ylim()[1], stage["name"], va="top", fontsize=8, color="grey")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    atomic_write_bytes(path, _figure_bytes(fig))
+    plt.close(fig)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """A report a person reads: verdict first, then accuracy, sizes, data and settings."""
+    q = report["quantization"]["mode"]
+    key = "int8" if q == "int8" else "tflite"
+    f, t = report["float"], report[key]
+    verdict = "PASSED" if report["passed"] else "FAILED"
+    lines = [
+        f"# edgecls convert report: {report['model']['arch']}",
+        "",
+        f"**Parity gate {verdict}**: {key} top-1 {_pct(t['top1'])} vs float {_pct(f['top1'])} "
+        f"(drop {report['drop_points']:.2f} points, allowed {report['max_drop']:.2f}); "
+        f"top-1 agreement {_pct(report['agreement'])}.",
+        "",
+    ]
+    if not report["passed"]:
+        lines += [f"> {report['gate_message']}", ""]
+    if report.get("test_source") != "test":
+        lines += [f"> Note: {report['test_note']}", ""]
+    lines += ["## Accuracy on the held-out split", "", "| model | top-1 |" + (" top-5 |" if "top5" in f else ""),
+              "|---|---|" + ("---|" if "top5" in f else "")]
+    rows = [("float (Keras)", f), (f"{q} TFLite (edgecls runtime)", t)]
+    for name, m in rows:
+        lines.append(f"| {name} | {_pct(m['top1'])} |" + (f" {_pct(m.get('top5'))} |" if "top5" in f else ""))
+    baseline = report.get("baseline")
+    if baseline:
+        lines.append(f"| seed-cnn baseline (float) | {_pct(baseline['float_top1'])} |" + (" |" if "top5" in f else ""))
+    lines += ["", "Per class (quantised model):", "", "| class | precision | recall | support |", "|---|---|---|---|"]
+    for name, m in t["per_class"].items():
+        lines.append(f"| {name} | {_pct(m['precision'])} | {_pct(m['recall'])} | {m['support']} |")
+    lines += [
+        "",
+        "![confusion matrix](confusion_matrix.png)",
+        "",
+        "![training curves](training_curves.png)",
+        "",
+        "## Sizes",
+        "",
+        f"- {q} model: {report['int8_bytes'] / 1024:.1f} KiB "
+        f"({report['int8_bytes'] / max(1, report['float_tflite_bytes']):.2f}x the float TFLite model, "
+        f"{report['float_tflite_bytes'] / 1024:.1f} KiB)",
+        f"- parameters: {report['model']['params']:,}",
+        "",
+        "## Data",
+        "",
+        f"- classes ({len(report['classes'])}): {', '.join(report['classes'])}",
+        f"- split sizes: " + ", ".join(f"{k} {v}" for k, v in report["split_sizes"].items()),
+        f"- training class imbalance (largest/smallest): {report['imbalance']:.2f}"
+        + (" - consider --class-weights auto" if report["imbalance"] > 1.5 and not report["settings"].get("class_weights") else ""),
+        f"- skipped files: {len(report['skipped'])}",
+    ]
+    for item in report["skipped"][:20]:
+        lines.append(f"  - `{item['path']}`: {item['reason']}")
+    if len(report["skipped"]) > 20:
+        lines.append(f"  - ... and {len(report['skipped']) - 20} more (see report.json)")
+    lines += ["", "## Settings", "", "```json", json.dumps(report["settings"], indent=2), "```", "",
+              f"Wall time {report['timing']['total_s']:.0f} s (training {report['timing']['train_s']:.0f} s).", ""]
+    return "\n".join(lines)

@@ -1,0 +1,231 @@
+"""Training: tf.data input pipeline with Keras augmentation layers, early stopping, checkpoints, two-stage transfer."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgecls.errors import ConfigError
+
+from .data import Dataset
+from .models import base_model
+
+STRATEGIES = ("default", "mirrored", "multi-worker")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyperparameters. ``augment`` scales every augmentation (0 turns it off)."""
+
+    epochs: int = 40
+    fine_tune_epochs: int = 15
+    fine_tune_layers: int = 30
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    label_smoothing: float = 0.0
+    augment: float = 1.0
+    patience: int = 8
+    class_weights: bool = False
+    seed: int = 0
+    strategy: str = "default"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs must be at least 1 (received {self.epochs})"),
+            (self.fine_tune_epochs >= 0, f"fine-tune epochs must be >= 0 (received {self.fine_tune_epochs})"),
+            (self.fine_tune_layers >= 0, f"fine-tune layers must be >= 0 (received {self.fine_tune_layers})"),
+            (self.batch_size >= 1, f"batch size must be at least 1 (received {self.batch_size})"),
+            (0 < self.learning_rate < 1, f"learning rate must be in (0, 1) (received {self.learning_rate})"),
+            (0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1) (received {self.label_smoothing})"),
+            (0 <= self.augment <= 3, f"augment strength must be in [0, 3] (received {self.augment})"),
+            (self.patience >= 1, f"patience must be at least 1 (received {self.patience})"),
+            (self.strategy in STRATEGIES, f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+class TrainingObserver(Protocol):
+    """What the pipeline tells whoever shows progress (the CLI draws it; the library never prints)."""
+
+    def stage(self, name: str, epochs: int) -> None: ...
+
+    def epoch(self, stage: str, epoch: int, epochs: int, logs: dict[str, float]) -> None: ...
+
+
+class SilentObserver:
+    def stage(self, name: str, epochs: int) -> None:
+        pass
+
+    def epoch(self, stage: str, epoch: int, epochs: int, logs: dict[str, float]) -> None:
+        pass
+
+
+def make_strategy(name: str) -> Any:
+    """The tf.distribute strategy: "multi-worker" reads the cluster from the TF_CONFIG environment variable."""
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi-worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ConfigError(
+                "--strategy multi-worker needs TF_CONFIG on every worker, e.g. "
+                '\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\''
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def make_augmenter(strength: float, seed: int) -> Any:
+    """Keras preprocessing layers, applied to training batches only (never part of the exported model)."""
+    import keras
+
+    layers = keras.layers
+    s = strength
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomRotation(0.08 * s, fill_mode="reflect", seed=seed + 1),
+            layers.RandomZoom((-0.15 * s, 0.15 * s), fill_mode="reflect", seed=seed + 2),
+            layers.RandomTranslation(0.08 * s, 0.08 * s, fill_mode="reflect", seed=seed + 3),
+            layers.RandomBrightness(0.15 * s, value_range=(0, 255), seed=seed + 4),
+            layers.RandomContrast(0.2 * s, value_range=(0, 255), seed=seed + 5),
+        ],
+        name="augment",
+    )
+
+
+def targets(labels: np.ndarray, num_classes: int, sigmoid: bool) -> np.ndarray:
+    """Training targets: one float per image for a sigmoid head, one-hot rows for softmax."""
+    if sigmoid:
+        return labels.astype(np.float32)[:, None]
+    return np.eye(num_classes, dtype=np.float32)[labels]
+
+
+def make_datasets(dataset: Dataset, config: TrainConfig, sigmoid: bool) -> tuple[Any, Any]:
+    """tf.data pipelines: decoded arrays -> cache -> shuffle -> batch -> augment (train only) -> prefetch."""
+    import tensorflow as tf
+
+    k = len(dataset.classes)
+    autotune = tf.data.AUTOTUNE
+
+    def pipeline(split: str, train: bool) -> Any:
+        x = dataset.images[split]
+        y = targets(dataset.labels(split), k, sigmoid)
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
+        if train:
+            ds = ds.shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True)
+        ds = ds.batch(config.batch_size)
+        ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), b), num_parallel_calls=autotune)
+        if train and config.augment > 0:
+            augmenter = make_augmenter(config.augment, config.seed)
+            ds = ds.map(lambda a, b: (augmenter(a, training=True), b), num_parallel_calls=autotune)
+        return ds.prefetch(autotune)
+
+    return pipeline("train", True), pipeline("val", False)
+
+
+def compile_model(model: Any, *, learning_rate: float, sigmoid: bool, label_smoothing: float) -> None:
+    import keras
+
+    if sigmoid:
+        loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
+    else:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"])
+
+
+def train(
+    model: Any,
+    dataset: Dataset,
+    config: TrainConfig,
+    *,
+    sigmoid: bool,
+    checkpoint_dir: Path,
+    strategy: Any,
+    observer: TrainingObserver | None = None,
+) -> dict[str, Any]:
+    """Fit the model (head first on a frozen base for transfer models, then fine-tune); return the merged history.
+
+    The history has per-epoch lists ("loss", "accuracy", "val_loss", "val_accuracy") and "stages": where each
+    stage starts, for the training-curves plot.
+    """
+    observer = observer or SilentObserver()
+    train_ds, val_ds = make_datasets(dataset, config, sigmoid)
+    weights = dataset.class_weights() if config.class_weights and not sigmoid else None
+    history: dict[str, Any] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [], "stages": []}
+    base = base_model(model)
+    stages = [("train", config.epochs, config.learning_rate)]
+    if base is not None and config.fine_tune_epochs > 0 and config.fine_tune_layers > 0:
+        stages = [("head", config.epochs, config.learning_rate),
+                  ("fine-tune", config.fine_tune_epochs, config.learning_rate / 10)]
+    for name, epochs, lr in stages:
+        if name == "fine-tune":
+            _unfreeze_top(base, config.fine_tune_layers)
+        with strategy.scope():
+            compile_model(model, learning_rate=lr, sigmoid=sigmoid, label_smoothing=config.label_smoothing)
+        observer.stage(name, epochs)
+        history["stages"].append({"name": name, "start_epoch": len(history["loss"]), "learning_rate": lr})
+        fit = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            class_weight=weights,
+            shuffle=False,  # the tf.data pipeline shuffles
+            verbose=0,
+            callbacks=_callbacks(config, name, epochs, checkpoint_dir, observer),
+        )
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            history[key].extend(float(v) for v in fit.history.get(key, []))
+    return history
+
+
+def _unfreeze_top(base: Any, n_layers: int) -> None:
+    import keras
+
+    base.trainable = True
+    for layer in base.layers[:-n_layers]:
+        layer.trainable = False
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False  # small fine-tuning sets wreck BatchNorm statistics
+
+
+def _callbacks(config: TrainConfig, stage: str, epochs: int, checkpoint_dir: Path, observer: TrainingObserver) -> list[Any]:
+    import keras
+
+    class Report(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            observer.epoch(stage, epoch + 1, epochs, {k: float(v) for k, v in (logs or {}).items()})
+
+    class AtomicCheckpoint(keras.callbacks.Callback):
+        """Best weights so far, written to a temporary file and renamed, so a crash never leaves half a file."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.best = float("inf")
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            loss = float((logs or {}).get("val_loss", float("inf")))
+            if loss < self.best:
+                self.best = loss
+                checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                final = checkpoint_dir / f"best-{stage}.weights.h5"
+                tmp = checkpoint_dir / f".best-{stage}.tmp.weights.h5"
+                self.model.save_weights(tmp)
+                os.replace(tmp, final)
+
+    return [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True,
+                                      start_from_epoch=min(epochs // 4, 10)),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, config.patience // 3),
+                                          min_lr=1e-6),
+        AtomicCheckpoint(),
+        Report(),
+    ]
