@@ -156,7 +156,6 @@ def _mobilenet(name: str, spec: ModelSpec) -> Any:
     except (ValueError, OSError) as exc:
         raise ConversionError(f"cannot build {name} with weights {spec.weights!r}: {exc}") from None
     base.trainable = False
-    base._name = "base"
     x = base(x, training=False)  # BatchNorm stays in inference mode, also while fine-tuning
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, _head(keras, x, spec, name), name=name)
@@ -189,8 +188,7 @@ def mobilenet_v3_small(spec: ModelSpec) -> Any:
 
 
 def base_model(model: Any) -> Any | None:
-    """The pretrained backbone of a transfer model (None for models trained from scratch)."""
-    try:
-        return model.get_layer("base")
-    except ValueError:
-        return None
+    """The pretrained backbone of a transfer model: its nested Keras model (None for models trained from scratch)."""
+    import keras
+
+    return next((layer for layer in model.layers if isinstance(layer, keras.Model)), None)

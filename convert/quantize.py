@@ -59,15 +59,18 @@ def to_tflite(
     elif mode == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     chatter = io.StringIO()
+    native: list[str] = []
     try:
-        # The converter prints its SavedModel signature to stdout and routine lines to fd 2; keep both quiet.
-        with contextlib.redirect_stdout(chatter), quiet_native_stderr(), warnings.catch_warnings():
+        # The converter prints its SavedModel signature to stdout and its diagnostics to fd 2; the diagnostics
+        # that matter come back in the exception, so both streams go to the debug log.
+        with contextlib.redirect_stdout(chatter), quiet_native_stderr(replay=False) as native, \
+                warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
             flatbuffer = converter.convert()
     except Exception as exc:  # the converter raises many types; all mean the same to the user
         raise ConversionError(_explain(exc, mode)) from None
     finally:
-        log.debug("converter output:\n%s", chatter.getvalue())
+        log.debug("converter output:\n%s\n%s", chatter.getvalue(), "\n".join(native))
     if mode == "int8":
         check_fully_quantized(flatbuffer)
     return bytes(flatbuffer)
@@ -75,13 +78,15 @@ def to_tflite(
 
 def _explain(exc: Exception, mode: str) -> str:
     text = str(exc)
-    ops = sorted(set(re.findall(r"'(tfl?\.[A-Za-z0-9_]+)'", text)))
-    first = next((line.strip() for line in text.splitlines() if "error" in line.lower()), text.strip().splitlines()[0] if text.strip() else type(exc).__name__)
-    if mode == "int8" and ops:
+    ops = sorted(set(re.findall(r"'(tfl?\.[A-Za-z0-9_]+)' op", text)))
+    if ops:
+        needs = "int8 TFLite kernel" if mode == "int8" else "TFLite builtin kernel"
         return (
-            f"the model cannot be fully quantised to int8: op(s) {', '.join(ops)} have no int8 kernel "
-            f"({first[:200]}); replace them, or use --quant dynamic|float16"
+            f"the model cannot be converted: op(s) {', '.join(ops)} have no {needs}; replace the layers that use "
+            "them" + (", or use --quant dynamic|float16" if mode == "int8" else "")
         )
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = next((line for line in lines if "error" in line.lower()), lines[0] if lines else type(exc).__name__)
     return f"TFLite conversion failed ({first[:300]})"
 
 
@@ -93,10 +98,17 @@ def check_fully_quantized(flatbuffer: bytes) -> None:
         model_content=flatbuffer, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     )
     dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
-    for op in interpreter._get_ops_details():
-        floats = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0 and dtypes.get(i) == "float32"]
-        if floats:
-            raise ConversionError(
-                f"the int8 model is not fully quantised: op {op['op_name']} (#{op['index']}) still uses float32 "
-                "tensors; it cannot run on int8-only hardware such as the Edge TPU"
-            )
+    float_ops = [
+        op
+        for op in interpreter._get_ops_details()
+        if any(i >= 0 and dtypes.get(i) == "float32" for i in list(op["inputs"]) + list(op["outputs"]))
+    ]
+    # (De)quantize ops only surround the culprit: name the op that really computes in float.
+    culprits = [op for op in float_ops if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE")] or float_ops
+    if culprits:
+        op = culprits[0]
+        raise ConversionError(
+            f"the int8 model is not fully quantised: op {op['op_name']} (#{op['index']}) has no int8 kernel and "
+            "computes in float32, so it cannot run on int8-only hardware such as the Edge TPU; replace the layer "
+            "that uses it, or use --quant dynamic|float16"
+        )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -94,14 +94,19 @@ def _stripes(draw, rng: np.random.Generator, big: int, fg: tuple[int, int, int])
 
 
 def write_demo_dataset(
-    root: str | os.PathLike[str], *, per_class: int = 120, size: int = 64, seed: int = 0
+    root: str | os.PathLike[str],
+    *,
+    per_class: int = 120,
+    size: int = 64,
+    seed: int = 0,
+    classes: Sequence[str] = DEMO_CLASSES,
 ) -> Path:
-    """Write a folder-per-class PNG dataset of the demo classes under ``root`` and return ``root``."""
+    """Write a folder-per-class PNG dataset of the demo ``classes`` under ``root`` and return ``root``."""
     from PIL import Image
 
     out = Path(root)
     rng = np.random.default_rng(seed)
-    for label in DEMO_CLASSES:
+    for label in classes:
         folder = out / label
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):

@@ -23,23 +23,33 @@ ROUTINE_NOISE = re.compile(
 
 
 @contextmanager
-def quiet_native_stderr() -> Iterator[None]:
-    """Drop the routine native log lines printed during the block; replay any other line unchanged."""
+def quiet_native_stderr(*, replay: bool = True) -> Iterator[list[str]]:
+    """Drop the routine native log lines printed during the block and replay any other line unchanged.
+
+    With ``replay=False`` nothing is printed; the non-routine lines are left in the yielded list (filled when the
+    block ends) for the caller to log, e.g. when the same details already travel in an exception.
+    """
+    kept: list[str] = []
     sys.stderr.flush()
     try:
         saved = os.dup(2)
     except OSError:  # no usable fd 2: nothing to filter
-        yield
+        yield kept
         return
     with tempfile.TemporaryFile(mode="w+b") as held:
         os.dup2(held.fileno(), 2)
         try:
-            yield
+            yield kept
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             held.seek(0)
-            for line in held.read().decode("utf-8", "replace").splitlines():
-                if not ROUTINE_NOISE.match(line.strip()):
+            kept.extend(
+                line
+                for line in held.read().decode("utf-8", "replace").splitlines()
+                if not ROUTINE_NOISE.match(line.strip())
+            )
+            if replay:
+                for line in kept:
                     print(line, file=sys.stderr)

@@ -1,0 +1,105 @@
+"""Converter quality bar on the whole flowers128 set (../shared/data/flowers128, 5 classes, 3,482 photos).
+
+Runs `edgecls convert` as a separate process for each configuration and records its report and cost:
+  compact-cnn           our edge CNN from scratch                         target: int8 top-1 >= 80%
+  mobilenet_v1          alpha 0.25 from the shared ImageNet weights        target: >= 80%
+  mobilenet_v1-random   the same network from random weights             target: transfer >= 10 points above it
+  seed-cnn              the tutorial CNN, the baseline
+and for every run: int8 vs float drop <= 1.0 point, agreement >= 98%, int8 size <= 0.30x float TFLite;
+wall time and peak memory (RSS) of the whole process.
+
+Run: python benchmarks/convert_quality.py [--only NAME ...] [--out benchmarks/results/quality]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+FLOWERS = SHARED / "flowers128"
+WEIGHTS = SHARED / "weights" / "mobilenet_v1_0.25_224_no_top.h5"
+
+COMMON = ["--no-baseline", "--seed", "0"]
+RUNS = {
+    "compact-cnn": ["--arch", "compact-cnn", "--input-size", "96", "--epochs", "60", "--patience", "12",
+                    "--learning-rate", "0.002"],
+    "mobilenet_v1": ["--arch", "mobilenet_v1", "--alpha", "0.25", "--weights", str(WEIGHTS), "--input-size", "128",
+                     "--epochs", "15", "--fine-tune-epochs", "15", "--fine-tune-layers", "30", "--patience", "5"],
+    "mobilenet_v1-random": ["--arch", "mobilenet_v1", "--alpha", "0.25", "--weights", "none", "--input-size", "128",
+                            "--epochs", "30", "--fine-tune-epochs", "0", "--patience", "8", "--learning-rate", "0.002"],
+    "seed-cnn": ["--arch", "seed-cnn", "--epochs", "30", "--patience", "6", "--augment", "0"],
+}
+
+
+def run(name: str, args: list[str], out_root: Path) -> dict:
+    out = out_root / name
+    edgecls = Path(sys.executable).with_name("edgecls")
+    cmd = [str(edgecls), "convert", str(FLOWERS), "--out", str(out), *COMMON, *args]
+    print("$", " ".join(cmd), flush=True)
+    peak_file = out_root / f"{name}.peak"
+    # A small wrapper process runs the command, so its peak RSS is the command's own (a child forked straight from
+    # this process would count this process's pages until exec).
+    wrapper = (
+        "import resource, subprocess, sys; r = subprocess.run(sys.argv[2:]); "
+        "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
+        "sys.exit(r.returncode)"
+    )
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", wrapper, str(peak_file), *cmd], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    wall = time.perf_counter() - t0
+    peak_mb = int(peak_file.read_text()) / 1024 if peak_file.exists() else float("nan")
+    (out_root / f"{name}.log").write_text(proc.stdout)
+    report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
+    if not report:
+        print(proc.stdout[-3000:])
+    return {
+        "name": name,
+        "exit_code": proc.returncode,
+        "wall_s": round(wall, 1),
+        "train_s": report.get("timing", {}).get("train_s"),
+        "peak_rss_mb": round(peak_mb, 1),
+        "float_top1": report.get("float", {}).get("top1"),
+        "int8_top1": report.get("int8", {}).get("top1"),
+        "drop_points": report.get("drop_points"),
+        "agreement": report.get("agreement"),
+        "int8_bytes": report.get("int8_bytes"),
+        "float_tflite_bytes": report.get("float_tflite_bytes"),
+        "size_ratio": (report["int8_bytes"] / report["float_tflite_bytes"]) if report else None,
+        "epochs_run": len(report.get("history", {}).get("loss", [])) if report.get("history") else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", choices=sorted(RUNS), help="run only these configurations")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality")
+    args = parser.parse_args()
+    if not FLOWERS.is_dir():
+        sys.exit(f"needs {FLOWERS} (../shared/data)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name in args.only or list(RUNS):
+        result = run(name, RUNS[name], args.out)
+        results.append(result)
+        print(json.dumps(result), flush=True)
+        (args.out / "summary.json").write_text(json.dumps(results, indent=2))
+    print("\n| run | float top-1 | int8 top-1 | drop (pt) | agreement | int8 / float size | wall | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        if r["int8_top1"] is None:
+            print(f"| {r['name']} | failed (exit {r['exit_code']}) | | | | | | |")
+            continue
+        print(f"| {r['name']} | {100 * r['float_top1']:.1f}% | {100 * r['int8_top1']:.1f}% | {r['drop_points']:.2f} | "
+              f"{100 * r['agreement']:.1f}% | {r['size_ratio']:.2f} | {r['wall_s'] / 60:.1f} min | "
+              f"{r['peak_rss_mb']:.0f} MB |")
+
+
+if __name__ == "__main__":
+    main()

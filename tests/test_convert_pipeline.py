@@ -1,0 +1,294 @@
+"""`edgecls convert` end to end on small real data: train, export int8, verify through the runtime, report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import WEIGHTS, require, tensorflow_or_skip
+from edgecls import Classifier
+from edgecls.cli import app
+from edgecls.demo import write_demo_dataset
+
+runner = CliRunner()
+TINY = ["--input-size", "32", "--width", "8", "--depth", "2", "--epochs", "3", "--no-baseline",
+        "--calibration-samples", "20", "--max-drop", "100", "--patience", "3", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tf():
+    tensorflow_or_skip()
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return write_demo_dataset(tmp_path_factory.mktemp("data") / "shapes", per_class=14, size=32,
+                              classes=("circle", "square", "stripes"))
+
+
+def convert(*args):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, ["convert", *[str(a) for a in args]])
+
+
+def one_error_line(result) -> str:  # type: ignore[no-untyped-def]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def compact_run(shapes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compact")
+    result = convert(shapes, "--out", out, *TINY)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_artifacts_and_report_fields(compact_run):
+    out = compact_run
+    for name in ("model.tflite", "labels.txt", "model.keras", "report.json", "report.md",
+                 "confusion_matrix.png", "training_curves.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+    report = json.loads((out / "report.json").read_text())
+    assert report["classes"] == ["circle", "square", "stripes"]
+    for key in ("float", "int8"):
+        assert 0.0 <= report[key]["top1"] <= 1.0 and "confusion_matrix" in report[key] and "per_class" in report[key]
+    assert "top5" not in report["float"]  # only with more than five classes
+    assert 0.0 <= report["agreement"] <= 1.0
+    assert report["drop_points"] == pytest.approx((report["float"]["top1"] - report["int8"]["top1"]) * 100, abs=1e-6)
+    assert report["passed"] is True and report["int8_bytes"] > 0 and report["float_tflite_bytes"] > report["int8_bytes"]
+    assert report["split_sizes"] == {"train": 30, "val": 6, "test": 6} and report["skipped"] == []
+    assert (out / "labels.txt").read_text().split() == report["classes"]
+    assert "Parity gate PASSED" in (out / "report.md").read_text()
+    for png in ("confusion_matrix.png", "training_curves.png"):
+        assert Image.open(out / png).size[0] > 200
+
+
+def test_exported_model_is_static_int8_with_manifest(compact_run):
+    with Classifier(compact_run / "model.tflite") as clf:
+        detail = clf.interpreter.get_input_details()[0]
+        assert list(detail["shape_signature"]) == [1, 32, 32, 3]  # static batch 1 for the Edge TPU compiler
+        assert clf.input_spec.dtype == "int8" and clf.output_spec.dtype == "int8"
+        assert clf.labels.source == "edgecls manifest" and clf.labels.names == ("circle", "square", "stripes")
+        manifest = clf.model_info.manifest
+        assert manifest["preprocess"]["mean"] == 0.0 and manifest["input"]["color"] == "rgb"
+        prov = manifest["provenance"]
+        assert prov["dataset"]["seed"] == 0 and len(prov["dataset"]["fingerprint"]) == 16
+        assert prov["versions"]["tensorflow"] and manifest["metrics"]["passed"] is True
+        ops = set(clf.describe()["ops"])
+        assert ops <= {"CONV_2D", "DEPTHWISE_CONV_2D", "MEAN", "FULLY_CONNECTED", "SOFTMAX", "RESHAPE"}, ops
+
+
+def test_classify_needs_no_other_flag(compact_run, shapes):
+    image = sorted((shapes / "stripes").iterdir())[0]
+    result = runner.invoke(app, ["classify", str(compact_run / "model.tflite"), str(image), "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert {p["label"] for p in record["predictions"]} == {"circle", "square", "stripes"}
+
+
+def test_augmentation_is_not_in_the_exported_model(compact_run):
+    import keras
+
+    model = keras.models.load_model(compact_run / "model.keras", compile=False)
+    names = [layer.name for layer in model.layers]
+    assert "augment" not in names and not any(n.startswith("random_") for n in names)
+    assert names[1] == "normalize"  # normalisation is inside the model
+
+
+def test_seed_cnn_binary_sigmoid_end_to_end(shapes, tmp_path):
+    data = tmp_path / "two"
+    for cls in ("circle", "stripes"):
+        shutil.copytree(shapes / cls, data / cls)
+    out = tmp_path / "seed"
+    result = convert(data, "--out", out, "--arch", "seed-cnn", "--epochs", "2", "--max-drop", "100",
+                     "--calibration-samples", "10")
+    assert result.exit_code == 0, result.output
+    with Classifier(out / "model.tflite") as clf:
+        assert clf.output_spec.size == 1 and clf.output_spec.num_classes == 2  # one sigmoid unit
+        assert clf.model_info.manifest["output"]["head"] == "sigmoid"
+    image = sorted((data / "stripes").iterdir())[0]
+    cli = runner.invoke(app, ["classify", str(out / "model.tflite"), str(image), "--json"])
+    preds = json.loads(cli.stdout)["predictions"]
+    assert sorted(p["label"] for p in preds) == ["circle", "stripes"]
+    assert sum(p["score"] for p in preds) == pytest.approx(1.0, abs=0.01)
+
+
+def colour_dataset(root: Path, per_class: int = 15) -> Path:
+    """Two trivially separable classes (reddish vs bluish noise): any model learns them in a few epochs."""
+    rng = np.random.default_rng(0)
+    for label, channel in (("blue", 2), ("red", 0)):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 90, (32, 32, 3), dtype=np.uint8)
+            pixels[..., channel] += 160
+            Image.fromarray(pixels).save(root / label / f"{i}.png")
+    return root
+
+
+def test_parity_gate_failure_keeps_artifacts_and_exits_non_zero(tmp_path, monkeypatch):
+    from convert import evaluate
+
+    real = evaluate.tflite_probabilities
+
+    def swapped(*args, **kwargs):  # the int8 model "answers" the other class every time
+        return real(*args, **kwargs)[:, ::-1]
+
+    monkeypatch.setattr(evaluate, "tflite_probabilities", swapped)
+    out = tmp_path / "gate"
+    args = [a if a != "100" else "1.0" for a in TINY]
+    result = convert(colour_dataset(tmp_path / "colours"), "--out", out, *args, "--augment", "0", "--epochs", "8", "--batch-size", "4",
+                     "--learning-rate", "0.01")
+    report = json.loads((out / "report.json").read_text())
+    assert report["float"]["top1"] > 0.5, "the float model should learn red vs blue"
+    assert "did not pass" in one_error_line(result)
+    assert report["passed"] is False and report["drop_points"] > 1.0
+    assert (out / "model.tflite").is_file() and "Parity gate FAILED" in (out / "report.md").read_text()
+
+
+def test_uint8_io_and_float16(shapes, tmp_path):
+    out = tmp_path / "u8"
+    assert convert(shapes, "--out", out, *TINY, "--io", "uint8").exit_code == 0
+    with Classifier(out / "model.tflite") as clf:
+        assert clf.input_spec.dtype == "uint8" and clf.output_spec.dtype == "uint8"
+        assert clf.preprocessor._lut_kind == "identity"  # raw pixels straight into the tensor
+    out16 = tmp_path / "f16"
+    result = convert(shapes, "--out", out16, *TINY, "--quant", "float16")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out16 / "report.json").read_text())
+    assert report["quantization"]["mode"] == "float16" and "tflite" in report
+    with Classifier(out16 / "model.tflite") as clf:
+        assert clf.input_spec.dtype == "float32"
+
+
+def test_external_keras_model_with_calibration_folder(shapes, tmp_path):
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    path = tmp_path / "external.keras"
+    model.save(path)
+    out = tmp_path / "ext"
+    result = convert(path, "--calibration", shapes, "--out", out, "--max-drop", "100", "--calibration-samples", "10")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["test_source"] == "calibration" and report["classes"] == ["circle", "square", "stripes"]
+    assert report["model"]["source_model"] == str(path)
+    assert len(report["int8"]["per_class"]) == 3
+    labels = tmp_path / "four.txt"
+    labels.write_text("a\nb\nc\nd\n")
+    bad = convert(path, "--calibration", shapes, "--out", tmp_path / "bad", "--labels", labels)
+    assert "the model has 3 classes" in one_error_line(bad)
+
+
+def test_transfer_learning_from_the_shared_mobilenet_weights(flowers, tmp_path):
+    weights = require(WEIGHTS / "mobilenet_v1_0.25_224_no_top.h5", "MobileNet V1 0.25 ImageNet weights")
+    data = tmp_path / "flowers"
+    for cls in ("daisy", "rose", "tulip"):
+        (data / cls).mkdir(parents=True)
+        for f in sorted((flowers / cls).iterdir())[:12]:
+            shutil.copy(f, data / cls / f.name)  # real JPEG files
+    out = tmp_path / "mobilenet"
+    result = convert(data, "--out", out, "--arch", "mobilenet_v1", "--alpha", "0.25", "--weights", weights,
+                     "--input-size", "96", "--epochs", "1", "--fine-tune-epochs", "1", "--fine-tune-layers", "6",
+                     "--no-baseline", "--max-drop", "100", "--calibration-samples", "16")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert [s["name"] for s in report["history"]["stages"]] == ["head", "fine-tune"]
+    assert report["history"]["stages"][1]["learning_rate"] == pytest.approx(1e-4)
+    # The bottom of the base is frozen in both stages: it must still hold the ImageNet weights from the file.
+    import h5py
+    import keras
+
+    from convert.models import base_model
+
+    model = keras.models.load_model(out / "model.keras", compile=False)
+    kernel = base_model(model).get_layer("conv1").get_weights()[0]
+    with h5py.File(weights, "r") as f:
+        stored = f["conv1"]["conv1"]["kernel:0"][()]
+    assert np.allclose(kernel, stored)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--arch", "seed-cnn", "--input-size", "32"], "seed-cnn is defined on 64x64"),
+        (["--arch", "mobilenet_v1", "--alpha", "0.3", "--weights", "none"], "supports --alpha"),
+        (["--arch", "mobilenet_v1", "--weights", "/nonexistent.h5"], "--weights '/nonexistent.h5'"),
+        (["--strategy", "multi-worker"], "TF_CONFIG"),
+        (["--split", "70,30"], "--split expects three numbers"),
+    ],
+)
+def test_bad_options_are_one_line_errors(shapes, tmp_path, args, message, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    result = convert(shapes, "--out", tmp_path / "x", "--no-baseline", *args)
+    if "--split" in args:  # a usage error from Typer
+        assert result.exit_code == 2 and message in result.output
+        return
+    assert message in one_error_line(result)
+
+
+def test_bad_datasets_are_one_line_errors(tmp_path, shapes):
+    assert "not found" in one_error_line(convert(tmp_path / "missing", "--out", tmp_path / "o"))
+    single = tmp_path / "single"
+    shutil.copytree(shapes / "circle", single / "circle")
+    assert "single class" in one_error_line(convert(single, "--out", tmp_path / "o"))
+    empty = tmp_path / "empty"
+    shutil.copytree(shapes, empty)
+    (empty / "nothing").mkdir()
+    assert "hold no image files" in one_error_line(convert(empty, "--out", tmp_path / "o"))
+
+
+def test_an_op_without_int8_kernel_is_named():
+    import keras
+
+    from convert.quantize import to_tflite
+    from edgecls.errors import ConversionError
+
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3)(inputs)
+    x = keras.layers.Lambda(lambda t: keras.ops.cumsum(t, axis=1))(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+    with pytest.raises(ConversionError, match="op CUMSUM .* no int8 kernel"):
+        to_tflite(model, representative=np.random.default_rng(0).random((8, 8, 8, 3), np.float32) * 255)
+
+
+def test_demo_main_job_end_to_end(tmp_path):
+    """The README's main job, for real: generate, train, convert, verify, then classify."""
+    out = tmp_path / "demo"
+    result = convert("--demo", "--out", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] and report["int8"]["top1"] >= 0.9 and report["baseline"]["arch"] == "seed-cnn"
+    star = sorted((out / "demo_data" / "star").iterdir())[0]
+    cli = runner.invoke(app, ["classify", str(out / "model.tflite"), str(star), "--top-k", "1"])
+    assert cli.exit_code == 0 and ": star (" in cli.stdout
+
+
+def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):
+    import os
+
+    from edgecls import fsutil
+
+    target = tmp_path / "model.tflite"
+    target.write_bytes(b"old")
+
+    def boom(*_args):  # the rename never happens, as if the process died
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        fsutil.atomic_write_bytes(target, b"new" * 1000)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.tflite"]
