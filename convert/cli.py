@@ -199,12 +199,13 @@ def _summary(observer: RichObserver, report: dict[str, Any], out: Path, demo: bo
     console.print(
         f"\n[bold]{report['model']['arch']}[/]: float top-1 {100 * report['float']['top1']:.1f}%, "
         f"{report['quantization']['mode']} top-1 {100 * report[key]['top1']:.1f}% "
-        f"(drop {report['drop_points']:.2f} pt, agreement {100 * report['agreement']:.1f}%) - parity gate {verdict}"
+        f"(drop {report['drop_points']:.2f} pt, agreement {100 * report['agreement']:.1f}%) - parity gate {verdict}",
+        soft_wrap=True,
     )
     if report.get("baseline"):
         console.print(f"seed-cnn baseline: float top-1 {100 * report['baseline']['float_top1']:.1f}%")
     console.print(f"{report['int8_bytes'] / 1024:.0f} KiB model ({report['int8_bytes'] / report['float_tflite_bytes']:.2f}x "
-                  f"float), {report['timing']['total_s']:.0f} s. Report: {out / 'report.md'}")
+                  f"float), {report['timing']['total_s']:.0f} s. Report: {out / 'report.md'}", soft_wrap=True)
     if report["skipped"]:
         console.print(f"{len(report['skipped'])} files skipped (listed in the report)")
     sample = next((p for p in sorted((out / "demo_data").rglob("*.png"))), None) if demo else None

@@ -155,8 +155,11 @@ def _mobilenet(name: str, spec: ModelSpec) -> Any:
             base = builder(**common)
     except (ValueError, OSError) as exc:
         raise ConversionError(f"cannot build {name} with weights {spec.weights!r}: {exc}") from None
-    base.trainable = False
-    x = base(x, training=False)  # BatchNorm stays in inference mode, also while fine-tuning
+    if weights is None:
+        x = base(x)  # from random weights: an ordinary network, every layer (BatchNorm too) trains
+    else:
+        base.trainable = False  # pretrained: the head trains first on a frozen base (see training.train)
+        x = base(x, training=False)  # BatchNorm keeps ImageNet statistics, also while fine-tuning
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, _head(keras, x, spec, name), name=name)
 
@@ -188,7 +191,7 @@ def mobilenet_v3_small(spec: ModelSpec) -> Any:
 
 
 def base_model(model: Any) -> Any | None:
-    """The pretrained backbone of a transfer model: its nested Keras model (None for models trained from scratch)."""
+    """The backbone of a MobileNet model: its nested Keras model (None for our own architectures)."""
     import keras
 
     return next((layer for layer in model.layers if isinstance(layer, keras.Model)), None)

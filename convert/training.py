@@ -131,14 +131,16 @@ def make_datasets(dataset: Dataset, config: TrainConfig, sigmoid: bool) -> tuple
     return pipeline("train", True), pipeline("val", False)
 
 
-def compile_model(model: Any, *, learning_rate: float, sigmoid: bool, label_smoothing: float) -> None:
+def compile_model(model: Any, *, learning_rate: float, sigmoid: bool, label_smoothing: float, decay_steps: int) -> None:
+    """Adam with a cosine learning-rate decay over the stage (to 1% of the start), so the last epochs refine."""
     import keras
 
     if sigmoid:
         loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
     else:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"])
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, decay_steps), alpha=0.01)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=["accuracy"])
 
 
 def train(
@@ -161,15 +163,18 @@ def train(
     weights = dataset.class_weights() if config.class_weights and not sigmoid else None
     history: dict[str, Any] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [], "stages": []}
     base = base_model(model)
+    pretrained = base is not None and not base.trainable  # models.create_model freezes pretrained bases only
     stages = [("train", config.epochs, config.learning_rate)]
-    if base is not None and config.fine_tune_epochs > 0 and config.fine_tune_layers > 0:
+    if pretrained and config.fine_tune_epochs > 0 and config.fine_tune_layers > 0:
         stages = [("head", config.epochs, config.learning_rate),
                   ("fine-tune", config.fine_tune_epochs, config.learning_rate / 10)]
     for name, epochs, lr in stages:
         if name == "fine-tune":
             _unfreeze_top(base, config.fine_tune_layers)
+        steps = epochs * max(1, -(-len(dataset.samples["train"]) // config.batch_size))
         with strategy.scope():
-            compile_model(model, learning_rate=lr, sigmoid=sigmoid, label_smoothing=config.label_smoothing)
+            compile_model(model, learning_rate=lr, sigmoid=sigmoid, label_smoothing=config.label_smoothing,
+                          decay_steps=steps)
         observer.stage(name, epochs)
         history["stages"].append({"name": name, "start_epoch": len(history["loss"]), "learning_rate": lr})
         fit = model.fit(
@@ -224,8 +229,6 @@ def _callbacks(config: TrainConfig, stage: str, epochs: int, checkpoint_dir: Pat
     return [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True,
                                       start_from_epoch=min(epochs // 4, 10)),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, config.patience // 3),
-                                          min_lr=1e-6),
         AtomicCheckpoint(),
         Report(),
     ]

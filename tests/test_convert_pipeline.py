@@ -156,7 +156,8 @@ def test_parity_gate_failure_keeps_artifacts_and_exits_non_zero(tmp_path, monkey
 
 def test_uint8_io_and_float16(shapes, tmp_path):
     out = tmp_path / "u8"
-    assert convert(shapes, "--out", out, *TINY, "--io", "uint8").exit_code == 0
+    # also through tf.distribute's MirroredStrategy (one CPU device here), as a multi-GPU workstation would run it
+    assert convert(shapes, "--out", out, *TINY, "--io", "uint8", "--strategy", "mirrored").exit_code == 0
     with Classifier(out / "model.tflite") as clf:
         assert clf.input_spec.dtype == "uint8" and clf.output_spec.dtype == "uint8"
         assert clf.preprocessor._lut_kind == "identity"  # raw pixels straight into the tensor
@@ -292,3 +293,22 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         fsutil.atomic_write_bytes(target, b"new" * 1000)
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.tflite"]
+
+
+def test_mobilenet_from_random_weights_trains_as_one_ordinary_network():
+    """With --weights none nothing is frozen and BatchNorm learns its statistics (a frozen, inference-mode
+    BatchNorm on random weights never learns: the bug this test keeps out)."""
+    import keras
+
+    from convert.models import ModelSpec, base_model, create_model
+    from convert.training import compile_model
+
+    model = create_model("mobilenet_v1", ModelSpec(num_classes=3, input_size=32, weights="none"))
+    base = base_model(model)
+    assert base.trainable
+    bn = base.get_layer("conv1_bn")
+    before = np.array(bn.moving_mean)
+    compile_model(model, learning_rate=1e-3, sigmoid=False, label_smoothing=0.0, decay_steps=10)
+    x = np.random.default_rng(0).random((8, 32, 32, 3), np.float32) * 255
+    model.fit(x, keras.utils.to_categorical([0, 1, 2, 0, 1, 2, 0, 1], 3), epochs=1, verbose=0)
+    assert not np.allclose(before, np.array(bn.moving_mean))
