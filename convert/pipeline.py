@@ -105,8 +105,11 @@ class QuietObserver:
 
 def convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertObserver | None = None) -> dict[str, Any]:
     """Train ``options.arch`` on a folder-per-class (or pre-split) dataset, export, verify and report."""
+    import keras
+
     obs = observer or QuietObserver()
     started = time.perf_counter()
+    keras.utils.set_random_seed(options.train.seed)  # weight init, dropout and shuffling follow --seed
     size = options.size()
     preprocess = PreprocessConfig(resize=options.resize, mean=0.0, std=1.0)
     obs.step(f"reading {data_dir}")
