@@ -227,8 +227,10 @@ def _callbacks(config: TrainConfig, stage: str, epochs: int, checkpoint_dir: Pat
                 os.replace(tmp, final)
 
     return [
+        # With cosine decay the best epochs come late: watch only the last third, so a noisy validation loss in the
+        # middle of the schedule cannot stop training before the learning rate has come down.
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True,
-                                      start_from_epoch=min(epochs // 4, 10)),
+                                      start_from_epoch=(2 * epochs) // 3),
         AtomicCheckpoint(),
         Report(),
     ]
