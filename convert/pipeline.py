@@ -249,9 +249,7 @@ def _export_and_verify(
     norm = lambda x: (x.astype(np.float32) - float(cfg.mean or 0.0)) / float(cfg.std or 1.0)  # noqa: E731
     obs.step(f"exporting: {options.quant} TFLite")
     calib_idx = stratified_sample(dataset.labels("train"), options.calibration_samples, options.train.seed)
-    calibration = norm(dataset.images["train"][calib_idx]) if len(calib_idx) else None
-    if calibration is None:
-        calibration = norm(dataset.images["test"][: options.calibration_samples])
+    calibration = norm(dataset.images["train"][calib_idx])
     flat = to_tflite(model, mode=options.quant, io_type=options.io, representative=calibration)
     float_bytes = len(to_tflite(model, mode="none"))
     _save_keras(model, out / "model.keras")
@@ -260,17 +258,16 @@ def _export_and_verify(
     obs.step(f"verifying on {len(test_labels)} held-out images ({dataset.test_source} split)")
     float_probs = evaluate.float_probabilities(model, norm(dataset.images["test"]), sigmoid=sigmoid)
     # Write the model with a provisional manifest, evaluate it through the runtime, then rewrite with metrics.
-    manifest = _manifest(options, dataset, sigmoid, metrics=None, external=external)
+    manifest = _manifest(options, dataset, sigmoid, external=external)
     model_path = out / "model.tflite"
     atomic_write_bytes(model_path, embed_manifest(flat, manifest, labels=classes))
     tflite_probs = evaluate.tflite_probabilities(model_path, [s.path for s in dataset.samples["test"]])
     metrics = evaluate.compare(test_labels, float_probs, tflite_probs, classes)
     passed = metrics["drop_points"] <= options.max_drop
     key = "int8" if options.quant == "int8" else "tflite"
-    summary = {"float_top1": metrics["float"]["top1"], f"{key}_top1": metrics["int8"]["top1"],
-               "agreement": metrics["agreement"], "passed": passed}
-    atomic_write_bytes(model_path, embed_manifest(flat, _manifest(options, dataset, sigmoid, summary, external),
-                                                  labels=classes))
+    manifest["metrics"] = {"float_top1": metrics["float"]["top1"], f"{key}_top1": metrics["int8"]["top1"],
+                           "agreement": metrics["agreement"], "passed": passed}
+    atomic_write_bytes(model_path, embed_manifest(flat, manifest, labels=classes))
     atomic_write_text(out / "labels.txt", "\n".join(classes) + "\n")
 
     result = _report(options, dataset, model, metrics, key, passed, len(flat), float_bytes, baseline, history,
@@ -290,8 +287,8 @@ def _save_keras(model: Any, path: Path) -> None:
     tmp.replace(path)
 
 
-def _manifest(options: ConvertOptions, dataset: Dataset, sigmoid: bool, metrics: dict[str, Any] | None,
-              external: str | None) -> dict[str, Any]:
+def _manifest(options: ConvertOptions, dataset: Dataset, sigmoid: bool, external: str | None) -> dict[str, Any]:
+    """The manifest embedded in model.tflite; its "metrics" are filled in once the model has been verified."""
     size = options.size()
     return {
         "preprocess": dataset.preprocess.to_dict(),
@@ -301,7 +298,7 @@ def _manifest(options: ConvertOptions, dataset: Dataset, sigmoid: bool, metrics:
         "quantization": {"mode": options.quant, "io": options.io if options.quant == "int8" else "float32",
                          "calibration_samples": options.calibration_samples},
         "provenance": _provenance(options, dataset, external),
-        "metrics": metrics,
+        "metrics": None,
     }
 
 

@@ -142,7 +142,6 @@ def dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 class _Plan:
     """Everything about one frame shape that does not change from frame to frame."""
 
-    crop: tuple[int, int, int, int]  # y0, y1, x0, x1 of the source region
     size: tuple[int, int]  # resized (width, height)
     offset: tuple[int, int]  # where the resized image lands in the input (x, y); non-zero only for letterbox
     convert: str | None  # colour conversion after resizing (an OpenCV COLOR_* name), or None
@@ -185,7 +184,7 @@ class Preprocessor:
         try:  # the hot path: a frame shape seen before (validated then) needs one dictionary lookup
             plan = self._plans[(frame.shape, frame.dtype, color)]
         except (KeyError, AttributeError, TypeError):
-            _frame_key(frame)  # raises ImageError for anything that is not a usable image
+            _check_frame(frame)  # raises ImageError for anything that is not a usable image
             plan = self._plans[(frame.shape, frame.dtype, color)] = self._make_plan(frame, color)
         src = frame[plan.crop_slices] if plan.crop_slices else frame
         if plan.direct:
@@ -227,7 +226,6 @@ class Preprocessor:
             and (crop[1] - crop[0], crop[3] - crop[2]) != (th, tw)
         )
         return _Plan(
-            crop,
             size,
             offset,
             convert,
@@ -283,22 +281,17 @@ class Preprocessor:
                 np.take(self.lut[:, c], converted[:, :, c], out=out[:, :, c])
 
 
-def _frame_key(frame: Any) -> tuple[int, int, int]:
+def _check_frame(frame: Any) -> None:
     if not isinstance(frame, np.ndarray):
         raise ImageError(f"expected a numpy uint8 image array, received {type(frame).__name__}")
     if frame.dtype != np.uint8:
         raise ImageError(
             f"expected a uint8 image array, received dtype {frame.dtype}; scale to 0..255 and use .astype(np.uint8)"
         )
-    if frame.ndim == 2:
-        channels = 1
-    elif frame.ndim == 3 and frame.shape[2] in (1, 3, 4):
-        channels = frame.shape[2]
-    else:
+    if not (frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] in (1, 3, 4))):
         raise ImageError(f"expected an image of shape HxW, HxWx3 or HxWx4, received shape {tuple(frame.shape)}")
     if frame.shape[0] == 0 or frame.shape[1] == 0:
         raise ImageError(f"received an empty image of shape {tuple(frame.shape)}")
-    return frame.shape[0], frame.shape[1], channels
 
 
 # OpenCV colour conversion codes by (source channels, source order, model channels); looked up lazily.
