@@ -17,6 +17,17 @@ _LAZY = {
     "PreprocessConfig": "edgecls.preprocess",
     "InputSpec": "edgecls.preprocess",
     "read_image": "edgecls.images",
+    "Stream": "edgecls.stream",
+    "StreamResult": "edgecls.stream",
+    "StreamStats": "edgecls.stream",
+    "Latency": "edgecls.stream",
+    "StreamEvent": "edgecls.capture",
+    "Smoothing": "edgecls.smoothing",
+    "Decision": "edgecls.smoothing",
+    "FrameSource": "edgecls.sources",
+    "parse_source": "edgecls.sources",
+    "parse_sink": "edgecls.sinks",
+    "SinkError": "edgecls.errors",
     "EdgeclsError": "edgecls.errors",
     "ModelError": "edgecls.errors",
     "BackendError": "edgecls.errors",
@@ -43,7 +54,13 @@ if TYPE_CHECKING:  # pragma: no cover
         LabelsError,
         ModelError,
     )
+    from .capture import StreamEvent
+    from .errors import SinkError
     from .images import read_image
+    from .sinks import parse_sink
+    from .smoothing import Decision, Smoothing
+    from .sources import FrameSource, parse_source
+    from .stream import Latency, Stream, StreamResult, StreamStats
     from .postprocess import Prediction
     from .preprocess import InputSpec, PreprocessConfig
 

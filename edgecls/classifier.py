@@ -169,6 +169,10 @@ class Classifier:
         self.last_timing = Timing((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
         return scores
 
+    def output_scores(self) -> np.ndarray:
+        """All class scores in [0, 1] of the last classification (read from the output tensor)."""
+        return self.postprocessor.scores(self._output_view())
+
     def _run(self, image: np.ndarray | str | os.PathLike[str], color: str) -> tuple[float, float, float]:
         """Preprocess into the input tensor and invoke; returns the perf_counter marks around each step."""
         if not isinstance(image, np.ndarray):

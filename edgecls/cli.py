@@ -191,6 +191,63 @@ def classify(
         raise typer.Exit(code=1)
 
 
+@app.command()
+def run(
+    model: ModelArg,
+    source: Annotated[
+        str,
+        typer.Option(
+            "--source", "-s",
+            help="picam, picam:N, a camera index or /dev/videoN, a video file, an rtsp:// or http:// URL, a GStreamer "
+            "pipeline, an image, a folder or glob of images, or demo.",
+        ),
+    ],
+    labels: LabelsOpt = None,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Predictions per result.")] = 3,
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="Hide scores below this.")] = 0.0,
+    threads: ThreadsOpt = None,
+    backend: BackendOpt = BackendChoice.auto,
+    delegate: DelegateOpt = None,
+    device: DeviceOpt = None,
+    sink: Annotated[
+        Optional[list[str]],
+        typer.Option("--sink", help="Also send results to jsonl:PATH, mqtt://[user:pass@]host[:port]/topic, "
+                     "video:PATH or preview:[HOST:]PORT (repeatable)."),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per result on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Nothing on stdout (sinks only).")] = False,
+    on_change: Annotated[bool, typer.Option("--on-change", help="Emit only when the decided label changes.")] = False,
+    fps: Annotated[Optional[float], typer.Option("--fps", min=0.01, help="Classify at most this many frames/s.")] = None,
+    max_frames: Annotated[Optional[int], typer.Option("--max-frames", min=1, help="Stop after N results.")] = None,
+    duration: Annotated[Optional[float], typer.Option("--duration", min=0.01, help="Stop after S seconds.")] = None,
+    loop: Annotated[bool, typer.Option("--loop", help="Start a video file or image folder over at its end.")] = False,
+    ema: Annotated[float, typer.Option("--ema", min=0.01, max=1.0, help="Moving-average weight of the newest frame (1: off).")] = 1.0,
+    hold: Annotated[int, typer.Option("--hold", min=1, help="Frames a new label must lead before the decision switches.")] = 1,
+    margin: Annotated[Optional[float], typer.Option("--margin", min=0.01, max=1.0, help="...or lead by this much to switch at once.")] = None,
+    min_score: Annotated[float, typer.Option("--min-score", min=0.0, max=1.0, help="Below this, no decision.")] = 0.0,
+    width: Annotated[Optional[int], typer.Option("--width", min=16, help="Camera frame width to ask for.")] = None,
+    height: Annotated[Optional[int], typer.Option("--height", min=16, help="Camera frame height to ask for.")] = None,
+    camera_fps: Annotated[Optional[float], typer.Option("--camera-fps", min=1, help="Camera frame rate to ask for.")] = None,
+    mqtt_qos: Annotated[int, typer.Option("--mqtt-qos", min=0, max=2, help="MQTT quality of service.")] = 0,
+    mqtt_retain: Annotated[bool, typer.Option("--mqtt-retain", help="Publish MQTT results as retained.")] = False,
+) -> None:
+    """Classify a live camera, video or stream; Ctrl-C or SIGTERM stops it cleanly with every sink flushed."""
+    from .cli_run import RunOptions, run_stream
+
+    options = RunOptions(
+        source=source, top_k=top_k, threshold=threshold, sinks=list(sink or []), json_lines=json_out, quiet=quiet,
+        on_change=on_change, fps=fps, max_frames=max_frames, duration=duration, loop=loop, ema=ema, hold=hold,
+        margin=margin, min_score=min_score, width=width, height=height, camera_fps=camera_fps, mqtt_qos=mqtt_qos,
+        mqtt_retain=mqtt_retain,
+    )
+    with project_errors():
+        clf = _open_classifier(
+            model, labels=labels, threads=threads, backend=backend, delegate=delegate, device=device
+        )
+        code = run_stream(clf, options, out=sys.stdout, err=sys.stderr)
+    raise typer.Exit(code=code)
+
+
 def _register_host_commands() -> None:
     """Host-side commands live in the `convert` package (TensorFlow loads only when they run)."""
     try:

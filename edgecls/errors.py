@@ -35,6 +35,10 @@ class CameraError(EdgeclsError):
     """A camera or stream source cannot be opened or stopped delivering frames."""
 
 
+class SinkError(EdgeclsError):
+    """A result sink (file, MQTT broker, video, preview) cannot be opened or written."""
+
+
 class DataError(EdgeclsError):
     """A training dataset is missing, empty or unusable."""
 

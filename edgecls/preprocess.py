@@ -180,7 +180,13 @@ class Preprocessor:
         return out
 
     def __call__(self, frame: np.ndarray, out: np.ndarray, *, color: str = "rgb") -> None:
-        """Preprocess ``frame`` into ``out`` (HxWxC, the model's dtype), e.g. a view of the input tensor."""
+        """Preprocess ``frame`` into ``out`` (HxWxC, the model's dtype), e.g. a view of the input tensor.
+
+        ``color``: the frame's channel order, "rgb" or "bgr", or "yuv420" for an I420 array of shape (H*3/2, W) as
+        cameras deliver it (a grayscale model then reads the Y plane as it is).
+        """
+        if color == "yuv420":
+            frame, color = self._from_yuv420(frame), "rgb"
         try:  # the hot path: a frame shape seen before (validated then) needs one dictionary lookup
             plan = self._plans[(frame.shape, frame.dtype, color)]
         except (KeyError, AttributeError, TypeError):
@@ -198,6 +204,18 @@ class Preprocessor:
             self._write(self._resize(src, plan), out, plan)
 
     # -- pieces -------------------------------------------------------------------------------------------------
+
+    def _from_yuv420(self, frame: np.ndarray) -> np.ndarray:
+        if not (isinstance(frame, np.ndarray) and frame.ndim == 2 and frame.shape[0] % 3 == 0 and frame.dtype == np.uint8):
+            raise ImageError(
+                f"a yuv420 frame is a uint8 array of shape (height * 3 / 2, width); received "
+                f"{getattr(frame, 'shape', type(frame).__name__)}"
+            )
+        height = frame.shape[0] * 2 // 3
+        if self.spec.channels == 1:
+            return frame[:height]  # the Y plane is the grayscale image
+        cv2 = self._cv2 or _import_cv2()
+        return cv2.cvtColor(frame, cv2.COLOR_YUV2RGB_I420)
 
     def _make_plan(self, frame: np.ndarray, color: str) -> _Plan:
         if color not in COLOR_ORDERS:

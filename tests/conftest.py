@@ -63,3 +63,85 @@ def built_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from model_factory import build_all
 
     return build_all(tmp_path_factory.mktemp("models"))
+
+
+# -- live streaming helpers: a video file, and a real Mosquitto broker --------------------------------------------
+
+
+def write_video(path: Path, frames: list, *, fps: float = 30.0) -> Path:  # type: ignore[type-arg]
+    """Write BGR frames to an MJPG .avi with OpenCV (a real file for the OpenCV source to decode)."""
+    import cv2
+
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    assert writer.isOpened(), "OpenCV could not open a video writer"
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+@pytest.fixture(scope="session")
+def cat_video(coral: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 640x480 video of 24 frames: 12 of the Coral cat, then 12 of the Coral dragonfly."""
+    import cv2
+
+    cat = cv2.resize(cv2.imread(str(coral / "cat.bmp")), (640, 480))
+    fly = cv2.resize(cv2.imread(str(coral / "dragonfly.bmp")), (640, 480))
+    return write_video(tmp_path_factory.mktemp("video") / "cat_then_fly.avi", [cat] * 12 + [fly] * 12)
+
+
+class Mosquitto:
+    """A real Mosquitto broker on 127.0.0.1 and a free port, with persistence so that a restart keeps sessions."""
+
+    def __init__(self, workdir: Path) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.workdir = workdir
+        self.config = workdir / "mosquitto.conf"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {workdir}/\nlog_dest file {workdir}/mosquitto.log\n"
+        )
+        self.process = None
+
+    def start(self) -> "Mosquitto":
+        import shutil
+        import socket
+        import subprocess
+        import time
+
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.process = subprocess.Popen([exe, "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not start on port {self.port}: {(self.workdir / 'mosquitto.log').read_text()}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture()
+def mosquitto(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A running broker; skipped when mosquitto is not installed (a failure under CI=true: .ci/run installs it)."""
+    import shutil
+
+    if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
+        message = "mosquitto is not installed (apt install mosquitto)"
+        if IN_CI:
+            pytest.fail(message + "; .ci/run installs it, so CI=true requires it")
+        pytest.skip(message)
+    broker = Mosquitto(tmp_path).start()
+    yield broker
+    broker.stop()

@@ -1,0 +1,470 @@
+"""Where stream results go: a JSON-lines file, an MQTT broker, an annotated video file, an MJPEG preview over HTTP.
+
+Every sink has ``write(result)`` and ``close()`` (which flushes), and is built from the text a user types after
+``--sink`` by `parse_sink`: ``jsonl:PATH``, ``mqtt://[user:pass@]host[:port]/topic``, ``video:PATH``,
+``preview:[HOST:]PORT``. A sink never stops classification: a broker that goes away is reconnected to in the
+background while results wait in a bounded buffer.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+
+from .capture import StreamEvent
+from .errors import ConfigError, SinkError
+from .stream import StreamResult
+
+log = logging.getLogger(__name__)
+
+SINK_FORMS = "jsonl:PATH, mqtt://[user:pass@]host[:port]/topic, video:PATH (.avi or .mp4), preview:[HOST:]PORT"
+
+
+class Sink(Protocol):
+    def write(self, result: StreamResult) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def format_line(result: StreamResult) -> str:
+    """A readable one-line summary of a result: top-k, the smoothed decision and the latency."""
+    top = "  ".join(f"{p.label} {p.score:.2f}" for p in result.predictions) or "(nothing above threshold)"
+    d = result.decision
+    decided = f"{d.label} {d.score:.2f}" if d.label is not None else "none"
+    mark = " *changed*" if d.changed else ""
+    return f"#{result.sequence:<6d} {top}  | decision: {decided}{mark}  [{result.latency.total_ms:.1f} ms]"
+
+
+class TextSink:
+    """Results as readable lines (or JSON objects with ``json=True``) on a text stream such as sys.stdout."""
+
+    def __init__(self, stream: Any, *, json_lines: bool = False, on_change: bool = False) -> None:
+        self.stream, self.json_lines, self.on_change = stream, json_lines, on_change
+
+    def write(self, result: StreamResult) -> None:
+        if self.on_change and not result.decision.changed:
+            return
+        text = json.dumps(result.to_dict()) if self.json_lines else format_line(result)
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class JsonlSink:
+    """One JSON object per result appended to ``path`` and flushed per line: a crash loses at most the line in
+    flight, never an earlier one."""
+
+    def __init__(self, path: str | os.PathLike[str], *, on_change: bool = False) -> None:
+        self.path = Path(path)
+        self.on_change = on_change
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8", buffering=1)  # line-buffered: one write per line
+        except OSError as exc:
+            raise SinkError(f"cannot open {self.path} for appending ({exc.strerror}); check the path and permissions") from None
+
+    def write(self, result: StreamResult) -> None:
+        if self.on_change and not result.decision.changed:
+            return
+        try:
+            self._fh.write(json.dumps(result.to_dict()) + "\n")
+        except OSError as exc:
+            raise SinkError(f"writing {self.path} failed ({exc.strerror}); is the disk full?") from None
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.flush()
+            self._fh.close()
+
+
+# -- MQTT ------------------------------------------------------------------------------------------------------------
+
+
+class MqttSink:
+    """Publish results as JSON to an MQTT topic through paho-mqtt.
+
+    ``on_change``: publish only when the decided label changes. ``qos``/``retain``: as MQTT defines them.
+    ``buffer``: results kept while the broker is unreachable (the oldest go first when it is full); they are sent,
+    in order, when the connection is back. The client reconnects by itself with backoff; ``<topic>/status`` holds
+    a retained "online", and "offline" as the last will. ``on_event`` hears of disconnects and reconnects.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        on_change: bool = False,
+        qos: int = 0,
+        retain: bool = False,
+        buffer: int = 1000,
+        client_id: str | None = None,
+        keepalive: int = 30,
+        on_event: Callable[[StreamEvent], None] | None = None,
+    ) -> None:
+        if qos not in (0, 1, 2):
+            raise ConfigError(f"MQTT QoS must be 0, 1 or 2 (received {qos})")
+        if buffer < 1:
+            raise ConfigError(f"MQTT buffer must hold at least 1 message (received {buffer})")
+        self.host, self.port, self.topic, user, password, tls = parse_mqtt_url(url)
+        self.url = url
+        self.on_change, self.qos, self.retain = on_change, qos, retain
+        self.on_event = on_event
+        self.sent = 0
+        self.overflowed = 0
+        self._pending: collections.deque[bytes] = collections.deque(maxlen=buffer)
+        self._lock = threading.Lock()
+        self._connected = False
+        self._ever_connected = False
+        mqtt = _import_paho()
+        self._client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"edgecls-{os.getpid()}-{int(time.time() * 1000) % 100000}",
+        )
+        if user:
+            self._client.username_pw_set(user, password)
+        if tls:
+            self._client.tls_set()
+        self._client.will_set(self.status_topic, "offline", qos=1, retain=True)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self._client.max_queued_messages_set(buffer)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        try:
+            self._client.connect_async(self.host, self.port, keepalive)
+        except (OSError, ValueError) as exc:
+            raise SinkError(f"cannot connect to MQTT broker {self.host}:{self.port} ({exc})") from None
+        self._client.loop_start()  # its thread connects, and reconnects after every loss
+
+    @property
+    def status_topic(self) -> str:
+        return f"{self.topic}/status"
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def write(self, result: StreamResult) -> None:
+        if self.on_change and not result.decision.changed:
+            return
+        payload = json.dumps(result.to_dict()).encode()
+        with self._lock:
+            if len(self._pending) == self._pending.maxlen:
+                self.overflowed += 1
+            self._pending.append(payload)
+            if self._connected:
+                self._flush_locked()
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the broker connection (results are buffered meanwhile either way)."""
+        deadline = time.monotonic() + timeout
+        while not self._connected and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self._connected
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Send what is buffered (waiting up to ``timeout`` s for a connection), then disconnect."""
+        if self._pending and not self._connected:
+            self.wait_connected(timeout)
+        last = None
+        with self._lock:
+            if self._connected:
+                last = self._flush_locked()
+                last = self._client.publish(self.status_topic, "offline", qos=1, retain=True)
+        if last is not None:
+            try:
+                last.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                pass
+        if self._pending:
+            log.warning("MQTT: %d result(s) could not be sent to %s:%d", len(self._pending), self.host, self.port)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _flush_locked(self) -> Any:
+        info = None
+        while self._pending:
+            info = self._client.publish(self.topic, self._pending[0], qos=self.qos, retain=self.retain)
+            if info.rc != 0:  # the connection dropped under us: keep the message for the reconnect
+                self._connected = False
+                break
+            self._pending.popleft()
+            self.sent += 1
+        return info
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if getattr(reason_code, "is_failure", False):
+            self._event("sink-error", f"MQTT broker {self.host}:{self.port} refused the connection: {reason_code}")
+            return
+        client.publish(self.status_topic, "online", qos=1, retain=True)
+        with self._lock:
+            self._connected = True
+            self._flush_locked()
+        kind = "sink-reconnected" if self._ever_connected else "sink-connected"
+        self._ever_connected = True
+        self._event(kind, f"MQTT connected to {self.host}:{self.port}")
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        with self._lock:
+            was = self._connected
+            self._connected = False
+        if was:
+            self._event("sink-disconnected", f"MQTT lost {self.host}:{self.port} ({reason_code}); reconnecting")
+
+    def _event(self, kind: str, message: str) -> None:
+        log.info("%s: %s", kind, message)
+        if self.on_event is not None:
+            self.on_event(StreamEvent(kind, message, time.time()))
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int, str, str | None, str | None, bool]:
+    """(host, port, topic, user, password, tls) of ``mqtt[s]://[user:pass@]host[:port]/topic``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ConfigError(f"MQTT sink {url!r} must start with mqtt:// or mqtts://")
+    topic = unquote(parts.path.lstrip("/"))
+    if not parts.hostname or not topic:
+        raise ConfigError(f"MQTT sink {url!r} needs a host and a topic: mqtt://[user:pass@]host[:port]/topic")
+    if "#" in topic or "+" in topic:
+        raise ConfigError(f"MQTT topic {topic!r} is for publishing and cannot hold the wildcards # or +")
+    try:
+        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    except ValueError:
+        raise ConfigError(f"MQTT sink {url!r} has an invalid port") from None
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    return parts.hostname, port, topic, user, password, parts.scheme == "mqtts"
+
+
+def _import_paho() -> Any:
+    try:
+        import paho.mqtt.client as mqtt
+    except ImportError:
+        raise SinkError("the MQTT sink needs paho-mqtt: pip install 'edgecls[mqtt]'") from None
+    return mqtt
+
+
+# -- drawing: annotated video and the MJPEG preview ------------------------------------------------------------------
+
+
+def annotate(result: StreamResult) -> np.ndarray:
+    """The result's frame as a BGR image with the decision, the top prediction and the latency drawn on it."""
+    import cv2
+
+    frame = to_bgr(result.frame, result.color)  # type: ignore[arg-type]
+    d = result.decision
+    lines = [f"{d.label if d.label is not None else '-'} {d.score:.2f}"]
+    if result.top is not None and result.top.label != d.label:
+        lines.append(f"frame: {result.top.label} {result.top.score:.2f}")
+    lines.append(f"#{result.sequence}  {result.latency.total_ms:.1f} ms")
+    scale = max(0.5, frame.shape[1] / 800)
+    y = int(30 * scale)
+    for text in lines:
+        for color, thickness in (((0, 0, 0), 4), ((255, 255, 255), 1)):
+            cv2.putText(frame, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, max(1, int(thickness * scale)),
+                        cv2.LINE_AA)
+        y += int(30 * scale)
+    return frame
+
+
+def to_bgr(image: np.ndarray, color: str) -> np.ndarray:
+    """A BGR copy of a frame delivered in ``color`` order (rgb, bgr, yuv420; 1, 3 or 4 channels)."""
+    import cv2
+
+    if color == "yuv420":
+        return cv2.cvtColor(image, cv2.COLOR_YUV2BGR_I420)
+    if image.ndim == 2 or image.shape[2] == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_RGBA2BGR if color == "rgb" else cv2.COLOR_BGRA2BGR)
+    return cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if color == "rgb" else image.copy()
+
+
+class VideoSink:
+    """The stream, annotated, written to a video file with OpenCV (``.avi``: MJPG, ``.mp4``: mp4v).
+
+    Frames go to a ``.partial`` file renamed to ``path`` on close, so an interrupted run never leaves a
+    half-written file under the final name.
+    """
+
+    FOURCC = {".avi": "MJPG", ".mp4": "mp4v", ".mkv": "MJPG"}
+
+    def __init__(self, path: str | os.PathLike[str], *, fps: float = 30.0) -> None:
+        self.path = Path(path)
+        if self.path.suffix.lower() not in self.FOURCC:
+            raise ConfigError(f"video sink {self.path}: the file must end in {', '.join(self.FOURCC)}")
+        self.fps = fps
+        self.partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
+        self.frames = 0
+        self._writer: Any = None
+
+    def write(self, result: StreamResult) -> None:
+        if result.frame is None:
+            raise SinkError("the video sink needs the frames: make the stream with keep_frames=True")
+        import cv2
+
+        image = annotate(result)
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fourcc = cv2.VideoWriter_fourcc(*self.FOURCC[self.path.suffix.lower()])
+            self._writer = cv2.VideoWriter(str(self.partial), fourcc, self.fps, (image.shape[1], image.shape[0]))
+            if not self._writer.isOpened():
+                self._writer = None
+                raise SinkError(f"OpenCV cannot write {self.path}; try a .avi file")
+            self._size = (image.shape[1], image.shape[0])
+        if (image.shape[1], image.shape[0]) != self._size:
+            image = cv2.resize(image, self._size)
+        self._writer.write(image)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+            os.replace(self.partial, self.path)
+
+
+class PreviewSink:
+    """An MJPEG preview of the annotated stream over HTTP, for headless Pis: open ``http://HOST:PORT/`` in a
+    browser. Bound to 127.0.0.1 unless a host is given (``0.0.0.0`` exposes it to the network). Frames are encoded
+    only while someone watches, at most ``max_fps`` a second."""
+
+    def __init__(self, port: int = 8080, *, host: str = "127.0.0.1", quality: int = 80, max_fps: float = 15.0) -> None:
+        from http.server import ThreadingHTTPServer
+
+        self.quality, self.min_interval = quality, 1.0 / max_fps
+        self.viewers = 0
+        self._jpeg: bytes | None = None
+        self._version = 0
+        self._last = 0.0
+        self._cond = threading.Condition()
+        self._closed = False
+        try:
+            self._server = ThreadingHTTPServer((host, port), _preview_handler(self))
+        except OSError as exc:
+            raise SinkError(f"cannot serve the preview on {host}:{port} ({exc.strerror}); pick another port") from None
+        self._server.daemon_threads = True
+        self.host, self.port = self._server.server_address[:2]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="edgecls-preview", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    def write(self, result: StreamResult) -> None:
+        now = time.monotonic()
+        if result.frame is None or (self.viewers == 0 and self._jpeg is not None) or now - self._last < self.min_interval:
+            return
+        import cv2
+
+        ok, data = cv2.imencode(".jpg", annotate(result), [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if ok:
+            with self._cond:
+                self._jpeg, self._version, self._last = data.tobytes(), self._version + 1, now
+                self._cond.notify_all()
+
+    def next_jpeg(self, seen: int, timeout: float = 1.0) -> tuple[int, bytes | None]:
+        with self._cond:
+            if self._version == seen and not self._closed:
+                self._cond.wait(timeout)
+            return self._version, self._jpeg
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(2.0)
+
+
+def _preview_handler(sink: PreviewSink) -> type:
+    from http.server import BaseHTTPRequestHandler
+
+    page = b"<!doctype html><title>edgecls preview</title><body style='margin:0;background:#111'>" \
+           b"<img src='/stream.mjpg' style='max-width:100%'></body>"
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it so
+            log.debug("preview: " + format, *args)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if self.path == "/":
+                self._send(200, "text/html", page)
+            elif self.path == "/snapshot.jpg":
+                _, jpeg = sink.next_jpeg(-1, 0)
+                self._send(200, "image/jpeg", jpeg) if jpeg else self._send(503, "text/plain", b"no frame yet")
+            elif self.path == "/stream.mjpg":
+                self._stream()
+            else:
+                self._send(404, "text/plain", b"not found")
+
+        def _send(self, code: int, kind: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _stream(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+            sink.viewers += 1
+            seen = -1
+            try:
+                while not sink._closed:
+                    version, jpeg = sink.next_jpeg(seen)
+                    if jpeg is None or version == seen:
+                        continue
+                    seen = version
+                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg))
+                    self.wfile.write(jpeg + b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            finally:
+                sink.viewers -= 1
+
+    return Handler
+
+
+def parse_sink(
+    spec: str,
+    *,
+    on_change: bool = False,
+    qos: int = 0,
+    retain: bool = False,
+    fps: float = 30.0,
+    on_event: Callable[[StreamEvent], None] | None = None,
+) -> Sink:
+    """Build the sink a ``--sink`` text names (see SINK_FORMS)."""
+    if spec.startswith(("mqtt://", "mqtts://")):
+        return MqttSink(spec, on_change=on_change, qos=qos, retain=retain, on_event=on_event)
+    kind, _, rest = spec.partition(":")
+    if kind == "jsonl" and rest:
+        return JsonlSink(rest, on_change=on_change)
+    if kind == "video" and rest:
+        return VideoSink(rest, fps=fps)
+    if kind == "preview":
+        host, _, port = rest.rpartition(":")
+        try:
+            return PreviewSink(int(port or 8080), host=host or "127.0.0.1")
+        except ValueError:
+            raise ConfigError(f"preview sink {spec!r}: the port must be a number, e.g. preview:8080") from None
+    raise ConfigError(f"unknown sink {spec!r}; expected {SINK_FORMS}")

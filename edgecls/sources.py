@@ -1,0 +1,484 @@
+"""Frame sources: cameras (picamera2, OpenCV), video files, network streams, still images and the demo generator.
+
+Every source says which colour order its frames come in (``color``: "rgb", "bgr" or "yuv420") and whether it is
+``live`` (frames keep coming whether or not anyone reads them, so stale ones are dropped, and a failure is worth a
+reconnect) or not (a file: every frame is read in turn, and the end is the end). The shared preprocessing converts
+the colour once; sources never convert.
+
+``open_source("picam")``, ``open_source("0")``, ``open_source("clip.mp4")`` ... build a source from the text a user
+types after ``--source``; see `parse_source`.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import CameraError, ConfigError
+from .images import IMAGE_SUFFIXES, expand_image_paths, read_image
+from .nativelog import quiet_native_stderr
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mjpeg", ".mjpg", ".mpg", ".mpeg", ".ts", ".h264")
+NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
+SOURCE_FORMS = (
+    "picam | picam:N (Raspberry Pi camera), N or /dev/videoN (USB camera), a video file, an rtsp:// or http:// URL, "
+    "a GStreamer pipeline ('... ! appsink'), an image, a folder or glob of images, or demo"
+)
+PICAMERA2_HINT = (
+    "picamera2 comes from Raspberry Pi OS packages, not pip: sudo apt install python3-picamera2, and make the venv "
+    "with system site packages (python3 -m venv --system-site-packages .venv)"
+)
+
+
+class FrameSource:
+    """Base class of frame sources. Subclasses set ``name``, ``color`` and ``live`` and implement the methods.
+
+    ``read()`` returns the next uint8 frame, or None at the end of the stream; it raises CameraError when the
+    device fails (a live source is then reopened by the stream with backoff) and ImageError for one bad item
+    (skipped and reported). ``rewind()`` starts a finite source over (for ``--loop``).
+    """
+
+    name: str = "source"
+    color: str = "rgb"
+    live: bool = False
+
+    def open(self) -> None:
+        """Acquire the device or file; raises CameraError with the reason and the fix."""
+
+    def read(self) -> np.ndarray | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def rewind(self) -> bool:
+        """Start over from the first frame; False when the source cannot."""
+        return False
+
+    def close(self) -> None:
+        """Release the device; safe to call twice."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "color": self.color, "live": self.live}
+
+    def __enter__(self) -> "FrameSource":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- OpenCV: USB cameras, video files, network streams, GStreamer pipelines -----------------------------------------
+
+
+class OpenCVSource(FrameSource):
+    """A device index, ``/dev/videoN``, video file, network URL or GStreamer pipeline read with cv2.VideoCapture.
+
+    ``width``/``height``/``fps`` are requested from cameras (the driver may pick the nearest mode it has).
+    ``timeout_ms`` bounds how long opening or reading a network stream may block. Frames come in BGR order.
+    """
+
+    color = "bgr"
+
+    def __init__(
+        self,
+        target: int | str,
+        *,
+        width: int | None = None,
+        height: int | None = None,
+        fps: float | None = None,
+        timeout_ms: int = 5000,
+    ) -> None:
+        self.target = target
+        self.kind = _opencv_kind(target)
+        self.live = self.kind != "file"
+        self.name = f"{self.kind}:{target}"
+        self.width, self.height, self.fps, self.timeout_ms = width, height, fps, timeout_ms
+        self._cap: Any = None
+
+    def open(self) -> None:
+        cv2 = _import_cv2()
+        if self.kind == "file" and not Path(str(self.target)).is_file():
+            raise CameraError(f"video file not found: {self.target}")
+        if self.kind == "device" and isinstance(self.target, str) and not Path(self.target).exists():
+            raise CameraError(f"camera {self.target} not found; is it plugged in? (ls /dev/video* lists cameras)")
+        if self.kind == "gstreamer" and not _has_gstreamer(cv2):
+            raise CameraError(
+                "this OpenCV build has no GStreamer support (pip wheels do not); install Debian's python3-opencv "
+                "and use a venv with system site packages, or give a device, file or URL instead"
+            )
+        params: list[int] = []
+        for prop, value in (
+            (cv2.CAP_PROP_FRAME_WIDTH, self.width),
+            (cv2.CAP_PROP_FRAME_HEIGHT, self.height),
+            (cv2.CAP_PROP_FPS, self.fps),
+        ):
+            if value and self.kind == "device":
+                params += [prop, int(value)]
+        if self.kind == "network":
+            params += [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.timeout_ms]
+        api = {"gstreamer": cv2.CAP_GSTREAMER, "device": cv2.CAP_V4L2}.get(self.kind, cv2.CAP_ANY)
+        _quiet_opencv(cv2)
+        with quiet_native_stderr(replay=False) as said:  # FFmpeg and V4L2 print their own version of the failure
+            cap = cv2.VideoCapture(self.target, api, params)
+            opened = cap.isOpened()
+        if not opened:
+            cap.release()
+            detail = f" [{said[-1].strip()}]" if said else ""
+            raise CameraError(self._open_failure() + detail)
+        for line in said:
+            log.info("opencv: %s", line)
+        if self.kind == "device":
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the driver keeps fewer stale frames when supported
+        self._cap = cap
+
+    def _open_failure(self) -> str:
+        if self.kind == "device":
+            return (
+                f"cannot open camera {self.target}: no such device, or it is busy in another program "
+                "(ls /dev/video* lists cameras; fuser /dev/video0 shows who holds one)"
+            )
+        if self.kind == "network":
+            return (
+                f"cannot open stream {self.target} within {self.timeout_ms} ms: check the address, the credentials "
+                "and that the camera is reachable (ffprobe URL tells more)"
+            )
+        if self.kind == "gstreamer":
+            return f"GStreamer could not start the pipeline {self.target!r}; it must end in appsink"
+        return f"cannot decode video file {self.target}: corrupt, or a codec this OpenCV build lacks"
+
+    def read(self) -> np.ndarray | None:
+        if self._cap is None:
+            raise CameraError(f"{self.name} is not open")
+        ok, frame = self._cap.read()
+        if ok and frame is not None:
+            return frame
+        if self.live:
+            raise CameraError(f"{self.name} stopped delivering frames")
+        return None
+
+    def rewind(self) -> bool:
+        if self.kind != "file" or self._cap is None:
+            return False
+        self.close()
+        self.open()
+        return True
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+    def describe(self) -> dict[str, Any]:
+        facts = super().describe()
+        if self._cap is not None:
+            cv2 = _import_cv2()
+            facts.update(
+                width=int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                height=int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+                fps=float(self._cap.get(cv2.CAP_PROP_FPS)),
+            )
+        return facts
+
+
+def _opencv_kind(target: int | str) -> str:
+    if isinstance(target, int) or re.fullmatch(r"/dev/video\d+", str(target)):
+        return "device"
+    text = str(target)
+    if "!" in text:
+        return "gstreamer"
+    if re.match(rf"^({'|'.join(NETWORK_SCHEMES)})://", text, re.IGNORECASE):
+        return "network"
+    return "file"
+
+
+def _has_gstreamer(cv2: Any) -> bool:
+    match = re.search(r"GStreamer:\s*(\S+)", cv2.getBuildInformation())
+    return bool(match and match.group(1).upper().startswith("YES"))
+
+
+def _quiet_opencv(cv2: Any) -> None:
+    """OpenCV warns on stderr for every failed open; our CameraError already says it, once."""
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except AttributeError:  # pragma: no cover - very old OpenCV
+        pass
+
+
+# -- Still images ---------------------------------------------------------------------------------------------------
+
+
+class ImageFilesSource(FrameSource):
+    """Image files (paths, folders, globs) as a finite stream of RGB frames, in sorted order."""
+
+    color = "rgb"
+    live = False
+
+    def __init__(self, items: Sequence[str | os.PathLike[str]], *, grayscale: bool = False) -> None:
+        self.items = [str(i) for i in items]
+        self.name = "images:" + ",".join(self.items)
+        self.grayscale = grayscale
+        self.paths: list[Path] = []
+        self._next = 0
+        self.current: Path | None = None
+
+    def open(self) -> None:
+        self.paths = [p for p in expand_image_paths(self.items) if p.exists()]
+        if not self.paths:
+            raise CameraError(f"no image files found in {' '.join(self.items)} (expected {', '.join(IMAGE_SUFFIXES)})")
+        self._next = 0
+
+    def read(self) -> np.ndarray | None:
+        if self._next >= len(self.paths):
+            return None
+        self.current = self.paths[self._next]
+        self._next += 1
+        return read_image(self.current, grayscale=self.grayscale)  # ImageError: skipped, reported by the stream
+
+    def rewind(self) -> bool:
+        self._next = 0
+        return True
+
+
+# -- Demo -----------------------------------------------------------------------------------------------------------
+
+
+class DemoSource(FrameSource):
+    """Synthetic 640x480 frames of the demo shapes at ``fps`` (0: as fast as they are asked for), like a camera."""
+
+    color = "rgb"
+
+    def __init__(self, *, fps: float = 30.0, seed: int = 0, width: int = 640, height: int = 480) -> None:
+        self.fps, self.seed, self.width, self.height = fps, seed, width, height
+        self.live = fps > 0
+        self.name = "demo"
+        self.label: str | None = None  # the class of the last frame read: ground truth for tests and demos
+        self._frames: Iterator[tuple[str, np.ndarray]] | None = None
+        self._next_at = 0.0
+
+    def open(self) -> None:
+        from .demo import demo_frames
+
+        self._frames = demo_frames(height=self.height, width=self.width, seed=self.seed)
+        self._next_at = time.monotonic()
+
+    def read(self) -> np.ndarray | None:
+        if self._frames is None:
+            raise CameraError("demo source is not open")
+        if self.fps > 0:
+            delay = self._next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            self._next_at = max(self._next_at + 1.0 / self.fps, time.monotonic() - 1.0 / self.fps)
+        self.label, frame = next(self._frames)
+        return frame
+
+    def close(self) -> None:
+        self._frames = None
+
+
+# -- picamera2 (Raspberry Pi cameras) -------------------------------------------------------------------------------
+
+# What each picamera2 format really delivers, byte by byte (libcamera names formats by little-endian words):
+# RGB888 is [B, G, R], BGR888 is [R, G, B], XRGB8888 is [B, G, R, 255], XBGR8888 is [R, G, B, 255], and YUV420 is
+# an I420 array of shape (height * 3 / 2, width).
+PICAMERA_FORMATS = {"YUV420": "yuv420", "RGB888": "bgr", "BGR888": "rgb", "XRGB8888": "bgr", "XBGR8888": "rgb"}
+
+
+class PicameraSource(FrameSource):
+    """A Raspberry Pi camera through picamera2, in a two-stream configuration.
+
+    The small ``lores`` stream (``lores_format`` YUV420, which every Pi supports, or RGB888 on a Pi 5) is what the
+    model sees; ``lores_size`` should be a little over the model's input with the sensor's aspect ratio (see
+    `lores_size_for`). The ``main`` stream (``main_size``) is there for preview or recording. ``buffer_count``
+    buffers keep the camera from dropping frames while one is being classified. ``camera_factory`` is the
+    Picamera2 class; tests pass a stand-in.
+    """
+
+    live = True
+
+    def __init__(
+        self,
+        camera_num: int = 0,
+        *,
+        lores_size: tuple[int, int] = (320, 240),
+        lores_format: str = "YUV420",
+        main_size: tuple[int, int] = (1280, 960),
+        main_format: str = "XRGB8888",
+        buffer_count: int = 6,
+        sensor_mode: int | None = None,
+        controls: dict[str, Any] | None = None,
+        camera_factory: Callable[..., Any] | None = None,
+    ) -> None:
+        if lores_format not in PICAMERA_FORMATS or main_format not in PICAMERA_FORMATS:
+            raise ConfigError(
+                f"picamera2 format {lores_format if lores_format not in PICAMERA_FORMATS else main_format!r} is not "
+                f"supported; expected one of {', '.join(PICAMERA_FORMATS)}"
+            )
+        if lores_size[0] > main_size[0] or lores_size[1] > main_size[1]:
+            raise ConfigError(f"lores size {lores_size} must not be larger than main size {main_size}")
+        if buffer_count < 2:
+            raise ConfigError(f"buffer_count must be at least 2 (received {buffer_count})")
+        self.camera_num = camera_num
+        self.lores_size, self.lores_format = (_even(lores_size[0]), _even(lores_size[1])), lores_format
+        self.main_size, self.main_format = main_size, main_format
+        self.buffer_count, self.sensor_mode, self.controls = buffer_count, sensor_mode, dict(controls or {})
+        self.color = PICAMERA_FORMATS[lores_format]
+        self.name = f"picam:{camera_num}"
+        self._factory = camera_factory
+        self._camera: Any = None
+        self.configuration: Any = None
+
+    def open(self) -> None:
+        factory = self._factory or _import_picamera2()
+        try:
+            camera = factory(self.camera_num)
+        except (IndexError, RuntimeError, OSError) as exc:
+            raise CameraError(
+                f"cannot open Raspberry Pi camera {self.camera_num} ({exc}); check the ribbon cable, "
+                "'rpicam-hello --list-cameras', and the camera settings in /boot/firmware/config.txt"
+            ) from None
+        try:
+            kwargs: dict[str, Any] = {
+                "main": {"size": self.main_size, "format": self.main_format},
+                "lores": {"size": self.lores_size, "format": self.lores_format},
+                "buffer_count": self.buffer_count,
+                "queue": False,  # capture_array then waits for a fresh frame instead of a queued stale one
+            }
+            if self.controls:
+                kwargs["controls"] = self.controls
+            if self.sensor_mode is not None:
+                modes = camera.sensor_modes
+                if not 0 <= self.sensor_mode < len(modes):
+                    raise ConfigError(f"sensor mode {self.sensor_mode} does not exist; this sensor has {len(modes)}")
+                mode = modes[self.sensor_mode]
+                kwargs["sensor"] = {"output_size": mode["size"], "bit_depth": mode["bit_depth"]}
+            config = camera.create_video_configuration(**kwargs)
+            camera.align_configuration(config)
+            camera.configure(config)
+            camera.start()
+        except Exception as exc:
+            camera.close()
+            if isinstance(exc, ConfigError):
+                raise
+            raise CameraError(f"cannot start Raspberry Pi camera {self.camera_num} ({exc})") from None
+        self._camera, self.configuration = camera, config
+
+    def read(self) -> np.ndarray | None:
+        if self._camera is None:
+            raise CameraError(f"{self.name} is not open")
+        try:
+            return self._camera.capture_array("lores")
+        except Exception as exc:  # libcamera reports a lost camera as a RuntimeError (or worse)
+            raise CameraError(f"{self.name} stopped delivering frames ({exc})") from None
+
+    def close(self) -> None:
+        camera, self._camera = self._camera, None
+        if camera is not None:
+            try:
+                camera.stop()
+            finally:
+                camera.close()
+
+
+def lores_size_for(model_size: tuple[int, int], main_size: tuple[int, int]) -> tuple[int, int]:
+    """The smallest even (width, height) with ``main_size``'s aspect ratio that covers ``model_size`` (w, h).
+
+    >>> lores_size_for((224, 224), (1280, 960))
+    (300, 224)
+    """
+    mw, mh = main_size
+    scale = max(model_size[0] / mw, model_size[1] / mh)
+    return _even(min(mw, round(mw * scale))), _even(min(mh, round(mh * scale)))
+
+
+def _even(n: int) -> int:
+    return max(2, int(n) + (int(n) & 1))
+
+
+def _import_picamera2() -> Callable[..., Any]:
+    try:
+        from picamera2 import Picamera2
+    except ImportError:
+        raise CameraError(f"the picam source needs picamera2, which is not installed here; {PICAMERA2_HINT}") from None
+    return Picamera2
+
+
+def _import_cv2() -> Any:
+    try:
+        import cv2
+    except ImportError:
+        raise CameraError(
+            "USB cameras, video files and network streams need OpenCV: pip install 'edgecls[camera]'"
+        ) from None
+    return cv2
+
+
+# -- parsing --source ----------------------------------------------------------------------------------------------
+
+
+def parse_source(
+    spec: str | int,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    fps: float | None = None,
+    model_size: tuple[int, int] | None = None,
+    grayscale: bool = False,
+) -> FrameSource:
+    """Build the source a ``--source`` text names (see SOURCE_FORMS); nothing is opened yet.
+
+    ``width``/``height``/``fps`` go to cameras; ``model_size`` (w, h) sizes picamera2's lores stream.
+    """
+    if isinstance(spec, int):
+        return OpenCVSource(spec, width=width, height=height, fps=fps)
+    text = spec.strip()
+    if not text:
+        raise ConfigError(f"empty --source; expected {SOURCE_FORMS}")
+    if text == "demo" or text.startswith("demo:"):
+        return DemoSource(fps=_number(text[5:], "demo fps") if text.startswith("demo:") else (fps or 30.0))
+    if text == "picam" or text.startswith("picam:"):
+        index = int(_number(text[6:], "picam camera number")) if text.startswith("picam:") else 0
+        main = (width or 1280, height or 960)
+        lores = lores_size_for(model_size, main) if model_size else (min(320, main[0]), min(240, main[1]))
+        return PicameraSource(index, main_size=main, lores_size=lores)
+    if text.isdigit():
+        return OpenCVSource(int(text), width=width, height=height, fps=fps)
+    kind = _opencv_kind(text)
+    if kind != "file":
+        return OpenCVSource(text, width=width, height=height, fps=fps)
+    path = Path(text)
+    if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES or (not path.exists() and glob.has_magic(text)):
+        return ImageFilesSource([text], grayscale=grayscale)
+    if path.suffix.lower() in VIDEO_SUFFIXES or path.is_file():
+        return OpenCVSource(text)
+    raise CameraError(f"no such file, device or source: {text!r}; expected {SOURCE_FORMS}")
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{what} must be a number (received {text!r})") from None
+    if value < 0:
+        raise ConfigError(f"{what} must not be negative (received {text!r})")
+    return value
+
+
+__all__ = [
+    "FrameSource",
+    "OpenCVSource",
+    "ImageFilesSource",
+    "DemoSource",
+    "PicameraSource",
+    "PICAMERA_FORMATS",
+    "lores_size_for",
+    "parse_source",
+]

@@ -1,0 +1,409 @@
+"""`Stream`: live classification of a camera, video or network stream, for the CLI and for robotics code.
+
+    with edgecls.Stream("model.tflite", source="picam", smoothing=Smoothing(alpha=0.5, hold=3)) as stream:
+        for result in stream:
+            if result.decision.changed:
+                robot.react(result.decision.label)
+
+Capture runs in its own thread (see `edgecls.capture`), inference in another, so capture of frame N+1 overlaps
+inference of frame N. Results reach the consumer by iteration (``for``/``async for``), by a callback
+(``on_result``, called in the inference thread) or by polling (`Stream.latest`, never blocking). Errors in either
+thread are raised as project exceptions in the consumer's thread. The library never prints, exits or installs
+signal handlers: the CLI does that around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Iterator, Sequence
+
+import numpy as np
+
+from .capture import END, Capture, Frame, StreamEvent
+from .classifier import Classifier
+from .errors import ConfigError, EdgeclsError
+from .postprocess import Prediction
+from .preprocess import PreprocessConfig
+from .smoothing import Decision, Smoother, Smoothing
+from .sources import FrameSource, parse_source
+
+log = logging.getLogger(__name__)
+
+LATENCY_PARTS = ("capture_to_start_ms", "preprocess_ms", "invoke_ms", "postprocess_ms", "total_ms")
+
+
+@dataclass(frozen=True, slots=True)
+class Latency:
+    """Where the time of one result went, in milliseconds: waiting from capture until inference started,
+    preprocessing, the interpreter, postprocessing (ranking and smoothing), and ``total_ms`` from capture to result."""
+
+    capture_to_start_ms: float
+    preprocess_ms: float
+    invoke_ms: float
+    postprocess_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class StreamResult:
+    """One classified frame: its ``sequence`` number and wall-clock ``timestamp`` at capture, the wall-clock time
+    of the result, the ranked ``predictions``, the smoothed ``decision`` and the ``latency``. ``frame`` is the
+    captured image (in ``color`` order) for sinks that draw on it; it is left out of `to_dict`."""
+
+    sequence: int
+    timestamp: float
+    result_time: float
+    predictions: list[Prediction]
+    decision: Decision
+    latency: Latency
+    frame: np.ndarray | None = field(default=None, repr=False, compare=False)
+    color: str = "rgb"
+
+    @property
+    def top(self) -> Prediction | None:
+        return self.predictions[0] if self.predictions else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON: sequence, timestamps, top-k, the smoothed decision and the latency."""
+        d = self.decision
+        lat = self.latency
+        return {
+            "sequence": self.sequence,
+            "timestamp": round(self.timestamp, 6),
+            "result_time": round(self.result_time, 6),
+            "predictions": [{"index": p.index, "label": p.label, "score": round(p.score, 6)} for p in self.predictions],
+            "decision": {"label": d.label, "index": d.index, "score": round(d.score, 6), "changed": d.changed,
+                         "previous": d.previous},
+            "latency_ms": {name[:-3]: round(getattr(lat, name), 3) for name in LATENCY_PARTS},
+        }
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """A snapshot of a stream: frames captured, classified and dropped, the recent results per second, and the
+    p50/p95 of each latency part over the recent results."""
+
+    frames_captured: int
+    frames_processed: int
+    frames_dropped: int
+    reconnects: int
+    fps: float
+    elapsed_s: float
+    latency_ms: dict[str, dict[str, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "frames_captured": self.frames_captured,
+            "frames_processed": self.frames_processed,
+            "frames_dropped": self.frames_dropped,
+            "reconnects": self.reconnects,
+            "fps": round(self.fps, 2),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "latency_ms": self.latency_ms,
+        }
+
+
+class Stream:
+    """Classify a stream of frames with a model; see the module docstring for the ways to consume it.
+
+    ``model``: a .tflite path (opened with ``labels``, ``num_threads``, ``delegate``, ``device``, ``backend``,
+    ``preprocess`` as in `Classifier`) or a ready `Classifier` (not closed by the stream). ``source``: a
+    ``--source`` text (see `edgecls.sources.parse_source`; ``source_options`` go to it) or a `FrameSource`.
+    ``top_k``/``threshold``: the ranked predictions of each result. ``smoothing``: the decision's `Smoothing`.
+    ``fps``: classify at most this many frames per second. ``max_frames``/``duration``: stop after that many
+    results or seconds. ``loop``: start a file over at its end. ``on_result``/``on_event``: callbacks from the
+    stream's threads. ``keep_frames``: attach each captured image to its result (for drawing sinks).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | Classifier,
+        *,
+        source: str | int | FrameSource,
+        labels: str | os.PathLike[str] | Sequence[str] | None = None,
+        num_threads: int | None = None,
+        delegate: Any = None,
+        device: str | None = None,
+        backend: str = "auto",
+        preprocess: PreprocessConfig | None = None,
+        top_k: int = 5,
+        threshold: float = 0.0,
+        smoothing: Smoothing | None = None,
+        fps: float | None = None,
+        max_frames: int | None = None,
+        duration: float | None = None,
+        loop: bool = False,
+        on_result: Callable[[StreamResult], None] | None = None,
+        on_event: Callable[[StreamEvent], None] | None = None,
+        keep_frames: bool = True,
+        source_options: dict[str, Any] | None = None,
+    ) -> None:
+        for name, value in (("fps", fps), ("duration", duration)):
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be positive (received {value})")
+        if max_frames is not None and max_frames < 1:
+            raise ConfigError(f"max_frames must be at least 1 (received {max_frames})")
+        if top_k < 1:
+            raise ConfigError(f"top_k must be at least 1 (received {top_k})")
+        if isinstance(model, Classifier):
+            self.classifier, self._owns_classifier = model, False
+        else:
+            self.classifier = Classifier(
+                model, labels=labels, num_threads=num_threads, delegate=delegate, device=device, backend=backend,
+                preprocess=preprocess,
+            )
+            self._owns_classifier = True
+        spec = self.classifier.input_spec
+        if isinstance(source, FrameSource):
+            self.source = source
+        else:
+            self.source = parse_source(
+                source, model_size=(spec.width, spec.height), grayscale=spec.channels == 1, **(source_options or {})
+            )
+        self.top_k, self.threshold = top_k, threshold
+        self.smoothing = smoothing or Smoothing()
+        self.fps, self.max_frames, self.duration = fps, max_frames, duration
+        self.on_result, self.on_event = on_result, on_event
+        self.keep_frames = keep_frames
+        self._capture = Capture(self.source, loop=loop, on_event=self._emit)
+        self._results: collections.deque[StreamResult] = collections.deque()
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._latest: StreamResult | None = None
+        self._error: EdgeclsError | None = None
+        self._done = False
+        self._consumers = 0
+        self._processed = 0
+        self._started_at = self._ended_at = 0.0
+        self._recent: collections.deque[tuple[float, Latency]] = collections.deque(maxlen=512)
+        self._closed = False
+
+    # -- lifetime -----------------------------------------------------------------------------------------------
+
+    def start(self) -> "Stream":
+        """Open the source (CameraError if it cannot be opened) and start capturing and classifying."""
+        if self._closed:
+            raise ConfigError("this stream is closed; make a new Stream")
+        if self._worker is None:
+            self._capture.start()
+            self._started_at = time.perf_counter()
+            self._worker = threading.Thread(target=self._run, name="edgecls-inference", daemon=True)
+            self._worker.start()
+        return self
+
+    def stop(self) -> None:
+        """Ask the stream to stop (safe from any thread or a signal handler); iteration ends soon after."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop, join the threads (up to ``timeout`` s each), release the camera and the interpreter."""
+        if self._closed:
+            return
+        self._closed = True
+        self.stop()
+        worker_done = True
+        if self._worker is not None:
+            self._worker.join(timeout)
+            worker_done = not self._worker.is_alive()
+        capture_done = self._capture.stop(timeout)
+        if not (worker_done and capture_done):
+            log.warning("stream threads did not finish within %.1f s; they end when their current call returns", timeout)
+        if self._owns_classifier and worker_done:
+            self.classifier.close()
+
+    def __enter__(self) -> "Stream":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None and not self._done
+
+    @property
+    def error(self) -> EdgeclsError | None:
+        """The error that ended the stream, if one did."""
+        return self._error
+
+    # -- consuming ------------------------------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[StreamResult]:
+        """Every result in order (a finite source loses none; a live one may skip results a slow consumer missed)."""
+        self.start()
+        with self._cond:
+            self._consumers += 1
+        try:
+            while True:
+                item = self._next_result(None)
+                if item is END:
+                    return
+                yield item  # type: ignore[misc]
+        finally:
+            with self._cond:
+                self._consumers -= 1
+                self._cond.notify_all()
+
+    async def __aiter__(self) -> AsyncIterator[StreamResult]:
+        """``async for result in stream``: the same results, waited for without blocking the event loop."""
+        self.start()
+        loop = asyncio.get_running_loop()
+        with self._cond:
+            self._consumers += 1
+        try:
+            while True:
+                item = await loop.run_in_executor(None, self._next_result, 0.25)
+                if item is None:
+                    continue
+                if item is END:
+                    return
+                yield item  # type: ignore[misc]
+        finally:
+            with self._cond:
+                self._consumers -= 1
+                self._cond.notify_all()
+
+    def latest(self) -> StreamResult | None:
+        """The newest result (None before the first), without waiting; raises the error that ended the stream."""
+        if self._error is not None:
+            raise self._error
+        return self._latest
+
+    def stats(self) -> StreamStats:
+        """Counters, recent results per second, and latency percentiles over the recent results."""
+        with self._cond:
+            recent = list(self._recent)
+        now = time.perf_counter()
+        window = [t for t, _ in recent if now - t <= 5.0] if self._worker is not None and not self._done else [
+            t for t, _ in recent
+        ]
+        fps = (len(window) - 1) / (window[-1] - window[0]) if len(window) > 1 and window[-1] > window[0] else 0.0
+        latency: dict[str, dict[str, float]] = {}
+        if recent:
+            table = np.array([[getattr(lat, p) for p in LATENCY_PARTS] for _, lat in recent])
+            p50, p95 = np.percentile(table, [50, 95], axis=0)
+            latency = {p[:-3]: {"p50": round(float(a), 3), "p95": round(float(b), 3)} for p, a, b in
+                       zip(LATENCY_PARTS, p50, p95)}
+        return StreamStats(
+            frames_captured=self._capture.captured,
+            frames_processed=self._processed,
+            frames_dropped=self._capture.dropped,
+            reconnects=self._capture.reconnects,
+            fps=fps,
+            elapsed_s=(now if not self._done else self._ended_at) - self._started_at if self._started_at else 0.0,
+            latency_ms=latency,
+        )
+
+    def _next_result(self, timeout: float | None) -> StreamResult | object | None:
+        """The next queued result; END when the stream is over (raising its error); None after ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self._results:
+                    result = self._results.popleft()
+                    self._cond.notify_all()
+                    return result
+                if self._done:  # after a stop too: the worker has finished, so every result made is delivered
+                    if self._error is not None:
+                        raise self._error
+                    return END
+                remaining = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)  # short waits, so a signal handler in the main thread runs promptly
+
+    # -- the inference thread -----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._infer_loop()
+        except EdgeclsError as exc:
+            self._error = exc
+        except Exception as exc:  # e.g. an on_result callback that raised: the consumer must hear of it
+            log.exception("stream failed")
+            self._error = EdgeclsError(f"stream stopped: {type(exc).__name__}: {exc}")
+        finally:
+            self._ended_at = time.perf_counter()
+            with self._cond:
+                self._done = True
+                self._cond.notify_all()
+
+    def _infer_loop(self) -> None:
+        clf = self.classifier
+        labels = clf.labels.names if clf.labels else None
+        smoother = Smoother(self.smoothing, labels=labels)
+        capture = self._capture
+        interval = 1.0 / self.fps if self.fps else 0.0
+        next_at = time.perf_counter()
+        deadline = time.perf_counter() + self.duration if self.duration else None
+        reconnects = capture.reconnects
+        while not self._stop.is_set():
+            if interval:
+                delay = next_at - time.perf_counter()
+                if delay > 0 and self._stop.wait(delay):
+                    return
+            if deadline is not None and time.perf_counter() >= deadline:
+                return
+            frame = capture.get(0.1)
+            if frame is None:
+                continue
+            if frame is END:
+                return
+            if capture.reconnects != reconnects:  # a reopened camera: do not mix old scores with the new view
+                reconnects = capture.reconnects
+                smoother.reset()
+            next_at = max(next_at + interval, time.perf_counter() - interval) if interval else next_at
+            result = self._classify(frame, smoother)  # type: ignore[arg-type]
+            self._deliver(result)
+            if self.max_frames is not None and self._processed >= self.max_frames:
+                return
+
+    def _classify(self, frame: Frame, smoother: Smoother) -> StreamResult:
+        clf = self.classifier
+        start = time.perf_counter()
+        predictions = clf.classify(frame.image, top_k=self.top_k, threshold=self.threshold, color=frame.color)
+        timing = clf.last_timing
+        decision = smoother.update(clf.output_scores())
+        end = time.perf_counter()
+        pre, invoke = (timing.preprocess_ms, timing.invoke_ms) if timing else (0.0, 0.0)
+        latency = Latency(
+            capture_to_start_ms=(start - frame.captured) * 1e3,
+            preprocess_ms=pre,
+            invoke_ms=invoke,
+            postprocess_ms=max(0.0, (end - start) * 1e3 - pre - invoke),
+            total_ms=(end - frame.captured) * 1e3,
+        )
+        return StreamResult(
+            frame.sequence, frame.timestamp, time.time(), predictions, decision, latency,
+            frame.image if self.keep_frames else None, frame.color,
+        )
+
+    def _deliver(self, result: StreamResult) -> None:
+        blocking = not self.source.live
+        with self._cond:
+            self._processed += 1
+            self._recent.append((time.perf_counter(), result.latency))
+            self._latest = result
+            if self._consumers:
+                # a finite source waits for its consumer; a live one never waits: the oldest unread result goes
+                while blocking and len(self._results) >= 2 and self._consumers and not self._stop.is_set():
+                    self._cond.wait(0.1)
+                if len(self._results) >= 2:
+                    self._results.popleft()
+                self._results.append(result)
+                self._cond.notify_all()
+        if self.on_result is not None:
+            self.on_result(result)
+
+    def _emit(self, event: StreamEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
