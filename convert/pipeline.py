@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgecls import __version__
-from edgecls.errors import ConfigError, ConversionError
+from edgecls.errors import ConfigError
 from edgecls.fsutil import atomic_write_bytes, atomic_write_text
 from edgecls.labels import read_labels_file
 from edgecls.metadata import embed_manifest

@@ -120,7 +120,7 @@ def markdown(report: dict[str, Any]) -> str:
         "## Data",
         "",
         f"- classes ({len(report['classes'])}): {', '.join(report['classes'])}",
-        f"- split sizes: " + ", ".join(f"{k} {v}" for k, v in report["split_sizes"].items()),
+        "- split sizes: " + ", ".join(f"{k} {v}" for k, v in report["split_sizes"].items()),
         f"- training class imbalance (largest/smallest): {report['imbalance']:.2f}"
         + (" - consider --class-weights auto" if report["imbalance"] > 1.5 and not report["settings"].get("class_weights") else ""),
         f"- skipped files: {len(report['skipped'])}",

@@ -7,7 +7,6 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,7 +17,7 @@ from .errors import ConfigError, ModelError
 from .images import read_image
 from .labels import Labels, find_labels
 from .metadata import ModelFileInfo, check_model_file
-from .postprocess import OutputSpec, Postprocessor, Prediction, predictions, top_k as rank
+from .postprocess import OutputSpec, Postprocessor, Prediction, predictions
 from .preprocess import InputSpec, PreprocessConfig, Preprocessor
 
 log = logging.getLogger(__name__)

@@ -239,7 +239,7 @@ def parse_mqtt_url(url: str) -> tuple[str, int, str, str | None, str | None, boo
     topic = unquote(parts.path.lstrip("/"))
     if not parts.hostname or not topic:
         raise ConfigError(f"MQTT sink {url!r} needs a host and a topic: mqtt://[user:pass@]host[:port]/topic")
-    if "#" in topic or "+" in topic:
+    if "#" in topic or "+" in topic or parts.fragment or url.endswith("#"):
         raise ConfigError(f"MQTT topic {topic!r} is for publishing and cannot hold the wildcards # or +")
     try:
         port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)

@@ -105,6 +105,8 @@ class Mosquitto:
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
             f"persistence_location {workdir}/\nlog_dest file {workdir}/mosquitto.log\n"
+            # started as root, mosquitto would switch to its own user, which cannot write the test's folder
+            + ("user root\n" if os.geteuid() == 0 else "")
         )
         self.process = None
 

@@ -1,0 +1,113 @@
+"""`edgecls run`: the CLI on a real video, its errors, MQTT end to end, and SIGINT/SIGTERM in a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from edgecls.cli import app
+
+pytest.importorskip("cv2")
+runner = CliRunner()
+MODEL = "mobilenet_v2_1.0_224_quant.tflite"
+
+
+def run(*args):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, ["run", *[str(a) for a in args]])
+
+
+def test_run_a_video_as_json_lines_with_smoothing(coral, cat_video, tmp_path):
+    out = tmp_path / "results.jsonl"
+    result = run(coral / MODEL, "--source", cat_video, "--json", "--hold", "3", "--top-k", "2",
+                 "--sink", f"jsonl:{out}", "--threads", "2")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 24 and lines[0]["predictions"][0]["label"] == "Egyptian cat"
+    assert len(lines[0]["predictions"]) == 2
+    assert [r["decision"]["label"] for r in lines[12:15]] == ["Egyptian cat"] * 2 + [lines[14]["decision"]["label"]]
+    assert lines[14]["decision"]["changed"] and lines[14]["decision"]["label"].startswith("dragonfly")
+    assert set(lines[0]["latency_ms"]) == {"capture_to_start", "preprocess", "invoke", "postprocess", "total"}
+    assert len(out.read_text().splitlines()) == 24
+    assert "source-ended" in result.stderr
+    summary = result.stderr.splitlines()[-1]
+    assert summary.startswith("done: 24 frames") and "latency p50/p95 ms" in summary
+
+
+def test_readable_lines_on_change_only(coral, cat_video):
+    result = run(coral / MODEL, "--source", cat_video, "--on-change")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and "decision: Egyptian cat" in lines[0] and "*changed*" in lines[1]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--source", "/dev/video42"], "camera /dev/video42 not found"),
+        (["--source", "rtsp://127.0.0.1:9/live"], "cannot open stream"),
+        (["--source", "nowhere.mp4"], "video file not found"),
+        (["--source", "demo", "--sink", "carrier-pigeon:x"], "unknown sink"),
+        (["--source", "demo", "--sink", "mqtt://host-only"], "needs a host and a topic"),
+    ],
+)
+def test_bad_sources_and_sinks_are_one_error_line(coral, args, message):
+    result = run(coral / MODEL, *args)
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_mqtt_sink_end_to_end(coral, cat_video, mosquitto):
+    import paho.mqtt.client as mqtt
+
+    got: list[dict] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda c, u, m: got.append(json.loads(m.payload))
+    sub.connect("127.0.0.1", mosquitto.port)
+    sub.subscribe("robot/vision", qos=1)
+    sub.loop_start()
+    try:
+        time.sleep(0.3)
+        result = run(coral / MODEL, "--source", cat_video, "-q", "--on-change", "--mqtt-qos", "1",
+                     "--sink", f"mqtt://127.0.0.1:{mosquitto.port}/robot/vision")
+        assert result.exit_code == 0, result.output
+        deadline = time.monotonic() + 10
+        while len(got) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+    assert [m["decision"]["label"][:9] for m in got] == ["Egyptian ", "dragonfly"]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_within_a_second_with_sinks_flushed(coral, tmp_path, sig):
+    out = tmp_path / "live.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgecls", "run", str(coral / MODEL), "--source", "demo", "-q",
+         "--sink", f"jsonl:{out}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.monotonic() + 60
+    while (not out.exists() or len(out.read_text().splitlines()) < 5) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=10)
+    took = time.monotonic() - sent
+    assert took < 1.0, f"took {took:.2f} s to stop"
+    assert proc.returncode == 0, stderr
+    summary = stderr.strip().splitlines()[-1]
+    assert summary.startswith("done: ") and f"stopped by {sig.name}" in summary
+    lines = out.read_text().splitlines()
+    assert summary.startswith(f"done: {len(lines)} frames")  # every result made reached the file
+    assert all(json.loads(line)["sequence"] >= 0 for line in lines)  # whole lines only
