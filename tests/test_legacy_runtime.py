@@ -16,7 +16,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LEGACY_PYTHON = ROOT / ".venv-legacy" / "bin" / "python"
-RUNTIME_TESTS = ["test_coral_models.py", "test_preprocess.py", "test_postprocess.py", "test_labels_metadata.py"]
+RUNTIME_TESTS = [
+    "test_coral_models.py",
+    "test_preprocess.py",
+    "test_postprocess.py",
+    "test_labels_metadata.py",
+    "test_sources.py",
+    "test_stream.py",
+    "test_smoothing.py",
+]
 
 
 def test_runtime_suite_passes_on_tflite_runtime():
