@@ -32,6 +32,8 @@ class Frame:
     timestamp: float
     captured: float
     color: str
+    input: np.ndarray | None = field(default=None, repr=False)  # the model input, when prepared in this thread
+    preprocess_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +53,9 @@ class Capture:
     """Runs ``source`` in a thread; `get` hands over the newest frame not yet taken.
 
     ``loop``: start a finite source over at its end. ``backoff``: first and longest wait (seconds) between attempts
-    to reopen a failed live source. ``on_event`` is called from the capture thread.
+    to reopen a failed live source. ``on_event`` is called from the capture thread. ``prepare(image, color)``, when
+    given, turns each frame of a finite source into model input in this thread, while the previous frame is being
+    classified (a live source's frames are prepared by the consumer, so dropped frames cost nothing).
     """
 
     def __init__(
@@ -61,8 +65,10 @@ class Capture:
         loop: bool = False,
         on_event: Callable[[StreamEvent], None] | None = None,
         backoff: tuple[float, float] = (0.25, 5.0),
+        prepare: Callable[[np.ndarray, str], np.ndarray] | None = None,
     ) -> None:
         self.source = source
+        self.prepare = prepare
         self.loop = loop
         self.on_event = on_event
         self.backoff = backoff
@@ -161,7 +167,12 @@ class Capture:
                     continue
                 self._event("source-ended", f"{source.name}: end of stream")
                 return
-            frame = Frame(image, self.captured, time.time(), captured, source.color)
+            if self.prepare is not None and not source.live:
+                prepared = self.prepare(image, source.color)
+                frame = Frame(image, self.captured, time.time(), captured, source.color, prepared,
+                              (time.perf_counter() - captured) * 1e3)
+            else:
+                frame = Frame(image, self.captured, time.time(), captured, source.color)
             with self._cond:
                 if self._slot is not None:
                     self.dropped += 1

@@ -168,6 +168,18 @@ class Classifier:
         self.last_timing = Timing((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
         return scores
 
+    def classify_input(self, tensor: np.ndarray, *, top_k: int = 5, threshold: float = 0.0) -> list[Prediction]:
+        """Classify an input already preprocessed (``self.preprocessor.to_array(frame)``): copy, invoke, rank."""
+        t0 = time.perf_counter()
+        np.copyto(self._input_view()[0], tensor, casting="no")
+        t1 = time.perf_counter()
+        self.invoke()
+        t2 = time.perf_counter()
+        pairs = self.postprocessor.top_k(self._output_view(), top_k, threshold)
+        result = predictions(pairs, self.labels.names if self.labels else None)
+        self.last_timing = Timing((t1 - t0) * 1e3, (t2 - t1) * 1e3, (time.perf_counter() - t2) * 1e3)
+        return result
+
     def output_scores(self) -> np.ndarray:
         """All class scores in [0, 1] of the last classification (read from the output tensor)."""
         return self.postprocessor.scores(self._output_view())

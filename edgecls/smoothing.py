@@ -73,6 +73,23 @@ class Smoother:
         self._started = False
 
     @property
+    def trivial(self) -> bool:
+        """True when every frame decides on its own (no averaging, hold 1, no margin): see `update_top`."""
+        cfg = self.config
+        return cfg.alpha == 1.0 and cfg.hold == 1 and cfg.margin is None
+
+    def update_top(self, index: int | None, score: float) -> Decision:
+        """The decision of a `trivial` smoother from the frame's top class alone (None: nothing ranked)."""
+        leader = index if index is not None and score >= self.config.min_score else None
+        previous = self._current
+        changed = not self._started or leader != previous
+        self._started, self._current = True, leader
+        return Decision(
+            self._name(leader), leader, score if leader is not None else 0.0, changed,
+            self._name(previous) if changed else None,
+        )
+
+    @property
     def scores(self) -> np.ndarray | None:
         """The smoothed scores after the last update."""
         return self._average

@@ -171,7 +171,14 @@ class Stream:
         self.fps, self.max_frames, self.duration = fps, max_frames, duration
         self.on_result, self.on_event = on_result, on_event
         self.keep_frames = keep_frames
-        self._capture = Capture(self.source, loop=loop, on_event=self._emit)
+        # Preparing a file's next frame in the capture thread overlaps it with inference, but only pays when the
+        # interpreter leaves a core free: when its threads take every core, the extra work stalls them instead.
+        preprocessor = self.classifier.preprocessor
+        prefetch = self.classifier.num_threads < (os.cpu_count() or 1)
+        self._capture = Capture(
+            self.source, loop=loop, on_event=self._emit,
+            prepare=(lambda image, color: preprocessor.to_array(image, color=color)) if prefetch else None,
+        )
         self._results: collections.deque[StreamResult] = collections.deque()
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -370,14 +377,22 @@ class Stream:
     def _classify(self, frame: Frame, smoother: Smoother) -> StreamResult:
         clf = self.classifier
         start = time.perf_counter()
-        predictions = clf.classify(frame.image, top_k=self.top_k, threshold=self.threshold, color=frame.color)
+        if frame.input is not None:  # prepared by the capture thread while the previous frame was classified
+            predictions = clf.classify_input(frame.input, top_k=self.top_k, threshold=self.threshold)
+        else:
+            predictions = clf.classify(frame.image, top_k=self.top_k, threshold=self.threshold, color=frame.color)
         timing = clf.last_timing
-        decision = smoother.update(clf.output_scores())
+        if smoother.trivial:  # no averaging, no hysteresis: the decision is the top prediction, no full scores needed
+            top = predictions[0] if predictions else None
+            decision = smoother.update_top(top.index if top else None, top.score if top else 0.0)
+        else:
+            decision = smoother.update(clf.output_scores())
         end = time.perf_counter()
         pre, invoke = (timing.preprocess_ms, timing.invoke_ms) if timing else (0.0, 0.0)
+        prepared_ms = frame.preprocess_ms
         latency = Latency(
             capture_to_start_ms=(start - frame.captured) * 1e3,
-            preprocess_ms=pre,
+            preprocess_ms=prepared_ms + pre,
             invoke_ms=invoke,
             postprocess_ms=max(0.0, (end - start) * 1e3 - pre - invoke),
             total_ms=(end - frame.captured) * 1e3,

@@ -74,3 +74,17 @@ def test_reset_forgets_history():
 def test_bad_settings_are_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         Smoothing(**kwargs)
+
+
+def test_the_trivial_fast_path_decides_like_the_full_one():
+    rng = np.random.default_rng(3)
+    sequence = [rng.dirichlet([0.3] * 4) for _ in range(200)]
+    for smoothing in (Smoothing(), Smoothing(min_score=0.5)):
+        full, fast = Smoother(smoothing, labels="abcd"), Smoother(smoothing, labels="abcd")
+        assert fast.trivial
+        for scores in sequence:
+            top = int(np.argmax(scores))
+            a, b = full.update(scores), fast.update_top(top, float(scores[top]))
+            assert (a.label, a.changed, a.previous) == (b.label, b.changed, b.previous)
+            assert a.score == pytest.approx(b.score)
+    assert not Smoother(Smoothing(hold=2)).trivial
