@@ -2,12 +2,15 @@
 
 A live source (camera, network stream) keeps only the newest frame: when inference is slower than the camera the
 stale frame is replaced and counted as dropped, so results are never late by a queue of old frames. A finite source
-(file, images) is read one frame ahead and waits for it to be taken, so no frame is skipped. A live source that
-fails is closed and reopened with backoff, and each loss and recovery is reported as an event.
+(file, images) is read one frame ahead and waits for it to be taken, so no frame is skipped; it is read just in
+time, timed from how long the consumer takes per frame and how long a read takes, so its frames wait about as
+little as a camera's. A live source that fails is closed and reopened with backoff, and each loss and recovery is
+reported as an event.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -81,6 +84,11 @@ class Capture:
         self._stop = threading.Event()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        # just-in-time reading of finite sources: when the last frame was taken, how long the consumer was busy
+        # between taking a frame and asking for the next, and how long a read (and prepare) took
+        self._taken_at = 0.0
+        self._busy: collections.deque[float] = collections.deque(maxlen=16)
+        self._work: collections.deque[float] = collections.deque(maxlen=16)
 
     def start(self) -> None:
         """Open the source (CameraError if it cannot be opened) and start reading it in a thread."""
@@ -95,11 +103,16 @@ class Capture:
 
         Raises the capture thread's error (a finite source that failed to read, or an unexpected failure).
         """
+        asked = time.perf_counter()
         with self._cond:
+            if self._taken_at:
+                self._busy.append(asked - self._taken_at)
+                self._taken_at = 0.0
             if self._slot is None and not self._ended:
                 self._cond.wait(timeout)
             frame, self._slot = self._slot, None
             if frame is not None:
+                self._taken_at = time.perf_counter()
                 self._cond.notify_all()  # a finite source waits for its slot to be free
                 return frame
             if self._ended:
@@ -146,8 +159,9 @@ class Capture:
     def _read_loop(self) -> None:
         source = self.source
         while not self._stop.is_set():
-            if not source.live and not self._wait_for_free_slot():
+            if not source.live and not (self._wait_for_free_slot() and self._wait_until_needed()):
                 return
+            started = time.perf_counter()
             try:
                 image = source.read()
             except ImageError as exc:
@@ -173,6 +187,7 @@ class Capture:
                               (time.perf_counter() - captured) * 1e3)
             else:
                 frame = Frame(image, self.captured, time.time(), captured, source.color)
+            self._work.append(time.perf_counter() - started)
             with self._cond:
                 if self._slot is not None:
                     self.dropped += 1
@@ -184,6 +199,22 @@ class Capture:
         with self._cond:
             while self._slot is not None and not self._stop.is_set():
                 self._cond.wait(0.5)
+        return not self._stop.is_set()
+
+    def _wait_until_needed(self, margin: float = 0.0005) -> bool:
+        """Delay reading a finite source's next frame until just before the consumer will ask for it.
+
+        The consumer's time per frame is taken at the low end of recent ones and a read's at the high end, so the
+        frame is ready early rather than late; until there are a few of each, frames are read at once.
+        """
+        taken_at = self._taken_at
+        if not taken_at or len(self._busy) < 4 or len(self._work) < 4:
+            return not self._stop.is_set()
+        busy = sorted(self._busy)[len(self._busy) // 8]
+        work = sorted(self._work)[-1 - len(self._work) // 8]
+        delay = taken_at + busy - work - margin - time.perf_counter()
+        if delay > 0:
+            return not self._stop.wait(delay)
         return not self._stop.is_set()
 
     def _reopen(self) -> bool:
