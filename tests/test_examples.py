@@ -20,3 +20,40 @@ def test_classify_folder_example(coral, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "1  Egyptian cat" in proc.stdout and "1  hotdog, hot dog, red hot" in proc.stdout
     assert "skipped:" in proc.stderr and "broken.jpg" in proc.stderr
+
+
+def test_robot_loop_example_reacts_to_decided_labels(coral):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "robot_loop.py"), str(coral / "mobilenet_v2_1.0_224_quant.tflite"),
+         "--source", "demo", "--seconds", "1.5"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "classified " in proc.stdout and "final behaviour: cruise" in proc.stdout  # ImageNet has no 'circle'
+
+
+def test_pi_live_example_runs_on_the_demo_source(coral):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "pi_live.py"), str(coral / "mobilenet_v2_1.0_224_quant.tflite"),
+         "--source", "demo", "--max-frames", "20"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "20 frames" in proc.stderr
+
+
+def test_pi_live_example_explains_a_missing_picamera2(coral):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "pi_live.py"), str(coral / "mobilenet_v2_1.0_224_quant.tflite")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1 and "python3-picamera2" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ros2_node_example_is_valid_python_using_rclpy_documented_calls():
+    import ast
+
+    source = (ROOT / "examples" / "ros2_node.py").read_text()
+    tree = ast.parse(source)
+    calls = {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+    assert {"declare_parameter", "create_publisher", "create_timer", "spin", "init", "destroy_node"} <= calls
