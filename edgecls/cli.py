@@ -230,6 +230,9 @@ def run(
     camera_fps: Annotated[Optional[float], typer.Option("--camera-fps", min=1, help="Camera frame rate to ask for.")] = None,
     mqtt_qos: Annotated[int, typer.Option("--mqtt-qos", min=0, max=2, help="MQTT quality of service.")] = 0,
     mqtt_retain: Annotated[bool, typer.Option("--mqtt-retain", help="Publish MQTT results as retained.")] = False,
+    stats_every: Annotated[
+        Optional[float], typer.Option("--stats-every", min=0.1, help="A JSON line of live statistics on stderr every S seconds.")
+    ] = None,
 ) -> None:
     """Classify a live camera, video or stream; Ctrl-C or SIGTERM stops it cleanly with every sink flushed."""
     from .cli_run import RunOptions, run_stream
@@ -238,7 +241,7 @@ def run(
         source=source, top_k=top_k, threshold=threshold, sinks=list(sink or []), json_lines=json_out, quiet=quiet,
         on_change=on_change, fps=fps, max_frames=max_frames, duration=duration, loop=loop, ema=ema, hold=hold,
         margin=margin, min_score=min_score, width=width, height=height, camera_fps=camera_fps, mqtt_qos=mqtt_qos,
-        mqtt_retain=mqtt_retain,
+        mqtt_retain=mqtt_retain, stats_every=stats_every,
     )
     with project_errors():
         clf = _open_classifier(

@@ -6,6 +6,7 @@ This is command-line code (it writes to the terminal and installs signal handler
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -44,6 +45,7 @@ class RunOptions:
     camera_fps: float | None = None
     mqtt_qos: int = 0
     mqtt_retain: bool = False
+    stats_every: float | None = None
 
 
 def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO) -> int:
@@ -69,7 +71,9 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
     try:
         sinks = _make_sinks(options, on_event, say)
         if not options.quiet:
-            sinks.insert(0, _stdout_sink(out, options))
+            sinks.insert(0, _stdout_sink(out, options, stream))
+        if options.stats_every:
+            sinks.append(_StatsLines(stream, options.stats_every, say))
         stopped_by = _run(stream, sinks, say)
     finally:
         stream.close()
@@ -128,11 +132,29 @@ def _run(stream: Stream, sinks: list[Sink], say: Any) -> str | None:
     return stopped_by[0] if stopped_by else None
 
 
-class _LiveLine:
-    """One line on a terminal, rewritten at most 10 times a second; a changed decision leaves its line behind."""
+class _StatsLines:
+    """A JSON line of live statistics on stderr every ``every`` seconds (fps, drops, latency percentiles)."""
 
-    def __init__(self, out: TextIO, on_change: bool) -> None:
-        self.out, self.on_change = out, on_change
+    def __init__(self, stream: Stream, every: float, say: Any) -> None:
+        self.stream, self.every, self.say = stream, every, say
+        self._next = time.monotonic() + every
+
+    def write(self, result: Any) -> None:
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self.every
+            self.say("stats: " + json.dumps(self.stream.stats().to_dict()))
+
+    def close(self) -> None:
+        pass
+
+
+class _LiveLine:
+    """One line on a terminal, rewritten at most 10 times a second, with the live fps, drops and latency; a changed
+    decision leaves its line behind."""
+
+    def __init__(self, out: TextIO, on_change: bool, stream: Stream) -> None:
+        self.out, self.on_change, self.stream = out, on_change, stream
         self._last = 0.0
         self._width = 0
 
@@ -144,7 +166,10 @@ class _LiveLine:
         if not changed and now - self._last < LIVE_REFRESH_S:
             return
         self._last = now
-        line = format_line(result)
+        stats = self.stream.stats()
+        total = stats.latency_ms.get("total", {})
+        line = (f"{format_line(result)}  {stats.fps:.1f} fps, {stats.frames_dropped} dropped, "
+                f"p50 {total.get('p50', 0):.1f} ms")
         pad = " " * max(0, self._width - len(line))
         self._width = len(line)
         self.out.write("\r" + line + pad + ("\n" if changed else ""))
@@ -157,9 +182,9 @@ class _LiveLine:
         self.out.flush()
 
 
-def _stdout_sink(out: TextIO, options: RunOptions) -> Sink:
+def _stdout_sink(out: TextIO, options: RunOptions, stream: Stream) -> Sink:
     if not options.json_lines and out.isatty():
-        return _LiveLine(out, options.on_change)
+        return _LiveLine(out, options.on_change, stream)
     return TextSink(out, json_lines=options.json_lines, on_change=options.on_change)
 
 

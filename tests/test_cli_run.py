@@ -111,3 +111,11 @@ def test_a_signal_stops_within_a_second_with_sinks_flushed(coral, tmp_path, sig)
     lines = out.read_text().splitlines()
     assert summary.startswith(f"done: {len(lines)} frames")  # every result made reached the file
     assert all(json.loads(line)["sequence"] >= 0 for line in lines)  # whole lines only
+
+
+def test_live_statistics_on_stderr(coral):
+    result = run(coral / MODEL, "--source", "demo:100", "--duration", "1.2", "--stats-every", "0.5", "-q")
+    assert result.exit_code == 0, result.output
+    stats = [json.loads(line[7:]) for line in result.stderr.splitlines() if line.startswith("stats: ")]
+    assert len(stats) >= 1 and stats[-1]["fps"] > 0 and stats[-1]["frames_processed"] > 10
+    assert set(stats[-1]["latency_ms"]["total"]) == {"p50", "p95"}
