@@ -45,6 +45,7 @@ DelegateOpt = Annotated[
 ]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="Edge TPU device: usb, usb:N or pci:N.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+ThresholdOpt = Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="Hide scores below this.")]
 
 
 def error(message: str) -> None:
@@ -146,7 +147,7 @@ def classify(
     images: Annotated[list[str], typer.Argument(help="Image files, directories or glob patterns.", show_default=False)],
     labels: LabelsOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many classes to show per image.")] = 5,
-    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="Hide scores below this.")] = 0.0,
+    threshold: ThresholdOpt = 0.0,
     threads: ThreadsOpt = None,
     backend: BackendOpt = BackendChoice.auto,
     delegate: DelegateOpt = None,
@@ -204,7 +205,7 @@ def run(
     ],
     labels: LabelsOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Predictions per result.")] = 3,
-    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="Hide scores below this.")] = 0.0,
+    threshold: ThresholdOpt = 0.0,
     threads: ThreadsOpt = None,
     backend: BackendOpt = BackendChoice.auto,
     delegate: DelegateOpt = None,

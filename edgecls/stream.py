@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -246,27 +247,17 @@ class Stream:
 
     def __iter__(self) -> Iterator[StreamResult]:
         """Every result in order (a finite source loses none; a live one may skip results a slow consumer missed)."""
-        self.start()
-        with self._cond:
-            self._consumers += 1
-        try:
+        with self._consuming():
             while True:
                 item = self._next_result(None)
                 if item is END:
                     return
                 yield item  # type: ignore[misc]
-        finally:
-            with self._cond:
-                self._consumers -= 1
-                self._cond.notify_all()
 
     async def __aiter__(self) -> AsyncIterator[StreamResult]:
         """``async for result in stream``: the same results, waited for without blocking the event loop."""
-        self.start()
         loop = asyncio.get_running_loop()
-        with self._cond:
-            self._consumers += 1
-        try:
+        with self._consuming():
             while True:
                 item = await loop.run_in_executor(None, self._next_result, 0.25)
                 if item is None:
@@ -274,6 +265,15 @@ class Stream:
                 if item is END:
                     return
                 yield item  # type: ignore[misc]
+
+    @contextlib.contextmanager
+    def _consuming(self) -> Iterator[None]:
+        """Start the stream and count a consumer for its lifetime: results are queued only while one iterates."""
+        self.start()
+        with self._cond:
+            self._consumers += 1
+        try:
+            yield
         finally:
             with self._cond:
                 self._consumers -= 1
