@@ -193,3 +193,18 @@ def test_a_live_source_keeps_only_the_newest_frame(coral):
     assert stats.frames_dropped > 0
     assert results[-1].sequence > 10  # results skip the dropped frames
     assert max(r.latency.capture_to_start_ms for r in results[2:]) < 50  # no backlog of stale frames
+
+
+def test_a_bad_image_in_a_folder_is_skipped_and_reported(coral, tmp_path):
+    import shutil
+
+    shutil.copy(coral / "cat.bmp", tmp_path / "a_cat.bmp")
+    (tmp_path / "b_broken.jpg").write_bytes(b"not a jpeg")
+    shutil.copy(coral / "dragonfly.bmp", tmp_path / "c_fly.bmp")
+    events = []
+    with stream(coral, str(tmp_path), on_event=events.append) as s:
+        labels = [r.predictions[0].label for r in s]
+    assert labels[0] == "Egyptian cat" and labels[1].startswith("dragonfly") and len(labels) == 2
+    skipped = [e for e in events if e.kind == "frame-skipped"]
+    assert len(skipped) == 1 and "b_broken.jpg" in skipped[0].message
+    assert events[-1].kind == "source-ended"
