@@ -153,12 +153,7 @@ class Classifier:
 
         Returns up to ``top_k`` predictions with score >= ``threshold``, best first.
         """
-        t0, t1, t2 = self._run(image, color)
-        pairs = self.postprocessor.top_k(self._output_view(), top_k, threshold)
-        result = predictions(pairs, self.labels.names if self.labels else None)
-        t3 = time.perf_counter()
-        self.last_timing = Timing((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
-        return result
+        return self._ranked(*self._run(image, color), top_k, threshold)
 
     def scores(self, image: np.ndarray | str | os.PathLike[str], *, color: str = "rgb") -> np.ndarray:
         """All class scores in [0, 1] for one image (two for a single sigmoid unit: negative, positive)."""
@@ -174,7 +169,10 @@ class Classifier:
         np.copyto(self._input_view()[0], tensor, casting="no")
         t1 = time.perf_counter()
         self.invoke()
-        t2 = time.perf_counter()
+        return self._ranked(t0, t1, time.perf_counter(), top_k, threshold)
+
+    def _ranked(self, t0: float, t1: float, t2: float, top_k: int, threshold: float) -> list[Prediction]:
+        """Rank the output of the invoke that ran from ``t1`` to ``t2`` and record the timing (input from ``t0``)."""
         pairs = self.postprocessor.top_k(self._output_view(), top_k, threshold)
         result = predictions(pairs, self.labels.names if self.labels else None)
         self.last_timing = Timing((t1 - t0) * 1e3, (t2 - t1) * 1e3, (time.perf_counter() - t2) * 1e3)

@@ -183,7 +183,7 @@ class MqttSink:
         last = None
         with self._lock:
             if self._connected:
-                last = self._flush_locked()
+                self._flush_locked()
                 last = self._client.publish(self.status_topic, "offline", qos=1, retain=True)
         if last is not None:
             try:
