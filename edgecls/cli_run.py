@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from .capture import StreamEvent
 from .classifier import Classifier
 from .errors import EdgeclsError
-from .sinks import MqttSink, Sink, TextSink, format_line, parse_sink
+from .sinks import MqttSink, PreviewSink, Sink, TextSink, format_line, parse_sink
 from .smoothing import Smoothing
 from .stream import Stream, StreamStats
 
@@ -103,8 +103,8 @@ def _make_sinks(options: RunOptions, on_event: Any, say: Any) -> list[Sink]:
             if isinstance(sink, MqttSink) and not sink.wait_connected(2.0):
                 say(f"warning: MQTT broker {sink.host}:{sink.port} is not reachable yet; results are buffered and "
                     "sent when it is")
-            if hasattr(sink, "url"):
-                say(f"preview: {sink.url}")  # type: ignore[attr-defined]
+            if isinstance(sink, PreviewSink):
+                say(f"preview: {sink.url}")
     except BaseException:
         for s in sinks:
             s.close()

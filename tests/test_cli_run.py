@@ -87,6 +87,7 @@ def test_mqtt_sink_end_to_end(coral, cat_video, mosquitto):
         sub.disconnect()
     assert [m["decision"]["label"][:9] for m in got] == ["Egyptian ", "dragonfly"]
     assert result.stdout == ""
+    assert "preview:" not in result.stderr  # only a preview sink announces a URL
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -119,3 +120,9 @@ def test_live_statistics_on_stderr(coral):
     stats = [json.loads(line[7:]) for line in result.stderr.splitlines() if line.startswith("stats: ")]
     assert len(stats) >= 1 and stats[-1]["fps"] > 0 and stats[-1]["frames_processed"] > 10
     assert set(stats[-1]["latency_ms"]["total"]) == {"p50", "p95"}
+
+
+def test_preview_sink_announces_its_local_url(coral, cat_video):
+    result = run(coral / MODEL, "--source", cat_video, "-q", "--max-frames", "3", "--sink", "preview:0")
+    assert result.exit_code == 0, result.output
+    assert "preview: http://127.0.0.1:" in result.stderr
