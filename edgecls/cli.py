@@ -252,6 +252,57 @@ def run(
     raise typer.Exit(code=code)
 
 
+class CheckTarget(str, Enum):
+    edgetpu = "edgetpu"
+
+
+@app.command()
+def check(
+    model: ModelArg,
+    target: Annotated[CheckTarget, typer.Option("--target", help="The accelerator to check against.")] = CheckTarget.edgetpu,
+    json_out: JsonOpt = False,
+) -> None:
+    """Predict, without compiling, whether a model will run on an accelerator, and the first op that will not.
+
+    Exit code 0 when every op maps to the target, 1 otherwise.
+    """
+    from .edgetpu import preflight
+
+    with project_errors():
+        report = preflight(model)
+    if json_out:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        typer.echo(_format_check(report))
+    raise typer.Exit(code=0 if report.ok else 1)
+
+
+def _format_check(report: Any) -> str:
+    from collections import Counter
+
+    total = len(report.ops)
+    verdicts = {
+        "compiled": "already compiled for the Edge TPU",
+        "pass": f"every op ({total}) will run on the Edge TPU"
+        if not report.cpu_ops
+        else f"{report.edgetpu_ops} of {total} ops will run on the Edge TPU; the other {report.cpu_ops} convert float "
+        "input or output at the edges",
+        "partial": f"{report.edgetpu_ops} of {total} ops will run on the Edge TPU",
+        "fail": "the Edge TPU compiler will not map this model",
+    }
+    lines = [f"model     {report.model}", f"target    edgetpu: {report.status}, {verdicts[report.status]}"]
+    lines += [f"problem   {p}" for p in report.problems]
+    first = report.first_cpu_op
+    if first is not None and report.status != "compiled":
+        lines.append(f"first CPU op #{first.index} {first.op}: {first.reason}; every op after it runs on the CPU too")
+    for side, on_tpu in (("edgetpu", True), ("cpu", False)):
+        counts = Counter(v.op for v in report.ops if v.on_edgetpu == on_tpu)
+        if counts:
+            lines.append(f"{side:<9} " + ", ".join(f"{op} x{n}" for op, n in counts.most_common()))
+    lines += [f"note      {n}" for n in report.notes]
+    return "\n".join(lines)
+
+
 def _register_host_commands() -> None:
     """Host-side commands live in the `convert` package (TensorFlow loads only when they run)."""
     try:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import ModelError
+from .tflite_schema import builtin_name, tensor_type_name
 
 
 class _Truncated(Exception):
@@ -63,6 +65,19 @@ class _Table:
             return []
         start, length = vec
         return [_Table(self.buf, start + 4 * i + struct.unpack_from("<I", self.buf, start + 4 * i)[0]) for i in range(length)]
+
+    def table(self, index: int) -> "_Table | None":
+        at = self._target(index)
+        return None if at is None else _Table(self.buf, at)
+
+    def numbers(self, index: int, fmt: str) -> tuple[Any, ...]:
+        """A vector of scalars (``fmt`` one struct code: "i", "q", "f"...) as a tuple; () when absent."""
+        size = struct.calcsize(fmt)
+        vec = self.vector(index, size)
+        if vec is None:
+            return ()
+        start, length = vec
+        return struct.unpack_from(f"<{length}{fmt}", self.buf, start)
 
     def string(self, index: int) -> str | None:
         vec = self.vector(index, 1)
@@ -140,3 +155,127 @@ def _walk(buf: mmap.mmap) -> ModelStructure:
     for entry in model.tables(6):
         entry.string(0)
     return ModelStructure(codes, tuple(counts), tensors, len(buffers))
+
+
+# -- the graph, for pre-flight checks and for describing models no interpreter here can run --------------------------
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    index: int
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    shape_signature: tuple[int, ...]  # -1 where a dimension is dynamic; equal to shape when static
+    scales: tuple[float, ...]
+    zero_points: tuple[int, ...]
+    constant: bool  # backed by data in the file (weights, biases, constant operands)
+
+    @property
+    def quantized(self) -> bool:
+        return bool(self.scales)
+
+    @property
+    def dynamic(self) -> bool:
+        return any(d < 0 for d in self.shape_signature)
+
+
+@dataclass(frozen=True)
+class OperatorInfo:
+    index: int
+    name: str  # builtin name (CONV_2D) or the custom code (edgetpu-custom-op)
+    version: int
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    options: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Graph:
+    """The main subgraph of a model: tensors, operators in execution order, and the graph inputs and outputs."""
+
+    tensors: tuple[TensorInfo, ...]
+    operators: tuple[OperatorInfo, ...]
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    num_subgraphs: int
+    constants: dict[int, tuple[int, ...]] = field(default_factory=dict, repr=False)
+
+    def constant_values(self, tensor: int) -> tuple[int, ...]:
+        """The integer values of a small constant tensor (an axis list, a padding table); () if unknown."""
+        return self.constants.get(tensor, ())
+
+
+# Fields read from the builtin options tables that pre-flight checks need, by BuiltinOptions type:
+# {type: (table name, {field index: (name, struct code)})}
+_OPTIONS = {
+    1: {3: ("fused_activation", "b"), 4: ("dilation_w", "i"), 5: ("dilation_h", "i"), 1: ("stride_w", "i"),
+        2: ("stride_h", "i")},  # Conv2DOptions
+    2: {4: ("fused_activation", "b"), 5: ("dilation_w", "i"), 6: ("dilation_h", "i"), 3: ("depth_multiplier", "i")},
+    5: {5: ("fused_activation", "b"), 3: ("filter_w", "i"), 4: ("filter_h", "i")},  # Pool2DOptions
+    8: {0: ("fused_activation", "b"), 1: ("weights_format", "b"), 2: ("keep_num_dims", "b")},  # FullyConnected
+    10: {0: ("axis", "i"), 1: ("fused_activation", "b")},  # ConcatenationOptions
+    27: {0: ("keep_dims", "b")},  # ReducerOptions
+    32: {0: ("begin_mask", "i"), 1: ("end_mask", "i"), 2: ("ellipsis_mask", "i"), 3: ("new_axis_mask", "i"),
+         4: ("shrink_axis_mask", "i")},  # StridedSliceOptions
+}
+_DEFAULTS = {"dilation_w": 1, "dilation_h": 1, "stride_w": 1, "stride_h": 1, "depth_multiplier": 1}
+
+
+def read_graph(path: str | os.PathLike[str]) -> Graph:
+    """Read the first subgraph of a TFLite model (bounds-checked; raises ModelError on a corrupt file)."""
+    p = Path(path)
+    with p.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        try:
+            return _graph(buf)
+        except (_Truncated, struct.error, ValueError) as exc:
+            raise ModelError(f"{p}: the model file is truncated or corrupt ({exc}); copy or download it again") from None
+
+
+def _graph(buf: mmap.mmap) -> Graph:
+    model = _Table(buf, struct.unpack_from("<I", buf, 0)[0])
+    codes = [(max(t.scalar(0, "b"), t.scalar(3, "i")), t.string(1), t.scalar(2, "i", 1)) for t in model.tables(1)]
+    buffers = model.tables(4)
+    subgraphs = model.tables(2)
+    if not subgraphs:
+        raise ValueError("the model has no subgraph")
+    sg = subgraphs[0]
+    tensors, constants = [], {}
+    for i, t in enumerate(sg.tables(0)):
+        shape = t.numbers(0, "i")
+        signature = t.numbers(7, "i") or shape
+        quant = t.table(4)
+        scales = quant.numbers(2, "f") if quant else ()
+        zeros = quant.numbers(3, "q") if quant else ()
+        dtype = tensor_type_name(t.scalar(1, "b"))
+        buffer_index = t.scalar(2, "I")
+        data = b""
+        if 0 < buffer_index < len(buffers):
+            vec = buffers[buffer_index].vector(0, 1)
+            if vec is not None and vec[1]:
+                data = bytes(buf[vec[0] : vec[0] + min(vec[1], 64)])
+            elif buffers[buffer_index].scalar(1, "Q") > 1:
+                data = b"external"
+        if data and dtype in ("int32", "int64") and data != b"external":
+            fmt = "i" if dtype == "int32" else "q"
+            n = len(data) // struct.calcsize(fmt)
+            constants[i] = struct.unpack_from(f"<{n}{fmt}", data, 0)
+        tensors.append(TensorInfo(i, t.string(3) or f"tensor{i}", dtype, tuple(shape), tuple(signature),
+                                  tuple(scales), tuple(int(z) for z in zeros), bool(data)))
+    operators = []
+    for i, op in enumerate(sg.tables(3)):
+        code_index = op.scalar(0, "I")
+        if code_index >= len(codes):
+            raise _Truncated(f"an operator uses opcode {code_index} of {len(codes)}")
+        code, custom, version = codes[code_index]
+        name = custom if code == 32 and custom else builtin_name(code)
+        options: dict[str, int] = {}
+        fields = _OPTIONS.get(op.scalar(3, "B"))
+        table = op.table(4) if fields else None
+        if fields:
+            for field_index, (key, fmt) in fields.items():
+                options[key] = table.scalar(field_index, fmt, _DEFAULTS.get(key, 0)) if table else _DEFAULTS.get(key, 0)
+        operators.append(OperatorInfo(i, name, version, tuple(op.numbers(1, "i")), tuple(op.numbers(2, "i")), options))
+    return Graph(
+        tuple(tensors), tuple(operators), tuple(sg.numbers(1, "i")), tuple(sg.numbers(2, "i")), len(subgraphs), constants
+    )

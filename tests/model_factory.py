@@ -95,3 +95,52 @@ def sample(name: str, label: int, seed: int = 1) -> np.ndarray:
         x[..., label % 3] += 200
     img = np.clip(x, 0, 255).astype(np.uint8)
     return img[:, :, 0] if channels == 1 else img
+
+
+def build_edgetpu_cases(out_dir: Path) -> dict[str, Path]:
+    """Untrained models for the Edge TPU pre-flight, each with one precise problem (or none).
+
+    ``ok``: full int8, static batch 1. ``float_io``: int8 inside, float input and output (boundary QUANTIZE and
+    DEQUANTIZE). ``float``: not quantised. ``dynamic``: int8 with a dynamic batch. ``leaky_relu``: an op the Edge
+    TPU lacks, in the middle. ``dilation``: a CONV_2D whose x and y dilation differ.
+    """
+    import tensorflow as tf
+
+    keras = tf.keras
+    rng = np.random.default_rng(0)
+    calib = rng.uniform(0, 255, (16, 16, 16, 3)).astype(np.float32)
+
+    def net(middle: str = "relu", batch: int | None = 1, dilation: tuple[int, int] = (1, 1)):  # type: ignore[no-untyped-def]
+        inputs = keras.Input((16, 16, 3), batch_size=batch)
+        x = keras.layers.Rescaling(1 / 255.0)(inputs)
+        x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+        x = keras.layers.Conv2D(8, 3, padding="same", dilation_rate=dilation)(x)
+        x = keras.layers.LeakyReLU(0.1)(x) if middle == "leaky" else keras.layers.ReLU()(x)
+        x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+
+    def convert(model, quant: bool = True, io: str | None = "int8") -> bytes:  # type: ignore[no-untyped-def]
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        if quant:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: ([calib[i : i + 1]] for i in range(len(calib)))
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            if io:
+                converter.inference_input_type = converter.inference_output_type = getattr(tf, io)
+        return converter.convert()
+
+    tf.keras.utils.set_random_seed(0)
+    cases = {
+        "ok": convert(net()),
+        "float_io": convert(net(), io=None),
+        "float": convert(net(), quant=False),
+        "dynamic": convert(net(batch=None)),
+        "leaky_relu": convert(net("leaky")),
+        "dilation": convert(net(dilation=(2, 1))),
+    }
+    paths = {}
+    for name, flat in cases.items():
+        paths[name] = out_dir / f"edgetpu_{name}.tflite"
+        paths[name].write_bytes(flat)
+    return paths
