@@ -6,9 +6,13 @@ heavy (TensorFlow, OpenCV) is ever imported by the runtime on its own.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# Library logging is silent unless the application configures it (the CLI prints warnings on stderr).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _LAZY = {
     "Classifier": "edgecls.classifier",

@@ -7,13 +7,14 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from . import delegates
 from .backends import Backend, op_counts, resolve_backend
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, DelegateError, ModelError
 from .images import read_image
 from .labels import Labels, find_labels
 from .metadata import ModelFileInfo, check_model_file
@@ -46,7 +47,10 @@ class Classifier:
 
     ``model``: path to a .tflite file. ``labels``: a label file or a list; by default they come from the model's
     edgecls manifest, its TFLite metadata, or a ``labels.txt`` beside it. ``num_threads``: interpreter threads
-    (default: all cores, at most 4). ``delegate``: ``"edgetpu"``, a delegate library path, or a loaded delegate.
+    (default: all cores, at most 4). ``delegate``: ``"edgetpu"``, a delegate library path, or a loaded delegate;
+    ``device``: which Edge TPU (``usb``, ``usb:N``, ``pci:N``); ``delegate_options``: key/value options for the
+    delegate library. A delegate that cannot load raises DelegateError, unless ``allow_cpu_fallback`` is set: then
+    the CPU model runs and ``fallback_reason`` says why (logged as a warning).
     ``backend``: ``"auto"``, ``"ai_edge_litert"``, ``"tflite_runtime"`` or ``"tensorflow"``. ``preprocess``:
     resize mode, interpolation and normalisation (default: the model's manifest, else squash + bilinear).
 
@@ -64,19 +68,38 @@ class Classifier:
         delegate: Any = None,
         backend: str = "auto",
         device: str | None = None,
+        delegate_options: dict[str, str] | None = None,
+        allow_cpu_fallback: bool = False,
         preprocess: PreprocessConfig | None = None,
         activation: str | None = None,
         resize_engine: str = "auto",
     ) -> None:
         if num_threads is not None and num_threads < 1:
             raise ConfigError(f"num_threads must be at least 1 (received {num_threads})")
-        self.model_info: ModelFileInfo = check_model_file(model)
-        self.path = self.model_info.path
+        self.requested_path = Path(model)
         self.backend: Backend = resolve_backend(backend)
         self.num_threads = num_threads or default_num_threads()
-        self.delegate = delegates.resolve(delegate, device=device, model=self.model_info, backend=self.backend)
-        self._interpreter = self._build_interpreter()
-        manifest = self.model_info.manifest or {}
+        self.fallback_reason: str | None = None
+        # With the Edge TPU asked for, NAME_edgetpu.tflite beside NAME.tflite is the model to run; labels and the
+        # manifest may live only in the CPU model (the compiler drops appended files), so it stays at hand.
+        self._source_info: ModelFileInfo | None = None
+        sibling = delegates.compiled_sibling(model) if delegate == "edgetpu" else None
+        if sibling is not None:
+            self._source_info = check_model_file(model)
+        self.model_info: ModelFileInfo = check_model_file(sibling or model)
+        if delegate is None and self.model_info.has_edgetpu_op():
+            raise delegates.edgetpu_model_error(self.model_info)
+        try:
+            self.delegate = delegates.resolve(
+                delegate, device=device, model=self.model_info, backend=self.backend, options=delegate_options
+            )
+            self._interpreter = self._build_interpreter()
+        except DelegateError as exc:
+            if not allow_cpu_fallback:
+                raise
+            self._fall_back_to_cpu(exc)
+        self.path = self.model_info.path
+        manifest = self.model_info.manifest or (self._source_info.manifest if self._source_info else None) or {}
         self.input_spec, self._input_index = self._input_details()
         self.output_spec, self._output_index = self._output_details()
         config = preprocess or PreprocessConfig.from_dict(manifest.get("preprocess", {}))
@@ -85,14 +108,32 @@ class Classifier:
             self.output_spec, activation=activation or manifest.get("output", {}).get("activation", "auto")
         )
         self.labels: Labels | None = find_labels(self.model_info, self.output_spec.num_classes, labels)
+        if self.labels is None and self._source_info is not None:
+            self.labels = find_labels(self._source_info, self.output_spec.num_classes)
         self._input_view = self._interpreter.tensor(self._input_index)
         self._output_view = self._interpreter.tensor(self._output_index)
         self.last_timing: Timing | None = None
 
     # -- construction -------------------------------------------------------------------------------------------
 
+    def _fall_back_to_cpu(self, exc: DelegateError) -> None:
+        """``allow_cpu_fallback``: run on the CPU, loudly (a warning logged, and `fallback_reason` set)."""
+        self.fallback_reason = str(exc)
+        self.delegate = None
+        if self.model_info.has_edgetpu_op():
+            cpu = self._source_info.path if self._source_info else delegates.cpu_sibling(self.model_info.path)
+            if cpu is None:
+                raise DelegateError(
+                    f"{exc}; and there is no CPU model to fall back to ({self.model_info.path} only runs on the Edge "
+                    "TPU; keep the uncompiled model beside it)"
+                ) from None
+            self.model_info = self._source_info or check_model_file(cpu)
+            self._source_info = None
+        log.warning("DELEGATE NOT USED, running on the CPU: %s", exc)
+        self._interpreter = self._build_interpreter()
+
     def _build_interpreter(self) -> Any:
-        kwargs: dict[str, Any] = {"model_path": str(self.path), "num_threads": self.num_threads}
+        kwargs: dict[str, Any] = {"model_path": str(self.model_info.path), "num_threads": self.num_threads}
         if self.delegate is not None:
             kwargs["experimental_delegates"] = [self.delegate.handle]
         try:
@@ -104,6 +145,8 @@ class Classifier:
         except (ValueError, RuntimeError) as exc:
             if self.delegate is None and "edgetpu-custom-op" in str(exc):
                 raise delegates.edgetpu_model_error(self.model_info) from None
+            if self.delegate is not None:
+                raise delegates.interpreter_error(self.delegate, self.model_info, _one_line(exc)) from None
             raise ModelError(
                 f"{self.path}: the {self.backend.name} interpreter cannot load this model ({_one_line(exc)}); "
                 "the file may be truncated or need ops this runtime lacks"
@@ -215,6 +258,7 @@ class Classifier:
             "size_bytes": self.model_info.size_bytes,
             "backend": {"name": self.backend.name, "version": self.backend.version, "num_threads": self.num_threads},
             "delegate": self.delegate.describe() if self.delegate else None,
+            "fallback_reason": self.fallback_reason,
             "input": {
                 "shape": [1, inp.height, inp.width, inp.channels],
                 "dtype": inp.dtype,

@@ -44,6 +44,14 @@ DelegateOpt = Annotated[
     Optional[str], typer.Option("--delegate", help="'edgetpu' or the path of a TFLite delegate library.")
 ]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="Edge TPU device: usb, usb:N or pci:N.")]
+DelegateOptionOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--delegate-option", help="KEY=VALUE option for the delegate library (repeatable)."),
+]
+FallbackOpt = Annotated[
+    bool,
+    typer.Option("--allow-cpu-fallback", help="If the delegate cannot load, warn and run on the CPU instead of failing."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 ThresholdOpt = Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="Hide scores below this.")]
 
@@ -79,6 +87,14 @@ def _main(
     ] = False,
 ) -> None:
     """Image classification from workstation to small devices."""
+    import logging
+
+    # Library warnings (a delegate fallen back to the CPU, a heavy backend in use) go to stderr as one line each.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logger = logging.getLogger("edgecls")
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
 
 
 def _open_classifier(
@@ -89,13 +105,31 @@ def _open_classifier(
     backend: BackendChoice = BackendChoice.auto,
     delegate: Optional[str] = None,
     device: Optional[str] = None,
+    delegate_option: Optional[list[str]] = None,
+    allow_cpu_fallback: bool = False,
 ) -> Any:
     from .classifier import Classifier
 
     with quiet_native_stderr():
-        return Classifier(
-            model, labels=labels, num_threads=threads, backend=backend.value, delegate=delegate, device=device
+        clf = Classifier(
+            model, labels=labels, num_threads=threads, backend=backend.value, delegate=delegate, device=device,
+            delegate_options=parse_key_values(delegate_option, "--delegate-option"),
+            allow_cpu_fallback=allow_cpu_fallback,
         )
+    return clf  # a CPU fallback was logged as a warning (on stderr, see _main)
+
+
+def parse_key_values(items: Optional[list[str]], option: str) -> dict[str, str]:
+    """``["k=v", ...]`` from a repeatable option into a dict; a malformed item is a ConfigError naming the option."""
+    from .errors import ConfigError
+
+    result = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{option} expects KEY=VALUE (received {item!r})")
+        result[key.strip()] = value
+    return result
 
 
 @app.command()
@@ -152,6 +186,8 @@ def classify(
     backend: BackendOpt = BackendChoice.auto,
     delegate: DelegateOpt = None,
     device: DeviceOpt = None,
+    delegate_option: DelegateOptionOpt = None,
+    allow_cpu_fallback: FallbackOpt = False,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Classify image files; a bad image is reported and the batch goes on (exit code 1 if any failed)."""
@@ -159,7 +195,8 @@ def classify(
 
     with project_errors():
         clf = _open_classifier(
-            model, labels=labels, threads=threads, backend=backend, delegate=delegate, device=device
+            model, labels=labels, threads=threads, backend=backend, delegate=delegate, device=device,
+            delegate_option=delegate_option, allow_cpu_fallback=allow_cpu_fallback,
         )
     failed = total = 0
     with clf:
@@ -192,24 +229,33 @@ def classify(
         raise typer.Exit(code=1)
 
 
+ProfileOpt = Annotated[
+    Optional[str],
+    typer.Option("--profile", help="A device profile (see `edgecls profiles`) or a .toml path; flags override it."),
+]
+
+
 @app.command()
 def run(
     model: ModelArg,
     source: Annotated[
-        str,
+        Optional[str],
         typer.Option(
             "--source", "-s",
             help="picam, picam:N, a camera index or /dev/videoN, a video file, an rtsp:// or http:// URL, a GStreamer "
-            "pipeline, an image, a folder or glob of images, or demo.",
+            "pipeline, an image, a folder or glob of images, or demo (default: the profile's camera).",
         ),
-    ],
+    ] = None,
+    profile: ProfileOpt = None,
     labels: LabelsOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Predictions per result.")] = 3,
     threshold: ThresholdOpt = 0.0,
     threads: ThreadsOpt = None,
-    backend: BackendOpt = BackendChoice.auto,
+    backend: Annotated[Optional[BackendChoice], typer.Option("--backend", help="Interpreter backend [default: auto].")] = None,
     delegate: DelegateOpt = None,
     device: DeviceOpt = None,
+    delegate_option: DelegateOptionOpt = None,
+    allow_cpu_fallback: FallbackOpt = False,
     sink: Annotated[
         Optional[list[str]],
         typer.Option("--sink", help="Also send results to jsonl:PATH, mqtt://[user:pass@]host[:port]/topic, "
@@ -222,10 +268,10 @@ def run(
     max_frames: Annotated[Optional[int], typer.Option("--max-frames", min=1, help="Stop after N results.")] = None,
     duration: Annotated[Optional[float], typer.Option("--duration", min=0.01, help="Stop after S seconds.")] = None,
     loop: Annotated[bool, typer.Option("--loop", help="Start a video file or image folder over at its end.")] = False,
-    ema: Annotated[float, typer.Option("--ema", min=0.01, max=1.0, help="Moving-average weight of the newest frame (1: off).")] = 1.0,
-    hold: Annotated[int, typer.Option("--hold", min=1, help="Frames a new label must lead before the decision switches.")] = 1,
+    ema: Annotated[Optional[float], typer.Option("--ema", min=0.01, max=1.0, help="Moving-average weight of the newest frame (1: off) [default: 1].")] = None,
+    hold: Annotated[Optional[int], typer.Option("--hold", min=1, help="Frames a new label must lead before the decision switches [default: 1].")] = None,
     margin: Annotated[Optional[float], typer.Option("--margin", min=0.01, max=1.0, help="...or lead by this much to switch at once.")] = None,
-    min_score: Annotated[float, typer.Option("--min-score", min=0.0, max=1.0, help="Below this, no decision.")] = 0.0,
+    min_score: Annotated[Optional[float], typer.Option("--min-score", min=0.0, max=1.0, help="Below this, no decision [default: 0].")] = None,
     width: Annotated[Optional[int], typer.Option("--width", min=16, help="Camera frame width to ask for.")] = None,
     height: Annotated[Optional[int], typer.Option("--height", min=16, help="Camera frame height to ask for.")] = None,
     camera_fps: Annotated[Optional[float], typer.Option("--camera-fps", min=1, help="Camera frame rate to ask for.")] = None,
@@ -238,18 +284,81 @@ def run(
     """Classify a live camera, video or stream; Ctrl-C or SIGTERM stops it cleanly with every sink flushed."""
     from .cli_run import RunOptions, run_stream
 
-    options = RunOptions(
-        source=source, top_k=top_k, threshold=threshold, sinks=list(sink or []), json_lines=json_out, quiet=quiet,
-        on_change=on_change, fps=fps, max_frames=max_frames, duration=duration, loop=loop, ema=ema, hold=hold,
-        margin=margin, min_score=min_score, width=width, height=height, camera_fps=camera_fps, mqtt_qos=mqtt_qos,
-        mqtt_retain=mqtt_retain, stats_every=stats_every,
-    )
     with project_errors():
+        prof = _load_profile(profile)
+        runtime = prof.runtime if prof else {}
+        smooth = prof.smoothing if prof else {}
+        camera = prof.source_options() if prof else {}
+        if source is None:
+            if prof is None:
+                from .errors import ConfigError
+
+                raise ConfigError("no --source given; pass --source (e.g. picam, 0, video.mp4) or --profile NAME")
+            source = prof.camera["source"]
+        use_profile_camera = prof is not None and source == prof.camera["source"]
+        options = RunOptions(
+            source=source, top_k=top_k, threshold=threshold, sinks=list(sink or []), json_lines=json_out, quiet=quiet,
+            on_change=on_change, fps=fps, max_frames=max_frames, duration=duration, loop=loop,
+            ema=_first(ema, smooth.get("ema"), 1.0), hold=_first(hold, smooth.get("hold"), 1),
+            margin=_first(margin, smooth.get("margin")), min_score=_first(min_score, smooth.get("min_score"), 0.0),
+            width=_first(width, camera.get("width") if use_profile_camera else None),
+            height=_first(height, camera.get("height") if use_profile_camera else None),
+            camera_fps=_first(camera_fps, camera.get("fps") if use_profile_camera else None),
+            picamera=camera.get("picamera") if use_profile_camera else None,
+            mqtt_qos=mqtt_qos, mqtt_retain=mqtt_retain, stats_every=stats_every,
+        )
+        # A delegate given on the command line replaces the profile's, with its device.
+        profile_delegate = delegate is None and device is None
         clf = _open_classifier(
-            model, labels=labels, threads=threads, backend=backend, delegate=delegate, device=device
+            model, labels=labels, threads=_first(threads, runtime.get("threads")),
+            backend=backend or BackendChoice(runtime.get("backend", "auto")),
+            delegate=delegate if not profile_delegate else runtime.get("delegate"),
+            device=device if not profile_delegate else runtime.get("device"),
+            delegate_option=delegate_option,
+            allow_cpu_fallback=allow_cpu_fallback or bool(runtime.get("allow_cpu_fallback", False)),
         )
         code = run_stream(clf, options, out=sys.stdout, err=sys.stderr)
     raise typer.Exit(code=code)
+
+
+def _first(*values: Any) -> Any:
+    """The first value that is not None (command-line flag, then profile, then built-in default)."""
+    return next((v for v in values if v is not None), None)
+
+
+def _load_profile(name: Optional[str]) -> Any:
+    if name is None:
+        return None
+    from .profiles import load_profile
+
+    return load_profile(name)
+
+
+@app.command()
+def profiles(
+    name: Annotated[Optional[str], typer.Argument(help="Show this profile in full (TOML) and its boot lines.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List the device profiles (bundled and in EDGECLS_PROFILE_PATH), or show one."""
+    from .profiles import list_profiles, load_profile
+
+    with project_errors():
+        if name is not None:
+            prof = load_profile(name)
+            if json_out:
+                typer.echo(json.dumps({"name": prof.name, "path": str(prof.path), **prof.data}, indent=2))
+            else:
+                typer.echo(f"# {prof.path}\n{prof.to_toml()}\n# boot configuration fragment:\n{prof.boot_fragment()}", nl=False)
+            return
+        found = list_profiles()
+    if json_out:
+        typer.echo(json.dumps([{"name": p.name, "path": str(p.path), **p.data} for p in found], indent=2))
+        return
+    width = max(len(p.name) for p in found)
+    for p in found:
+        runtime = p.runtime
+        accel = f"edgetpu {runtime.get('device', '')}".strip() if runtime.get("delegate") == "edgetpu" else "cpu"
+        typer.echo(f"{p.name:<{width}}  {p.camera['source']:<11} {accel:<14} {p.description}")
 
 
 class CheckTarget(str, Enum):

@@ -43,6 +43,7 @@ class RunOptions:
     width: int | None = None
     height: int | None = None
     camera_fps: float | None = None
+    picamera: dict[str, Any] | None = None
     mqtt_qos: int = 0
     mqtt_retain: bool = False
     stats_every: float | None = None
@@ -65,7 +66,9 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
         clf, source=options.source, top_k=options.top_k, threshold=options.threshold, smoothing=smoothing,
         fps=options.fps, max_frames=options.max_frames, duration=options.duration, loop=options.loop,
         on_event=on_event, keep_frames=any(s.startswith(("video:", "preview")) for s in options.sinks),
-        source_options={"width": options.width, "height": options.height, "fps": options.camera_fps},
+        source_options={
+            "width": options.width, "height": options.height, "fps": options.camera_fps, "picamera": options.picamera
+        },
     )
     sinks: list[Sink] = []
     try:

@@ -432,10 +432,12 @@ def parse_source(
     fps: float | None = None,
     model_size: tuple[int, int] | None = None,
     grayscale: bool = False,
+    picamera: dict[str, Any] | None = None,
 ) -> FrameSource:
     """Build the source a ``--source`` text names (see SOURCE_FORMS); nothing is opened yet.
 
-    ``width``/``height``/``fps`` go to cameras; ``model_size`` (w, h) sizes picamera2's lores stream.
+    ``width``/``height``/``fps`` go to cameras; ``model_size`` (w, h) sizes picamera2's lores stream unless
+    ``picamera`` (`PicameraSource` keyword arguments, e.g. from a device profile) gives ``lores_size``.
     """
     if isinstance(spec, int):
         return OpenCVSource(spec, width=width, height=height, fps=fps)
@@ -446,9 +448,14 @@ def parse_source(
         return DemoSource(fps=_number(text[5:], "demo fps") if text.startswith("demo:") else (fps or 30.0))
     if text == "picam" or text.startswith("picam:"):
         index = int(_number(text[6:], "picam camera number")) if text.startswith("picam:") else 0
-        main = (width or 1280, height or 960)
-        lores = lores_size_for(model_size, main) if model_size else (min(320, main[0]), min(240, main[1]))
-        return PicameraSource(index, main_size=main, lores_size=lores)
+        options = dict(picamera or {})
+        if fps:
+            options["controls"] = {"FrameRate": float(fps), **(options.get("controls") or {})}
+        main = tuple(options.pop("main_size", None) or (width or 1280, height or 960))
+        lores = options.pop("lores_size", None)
+        if lores is None:
+            lores = lores_size_for(model_size, main) if model_size else (min(320, main[0]), min(240, main[1]))
+        return PicameraSource(index, main_size=main, lores_size=tuple(lores), **options)
     if text.isdigit():
         return OpenCVSource(int(text), width=width, height=height, fps=fps)
     kind = _opencv_kind(text)

@@ -1,0 +1,305 @@
+"""Device profiles: one TOML file per target board, validated on load (see ``firmware_configs/``).
+
+A profile holds what a board needs to run `edgecls run` well: the camera (picamera2 sensor mode, main and lores
+streams, buffers; or a USB camera's index, size and frame rate), interpreter threads, the delegate and its device,
+smoothing defaults, and the lines the board's boot configuration (``/boot/firmware/config.txt``) needs, one comment
+per line. `load_profile` finds a profile by name (``EDGECLS_PROFILE_PATH`` folders first, then the bundled ones) or
+by path; command-line flags override what it says.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError
+from .sources import PICAMERA_FORMATS
+
+PROFILE_PATH_ENV = "EDGECLS_PROFILE_PATH"
+BACKENDS = ("auto", "ai_edge_litert", "tflite_runtime", "tensorflow")
+
+
+def _toml_loads(text: str) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    return tomllib.loads(text)
+
+
+# -- schema --------------------------------------------------------------------------------------------------------
+
+Check = Callable[[Any], "str | None"]  # returns what was expected, or None when the value is fine
+
+
+def _string(value: Any) -> str | None:
+    return None if isinstance(value, str) and value.strip() else "a non-empty string"
+
+
+def _int(low: int) -> Check:
+    def check(value: Any) -> str | None:
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+        return None if ok else f"an integer >= {low}"
+
+    return check
+
+
+def _number(low: float, high: float | None = None, *, low_open: bool = False) -> Check:
+    def check(value: Any) -> str | None:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = ok and (value > low if low_open else value >= low) and (high is None or value <= high)
+        bound = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+        return None if ok else f"a number {bound}"
+
+    return check
+
+
+def _bool(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
+def _choice(*options: str) -> Check:
+    return lambda value: None if value in options else "one of " + ", ".join(repr(o) for o in options)
+
+
+def _size(value: Any) -> str | None:
+    ok = isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v >= 16 for v in value)
+    return None if ok else "[width, height], two integers >= 16"
+
+
+def _table(value: Any) -> str | None:
+    return None if isinstance(value, dict) else "a table"
+
+
+def _device(value: Any) -> str | None:
+    from .delegates import DEVICE_FORMS, check_device
+
+    if not isinstance(value, str):
+        return DEVICE_FORMS
+    try:
+        check_device(value)
+    except ConfigError:
+        return DEVICE_FORMS
+    return None
+
+
+SCHEMA: dict[str, Any] = {
+    "name": (_string, True),
+    "description": (_string, True),
+    "board": (_string, True),
+    "latency_factor": (_number(0.0, low_open=True), False),
+    "camera": (
+        {
+            "source": (_string, True),
+            "width": (_int(16), False),
+            "height": (_int(16), False),
+            "fps": (_number(0.0, low_open=True), False),
+            "main_size": (_size, False),
+            "main_format": (_choice(*PICAMERA_FORMATS), False),
+            "lores_size": (_size, False),
+            "lores_format": (_choice(*PICAMERA_FORMATS), False),
+            "buffer_count": (_int(2), False),
+            "sensor_mode": (_int(0), False),
+            "controls": (_table, False),
+        },
+        True,
+    ),
+    "runtime": (
+        {
+            "threads": (_int(1), False),
+            "backend": (_choice(*BACKENDS), False),
+            "delegate": (_string, False),
+            "device": (_device, False),
+            "allow_cpu_fallback": (_bool, False),
+        },
+        True,
+    ),
+    "smoothing": (
+        {
+            "ema": (_number(0.0, 1.0, low_open=True), False),
+            "hold": (_int(1), False),
+            "margin": (_number(0.0, 1.0, low_open=True), False),
+            "min_score": (_number(0.0, 1.0), False),
+        },
+        False,
+    ),
+    "boot": (
+        {
+            "file": (_string, False),
+            "notes": (_string, False),
+            "config": ([{"line": (_string, True), "comment": (_string, True)}], False),
+        },
+        False,
+    ),
+}
+
+
+def validate(data: dict[str, Any], *, origin: str) -> None:
+    """Check ``data`` against the profile schema; the ConfigError names the file, the key and what it expects."""
+    _validate(data, SCHEMA, origin, "")
+    runtime = data["runtime"]
+    if runtime.get("device") and runtime.get("delegate") != "edgetpu":
+        raise ConfigError(f"profile {origin}: runtime.device is an Edge TPU setting; it needs runtime.delegate = 'edgetpu'")
+    camera = data["camera"]
+    picam = camera["source"] == "picam" or camera["source"].startswith("picam:")
+    picam_keys = {"main_size", "main_format", "lores_size", "lores_format", "buffer_count", "sensor_mode", "controls"}
+    if not picam and picam_keys & set(camera):
+        extra = ", ".join(sorted(picam_keys & set(camera)))
+        raise ConfigError(f"profile {origin}: camera.{extra} only apply to a picam source (source is {camera['source']!r})")
+    if picam and {"width", "height"} & set(camera):
+        raise ConfigError(f"profile {origin}: a picam source takes camera.main_size, not width/height")
+    if camera.get("lores_size") and camera.get("main_size"):
+        if camera["lores_size"][0] > camera["main_size"][0] or camera["lores_size"][1] > camera["main_size"][1]:
+            raise ConfigError(f"profile {origin}: camera.lores_size must not be larger than camera.main_size")
+
+
+def _validate(data: Any, schema: dict[str, Any], origin: str, prefix: str) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"profile {origin}: {prefix.rstrip('.') or 'the file'} must be a table")
+    unknown = sorted(set(data) - set(schema))
+    if unknown:
+        raise ConfigError(
+            f"profile {origin}: unknown key {prefix}{unknown[0]}; expected one of {', '.join(sorted(schema))}"
+        )
+    for key, (rule, required) in schema.items():
+        where = f"{prefix}{key}"
+        if key not in data:
+            if required:
+                raise ConfigError(f"profile {origin}: missing {where}")
+            continue
+        value = data[key]
+        if isinstance(rule, dict):
+            _validate(value, rule, origin, where + ".")
+        elif isinstance(rule, list):
+            if not isinstance(value, list):
+                raise ConfigError(f"profile {origin}: {where} must be an array of tables ([[{where}]])")
+            for i, item in enumerate(value):
+                _validate(item, rule[0], origin, f"{where}[{i}].")
+        else:
+            expected = rule(value)
+            if expected:
+                raise ConfigError(f"profile {origin}: {where} must be {expected} (received {value!r})")
+
+
+# -- the profile ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A validated device profile. ``data`` is the TOML content; the properties read it with defaults filled in."""
+
+    name: str
+    data: dict[str, Any]
+    path: Path | None = None
+
+    @property
+    def description(self) -> str:
+        return str(self.data["description"])
+
+    @property
+    def camera(self) -> dict[str, Any]:
+        return dict(self.data["camera"])
+
+    @property
+    def runtime(self) -> dict[str, Any]:
+        return dict(self.data["runtime"])
+
+    @property
+    def smoothing(self) -> dict[str, Any]:
+        return dict(self.data.get("smoothing", {}))
+
+    @property
+    def boot_lines(self) -> list[dict[str, str]]:
+        return list(self.data.get("boot", {}).get("config", []))
+
+    @property
+    def latency_factor(self) -> float | None:
+        value = self.data.get("latency_factor")
+        return float(value) if value is not None else None
+
+    def source_options(self) -> dict[str, Any]:
+        """Keyword arguments for `edgecls.sources.parse_source` (camera size, frame rate, picamera2 settings)."""
+        cam = self.camera
+        if cam["source"] == "picam" or cam["source"].startswith("picam:"):
+            picam = {k: cam[k] for k in ("main_format", "lores_format", "buffer_count", "sensor_mode", "controls") if k in cam}
+            for key in ("main_size", "lores_size"):
+                if key in cam:
+                    picam[key] = tuple(cam[key])
+            return {"fps": cam.get("fps"), "picamera": picam}
+        return {"width": cam.get("width"), "height": cam.get("height"), "fps": cam.get("fps")}
+
+    def boot_fragment(self) -> str:
+        """The lines for the boot configuration file, each under its comment ("" when the board needs none)."""
+        boot = self.data.get("boot", {})
+        lines = [f"# edgecls profile {self.name}: {self.description}"]
+        if boot.get("notes"):
+            lines += [f"# {line}" for line in str(boot["notes"]).splitlines()]
+        if not self.boot_lines:
+            return "\n".join(lines + ["# (nothing to add for this board)"]) + "\n"
+        lines.append(f"# add to {boot.get('file', '/boot/firmware/config.txt')}, then reboot")
+        for entry in self.boot_lines:
+            lines += [f"# {entry['comment']}", entry["line"]]
+        return "\n".join(lines) + "\n"
+
+    def to_toml(self) -> str:
+        import tomli_w
+
+        return tomli_w.dumps(self.data)
+
+
+def parse_profile(text: str, *, origin: str, path: Path | None = None) -> Profile:
+    """Parse and validate a profile's TOML text."""
+    try:
+        data = _toml_loads(text)
+    except ValueError as exc:  # tomllib.TOMLDecodeError is a ValueError
+        raise ConfigError(f"profile {origin} is not valid TOML ({exc})") from None
+    validate(data, origin=origin)
+    return Profile(str(data["name"]), data, path)
+
+
+def bundled_dir() -> Path:
+    """The folder of the profiles that ship with edgecls (``firmware_configs``)."""
+    import firmware_configs
+
+    return Path(firmware_configs.__file__).parent
+
+
+def search_dirs() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get(PROFILE_PATH_ENV, "").split(os.pathsep) if p]
+    return [*extra, bundled_dir()]
+
+
+def list_profiles() -> list[Profile]:
+    """Every profile found (a name in an ``EDGECLS_PROFILE_PATH`` folder hides the bundled one)."""
+    found: dict[str, Profile] = {}
+    for folder in search_dirs():
+        for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
+            if path.stem not in found:
+                found[path.stem] = load_profile(path)
+    return [found[name] for name in sorted(found)]
+
+
+def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
+    """Load a profile by name (``rpi5``) or by path (``./my-board.toml``); raises ConfigError when it is invalid."""
+    text = os.fspath(name_or_path)
+    if text.endswith(".toml") or os.sep in text:
+        path = Path(text)
+        if not path.is_file():
+            raise ConfigError(f"profile file not found: {path}")
+    else:
+        candidates = [folder / f"{text}.toml" for folder in search_dirs()]
+        path = next((c for c in candidates if c.is_file()), None)  # type: ignore[assignment]
+        if path is None:
+            names = sorted({p.stem for folder in search_dirs() if folder.is_dir() for p in folder.glob("*.toml")})
+            raise ConfigError(f"no profile named {text!r}; available: {', '.join(names)} (or pass a .toml path)")
+    try:
+        content = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read profile {path} ({exc})") from None
+    profile = parse_profile(content, origin=str(path), path=path)
+    if profile.name != path.stem:
+        raise ConfigError(f"profile {path}: name = {profile.name!r} must match the file name ({path.stem!r})")
+    return profile
