@@ -94,9 +94,20 @@ def resolve_backend(name: str = "auto") -> Backend:
 
 
 def available_backends() -> dict[str, str]:
-    """Map every backend name to its version, or to why it cannot be imported (used by `edgecls doctor`)."""
+    """Map every backend name to its version, or to why it cannot be imported (used by `edgecls doctor`).
+
+    The light runtimes are imported (an import that fails, e.g. tflite-runtime under numpy 2, is the finding);
+    TensorFlow is only looked up, since importing it takes seconds.
+    """
+    import importlib.util
+
     found = {}
     for name in BACKEND_NAMES:
+        if name == "tensorflow":
+            found[name] = (
+                _dist_version("tensorflow") if _dist_version("tensorflow") != "unknown" else _dist_version("tensorflow-cpu")
+            ) if importlib.util.find_spec("tensorflow") else "not available (not installed)"
+            continue
         try:
             found[name] = _import_backend(name).version
         except Exception as exc:

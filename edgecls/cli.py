@@ -412,6 +412,107 @@ def _format_check(report: Any) -> str:
     return "\n".join(lines)
 
 
+@app.command()
+def bench(
+    model: ModelArg,
+    threads: ThreadsOpt = None,
+    backend: BackendOpt = BackendChoice.auto,
+    delegate: DelegateOpt = None,
+    device: DeviceOpt = None,
+    delegate_option: DelegateOptionOpt = None,
+    allow_cpu_fallback: FallbackOpt = False,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Timed classifications.")] = 200,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed classifications first.")] = 20,
+    image: Annotated[
+        Optional[Path], typer.Option("--image", help="Classify this image (default: a random 640x480 camera frame).")
+    ] = None,
+    budget_ms: Annotated[
+        Optional[float], typer.Option("--budget-ms", min=0.0, help="Exit code 1 when p90 latency is over this.")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Measure latency (p50/p90/p99, split into preprocess, invoke, postprocess) and throughput on this machine."""
+    from .bench import benchmark
+
+    with project_errors():
+        clf = _open_classifier(
+            model, threads=threads, backend=backend, delegate=delegate, device=device,
+            delegate_option=delegate_option, allow_cpu_fallback=allow_cpu_fallback,
+        )
+        with clf:
+            frame = None
+            if image is not None:
+                from .images import read_image
+
+                frame = read_image(image)
+            result = benchmark(clf, runs=runs, warmup=warmup, frame=frame, budget_ms=budget_ms)
+    if json_out:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        facts = result.to_dict()
+        accel = facts["delegate"]["kind"] if facts["delegate"] else "cpu"
+        typer.echo(
+            f"model     {result.model}\n"
+            f"runtime   {facts['backend']['name']} {facts['backend']['version']}, {facts['backend']['num_threads']} "
+            f"thread(s), {accel}; {runs} runs after {warmup} warm-up; frame {result.frame[0]}x{result.frame[1]}"
+        )
+        typer.echo(f"{'ms':<12}{'p50':>9}{'p90':>9}{'p99':>9}{'mean':>9}")
+        for part in ("preprocess", "invoke", "postprocess", "total"):
+            s = getattr(result, part)
+            typer.echo(f"{part:<12}{s.p50:>9.3f}{s.p90:>9.3f}{s.p99:>9.3f}{s.mean:>9.3f}")
+        typer.echo(f"throughput {result.throughput_fps:.1f} classifications/s")
+    if result.within_budget is False:
+        error(f"p90 latency {result.total.p90:.2f} ms is over the budget of {budget_ms:g} ms")
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def doctor(json_out: JsonOpt = False) -> None:
+    """Check this machine: Python, interpreter backends, numpy, OpenCV, picamera2, Edge TPU runtime and devices,
+    cameras; print the command that fixes each problem. Exit code 1 if anything is broken."""
+    from .doctor import FAIL, diagnose
+
+    findings = diagnose()
+    if json_out:
+        typer.echo(json.dumps([f.to_dict() for f in findings], indent=2))
+    else:
+        marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL", "info": "--  "}
+        for f in findings:
+            typer.echo(f"{marks[f.status]}  {f.check:<22} {f.detail}")
+            if f.fix:
+                typer.echo(f"{'':<28} fix: {f.fix}")
+    if any(f.status == FAIL for f in findings):
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def deploy(
+    model: ModelArg,
+    profile: Annotated[str, typer.Option("--profile", help="Device profile name or .toml path.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The bundle to write (.tar.gz).")],
+    sink: Annotated[
+        Optional[list[str]], typer.Option("--sink", help="Result sinks for the service (repeatable, as for run).")
+    ] = None,
+    prefix: Annotated[str, typer.Option("--prefix", help="Install folder on the device.")] = "/opt/edgecls",
+    user: Annotated[str, typer.Option("--user", help="System user the service runs as (created if missing).")] = "edgecls",
+    pip_spec: Annotated[
+        Optional[str], typer.Option("--pip-spec", help="What the device's pip installs (default: this edgecls version).")
+    ] = None,
+) -> None:
+    """Bundle a model for a device: model (+ Edge TPU build), labels, profile, boot lines, systemd unit, install script."""
+    from .deploy import build_bundle
+    from .profiles import load_profile
+
+    with project_errors():
+        bundle = build_bundle(
+            model, load_profile(profile), out, sinks=list(sink or []), prefix=prefix, user=user, pip_spec=pip_spec
+        )
+    for warning in bundle.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo(f"wrote {bundle.path} ({bundle.path.stat().st_size / 1024:.1f} KiB): {', '.join(sorted(bundle.files))}")
+    typer.echo(f"on the device: tar xzf {bundle.path.name} && cd {bundle.root} && sudo ./install.sh")
+
+
 def _register_host_commands() -> None:
     """Host-side commands live in the `convert` package (TensorFlow loads only when they run)."""
     try:
