@@ -97,6 +97,11 @@ class RichObserver:
             self._progress = None
 
 
+class Target(str, Enum):
+    cpu = "cpu"
+    edgetpu = "edgetpu"
+
+
 def convert(
     source: Annotated[
         Optional[Path],
@@ -136,6 +141,9 @@ def convert(
     baseline: Annotated[bool, typer.Option(help="Also train the seed-cnn baseline to compare against.")] = True,
     mean: Annotated[Optional[float], typer.Option(help="External model: the mean it subtracts from pixels.")] = None,
     std: Annotated[Optional[float], typer.Option(help="External model: the std it divides pixels by.")] = None,
+    target: Annotated[
+        Target, typer.Option(help="edgetpu: Edge-TPU-friendly build, pre-flight, and edgetpu_compiler when installed.")
+    ] = Target.cpu,
 ) -> None:
     """Train a compact CNN or MobileNet transfer model, export it as a verified int8 TFLite model, and report."""
     from edgecls.cli import project_errors
@@ -148,12 +156,14 @@ def convert(
     with project_errors():
         with quiet_native_stderr():  # what TensorFlow prints while it loads
             import tensorflow  # noqa: F401
+        from dataclasses import replace
+
         from convert.pipeline import ConvertOptions, convert_dataset, convert_model, demo_options, write_demo_data
         from convert.training import TrainConfig
 
         observer = RichObserver()
         if demo:
-            options = demo_options(out)
+            options = replace(demo_options(out), target=target.value)
             observer.step(f"writing the demo dataset to {out / 'demo_data'}")
             data_dir = write_demo_data(out, seed=seed)
         else:
@@ -168,7 +178,7 @@ def convert(
                                   seed=seed, strategy=strategy.value),
                 split=_parse_split(split), resize=resize.value, quant=quant.value, io=io.value,
                 calibration_samples=calibration_samples, max_drop=max_drop, baseline=baseline, labels=labels,
-                mean=mean, std=std,
+                mean=mean, std=std, target=target.value,
             )
             data_dir = source
         if calibration is not None:
@@ -211,3 +221,22 @@ def _summary(observer: RichObserver, report: dict[str, Any], out: Path, demo: bo
     sample = next((p for p in sorted((out / "demo_data").rglob("*.png"))), None) if demo else None
     hint = f" {sample}" if sample else " IMAGE"
     console.print(f"Try it: edgecls classify {out / 'model.tflite'}{hint}", soft_wrap=True)
+    tpu = report.get("edgetpu")
+    if tpu:
+        check = tpu["preflight"]
+        first = check["first_cpu_op"]
+        console.print(
+            f"Edge TPU pre-flight: {check['status']}, {check['edgetpu_ops']} of {len(check['ops'])} ops on the Edge TPU"
+            + (f"; first CPU op #{first['index']} {first['op']}: {first['reason']}" if first else ""),
+            soft_wrap=True,
+        )
+        compiled = tpu.get("compiler")
+        if compiled is None:
+            console.print(f"edgetpu_compiler is not installed here; on an x86-64 Linux machine run, in {out}: "
+                          f"[bold]{tpu['command']}[/]", soft_wrap=True)
+        elif tpu.get("compiled_model"):
+            console.print(f"compiled: {out / tpu['compiled_model']} ({compiled['edgetpu_ops']} ops on the Edge TPU, "
+                          f"{compiled['cpu_ops']} on the CPU; on-chip memory {compiled['on_chip_memory']}, off-chip "
+                          f"{compiled['off_chip_memory']})", soft_wrap=True)
+        else:
+            console.print(f"[red]edgetpu_compiler failed[/]: {compiled.get('error')}", soft_wrap=True)

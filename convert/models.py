@@ -38,6 +38,7 @@ class ModelSpec:
     separable: bool = True
     alpha: float = 0.25
     weights: str = "none"
+    edgetpu: bool = False  # build only from ops the Edge TPU compiler maps (MobileNetV3: the minimalistic variant)
 
 
 def register(name: str) -> Callable[[Callable[[ModelSpec], Any]], Callable[[ModelSpec], Any]]:
@@ -148,7 +149,9 @@ def _mobilenet(name: str, spec: ModelSpec) -> Any:
     common: dict[str, Any] = {"input_shape": (size, size, 3), "include_top": False, "weights": weights, "alpha": spec.alpha}
     try:
         if name == "mobilenet_v3_small":
-            base = keras.applications.MobileNetV3Small(include_preprocessing=True, minimalistic=False, **common)
+            base = keras.applications.MobileNetV3Small(
+                include_preprocessing=True, minimalistic=spec.edgetpu, **common  # no hard-swish or SE on the Edge TPU
+            )
         else:
             x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize")(x)  # what these weights were trained on
             builder = keras.applications.MobileNet if name == "mobilenet_v1" else keras.applications.MobileNetV2

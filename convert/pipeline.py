@@ -31,6 +31,7 @@ from .quantize import IO_TYPES, QUANT_MODES, to_tflite
 from .training import TrainConfig, TrainingObserver, make_strategy, train
 
 COLORS = ("rgb", "grayscale")
+TARGETS = ("cpu", "edgetpu")
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,13 @@ class ConvertOptions:
     labels: Path | None = None
     mean: float | None = None  # external models only: the normalisation the model expects
     std: float | None = None
+    target: str = "cpu"  # "edgetpu": Edge-TPU-friendly build, pre-flight, and edgetpu_compiler when installed
 
     def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ConfigError(f"--target {self.target!r} is not one of {', '.join(TARGETS)}")
+        if self.target == "edgetpu" and self.quant != "int8":
+            raise ConfigError(f"--target edgetpu needs --quant int8 (received --quant {self.quant}): the Edge TPU runs only 8-bit models")
         if self.color not in COLORS:
             raise ConfigError(f"--color {self.color!r} is not one of {', '.join(COLORS)}")
         if self.quant not in QUANT_MODES:
@@ -120,7 +126,7 @@ def convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertOb
     sigmoid = uses_sigmoid(options.arch, len(dataset.classes))
     spec = ModelSpec(num_classes=len(dataset.classes), input_size=size, channels=options.channels,
                      dropout=options.dropout, width=options.width, depth=options.depth, separable=options.separable,
-                     alpha=options.alpha, weights=options.weights)
+                     alpha=options.alpha, weights=options.weights, edgetpu=options.target == "edgetpu")
     strategy = make_strategy(options.train.strategy)
     with strategy.scope():
         model = create_model(options.arch, spec)
@@ -272,12 +278,56 @@ def _export_and_verify(
 
     result = _report(options, dataset, model, metrics, key, passed, len(flat), float_bytes, baseline, history,
                      timing, external)
+    if options.target == "edgetpu":
+        obs.step("Edge TPU: pre-flight, then edgetpu_compiler if installed")
+        result["edgetpu"] = edgetpu_step(model_path, manifest, classes)
     obs.step("writing the report")
     reporting.write_json(out / "report.json", result)
     atomic_write_text(out / "report.md", reporting.markdown(result))
     reporting.plot_confusion(out / "confusion_matrix.png", metrics["int8"]["confusion_matrix"], classes,
                              f"{options.quant} model on the {dataset.test_source} split")
     reporting.plot_curves(out / "training_curves.png", history or {}, f"{options.arch} training")
+    return result
+
+
+def edgetpu_step(model_path: Path, manifest: dict[str, Any], classes: list[str]) -> dict[str, Any]:
+    """Pre-flight ``model_path`` for the Edge TPU and compile it when ``edgetpu_compiler`` is on PATH.
+
+    The compiled model (``model_edgetpu.tflite``, with the same manifest and labels embedded) is written atomically:
+    the compiler writes into a temporary folder, and the result is renamed into place.
+    """
+    import subprocess
+    import tempfile
+
+    from edgecls import edgetpu
+
+    check = edgetpu.preflight(model_path)
+    result: dict[str, Any] = {"preflight": check.to_dict(), "compiler": None, "compiled_model": None,
+                              "command": " ".join(edgetpu.compile_command(model_path.name, "."))}
+    compiler = edgetpu.find_compiler()
+    if compiler is None:
+        result["compile_note"] = ("edgetpu_compiler is not installed here (it exists for x86-64 Linux only); on such a "
+                                  f"machine run, in the output folder: {result['command']}")
+        return result
+    with tempfile.TemporaryDirectory(dir=model_path.parent, prefix=".edgetpu.") as tmp:
+        try:
+            proc = subprocess.run(edgetpu.compile_command(model_path, tmp), capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            result["compiler"] = {"succeeded": False, "error": f"edgetpu_compiler could not run ({exc})"}
+            return result
+        built = edgetpu.compiled_path(model_path, tmp)
+        log_file = built.with_suffix(".log")
+        op_log = log_file.read_text(errors="replace") if log_file.is_file() else ""
+        parsed = edgetpu.parse_compiler_log(proc.stdout + proc.stderr, op_log)
+        result["compiler"] = parsed.to_dict()
+        if proc.returncode == 0 and parsed.succeeded and built.is_file():
+            target = edgetpu.compiled_path(model_path)
+            atomic_write_bytes(target, embed_manifest(built.read_bytes(), manifest, labels=classes))
+            if log_file.is_file():
+                atomic_write_text(target.with_suffix(".log"), op_log)
+            result["compiled_model"] = target.name
+        elif not parsed.error:
+            result["compiler"]["error"] = f"edgetpu_compiler exited with code {proc.returncode}"
     return result
 
 

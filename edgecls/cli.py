@@ -140,13 +140,64 @@ def info(
     json_out: JsonOpt = False,
 ) -> None:
     """Show a model's input, outputs, labels (and where they came from), backend, ops and metadata."""
+    from .metadata import check_model_file
+
     with project_errors():
-        with _open_classifier(model, labels=labels, backend=backend) as clf:
-            facts = clf.describe()
+        if check_model_file(model).has_edgetpu_op():
+            facts = _describe_compiled(model, labels)  # no interpreter here can run it: read the file instead
+        else:
+            with _open_classifier(model, labels=labels, backend=backend) as clf:
+                facts = clf.describe()
     if json_out:
         typer.echo(json.dumps(facts, indent=2))
         return
     typer.echo(_format_info(facts))
+
+
+def _describe_compiled(model: Path, labels: Optional[Path]) -> dict[str, Any]:
+    """`info` for an Edge TPU build, from its flatbuffer (its one op runs only on the Edge TPU)."""
+    from collections import Counter
+
+    from .delegates import cpu_sibling
+    from .flatbuffer import read_graph
+    from .labels import find_labels
+    from .metadata import check_model_file
+
+    info = check_model_file(model)
+    graph = read_graph(info.path)
+    inp, out = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
+    size = 1
+    for d in out.shape:
+        size *= d
+    classes = size if size > 1 else 2
+    found = find_labels(info, classes, labels)
+    cpu = cpu_sibling(info.path)
+    if found is None and cpu is not None:
+        found = find_labels(check_model_file(cpu), classes)
+    manifest = info.manifest or {}
+
+    def quant(t: Any) -> Any:
+        return {"scale": t.scales[0], "zero_point": t.zero_points[0]} if t.scales and t.zero_points else None
+
+    channels = inp.shape[-1] if inp.shape else 0
+    return {
+        "path": str(info.path),
+        "size_bytes": info.size_bytes,
+        "backend": {"name": "none", "version": "(compiled for the Edge TPU: run it with --delegate edgetpu)",
+                    "num_threads": 0},
+        "delegate": None,
+        "compiled_for": "edgetpu",
+        "cpu_model": str(cpu) if cpu else None,
+        "input": {"shape": list(inp.shape), "dtype": inp.dtype, "color": "grayscale" if channels == 1 else "rgb",
+                  "quantization": quant(inp)},
+        "output": {"size": size, "num_classes": classes, "dtype": out.dtype, "quantization": quant(out),
+                   "activation": manifest.get("output", {}).get("activation", "auto")},
+        "labels": {"count": len(found), "source": found.source, "first": list(found.names[:5])} if found else None,
+        "preprocess": dict(manifest.get("preprocess", {})),
+        "ops": dict(Counter(op.name for op in graph.operators).most_common()),
+        "metadata_files": sorted(info.associated_files),
+        "manifest": info.manifest,
+    }
 
 
 def _format_info(facts: dict[str, Any]) -> str:
@@ -158,7 +209,8 @@ def _format_info(facts: dict[str, Any]) -> str:
     labels = facts["labels"]
     lines = [
         f"model     {facts['path']} ({facts['size_bytes'] / 1024:.1f} KiB)",
-        f"backend   {facts['backend']['name']} {facts['backend']['version']}, {facts['backend']['num_threads']} threads",
+        f"backend   {facts['backend']['name']} {facts['backend']['version']}"
+        + (f", {facts['backend']['num_threads']} threads" if facts["backend"]["num_threads"] else ""),
         f"input     {inp['shape']} {inp['dtype']} {inp['color']}{q}",
         f"output    {out['size']} values {out['dtype']} -> {out['num_classes']} classes{oqs}",
         "labels    "
