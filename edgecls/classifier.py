@@ -87,6 +87,7 @@ class Classifier:
         if sibling is not None:
             self._source_info = check_model_file(model)
         self.model_info: ModelFileInfo = check_model_file(sibling or model)
+        self.path = self.model_info.path
         if delegate is None and self.model_info.has_edgetpu_op():
             raise delegates.edgetpu_model_error(self.model_info)
         try:
@@ -148,7 +149,7 @@ class Classifier:
             if self.delegate is not None:
                 raise delegates.interpreter_error(self.delegate, self.model_info, _one_line(exc)) from None
             raise ModelError(
-                f"{self.path}: the {self.backend.name} interpreter cannot load this model ({_one_line(exc)}); "
+                f"{self.model_info.path}: the {self.backend.name} interpreter cannot load this model ({_one_line(exc)}); "
                 "the file may be truncated or need ops this runtime lacks"
             ) from None
         return interpreter

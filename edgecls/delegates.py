@@ -106,7 +106,7 @@ def resolve(
             raise ConfigError("delegate options were given without a delegate; add delegate='edgetpu' or a library")
         return None
     if delegate == "edgetpu":
-        if device:
+        if device is not None:
             options["device"] = check_device(device)
         return _load(backend, "edgetpu", edgetpu_library(), options)
     if device is not None:

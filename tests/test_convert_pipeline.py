@@ -170,6 +170,17 @@ def test_uint8_io_and_float16(shapes, tmp_path):
         assert clf.input_spec.dtype == "float32"
 
 
+def test_target_edgetpu_preflights_and_gives_the_compile_command(shapes, tmp_path):
+    out = tmp_path / "tpu"
+    result = convert(shapes, "--out", out, *TINY, "--target", "edgetpu")
+    assert result.exit_code == 0, result.output
+    tpu = json.loads((out / "report.json").read_text())["edgetpu"]
+    assert tpu["preflight"]["status"] == "pass" and tpu["preflight"]["cpu_ops"] == 0
+    if tpu["compiler"] is None:  # no edgetpu_compiler on this machine: the exact command instead
+        assert tpu["command"] == "edgetpu_compiler -s -o . model.tflite"
+        assert "edgetpu_compiler -s -o . model.tflite" in result.output.replace("\n", " ")
+
+
 def test_external_keras_model_with_calibration_folder(shapes, tmp_path):
     import keras
 
@@ -229,6 +240,7 @@ def test_transfer_learning_from_the_shared_mobilenet_weights(flowers, tmp_path):
         (["--arch", "mobilenet_v1", "--weights", "/nonexistent.h5"], "--weights '/nonexistent.h5'"),
         (["--strategy", "multi-worker"], "TF_CONFIG"),
         (["--split", "70,30"], "--split expects three numbers"),
+        (["--target", "edgetpu", "--quant", "float16"], "--target edgetpu needs --quant int8"),
     ],
 )
 def test_bad_options_are_one_line_errors(shapes, tmp_path, args, message, monkeypatch):

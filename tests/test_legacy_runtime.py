@@ -24,6 +24,7 @@ RUNTIME_TESTS = [
     "test_sources.py",
     "test_stream.py",
     "test_smoothing.py",
+    "test_delegates.py",
 ]
 
 

@@ -1,0 +1,178 @@
+"""Device profiles: every bundled profile loads, validates and round-trips; broken ones are precise errors; and
+`edgecls run --profile` applies a profile with command-line flags overriding it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgecls.errors import ConfigError
+from edgecls.profiles import list_profiles, load_profile, parse_profile
+from edgecls.sources import OpenCVSource, PicameraSource, parse_source
+
+REQUIRED = {"rpi5", "rpi4", "rpi3b-plus", "rpi-zero-2w", "rpi4-coral-usb", "rpi5-coral-pcie", "coral-dev-board",
+            "linux-usb-camera"}
+
+VALID = """
+name = "bench-board"
+description = "a test board"
+board = "test"
+
+[camera]
+source = "demo"
+fps = 60.0
+
+[runtime]
+threads = 1
+
+[smoothing]
+ema = 0.5
+hold = 2
+"""
+
+
+def edgecls(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgecls", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def test_every_required_profile_is_bundled_and_round_trips():
+    profiles = {p.name: p for p in list_profiles()}
+    assert REQUIRED <= set(profiles)
+    for name, profile in profiles.items():
+        assert profile.path is not None and profile.path.stem == name
+        again = parse_profile(profile.to_toml(), origin="round trip")
+        assert again.data == profile.data, name
+        assert load_profile(profile.path).data == profile.data  # by path as well as by name
+
+
+def test_profiles_hold_what_each_board_needs():
+    for profile in list_profiles():
+        cam, runtime = profile.camera, profile.runtime
+        assert cam["source"]
+        if cam["source"].startswith("picam"):
+            assert cam["main_size"] and cam["lores_format"] in ("YUV420", "RGB888") and cam["buffer_count"] >= 2
+        if "coral" in profile.name:
+            assert runtime["delegate"] == "edgetpu" and runtime["device"] and runtime["allow_cpu_fallback"] is False
+        if profile.name.startswith("rpi"):
+            assert any(e["line"] == "camera_auto_detect=1" for e in profile.boot_lines)
+    assert load_profile("rpi4-coral-usb").runtime["device"] == "usb"
+    assert load_profile("rpi5-coral-pcie").runtime["device"] == "pci:0"
+    assert any(e["line"] == "dtparam=pciex1" for e in load_profile("rpi5-coral-pcie").boot_lines)
+
+
+def test_boot_fragment_has_a_comment_above_every_line():
+    profile = load_profile("rpi5-coral-pcie")
+    lines = profile.boot_fragment().splitlines()
+    settings = [i for i, line in enumerate(lines) if line and not line.startswith("#")]
+    assert len(settings) == len(profile.boot_lines) >= 3
+    assert all(lines[i - 1].startswith("# ") and len(lines[i - 1]) > 10 for i in settings)
+    assert "nothing to add" in load_profile("linux-usb-camera").boot_fragment()
+
+
+def test_profile_camera_settings_reach_the_source():
+    options = load_profile("rpi5").source_options()
+    source = parse_source("picam", model_size=(224, 224), **options)
+    assert isinstance(source, PicameraSource)
+    assert source.main_size == (1536, 864) and source.lores_format == "RGB888" and source.sensor_mode == 0
+    assert source.lores_size == (398, 224)  # the sensor's aspect ratio, just over the model input
+    assert source.controls["FrameRate"] == 30.0 and source.buffer_count == 6
+    usb = parse_source(load_profile("linux-usb-camera").camera["source"], **load_profile("linux-usb-camera").source_options())
+    assert isinstance(usb, OpenCVSource)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: t.replace('board = "test"', 'board = "test"\ncolour = 1'), "unknown key colour"),
+        (lambda t: t.replace("threads = 1", "threads = 0"), "runtime.threads must be an integer >= 1 (received 0)"),
+        (lambda t: t.replace("threads = 1", 'threads = "two"'), "runtime.threads must be an integer >= 1"),
+        (lambda t: t.replace("[runtime]\nthreads = 1\n", ""), "missing runtime"),
+        (lambda t: t.replace("ema = 0.5", "ema = 1.5"), "smoothing.ema must be a number > 0.0 and <= 1.0"),
+        (lambda t: t.replace("threads = 1", 'threads = 1\ndevice = "usb"'), "needs runtime.delegate = 'edgetpu'"),
+        (lambda t: t.replace("threads = 1", 'threads = 1\ndelegate = "edgetpu"\ndevice = "usb:x"'), "runtime.device"),
+        (lambda t: t.replace("fps = 60.0", "fps = 60.0\nlores_format = \"YUV420\""), "only apply to a picam source"),
+        (lambda t: t.replace('source = "demo"', 'source = "picam"\nmain_size = [640]'), "camera.main_size must be"),
+        (lambda t: t.replace('source = "demo"', 'source = "picam"\nwidth = 640'), "takes camera.main_size"),
+        (lambda t: t + "\n[boot]\n[[boot.config]]\nline = \"x=1\"\n", "missing boot.config[0].comment"),
+        (lambda t: t.replace("[camera]", "[camera"), "is not valid TOML"),
+    ],
+)
+def test_broken_profiles_are_precise_errors(edit, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        parse_profile(edit(VALID), origin="broken.toml")
+    assert message in str(err.value) and "broken.toml" in str(err.value)
+
+
+def test_lookup_by_name_path_and_search_path(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match=r"no profile named 'rpi9'; available: .*rpi5"):
+        load_profile("rpi9")
+    (tmp_path / "bench-board.toml").write_text(VALID)
+    monkeypatch.setenv("EDGECLS_PROFILE_PATH", str(tmp_path))
+    assert load_profile("bench-board").camera["source"] == "demo"
+    assert "bench-board" in {p.name for p in list_profiles()}
+    (tmp_path / "other.toml").write_text(VALID)
+    with pytest.raises(ConfigError, match="must match the file name"):
+        load_profile(tmp_path / "other.toml")
+
+
+def test_profiles_cli():
+    listing = edgecls("profiles")
+    assert listing.returncode == 0
+    for name in REQUIRED:
+        assert any(line.startswith(name + " ") for line in listing.stdout.splitlines()), name
+    shown = edgecls("profiles", "rpi4-coral-usb")
+    assert 'delegate = "edgetpu"' in shown.stdout and "dtoverlay=vc4-kms-v3d" in shown.stdout
+    assert json.loads(edgecls("profiles", "rpi5", "--json").stdout)["camera"]["lores_format"] == "RGB888"
+    missing = edgecls("profiles", "rpi9")
+    assert missing.returncode == 1 and missing.stderr.startswith("error: no profile named")
+
+
+def test_run_with_a_profile_and_overrides(coral, tmp_path):
+    profile = tmp_path / "bench-board.toml"
+    profile.write_text(VALID)
+    model = str(coral / "mobilenet_v1_0.25_128_quant.tflite")
+    result = edgecls("run", model, "--profile", str(profile), "--max-frames", "4", "--json")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 4  # the profile's demo camera
+    # the profile's smoothing (ema 0.5) blends frames; --ema 1 on the command line turns it off
+    assert any(abs(r["decision"]["score"] - r["predictions"][0]["score"]) > 1e-6 for r in lines[1:])
+    raw = edgecls("run", model, "--profile", str(profile), "--max-frames", "4", "--json", "--ema", "1", "--hold", "1")
+    assert all(abs(json.loads(line)["decision"]["score"] - json.loads(line)["predictions"][0]["score"]) < 1e-6
+               for line in raw.stdout.splitlines())
+    # --source overrides the profile's camera; its smoothing and threads still apply
+    cat = edgecls("run", model, "--profile", str(profile), "--source", str(coral / "cat.bmp"), "--json")
+    assert cat.returncode == 0, cat.stderr
+    assert "cat" in json.loads(cat.stdout.splitlines()[0])["predictions"][0]["label"]
+
+
+def test_run_profile_with_edgetpu_never_falls_back_silently(coral, tmp_path):
+    text = VALID.replace("threads = 1", 'threads = 1\ndelegate = "edgetpu"\ndevice = "usb"')
+    (tmp_path / "bench-board.toml").write_text(text)
+    env = {"EDGECLS_EDGETPU_LIBRARY": "/nonexistent/libedgetpu.so.1"}
+    model = str(coral / "mobilenet_v1_0.25_128_quant.tflite")
+    strict = edgecls("run", model, "--profile", str(tmp_path / "bench-board.toml"), "--max-frames", "1", env=env)
+    assert strict.returncode == 1 and strict.stderr.startswith("error: the Edge TPU runtime library")
+    loud = edgecls("run", model, "--profile", str(tmp_path / "bench-board.toml"), "--max-frames", "1",
+                   "--allow-cpu-fallback", "-q", env=env)
+    assert loud.returncode == 0, loud.stderr
+    assert "WARNING: DELEGATE NOT USED" in loud.stderr
+    # a delegate on the command line replaces the profile's
+    cpu = edgecls("run", model, "--profile", str(tmp_path / "bench-board.toml"), "--max-frames", "1", "-q",
+                  "--delegate", str(Path("/nonexistent/lib.so")), env=env)
+    assert cpu.returncode == 1 and "delegate library /nonexistent/lib.so cannot be loaded" in cpu.stderr
+
+
+def test_run_rejects_a_broken_profile_in_one_line(coral, tmp_path):
+    (tmp_path / "bad.toml").write_text(VALID.replace("threads = 1", "threads = -1").replace("bench-board", "bad"))
+    result = edgecls("run", str(coral / "cat.bmp"), "--profile", str(tmp_path / "bad.toml"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: profile {tmp_path / 'bad.toml'}: runtime.threads must be an integer >= 1 (received -1)"
+    nosource = edgecls("run", str(coral / "mobilenet_v1_0.25_128_quant.tflite"))
+    assert nosource.returncode == 1 and "--profile NAME" in nosource.stderr
