@@ -31,6 +31,10 @@ _LAZY = {
     "FrameSource": "edgecls.sources",
     "parse_source": "edgecls.sources",
     "parse_sink": "edgecls.sinks",
+    "load_profile": "edgecls.profiles",
+    "Profile": "edgecls.profiles",
+    "preflight": "edgecls.edgetpu",
+    "benchmark": "edgecls.bench",
     "SinkError": "edgecls.errors",
     "EdgeclsError": "edgecls.errors",
     "ModelError": "edgecls.errors",
@@ -61,6 +65,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .capture import StreamEvent
     from .errors import SinkError
     from .images import read_image
+    from .bench import benchmark
+    from .edgetpu import preflight
+    from .profiles import Profile, load_profile
     from .sinks import parse_sink
     from .smoothing import Decision, Smoothing
     from .sources import FrameSource, parse_source

@@ -231,6 +231,25 @@ class Profile:
             return {"fps": cam.get("fps"), "picamera": picam}
         return {"width": cam.get("width"), "height": cam.get("height"), "fps": cam.get("fps")}
 
+    def stream_options(self) -> dict[str, Any]:
+        """Keyword arguments for `edgecls.Stream`: ``Stream(model, **profile.stream_options())``; override any."""
+        from .smoothing import Smoothing
+
+        runtime, smooth = self.runtime, self.smoothing
+        return {
+            "source": self.camera["source"],
+            "source_options": self.source_options(),
+            "num_threads": runtime.get("threads"),
+            "backend": runtime.get("backend", "auto"),
+            "delegate": runtime.get("delegate"),
+            "device": runtime.get("device"),
+            "allow_cpu_fallback": bool(runtime.get("allow_cpu_fallback", False)),
+            "smoothing": Smoothing(
+                alpha=smooth.get("ema", 1.0), hold=smooth.get("hold", 1), margin=smooth.get("margin"),
+                min_score=smooth.get("min_score", 0.0),
+            ),
+        }
+
     def boot_fragment(self) -> str:
         """The lines for the boot configuration file, each under its comment ("" when the board needs none)."""
         boot = self.data.get("boot", {})

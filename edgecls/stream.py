@@ -131,6 +131,8 @@ class Stream:
         num_threads: int | None = None,
         delegate: Any = None,
         device: str | None = None,
+        delegate_options: dict[str, str] | None = None,
+        allow_cpu_fallback: bool = False,
         backend: str = "auto",
         preprocess: PreprocessConfig | None = None,
         top_k: int = 5,
@@ -157,7 +159,7 @@ class Stream:
         else:
             self.classifier = Classifier(
                 model, labels=labels, num_threads=num_threads, delegate=delegate, device=device, backend=backend,
-                preprocess=preprocess,
+                preprocess=preprocess, delegate_options=delegate_options, allow_cpu_fallback=allow_cpu_fallback,
             )
             self._owns_classifier = True
         spec = self.classifier.input_spec

@@ -2,7 +2,10 @@
 
     sudo apt install python3-picamera2                  # picamera2 comes from Raspberry Pi OS, not pip
     python3 -m venv --system-site-packages .venv && .venv/bin/pip install 'edgecls[camera,mqtt]'
-    .venv/bin/python examples/pi_live.py model.tflite [--mqtt mqtt://broker.local/pi/vision]
+    .venv/bin/python examples/pi_live.py model.tflite [--profile rpi5] [--mqtt mqtt://broker.local/pi/vision]
+
+--profile takes the board's camera settings, threads, delegate and smoothing from a device profile
+(edgecls profiles lists them; rpi4-coral-usb runs on a Coral USB Accelerator).
 
 --source demo (or a USB camera index, or a video file) runs it anywhere.
 """
@@ -20,18 +23,25 @@ from edgecls.sinks import MqttSink
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model")
-    parser.add_argument("--source", default="picam", help="picam (default), picam:1, 0, a video file, demo ...")
+    parser.add_argument("--profile", help="device profile: rpi5, rpi4, rpi4-coral-usb, ... or a .toml file")
+    parser.add_argument("--source", help="picam (default), picam:1, 0, a video file, demo ... (overrides the profile)")
     parser.add_argument("--threads", type=int, default=None, help="interpreter threads (default: cores, max 4)")
     parser.add_argument("--mqtt", help="also publish changes to this mqtt://host[:port]/topic")
     parser.add_argument("--max-frames", type=int, default=None)
     args = parser.parse_args()
 
-    # A label must lead 3 frames in a row (or by 0.3) before the decision switches; scores are averaged a little.
-    smoothing = edgecls.Smoothing(alpha=0.6, hold=3, margin=0.3, min_score=0.4)
     try:
-        stream = edgecls.Stream(args.model, source=args.source, num_threads=args.threads, top_k=1,
-                                smoothing=smoothing, keep_frames=False, max_frames=args.max_frames,
-                                on_event=lambda e: print(f"[{e.kind}] {e.message}", file=sys.stderr))
+        if args.profile:
+            options = edgecls.load_profile(args.profile).stream_options()
+        else:
+            # A label must lead 3 frames in a row (or by 0.3) before the decision switches; scores are averaged a little.
+            options = {"source": "picam", "smoothing": edgecls.Smoothing(alpha=0.6, hold=3, margin=0.3, min_score=0.4)}
+        if args.source:  # another camera than the profile's: its camera settings no longer apply
+            options.update(source=args.source, source_options=None)
+        if args.threads:
+            options["num_threads"] = args.threads
+        stream = edgecls.Stream(args.model, top_k=1, keep_frames=False, max_frames=args.max_frames,
+                                on_event=lambda e: print(f"[{e.kind}] {e.message}", file=sys.stderr), **options)
         mqtt = MqttSink(args.mqtt, on_change=True) if args.mqtt else None
     except edgecls.EdgeclsError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,24 @@ def test_pi_live_example_runs_on_the_demo_source(coral):
     )
     assert proc.returncode == 0, proc.stderr
     assert "20 frames" in proc.stderr
+
+
+def test_pi_live_example_with_a_profile(coral):
+    model = str(coral / "mobilenet_v2_1.0_224_quant.tflite")
+    # the rpi4-coral-usb profile asks for the Edge TPU; with no libedgetpu that is an error, never a silent CPU run
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "pi_live.py"), model, "--profile", "rpi4-coral-usb", "--source",
+         "demo", "--max-frames", "5"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "EDGECLS_EDGETPU_LIBRARY": "/nonexistent.so"},
+    )
+    assert proc.returncode == 1 and "libedgetpu1-std" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "pi_live.py"), model, "--profile", "linux-usb-camera", "--source",
+         "demo", "--max-frames", "5"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "5 frames" in proc.stderr
 
 
 def test_pi_live_example_explains_a_missing_picamera2(coral):

@@ -176,3 +176,14 @@ def test_run_rejects_a_broken_profile_in_one_line(coral, tmp_path):
     assert result.stderr.strip() == f"error: profile {tmp_path / 'bad.toml'}: runtime.threads must be an integer >= 1 (received -1)"
     nosource = edgecls("run", str(coral / "mobilenet_v1_0.25_128_quant.tflite"))
     assert nosource.returncode == 1 and "--profile NAME" in nosource.stderr
+
+
+def test_stream_options_build_a_stream(coral, tmp_path):
+    import edgecls
+
+    (tmp_path / "bench-board.toml").write_text(VALID)
+    options = edgecls.load_profile(tmp_path / "bench-board.toml").stream_options()
+    assert options["num_threads"] == 1 and options["smoothing"].alpha == 0.5 and options["smoothing"].hold == 2
+    with edgecls.Stream(coral / "mobilenet_v1_0.25_128_quant.tflite", max_frames=2, **options) as stream:
+        results = list(stream)
+    assert len(results) == 2 and stream.classifier.num_threads == 1
