@@ -172,3 +172,15 @@ def test_runtime_version_mismatch_is_named(coral):
     err = interpreter_error(LoadedDelegate("edgetpu", "libedgetpu.so.1"), info, message)
     assert "compiled for a newer Edge TPU runtime" in str(err)
     assert "apt-get install --only-upgrade libedgetpu1-std" in str(err) and "--min_runtime_version" in str(err)
+
+
+def test_bench_through_a_delegate(noop_delegate, models, tmp_path):
+    import json
+
+    log = tmp_path / "bench.log"
+    result = edgecls("bench", str(models["cpu"]), "--delegate", str(noop_delegate), "--delegate-option", f"log={log}",
+                     "--runs", "5", "--warmup", "1", "--json", "--backend", BACKEND)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["delegate"]["kind"] == "external" and data["delegate"]["options"] == {"log": str(log)}
+    assert "prepare" in log_lines(log)
