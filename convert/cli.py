@@ -144,6 +144,8 @@ def convert(
     target: Annotated[
         Target, typer.Option(help="edgetpu: Edge-TPU-friendly build, pre-flight, and edgetpu_compiler when installed.")
     ] = Target.cpu,
+    qat: Annotated[bool, typer.Option("--qat", help="Quantisation-aware fine-tuning before the int8 export (extra: qat).")] = False,
+    qat_epochs: Annotated[int, typer.Option(min=1, help="Epochs of quantisation-aware fine-tuning.")] = 5,
 ) -> None:
     """Train a compact CNN or MobileNet transfer model, export it as a verified int8 TFLite model, and report."""
     from edgecls.cli import project_errors
@@ -163,7 +165,7 @@ def convert(
 
         observer = RichObserver()
         if demo:
-            options = replace(demo_options(out), target=target.value)
+            options = replace(demo_options(out), target=target.value, qat=qat, qat_epochs=qat_epochs)
             observer.step(f"writing the demo dataset to {out / 'demo_data'}")
             data_dir = write_demo_data(out, seed=seed)
         else:
@@ -178,7 +180,7 @@ def convert(
                                   seed=seed, strategy=strategy.value),
                 split=_parse_split(split), resize=resize.value, quant=quant.value, io=io.value,
                 calibration_samples=calibration_samples, max_drop=max_drop, baseline=baseline, labels=labels,
-                mean=mean, std=std, target=target.value,
+                mean=mean, std=std, target=target.value, qat=qat, qat_epochs=qat_epochs,
             )
             data_dir = source
         if calibration is not None:
@@ -212,6 +214,10 @@ def _summary(observer: RichObserver, report: dict[str, Any], out: Path, demo: bo
         f"(drop {report['drop_points']:.2f} pt, agreement {100 * report['agreement']:.1f}%) - parity gate {verdict}",
         soft_wrap=True,
     )
+    if report.get("ptq"):
+        ptq = report["ptq"]
+        console.print(f"post-training int8 before QAT: top-1 {100 * ptq['int8_top1']:.1f}% (drop {ptq['drop_points']:.2f} pt, "
+                      f"agreement {100 * ptq['agreement']:.1f}%)", soft_wrap=True)
     if report.get("baseline"):
         console.print(f"seed-cnn baseline: float top-1 {100 * report['baseline']['float_top1']:.1f}%")
     console.print(f"{report['int8_bytes'] / 1024:.0f} KiB model ({report['int8_bytes'] / report['float_tflite_bytes']:.2f}x "
@@ -240,3 +246,110 @@ def _summary(observer: RichObserver, report: dict[str, Any], out: Path, demo: bo
                           f"{compiled['off_chip_memory']})", soft_wrap=True)
         else:
             console.print(f"[red]edgetpu_compiler failed[/]: {compiled.get('error')}", soft_wrap=True)
+
+
+class TuneArch(str, Enum):
+    compact_cnn = "compact-cnn"
+    seed_cnn = "seed-cnn"
+    mobilenet_v1 = "mobilenet_v1"
+    mobilenet_v2 = "mobilenet_v2"
+    mobilenet_v3_small = "mobilenet_v3_small"
+
+
+class TuneObserver(RichObserver):
+    """Tuning progress: one line as a trial starts and one as it ends, with the best feasible trial so far."""
+
+    def epoch(self, stage: str, epoch: int, epochs: int, logs: dict[str, float]) -> None:
+        pass
+
+    def trial_done(self, record: Any, best: Any, done: int, total: int) -> None:
+        if record.state == "complete":
+            verdict = "[green]feasible[/]" if record.feasible else "[yellow]over budget[/]"
+            line = (f"int8 val top-1 {100 * record.accuracy:.1f}%, {record.latency_ms:.2f} ms, "
+                    f"{record.size_kb:.0f} KB, {verdict}")
+        else:
+            line = f"[yellow]{record.state}[/]"
+        best_line = f"; best so far: trial {best.number} ({100 * best.accuracy:.1f}%)" if best else ""
+        self.console.print(f"[bold]trial {record.number}[/] ({done}/{total} done): {line}{best_line}", soft_wrap=True)
+
+
+def tune(
+    data: Annotated[Path, typer.Argument(help="Dataset folder (DATA/<class>/*.jpg or train/ val/ [test/]).")],
+    out: Annotated[Path, typer.Option("--out", help="Study, trials, table, plot and the chosen model.")] = Path("edgecls-tune"),
+    arch: Annotated[TuneArch, typer.Option(help="Architecture to search.")] = TuneArch.compact_cnn,
+    trials: Annotated[int, typer.Option(min=1, help="Trials in the study (finished ones count when resuming).")] = 20,
+    budget_ms: Annotated[Optional[float], typer.Option(min=0.0, help="Largest p90 latency (edgecls bench, x profile factor).")] = None,
+    max_size_kb: Annotated[Optional[float], typer.Option(min=0.0, help="Largest int8 model file.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(min=0.1, help="Stop starting trials after this many minutes.")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="Device profile whose latency_factor scales the latency.")] = None,
+    max_epochs: Annotated[int, typer.Option(min=1, help="Most epochs a trial may train.")] = 30,
+    input_sizes: Annotated[Optional[str], typer.Option(help="Comma-separated input sizes to search (default per arch).")] = None,
+    bench_threads: Annotated[int, typer.Option(min=1, help="Interpreter threads for the latency measurement.")] = 1,
+    color: Annotated[Color, typer.Option(help="Model colour input.")] = Color.rgb,
+    weights: Annotated[str, typer.Option(help="MobileNet weights: imagenet, none, or a local .h5/.keras file.")] = "imagenet",
+    resize: Annotated[Resize, typer.Option(help="How the device fits frames to the input.")] = Resize.squash,
+    io: Annotated[IoType, typer.Option("--io", help="int8 model input/output type.")] = IoType.int8,
+    calibration_samples: Annotated[int, typer.Option(min=1, help="Representative images for int8 calibration.")] = 300,
+    max_drop: Annotated[float, typer.Option(min=0.0, help="Parity gate of the exported model, in points.")] = 1.0,
+    split: Annotated[str, typer.Option(help="train,val,test percentages.")] = "70,15,15",
+    seed: Annotated[int, typer.Option(help="Seed of the sampler, the split and each trial's training.")] = 0,
+) -> None:
+    """Search hyperparameters for the most accurate int8 model within a latency and size budget (Optuna).
+
+    Resumable: run the same command again to continue a study in OUT/study.db. Ctrl-C keeps the finished trials.
+    """
+    import os
+
+    from edgecls.cli import project_errors
+    from edgecls.nativelog import quiet_native_stderr
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    observer = TuneObserver()
+    with project_errors():
+        with quiet_native_stderr():
+            import tensorflow
+        tensorflow.get_logger().setLevel("ERROR")  # retracing notes between trials of different shapes
+        from convert.pipeline import ConvertOptions
+        from convert.training import TrainConfig
+        from convert.tune import TuneOptions, tune as run_tune
+
+        factor = 1.0
+        if profile:
+            from edgecls.profiles import load_profile
+
+            prof = load_profile(profile)
+            if prof.latency_factor is None:
+                raise typer.BadParameter(f"profile {prof.name} has no latency_factor to scale latency with")
+            factor = prof.latency_factor
+        sizes = None
+        if input_sizes:
+            try:
+                sizes = tuple(int(s) for s in input_sizes.split(",") if s.strip())
+            except ValueError:
+                raise typer.BadParameter(f"--input-sizes expects numbers like 64,96 (received {input_sizes!r})") from None
+        base = ConvertOptions(out_dir=out, arch=arch.value, color=color.value, weights=weights, resize=resize.value,
+                              io=io.value, calibration_samples=calibration_samples, max_drop=max_drop,
+                              split=_parse_split(split), train=TrainConfig(seed=seed))
+        options = TuneOptions(base=base, trials=trials, budget_ms=budget_ms, max_size_kb=max_size_kb,
+                              timeout_min=timeout, seed=seed, max_epochs=max_epochs, latency_factor=factor,
+                              profile=profile, bench_threads=bench_threads, input_sizes=sizes)
+        try:
+            summary = run_tune(data, options, observer)
+        except KeyboardInterrupt:
+            observer.console.print(f"interrupted: the finished trials are kept in {out / 'study.db'}; run the same "
+                                   "command again to resume", soft_wrap=True)
+            raise typer.Exit(code=130) from None
+    chosen = summary["chosen"]
+    report = summary["report"]
+    observer.console.print(
+        f"\n[bold]chosen: trial {chosen['number']}[/]: int8 val top-1 {100 * chosen['accuracy']:.1f}%, "
+        f"{chosen['latency_ms']:.2f} ms, {chosen['size_kb']:.0f} KB; on the test split: float "
+        f"{100 * report['float']['top1']:.1f}%, int8 {100 * report['int8']['top1']:.1f}% "
+        f"(agreement {100 * report['agreement']:.1f}%). Pareto front: trials {summary['pareto_front']}.",
+        soft_wrap=True,
+    )
+    observer.console.print(f"Table: {out / 'tuning.md'}; plot: {out / 'pareto.png'}; model: {out / 'model.tflite'}",
+                           soft_wrap=True)
+    if not report["passed"]:
+        typer.echo(f"error: {report['gate_message']}", err=True)
+        raise typer.Exit(code=1)

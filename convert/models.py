@@ -21,6 +21,9 @@ MOBILENET_ALPHAS = {
 # Keras' default 0.99 needs hundreds of steps before the moving statistics are usable; small datasets give tens
 # per epoch, and validation (which uses those statistics) would look stuck at chance for many epochs.
 BN_MOMENTUM = 0.9
+# compact-cnn's activations are capped (ReLU6, as in MobileNet): int8 quantises each activation tensor with one
+# scale, and an unbounded ReLU lets a few large values stretch that scale for every other value.
+RELU_CAP: float | None = 6.0
 DEFAULT_INPUT_SIZE = {"compact-cnn": 96, "seed-cnn": 64, "mobilenet_v1": 128, "mobilenet_v2": 128,
                       "mobilenet_v3_small": 128}
 
@@ -65,10 +68,30 @@ def uses_sigmoid(name: str, num_classes: int) -> bool:
     return name == "seed-cnn" and num_classes == 2
 
 
+_KERAS_MODULE: list[Any] = []  # set by `built_with`: the Keras the builders use (default: Keras 3)
+
+
 def _keras() -> Any:
+    if _KERAS_MODULE:
+        return _KERAS_MODULE[-1]
     import keras
 
     return keras
+
+
+class built_with:
+    """``with built_with(tf_keras): create_model(...)`` builds the same architecture with another Keras (the
+    quantisation-aware training path needs tf_keras models for the model-optimization toolkit)."""
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+
+    def __enter__(self) -> Any:
+        _KERAS_MODULE.append(self.module)
+        return self.module
+
+    def __exit__(self, *exc: object) -> None:
+        _KERAS_MODULE.pop()
 
 
 def _head(keras: Any, x: Any, spec: ModelSpec, name: str) -> Any:
@@ -113,7 +136,7 @@ def compact_cnn(spec: ModelSpec) -> Any:
     def conv_bn_relu(x: Any, filters: int, kernel: int, stride: int, name: str) -> Any:
         x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
         x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
-        return layers.ReLU(name=f"{name}_relu")(x)
+        return layers.ReLU(max_value=RELU_CAP, name=f"{name}_relu")(x)
 
     x = conv_bn_relu(x, spec.width, 3, 2, "stem")
     for stage in range(spec.depth):
@@ -123,7 +146,7 @@ def compact_cnn(spec: ModelSpec) -> Any:
                 name = f"s{stage}b{block}"
                 x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
                 x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_dw_bn")(x)
-                x = layers.ReLU(name=f"{name}_dw_relu")(x)
+                x = layers.ReLU(max_value=RELU_CAP, name=f"{name}_dw_relu")(x)
                 x = conv_bn_relu(x, filters, 1, 1, f"{name}_pw")
         else:
             x = conv_bn_relu(x, filters, 3, 2, f"s{stage}a")

@@ -28,7 +28,7 @@ from . import evaluate, report as reporting
 from .data import Dataset, scan, stratified_sample
 from .models import DEFAULT_INPUT_SIZE, ModelSpec, create_model, uses_sigmoid
 from .quantize import IO_TYPES, QUANT_MODES, to_tflite
-from .training import TrainConfig, TrainingObserver, make_strategy, train
+from .training import TrainConfig, TrainingObserver, deterministic, make_strategy, train
 
 COLORS = ("rgb", "grayscale")
 TARGETS = ("cpu", "edgetpu")
@@ -60,10 +60,16 @@ class ConvertOptions:
     mean: float | None = None  # external models only: the normalisation the model expects
     std: float | None = None
     target: str = "cpu"  # "edgetpu": Edge-TPU-friendly build, pre-flight, and edgetpu_compiler when installed
+    qat: bool = False  # quantisation-aware fine-tuning before the int8 export (the `qat` extra)
+    qat_epochs: int = 5
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ConfigError(f"--target {self.target!r} is not one of {', '.join(TARGETS)}")
+        if self.qat and self.quant != "int8":
+            raise ConfigError(f"--qat exports a full int8 model; it needs --quant int8 (received --quant {self.quant})")
+        if self.qat_epochs < 1:
+            raise ConfigError(f"--qat-epochs must be at least 1 (received {self.qat_epochs})")
         if self.target == "edgetpu" and self.quant != "int8":
             raise ConfigError(f"--target edgetpu needs --quant int8 (received --quant {self.quant}): the Edge TPU runs only 8-bit models")
         if self.color not in COLORS:
@@ -115,7 +121,14 @@ def convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertOb
 
     obs = observer or QuietObserver()
     started = time.perf_counter()
+    if options.qat:  # fail before training, not after it
+        from . import qat
+
+        qat.import_toolkit()
+        if options.arch not in qat.QAT_ARCHS:
+            raise ConfigError(f"--qat supports --arch {', '.join(qat.QAT_ARCHS)} (received {options.arch})")
     keras.utils.set_random_seed(options.train.seed)  # weight init, dropout and shuffling follow --seed
+    deterministic()
     size = options.size()
     preprocess = PreprocessConfig(resize=options.resize, mean=0.0, std=1.0)
     obs.step(f"reading {data_dir}")
@@ -269,6 +282,16 @@ def _export_and_verify(
     atomic_write_bytes(model_path, embed_manifest(flat, manifest, labels=classes))
     tflite_probs = evaluate.tflite_probabilities(model_path, [s.path for s in dataset.samples["test"]])
     metrics = evaluate.compare(test_labels, float_probs, tflite_probs, classes)
+    ptq = None
+    if options.qat:
+        ptq = {"int8_top1": metrics["int8"]["top1"], "drop_points": metrics["drop_points"],
+               "agreement": metrics["agreement"], "int8_bytes": len(flat)}
+        flat, qat_history = _quantisation_aware(model, dataset, options, obs, sigmoid, calibration)
+        atomic_write_bytes(model_path, embed_manifest(flat, manifest, labels=classes))
+        obs.step(f"verifying the quantisation-aware int8 model on {len(test_labels)} held-out images")
+        tflite_probs = evaluate.tflite_probabilities(model_path, [s.path for s in dataset.samples["test"]])
+        metrics = evaluate.compare(test_labels, float_probs, tflite_probs, classes)
+        ptq["qat_history"] = qat_history
     passed = metrics["drop_points"] <= options.max_drop
     key = "int8" if options.quant == "int8" else "tflite"
     manifest["metrics"] = {"float_top1": metrics["float"]["top1"], f"{key}_top1": metrics["int8"]["top1"],
@@ -278,6 +301,9 @@ def _export_and_verify(
 
     result = _report(options, dataset, model, metrics, key, passed, len(flat), float_bytes, baseline, history,
                      timing, external)
+    if ptq is not None:
+        result["ptq"] = {k: v for k, v in ptq.items() if k != "qat_history"}
+        result["qat"] = {"epochs": options.qat_epochs, "history": ptq["qat_history"]}
     if options.target == "edgetpu":
         obs.step("Edge TPU: pre-flight, then edgetpu_compiler if installed")
         result["edgetpu"] = edgetpu_step(model_path, manifest, classes)
@@ -288,6 +314,25 @@ def _export_and_verify(
                              f"{options.quant} model on the {dataset.test_source} split")
     reporting.plot_curves(out / "training_curves.png", history or {}, f"{options.arch} training")
     return result
+
+
+def _quantisation_aware(model: Any, dataset: Dataset, options: ConvertOptions, obs: ConvertObserver, sigmoid: bool,
+                        calibration: np.ndarray) -> tuple[bytes, dict[str, Any]]:
+    """Fine-tune ``model`` with fake quantisation (see convert.qat) and export it as full int8."""
+    from . import qat
+
+    if options.arch not in qat.QAT_ARCHS:
+        raise ConfigError(f"--qat supports --arch {', '.join(qat.QAT_ARCHS)} (received {options.arch})")
+    spec = ModelSpec(num_classes=len(dataset.classes), input_size=options.size(), channels=options.channels,
+                     dropout=options.dropout, width=options.width, depth=options.depth, separable=options.separable,
+                     alpha=options.alpha, weights="none", edgetpu=options.target == "edgetpu")
+    obs.step(f"quantisation-aware fine-tuning, {options.qat_epochs} epochs")
+    qmodel = qat.qat_model(model, options.arch, spec)
+    history = qat.finetune(qmodel, dataset, epochs=options.qat_epochs, learning_rate=options.train.learning_rate / 10,
+                           batch_size=options.train.batch_size, sigmoid=sigmoid, augment=options.train.augment,
+                           seed=options.train.seed, observer=obs)
+    obs.step("exporting: int8 TFLite from the quantisation-aware model")
+    return qat.to_int8(qmodel, io_type=options.io, representative=calibration), history
 
 
 def edgetpu_step(model_path: Path, manifest: dict[str, Any], classes: list[str]) -> dict[str, Any]:
@@ -375,8 +420,10 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items()}
     drop = metrics["drop_points"]
     message = (f"{key} top-1 is {drop:.2f} points below float, more than --max-drop {options.max_drop:.2f}; "
-               "the artifacts are written but the model did not pass. Try --calibration-samples higher, "
-               "or quantisation-aware training (--qat) when it is available.")
+               "the artifacts are written but the model did not pass. "
+               + ("Try more --qat-epochs, or --calibration-samples higher." if options.qat else
+                  "Try quantisation-aware training: --qat (pip install 'edgecls[qat]'), or --calibration-samples "
+                  "higher."))
     notes = {"val": "the data has no test/ folder, so the held-out evaluation uses val/ (also used for early stopping)",
              "calibration": "the model was trained elsewhere; every calibration image is also an evaluation image"}
     return {

@@ -568,13 +568,17 @@ def deploy(
 def _register_host_commands() -> None:
     """Host-side commands live in the `convert` package (TensorFlow loads only when they run)."""
     try:
-        from convert.cli import convert
+        from convert.cli import convert, tune
     except ImportError:  # a device install without the converter package
         return
     app.command(
         "convert",
         help="Train a compact CNN or MobileNet transfer model and export a verified int8 TFLite model.",
     )(convert)
+    app.command(
+        "tune",
+        help="Search hyperparameters for the most accurate int8 model within a latency and size budget (Optuna).",
+    )(tune)
 
 
 _register_host_commands()

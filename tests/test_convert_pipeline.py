@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import WEIGHTS, require, tensorflow_or_skip
+from conftest import IN_CI, WEIGHTS, require, tensorflow_or_skip
 from edgecls import Classifier
 from edgecls.cli import app
 from edgecls.demo import write_demo_dataset
@@ -179,6 +179,34 @@ def test_target_edgetpu_preflights_and_gives_the_compile_command(shapes, tmp_pat
     if tpu["compiler"] is None:  # no edgetpu_compiler on this machine: the exact command instead
         assert tpu["command"] == "edgetpu_compiler -s -o . model.tflite"
         assert "edgetpu_compiler -s -o . model.tflite" in result.output.replace("\n", " ")
+
+
+def test_qat_exports_a_valid_int8_model(shapes, tmp_path):
+    if not IN_CI:  # under CI the qat extra is installed (it is part of .[all])
+        pytest.importorskip("tensorflow_model_optimization")
+    out = tmp_path / "qat"
+    result = convert(shapes, "--out", out, *TINY, "--qat", "--qat-epochs", "1")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["qat"]["epochs"] == 1 and len(report["qat"]["history"]["loss"]) == 1
+    assert {"int8_top1", "drop_points", "agreement"} <= set(report["ptq"])
+    assert "post-training int8 before QAT" in result.output
+    with Classifier(out / "model.tflite") as clf:
+        assert clf.input_spec.dtype == "int8" and clf.output_spec.dtype == "int8"
+    classify = runner.invoke(app, ["classify", str(out / "model.tflite"), str(shapes / "circle" / "circle_0000.png")])
+    assert classify.exit_code == 0, classify.output
+
+
+def test_qat_errors_come_before_training(shapes, tmp_path, monkeypatch):
+    import sys
+
+    mobilenet = convert(shapes, "--out", tmp_path / "m", "--no-baseline", "--qat", "--arch", "mobilenet_v1",
+                        "--weights", "none")
+    assert "--qat supports --arch compact-cnn, seed-cnn" in one_error_line(mobilenet)
+    monkeypatch.setitem(sys.modules, "tensorflow_model_optimization", None)  # the extra is not installed
+    missing = convert(shapes, "--out", tmp_path / "q", *TINY, "--qat")
+    assert "pip install 'edgecls[qat]'" in one_error_line(missing)
+    assert not (tmp_path / "q" / "model.tflite").exists()
 
 
 def test_external_keras_model_with_calibration_folder(shapes, tmp_path):

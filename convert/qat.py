@@ -1,0 +1,115 @@
+"""Quantisation-aware training (`edgecls convert --qat`): fine-tune with fake quantisation, export full int8.
+
+Post-training quantisation rounds a model that never saw rounding; when that costs more than `--max-drop`, training a
+few epochs with the rounding simulated (TensorFlow Model Optimization's fake-quant wrappers) lets the weights adapt.
+The toolkit works on tf_keras models, so the trained Keras 3 model is rebuilt layer for layer with tf_keras (the same
+builders, see `models.built_with`), its weights copied, wrapped, fine-tuned and converted. Needs the ``qat`` extra.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgecls.errors import ConfigError, ConversionError
+
+from .data import Dataset
+from .models import ModelSpec, built_with, create_model
+from .quantize import check_fully_quantized
+
+QAT_ARCHS = ("compact-cnn", "seed-cnn")
+# Layers the toolkit's default registry quantises; the rest (Rescaling: the in-model normalisation) stay float in
+# training and are quantised by the converter from the calibration set, like any post-training op.
+_QUANTIZABLE = ("Conv2D", "DepthwiseConv2D", "Dense", "BatchNormalization", "ReLU", "Activation", "MaxPooling2D",
+                "AveragePooling2D", "GlobalAveragePooling2D", "Flatten", "Dropout", "Reshape", "Concatenate", "Add")
+
+
+def import_toolkit() -> tuple[Any, Any]:
+    try:
+        import tensorflow_model_optimization as tfmot
+        import tf_keras
+    except ImportError:
+        raise ConfigError(
+            "--qat needs the quantisation-aware training extra (tf-keras and tensorflow-model-optimization): "
+            "pip install 'edgecls[qat]'"
+        ) from None
+    return tf_keras, tfmot
+
+
+def qat_model(model: Any, arch: str, spec: ModelSpec) -> Any:
+    """The trained Keras 3 ``model`` rebuilt with tf_keras, its weights copied, wrapped for quantisation-aware training."""
+    if arch not in QAT_ARCHS:
+        raise ConfigError(
+            f"--qat supports {', '.join(QAT_ARCHS)} (received --arch {arch}): the toolkit cannot wrap a model nested "
+            "in another, which is how the MobileNets are built"
+        )
+    tf_keras, tfmot = import_toolkit()
+    with built_with(tf_keras):
+        twin = create_model(arch, spec)
+    weights = model.get_weights()
+    if [w.shape for w in weights] != [w.shape for w in twin.get_weights()]:
+        raise ConversionError(f"cannot rebuild {arch} with tf_keras for --qat: the weights do not line up")
+    twin.set_weights(weights)
+    quantize = tfmot.quantization.keras
+
+    def annotate(layer: Any) -> Any:
+        if type(layer).__name__ in _QUANTIZABLE:
+            return quantize.quantize_annotate_layer(layer)
+        return layer
+
+    annotated = tf_keras.models.clone_model(twin, clone_function=annotate)
+    annotated.set_weights(twin.get_weights())
+    with quantize.quantize_scope():
+        return quantize.quantize_apply(annotated)
+
+
+def finetune(qmodel: Any, dataset: Dataset, *, epochs: int, learning_rate: float, batch_size: int, sigmoid: bool,
+             augment: float, seed: int, observer: Any) -> dict[str, list[float]]:
+    """Fine-tune the fake-quantised model (tf.data pipeline as in training, augmentation included)."""
+    import tf_keras
+
+    from .training import TrainConfig, make_datasets
+
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, augment=augment, seed=seed)
+    train_ds, val_ds = make_datasets(dataset, config, sigmoid)
+    loss = tf_keras.losses.BinaryCrossentropy() if sigmoid else tf_keras.losses.CategoricalCrossentropy()
+    qmodel.compile(optimizer=tf_keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"])
+
+    class Report(tf_keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            observer.epoch("qat", epoch + 1, epochs, {k: float(v) for k, v in (logs or {}).items()})
+
+    observer.stage("qat", epochs)
+    fit = qmodel.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0, callbacks=[Report()])
+    return {k: [float(v) for v in fit.history.get(k, [])] for k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+
+
+def to_int8(qmodel: Any, *, io_type: str, representative: np.ndarray) -> bytes:
+    """Convert the quantisation-aware model to a full-integer int8 TFLite model with a static batch-1 input."""
+    import contextlib
+    import io as _io
+    import warnings
+
+    import tensorflow as tf
+    import tf_keras
+
+    from edgecls.nativelog import quiet_native_stderr
+
+    inputs = tf_keras.Input(batch_shape=(1, *qmodel.input_shape[1:]), name="image")
+    static = tf_keras.Model(inputs, qmodel(inputs))
+    converter = tf.lite.TFLiteConverter.from_keras_model(static)
+    samples = representative.astype(np.float32)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([samples[i : i + 1]] for i in range(len(samples)))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.uint8 if io_type == "uint8" else tf.int8
+    converter.inference_output_type = tf.uint8 if io_type == "uint8" else tf.int8
+    try:
+        with contextlib.redirect_stdout(_io.StringIO()), quiet_native_stderr(replay=False), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            flat = bytes(converter.convert())
+    except Exception as exc:
+        raise ConversionError(f"the quantisation-aware model could not be converted to int8 ({exc})") from None
+    check_fully_quantized(flat)
+    return flat
