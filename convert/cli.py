@@ -146,6 +146,9 @@ def convert(
     ] = Target.cpu,
     qat: Annotated[bool, typer.Option("--qat", help="Quantisation-aware fine-tuning before the int8 export (extra: qat).")] = False,
     qat_epochs: Annotated[int, typer.Option(min=1, help="Epochs of quantisation-aware fine-tuning.")] = 5,
+    deterministic: Annotated[
+        bool, typer.Option("--deterministic", help="Deterministic TensorFlow ops: --seed reproduces the model exactly (slower).")
+    ] = False,
 ) -> None:
     """Train a compact CNN or MobileNet transfer model, export it as a verified int8 TFLite model, and report."""
     from edgecls.cli import project_errors
@@ -181,6 +184,7 @@ def convert(
                 split=_parse_split(split), resize=resize.value, quant=quant.value, io=io.value,
                 calibration_samples=calibration_samples, max_drop=max_drop, baseline=baseline, labels=labels,
                 mean=mean, std=std, target=target.value, qat=qat, qat_epochs=qat_epochs,
+                deterministic=deterministic,
             )
             data_dir = source
         if calibration is not None:

@@ -61,6 +61,7 @@ class ConvertOptions:
     std: float | None = None
     target: str = "cpu"  # "edgetpu": Edge-TPU-friendly build, pre-flight, and edgetpu_compiler when installed
     qat: bool = False  # quantisation-aware fine-tuning before the int8 export (the `qat` extra)
+    deterministic: bool = False  # deterministic TF ops: --seed reproduces the model exactly, at some speed cost
     qat_epochs: int = 5
 
     def __post_init__(self) -> None:
@@ -128,7 +129,8 @@ def convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertOb
         if options.arch not in qat.QAT_ARCHS:
             raise ConfigError(f"--qat supports --arch {', '.join(qat.QAT_ARCHS)} (received {options.arch})")
     keras.utils.set_random_seed(options.train.seed)  # weight init, dropout and shuffling follow --seed
-    deterministic()
+    if options.deterministic:
+        deterministic()
     size = options.size()
     preprocess = PreprocessConfig(resize=options.resize, mean=0.0, std=1.0)
     obs.step(f"reading {data_dir}")
@@ -467,6 +469,6 @@ def write_demo_data(out_dir: Path, *, per_class: int = 300, seed: int = 0) -> Pa
 
 def demo_options(out_dir: Path) -> ConvertOptions:
     """Settings that train the demo in a few minutes on a laptop CPU."""
-    return ConvertOptions(out_dir=out_dir, arch="compact-cnn", input_size=64, width=24, depth=3,
+    return ConvertOptions(out_dir=out_dir, arch="compact-cnn", input_size=64, width=24, depth=3, deterministic=True,
                           train=TrainConfig(epochs=30, batch_size=32, learning_rate=3e-3, patience=8, augment=0.5))
 

@@ -16,7 +16,7 @@ from edgecls.errors import ConfigError, ConversionError
 
 from .data import Dataset
 from .models import ModelSpec, built_with, create_model
-from .quantize import check_fully_quantized
+from .quantize import run_converter, set_full_int8
 
 QAT_ARCHS = ("compact-cnn", "seed-cnn")
 # Layers the toolkit's default registry quantises; the rest (Rescaling: the in-model normalisation) stay float in
@@ -87,29 +87,10 @@ def finetune(qmodel: Any, dataset: Dataset, *, epochs: int, learning_rate: float
 
 def to_int8(qmodel: Any, *, io_type: str, representative: np.ndarray) -> bytes:
     """Convert the quantisation-aware model to a full-integer int8 TFLite model with a static batch-1 input."""
-    import contextlib
-    import io as _io
-    import warnings
-
     import tensorflow as tf
     import tf_keras
 
-    from edgecls.nativelog import quiet_native_stderr
-
     inputs = tf_keras.Input(batch_shape=(1, *qmodel.input_shape[1:]), name="image")
-    static = tf_keras.Model(inputs, qmodel(inputs))
-    converter = tf.lite.TFLiteConverter.from_keras_model(static)
-    samples = representative.astype(np.float32)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([samples[i : i + 1]] for i in range(len(samples)))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.uint8 if io_type == "uint8" else tf.int8
-    converter.inference_output_type = tf.uint8 if io_type == "uint8" else tf.int8
-    try:
-        with contextlib.redirect_stdout(_io.StringIO()), quiet_native_stderr(replay=False), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            flat = bytes(converter.convert())
-    except Exception as exc:
-        raise ConversionError(f"the quantisation-aware model could not be converted to int8 ({exc})") from None
-    check_fully_quantized(flat)
-    return flat
+    converter = tf.lite.TFLiteConverter.from_keras_model(tf_keras.Model(inputs, qmodel(inputs)))
+    set_full_int8(converter, representative, io_type)
+    return run_converter(converter, "int8")

@@ -47,17 +47,29 @@ def to_tflite(
     if mode == "int8":
         if representative is None or len(representative) == 0:
             raise ConversionError("int8 quantisation needs calibration images (the representative dataset is empty)")
-        samples = representative.astype(np.float32)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([samples[i : i + 1]] for i in range(len(samples)))
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8 if io_type == "uint8" else tf.int8
-        converter.inference_output_type = tf.uint8 if io_type == "uint8" else tf.int8
+        set_full_int8(converter, representative, io_type)
     elif mode == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif mode == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    return run_converter(converter, mode)
+
+
+def set_full_int8(converter: Any, representative: np.ndarray, io_type: str) -> None:
+    """Full-integer int8: calibrated on ``representative`` (float32, N x H x W x C), builtin int8 ops only."""
+    import tensorflow as tf
+
+    samples = representative.astype(np.float32)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([samples[i : i + 1]] for i in range(len(samples)))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.uint8 if io_type == "uint8" else tf.int8
+    converter.inference_output_type = tf.uint8 if io_type == "uint8" else tf.int8
+
+
+def run_converter(converter: Any, mode: str) -> bytes:
+    """Run a configured TFLiteConverter quietly; failures become one ConversionError, int8 output is checked."""
     chatter = io.StringIO()
     native: list[str] = []
     try:
