@@ -157,7 +157,9 @@ def convert(
 
     from edgecls.nativelog import quiet_native_stderr
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO/WARNING lines
+    # TensorFlow's C++ log: INFO and WARNING, and the ERROR-level lines it prints for things that are not errors here
+    # (cuInit without a GPU, a tf.data attribute from a newer graph); real failures still arrive as exceptions.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with project_errors():
         with quiet_native_stderr():  # what TensorFlow prints while it loads
             import tensorflow  # noqa: F401
@@ -307,7 +309,7 @@ def tune(
     from edgecls.cli import project_errors
     from edgecls.nativelog import quiet_native_stderr
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as in convert
     observer = TuneObserver()
     with project_errors():
         with quiet_native_stderr():

@@ -520,8 +520,11 @@ def bench(
 
 @app.command()
 def doctor(json_out: JsonOpt = False) -> None:
-    """Check this machine: Python, interpreter backends, numpy, OpenCV, picamera2, Edge TPU runtime and devices,
-    cameras; print the command that fixes each problem. Exit code 1 if anything is broken."""
+    """Check this machine for running classifiers, and print the command that fixes each problem.
+
+    Python, interpreter backends, numpy, OpenCV, picamera2, the Edge TPU runtime and devices, cameras. Exit code 1
+    if something needed is broken.
+    """
     from .doctor import FAIL, diagnose
 
     findings = diagnose()
