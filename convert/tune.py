@@ -525,7 +525,7 @@ def plot_pareto(path: Path, records: list[TrialRecord], front: list[TrialRecord]
     ax.set_ylabel("int8 top-1 on validation, %")
     ax.set_title(f"edgecls tune: {options.base.arch}, {len(done)} finished trials")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
