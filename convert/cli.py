@@ -102,6 +102,21 @@ class Target(str, Enum):
     edgetpu = "edgetpu"
 
 
+def _import_tensorflow(command: str) -> Any:
+    """TensorFlow, quietly; on a device install without it, one error line that says what to install."""
+    from edgecls.errors import ConfigError
+    from edgecls.nativelog import quiet_native_stderr
+
+    try:
+        with quiet_native_stderr():  # what TensorFlow prints while it loads
+            import tensorflow
+    except ImportError:
+        raise ConfigError(
+            f"edgecls {command} runs on the workstation and needs TensorFlow: pip install 'edgecls[convert]'"
+        ) from None
+    return tensorflow
+
+
 def convert(
     source: Annotated[
         Optional[Path],
@@ -151,18 +166,15 @@ def convert(
     ] = False,
 ) -> None:
     """Train a compact CNN or MobileNet transfer model, export it as a verified int8 TFLite model, and report."""
-    from edgecls.cli import project_errors
-
     import os
 
-    from edgecls.nativelog import quiet_native_stderr
+    from edgecls.cli import project_errors
 
     # TensorFlow's C++ log: INFO and WARNING, and the ERROR-level lines it prints for things that are not errors here
     # (cuInit without a GPU, a tf.data attribute from a newer graph); real failures still arrive as exceptions.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with project_errors():
-        with quiet_native_stderr():  # what TensorFlow prints while it loads
-            import tensorflow  # noqa: F401
+        _import_tensorflow("convert")
         from dataclasses import replace
 
         from convert.pipeline import ConvertOptions, convert_dataset, convert_model, demo_options, write_demo_data
@@ -307,14 +319,11 @@ def tune(
     import os
 
     from edgecls.cli import project_errors
-    from edgecls.nativelog import quiet_native_stderr
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as in convert
     observer = TuneObserver()
     with project_errors():
-        with quiet_native_stderr():
-            import tensorflow
-        tensorflow.get_logger().setLevel("ERROR")  # retracing notes between trials of different shapes
+        _import_tensorflow("tune").get_logger().setLevel("ERROR")  # retracing notes between trials of other shapes
         from convert.pipeline import ConvertOptions
         from convert.training import TrainConfig
         from convert.tune import TuneOptions, tune as run_tune

@@ -356,3 +356,13 @@ def test_mobilenet_from_random_weights_trains_as_one_ordinary_network():
     x = np.random.default_rng(0).random((8, 32, 32, 3), np.float32) * 255
     model.fit(x, keras.utils.to_categorical([0, 1, 2, 0, 1, 2, 0, 1], 3), epochs=1, verbose=0)
     assert not np.allclose(before, np.array(bn.moving_mean))
+
+
+@pytest.mark.parametrize("command", ["convert", "tune"])
+def test_host_commands_without_tensorflow_say_what_to_install(command, shapes, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # a device install: the runtime without the convert extra
+    result = runner.invoke(app, [command, str(shapes), "--out", str(tmp_path / "o")])
+    assert f"edgecls {command} runs on the workstation and needs TensorFlow" in one_error_line(result)
+    assert "pip install 'edgecls[convert]'" in result.stderr
