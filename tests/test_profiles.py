@@ -187,3 +187,27 @@ def test_stream_options_build_a_stream(coral, tmp_path):
     with edgecls.Stream(coral / "mobilenet_v1_0.25_128_quant.tflite", max_frames=2, **options) as stream:
         results = list(stream)
     assert len(results) == 2 and stream.classifier.num_threads == 1
+
+
+def test_every_picam_profile_configures_the_camera_it_describes():
+    """Each picam profile opened against the picamera2 stand-in: the calls picamera2 documents, with its settings."""
+    from test_sources import Picamera2StandIn
+
+    for profile in list_profiles():
+        cam = profile.camera
+        if not cam["source"].startswith("picam"):
+            continue
+        options = profile.source_options()
+        source = parse_source(cam["source"], model_size=(224, 224), **options)
+        source._factory = Picamera2StandIn
+        with source:
+            frame = source.read()
+            config = source.configuration
+        assert config["main"] == {"size": tuple(cam["main_size"]), "format": cam["main_format"]}, profile.name
+        assert config["lores"]["format"] == cam["lores_format"] and config["buffer_count"] == cam["buffer_count"]
+        assert config["controls"]["FrameRate"] == cam["fps"] and config["queue"] is False
+        if "sensor_mode" in cam:
+            assert config["sensor"]["output_size"] == Picamera2StandIn.instances[-1].sensor_modes[0]["size"]
+        lw, lh = config["lores"]["size"]
+        assert lw >= 224 and lh >= 224 and lw <= cam["main_size"][0]  # just over the model input
+        assert frame.ndim in (2, 3)
