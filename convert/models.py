@@ -42,6 +42,7 @@ class ModelSpec:
     alpha: float = 0.25
     weights: str = "none"
     edgetpu: bool = False  # build only from ops the Edge TPU compiler maps (MobileNetV3: the minimalistic variant)
+    flat: bool = False  # MobileNets: the base's layers inline, not a nested model (for quantisation-aware training)
 
 
 def register(name: str) -> Callable[[Callable[[ModelSpec], Any]], Callable[[ModelSpec], Any]]:
@@ -172,16 +173,22 @@ def _mobilenet(name: str, spec: ModelSpec) -> Any:
     common: dict[str, Any] = {"input_shape": (size, size, 3), "include_top": False, "weights": weights, "alpha": spec.alpha}
     try:
         if name == "mobilenet_v3_small":
+            if spec.flat:  # the base's layers inline in this model (what the quantisation toolkit can wrap)
+                common["input_tensor"] = x
             base = keras.applications.MobileNetV3Small(
                 include_preprocessing=True, minimalistic=spec.edgetpu, **common  # no hard-swish or SE on the Edge TPU
             )
         else:
             x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize")(x)  # what these weights were trained on
+            if spec.flat:
+                common["input_tensor"] = x
             builder = keras.applications.MobileNet if name == "mobilenet_v1" else keras.applications.MobileNetV2
             base = builder(**common)
     except (ValueError, OSError) as exc:
         raise ConversionError(f"cannot build {name} with weights {spec.weights!r}: {exc}") from None
-    if weights is None:
+    if spec.flat:
+        x = base.output
+    elif weights is None:
         x = base(x)  # from random weights: an ordinary network, every layer (BatchNorm too) trains
     else:
         base.trainable = False  # pretrained: the head trains first on a frozen base (see training.train)

@@ -8,6 +8,7 @@ builders, see `models.built_with`), its weights copied, wrapped, fine-tuned and 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -18,11 +19,12 @@ from .data import Dataset
 from .models import ModelSpec, built_with, create_model
 from .quantize import run_converter, set_full_int8
 
-QAT_ARCHS = ("compact-cnn", "seed-cnn")
+QAT_ARCHS = ("compact-cnn", "seed-cnn", "mobilenet_v1", "mobilenet_v2")
 # Layers the toolkit's default registry quantises; the rest (Rescaling: the in-model normalisation) stay float in
 # training and are quantised by the converter from the calibration set, like any post-training op.
 _QUANTIZABLE = ("Conv2D", "DepthwiseConv2D", "Dense", "BatchNormalization", "ReLU", "Activation", "MaxPooling2D",
-                "AveragePooling2D", "GlobalAveragePooling2D", "Flatten", "Dropout", "Reshape", "Concatenate", "Add")
+                "AveragePooling2D", "GlobalAveragePooling2D", "Flatten", "Dropout", "Reshape", "Concatenate", "Add",
+                "ZeroPadding2D")
 
 
 def import_toolkit() -> tuple[Any, Any]:
@@ -41,16 +43,14 @@ def qat_model(model: Any, arch: str, spec: ModelSpec) -> Any:
     """The trained Keras 3 ``model`` rebuilt with tf_keras, its weights copied, wrapped for quantisation-aware training."""
     if arch not in QAT_ARCHS:
         raise ConfigError(
-            f"--qat supports {', '.join(QAT_ARCHS)} (received --arch {arch}): the toolkit cannot wrap a model nested "
-            "in another, which is how the MobileNets are built"
+            f"--qat supports {', '.join(QAT_ARCHS)} (received --arch {arch}): MobileNetV3's hard-swish and "
+            "squeeze-excite blocks are not in the toolkit's registry"
         )
     tf_keras, tfmot = import_toolkit()
     with built_with(tf_keras):
-        twin = create_model(arch, spec)
-    weights = model.get_weights()
-    if [w.shape for w in weights] != [w.shape for w in twin.get_weights()]:
-        raise ConversionError(f"cannot rebuild {arch} with tf_keras for --qat: the weights do not line up")
-    twin.set_weights(weights)
+        # The MobileNets are rebuilt flat (the base's layers inline): the toolkit cannot wrap a nested model.
+        twin = create_model(arch, replace(spec, weights="none", flat=True))
+    _copy_weights(model, twin, arch)
     quantize = tfmot.quantization.keras
 
     def annotate(layer: Any) -> Any:
@@ -62,6 +62,27 @@ def qat_model(model: Any, arch: str, spec: ModelSpec) -> Any:
     annotated.set_weights(twin.get_weights())
     with quantize.quantize_scope():
         return quantize.quantize_apply(annotated)
+
+
+def _layers(model: Any) -> list[Any]:
+    """Layers that hold weights, with nested models (a MobileNet base) expanded in place, in graph order."""
+    out = []
+    for layer in model.layers:
+        if hasattr(layer, "layers") and layer.layers:
+            out += _layers(layer)
+        elif layer.get_weights():
+            out.append(layer)
+    return out
+
+
+def _copy_weights(source: Any, twin: Any, arch: str) -> None:
+    """Copy layer by layer (not model.get_weights(): frozen layers put their weights in another order)."""
+    src, dst = _layers(source), _layers(twin)
+    shapes = lambda layers: [[w.shape for w in layer.get_weights()] for layer in layers]  # noqa: E731
+    if shapes(src) != shapes(dst):
+        raise ConversionError(f"cannot rebuild {arch} with tf_keras for --qat: the layers do not line up")
+    for a, b in zip(src, dst):
+        b.set_weights(a.get_weights())
 
 
 def finetune(qmodel: Any, dataset: Dataset, *, epochs: int, learning_rate: float, batch_size: int, sigmoid: bool,

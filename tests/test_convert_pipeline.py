@@ -198,12 +198,29 @@ def test_qat_exports_a_valid_int8_model(shapes, tmp_path):
     assert classify.exit_code == 0, classify.output
 
 
+def test_qat_on_a_pretrained_mobilenet(shapes, tmp_path):
+    """The nested MobileNet is rebuilt flat with tf_keras so the toolkit can wrap it; the weights carry over."""
+    weights = require(WEIGHTS / "mobilenet_v1_0.25_224_no_top.h5", "MobileNet V1 0.25 ImageNet weights")
+    if not IN_CI:
+        pytest.importorskip("tensorflow_model_optimization")
+    out = tmp_path / "mbqat"
+    result = convert(shapes, "--out", out, "--arch", "mobilenet_v1", "--alpha", "0.25", "--weights", weights,
+                     "--input-size", "32", "--epochs", "1", "--fine-tune-epochs", "1", "--no-baseline",
+                     "--calibration-samples", "20", "--max-drop", "100", "--batch-size", "8", "--qat", "--qat-epochs", "1")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["qat"]["epochs"] == 1 and "ptq" in report
+    with Classifier(out / "model.tflite") as clf:
+        assert clf.input_spec.dtype == "int8"
+        assert len(clf.classify(shapes / "circle" / "circle_0000.png")) == 3
+
+
 def test_qat_errors_come_before_training(shapes, tmp_path, monkeypatch):
     import sys
 
-    mobilenet = convert(shapes, "--out", tmp_path / "m", "--no-baseline", "--qat", "--arch", "mobilenet_v1",
-                        "--weights", "none")
-    assert "--qat supports --arch compact-cnn, seed-cnn" in one_error_line(mobilenet)
+    v3 = convert(shapes, "--out", tmp_path / "m", "--no-baseline", "--qat", "--arch", "mobilenet_v3_small",
+                 "--weights", "none")
+    assert "--qat supports --arch compact-cnn, seed-cnn, mobilenet_v1, mobilenet_v2" in one_error_line(v3)
     monkeypatch.setitem(sys.modules, "tensorflow_model_optimization", None)  # the extra is not installed
     missing = convert(shapes, "--out", tmp_path / "q", *TINY, "--qat")
     assert "pip install 'edgecls[qat]'" in one_error_line(missing)
