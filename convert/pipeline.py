@@ -306,6 +306,9 @@ def _export_and_verify(
     if ptq is not None:
         result["ptq"] = {k: v for k, v in ptq.items() if k != "qat_history"}
         result["qat"] = {"epochs": options.qat_epochs, "history": ptq["qat_history"]}
+        if not passed and ptq["drop_points"] < metrics["drop_points"]:
+            result["gate_message"] += (f" Post-training int8 lost only {ptq['drop_points']:.2f} points on this model: "
+                                       "run without --qat.")
     if options.target == "edgetpu":
         obs.step("Edge TPU: pre-flight, then edgetpu_compiler if installed")
         result["edgetpu"] = edgetpu_step(model_path, manifest, classes)
