@@ -41,7 +41,7 @@ def main() -> int:
 
     import keras
 
-    from convert import evaluate, models, qat
+    from convert import evaluate, qat
     from convert.data import scan, stratified_sample
     from convert.models import ModelSpec, create_model
     from convert.quantize import to_tflite
@@ -52,13 +52,13 @@ def main() -> int:
     from convert.training import deterministic
 
     deterministic()
-    models.RELU_CAP = None  # uncapped ReLU: scaling a channel by S > 0 then commutes with the activation
     keras.utils.set_random_seed(args.seed)
     work = Path(tempfile.mkdtemp(prefix="qat_recovery."))
     data_dir = write_demo_dataset(work / "shapes", per_class=args.per_class, size=64, seed=args.seed)
     dataset = scan(data_dir, input_size=(64, 64), channels=3, seed=args.seed,
                    preprocess=PreprocessConfig(resize="squash", mean=0.0, std=1.0))
-    spec = ModelSpec(num_classes=len(dataset.classes), input_size=64, width=24, depth=3, dropout=0.2)
+    # Uncapped ReLU: scaling a channel by S > 0 then commutes with the activation.
+    spec = ModelSpec(num_classes=len(dataset.classes), input_size=64, width=24, depth=3, dropout=0.2, relu_cap=None)
     model = create_model("compact-cnn", spec)
     t0 = time.perf_counter()
     config = TrainConfig(epochs=args.epochs, batch_size=32, learning_rate=3e-3, augment=0.5, patience=6, seed=args.seed)

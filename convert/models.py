@@ -21,9 +21,6 @@ MOBILENET_ALPHAS = {
 # Keras' default 0.99 needs hundreds of steps before the moving statistics are usable; small datasets give tens
 # per epoch, and validation (which uses those statistics) would look stuck at chance for many epochs.
 BN_MOMENTUM = 0.9
-# compact-cnn's activations are capped (ReLU6, as in MobileNet): int8 quantises each activation tensor with one
-# scale, and an unbounded ReLU lets a few large values stretch that scale for every other value.
-RELU_CAP: float | None = 6.0
 DEFAULT_INPUT_SIZE = {"compact-cnn": 96, "seed-cnn": 64, "mobilenet_v1": 128, "mobilenet_v2": 128,
                       "mobilenet_v3_small": 128}
 
@@ -43,6 +40,9 @@ class ModelSpec:
     weights: str = "none"
     edgetpu: bool = False  # build only from ops the Edge TPU compiler maps (MobileNetV3: the minimalistic variant)
     flat: bool = False  # MobileNets: the base's layers inline, not a nested model (for quantisation-aware training)
+    # compact-cnn's activations are capped (ReLU6, as in MobileNet): int8 quantises each activation tensor with one
+    # scale, and an unbounded ReLU lets a few large values stretch that scale for every other value. None: uncapped.
+    relu_cap: float | None = 6.0
 
 
 def register(name: str) -> Callable[[Callable[[ModelSpec], Any]], Callable[[ModelSpec], Any]]:
@@ -137,7 +137,7 @@ def compact_cnn(spec: ModelSpec) -> Any:
     def conv_bn_relu(x: Any, filters: int, kernel: int, stride: int, name: str) -> Any:
         x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
         x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
-        return layers.ReLU(max_value=RELU_CAP, name=f"{name}_relu")(x)
+        return layers.ReLU(max_value=spec.relu_cap, name=f"{name}_relu")(x)
 
     x = conv_bn_relu(x, spec.width, 3, 2, "stem")
     for stage in range(spec.depth):
@@ -147,7 +147,7 @@ def compact_cnn(spec: ModelSpec) -> Any:
                 name = f"s{stage}b{block}"
                 x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
                 x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_dw_bn")(x)
-                x = layers.ReLU(max_value=RELU_CAP, name=f"{name}_dw_relu")(x)
+                x = layers.ReLU(max_value=spec.relu_cap, name=f"{name}_dw_relu")(x)
                 x = conv_bn_relu(x, filters, 1, 1, f"{name}_pw")
         else:
             x = conv_bn_relu(x, filters, 3, 2, f"s{stage}a")

@@ -7,7 +7,6 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -76,7 +75,6 @@ class Classifier:
     ) -> None:
         if num_threads is not None and num_threads < 1:
             raise ConfigError(f"num_threads must be at least 1 (received {num_threads})")
-        self.requested_path = Path(model)
         self.backend: Backend = resolve_backend(backend)
         self.num_threads = num_threads or default_num_threads()
         self.fallback_reason: str | None = None
@@ -87,7 +85,6 @@ class Classifier:
         if sibling is not None:
             self._source_info = check_model_file(model)
         self.model_info: ModelFileInfo = check_model_file(sibling or model)
-        self.path = self.model_info.path
         if delegate is None and self.model_info.has_edgetpu_op():
             raise delegates.edgetpu_model_error(self.model_info)
         try:
@@ -144,8 +141,6 @@ class Classifier:
                 interpreter = self.backend.interpreter_class(**kwargs)
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            if self.delegate is None and "edgetpu-custom-op" in str(exc):
-                raise delegates.edgetpu_model_error(self.model_info) from None
             if self.delegate is not None:
                 raise delegates.interpreter_error(self.delegate, self.model_info, _one_line(exc)) from None
             raise ModelError(

@@ -160,20 +160,16 @@ def _describe_compiled(model: Path, labels: Optional[Path]) -> dict[str, Any]:
 
     from .delegates import cpu_sibling
     from .flatbuffer import read_graph
-    from .labels import find_labels
+    from .labels import labels_for_file
     from .metadata import check_model_file
+    from .postprocess import OutputSpec
 
     info = check_model_file(model)
     graph = read_graph(info.path)
     inp, out = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
-    size = 1
-    for d in out.shape:
-        size *= d
-    classes = size if size > 1 else 2
-    found = find_labels(info, classes, labels)
+    size, classes = out.size, OutputSpec(out.size, out.dtype).num_classes
+    found = labels_for_file(info, labels)
     cpu = cpu_sibling(info.path)
-    if found is None and cpu is not None:
-        found = find_labels(check_model_file(cpu), classes)
     manifest = info.manifest or {}
 
     def quant(t: Any) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 
 from .backends import Backend
 from .errors import ConfigError, DelegateError, ModelError
-from .metadata import ModelFileInfo
+from .metadata import EDGETPU_CUSTOM_OP, ModelFileInfo
 
 EDGETPU_LIBRARIES = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
 LIBRARY_ENV = "EDGECLS_EDGETPU_LIBRARY"
@@ -44,7 +44,7 @@ class LoadedDelegate:
 def edgetpu_model_error(model: ModelFileInfo) -> ModelError:
     """The error for an Edge TPU build loaded without the Edge TPU delegate."""
     return ModelError(
-        f"{model.path} is compiled for the Edge TPU (it holds edgetpu-custom-op) and cannot run on the CPU; "
+        f"{model.path} is compiled for the Edge TPU (it holds {EDGETPU_CUSTOM_OP}) and cannot run on the CPU; "
         "use --delegate edgetpu with a Coral device, or the CPU model (the same name without _edgetpu)"
     )
 
@@ -125,18 +125,15 @@ def interpreter_error(delegate: LoadedDelegate, model: ModelFileInfo, message: s
             "(sudo apt-get install --only-upgrade libedgetpu1-std) or recompile with "
             "edgetpu_compiler --min_runtime_version set to this runtime's version"
         )
-    if EDGETPU_CUSTOM_OP_TEXT in message:
+    if EDGETPU_CUSTOM_OP in message:
         return DelegateError(
-            f"{name} loaded but did not take {EDGETPU_CUSTOM_OP_TEXT} in {model.path}; it is not a working Edge TPU "
+            f"{name} loaded but did not take {EDGETPU_CUSTOM_OP} in {model.path}; it is not a working Edge TPU "
             f"runtime: install libedgetpu1-std, or point {LIBRARY_ENV} at libedgetpu.so.1"
         )
     return DelegateError(
         f"the {delegate.kind} delegate ({name}) could not take {model.path} ({message}); run without --delegate to "
         "check the model on the CPU"
     )
-
-
-EDGETPU_CUSTOM_OP_TEXT = "edgetpu-custom-op"
 
 
 def _load(backend: Backend, kind: str, library: str, options: dict[str, str]) -> LoadedDelegate:

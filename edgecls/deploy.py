@@ -21,9 +21,8 @@ from typing import Any
 from . import __version__
 from .delegates import compiled_sibling, cpu_sibling
 from .errors import ConfigError
-from .flatbuffer import read_graph
 from .fsutil import atomic_write_bytes
-from .labels import find_labels
+from .labels import labels_for_file
 from .metadata import check_model_file
 from .profiles import Profile
 
@@ -121,12 +120,7 @@ def build_bundle(
 
 
 def _labels(model: Path) -> list[str] | None:
-    info = check_model_file(model)
-    graph = read_graph(model)
-    size = 1
-    for d in graph.tensors[graph.outputs[0]].shape:
-        size *= d
-    found = find_labels(info, size if size > 1 else 2)
+    found = labels_for_file(check_model_file(model))
     return list(found.names) if found else None
 
 

@@ -229,9 +229,7 @@ def _pad(op: OperatorInfo, graph: Graph) -> str | None:
 
 def _softmax(op: OperatorInfo, graph: Graph) -> str | None:
     shape = graph.tensors[op.inputs[0]].shape
-    elements = 1
-    for d in shape:
-        elements *= d
+    elements = graph.tensors[op.inputs[0]].size
     if sum(d > 1 for d in shape) > 1:
         return f"SOFTMAX supports only a 1-D input (it is {list(shape)})"
     if elements > SOFTMAX_MAX_ELEMENTS:

@@ -7,6 +7,7 @@ raises ModelError when anything points outside the file, before an interpreter s
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -174,6 +175,11 @@ class TensorInfo:
     @property
     def quantized(self) -> bool:
         return bool(self.scales)
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return math.prod(self.shape)
 
     @property
     def dynamic(self) -> bool:

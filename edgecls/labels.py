@@ -114,6 +114,24 @@ def find_labels(
     return None
 
 
+def labels_for_file(info: ModelFileInfo, labels: str | os.PathLike[str] | None = None) -> Labels | None:
+    """The labels of a model read without an interpreter (e.g. an Edge TPU build no CPU can run): from the file,
+    or from the CPU model beside an ``*_edgetpu.tflite`` (the compiler drops appended files)."""
+    from .delegates import cpu_sibling
+    from .flatbuffer import read_graph
+    from .metadata import check_model_file
+    from .postprocess import OutputSpec
+
+    graph = read_graph(info.path)
+    output = graph.tensors[graph.outputs[0]]
+    classes = OutputSpec(output.size, output.dtype).num_classes
+    found = find_labels(info, classes, labels)
+    cpu = cpu_sibling(info.path)
+    if found is None and cpu is not None:
+        found = find_labels(check_model_file(cpu), classes)
+    return found
+
+
 def _metadata_label_file(info: ModelFileInfo, num_classes: int) -> Labels | None:
     candidates = [name for name in info.associated_files if name.lower().endswith(".txt")]
     candidates.sort(key=lambda name: ("label" not in name.lower(), name))
