@@ -143,6 +143,8 @@ def convert(
     learning_rate: Annotated[float, typer.Option(help="Adam learning rate (fine-tuning uses a tenth).")] = 1e-3,
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.99)] = 0.0,
     augment: Annotated[float, typer.Option(min=0.0, max=3.0, help="Augmentation strength (0 = off).")] = 1.0,
+    mixup: Annotated[float, typer.Option(min=0.0, max=10.0, help="MixUp strength, the Beta(a, a) alpha (0 = off; try 0.2).")] = 0.0,
+    weight_decay: Annotated[float, typer.Option(min=0.0, max=0.99, help="AdamW decoupled weight decay (0 = Adam).")] = 0.0,
     patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience in epochs.")] = 8,
     class_weights: Annotated[ClassWeights, typer.Option(help="'auto' weighs classes by inverse frequency.")] = ClassWeights.none,
     seed: Annotated[int, typer.Option(help="Seed for the split, shuffling and augmentation.")] = 0,
@@ -152,6 +154,9 @@ def convert(
     quant: Annotated[Quant, typer.Option(help="Quantisation of the exported model.")] = Quant.int8,
     io: Annotated[IoType, typer.Option("--io", help="int8 models: input/output type.")] = IoType.int8,
     calibration_samples: Annotated[int, typer.Option(min=1, help="Representative images for int8 calibration.")] = 300,
+    bias_correction: Annotated[
+        bool, typer.Option(help="int8: correct conv biases for the mean error of weight rounding (float model unchanged).")
+    ] = True,
     max_drop: Annotated[float, typer.Option(min=0.0, help="Largest allowed top-1 drop of the quantised model, in points.")] = 1.0,
     baseline: Annotated[bool, typer.Option(help="Also train the seed-cnn baseline to compare against.")] = True,
     mean: Annotated[Optional[float], typer.Option(help="External model: the mean it subtracts from pixels.")] = None,
@@ -182,7 +187,8 @@ def convert(
 
         observer = RichObserver()
         if demo:
-            options = replace(demo_options(out), target=target.value, qat=qat, qat_epochs=qat_epochs)
+            options = replace(demo_options(out), target=target.value, qat=qat, qat_epochs=qat_epochs,
+                              bias_correction=bias_correction)
             observer.step(f"writing the demo dataset to {out / 'demo_data'}")
             data_dir = write_demo_data(out, seed=seed)
         else:
@@ -193,12 +199,12 @@ def convert(
                 width=width, depth=depth, separable=separable, dropout=dropout,
                 train=TrainConfig(epochs=epochs, fine_tune_epochs=fine_tune_epochs, fine_tune_layers=fine_tune_layers,
                                   batch_size=batch_size, learning_rate=learning_rate, label_smoothing=label_smoothing,
-                                  augment=augment, patience=patience, class_weights=class_weights is ClassWeights.auto,
-                                  seed=seed, strategy=strategy.value),
+                                  augment=augment, mixup=mixup, weight_decay=weight_decay, patience=patience,
+                                  class_weights=class_weights is ClassWeights.auto, seed=seed, strategy=strategy.value),
                 split=_parse_split(split), resize=resize.value, quant=quant.value, io=io.value,
                 calibration_samples=calibration_samples, max_drop=max_drop, baseline=baseline, labels=labels,
                 mean=mean, std=std, target=target.value, qat=qat, qat_epochs=qat_epochs,
-                deterministic=deterministic,
+                deterministic=deterministic, bias_correction=bias_correction,
             )
             data_dir = source
         if calibration is not None:

@@ -63,6 +63,7 @@ class ConvertOptions:
     qat: bool = False  # quantisation-aware fine-tuning before the int8 export (the `qat` extra)
     deterministic: bool = False  # deterministic TF ops: --seed reproduces the model exactly, at some speed cost
     qat_epochs: int = 5
+    bias_correction: bool = True  # int8: correct conv biases for weight rounding (convert.biascorrect)
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -271,7 +272,8 @@ def _export_and_verify(
     obs.step(f"exporting: {options.quant} TFLite")
     calib_idx = stratified_sample(dataset.labels("train"), options.calibration_samples, options.train.seed)
     calibration = norm(dataset.images["train"][calib_idx])
-    flat = to_tflite(model, mode=options.quant, io_type=options.io, representative=calibration)
+    flat = to_tflite(model, mode=options.quant, io_type=options.io, representative=calibration,
+                     bias_correction=options.bias_correction)
     float_bytes = len(to_tflite(model, mode="none"))
     _save_keras(model, out / "model.keras")
 
@@ -396,7 +398,8 @@ def _manifest(options: ConvertOptions, dataset: Dataset, sigmoid: bool, external
                   "pixels": "raw 0..255; normalisation is inside the model" if external is None else "see preprocess"},
         "output": {"activation": "probabilities", "head": "sigmoid" if sigmoid else "softmax"},
         "quantization": {"mode": options.quant, "io": options.io if options.quant == "int8" else "float32",
-                         "calibration_samples": options.calibration_samples},
+                         "calibration_samples": options.calibration_samples,
+                         "bias_correction": options.quant == "int8" and options.bias_correction and not options.qat},
         "provenance": _provenance(options, dataset, external),
         "metrics": None,
     }
@@ -444,7 +447,8 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
         "gate_message": None if passed else message,
         "int8_bytes": tflite_bytes,
         "float_tflite_bytes": float_bytes,
-        "quantization": {"mode": options.quant, "io": options.io},
+        "quantization": {"mode": options.quant, "io": options.io,
+                         "bias_correction": options.quant == "int8" and options.bias_correction and not options.qat},
         "split_sizes": dataset.split_sizes(),
         "test_source": dataset.test_source,
         "test_note": notes.get(dataset.test_source),

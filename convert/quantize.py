@@ -35,25 +35,34 @@ def to_tflite(
     mode: str = "int8",
     io_type: str = "int8",
     representative: np.ndarray | None = None,
+    bias_correction: bool = True,
 ) -> bytes:
-    """Convert a Keras model; ``representative`` holds the calibration inputs (float32, N x H x W x C) for int8."""
+    """Convert a Keras model; ``representative`` holds the calibration inputs (float32, N x H x W x C) for int8.
+    int8 conversion corrects the conv biases for weight rounding (convert.biascorrect) unless ``bias_correction``
+    is False; the float model is left as it was."""
     import tensorflow as tf
 
     if mode not in QUANT_MODES:
         raise ConversionError(f"quantisation {mode!r} is not one of {', '.join(QUANT_MODES)}")
     if io_type not in IO_TYPES:
         raise ConversionError(f"--io {io_type!r} is not one of {', '.join(IO_TYPES)}")
-    converter = tf.lite.TFLiteConverter.from_keras_model(static_batch(model))
-    if mode == "int8":
-        if representative is None or len(representative) == 0:
-            raise ConversionError("int8 quantisation needs calibration images (the representative dataset is empty)")
-        set_full_int8(converter, representative, io_type)
-    elif mode == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif mode == "dynamic":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    return run_converter(converter, mode)
+    if mode == "int8" and (representative is None or len(representative) == 0):
+        raise ConversionError("int8 quantisation needs calibration images (the representative dataset is empty)")
+    correction: Any = contextlib.nullcontext()
+    if mode == "int8" and bias_correction:
+        from .biascorrect import corrected_biases
+
+        correction = corrected_biases(model, np.asarray(representative, dtype=np.float32))
+    with correction:  # the converter reads the (corrected) variables when it runs
+        converter = tf.lite.TFLiteConverter.from_keras_model(static_batch(model))
+        if mode == "int8":
+            set_full_int8(converter, representative, io_type)
+        elif mode == "float16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif mode == "dynamic":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        return run_converter(converter, mode)
 
 
 def set_full_int8(converter: Any, representative: np.ndarray, io_type: str) -> None:

@@ -28,6 +28,8 @@ class TrainConfig:
     learning_rate: float = 1e-3
     label_smoothing: float = 0.0
     augment: float = 1.0
+    mixup: float = 0.0  # MixUp Beta(a, a) concentration; 0 = off
+    weight_decay: float = 0.0  # decoupled (AdamW) weight decay of kernels; 0 = plain Adam
     patience: int = 8
     class_weights: bool = False
     seed: int = 0
@@ -42,6 +44,8 @@ class TrainConfig:
             (0 < self.learning_rate < 1, f"learning rate must be in (0, 1) (received {self.learning_rate})"),
             (0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1) (received {self.label_smoothing})"),
             (0 <= self.augment <= 3, f"augment strength must be in [0, 3] (received {self.augment})"),
+            (0 <= self.mixup <= 10, f"mixup must be in [0, 10] (received {self.mixup})"),
+            (0 <= self.weight_decay < 1, f"weight decay must be in [0, 1) (received {self.weight_decay})"),
             (self.patience >= 1, f"patience must be at least 1 (received {self.patience})"),
             (self.strategy in STRATEGIES, f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}"),
         ]
@@ -109,6 +113,19 @@ def make_augmenter(strength: float, seed: int) -> Any:
     )
 
 
+def make_mixup(alpha: float, seed: int) -> Any:
+    """MixUp (Zhang et al. 2018) on training batches: each image blended with another of the batch, labels alike."""
+    import keras
+
+    layer = keras.layers.MixUp(alpha=alpha, seed=seed + 6)
+
+    def mix(images: Any, labels: Any) -> tuple[Any, Any]:
+        out = layer({"images": images, "labels": labels}, training=True)
+        return out["images"], out["labels"]
+
+    return mix
+
+
 def targets(labels: np.ndarray, num_classes: int, sigmoid: bool) -> np.ndarray:
     """Training targets: one float per image for a sigmoid head, one-hot rows for softmax."""
     if sigmoid:
@@ -134,13 +151,17 @@ def make_datasets(dataset: Dataset, config: TrainConfig, sigmoid: bool) -> tuple
         if train and config.augment > 0:
             augmenter = make_augmenter(config.augment, config.seed)
             ds = ds.map(lambda a, b: (augmenter(a, training=True), b), num_parallel_calls=autotune)
+        if train and config.mixup > 0:
+            ds = ds.map(make_mixup(config.mixup, config.seed), num_parallel_calls=autotune)
         return ds.prefetch(autotune)
 
     return pipeline("train", True), pipeline("val", False)
 
 
-def compile_model(model: Any, *, learning_rate: float, sigmoid: bool, label_smoothing: float, decay_steps: int) -> None:
-    """Adam with a cosine learning-rate decay over the stage (to 1% of the start), so the last epochs refine."""
+def compile_model(model: Any, *, learning_rate: float, sigmoid: bool, label_smoothing: float, decay_steps: int,
+                  weight_decay: float = 0.0) -> None:
+    """Adam with a cosine learning-rate decay over the stage (to 1% of the start), so the last epochs refine;
+    AdamW when ``weight_decay`` is set (kernels only: not biases or BatchNorm)."""
     import keras
 
     if sigmoid:
@@ -148,7 +169,12 @@ def compile_model(model: Any, *, learning_rate: float, sigmoid: bool, label_smoo
     else:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, decay_steps), alpha=0.01)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=["accuracy"])
+    if weight_decay > 0:
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=weight_decay)
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    else:
+        optimizer = keras.optimizers.Adam(schedule)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
 
 
 def train(
@@ -182,7 +208,7 @@ def train(
         steps = epochs * max(1, -(-len(dataset.samples["train"]) // config.batch_size))
         with strategy.scope():
             compile_model(model, learning_rate=lr, sigmoid=sigmoid, label_smoothing=config.label_smoothing,
-                          decay_steps=steps)
+                          decay_steps=steps, weight_decay=config.weight_decay)
         observer.stage(name, epochs)
         history["stages"].append({"name": name, "start_epoch": len(history["loss"]), "learning_rate": lr})
         fit = model.fit(

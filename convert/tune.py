@@ -287,7 +287,8 @@ def _run_trial(trial: Any, options: TuneOptions, data: _Data, obs: Any, optuna: 
     atomic_write_text(trial_dir / "history.json", json.dumps(history))
 
     calib = stratified_sample(dataset.labels("train"), opts.calibration_samples, opts.train.seed)
-    flat = to_tflite(model, mode="int8", io_type=opts.io, representative=dataset.images["train"][calib].astype(np.float32))
+    flat = to_tflite(model, mode="int8", io_type=opts.io, representative=dataset.images["train"][calib].astype(np.float32),
+                     bias_correction=opts.bias_correction)
     model_path = trial_dir / "model.tflite"
     atomic_write_bytes(model_path, embed_manifest(flat, _manifest(opts, dataset, sigmoid, None),
                                                   labels=list(dataset.classes)))

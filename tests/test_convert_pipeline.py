@@ -158,10 +158,16 @@ def test_parity_gate_failure_keeps_artifacts_and_exits_non_zero(tmp_path, monkey
 def test_uint8_io_and_float16(shapes, tmp_path):
     out = tmp_path / "u8"
     # also through tf.distribute's MirroredStrategy (one CPU device here), as a multi-GPU workstation would run it
-    assert convert(shapes, "--out", out, *TINY, "--io", "uint8", "--strategy", "mirrored").exit_code == 0
+    # (and with the regularisers and without bias correction, which the report records)
+    result = convert(shapes, "--out", out, *TINY, "--io", "uint8", "--strategy", "mirrored", "--mixup", "0.2",
+                     "--weight-decay", "0.01", "--no-bias-correction")
+    assert result.exit_code == 0, result.output
     with Classifier(out / "model.tflite") as clf:
         assert clf.input_spec.dtype == "uint8" and clf.output_spec.dtype == "uint8"
         assert clf.preprocessor._lut_kind == "identity"  # raw pixels straight into the tensor
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["train.mixup"] == 0.2 and report["settings"]["train.weight_decay"] == 0.01
+    assert report["quantization"]["bias_correction"] is False
     out16 = tmp_path / "f16"
     result = convert(shapes, "--out", out16, *TINY, "--quant", "float16")
     assert result.exit_code == 0, result.output
@@ -354,6 +360,43 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         fsutil.atomic_write_bytes(target, b"new" * 1000)
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.tflite"]
+
+
+def test_mixup_blends_training_batches_only(shapes):
+    from convert.data import scan
+    from convert.training import TrainConfig, make_datasets
+
+    dataset = scan(shapes, input_size=(32, 32), channels=3, seed=0)
+    train_ds, val_ds = make_datasets(dataset, TrainConfig(mixup=1.0, augment=0.0, batch_size=16), sigmoid=False)
+    images, labels = next(iter(train_ds))
+    labels = np.asarray(labels)
+    assert np.allclose(labels.sum(axis=1), 1.0) and (labels.max(axis=1) < 0.99).any()
+    originals = dataset.images["train"].astype(np.float32)
+    assert not any(np.allclose(np.asarray(images)[0], o) for o in originals)  # a blend, not a training image
+    _, val_labels = next(iter(val_ds))
+    assert set(np.unique(np.asarray(val_labels))) <= {0.0, 1.0}
+
+
+def test_weight_decay_shrinks_kernels_only():
+    import keras
+
+    from convert.models import ModelSpec, create_model
+    from convert.training import compile_model
+
+    x = np.random.default_rng(0).random((16, 32, 32, 3), np.float32) * 255
+    y = keras.utils.to_categorical(np.arange(16) % 3, 3)
+    norms = {}
+    for decay in (0.0, 0.9):
+        keras.utils.set_random_seed(1)
+        model = create_model("compact-cnn", ModelSpec(num_classes=3, input_size=32, width=8, depth=1))
+        compile_model(model, learning_rate=1e-2, sigmoid=False, label_smoothing=0.0, decay_steps=1000,
+                      weight_decay=decay)
+        model.fit(x, y, epochs=10, batch_size=8, verbose=0)
+        norms[decay] = (float(np.linalg.norm(model.get_layer("stem_conv").kernel)),
+                        float(np.linalg.norm(model.get_layer("stem_bn").gamma)))
+        assert type(model.optimizer).__name__ == ("AdamW" if decay else "Adam")
+    assert norms[0.9][0] < 0.9 * norms[0.0][0], norms  # kernels decay
+    assert norms[0.9][1] == pytest.approx(norms[0.0][1], rel=0.05), norms  # BatchNorm scales are left alone
 
 
 def test_mobilenet_from_random_weights_trains_as_one_ordinary_network():
