@@ -25,6 +25,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 _BATCH = 32
+_PROBE_BYTES = 256 * 2**20  # the conv inputs of one probe batch stay under this
 
 
 @dataclass
@@ -108,6 +109,8 @@ def channel_errors(model: Any, representative: np.ndarray) -> list[tuple[_Target
     for container, targets in _targets(model):
         inputs = _container_inputs(model, container, representative)
         probe = keras.Model(container.inputs, [t.conv.input for t in targets])
+        per_image = sum(int(np.prod(t.conv.input.shape[1:])) * 4 for t in targets)
+        batch_size = int(max(1, min(_BATCH, _PROBE_BYTES // max(per_image, 1))))
         deltas = []
         for t in targets:
             kernel = np.asarray(t.conv.kernel)
@@ -115,9 +118,9 @@ def channel_errors(model: Any, representative: np.ndarray) -> list[tuple[_Target
             deltas.append(quantize_kernel(kernel, t.fold, depthwise) - kernel)
         sums: list[Any] = [0.0] * len(targets)
         counts = [0] * len(targets)
-        for start in range(0, len(inputs), _BATCH):
-            batch = inputs[start : start + _BATCH]
-            feats = probe.predict(batch, batch_size=_BATCH, verbose=0)
+        for start in range(0, len(inputs), batch_size):
+            batch = inputs[start : start + batch_size]
+            feats = probe.predict(batch, batch_size=batch_size, verbose=0)
             if len(targets) == 1:
                 feats = [feats]
             for i, (t, x, d) in enumerate(zip(targets, feats, deltas)):
