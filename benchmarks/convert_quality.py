@@ -27,15 +27,18 @@ WEIGHTS = SHARED / "weights" / "mobilenet_v1_0.25_224_no_top.h5"
 
 COMMON = ["--no-baseline", "--seed", "0"]
 RUNS = {
-    "compact-cnn": ["--arch", "compact-cnn", "--input-size", "96", "--width", "48", "--depth", "4", "--epochs", "70",
-                    "--patience", "15", "--learning-rate", "0.002", "--augment", "0.7", "--label-smoothing", "0.1",
-                    "--deterministic"],
+    # From scratch, flowers128 overfits (train 90% / val 70% at augment 0.7): stronger augmentation and dropout.
+    # (Augment 2.0 with MixUp 0.2 on top went too far: 74.5% against 76.6% at 96 px.)
+    "compact-cnn": ["--arch", "compact-cnn", "--input-size", "128", "--width", "48", "--depth", "4", "--epochs", "70",
+                    "--patience", "15", "--learning-rate", "0.002", "--augment", "1.5", "--dropout", "0.3",
+                    "--label-smoothing", "0.1", "--deterministic"],
     # Alpha 0.25 ImageNet features are weak on flowers (a linear probe on them reaches about 67%), so the whole
     # base is fine-tuned after the head, at a tenth of the head's learning rate.
     "mobilenet_v1": ["--arch", "mobilenet_v1", "--alpha", "0.25", "--weights", str(WEIGHTS), "--input-size", "128",
                      "--epochs", "8", "--fine-tune-epochs", "40", "--fine-tune-layers", "100", "--patience", "10",
                      "--learning-rate", "0.001", "--augment", "0.7", "--label-smoothing", "0.1",
                      "--calibration-samples", "500"],
+    # (Augment 1.5, MixUp 0.2 and dropout 0.3 made it smoother, 97.7% int8 agreement, but less accurate: 74.5%.)
     "mobilenet_v1-random": ["--arch", "mobilenet_v1", "--alpha", "0.25", "--weights", "none", "--input-size", "128",
                             "--epochs", "38", "--fine-tune-epochs", "0", "--patience", "8", "--learning-rate", "0.003"],
     "seed-cnn": ["--arch", "seed-cnn", "--epochs", "30", "--patience", "6", "--augment", "0"],
