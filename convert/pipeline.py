@@ -88,6 +88,11 @@ class ConvertOptions:
             raise ConfigError("give both --mean and --std, or neither")
 
     @property
+    def corrects_biases(self) -> bool:
+        """Whether the int8 export corrects biases: post-training int8 only (QAT trains with the rounding)."""
+        return self.quant == "int8" and self.bias_correction and not self.qat
+
+    @property
     def channels(self) -> int:
         return 1 if self.color == "grayscale" else 3
 
@@ -399,7 +404,7 @@ def _manifest(options: ConvertOptions, dataset: Dataset, sigmoid: bool, external
         "output": {"activation": "probabilities", "head": "sigmoid" if sigmoid else "softmax"},
         "quantization": {"mode": options.quant, "io": options.io if options.quant == "int8" else "float32",
                          "calibration_samples": options.calibration_samples,
-                         "bias_correction": options.quant == "int8" and options.bias_correction and not options.qat},
+                         "bias_correction": options.corrects_biases},
         "provenance": _provenance(options, dataset, external),
         "metrics": None,
     }
@@ -448,7 +453,7 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
         "int8_bytes": tflite_bytes,
         "float_tflite_bytes": float_bytes,
         "quantization": {"mode": options.quant, "io": options.io,
-                         "bias_correction": options.quant == "int8" and options.bias_correction and not options.qat},
+                         "bias_correction": options.corrects_biases},
         "split_sizes": dataset.split_sizes(),
         "test_source": dataset.test_source,
         "test_note": notes.get(dataset.test_source),
