@@ -82,9 +82,15 @@ class RichObserver:
 
     def stage(self, name: str, epochs: int) -> None:
         self._close_bar()
+        if name == "int8-tune":
+            self.console.print(f"[bold cyan]>[/] int8 tuning, {epochs} epochs (KL divergence to the float model)")
+            return
         self.console.print(f"[bold cyan]>[/] training ({name}), up to {epochs} epochs, early stopping on val loss")
 
     def epoch(self, stage: str, epoch: int, epochs: int, logs: dict[str, float]) -> None:
+        if "kl" in logs:
+            self.console.print(f"  {stage} {epoch:3d}/{epochs}  KL {logs['kl']:.5f}")
+            return
         self.console.print(
             f"  {stage} {epoch:3d}/{epochs}  loss {logs.get('loss', float('nan')):.4f}  "
             f"acc {logs.get('accuracy', float('nan')):.3f}  val_loss {logs.get('val_loss', float('nan')):.4f}  "
@@ -157,6 +163,11 @@ def convert(
     bias_correction: Annotated[
         bool, typer.Option(help="int8: correct conv biases for the mean error of weight rounding (float model unchanged).")
     ] = True,
+    int8_tune: Annotated[
+        bool, typer.Option("--int8-tune", help="int8: error-compensating rounding, then tune scales and biases to match "
+                           "the float model (for fine-tuned MobileNets; a few minutes).")
+    ] = False,
+    int8_tune_epochs: Annotated[int, typer.Option(min=1, help="Epochs of --int8-tune over the training images.")] = 16,
     max_drop: Annotated[float, typer.Option(min=0.0, help="Largest allowed top-1 drop of the quantised model, in points.")] = 1.0,
     baseline: Annotated[bool, typer.Option(help="Also train the seed-cnn baseline to compare against.")] = True,
     mean: Annotated[Optional[float], typer.Option(help="External model: the mean it subtracts from pixels.")] = None,
@@ -188,7 +199,7 @@ def convert(
         observer = RichObserver()
         if demo:
             options = replace(demo_options(out), target=target.value, qat=qat, qat_epochs=qat_epochs,
-                              bias_correction=bias_correction)
+                              bias_correction=bias_correction, int8_tune=int8_tune, int8_tune_epochs=int8_tune_epochs)
             observer.step(f"writing the demo dataset to {out / 'demo_data'}")
             data_dir = write_demo_data(out, seed=seed)
         else:
@@ -204,7 +215,8 @@ def convert(
                 split=_parse_split(split), resize=resize.value, quant=quant.value, io=io.value,
                 calibration_samples=calibration_samples, max_drop=max_drop, baseline=baseline, labels=labels,
                 mean=mean, std=std, target=target.value, qat=qat, qat_epochs=qat_epochs,
-                deterministic=deterministic, bias_correction=bias_correction,
+                deterministic=deterministic, bias_correction=bias_correction, int8_tune=int8_tune,
+                int8_tune_epochs=int8_tune_epochs,
             )
             data_dir = source
         if calibration is not None:

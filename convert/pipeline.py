@@ -64,12 +64,20 @@ class ConvertOptions:
     deterministic: bool = False  # deterministic TF ops: --seed reproduces the model exactly, at some speed cost
     qat_epochs: int = 5
     bias_correction: bool = True  # int8: correct conv biases for weight rounding (convert.biascorrect)
+    int8_tune: bool = False  # int8: error-compensating rounding plus scale/bias tuning (convert.int8tune)
+    int8_tune_epochs: int = 16
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ConfigError(f"--target {self.target!r} is not one of {', '.join(TARGETS)}")
         if self.qat and self.quant != "int8":
             raise ConfigError(f"--qat exports a full int8 model; it needs --quant int8 (received --quant {self.quant})")
+        if self.int8_tune and self.quant != "int8":
+            raise ConfigError(f"--int8-tune tunes a full int8 model; it needs --quant int8 (received --quant {self.quant})")
+        if self.int8_tune and self.qat:
+            raise ConfigError("--int8-tune and --qat are two ways to fit the model to int8: choose one")
+        if self.int8_tune_epochs < 1:
+            raise ConfigError(f"--int8-tune-epochs must be at least 1 (received {self.int8_tune_epochs})")
         if self.qat_epochs < 1:
             raise ConfigError(f"--qat-epochs must be at least 1 (received {self.qat_epochs})")
         if self.target == "edgetpu" and self.quant != "int8":
@@ -90,7 +98,7 @@ class ConvertOptions:
     @property
     def corrects_biases(self) -> bool:
         """Whether the int8 export corrects biases: post-training int8 only (QAT trains with the rounding)."""
-        return self.quant == "int8" and self.bias_correction and not self.qat
+        return self.quant == "int8" and self.bias_correction and not self.qat and not self.int8_tune
 
     @property
     def channels(self) -> int:
@@ -277,8 +285,12 @@ def _export_and_verify(
     obs.step(f"exporting: {options.quant} TFLite")
     calib_idx = stratified_sample(dataset.labels("train"), options.calibration_samples, options.train.seed)
     calibration = norm(dataset.images["train"][calib_idx])
-    flat = to_tflite(model, mode=options.quant, io_type=options.io, representative=calibration,
-                     bias_correction=options.bias_correction)
+    tuning: dict[str, Any] | None = None
+    if options.quant == "int8" and options.int8_tune:
+        flat, tuning = _tuned_int8(model, dataset, options, obs, calibration, norm)
+    else:
+        flat = to_tflite(model, mode=options.quant, io_type=options.io, representative=calibration,
+                         bias_correction=options.bias_correction)
     float_bytes = len(to_tflite(model, mode="none"))
     _save_keras(model, out / "model.keras")
 
@@ -316,6 +328,8 @@ def _export_and_verify(
         if not passed and ptq["drop_points"] < metrics["drop_points"]:
             result["gate_message"] += (f" Post-training int8 lost only {ptq['drop_points']:.2f} points on this model: "
                                        "run without --qat.")
+    if tuning is not None:
+        result["int8_tuning"] = tuning
     if options.target == "edgetpu":
         obs.step("Edge TPU: pre-flight, then edgetpu_compiler if installed")
         result["edgetpu"] = edgetpu_step(model_path, manifest, classes)
@@ -326,6 +340,25 @@ def _export_and_verify(
                              f"{options.quant} model on the {dataset.test_source} split")
     reporting.plot_curves(out / "training_curves.png", history or {}, f"{options.arch} training")
     return result
+
+
+def _tuned_int8(model: Any, dataset: Dataset, options: ConvertOptions, obs: ConvertObserver,
+                calibration: np.ndarray, norm: Any) -> tuple[bytes, dict[str, Any]]:
+    """Int8 export with error-compensating rounding and scale/bias tuning (convert.int8tune) on up to
+    int8tune.MAX_IMAGES stratified training images; the float model is unchanged afterwards."""
+    from . import int8tune
+
+    labels = dataset.labels("train")
+    idx = stratified_sample(labels, min(int8tune.MAX_IMAGES, len(labels)), options.train.seed + 1)
+    images = dataset.images["train"][idx]
+    obs.step(f"int8 tuning: rounding with error compensation, then {options.int8_tune_epochs} epochs of scale and "
+             f"bias tuning on {len(images)} training images")
+    obs.stage("int8-tune", options.int8_tune_epochs)
+    on_epoch = lambda e, n, kl: obs.epoch("int8-tune", e, n, {"kl": kl})  # noqa: E731
+    with int8tune.tuned_for_int8(model, calibration, images, normalize=norm, epochs=options.int8_tune_epochs,
+                                 seed=options.train.seed, on_epoch=on_epoch) as summary:
+        flat = to_tflite(model, mode="int8", io_type=options.io, representative=calibration, bias_correction=False)
+    return flat, summary
 
 
 def _quantisation_aware(model: Any, dataset: Dataset, options: ConvertOptions, obs: ConvertObserver, sigmoid: bool,
@@ -404,7 +437,8 @@ def _manifest(options: ConvertOptions, dataset: Dataset, sigmoid: bool, external
         "output": {"activation": "probabilities", "head": "sigmoid" if sigmoid else "softmax"},
         "quantization": {"mode": options.quant, "io": options.io if options.quant == "int8" else "float32",
                          "calibration_samples": options.calibration_samples,
-                         "bias_correction": options.corrects_biases},
+                         "bias_correction": options.corrects_biases,
+                         "int8_tune": options.quant == "int8" and options.int8_tune},
         "provenance": _provenance(options, dataset, external),
         "metrics": None,
     }
@@ -435,8 +469,9 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
     message = (f"{key} top-1 is {drop:.2f} points below float, more than --max-drop {options.max_drop:.2f}; "
                "the artifacts are written but the model did not pass. "
                + ("Try more --qat-epochs, or --calibration-samples higher." if options.qat else
-                  "Try quantisation-aware training: --qat (pip install 'edgecls[qat]'), or --calibration-samples "
-                  "higher."))
+                  "Try more --int8-tune-epochs." if options.int8_tune else
+                  "Try --int8-tune (rounding and biases fitted to the float model, a few minutes), or "
+                  "quantisation-aware training: --qat (pip install 'edgecls[qat]')."))
     notes = {"val": "the data has no test/ folder, so the held-out evaluation uses val/ (also used for early stopping)",
              "calibration": "the model was trained elsewhere; every calibration image is also an evaluation image"}
     return {
@@ -453,7 +488,8 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
         "int8_bytes": tflite_bytes,
         "float_tflite_bytes": float_bytes,
         "quantization": {"mode": options.quant, "io": options.io,
-                         "bias_correction": options.corrects_biases},
+                         "bias_correction": options.corrects_biases,
+                         "int8_tune": options.quant == "int8" and options.int8_tune},
         "split_sizes": dataset.split_sizes(),
         "test_source": dataset.test_source,
         "test_note": notes.get(dataset.test_source),

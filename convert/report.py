@@ -75,6 +75,18 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def _int8_method(report: dict[str, Any]) -> list[str]:
+    q, tuning = report["quantization"], report.get("int8_tuning")
+    if q["mode"] != "int8" or report.get("qat"):
+        return []
+    if tuning:
+        return [f"- int8 weights: error-compensating rounding on {tuning['rounded_layers']} conv layers, then scales "
+                f"and biases tuned for {tuning['epochs']} epochs on {tuning['images']} training images (KL to the "
+                f"float model {tuning['kl_first_epoch']:.4f} -> {tuning['kl_last_epoch']:.4f}, {tuning['seconds']:.0f} s)"]
+    return ["- int8 weights: rounded to nearest" + (", conv biases corrected for the rounding error"
+                                                   if q.get("bias_correction") else "")]
+
+
 def markdown(report: dict[str, Any]) -> str:
     """A report a person reads: verdict first, then accuracy, sizes, data and settings."""
     q = report["quantization"]["mode"]
@@ -116,6 +128,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"({report['int8_bytes'] / max(1, report['float_tflite_bytes']):.2f}x the float TFLite model, "
         f"{report['float_tflite_bytes'] / 1024:.1f} KiB)",
         f"- parameters: {report['model']['params']:,}",
+        *_int8_method(report),
         "",
         "## Data",
         "",

@@ -266,10 +266,18 @@ def test_transfer_learning_from_the_shared_mobilenet_weights(flowers, tmp_path):
     out = tmp_path / "mobilenet"
     result = convert(data, "--out", out, "--arch", "mobilenet_v1", "--alpha", "0.25", "--weights", weights,
                      "--input-size", "96", "--epochs", "1", "--fine-tune-epochs", "1", "--fine-tune-layers", "6",
-                     "--no-baseline", "--max-drop", "100", "--calibration-samples", "16")
+                     "--no-baseline", "--max-drop", "100", "--calibration-samples", "16",
+                     "--int8-tune", "--int8-tune-epochs", "2")
     assert result.exit_code == 0, result.output
+    assert "int8-tune   2/2  KL" in result.output
     report = json.loads((out / "report.json").read_text())
     assert [s["name"] for s in report["history"]["stages"]] == ["head", "fine-tune"]
+    # --int8-tune: error-compensating rounding on the base's 27 convs, tuned on the training split; recorded.
+    tuning = report["int8_tuning"]
+    assert tuning["rounded_layers"] == 27 and tuning["epochs"] == 2 and tuning["images"] == report["split_sizes"]["train"]
+    assert report["quantization"] == {"mode": "int8", "io": "int8", "bias_correction": False, "int8_tune": True}
+    assert Classifier(out / "model.tflite").model_info.manifest["quantization"]["int8_tune"] is True
+    assert "error-compensating rounding on 27 conv layers" in (out / "report.md").read_text()
     assert report["history"]["stages"][1]["learning_rate"] == pytest.approx(1e-4)
     # The bottom of the base is frozen in both stages: it must still hold the ImageNet weights from the file.
     import h5py
@@ -293,6 +301,8 @@ def test_transfer_learning_from_the_shared_mobilenet_weights(flowers, tmp_path):
         (["--strategy", "multi-worker"], "TF_CONFIG"),
         (["--split", "70,30"], "--split expects three numbers"),
         (["--target", "edgetpu", "--quant", "float16"], "--target edgetpu needs --quant int8"),
+        (["--int8-tune", "--quant", "dynamic"], "--int8-tune tunes a full int8 model"),
+        (["--int8-tune", "--qat"], "--int8-tune and --qat are two ways"),
     ],
 )
 def test_bad_options_are_one_line_errors(shapes, tmp_path, args, message, monkeypatch):
