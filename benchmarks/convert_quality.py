@@ -38,7 +38,8 @@ RUNS = {
     "mobilenet_v1": ["--arch", "mobilenet_v1", "--alpha", "0.25", "--weights", str(WEIGHTS), "--input-size", "160",
                      "--epochs", "8", "--fine-tune-epochs", "40", "--fine-tune-layers", "100", "--patience", "10",
                      "--learning-rate", "0.001", "--augment", "0.7", "--label-smoothing", "0.1",
-                     "--calibration-samples", "500"],
+                     "--calibration-samples", "500", "--int8-tune"],
+    # --int8-tune: bias correction alone left int8 agreeing with float on 95-96% of the test images.
     # (Augment 1.5, MixUp 0.2 and dropout 0.3 made it smoother, 97.7% int8 agreement, but less accurate: 74.5%.)
     "mobilenet_v1-random": ["--arch", "mobilenet_v1", "--alpha", "0.25", "--weights", "none", "--input-size", "160",
                             "--epochs", "38", "--fine-tune-epochs", "0", "--patience", "8", "--learning-rate", "0.003"],

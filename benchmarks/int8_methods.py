@@ -1,10 +1,11 @@
-"""What int8 bias correction (convert/biascorrect.py) changes, on a model `edgecls convert` already trained.
+"""The int8 export methods side by side, on a model `edgecls convert` already trained: rounding to nearest
+("plain"), bias correction (convert/biascorrect.py, the default) and int8 tuning (convert/int8tune.py, --int8-tune).
 
 Takes a convert output folder (model.keras and report.json) and the dataset it was trained on, rebuilds the same
-split and calibration set from the report's settings, exports int8 twice (without and with bias correction) and
-evaluates both on the held-out split through the edgecls runtime, as convert's parity gate does.
+split, calibration set and tuning images from the report's settings, exports int8 each way and evaluates every
+export on the held-out split through the edgecls runtime, as convert's parity gate does.
 
-Run: python benchmarks/bias_correction.py OUT_DIR DATA_DIR [--json result.json]
+Run: python benchmarks/int8_methods.py OUT_DIR DATA_DIR [--tune-epochs 16] [--no-tune] [--json result.json]
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="an edgecls convert output folder")
     parser.add_argument("data", type=Path, help="the dataset it was trained on")
+    parser.add_argument("--tune-epochs", type=int, default=16)
+    parser.add_argument("--no-tune", action="store_true", help="skip int8 tuning (minutes on a MobileNet)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
     from convert import evaluate
+    from convert import int8tune
     from convert.data import scan, stratified_sample
     from convert.quantize import to_tflite
     from edgecls.preprocess import PreprocessConfig
@@ -52,9 +56,19 @@ def main() -> int:
     float_probs = evaluate.float_probabilities(model, dataset.images["test"].astype(np.float32), sigmoid=sigmoid)
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, correct in (("plain", False), ("bias_corrected", True)):
+        for name in ("plain", "bias_corrected") + (() if args.no_tune else ("int8_tuned",)):
             t0 = time.perf_counter()
-            flat = to_tflite(model, mode="int8", io_type=settings["io"], representative=calib, bias_correction=correct)
+            if name == "int8_tuned":
+                train_labels = dataset.labels("train")
+                idx = stratified_sample(train_labels, min(int8tune.MAX_IMAGES, len(train_labels)),
+                                        settings["train.seed"] + 1)  # as convert --int8-tune draws them
+                with int8tune.tuned_for_int8(model, calib, dataset.images["train"][idx],
+                                             epochs=args.tune_epochs, seed=settings["train.seed"]):
+                    flat = to_tflite(model, mode="int8", io_type=settings["io"], representative=calib,
+                                     bias_correction=False)
+            else:
+                flat = to_tflite(model, mode="int8", io_type=settings["io"], representative=calib,
+                                 bias_correction=name == "bias_corrected")
             seconds = time.perf_counter() - t0
             path = Path(tmp) / f"{name}.tflite"
             path.write_bytes(flat)
@@ -66,8 +80,7 @@ def main() -> int:
               "test_images": len(labels), **rows}
     print(json.dumps(result, indent=2))
     print(f"\nfloat {100 * result['float_top1']:.1f}%")
-    for name in ("plain", "bias_corrected"):
-        r = rows[name]
+    for name, r in rows.items():
         print(f"{name:15s} int8 {100 * r['int8_top1']:.1f}%  drop {r['drop_points']:.2f} pt  "
               f"agreement {100 * r['agreement']:.1f}%  export {r['export_s']} s")
     if args.json:
