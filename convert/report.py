@@ -75,6 +75,9 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+AGREEMENT_HINT = 0.98  # below this top-1 agreement, report.md suggests --int8-tune
+
+
 def _int8_method(report: dict[str, Any]) -> list[str]:
     q, tuning = report["quantization"], report.get("int8_tuning")
     if q["mode"] != "int8" or report.get("qat"):
@@ -83,8 +86,12 @@ def _int8_method(report: dict[str, Any]) -> list[str]:
         return [f"- int8 weights: error-compensating rounding on {tuning['rounded_layers']} conv layers, then scales "
                 f"and biases tuned for {tuning['epochs']} epochs on {tuning['images']} training images (KL to the "
                 f"float model {tuning['kl_first_epoch']:.4f} -> {tuning['kl_last_epoch']:.4f}, {tuning['seconds']:.0f} s)"]
-    return ["- int8 weights: rounded to nearest" + (", conv biases corrected for the rounding error"
-                                                   if q.get("bias_correction") else "")]
+    lines = ["- int8 weights: rounded to nearest" + (", conv biases corrected for the rounding error"
+                                                    if q.get("bias_correction") else "")]
+    if report["agreement"] < AGREEMENT_HINT:
+        lines.append(f"- agreement is below {AGREEMENT_HINT:.0%}: `--int8-tune` fits the int8 weights to the float "
+                     "model (a flowers128 MobileNet went from 96.4% to 98.3%)")
+    return lines
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -68,8 +68,14 @@ def test_artifacts_and_report_fields(compact_run):
     assert report["split_sizes"] == {"train": 30, "val": 6, "test": 6} and report["skipped"] == []
     assert (out / "labels.txt").read_text().split() == report["classes"]
     assert "Parity gate PASSED" in (out / "report.md").read_text()
+    assert "conv biases corrected for the rounding error" in (out / "report.md").read_text()
     for png in ("confusion_matrix.png", "training_curves.png"):
         assert Image.open(out / png).size[0] > 200
+    # Low agreement without int8 tuning: the report points to it.
+    from convert.report import markdown
+
+    assert "`--int8-tune` fits" in markdown({**report, "agreement": 0.95})
+    assert "`--int8-tune` fits" not in markdown({**report, "agreement": 0.99})
 
 
 def test_exported_model_is_static_int8_with_manifest(compact_run):
