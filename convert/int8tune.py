@@ -1,19 +1,21 @@
-"""Int8 tuning: round the weights so that their errors cancel, then fit the per-channel scales and biases to the
-float model. For models whose int8 version disagrees with the float one more than rounding to nearest plus bias
-correction can fix (fine-tuned MobileNets: 95-96% top-1 agreement on flowers128).
+"""Int8 tuning: round the weights so that their errors cancel, then fine-tune the model with that rounding in the
+loop to match the float model. For models whose int8 version disagrees with the float one more than rounding to
+nearest plus bias correction can fix (fine-tuned MobileNets: 95-96% top-1 agreement on flowers128).
 
-Two steps, both inside what the TFLite converter does anyway, so its output is exactly the tuned model:
+Two steps, both inside what the TFLite converter does anyway (per-channel int8 weights, BatchNorm folded), so the
+int8 file is the tuned model:
 
 1. **Error-compensating rounding** (GPTQ: Frantar et al. 2023, after Optimal Brain Quantization). Each conv kernel
    is folded with its BatchNorm and rounded per output channel to the converter's symmetric [-127, 127] grid, one
    input weight at a time; the rounding error of each weight is pushed onto the weights not yet rounded, weighted
    by the inverse Hessian ``X^T X`` of the layer's inputs on the calibration images. The channel's largest weight is
    rounded first and exactly, so the converter derives the same scale and reproduces every integer.
-2. **Scale and bias tuning** (as in AdaRound and BRECQ, reduced to what survives the converter unchanged). With the
-   kernels on the grid, only the BatchNorm gammas and betas and the conv biases are trained, to match the float
-   model's output probabilities (KL divergence) on training images, with the ReLU6 outputs fake-quantised to
-   8 bits. A gamma scales its whole output channel, and per-channel rounding is invariant to that scale: the
-   converter still finds the same integers and only their scale changes.
+2. **Distillation with the rounding in the loop** (quantisation-aware fine-tuning, with the float model as the
+   teacher instead of the labels). The conv kernels (rounded per channel in the forward pass, straight-through
+   gradients), the BatchNorm gammas and betas and the biases are trained to match the float model's output
+   probabilities (KL divergence) on training images, with the ReLU6 outputs fake-quantised to 8 bits. Per-channel
+   rounding does not change when a whole output channel is scaled, so the BatchNorm the converter folds in later
+   does not change it either: the rounding in training is the converter's.
 
 The float model is restored exactly when the block ends (`tuned_for_int8`).
 """
