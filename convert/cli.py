@@ -164,8 +164,8 @@ def convert(
         bool, typer.Option(help="int8: correct conv biases for the mean error of weight rounding (float model unchanged).")
     ] = True,
     int8_tune: Annotated[
-        bool, typer.Option("--int8-tune", help="int8: error-compensating rounding, then tune scales and biases to match "
-                           "the float model (for fine-tuned MobileNets; a few minutes).")
+        bool, typer.Option("--int8-tune", help="int8: error-compensating rounding, then fine-tune with the rounding in the "
+                           "loop to match the float model (for fine-tuned MobileNets; a few minutes).")
     ] = False,
     int8_tune_epochs: Annotated[int, typer.Option(min=1, help="Epochs of --int8-tune over the training images.")] = 16,
     max_drop: Annotated[float, typer.Option(min=0.0, help="Largest allowed top-1 drop of the quantised model, in points.")] = 1.0,
