@@ -35,8 +35,7 @@ def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
-    from convert import evaluate
-    from convert import int8tune
+    from convert import evaluate, int8tune
     from convert.data import scan, stratified_sample
     from convert.quantize import to_tflite
     from edgecls.preprocess import PreprocessConfig
@@ -59,13 +58,10 @@ def main() -> int:
         for name in ("plain", "bias_corrected") + (() if args.no_tune else ("int8_tuned",)):
             t0 = time.perf_counter()
             if name == "int8_tuned":
-                train_labels = dataset.labels("train")
-                idx = stratified_sample(train_labels, min(int8tune.MAX_IMAGES, len(train_labels)),
-                                        settings["train.seed"] + 1)  # as convert --int8-tune draws them
-                with int8tune.tuned_for_int8(model, calib, dataset.images["train"][idx],
-                                             epochs=args.tune_epochs, seed=settings["train.seed"]):
-                    flat = to_tflite(model, mode="int8", io_type=settings["io"], representative=calib,
-                                     bias_correction=False)
+                images = int8tune.tuning_images(dataset.images["train"], dataset.labels("train"),
+                                                settings["train.seed"])  # as convert --int8-tune draws them
+                flat, _ = int8tune.export_tuned(model, calib, images, io_type=settings["io"], epochs=args.tune_epochs,
+                                                seed=settings["train.seed"])
             else:
                 flat = to_tflite(model, mode="int8", io_type=settings["io"], representative=calib,
                                  bias_correction=name == "bias_corrected")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -100,9 +100,10 @@ def _container_inputs(model: Any, container: Any, images: np.ndarray) -> np.ndar
     return feeder.predict(images, batch_size=_BATCH, verbose=0)
 
 
-def channel_errors(model: Any, representative: np.ndarray) -> list[tuple[_Target, np.ndarray]]:
-    """Per target, the mean output error per channel that int8 weight rounding adds, on ``representative``
-    (float32 model inputs)."""
+def sum_over_inputs(model: Any, representative: np.ndarray, fn: Callable[[_Target, np.ndarray], Any],
+                    max_batch: int = _BATCH) -> list[tuple[_Target, Any]]:
+    """Per target, the sum over batches of ``fn(target, x)``, where ``x`` is a batch of what the target's conv
+    receives when ``model`` sees ``representative`` (float32 model inputs)."""
     import keras
 
     results = []
@@ -110,25 +111,36 @@ def channel_errors(model: Any, representative: np.ndarray) -> list[tuple[_Target
         inputs = _container_inputs(model, container, representative)
         probe = keras.Model(container.inputs, [t.conv.input for t in targets])
         per_image = sum(int(np.prod(t.conv.input.shape[1:])) * 4 for t in targets)
-        batch_size = int(max(1, min(_BATCH, _PROBE_BYTES // max(per_image, 1))))
-        deltas = []
+        batch_size = int(max(1, min(max_batch, _PROBE_BYTES // max(per_image, 1))))
+        sums: list[Any] = [0.0] * len(targets)
+        for start in range(0, len(inputs), batch_size):
+            feats = probe.predict(inputs[start : start + batch_size], batch_size=batch_size, verbose=0)
+            if len(targets) == 1:
+                feats = [feats]
+            for i, (t, x) in enumerate(zip(targets, feats)):
+                sums[i] = sums[i] + fn(t, np.asarray(x))
+        results.extend(zip(targets, sums))
+    return results
+
+
+def channel_errors(model: Any, representative: np.ndarray) -> list[tuple[_Target, np.ndarray]]:
+    """Per target, the mean output error per channel that int8 weight rounding adds, on ``representative``
+    (float32 model inputs)."""
+    import keras
+
+    deltas = {}
+    for _, targets in _targets(model):
         for t in targets:
             kernel = np.asarray(t.conv.kernel)
             depthwise = isinstance(t.conv, keras.layers.DepthwiseConv2D)
-            deltas.append(quantize_kernel(kernel, t.fold, depthwise) - kernel)
-        sums: list[Any] = [0.0] * len(targets)
-        counts = [0] * len(targets)
-        for start in range(0, len(inputs), batch_size):
-            batch = inputs[start : start + batch_size]
-            feats = probe.predict(batch, batch_size=batch_size, verbose=0)
-            if len(targets) == 1:
-                feats = [feats]
-            for i, (t, x, d) in enumerate(zip(targets, feats, deltas)):
-                err = np.asarray(_conv(t.conv, x, d))
-                sums[i] = sums[i] + err.sum(axis=(0, 1, 2), dtype=np.float64)
-                counts[i] += err.shape[0] * err.shape[1] * err.shape[2]
-        results.extend((t, (s / n).astype(np.float32)) for t, s, n in zip(targets, sums, counts))
-    return results
+            deltas[id(t.conv)] = quantize_kernel(kernel, t.fold, depthwise) - kernel
+
+    def error_sum(t: _Target, x: np.ndarray) -> np.ndarray:
+        return np.asarray(_conv(t.conv, x, deltas[id(t.conv)])).sum(axis=(0, 1, 2), dtype=np.float64)
+
+    positions = lambda t: len(representative) * int(np.prod(t.conv.output.shape[1:3]))  # noqa: E731
+    return [(t, (total / positions(t)).astype(np.float32))
+            for t, total in sum_over_inputs(model, representative, error_sum)]
 
 
 def _conv(layer: Any, x: np.ndarray, kernel: np.ndarray) -> Any:

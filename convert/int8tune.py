@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .biascorrect import _container_inputs, _targets
+from .biascorrect import sum_over_inputs
 
 log = logging.getLogger(__name__)
 
@@ -99,26 +99,16 @@ def hessians(model: Any, calibration: np.ndarray) -> list[tuple[Any, np.ndarray]
     """(target, input second moment) for every conv the converter folds (see convert.biascorrect._targets)."""
     import keras
 
-    out = []
-    for container, targets in _targets(model):
-        inputs = _container_inputs(model, container, calibration)
-        probe = keras.Model(container.inputs, [t.conv.input for t in targets])
-        sums: list[Any] = [0.0] * len(targets)
-        for start in range(0, len(inputs), _HESSIAN_BATCH):
-            feats = probe.predict(inputs[start : start + _HESSIAN_BATCH], verbose=0)
-            if len(targets) == 1:
-                feats = [feats]
-            for i, (t, x) in enumerate(zip(targets, feats)):
-                p = _patches(t.conv, np.asarray(x))
-                if isinstance(t.conv, keras.layers.DepthwiseConv2D):
-                    kh, kw = t.conv.kernel_size
-                    p = p.reshape(-1, kh * kw, x.shape[-1]).astype(np.float64)
-                    sums[i] = sums[i] + np.einsum("nkc,nlc->ckl", p, p)
-                else:
-                    p = p.reshape(-1, p.shape[-1]).astype(np.float64)
-                    sums[i] = sums[i] + p.T @ p
-        out.extend(zip(targets, sums))
-    return out
+    def second_moment(t: Any, x: np.ndarray) -> np.ndarray:
+        p = _patches(t.conv, x)
+        if isinstance(t.conv, keras.layers.DepthwiseConv2D):
+            kh, kw = t.conv.kernel_size
+            p = p.reshape(-1, kh * kw, x.shape[-1]).astype(np.float64)
+            return np.einsum("nkc,nlc->ckl", p, p)
+        p = p.reshape(-1, p.shape[-1]).astype(np.float64)
+        return p.T @ p
+
+    return sum_over_inputs(model, calibration, second_moment, max_batch=_HESSIAN_BATCH)
 
 
 def _leaves(model: Any) -> Iterator[Any]:
@@ -132,7 +122,8 @@ def _leaves(model: Any) -> Iterator[Any]:
 
 
 def _tunable(model: Any) -> list[Any]:
-    """BatchNorm gammas and betas, and conv/dense biases: what tuning may change without moving a kernel."""
+    """BatchNorm gammas and betas, and conv/dense biases (the kernels are trained too, see
+    `_fake_quantised_kernels`)."""
     import keras
 
     found = []
@@ -146,27 +137,32 @@ def _tunable(model: Any) -> list[Any]:
 
 
 @contextlib.contextmanager
-def _fake_quantised_relu6(model: Any) -> Iterator[None]:
-    """While the block runs, every capped ReLU layer's output is rounded to the 8-bit grid over [0, cap], as the
-    int8 model stores it (gradients pass straight through)."""
-    import keras
-    import tensorflow as tf
-
-    patched = []
-    for layer in _leaves(model):
-        if isinstance(layer, keras.layers.ReLU) and layer.max_value:
-            cap = float(layer.max_value)
-
-            def call(self: Any, x: Any, _orig: Any = layer.call, _cap: float = cap) -> Any:
-                return tf.quantization.fake_quant_with_min_max_args(_orig(x), 0.0, _cap, num_bits=8)
-
-            layer.call = types.MethodType(call, layer)
-            patched.append(layer)
+def _patched_calls(replacements: list[tuple[Any, Callable[..., Any]]]) -> Iterator[None]:
+    """While the block runs, each layer's ``call`` is the given function (bound to the layer)."""
+    for layer, call in replacements:
+        layer.call = types.MethodType(call, layer)
     try:
         yield
     finally:
-        for layer in patched:
+        for layer, _ in replacements:
             del layer.call
+
+
+def _fake_quantised_relu6(model: Any) -> list[tuple[Any, Callable[..., Any]]]:
+    """Calls for every capped ReLU layer that round its output to the 8-bit grid over [0, cap], as the int8 model
+    stores it (gradients pass straight through)."""
+    import keras
+    import tensorflow as tf
+
+    replacements = []
+    for layer in _leaves(model):
+        if isinstance(layer, keras.layers.ReLU) and layer.max_value:
+
+            def call(self: Any, x: Any, _orig: Any = layer.call, _cap: float = float(layer.max_value)) -> Any:
+                return tf.quantization.fake_quant_with_min_max_args(_orig(x), 0.0, _cap, num_bits=8)
+
+            replacements.append((layer, call))
+    return replacements
 
 
 def _convs(model: Any) -> list[Any]:
@@ -176,17 +172,17 @@ def _convs(model: Any) -> list[Any]:
             or (type(layer) is keras.layers.Conv2D and layer.groups == 1 and layer.data_format == "channels_last")]
 
 
-@contextlib.contextmanager
-def _fake_quantised_kernels(convs: list[Any]) -> Iterator[None]:
-    """While the block runs, each conv computes with its kernel rounded as the converter rounds it: per output
-    channel, symmetric, [-127, 127]. A BatchNorm folded into the kernel scales whole output channels, which does not
-    change that rounding, so the raw kernel's rounding is the folded one's. Gradients pass straight through to the
-    float kernel (the straight-through estimator)."""
+def _fake_quantised_kernels(convs: list[Any]) -> list[tuple[Any, Callable[..., Any]]]:
+    """Calls for each conv that compute with its kernel rounded as the converter rounds it: per output channel,
+    symmetric, [-127, 127]. A BatchNorm folded into the kernel scales whole output channels, which does not change
+    that rounding, so the raw kernel's rounding is the folded one's. Gradients pass straight through to the float
+    kernel (the straight-through estimator)."""
     import keras
     import tensorflow as tf
 
     from .biascorrect import _conv
 
+    replacements = []
     for layer in convs:
         depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
 
@@ -200,18 +196,33 @@ def _fake_quantised_kernels(convs: list[Any]) -> Iterator[None]:
                 out = out + self.bias
             return self.activation(out) if self.activation is not None else out
 
-        layer.call = types.MethodType(call, layer)
-    try:
-        yield
-    finally:
-        for layer in convs:
-            del layer.call
+        replacements.append((layer, call))
+    return replacements
 
 
 def _as_distribution(p: Any) -> Any:
     import tensorflow as tf
 
     return tf.concat([1.0 - p, p], axis=-1) if p.shape[-1] == 1 else p  # a sigmoid head: two classes
+
+
+def tuning_images(images: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
+    """The tuning images convert --int8-tune uses: up to MAX_IMAGES, stratified, drawn from the training split
+    (``images``, ``labels``) with a seed apart from the calibration sample's."""
+    from .data import stratified_sample
+
+    return images[stratified_sample(labels, min(MAX_IMAGES, len(labels)), seed + 1)]
+
+
+def export_tuned(model: Any, calibration: np.ndarray, images: np.ndarray, *, io_type: str = "int8",
+                 **tuning: Any) -> tuple[bytes, dict[str, Any]]:
+    """Full-int8 TFLite bytes of ``model`` tuned as `tuned_for_int8` does (``tuning``: its keyword arguments), and
+    the tuning summary; ``model`` is unchanged afterwards."""
+    from .quantize import to_tflite
+
+    with tuned_for_int8(model, calibration, images, **tuning) as summary:
+        flat = to_tflite(model, mode="int8", io_type=io_type, representative=calibration, bias_correction=False)
+    return flat, summary
 
 
 @contextlib.contextmanager
@@ -253,8 +264,9 @@ def tuned_for_int8(
         kernels = [getattr(layer.kernel, "value", layer.kernel) for layer in convs]
         steps = max(1, epochs * -(-len(images) // batch_size))
         optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps))
-        kernel_optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(kernel_learning_rate or 1.0,
-                                                                                         steps))
+        if kernels:
+            kernel_optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(kernel_learning_rate,
+                                                                                             steps))
 
         @tf.function
         def step(x: Any, p: Any) -> Any:
@@ -270,7 +282,7 @@ def tuned_for_int8(
 
         rng = np.random.default_rng(seed)
         losses: list[float] = []
-        with _fake_quantised_relu6(model), _fake_quantised_kernels(convs):
+        with _patched_calls(_fake_quantised_relu6(model) + _fake_quantised_kernels(convs)):
             for epoch in range(epochs):
                 order = rng.permutation(len(images))
                 total = 0.0

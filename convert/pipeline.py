@@ -64,7 +64,7 @@ class ConvertOptions:
     deterministic: bool = False  # deterministic TF ops: --seed reproduces the model exactly, at some speed cost
     qat_epochs: int = 5
     bias_correction: bool = True  # int8: correct conv biases for weight rounding (convert.biascorrect)
-    int8_tune: bool = False  # int8: error-compensating rounding plus scale/bias tuning (convert.int8tune)
+    int8_tune: bool = False  # int8: error-compensating rounding, then fine-tuning with it (convert.int8tune)
     int8_tune_epochs: int = 16
 
     def __post_init__(self) -> None:
@@ -344,21 +344,17 @@ def _export_and_verify(
 
 def _tuned_int8(model: Any, dataset: Dataset, options: ConvertOptions, obs: ConvertObserver,
                 calibration: np.ndarray, norm: Any) -> tuple[bytes, dict[str, Any]]:
-    """Int8 export with error-compensating rounding and scale/bias tuning (convert.int8tune) on up to
-    int8tune.MAX_IMAGES stratified training images; the float model is unchanged afterwards."""
+    """Int8 export after error-compensating rounding and fine-tuning with the rounding in the loop
+    (convert.int8tune); the float model is unchanged afterwards."""
     from . import int8tune
 
-    labels = dataset.labels("train")
-    idx = stratified_sample(labels, min(int8tune.MAX_IMAGES, len(labels)), options.train.seed + 1)
-    images = dataset.images["train"][idx]
-    obs.step(f"int8 tuning: rounding with error compensation, then {options.int8_tune_epochs} epochs of scale and "
-             f"bias tuning on {len(images)} training images")
+    images = int8tune.tuning_images(dataset.images["train"], dataset.labels("train"), options.train.seed)
+    obs.step(f"int8 tuning: rounding with error compensation, then {options.int8_tune_epochs} epochs of fine-tuning "
+             f"against the float model on {len(images)} training images")
     obs.stage("int8-tune", options.int8_tune_epochs)
     on_epoch = lambda e, n, kl: obs.epoch("int8-tune", e, n, {"kl": kl})  # noqa: E731
-    with int8tune.tuned_for_int8(model, calibration, images, normalize=norm, epochs=options.int8_tune_epochs,
-                                 seed=options.train.seed, on_epoch=on_epoch) as summary:
-        flat = to_tflite(model, mode="int8", io_type=options.io, representative=calibration, bias_correction=False)
-    return flat, summary
+    return int8tune.export_tuned(model, calibration, images, io_type=options.io, normalize=norm,
+                                 epochs=options.int8_tune_epochs, seed=options.train.seed, on_epoch=on_epoch)
 
 
 def _quantisation_aware(model: Any, dataset: Dataset, options: ConvertOptions, obs: ConvertObserver, sigmoid: bool,
@@ -470,7 +466,7 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
                "the artifacts are written but the model did not pass. "
                + ("Try more --qat-epochs, or --calibration-samples higher." if options.qat else
                   "Try more --int8-tune-epochs." if options.int8_tune else
-                  "Try --int8-tune (rounding and biases fitted to the float model, a few minutes), or "
+                  "Try --int8-tune (the int8 weights fitted to the float model, a few minutes), or "
                   "quantisation-aware training: --qat (pip install 'edgecls[qat]')."))
     notes = {"val": "the data has no test/ folder, so the held-out evaluation uses val/ (also used for early stopping)",
              "calibration": "the model was trained elsewhere; every calibration image is also an evaluation image"}

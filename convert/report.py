@@ -83,8 +83,8 @@ def _int8_method(report: dict[str, Any]) -> list[str]:
     if q["mode"] != "int8" or report.get("qat"):
         return []
     if tuning:
-        return [f"- int8 weights: error-compensating rounding on {tuning['rounded_layers']} conv layers, then scales "
-                f"and biases tuned for {tuning['epochs']} epochs on {tuning['images']} training images (KL to the "
+        return [f"- int8 weights: error-compensating rounding on {tuning['rounded_layers']} conv layers, then "
+                f"fine-tuned with it for {tuning['epochs']} epochs on {tuning['images']} training images (KL to the "
                 f"float model {tuning['kl_first_epoch']:.4f} -> {tuning['kl_last_epoch']:.4f}, {tuning['seconds']:.0f} s)"]
     lines = ["- int8 weights: rounded to nearest" + (", conv biases corrected for the rounding error"
                                                     if q.get("bias_correction") else "")]
