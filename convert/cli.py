@@ -168,6 +168,11 @@ def convert(
                            "loop to match the float model (for fine-tuned MobileNets; a few minutes).")
     ] = False,
     int8_tune_epochs: Annotated[int, typer.Option(min=1, help="Epochs of --int8-tune over the training images.")] = 16,
+    teacher: Annotated[
+        Optional[Path], typer.Option(help="Distil from this model: an earlier convert output folder (same data, split "
+                                     "and seed) or a .keras file; the training targets blend in its probabilities.")
+    ] = None,
+    teacher_weight: Annotated[float, typer.Option(help="With --teacher: the teacher's share of the targets, in (0, 1].")] = 0.7,
     max_drop: Annotated[float, typer.Option(min=0.0, help="Largest allowed top-1 drop of the quantised model, in points.")] = 1.0,
     baseline: Annotated[bool, typer.Option(help="Also train the seed-cnn baseline to compare against.")] = True,
     mean: Annotated[Optional[float], typer.Option(help="External model: the mean it subtracts from pixels.")] = None,
@@ -216,7 +221,7 @@ def convert(
                 calibration_samples=calibration_samples, max_drop=max_drop, baseline=baseline, labels=labels,
                 mean=mean, std=std, target=target.value, qat=qat, qat_epochs=qat_epochs,
                 deterministic=deterministic, bias_correction=bias_correction, int8_tune=int8_tune,
-                int8_tune_epochs=int8_tune_epochs,
+                int8_tune_epochs=int8_tune_epochs, teacher=teacher, teacher_weight=teacher_weight,
             )
             data_dir = source
         if calibration is not None:
@@ -256,6 +261,8 @@ def _summary(observer: RichObserver, report: dict[str, Any], out: Path, demo: bo
                       f"agreement {100 * ptq['agreement']:.1f}%)", soft_wrap=True)
     if report.get("baseline"):
         console.print(f"seed-cnn baseline: float top-1 {100 * report['baseline']['float_top1']:.1f}%")
+    if report.get("teacher"):
+        console.print(f"teacher (distilled from): float top-1 {100 * report['teacher']['test_top1']:.1f}%")
     console.print(f"{report['int8_bytes'] / 1024:.0f} KiB model ({report['int8_bytes'] / report['float_tflite_bytes']:.2f}x "
                   f"float), {report['timing']['total_s']:.0f} s. Report: {out / 'report.md'}", soft_wrap=True)
     if report["skipped"]:

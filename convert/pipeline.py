@@ -66,6 +66,8 @@ class ConvertOptions:
     bias_correction: bool = True  # int8: correct conv biases for weight rounding (convert.biascorrect)
     int8_tune: bool = False  # int8: error-compensating rounding, then fine-tuning with it (convert.int8tune)
     int8_tune_epochs: int = 16
+    teacher: Path | None = None  # distil from this convert output folder or .keras file (convert.distill)
+    teacher_weight: float = 0.7
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -78,6 +80,8 @@ class ConvertOptions:
             raise ConfigError("--int8-tune and --qat are two ways to fit the model to int8: choose one")
         if self.int8_tune_epochs < 1:
             raise ConfigError(f"--int8-tune-epochs must be at least 1 (received {self.int8_tune_epochs})")
+        if not 0 < self.teacher_weight <= 1:
+            raise ConfigError(f"--teacher-weight must be in (0, 1] (received {self.teacher_weight})")
         if self.qat_epochs < 1:
             raise ConfigError(f"--qat-epochs must be at least 1 (received {self.qat_epochs})")
         if self.target == "edgetpu" and self.quant != "int8":
@@ -156,16 +160,35 @@ def convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertOb
     spec = ModelSpec(num_classes=len(dataset.classes), input_size=size, channels=options.channels,
                      dropout=options.dropout, width=options.width, depth=options.depth, separable=options.separable,
                      alpha=options.alpha, weights=options.weights, edgetpu=options.target == "edgetpu")
+    teacher, teacher_info = _teacher(options, dataset, sigmoid, obs)
     strategy = make_strategy(options.train.strategy)
     with strategy.scope():
         model = create_model(options.arch, spec)
     t_train = time.perf_counter()
     history = train(model, dataset, options.train, sigmoid=sigmoid, checkpoint_dir=options.out_dir / "checkpoints",
-                    strategy=strategy, observer=obs)
+                    strategy=strategy, observer=obs, teacher=teacher)
     train_s = time.perf_counter() - t_train
     baseline = _baseline(data_dir, dataset, options, obs) if options.baseline and options.arch != "seed-cnn" else None
     return _export_and_verify(model, dataset, options, obs, sigmoid=sigmoid, history=history, baseline=baseline,
-                              timing={"train_s": train_s, "started": started})
+                              timing={"train_s": train_s, "started": started}, teacher=teacher_info)
+
+
+def _teacher(options: ConvertOptions, dataset: Dataset, sigmoid: bool,
+             obs: ConvertObserver) -> tuple[Any, dict[str, Any] | None]:
+    """The --teacher to distil from, checked against this run's data and split, and its test top-1 as the student
+    will see its images (for the report); (None, None) without --teacher."""
+    if options.teacher is None:
+        return None, None
+    from . import distill
+
+    teacher = distill.load_teacher(options.teacher, weight=options.teacher_weight)
+    info = distill.check_teacher(teacher, dataset, split=options.split, sigmoid=sigmoid)
+    info["test_top1"] = distill.teacher_accuracy(teacher, dataset.images["test"], dataset.labels("test"),
+                                                 sigmoid=sigmoid)
+    obs.step(f"distilling from {teacher.path} (weight {teacher.weight:g}; it scores {100 * info['test_top1']:.1f}% on "
+             f"the {dataset.test_source} split at this input size)"
+             + ("" if info["split_checked"] else f"; note: {info['note']}"))
+    return teacher, info
 
 
 def convert_model(model_path: Path, calibration_dir: Path, options: ConvertOptions,
@@ -173,6 +196,8 @@ def convert_model(model_path: Path, calibration_dir: Path, options: ConvertOptio
     """Quantise and verify a Keras model trained elsewhere (.keras, .h5 or a SavedModel folder)."""
     obs = observer or QuietObserver()
     started = time.perf_counter()
+    if options.teacher is not None:
+        raise ConfigError("--teacher distils while training; a model given with --calibration is only quantised")
     obs.step(f"loading {model_path}")
     model = load_external_model(model_path)
     shape = model.input_shape
@@ -276,6 +301,7 @@ def _export_and_verify(
     baseline: dict[str, Any] | None,
     timing: dict[str, float],
     external: str | None = None,
+    teacher: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     out = options.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -299,6 +325,8 @@ def _export_and_verify(
     float_probs = evaluate.float_probabilities(model, norm(dataset.images["test"]), sigmoid=sigmoid)
     # Write the model with a provisional manifest, evaluate it through the runtime, then rewrite with metrics.
     manifest = _manifest(options, dataset, sigmoid, external=external)
+    if teacher is not None:
+        manifest["provenance"]["teacher"] = {k: teacher.get(k) for k in ("path", "arch", "weight", "split_checked")}
     model_path = out / "model.tflite"
     atomic_write_bytes(model_path, embed_manifest(flat, manifest, labels=classes))
     tflite_probs = evaluate.tflite_probabilities(model_path, [s.path for s in dataset.samples["test"]])
@@ -330,6 +358,8 @@ def _export_and_verify(
                                        "run without --qat.")
     if tuning is not None:
         result["int8_tuning"] = tuning
+    if teacher is not None:
+        result["teacher"] = teacher
     if options.target == "edgetpu":
         obs.step("Edge TPU: pre-flight, then edgetpu_compiler if installed")
         result["edgetpu"] = edgetpu_step(model_path, manifest, classes)

@@ -75,6 +75,20 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def _teacher_lines(teacher: dict[str, Any] | None) -> list[str]:
+    if not teacher:
+        return []
+    lines = ["", "## Distillation", "",
+             f"- trained towards {teacher['weight']:g} x the probabilities of `{teacher['path']}` "
+             f"({teacher.get('arch') or 'architecture unknown'}) + {1 - teacher['weight']:g} x the labels",
+             f"- the teacher's top-1 on the held-out split at this model's input size: {_pct(teacher['test_top1'])}"]
+    if teacher["split_checked"]:
+        lines.append("- the teacher was trained on this dataset with the same split: it has not seen the held-out images")
+    else:
+        lines.append(f"- **{teacher['note']}**")
+    return lines
+
+
 AGREEMENT_HINT = 0.98  # below this top-1 agreement, report.md suggests --int8-tune
 
 
@@ -120,6 +134,9 @@ def markdown(report: dict[str, Any]) -> str:
     baseline = report.get("baseline")
     if baseline:
         lines.append(f"| seed-cnn baseline (float) | {_pct(baseline['float_top1'])} |" + (" |" if "top5" in f else ""))
+    teacher = report.get("teacher")
+    if teacher:
+        lines.append(f"| teacher, distilled from (float) | {_pct(teacher['test_top1'])} |" + (" |" if "top5" in f else ""))
     lines += ["", "Per class (quantised model):", "", "| class | precision | recall | support |", "|---|---|---|---|"]
     for name, m in t["per_class"].items():
         lines.append(f"| {name} | {_pct(m['precision'])} | {_pct(m['recall'])} | {m['support']} |")
@@ -136,6 +153,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['float_tflite_bytes'] / 1024:.1f} KiB)",
         f"- parameters: {report['model']['params']:,}",
         *_int8_method(report),
+        *_teacher_lines(report.get("teacher")),
         "",
         "## Data",
         "",

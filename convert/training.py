@@ -133,8 +133,12 @@ def targets(labels: np.ndarray, num_classes: int, sigmoid: bool) -> np.ndarray:
     return np.eye(num_classes, dtype=np.float32)[labels]
 
 
-def make_datasets(dataset: Dataset, config: TrainConfig, sigmoid: bool) -> tuple[Any, Any]:
-    """tf.data pipelines: decoded arrays -> cache -> shuffle -> batch -> augment (train only) -> prefetch."""
+def make_datasets(dataset: Dataset, config: TrainConfig, sigmoid: bool, teacher: Any = None) -> tuple[Any, Any]:
+    """tf.data pipelines: decoded arrays -> cache -> shuffle -> batch -> augment (train only) -> prefetch.
+
+    With a ``teacher`` (convert.distill.Teacher) the training targets blend in its probabilities for the augmented
+    (and mixed) batch; validation keeps the true labels, so early stopping watches the real task.
+    """
     import tensorflow as tf
 
     k = len(dataset.classes)
@@ -153,6 +157,8 @@ def make_datasets(dataset: Dataset, config: TrainConfig, sigmoid: bool) -> tuple
             ds = ds.map(lambda a, b: (augmenter(a, training=True), b), num_parallel_calls=autotune)
         if train and config.mixup > 0:
             ds = ds.map(make_mixup(config.mixup, config.seed), num_parallel_calls=autotune)
+        if train and teacher is not None:  # one call at a time: the teacher's own ops use the cores
+            ds = ds.map(lambda a, b: (a, teacher.blend(a, b, sigmoid=sigmoid)))
         return ds.prefetch(autotune)
 
     return pipeline("train", True), pipeline("val", False)
@@ -186,14 +192,15 @@ def train(
     checkpoint_dir: Path,
     strategy: Any,
     observer: TrainingObserver | None = None,
+    teacher: Any = None,
 ) -> dict[str, Any]:
     """Fit the model (head first on a frozen base for transfer models, then fine-tune); return the merged history.
 
     The history has per-epoch lists ("loss", "accuracy", "val_loss", "val_accuracy") and "stages": where each
-    stage starts, for the training-curves plot.
+    stage starts, for the training-curves plot. ``teacher``: distil from it (convert.distill).
     """
     observer = observer or SilentObserver()
-    train_ds, val_ds = make_datasets(dataset, config, sigmoid)
+    train_ds, val_ds = make_datasets(dataset, config, sigmoid, teacher)
     weights = dataset.class_weights() if config.class_weights and not sigmoid else None
     history: dict[str, Any] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [], "stages": []}
     base = base_model(model)
