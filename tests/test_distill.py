@@ -7,9 +7,9 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import tensorflow_or_skip
 from typer.testing import CliRunner
 
-from conftest import tensorflow_or_skip
 from edgecls import Classifier
 from edgecls.cli import app
 from edgecls.demo import write_demo_dataset
