@@ -291,6 +291,27 @@ def _summary(observer: RichObserver, report: dict[str, Any], out: Path, demo: bo
             console.print(f"[red]edgetpu_compiler failed[/]: {compiled.get('error')}", soft_wrap=True)
 
 
+def _with_ctrl_c_flag(work: Any, observer: RichObserver) -> Any:
+    """Run ``work(should_stop)`` with a SIGINT handler that only sets a flag: the first Ctrl-C asks the work to stop
+    at its next safe point (see convert.training.stop_check); a second one interrupts at once."""
+    import signal
+    import threading
+
+    flag = threading.Event()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+        observer.console.print("stopping after this training batch (Ctrl-C again to stop at once)")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        return work(flag.is_set)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class TuneArch(str, Enum):
     compact_cnn = "compact-cnn"
     seed_cnn = "seed-cnn"
@@ -351,7 +372,8 @@ def tune(
         _import_tensorflow("tune").get_logger().setLevel("ERROR")  # retracing notes between trials of other shapes
         from convert.pipeline import ConvertOptions
         from convert.training import TrainConfig
-        from convert.tune import TuneOptions, tune as run_tune
+        from convert.tune import TuneOptions
+        from convert.tune import tune as run_tune
 
         factor = 1.0
         if profile:
@@ -374,7 +396,7 @@ def tune(
                               timeout_min=timeout, seed=seed, max_epochs=max_epochs, latency_factor=factor,
                               profile=profile, bench_threads=bench_threads, input_sizes=sizes)
         try:
-            summary = run_tune(data, options, observer)
+            summary = _with_ctrl_c_flag(lambda stop: run_tune(data, options, observer, should_stop=stop), observer)
         except KeyboardInterrupt:
             observer.console.print(f"interrupted: the finished trials are kept in {out / 'study.db'}; run the same "
                                    "command again to resume", soft_wrap=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -193,11 +193,13 @@ def train(
     strategy: Any,
     observer: TrainingObserver | None = None,
     teacher: Any = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Fit the model (head first on a frozen base for transfer models, then fine-tune); return the merged history.
 
     The history has per-epoch lists ("loss", "accuracy", "val_loss", "val_accuracy") and "stages": where each
-    stage starts, for the training-curves plot. ``teacher``: distil from it (convert.distill).
+    stage starts, for the training-curves plot. ``teacher``: distil from it (convert.distill). ``should_stop`` is
+    asked after every batch; when it says yes, training raises KeyboardInterrupt there (see stop_check).
     """
     observer = observer or SilentObserver()
     train_ds, val_ds = make_datasets(dataset, config, sigmoid, teacher)
@@ -225,7 +227,7 @@ def train(
             class_weight=weights,
             shuffle=False,  # the tf.data pipeline shuffles
             verbose=0,
-            callbacks=_callbacks(config, name, epochs, checkpoint_dir, observer),
+            callbacks=_callbacks(config, name, epochs, checkpoint_dir, observer, should_stop),
         )
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             history[key].extend(float(v) for v in fit.history.get(key, []))
@@ -243,8 +245,13 @@ def _unfreeze_top(base: Any, n_layers: int) -> None:
             layer.trainable = False  # small fine-tuning sets wreck BatchNorm statistics
 
 
-def _callbacks(config: TrainConfig, stage: str, epochs: int, checkpoint_dir: Path, observer: TrainingObserver) -> list[Any]:
+def _callbacks(config: TrainConfig, stage: str, epochs: int, checkpoint_dir: Path, observer: TrainingObserver,
+               should_stop: Callable[[], bool] | None = None) -> list[Any]:
     import keras
+
+    class Stop(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+            stop_check(should_stop)
 
     class Report(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
@@ -274,4 +281,17 @@ def _callbacks(config: TrainConfig, stage: str, epochs: int, checkpoint_dir: Pat
                                       start_from_epoch=(2 * epochs) // 3),
         AtomicCheckpoint(),
         Report(),
+        *([Stop()] if should_stop is not None else []),
     ]
+
+
+def stop_check(should_stop: Callable[[], bool] | None) -> None:
+    """Raise KeyboardInterrupt when ``should_stop`` says so.
+
+    A Ctrl-C that arrives as an asynchronous KeyboardInterrupt can be lost: raised while TensorFlow traces a
+    function, it is turned into an unrelated error or swallowed, and training goes on. A command line that must stop
+    cleanly (`edgecls tune`) therefore lets its SIGINT handler only set a flag, and the work asks here, at points
+    where an exception unwinds cleanly.
+    """
+    if should_stop is not None and should_stop():
+        raise KeyboardInterrupt

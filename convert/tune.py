@@ -16,11 +16,12 @@ with the same artifacts and parity report as `edgecls convert`.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -33,7 +34,7 @@ from .data import Dataset, scan, stratified_sample
 from .models import MOBILENET_ALPHAS, ModelSpec, create_model, uses_sigmoid
 from .pipeline import ConvertOptions, QuietObserver, _export_and_verify, _manifest
 from .quantize import to_tflite
-from .training import deterministic, make_strategy, train
+from .training import deterministic, make_strategy, stop_check, train
 
 STUDY_NAME = "edgecls-tune"
 STUDY_FILE = "study.db"
@@ -215,11 +216,14 @@ def open_study(options: TuneOptions, data_dir: Path) -> Any:
     return study
 
 
-def tune(data_dir: Path, options: TuneOptions, observer: Any | None = None) -> dict[str, Any]:
+def tune(data_dir: Path, options: TuneOptions, observer: Any | None = None,
+         should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Run (or resume) the search, write the table and Pareto plot, and export the chosen trial.
 
     Returns the tuning summary (also written to OUT/tuning.json). KeyboardInterrupt keeps every finished trial in
-    the study and writes the summary of those before it propagates.
+    the study and writes the summary of those before it propagates. ``should_stop`` (asked after every training
+    batch and between trials) is how a caller's Ctrl-C handler stops the search reliably: see
+    convert.training.stop_check.
     """
     optuna = _import_optuna()
     obs = observer or QuietTuneObserver()
@@ -233,20 +237,26 @@ def tune(data_dir: Path, options: TuneOptions, observer: Any | None = None) -> d
         obs.step(f"resuming: {len(finished)} of {options.trials} trials already done in {options.out_dir / STUDY_FILE}")
 
     def objective(trial: Any) -> float:
-        return _run_trial(trial, options, data, obs, optuna)
+        stop_check(should_stop)
+        return _run_trial(trial, options, data, obs, optuna, should_stop)
 
     def report(study: Any, frozen: Any) -> None:
         records = trial_records(study)
         done = sum(r.state in ("complete", "pruned") for r in records)
         obs.trial_done(_record(frozen), choose(records), done, options.trials)
+        stop_check(should_stop)
 
     interrupted = False
     if remaining > 0:
+        optuna_log, quiet = logging.getLogger("optuna.study._optimize"), _InterruptedTrialLog()
+        optuna_log.addFilter(quiet)
         try:
             study.optimize(objective, n_trials=remaining, timeout=options.timeout_min * 60 if options.timeout_min else None,
                            callbacks=[report], gc_after_trial=True, catch=(ConversionError,))
         except KeyboardInterrupt:
             interrupted = True
+        finally:
+            optuna_log.removeFilter(quiet)
     records = trial_records(study)
     summary = _write_summary(options, records, floor, interrupted)
     if interrupted:
@@ -262,7 +272,8 @@ def tune(data_dir: Path, options: TuneOptions, observer: Any | None = None) -> d
     return summary
 
 
-def _run_trial(trial: Any, options: TuneOptions, data: _Data, obs: Any, optuna: Any) -> float:
+def _run_trial(trial: Any, options: TuneOptions, data: _Data, obs: Any, optuna: Any,
+               should_stop: Callable[[], bool] | None = None) -> float:
     params = suggest(trial, options)
     obs.step(f"trial {trial.number}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(params.items())))
     trial_dir = options.out_dir / "trials" / f"{trial.number:04d}"
@@ -280,7 +291,7 @@ def _run_trial(trial: Any, options: TuneOptions, data: _Data, obs: Any, optuna: 
     pruning = _PruningObserver(trial, optuna)
     t0 = time.perf_counter()
     history = train(model, dataset, opts.train, sigmoid=sigmoid, checkpoint_dir=trial_dir / "checkpoints",
-                    strategy=make_strategy("default"), observer=pruning)
+                    strategy=make_strategy("default"), observer=pruning, should_stop=should_stop)
     train_s = time.perf_counter() - t0
     trial_dir.mkdir(parents=True, exist_ok=True)
     model.save(trial_dir / "model.keras")
@@ -311,6 +322,24 @@ def _run_trial(trial: Any, options: TuneOptions, data: _Data, obs: Any, optuna: 
     trial.set_constraint("size_over_budget_kb", constraints[1])
     trial.set_user_attr("feasible", all(c <= 0 for c in constraints))
     return accuracy
+
+
+class _InterruptedTrialLog(logging.Filter):
+    """Optuna logs a failed trial as two warnings, the first with a traceback. A trial stopped by Ctrl-C is not a
+    failure (the command says it was interrupted and what was kept): drop both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped_error = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.dropped_error = True
+            return False
+        if self.dropped_error and "failed with value" in record.getMessage():
+            self.dropped_error = False
+            return False
+        return True
 
 
 class _PruningObserver:

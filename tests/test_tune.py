@@ -168,6 +168,9 @@ def test_resume_after_a_real_interruption(shapes, tmp_path):
     rest, _ = proc.communicate(timeout=120)
     output = "".join(seen) + rest
     assert proc.returncode == 130, output
+    # The handler only sets a flag that training checks after every batch: an asynchronous KeyboardInterrupt raised
+    # while TensorFlow traced a function was once swallowed, and the search ran on to the end.
+    assert "stopping after this training batch" in output
     assert "finished trials are kept" in output and "Traceback" not in output
     summary = json.loads((out / "tuning.json").read_text())
     assert summary["interrupted"] is True
@@ -181,3 +184,22 @@ def test_resume_after_a_real_interruption(shapes, tmp_path):
 
     other = tune(shapes, "--out", out, "--trials", "3", "--arch", "seed-cnn", *FAST)
     assert other.exit_code == 1 and "holds a study with other settings (arch" in other.stderr
+
+
+def test_training_stops_at_the_batch_after_should_stop_says_so(shapes):
+    from convert.data import scan
+    from convert.models import ModelSpec, create_model
+    from convert.training import TrainConfig, make_strategy, train
+
+    dataset = scan(shapes, input_size=(32, 32), channels=3, seed=0)
+    model = create_model("compact-cnn", ModelSpec(num_classes=3, input_size=32, width=8, depth=1))
+    asked = []
+
+    def should_stop() -> bool:
+        asked.append(True)
+        return len(asked) >= 3
+
+    with pytest.raises(KeyboardInterrupt):
+        train(model, dataset, TrainConfig(epochs=5, batch_size=4, augment=0.0), sigmoid=False,
+              checkpoint_dir=Path(shapes).parent / "ckpt", strategy=make_strategy("default"), should_stop=should_stop)
+    assert len(asked) == 3  # asked once per batch; the third answer stopped it inside the first epoch
