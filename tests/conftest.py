@@ -147,3 +147,41 @@ def mosquitto(tmp_path: Path):  # type: ignore[no-untyped-def]
     broker = Mosquitto(tmp_path).start()
     yield broker
     broker.stop()
+
+
+# --- the convert command's tests (test_convert_pipeline, test_distill, test_tune) ---
+
+# A convert run that takes seconds: the point is the mechanics, not the accuracy.
+TINY = ["--input-size", "32", "--width", "8", "--depth", "2", "--epochs", "3", "--no-baseline",
+        "--calibration-samples", "20", "--max-drop", "100", "--patience", "3", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small generated dataset: 3 classes of 14 images, 32 px."""
+    from edgecls.demo import write_demo_dataset
+
+    return write_demo_dataset(tmp_path_factory.mktemp("data") / "shapes", per_class=14, size=32,
+                              classes=("circle", "square", "stripes"))
+
+
+def invoke(*args):  # type: ignore[no-untyped-def]
+    """Run the edgecls command line in-process; every argument is turned into a string."""
+    from typer.testing import CliRunner
+
+    from edgecls.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def convert(*args):  # type: ignore[no-untyped-def]
+    """`edgecls convert ARGS...`, in-process."""
+    return invoke("convert", *args)
+
+
+def one_error_line(result) -> str:  # type: ignore[no-untyped-def]
+    """The command failed with exit code 1 and exactly one "error: " line, and no traceback: return that line."""
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert "Traceback" not in result.output
+    return lines[0]

@@ -11,36 +11,16 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import IN_CI, WEIGHTS, require, tensorflow_or_skip
+from conftest import IN_CI, TINY, WEIGHTS, convert, one_error_line, require, tensorflow_or_skip
 from edgecls import Classifier
 from edgecls.cli import app
-from edgecls.demo import write_demo_dataset
 
 runner = CliRunner()
-TINY = ["--input-size", "32", "--width", "8", "--depth", "2", "--epochs", "3", "--no-baseline",
-        "--calibration-samples", "20", "--max-drop", "100", "--patience", "3", "--batch-size", "8"]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _tf():
     tensorflow_or_skip()
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    return write_demo_dataset(tmp_path_factory.mktemp("data") / "shapes", per_class=14, size=32,
-                              classes=("circle", "square", "stripes"))
-
-
-def convert(*args):  # type: ignore[no-untyped-def]
-    return runner.invoke(app, ["convert", *[str(a) for a in args]])
-
-
-def one_error_line(result) -> str:  # type: ignore[no-untyped-def]
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert result.exit_code == 1 and len(lines) == 1, result.output
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

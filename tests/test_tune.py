@@ -16,7 +16,6 @@ from typer.testing import CliRunner
 
 from conftest import IN_CI, ROOT, tensorflow_or_skip
 from edgecls.cli import app
-from edgecls.demo import write_demo_dataset
 
 runner = CliRunner()
 FAST = ["--max-epochs", "1", "--input-sizes", "32", "--calibration-samples", "20", "--max-drop", "100"]
@@ -31,12 +30,6 @@ def _deps():
         if IN_CI:
             pytest.fail("optuna (the 'tune' extra) is required under CI=true")
         pytest.skip("optuna is not installed (pip install 'edgecls[tune]')")
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    return write_demo_dataset(tmp_path_factory.mktemp("data") / "shapes", per_class=14, size=32,
-                              classes=("circle", "square", "stripes"))
 
 
 def tune(*args):  # type: ignore[no-untyped-def]
