@@ -24,8 +24,7 @@ from edgecls.labels import read_labels_file
 from edgecls.metadata import embed_manifest
 from edgecls.preprocess import PreprocessConfig
 
-from . import evaluate
-from . import report as reporting
+from . import evaluate, report as reporting
 from .data import Dataset, scan, stratified_sample
 from .models import DEFAULT_INPUT_SIZE, ModelSpec, create_model, uses_sigmoid
 from .quantize import IO_TYPES, QUANT_MODES, to_tflite
