@@ -80,8 +80,8 @@ def _teacher_lines(teacher: dict[str, Any] | None) -> list[str]:
         return []
     lines = ["", "## Distillation", "",
              f"- trained towards {teacher['weight']:g} x the probabilities of `{teacher['path']}` "
-             f"({teacher.get('arch') or 'architecture unknown'}) + {1 - teacher['weight']:g} x the labels",
-             f"- the teacher's top-1 on the held-out split at this model's input size: {_pct(teacher['test_top1'])}"]
+             f"({teacher.get('arch') or 'architecture unknown'}) + {1 - teacher['weight']:g} x the labels; its "
+             "top-1 in the accuracy table is on the held-out split seen at this model's input size"]
     if teacher["split_checked"]:
         lines.append("- the teacher was trained on this dataset with the same split: it has not seen the held-out images")
     else:
