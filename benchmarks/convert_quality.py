@@ -10,7 +10,9 @@ and for every run: int8 vs float drop <= 1.0 point, agreement >= 98%, int8 size 
 wall time and peak memory (RSS) of the whole process. compact-cnn learns from the mobilenet_v1 run's float model
 (`--teacher`, same split and seed), so that run comes first; a user pays for both, and the note reports both.
 
-Run: python benchmarks/convert_quality.py [--only NAME ...] [--out benchmarks/results/quality]
+Run: python benchmarks/convert_quality.py [--only NAME ...] [--seed N] [--out benchmarks/results/quality]
+(--seed changes the train/val/test split as well as the initialisation: a second seed is a second, independent
+measurement on other test images, and compact-cnn then needs the mobilenet_v1 run of the same seed as its teacher.)
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ SHARED = ROOT.parent / "shared" / "data"
 FLOWERS = SHARED / "flowers128"
 WEIGHTS = SHARED / "weights" / "mobilenet_v1_0.25_224_no_top.h5"
 
-COMMON = ["--no-baseline", "--seed", "0"]
+COMMON = ["--no-baseline"]
 COMPACT = ["--arch", "compact-cnn", "--input-size", "128", "--width", "48", "--depth", "4", "--patience", "15",
            "--learning-rate", "0.002", "--augment", "1.5", "--dropout", "0.3", "--label-smoothing", "0.1",
            "--deterministic"]
@@ -52,13 +54,13 @@ RUNS = {
 }
 
 
-def run(name: str, args: list[str], out_root: Path) -> dict:
+def run(name: str, args: list[str], out_root: Path, seed: int = 0) -> dict:
     out = out_root / name
     edgecls = Path(sys.executable).with_name("edgecls")
     args = [a.format(out=out_root) for a in args]
     if "--teacher" in args and not Path(args[args.index("--teacher") + 1]).is_dir():
         sys.exit(f"{name} distils from {args[args.index('--teacher') + 1]}: run mobilenet_v1 first (same --out)")
-    cmd = [str(edgecls), "convert", str(FLOWERS), "--out", str(out), *COMMON, *args]
+    cmd = [str(edgecls), "convert", str(FLOWERS), "--out", str(out), *COMMON, "--seed", str(seed), *args]
     print("$", " ".join(cmd), flush=True)
     peak_file = out_root / f"{name}.peak"
     # A small wrapper process runs the command, so its peak RSS is the command's own (a child forked straight from
@@ -79,6 +81,7 @@ def run(name: str, args: list[str], out_root: Path) -> dict:
         print(proc.stdout[-3000:])
     return {
         "name": name,
+        "seed": seed,
         "exit_code": proc.returncode,
         "wall_s": round(wall, 1),
         "train_s": report.get("timing", {}).get("train_s"),
@@ -97,6 +100,7 @@ def run(name: str, args: list[str], out_root: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", choices=sorted(RUNS), help="run only these configurations")
+    parser.add_argument("--seed", type=int, default=0, help="split and initialisation seed (default 0)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality")
     args = parser.parse_args()
     if not FLOWERS.is_dir():
@@ -104,7 +108,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for name in args.only or list(RUNS):
-        result = run(name, RUNS[name], args.out)
+        result = run(name, RUNS[name], args.out, args.seed)
         results.append(result)
         print(json.dumps(result), flush=True)
         (args.out / "summary.json").write_text(json.dumps(results, indent=2))
