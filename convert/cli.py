@@ -227,7 +227,7 @@ def convert(
         if calibration is not None:
             report = convert_model(data_dir, calibration, options, observer)
         else:
-            report = convert_dataset(data_dir, options, observer)
+            report = _with_early_stop(lambda request: convert_dataset(data_dir, options, observer, request), observer)
         _summary(observer, report, out, demo)
     if not report["passed"]:
         typer.echo(f"error: {report['gate_message']}", err=True)
@@ -263,6 +263,9 @@ def _summary(observer: RichObserver, report: dict[str, Any], out: Path, demo: bo
         console.print(f"seed-cnn baseline: float top-1 {100 * report['baseline']['float_top1']:.1f}%")
     if report.get("teacher"):
         console.print(f"teacher (distilled from): float top-1 {100 * report['teacher']['test_top1']:.1f}%")
+    stopped = (report.get("history") or {}).get("stopped_early")
+    if stopped:
+        console.print(f"training was stopped early ({stopped['stage']} epoch {stopped['epoch']} of {stopped['epochs']})")
     console.print(f"{report['int8_bytes'] / 1024:.0f} KiB model ({report['int8_bytes'] / report['float_tflite_bytes']:.2f}x "
                   f"float), {report['timing']['total_s']:.0f} s. Report: {out / 'report.md'}", soft_wrap=True)
     if report["skipped"]:
@@ -308,6 +311,29 @@ def _with_ctrl_c_flag(work: Any, observer: RichObserver) -> Any:
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         return work(flag.is_set)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _with_early_stop(work: Any, observer: RichObserver) -> Any:
+    """Run ``work(stop_request)`` with a SIGINT handler for long training: a first Ctrl-C while the model trains
+    ends training after the current batch and goes on to export and verify the best weights so far; any other
+    Ctrl-C (a second one, or one outside training) interrupts at once."""
+    import signal
+
+    from convert.training import StopRequest
+
+    request = StopRequest()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if not request.request():
+            raise KeyboardInterrupt
+        observer.console.print("stopping training after this batch; the best weights so far will be exported and "
+                               "verified (Ctrl-C again to abort)")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        return work(request)
     finally:
         signal.signal(signal.SIGINT, previous)
 

@@ -28,7 +28,7 @@ from . import evaluate, report as reporting
 from .data import Dataset, scan, stratified_sample
 from .models import DEFAULT_INPUT_SIZE, ModelSpec, create_model, uses_sigmoid
 from .quantize import IO_TYPES, QUANT_MODES, to_tflite
-from .training import TrainConfig, TrainingObserver, deterministic, make_strategy, train
+from .training import StopRequest, TrainConfig, TrainingObserver, deterministic, make_strategy, train
 
 COLORS = ("rgb", "grayscale")
 TARGETS = ("cpu", "edgetpu")
@@ -134,8 +134,11 @@ class QuietObserver:
         pass
 
 
-def convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertObserver | None = None) -> dict[str, Any]:
-    """Train ``options.arch`` on a folder-per-class (or pre-split) dataset, export, verify and report."""
+def convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertObserver | None = None,
+                    stop_request: StopRequest | None = None) -> dict[str, Any]:
+    """Train ``options.arch`` on a folder-per-class (or pre-split) dataset, export, verify and report.
+    ``stop_request`` lets the caller end training early and still get the exported, verified model (see
+    convert.training.StopRequest); the seed-cnn baseline is then skipped."""
     import keras
 
     obs = observer or QuietObserver()
@@ -166,9 +169,15 @@ def convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertOb
         model = create_model(options.arch, spec)
     t_train = time.perf_counter()
     history = train(model, dataset, options.train, sigmoid=sigmoid, checkpoint_dir=options.out_dir / "checkpoints",
-                    strategy=strategy, observer=obs, teacher=teacher)
+                    strategy=strategy, observer=obs, teacher=teacher, stop_request=stop_request)
     train_s = time.perf_counter() - t_train
-    baseline = _baseline(data_dir, dataset, options, obs) if options.baseline and options.arch != "seed-cnn" else None
+    stopped = history.get("stopped_early")
+    if stopped:
+        best = f"the weights of epoch {stopped['best_epoch']}" if stopped["best_epoch"] else "the last weights"
+        obs.step(f"training stopped early at {stopped['stage']} epoch {stopped['epoch']} of {stopped['epochs']}; "
+                 f"exporting {best} (lowest validation loss)")
+    wants_baseline = options.baseline and options.arch != "seed-cnn" and not stopped
+    baseline = _baseline(data_dir, dataset, options, obs) if wants_baseline else None
     return _export_and_verify(model, dataset, options, obs, sigmoid=sigmoid, history=history, baseline=baseline,
                               timing={"train_s": train_s, "started": started}, teacher=teacher_info)
 

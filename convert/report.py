@@ -126,6 +126,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"> {report['gate_message']}", ""]
     if report.get("test_source") != "test":
         lines += [f"> Note: {report['test_note']}", ""]
+    stopped = (report.get("history") or {}).get("stopped_early")
+    if stopped:
+        best = f"epoch {stopped['best_epoch']}, the lowest validation loss" if stopped["best_epoch"] else "the last epoch"
+        skipped = f"; the {', '.join(stopped['skipped_stages'])} stage was skipped" if stopped["skipped_stages"] else ""
+        lines += [f"> Training was stopped early by the user in the {stopped['stage']} stage, at epoch "
+                  f"{stopped['epoch']} of {stopped['epochs']}{skipped}. The model is the weights of {best}.", ""]
     lines += ["## Accuracy on the held-out split", "", "| model | top-1 |" + (" top-5 |" if "top5" in f else ""),
               "|---|---|" + ("---|" if "top5" in f else "")]
     rows = [("float (Keras)", f), (f"{q} TFLite (edgecls runtime)", t)]

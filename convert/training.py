@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -183,6 +185,38 @@ def compile_model(model: Any, *, learning_rate: float, sigmoid: bool, label_smoo
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
 
 
+class StopRequest:
+    """A request to end training early and keep the model, as from a first Ctrl-C during a long `edgecls convert`.
+
+    Whoever owns the signal handler (the CLI) calls `request()`. While `train` is fitting, the request is taken
+    and it returns True: training ends after the current batch, with the best weights so far by validation loss,
+    and the caller's work goes on (export, verification). Otherwise, or when a request was already taken, it returns
+    False, and the caller interrupts at once.
+    """
+
+    def __init__(self) -> None:
+        self._fitting = threading.Event()
+        self._requested = threading.Event()
+
+    def request(self) -> bool:
+        if not self._fitting.is_set() or self._requested.is_set():
+            return False
+        self._requested.set()
+        return True
+
+    @property
+    def requested(self) -> bool:
+        return self._requested.is_set()
+
+    @contextlib.contextmanager
+    def fitting(self) -> Iterator[None]:
+        self._fitting.set()
+        try:
+            yield
+        finally:
+            self._fitting.clear()
+
+
 def train(
     model: Any,
     dataset: Dataset,
@@ -194,12 +228,16 @@ def train(
     observer: TrainingObserver | None = None,
     teacher: Any = None,
     should_stop: Callable[[], bool] | None = None,
+    stop_request: StopRequest | None = None,
 ) -> dict[str, Any]:
     """Fit the model (head first on a frozen base for transfer models, then fine-tune); return the merged history.
 
     The history has per-epoch lists ("loss", "accuracy", "val_loss", "val_accuracy") and "stages": where each
     stage starts, for the training-curves plot. ``teacher``: distil from it (convert.distill). ``should_stop`` is
     asked after every batch; when it says yes, training raises KeyboardInterrupt there (see stop_check).
+    ``stop_request``: when taken (see StopRequest), training ends after the current batch, later stages are skipped,
+    the model gets the stage's best checkpoint (lowest validation loss, the unfinished epoch included), and the
+    history says so under "stopped_early".
     """
     observer = observer or SilentObserver()
     train_ds, val_ds = make_datasets(dataset, config, sigmoid, teacher)
@@ -220,17 +258,29 @@ def train(
                           decay_steps=steps, weight_decay=config.weight_decay)
         observer.stage(name, epochs)
         history["stages"].append({"name": name, "start_epoch": len(history["loss"]), "learning_rate": lr})
-        fit = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=epochs,
-            class_weight=weights,
-            shuffle=False,  # the tf.data pipeline shuffles
-            verbose=0,
-            callbacks=_callbacks(config, name, epochs, checkpoint_dir, observer, should_stop),
-        )
+        callbacks = _callbacks(config, name, epochs, checkpoint_dir, observer, should_stop, stop_request)
+        with stop_request.fitting() if stop_request is not None else contextlib.nullcontext():
+            fit = model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=epochs,
+                class_weight=weights,
+                shuffle=False,  # the tf.data pipeline shuffles
+                verbose=0,
+                callbacks=callbacks,
+            )
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             history[key].extend(float(v) for v in fit.history.get(key, []))
+        if stop_request is not None and stop_request.requested:
+            best = next(c for c in callbacks if hasattr(c, "checkpoint_path"))
+            if best.best_epoch is not None:
+                model.load_weights(best.checkpoint_path)
+            history["stopped_early"] = {
+                "stage": name, "epoch": len(fit.history.get("loss", [])), "epochs": epochs,
+                "best_epoch": None if best.best_epoch is None else best.best_epoch + 1,
+                "skipped_stages": [s[0] for s in stages[stages.index((name, epochs, lr)) + 1 :]],
+            }
+            break
     return history
 
 
@@ -246,12 +296,19 @@ def _unfreeze_top(base: Any, n_layers: int) -> None:
 
 
 def _callbacks(config: TrainConfig, stage: str, epochs: int, checkpoint_dir: Path, observer: TrainingObserver,
-               should_stop: Callable[[], bool] | None = None) -> list[Any]:
+               should_stop: Callable[[], bool] | None = None, stop_request: StopRequest | None = None) -> list[Any]:
     import keras
 
     class Stop(keras.callbacks.Callback):
         def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
             stop_check(should_stop)
+
+    class EndEarly(keras.callbacks.Callback):
+        """Ends fit after this batch once the stop request is taken (Keras still validates the unfinished epoch)."""
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+            if stop_request is not None and stop_request.requested:
+                self.model.stop_training = True
 
     class Report(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
@@ -263,16 +320,17 @@ def _callbacks(config: TrainConfig, stage: str, epochs: int, checkpoint_dir: Pat
         def __init__(self) -> None:
             super().__init__()
             self.best = float("inf")
+            self.best_epoch: int | None = None
+            self.checkpoint_path = checkpoint_dir / f"best-{stage}.weights.h5"
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             loss = float((logs or {}).get("val_loss", float("inf")))
             if loss < self.best:
-                self.best = loss
+                self.best, self.best_epoch = loss, epoch
                 checkpoint_dir.mkdir(parents=True, exist_ok=True)
-                final = checkpoint_dir / f"best-{stage}.weights.h5"
                 tmp = checkpoint_dir / f".best-{stage}.tmp.weights.h5"
                 self.model.save_weights(tmp)
-                os.replace(tmp, final)
+                os.replace(tmp, self.checkpoint_path)
 
     return [
         # With cosine decay the best epochs come late: watch only the last third, so a noisy validation loss in the
@@ -282,6 +340,7 @@ def _callbacks(config: TrainConfig, stage: str, epochs: int, checkpoint_dir: Pat
         AtomicCheckpoint(),
         Report(),
         *([Stop()] if should_stop is not None else []),
+        *([EndEarly()] if stop_request is not None else []),
     ]
 
 
