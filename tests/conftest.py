@@ -185,3 +185,26 @@ def one_error_line(result) -> str:  # type: ignore[no-untyped-def]
     assert result.exit_code == 1 and len(lines) == 1, result.output
     assert "Traceback" not in result.output
     return lines[0]
+
+
+def ctrl_c_when(args: list[str], trigger, timeout: float = 240.0) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    """Run `python -m edgecls ARGS...` as a real process and send it SIGINT (Ctrl-C) at the first output line for
+    which ``trigger(line)`` is true; return its exit code and whole output (stdout and stderr)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "edgecls", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env={**os.environ, "COLUMNS": "200"})
+    seen = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        seen.append(line)
+        if trigger(line):
+            proc.send_signal(signal.SIGINT)
+            break
+        assert time.monotonic() < deadline, "".join(seen)
+    rest, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, "".join(seen) + rest

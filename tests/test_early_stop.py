@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY, tensorflow_or_skip
+from conftest import ROOT, TINY, ctrl_c_when, tensorflow_or_skip
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -60,21 +57,9 @@ def test_a_taken_request_ends_training_with_the_best_checkpoint(shapes, tmp_path
 
 def test_first_ctrl_c_in_training_exports_the_best_model_so_far(shapes, tmp_path):
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "edgecls", "convert", str(shapes), "--out", str(out), *TINY, "--epochs", "200"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                            env={**os.environ, "COLUMNS": "200"})
-    seen = []
-    deadline = time.monotonic() + 240
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        seen.append(line)
-        if line.strip().startswith("train   2/200"):
-            proc.send_signal(signal.SIGINT)
-            break
-        assert time.monotonic() < deadline, "".join(seen)
-    rest, _ = proc.communicate(timeout=240)
-    output = "".join(seen) + rest
-    assert proc.returncode == 0, output
+    code, output = ctrl_c_when(["convert", shapes, "--out", out, *TINY, "--epochs", "200"],
+                               lambda line: line.strip().startswith("train   2/200"))
+    assert code == 0, output
     assert "stopping training after this batch" in output and "Traceback" not in output
     report = json.loads((out / "report.json").read_text())
     stopped = report["history"]["stopped_early"]
@@ -89,18 +74,8 @@ def test_first_ctrl_c_in_training_exports_the_best_model_so_far(shapes, tmp_path
 
 def test_ctrl_c_outside_training_still_interrupts(shapes, tmp_path):
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "edgecls", "convert", str(shapes), "--out", str(out), *TINY]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                            env={**os.environ, "COLUMNS": "200"})
-    seen = []
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        seen.append(line)
-        if "exporting" in line:  # training is over: nothing to end early
-            proc.send_signal(signal.SIGINT)
-            break
-    rest, _ = proc.communicate(timeout=240)
-    output = "".join(seen) + rest
-    assert proc.returncode == 130, output
+    code, output = ctrl_c_when(["convert", shapes, "--out", out, *TINY],
+                               lambda line: "exporting" in line)  # training is over: nothing to end early
+    assert code == 130, output
     assert "interrupted" in output and "Traceback" not in output
     assert not (out / "model.tflite").exists()
