@@ -37,13 +37,13 @@ def _model():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def converted():  # type: ignore[no-untyped-def]
-    """(raw converter bytes, compacted bytes) for the int8 and the float export of one model."""
+    """(raw converter bytes, compacted bytes) for each export mode of one model."""
     import convert.quantize as quantize
 
     model = _model()
     calibration = np.random.default_rng(0).uniform(0, 255, (16, 24, 24, 3)).astype(np.float32)
     out = {}
-    for mode in ("int8", "none"):
+    for mode in ("int8", "float16", "dynamic", "none"):
         compacted = quantize.to_tflite(model, mode=mode, representative=calibration)
         original = quantize.compact
         quantize.compact = lambda flat: flat  # the converter's own bytes, for comparison
@@ -100,7 +100,7 @@ def _zero_point_vectors(flat: bytes) -> tuple[int, int]:
     return len(positions), len(set(positions))
 
 
-@pytest.mark.parametrize("mode", ["int8", "none"])
+@pytest.mark.parametrize("mode", ["int8", "float16", "dynamic", "none"])
 def test_compacted_model_computes_exactly_what_the_converters_file_computes(converted, mode):
     raw, compacted = converted[mode]
     assert len(compacted) < len(raw)
