@@ -35,17 +35,21 @@ def compact(flatbuffer: bytes) -> bytes:
     except ImportError as exc:  # an older or trimmed TensorFlow: a larger file, nothing worse
         log.warning("TFLite file not compacted (%s)", exc)
         return flatbuffer
-    model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
-    if any(b.offset > 1 for b in model.buffers or []):  # weights stored after the flatbuffer: leave the layout
+    try:
+        model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
+        if any(b.offset > 1 for b in model.buffers or []):  # weights stored after the flatbuffer: leave the layout
+            return flatbuffer
+        for subgraph in model.subgraphs or []:
+            tensors = subgraph.tensors or []
+            for tensor, name in zip(tensors, short_names([_text(t.name) for t in tensors])):
+                tensor.name = name
+        model.buffers = [_AlignedBuffer(b, schema) for b in model.buffers or []]
+        builder = _sharing_builder_class(flatbuffers.Builder)(len(flatbuffer))
+        builder.Finish(model.Pack(builder), file_identifier=TFLITE_IDENTIFIER)
+        out = bytes(builder.Output())
+    except Exception as exc:  # a schema this code does not know: the converter's file is still a good file
+        log.warning("TFLite file not compacted (%s: %s)", type(exc).__name__, exc)
         return flatbuffer
-    for subgraph in model.subgraphs or []:
-        tensors = subgraph.tensors or []
-        for tensor, name in zip(tensors, short_names([_text(t.name) for t in tensors])):
-            tensor.name = name
-    model.buffers = [_AlignedBuffer(b, schema) for b in model.buffers or []]
-    builder = _sharing_builder_class(flatbuffers.Builder)(len(flatbuffer))
-    builder.Finish(model.Pack(builder), file_identifier=TFLITE_IDENTIFIER)
-    out = bytes(builder.Output())
     return out if len(out) < len(flatbuffer) else flatbuffer
 
 

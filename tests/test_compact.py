@@ -172,3 +172,10 @@ def test_short_names(names, expected):
     from convert.compact import short_names
 
     assert short_names(names) == expected
+
+
+def test_a_file_it_cannot_read_is_returned_as_it_was():
+    from convert.compact import compact
+
+    garbage = b"\x10\x00\x00\x00TFL3" + bytes(range(200))
+    assert compact(garbage) == garbage
