@@ -51,19 +51,14 @@ def breakdown(flat: bytes) -> dict[str, int]:
 def measure(run: Path) -> dict[str, object]:
     import keras
 
-    import convert.quantize as quantize
     from convert.compact import compact
+    from convert.quantize import to_tflite
     from edgecls.metadata import flatbuffer_bytes
 
     written = flatbuffer_bytes((run / "model.tflite").read_bytes())
     model = keras.models.load_model(run / "model.keras", compile=False)
-    float_compact = quantize.to_tflite(model, mode="none")
-    original = quantize.compact
-    quantize.compact = lambda flat: flat
-    try:
-        float_raw = quantize.to_tflite(model, mode="none")
-    finally:
-        quantize.compact = original
+    float_raw = to_tflite(model, mode="none", compacted=False)
+    float_compact = compact(float_raw)
     int8_compact = compact(written)
     return {
         "run": str(run),

@@ -5,9 +5,10 @@ Importing this module is cheap (Typer only); TensorFlow loads when the command r
 
 from __future__ import annotations
 
+import contextlib
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
@@ -294,48 +295,51 @@ def _summary(observer: RichObserver, report: dict[str, Any], out: Path, demo: bo
             console.print(f"[red]edgetpu_compiler failed[/]: {compiled.get('error')}", soft_wrap=True)
 
 
-def _with_ctrl_c_flag(work: Any, observer: RichObserver) -> Any:
-    """Run ``work(should_stop)`` with a SIGINT handler that only sets a flag: the first Ctrl-C asks the work to stop
-    at its next safe point (see convert.training.stop_check); a second one interrupts at once."""
+@contextlib.contextmanager
+def _on_ctrl_c(take: Callable[[], bool], message: str, observer: RichObserver) -> Iterator[None]:
+    """A SIGINT handler for the block: a Ctrl-C that ``take()`` accepts prints ``message`` and lets the work stop
+    at its next safe point (asynchronous KeyboardInterrupts can be lost inside TensorFlow tracing); one it refuses
+    interrupts at once."""
     import signal
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if not take():
+            raise KeyboardInterrupt
+        observer.console.print(message)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _with_ctrl_c_flag(work: Any, observer: RichObserver) -> Any:
+    """Run ``work(should_stop)``: the first Ctrl-C asks the work to stop at its next safe point (see
+    convert.training.stop_check); a second one interrupts at once."""
     import threading
 
     flag = threading.Event()
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        if flag.is_set():
-            raise KeyboardInterrupt
+    def take() -> bool:
+        first = not flag.is_set()
         flag.set()
-        observer.console.print("stopping after this training batch (Ctrl-C again to stop at once)")
+        return first
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
+    with _on_ctrl_c(take, "stopping after this training batch (Ctrl-C again to stop at once)", observer):
         return work(flag.is_set)
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _with_early_stop(work: Any, observer: RichObserver) -> Any:
-    """Run ``work(stop_request)`` with a SIGINT handler for long training: a first Ctrl-C while the model trains
-    ends training after the current batch and goes on to export and verify the best weights so far; any other
-    Ctrl-C (a second one, or one outside training) interrupts at once."""
-    import signal
-
+    """Run ``work(stop_request)``: a first Ctrl-C while the model trains ends training after the current batch and
+    goes on to export and verify the best weights so far; any other Ctrl-C (a second one, or one outside training)
+    interrupts at once."""
     from convert.training import StopRequest
 
     request = StopRequest()
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        if not request.request():
-            raise KeyboardInterrupt
-        observer.console.print("stopping training after this batch; the best weights so far will be exported and "
-                               "verified (Ctrl-C again to abort)")
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
+    with _on_ctrl_c(request.request, "stopping training after this batch; the best weights so far will be exported "
+                    "and verified (Ctrl-C again to abort)", observer):
         return work(request)
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 class TuneArch(str, Enum):

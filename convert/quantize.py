@@ -38,10 +38,11 @@ def to_tflite(
     io_type: str = "int8",
     representative: np.ndarray | None = None,
     bias_correction: bool = True,
+    compacted: bool = True,
 ) -> bytes:
     """Convert a Keras model; ``representative`` holds the calibration inputs (float32, N x H x W x C) for int8.
     int8 conversion corrects the conv biases for weight rounding (convert.biascorrect) unless ``bias_correction``
-    is False; the float model is left as it was."""
+    is False; the float model is left as it was. ``compacted=False`` returns the converter's bytes as they are."""
     import tensorflow as tf
 
     if mode not in QUANT_MODES:
@@ -64,7 +65,7 @@ def to_tflite(
             converter.target_spec.supported_types = [tf.float16]
         elif mode == "dynamic":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        return run_converter(converter, mode)
+        return run_converter(converter, mode, compacted=compacted)
 
 
 def set_full_int8(converter: Any, representative: np.ndarray, io_type: str) -> None:
@@ -79,9 +80,9 @@ def set_full_int8(converter: Any, representative: np.ndarray, io_type: str) -> N
     converter.inference_output_type = tf.uint8 if io_type == "uint8" else tf.int8
 
 
-def run_converter(converter: Any, mode: str) -> bytes:
+def run_converter(converter: Any, mode: str, *, compacted: bool = True) -> bytes:
     """Run a configured TFLiteConverter quietly; failures become one ConversionError, int8 output is checked. The
-    bytes come back compacted (convert.compact: the same model, smaller)."""
+    bytes come back compacted (convert.compact: the same model, smaller) unless ``compacted`` is False."""
     chatter = io.StringIO()
     native: list[str] = []
     try:
@@ -97,7 +98,7 @@ def run_converter(converter: Any, mode: str) -> bytes:
         log.debug("converter output:\n%s\n%s", chatter.getvalue(), "\n".join(native))
     if mode == "int8":
         check_fully_quantized(flatbuffer)
-    return compact(bytes(flatbuffer))
+    return compact(bytes(flatbuffer)) if compacted else bytes(flatbuffer)
 
 
 def _explain(exc: Exception, mode: str) -> str:

@@ -249,7 +249,7 @@ def train(
     if pretrained and config.fine_tune_epochs > 0 and config.fine_tune_layers > 0:
         stages = [("head", config.epochs, config.learning_rate),
                   ("fine-tune", config.fine_tune_epochs, config.learning_rate / 10)]
-    for name, epochs, lr in stages:
+    for index, (name, epochs, lr) in enumerate(stages):
         if name == "fine-tune":
             _unfreeze_top(base, config.fine_tune_layers)
         steps = epochs * max(1, -(-len(dataset.samples["train"]) // config.batch_size))
@@ -258,7 +258,7 @@ def train(
                           decay_steps=steps, weight_decay=config.weight_decay)
         observer.stage(name, epochs)
         history["stages"].append({"name": name, "start_epoch": len(history["loss"]), "learning_rate": lr})
-        callbacks = _callbacks(config, name, epochs, checkpoint_dir, observer, should_stop, stop_request)
+        callbacks, best = _callbacks(config, name, epochs, checkpoint_dir, observer, should_stop, stop_request)
         with stop_request.fitting() if stop_request is not None else contextlib.nullcontext():
             fit = model.fit(
                 train_ds,
@@ -272,13 +272,12 @@ def train(
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             history[key].extend(float(v) for v in fit.history.get(key, []))
         if stop_request is not None and stop_request.requested:
-            best = next(c for c in callbacks if hasattr(c, "checkpoint_path"))
             if best.best_epoch is not None:
                 model.load_weights(best.checkpoint_path)
             history["stopped_early"] = {
                 "stage": name, "epoch": len(fit.history.get("loss", [])), "epochs": epochs,
                 "best_epoch": None if best.best_epoch is None else best.best_epoch + 1,
-                "skipped_stages": [s[0] for s in stages[stages.index((name, epochs, lr)) + 1 :]],
+                "skipped_stages": [later[0] for later in stages[index + 1 :]],
             }
             break
     return history
@@ -296,7 +295,10 @@ def _unfreeze_top(base: Any, n_layers: int) -> None:
 
 
 def _callbacks(config: TrainConfig, stage: str, epochs: int, checkpoint_dir: Path, observer: TrainingObserver,
-               should_stop: Callable[[], bool] | None = None, stop_request: StopRequest | None = None) -> list[Any]:
+               should_stop: Callable[[], bool] | None = None,
+               stop_request: StopRequest | None = None) -> tuple[list[Any], Any]:
+    """The stage's callbacks, and among them the best-weights checkpoint (its ``best_epoch`` and
+    ``checkpoint_path``)."""
     import keras
 
     class Stop(keras.callbacks.Callback):
@@ -307,7 +309,7 @@ def _callbacks(config: TrainConfig, stage: str, epochs: int, checkpoint_dir: Pat
         """Ends fit after this batch once the stop request is taken (Keras still validates the unfinished epoch)."""
 
         def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
-            if stop_request is not None and stop_request.requested:
+            if stop_request.requested:  # type: ignore[union-attr]
                 self.model.stop_training = True
 
     class Report(keras.callbacks.Callback):
@@ -332,16 +334,17 @@ def _callbacks(config: TrainConfig, stage: str, epochs: int, checkpoint_dir: Pat
                 self.model.save_weights(tmp)
                 os.replace(tmp, self.checkpoint_path)
 
+    checkpoint = AtomicCheckpoint()
     return [
         # With cosine decay the best epochs come late: watch only the last third, so a noisy validation loss in the
         # middle of the schedule cannot stop training before the learning rate has come down.
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True,
                                       start_from_epoch=(2 * epochs) // 3),
-        AtomicCheckpoint(),
+        checkpoint,
         Report(),
         *([Stop()] if should_stop is not None else []),
         *([EndEarly()] if stop_request is not None else []),
-    ]
+    ], checkpoint
 
 
 def stop_check(should_stop: Callable[[], bool] | None) -> None:

@@ -38,21 +38,13 @@ def _model():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def converted():  # type: ignore[no-untyped-def]
     """(raw converter bytes, compacted bytes) for each export mode of one model."""
-    import convert.quantize as quantize
+    from convert.quantize import to_tflite
 
     model = _model()
     calibration = np.random.default_rng(0).uniform(0, 255, (16, 24, 24, 3)).astype(np.float32)
-    out = {}
-    for mode in ("int8", "float16", "dynamic", "none"):
-        compacted = quantize.to_tflite(model, mode=mode, representative=calibration)
-        original = quantize.compact
-        quantize.compact = lambda flat: flat  # the converter's own bytes, for comparison
-        try:
-            raw = quantize.to_tflite(model, mode=mode, representative=calibration)
-        finally:
-            quantize.compact = original
-        out[mode] = (raw, compacted)
-    return out
+    return {mode: (to_tflite(model, mode=mode, representative=calibration, compacted=False),
+                   to_tflite(model, mode=mode, representative=calibration))
+            for mode in ("int8", "float16", "dynamic", "none")}
 
 
 def _outputs(flat: bytes, inputs: list[np.ndarray]) -> list[np.ndarray]:
