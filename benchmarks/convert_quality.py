@@ -10,15 +10,22 @@ and for every run: int8 vs float drop <= 1.0 point, agreement >= 98%, int8 size 
 wall time and peak memory (RSS) of the whole process. compact-cnn learns from the mobilenet_v1 run's float model
 (`--teacher`, same split and seed), so that run comes first; a user pays for both, and the note reports both.
 
-Run: python benchmarks/convert_quality.py [--only NAME ...] [--seed N] [--out benchmarks/results/quality]
+Run: python benchmarks/convert_quality.py [--only NAME ...] [--seed N | --seeds N N ...] [--extra "FLAGS"]
+                                           [--out benchmarks/results/quality]
 (--seed changes the train/val/test split as well as the initialisation: a second seed is a second, independent
 measurement on other test images, and compact-cnn then needs the mobilenet_v1 run of the same seed as its teacher.)
+--seeds runs every configuration on each split, in OUT/seed<N>/, and prints the mean over the splits: one split's
+522 test (or validation) images move by 1-2.5 points from split to split, more than most recipe changes, so compare
+recipes by these means. --extra appends convert flags to every run (the last value of a flag wins), for example
+--extra="--augment 0.35" (with '=', since the value starts with dashes) to try a change against the same configurations; the validation accuracy at the epoch that
+early stopping restored is recorded for that comparison, because the test split must not choose the recipe.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -54,10 +61,10 @@ RUNS = {
 }
 
 
-def run(name: str, args: list[str], out_root: Path, seed: int = 0) -> dict:
+def run(name: str, args: list[str], out_root: Path, seed: int = 0, extra: list[str] | None = None) -> dict:
     out = out_root / name
     edgecls = Path(sys.executable).with_name("edgecls")
-    args = [a.format(out=out_root) for a in args]
+    args = [a.format(out=out_root) for a in args] + list(extra or [])
     if "--teacher" in args and not Path(args[args.index("--teacher") + 1]).is_dir():
         sys.exit(f"{name} distils from {args[args.index('--teacher') + 1]}: run mobilenet_v1 first (same --out)")
     cmd = [str(edgecls), "convert", str(FLOWERS), "--out", str(out), *COMMON, "--seed", str(seed), *args]
@@ -94,33 +101,84 @@ def run(name: str, args: list[str], out_root: Path, seed: int = 0) -> dict:
         "float_tflite_bytes": report.get("float_tflite_bytes"),
         "size_ratio": (report["int8_bytes"] / report["float_tflite_bytes"]) if report else None,
         "epochs_run": len(report.get("history", {}).get("loss", [])) if report.get("history") else None,
+        "val_top1_restored": restored_val_accuracy(report.get("history")),
     }
+
+
+def restored_val_accuracy(history: dict | None) -> float | None:
+    """Validation accuracy at the epoch of lowest validation loss, the weights early stopping restores."""
+    if not history or not history.get("val_loss") or not history.get("val_accuracy"):
+        return None
+    losses = history["val_loss"]
+    return history["val_accuracy"][min(range(len(losses)), key=losses.__getitem__)]
+
+
+def means(results: list[dict]) -> list[dict]:
+    """Per configuration, the mean of each figure over the seeds whose run produced a report."""
+    keys = ("float_top1", "int8_top1", "drop_points", "agreement", "size_ratio", "wall_s", "peak_rss_mb",
+            "val_top1_restored")
+    rows = []
+    for name in dict.fromkeys(r["name"] for r in results):
+        done = [r for r in results if r["name"] == name and r["int8_top1"] is not None]
+        row: dict = {"name": name, "seeds": [r["seed"] for r in done],
+                     "failed_seeds": [r["seed"] for r in results if r["name"] == name and r["int8_top1"] is None]}
+        for key in keys:
+            values = [r[key] for r in done if r.get(key) is not None]
+            row[key] = sum(values) / len(values) if values else None
+        row["min_agreement"] = min((r["agreement"] for r in done), default=None)
+        rows.append(row)
+    return rows
+
+
+def row(label: str, r: dict) -> str:
+    if r["int8_top1"] is None:
+        return f"| {label} | failed | | | | | | | |"
+    val = f"{100 * r['val_top1_restored']:.1f}%" if r.get("val_top1_restored") is not None else "-"
+    return (f"| {label} | {val} | {100 * r['float_top1']:.1f}% | {100 * r['int8_top1']:.1f}% | "
+            f"{r['drop_points']:.2f} | {100 * r['agreement']:.1f}% | {r['size_ratio']:.2f} | "
+            f"{r['wall_s'] / 60:.1f} min | {r['peak_rss_mb']:.0f} MB |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", choices=sorted(RUNS), help="run only these configurations")
-    parser.add_argument("--seed", type=int, default=0, help="split and initialisation seed (default 0)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--seed", type=int, default=0, help="split and initialisation seed (default 0)")
+    group.add_argument("--seeds", type=int, nargs="+", help="run on each of these splits and report the means")
+    parser.add_argument("--extra", default="", help="convert flags appended to every run: --extra=\"--augment 0.35\"")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality")
     args = parser.parse_args()
     if not FLOWERS.is_dir():
         sys.exit(f"needs {FLOWERS} (../shared/data)")
-    args.out.mkdir(parents=True, exist_ok=True)
+    seeds = args.seeds or [args.seed]
+    extra = shlex.split(args.extra)
     results = []
-    for name in args.only or list(RUNS):
-        result = run(name, RUNS[name], args.out, args.seed)
-        results.append(result)
-        print(json.dumps(result), flush=True)
-        (args.out / "summary.json").write_text(json.dumps(results, indent=2))
-    print("\n| run | float top-1 | int8 top-1 | drop (pt) | agreement | int8 / float size | wall | peak RSS |")
-    print("|---|---|---|---|---|---|---|---|")
+    for seed in seeds:
+        out_root = args.out / f"seed{seed}" if args.seeds else args.out
+        out_root.mkdir(parents=True, exist_ok=True)
+        for name in args.only or list(RUNS):
+            result = run(name, RUNS[name], out_root, seed, extra)
+            result["extra"] = args.extra
+            results.append(result)
+            print(json.dumps(result), flush=True)
+            (out_root / "summary.json").write_text(json.dumps([r for r in results if r["seed"] == seed], indent=2))
+    header = ("| run | val top-1 (restored epoch) | float top-1 | int8 top-1 | drop (pt) | agreement | "
+              "int8 / float size | wall | peak RSS |")
+    print("\n" + header)
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        if r["int8_top1"] is None:
-            print(f"| {r['name']} | failed (exit {r['exit_code']}) | | | | | | |")
-            continue
-        print(f"| {r['name']} | {100 * r['float_top1']:.1f}% | {100 * r['int8_top1']:.1f}% | {r['drop_points']:.2f} | "
-              f"{100 * r['agreement']:.1f}% | {r['size_ratio']:.2f} | {r['wall_s'] / 60:.1f} min | "
-              f"{r['peak_rss_mb']:.0f} MB |")
+        print(row(f"{r['name']} (seed {r['seed']})" if args.seeds else r["name"], r))
+    if args.seeds:
+        averaged = means(results)
+        (args.out / "means.json").write_text(json.dumps({"seeds": seeds, "extra": args.extra, "means": averaged},
+                                                        indent=2))
+        for r in averaged:
+            label = f"{r['name']}, mean of {len(r['seeds'])} seeds"
+            if r["min_agreement"] is not None:
+                label += f" (lowest agreement {100 * r['min_agreement']:.1f}%)"
+            if r["failed_seeds"]:
+                label += f" (failed: {', '.join(map(str, r['failed_seeds']))})"
+            print(row(f"**{label}**", r))
 
 
 if __name__ == "__main__":
