@@ -17,8 +17,9 @@ measurement on other test images, and compact-cnn then needs the mobilenet_v1 ru
 --seeds runs every configuration on each split, in OUT/seed<N>/, and prints the mean over the splits: one split's
 522 test (or validation) images move by 1-2.5 points from split to split, more than most recipe changes, so compare
 recipes by these means. --extra appends convert flags to every run (the last value of a flag wins), for example
---extra="--augment 0.35" (with '=', since the value starts with dashes) to try a change against the same configurations; the validation accuracy at the epoch that
-early stopping restored is recorded for that comparison, because the test split must not choose the recipe.
+--extra="--augment 0.35" (with '=', since the value starts with dashes) to try a change against the same
+configurations. The validation accuracy at the epoch that early stopping restored is recorded for that comparison,
+because the test split must not choose the recipe.
 """
 
 from __future__ import annotations
@@ -106,11 +107,13 @@ def run(name: str, args: list[str], out_root: Path, seed: int = 0, extra: list[s
 
 
 def restored_val_accuracy(history: dict | None) -> float | None:
-    """Validation accuracy at the epoch of lowest validation loss, the weights early stopping restores."""
+    """Validation accuracy at the epoch of lowest validation loss in the last training stage: the weights that
+    early stopping restores (each stage keeps its own best, so a head-stage epoch is never the one exported)."""
     if not history or not history.get("val_loss") or not history.get("val_accuracy"):
         return None
+    start = (history.get("stages") or [{}])[-1].get("start_epoch", 0)
     losses = history["val_loss"]
-    return history["val_accuracy"][min(range(len(losses)), key=losses.__getitem__)]
+    return history["val_accuracy"][min(range(start, len(losses)), key=losses.__getitem__)]
 
 
 def means(results: list[dict]) -> list[dict]:
@@ -132,7 +135,8 @@ def means(results: list[dict]) -> list[dict]:
 
 def row(label: str, r: dict) -> str:
     if r["int8_top1"] is None:
-        return f"| {label} | failed | | | | | | | |"
+        failed = f"failed (exit {r['exit_code']})" if "exit_code" in r else "failed"
+        return f"| {label} | {failed} | | | | | | | |"
     val = f"{100 * r['val_top1_restored']:.1f}%" if r.get("val_top1_restored") is not None else "-"
     return (f"| {label} | {val} | {100 * r['float_top1']:.1f}% | {100 * r['int8_top1']:.1f}% | "
             f"{r['drop_points']:.2f} | {100 * r['agreement']:.1f}% | {r['size_ratio']:.2f} | "
