@@ -62,6 +62,9 @@ def plot_curves(path: Path, history: dict[str, Any], title: str) -> None:
         for stage in history.get("stages", [])[1:]:
             ax.axvline(stage["start_epoch"] + 0.5, color="grey", linestyle="--", linewidth=1)
             ax.text(stage["start_epoch"] + 0.7, ax.get_ylim()[1], stage["name"], va="top", fontsize=8, color="grey")
+        kept = kept_epoch(history)
+        if kept is not None and kept <= len(history.get(f"val_{key}", [])):
+            ax.plot([kept], [history[f"val_{key}"][kept - 1]], "o", color="black", label=f"kept (epoch {kept})")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -69,6 +72,12 @@ def plot_curves(path: Path, history: dict[str, Any], title: str) -> None:
     fig.suptitle(title)
     atomic_write_bytes(path, _figure_bytes(fig))
     plt.close(fig)
+
+
+def kept_epoch(history: dict[str, Any] | None) -> int | None:
+    """The epoch (1-based) whose weights the model was exported with: the last stage's, when training recorded it."""
+    stages = (history or {}).get("stages") or [{}]
+    return stages[-1].get("kept_epoch")
 
 
 def _pct(x: float | None) -> str:
@@ -106,6 +115,15 @@ def _int8_method(report: dict[str, Any]) -> list[str]:
         lines.append(f"- agreement is below {AGREEMENT_HINT:.0%}: `--int8-tune` fits the int8 weights to the float "
                      "model (a flowers128 MobileNet went from 96.4% to 98.3%)")
     return lines
+
+
+def _kept_lines(history: dict[str, Any] | None) -> list[str]:
+    kept = kept_epoch(history)
+    if history is None or kept is None or history.get("stopped_early"):  # the stop note already names the epoch
+        return []
+    stage, loss, accuracy = history["stages"][-1]["name"], history["val_loss"], history["val_accuracy"]
+    return [f"The model is the weights of epoch {kept} of {len(loss)} ({stage} stage, lowest validation loss "
+            f"{loss[kept - 1]:.4f}, validation accuracy {_pct(accuracy[kept - 1])}).", ""]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -152,6 +170,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "![training curves](training_curves.png)",
         "",
+        *_kept_lines(report.get("history")),
         "## Sizes",
         "",
         f"- {q} model: {report['int8_bytes'] / 1024:.1f} KiB "

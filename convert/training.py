@@ -233,7 +233,8 @@ def train(
     """Fit the model (head first on a frozen base for transfer models, then fine-tune); return the merged history.
 
     The history has per-epoch lists ("loss", "accuracy", "val_loss", "val_accuracy") and "stages": where each
-    stage starts, for the training-curves plot. ``teacher``: distil from it (convert.distill). ``should_stop`` is
+    stage starts, for the training-curves plot, and its "kept_epoch": the epoch (1-based over the whole history)
+    whose weights it ended with, the lowest validation loss that early stopping watched (None: the last weights). ``teacher``: distil from it (convert.distill). ``should_stop`` is
     asked after every batch; when it says yes, training raises KeyboardInterrupt there (see stop_check).
     ``stop_request``: when taken (see StopRequest), training ends after the current batch, later stages are skipped,
     the model gets the stage's best checkpoint (lowest validation loss, the unfinished epoch included), and the
@@ -258,7 +259,8 @@ def train(
                           decay_steps=steps, weight_decay=config.weight_decay)
         observer.stage(name, epochs)
         history["stages"].append({"name": name, "start_epoch": len(history["loss"]), "learning_rate": lr})
-        callbacks, best = _callbacks(config, name, epochs, checkpoint_dir, observer, should_stop, stop_request)
+        callbacks, best, early = _callbacks(config, name, epochs, checkpoint_dir, observer, should_stop,
+                                            stop_request)
         with stop_request.fitting() if stop_request is not None else contextlib.nullcontext():
             fit = model.fit(
                 train_ds,
@@ -271,9 +273,13 @@ def train(
             )
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             history[key].extend(float(v) for v in fit.history.get(key, []))
-        if stop_request is not None and stop_request.requested:
-            if best.best_epoch is not None:
-                model.load_weights(best.checkpoint_path)
+        stopped = stop_request is not None and stop_request.requested
+        kept = best.best_epoch if stopped else early.best_epoch if early.best_weights is not None else None
+        if stopped and best.best_epoch is not None:
+            model.load_weights(best.checkpoint_path)
+        stage = history["stages"][-1]
+        stage["kept_epoch"] = None if kept is None else stage["start_epoch"] + kept + 1
+        if stopped:
             history["stopped_early"] = {
                 "stage": name, "epoch": len(fit.history.get("loss", [])), "epochs": epochs,
                 "best_epoch": None if best.best_epoch is None else best.best_epoch + 1,
@@ -298,7 +304,7 @@ def _callbacks(config: TrainConfig, stage: str, epochs: int, checkpoint_dir: Pat
                should_stop: Callable[[], bool] | None = None,
                stop_request: StopRequest | None = None) -> tuple[list[Any], Any]:
     """The stage's callbacks, and among them the best-weights checkpoint (its ``best_epoch`` and
-    ``checkpoint_path``)."""
+    ``checkpoint_path``) and the early stopping whose best weights the stage ends with."""
     import keras
 
     class Stop(keras.callbacks.Callback):
@@ -335,16 +341,17 @@ def _callbacks(config: TrainConfig, stage: str, epochs: int, checkpoint_dir: Pat
                 os.replace(tmp, self.checkpoint_path)
 
     checkpoint = AtomicCheckpoint()
+    # With cosine decay the best epochs come late: watch only the last third, so a noisy validation loss in the
+    # middle of the schedule cannot stop training before the learning rate has come down.
+    early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True,
+                                          start_from_epoch=(2 * epochs) // 3)
     return [
-        # With cosine decay the best epochs come late: watch only the last third, so a noisy validation loss in the
-        # middle of the schedule cannot stop training before the learning rate has come down.
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True,
-                                      start_from_epoch=(2 * epochs) // 3),
+        early,
         checkpoint,
         Report(),
         *([Stop()] if should_stop is not None else []),
         *([EndEarly()] if stop_request is not None else []),
-    ], checkpoint
+    ], checkpoint, early
 
 
 def stop_check(should_stop: Callable[[], bool] | None) -> None:

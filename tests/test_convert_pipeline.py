@@ -49,6 +49,10 @@ def test_artifacts_and_report_fields(compact_run):
     assert (out / "labels.txt").read_text().split() == report["classes"]
     assert "Parity gate PASSED" in (out / "report.md").read_text()
     assert "conv biases corrected for the rounding error" in (out / "report.md").read_text()
+    history = report["history"]
+    kept = history["stages"][-1]["kept_epoch"]  # TINY: 3 epochs, early stopping watches the last (2 * 3 // 3 = 2)
+    assert kept == 3 and (f"The model is the weights of epoch 3 of 3 (train stage, lowest validation loss "
+                          f"{history['val_loss'][2]:.4f}") in (out / "report.md").read_text()
     for png in ("confusion_matrix.png", "training_curves.png"):
         assert Image.open(out / png).size[0] > 200
     # Low agreement without int8 tuning: the report points to it.
@@ -393,6 +397,28 @@ def test_weight_decay_shrinks_kernels_only():
         assert type(model.optimizer).__name__ == ("AdamW" if decay else "Adam")
     assert norms[0.9][0] < 0.9 * norms[0.0][0], norms  # kernels decay
     assert norms[0.9][1] == pytest.approx(norms[0.0][1], rel=0.05), norms  # BatchNorm scales are left alone
+
+
+def test_training_ends_with_the_weights_of_the_kept_epoch(shapes, tmp_path):
+    """The stage records which epoch's weights it ended with, and the model evaluates to that epoch's validation
+    loss: the lowest over the last third of the stage, which early stopping watches."""
+    import keras
+
+    from convert.data import scan
+    from convert.models import ModelSpec, create_model
+    from convert.training import TrainConfig, make_datasets, make_strategy, train
+
+    dataset = scan(shapes, input_size=(32, 32), channels=3, seed=0)
+    keras.utils.set_random_seed(0)
+    model = create_model("compact-cnn", ModelSpec(num_classes=3, input_size=32, width=8, depth=1))
+    config = TrainConfig(epochs=9, batch_size=8, augment=1.0, patience=1)
+    history = train(model, dataset, config, sigmoid=False, checkpoint_dir=tmp_path / "ckpt",
+                    strategy=make_strategy("default"))
+    kept = history["stages"][-1]["kept_epoch"]
+    watched = history["val_loss"][(2 * 9) // 3 :]
+    assert kept == 7 + int(np.argmin(watched)) and 7 <= kept <= len(history["val_loss"])
+    _, val_ds = make_datasets(dataset, config, sigmoid=False)
+    assert model.evaluate(val_ds, verbose=0)[0] == pytest.approx(history["val_loss"][kept - 1], rel=1e-4)
 
 
 def test_mobilenet_from_random_weights_trains_as_one_ordinary_network():
