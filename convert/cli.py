@@ -50,6 +50,11 @@ class Resize(str, Enum):
     letterbox = "letterbox"
 
 
+class Optimizer(str, Enum):
+    adam = "adam"
+    sgd = "sgd"
+
+
 class ClassWeights(str, Enum):
     none = "none"
     auto = "auto"
@@ -147,11 +152,12 @@ def convert(
     fine_tune_epochs: Annotated[int, typer.Option(min=0, help="Transfer models: fine-tuning epochs.")] = 15,
     fine_tune_layers: Annotated[int, typer.Option(min=0, help="Transfer models: top base layers to unfreeze.")] = 30,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    learning_rate: Annotated[float, typer.Option(help="Adam learning rate (fine-tuning uses a tenth).")] = 1e-3,
+    learning_rate: Annotated[float, typer.Option(help="Learning rate (fine-tuning uses a tenth).")] = 1e-3,
+    optimizer: Annotated[Optimizer, typer.Option(help="adam, or sgd with Nesterov momentum 0.9 (wants about 10x the learning rate).")] = Optimizer.adam,
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.99)] = 0.0,
     augment: Annotated[float, typer.Option(min=0.0, max=3.0, help="Augmentation strength (0 = off).")] = 1.0,
     mixup: Annotated[float, typer.Option(min=0.0, max=10.0, help="MixUp strength, the Beta(a, a) alpha (0 = off; try 0.2).")] = 0.0,
-    weight_decay: Annotated[float, typer.Option(min=0.0, max=0.99, help="AdamW decoupled weight decay (0 = Adam).")] = 0.0,
+    weight_decay: Annotated[float, typer.Option(min=0.0, max=0.99, help="Decoupled weight decay of kernels (0 = none; with Adam, AdamW).")] = 0.0,
     patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience in epochs.")] = 8,
     class_weights: Annotated[ClassWeights, typer.Option(help="'auto' weighs classes by inverse frequency.")] = ClassWeights.none,
     seed: Annotated[int, typer.Option(help="Seed for the split, shuffling and augmentation.")] = 0,
@@ -216,7 +222,8 @@ def convert(
                 width=width, depth=depth, separable=separable, dropout=dropout,
                 train=TrainConfig(epochs=epochs, fine_tune_epochs=fine_tune_epochs, fine_tune_layers=fine_tune_layers,
                                   batch_size=batch_size, learning_rate=learning_rate, label_smoothing=label_smoothing,
-                                  augment=augment, mixup=mixup, weight_decay=weight_decay, patience=patience,
+                                  augment=augment, mixup=mixup, weight_decay=weight_decay, optimizer=optimizer.value,
+                                  patience=patience,
                                   class_weights=class_weights is ClassWeights.auto, seed=seed, strategy=strategy.value),
                 split=_parse_split(split), resize=resize.value, quant=quant.value, io=io.value,
                 calibration_samples=calibration_samples, max_drop=max_drop, baseline=baseline, labels=labels,

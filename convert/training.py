@@ -17,6 +17,7 @@ from .data import Dataset
 from .models import base_model
 
 STRATEGIES = ("default", "mirrored", "multi-worker")
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class TrainConfig:
     augment: float = 1.0
     mixup: float = 0.0  # MixUp Beta(a, a) concentration; 0 = off
     weight_decay: float = 0.0  # decoupled (AdamW) weight decay of kernels; 0 = plain Adam
+    optimizer: str = "adam"  # adam, or sgd (Nesterov momentum 0.9)
     patience: int = 8
     class_weights: bool = False
     seed: int = 0
@@ -48,6 +50,7 @@ class TrainConfig:
             (0 <= self.augment <= 3, f"augment strength must be in [0, 3] (received {self.augment})"),
             (0 <= self.mixup <= 10, f"mixup must be in [0, 10] (received {self.mixup})"),
             (0 <= self.weight_decay < 1, f"weight decay must be in [0, 1) (received {self.weight_decay})"),
+            (self.optimizer in OPTIMIZERS, f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}"),
             (self.patience >= 1, f"patience must be at least 1 (received {self.patience})"),
             (self.strategy in STRATEGIES, f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}"),
         ]
@@ -167,9 +170,10 @@ def make_datasets(dataset: Dataset, config: TrainConfig, sigmoid: bool, teacher:
 
 
 def compile_model(model: Any, *, learning_rate: float, sigmoid: bool, label_smoothing: float, decay_steps: int,
-                  weight_decay: float = 0.0) -> None:
-    """Adam with a cosine learning-rate decay over the stage (to 1% of the start), so the last epochs refine;
-    AdamW when ``weight_decay`` is set (kernels only: not biases or BatchNorm)."""
+                  weight_decay: float = 0.0, optimizer: str = "adam") -> None:
+    """Adam (or SGD with Nesterov momentum 0.9) with a cosine learning-rate decay over the stage (to 1% of the
+    start), so the last epochs refine; decoupled weight decay when ``weight_decay`` is set (AdamW for Adam; kernels
+    only: not biases or BatchNorm)."""
     import keras
 
     if sigmoid:
@@ -177,12 +181,16 @@ def compile_model(model: Any, *, learning_rate: float, sigmoid: bool, label_smoo
     else:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, decay_steps), alpha=0.01)
-    if weight_decay > 0:
-        optimizer = keras.optimizers.AdamW(schedule, weight_decay=weight_decay)
-        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    decay = weight_decay if weight_decay > 0 else None
+    if optimizer == "sgd":
+        opt = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=decay)
+    elif decay:
+        opt = keras.optimizers.AdamW(schedule, weight_decay=decay)
     else:
-        optimizer = keras.optimizers.Adam(schedule)
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+        opt = keras.optimizers.Adam(schedule)
+    if decay:
+        opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    model.compile(optimizer=opt, loss=loss, metrics=["accuracy"])
 
 
 class StopRequest:
@@ -256,7 +264,8 @@ def train(
         steps = epochs * max(1, -(-len(dataset.samples["train"]) // config.batch_size))
         with strategy.scope():
             compile_model(model, learning_rate=lr, sigmoid=sigmoid, label_smoothing=config.label_smoothing,
-                          decay_steps=steps, weight_decay=config.weight_decay)
+                          decay_steps=steps, weight_decay=config.weight_decay,
+                          optimizer=config.optimizer)
         observer.stage(name, epochs)
         history["stages"].append({"name": name, "start_epoch": len(history["loss"]), "learning_rate": lr})
         callbacks, best, early = _callbacks(config, name, epochs, checkpoint_dir, observer, should_stop,

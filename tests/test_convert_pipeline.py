@@ -150,13 +150,14 @@ def test_uint8_io_and_float16(shapes, tmp_path):
     # also through tf.distribute's MirroredStrategy (one CPU device here), as a multi-GPU workstation would run it
     # (and with the regularisers and without bias correction, which the report records)
     result = convert(shapes, "--out", out, *TINY, "--io", "uint8", "--strategy", "mirrored", "--mixup", "0.2",
-                     "--weight-decay", "0.01", "--no-bias-correction")
+                     "--weight-decay", "0.01", "--optimizer", "sgd", "--no-bias-correction")
     assert result.exit_code == 0, result.output
     with Classifier(out / "model.tflite") as clf:
         assert clf.input_spec.dtype == "uint8" and clf.output_spec.dtype == "uint8"
         assert clf.preprocessor._lut_kind == "identity"  # raw pixels straight into the tensor
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["train.mixup"] == 0.2 and report["settings"]["train.weight_decay"] == 0.01
+    assert report["settings"]["train.optimizer"] == "sgd"
     assert report["quantization"]["bias_correction"] is False
     out16 = tmp_path / "f16"
     result = convert(shapes, "--out", out16, *TINY, "--quant", "float16")
@@ -377,7 +378,18 @@ def test_mixup_blends_training_batches_only(shapes):
     assert set(np.unique(np.asarray(val_labels))) <= {0.0, 1.0}
 
 
-def test_weight_decay_shrinks_kernels_only():
+def test_training_settings_out_of_range_say_which_and_why():
+    from convert.training import TrainConfig
+    from edgecls.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="optimizer 'rmsprop' is not one of adam, sgd"):
+        TrainConfig(optimizer="rmsprop")
+    with pytest.raises(ConfigError, match=r"weight decay must be in \[0, 1\) \(received 1.5\)"):
+        TrainConfig(weight_decay=1.5)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_weight_decay_shrinks_kernels_only(optimizer):
     import keras
 
     from convert.models import ModelSpec, create_model
@@ -390,11 +402,11 @@ def test_weight_decay_shrinks_kernels_only():
         keras.utils.set_random_seed(1)
         model = create_model("compact-cnn", ModelSpec(num_classes=3, input_size=32, width=8, depth=1))
         compile_model(model, learning_rate=1e-2, sigmoid=False, label_smoothing=0.0, decay_steps=1000,
-                      weight_decay=decay)
+                      weight_decay=decay, optimizer=optimizer)
         model.fit(x, y, epochs=10, batch_size=8, verbose=0)
         norms[decay] = (float(np.linalg.norm(model.get_layer("stem_conv").kernel)),
                         float(np.linalg.norm(model.get_layer("stem_bn").gamma)))
-        assert type(model.optimizer).__name__ == ("AdamW" if decay else "Adam")
+        assert type(model.optimizer).__name__ == ("SGD" if optimizer == "sgd" else "AdamW" if decay else "Adam")
     assert norms[0.9][0] < 0.9 * norms[0.0][0], norms  # kernels decay
     assert norms[0.9][1] == pytest.approx(norms[0.0][1], rel=0.05), norms  # BatchNorm scales are left alone
 
