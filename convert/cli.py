@@ -263,6 +263,8 @@ def _summary(observer: RichObserver, report: dict[str, Any], out: Path, demo: bo
         f"(drop {report['drop_points']:.2f} pt, agreement {100 * report['agreement']:.1f}%) - parity gate {verdict}",
         soft_wrap=True,
     )
+    for warning in report.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     if report.get("ptq"):
         ptq = report["ptq"]
         console.print(f"post-training int8 before QAT: top-1 {100 * ptq['int8_top1']:.1f}% (drop {ptq['drop_points']:.2f} pt, "

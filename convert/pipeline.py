@@ -507,6 +507,7 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
                   "Try more --int8-tune-epochs." if options.int8_tune else
                   "Try --int8-tune (the int8 weights fitted to the float model, a few minutes), or "
                   "quantisation-aware training: --qat (pip install 'edgecls[qat]')."))
+    majority = majority_class(dataset.counts("test"))
     notes = {"val": "the data has no test/ folder, so the held-out evaluation uses val/ (also used for early stopping)",
              "calibration": "the model was trained elsewhere; every calibration image is also an evaluation image"}
     return {
@@ -528,7 +529,10 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
         "split_sizes": dataset.split_sizes(),
         "test_source": dataset.test_source,
         "test_note": notes.get(dataset.test_source),
-        "class_counts": {"train": dataset.counts("train")},
+        "class_counts": {"train": dataset.counts("train"), "test": dataset.counts("test")},
+        "majority_class": majority,
+        "warnings": [guessing_warning(metrics["float"]["top1"], majority, trained=history is not None)]
+        if metrics["float"]["top1"] <= majority["top1"] else [],
         "imbalance": round(dataset.imbalance(), 3),
         "skipped": [{"path": s.path, "reason": s.reason} for s in dataset.skipped],
         "baseline": baseline,
@@ -538,6 +542,23 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
         "timing": {"train_s": round(timing["train_s"], 1),
                    "total_s": round(time.perf_counter() - timing["started"], 1)},
     }
+
+
+def majority_class(counts: dict[str, int]) -> dict[str, Any]:
+    """The class a model that always gives one answer would do best with, and the top-1 it would get."""
+    if not counts:
+        return {"class": None, "top1": 0.0}
+    name = max(counts, key=counts.__getitem__)
+    return {"class": name, "top1": counts[name] / max(1, sum(counts.values()))}
+
+
+def guessing_warning(top1: float, majority: dict[str, Any], *, trained: bool) -> str:
+    """What to say when the float model is no better than always answering the most frequent class: a parity gate
+    that passes on such a model proves only that int8 guesses the same way."""
+    advice = ("training did not learn the task: lower --learning-rate (a diverged run collapses onto one class), "
+              "train longer, or check the labels" if trained else "check that the model and the labels belong together")
+    return (f"the float model's top-1 ({100 * top1:.1f}%) is no better than always answering "
+            f"{majority['class']!r} ({100 * majority['top1']:.1f}% of the test images); {advice}")
 
 
 def write_demo_data(out_dir: Path, *, per_class: int = 300, seed: int = 0) -> Path:

@@ -142,6 +142,8 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     if not report["passed"]:
         lines += [f"> {report['gate_message']}", ""]
+    for warning in report.get("warnings", []):
+        lines += [f"> **Warning:** {warning[0].upper()}{warning[1:]}.", ""]
     if report.get("test_source") != "test":
         lines += [f"> Note: {report['test_note']}", ""]
     stopped = (report.get("history") or {}).get("stopped_early")

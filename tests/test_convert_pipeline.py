@@ -46,6 +46,8 @@ def test_artifacts_and_report_fields(compact_run):
     assert report["drop_points"] == pytest.approx((report["float"]["top1"] - report["int8"]["top1"]) * 100, abs=1e-6)
     assert report["passed"] is True and report["int8_bytes"] > 0 and report["float_tflite_bytes"] > report["int8_bytes"]
     assert report["split_sizes"] == {"train": 30, "val": 6, "test": 6} and report["skipped"] == []
+    assert report["class_counts"]["test"] == {"circle": 2, "square": 2, "stripes": 2}
+    assert report["majority_class"] == {"class": "circle", "top1": pytest.approx(1 / 3)}
     assert (out / "labels.txt").read_text().split() == report["classes"]
     assert "Parity gate PASSED" in (out / "report.md").read_text()
     assert "conv biases corrected for the rounding error" in (out / "report.md").read_text()
@@ -245,6 +247,33 @@ def test_external_keras_model_with_calibration_folder(shapes, tmp_path):
     labels.write_text("a\nb\nc\nd\n")
     bad = convert(path, "--calibration", shapes, "--out", tmp_path / "bad", "--labels", labels)
     assert "the model has 3 classes" in one_error_line(bad)
+
+
+def test_a_model_that_always_gives_one_answer_is_flagged(shapes, tmp_path):
+    """A model stuck on one class passes the parity gate (int8 gives the same one answer); the report and the
+    command line say that it is no better than guessing the most frequent class, as a diverged training run is."""
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs))
+    dense = keras.layers.Dense(3, activation="softmax")
+    model = keras.Model(inputs, dense(x))
+    dense.set_weights([np.zeros((3, 3), np.float32), np.array([0.0, 3.0, 0.0], np.float32)])  # always 'square'
+    path = tmp_path / "stuck.keras"
+    model.save(path)
+    out = tmp_path / "stuck"
+    result = convert(path, "--calibration", shapes, "--out", out, "--calibration-samples", "10")
+    assert result.exit_code == 0, result.output  # parity holds: the gate passes
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] is True and report["float"]["top1"] == pytest.approx(1 / 3)
+    assert report["majority_class"] == {"class": "circle", "top1": pytest.approx(1 / 3)}  # 14 of each: the first
+    assert len(report["warnings"]) == 1 and "no better than always answering 'circle' (33.3%" in report["warnings"][0]
+    assert "check that the model and the labels belong together" in report["warnings"][0]
+    assert "warning: the float model's top-1 (33.3%) is no better" in " ".join(result.output.split())
+    assert "> **Warning:** The float model's top-1 (33.3%)" in (out / "report.md").read_text()
+    from convert.pipeline import guessing_warning
+
+    assert "lower --learning-rate" in guessing_warning(0.255, report["majority_class"], trained=True)
 
 
 def test_transfer_learning_from_the_shared_mobilenet_weights(flowers, tmp_path):
