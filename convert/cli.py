@@ -153,7 +153,7 @@ def convert(
     fine_tune_layers: Annotated[int, typer.Option(min=0, help="Transfer models: top base layers to unfreeze.")] = 30,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     learning_rate: Annotated[float, typer.Option(help="Learning rate (fine-tuning uses a tenth).")] = 1e-3,
-    optimizer: Annotated[Optimizer, typer.Option(help="adam, or sgd with Nesterov momentum 0.9 (wants about 10x the learning rate).")] = Optimizer.adam,
+    optimizer: Annotated[Optimizer, typer.Option(help="adam, or sgd with Nesterov momentum 0.9 (about 10x the learning rate; keep adam for transfer models, whose fine-tuning collapsed with sgd).")] = Optimizer.adam,
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.99)] = 0.0,
     augment: Annotated[float, typer.Option(min=0.0, max=3.0, help="Augmentation strength (0 = off).")] = 1.0,
     mixup: Annotated[float, typer.Option(min=0.0, max=10.0, help="MixUp strength, the Beta(a, a) alpha (0 = off; try 0.2).")] = 0.0,
