@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from convert.report import kept_epoch
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 FLOWERS = SHARED / "flowers128"
@@ -111,11 +113,11 @@ def restored_val_accuracy(history: dict | None) -> float | None:
     early stopping restores (each stage keeps its own best, so a head-stage epoch is never the one exported)."""
     if not history or not history.get("val_loss") or not history.get("val_accuracy"):
         return None
-    last = (history.get("stages") or [{}])[-1]
-    if last.get("kept_epoch"):  # recorded by convert since it knew it (reports of older runs lack it)
-        return history["val_accuracy"][last["kept_epoch"] - 1]
-    losses = history["val_loss"]
-    return history["val_accuracy"][min(range(last.get("start_epoch", 0), len(losses)), key=losses.__getitem__)]
+    kept = kept_epoch(history)
+    if kept:  # recorded by convert since it knew it (reports of older runs lack it)
+        return history["val_accuracy"][kept - 1]
+    losses, start = history["val_loss"], (history.get("stages") or [{}])[-1].get("start_epoch", 0)
+    return history["val_accuracy"][min(range(start, len(losses)), key=losses.__getitem__)]
 
 
 def means(results: list[dict]) -> list[dict]:

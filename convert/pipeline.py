@@ -508,6 +508,8 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
                   "Try --int8-tune (the int8 weights fitted to the float model, a few minutes), or "
                   "quantisation-aware training: --qat (pip install 'edgecls[qat]')."))
     majority = majority_class(dataset.counts("test"))
+    guessing = metrics["float"]["top1"] <= majority["top1"]
+    warnings = [guessing_warning(metrics["float"]["top1"], majority, trained=history is not None)] if guessing else []
     notes = {"val": "the data has no test/ folder, so the held-out evaluation uses val/ (also used for early stopping)",
              "calibration": "the model was trained elsewhere; every calibration image is also an evaluation image"}
     return {
@@ -531,8 +533,7 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
         "test_note": notes.get(dataset.test_source),
         "class_counts": {"train": dataset.counts("train"), "test": dataset.counts("test")},
         "majority_class": majority,
-        "warnings": [guessing_warning(metrics["float"]["top1"], majority, trained=history is not None)]
-        if metrics["float"]["top1"] <= majority["top1"] else [],
+        "warnings": warnings,
         "imbalance": round(dataset.imbalance(), 3),
         "skipped": [{"path": s.path, "reason": s.reason} for s in dataset.skipped],
         "baseline": baseline,
@@ -549,7 +550,7 @@ def majority_class(counts: dict[str, int]) -> dict[str, Any]:
     if not counts:
         return {"class": None, "top1": 0.0}
     name = max(counts, key=counts.__getitem__)
-    return {"class": name, "top1": counts[name] / max(1, sum(counts.values()))}
+    return {"class": name, "top1": counts[name] / sum(counts.values())}
 
 
 def guessing_warning(top1: float, majority: dict[str, Any], *, trained: bool) -> str:

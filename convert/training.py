@@ -32,7 +32,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     augment: float = 1.0
     mixup: float = 0.0  # MixUp Beta(a, a) concentration; 0 = off
-    weight_decay: float = 0.0  # decoupled (AdamW) weight decay of kernels; 0 = plain Adam
+    weight_decay: float = 0.0  # decoupled weight decay of kernels (Adam becomes AdamW); 0 = none
     optimizer: str = "adam"  # adam, or sgd (Nesterov momentum 0.9)
     patience: int = 8
     class_weights: bool = False
@@ -242,8 +242,9 @@ def train(
 
     The history has per-epoch lists ("loss", "accuracy", "val_loss", "val_accuracy") and "stages": where each
     stage starts, for the training-curves plot, and its "kept_epoch": the epoch (1-based over the whole history)
-    whose weights it ended with, the lowest validation loss that early stopping watched (None: the last weights). ``teacher``: distil from it (convert.distill). ``should_stop`` is
-    asked after every batch; when it says yes, training raises KeyboardInterrupt there (see stop_check).
+    whose weights it ended with, the lowest validation loss that early stopping watched (None: the last weights).
+    ``teacher``: distil from it (convert.distill). ``should_stop`` is asked after every batch; when it says yes,
+    training raises KeyboardInterrupt there (see stop_check).
     ``stop_request``: when taken (see StopRequest), training ends after the current batch, later stages are skipped,
     the model gets the stage's best checkpoint (lowest validation loss, the unfinished epoch included), and the
     history says so under "stopped_early".
@@ -264,8 +265,7 @@ def train(
         steps = epochs * max(1, -(-len(dataset.samples["train"]) // config.batch_size))
         with strategy.scope():
             compile_model(model, learning_rate=lr, sigmoid=sigmoid, label_smoothing=config.label_smoothing,
-                          decay_steps=steps, weight_decay=config.weight_decay,
-                          optimizer=config.optimizer)
+                          decay_steps=steps, weight_decay=config.weight_decay, optimizer=config.optimizer)
         observer.stage(name, epochs)
         history["stages"].append({"name": name, "start_epoch": len(history["loss"]), "learning_rate": lr})
         callbacks, best, early = _callbacks(config, name, epochs, checkpoint_dir, observer, should_stop,
@@ -311,7 +311,7 @@ def _unfreeze_top(base: Any, n_layers: int) -> None:
 
 def _callbacks(config: TrainConfig, stage: str, epochs: int, checkpoint_dir: Path, observer: TrainingObserver,
                should_stop: Callable[[], bool] | None = None,
-               stop_request: StopRequest | None = None) -> tuple[list[Any], Any]:
+               stop_request: StopRequest | None = None) -> tuple[list[Any], Any, Any]:
     """The stage's callbacks, and among them the best-weights checkpoint (its ``best_epoch`` and
     ``checkpoint_path``) and the early stopping whose best weights the stage ends with."""
     import keras
