@@ -19,7 +19,8 @@ measurement on other test images, and compact-cnn then needs the mobilenet_v1 ru
 recipes by these means. --extra appends convert flags to every run (the last value of a flag wins), for example
 --extra="--augment 0.35" (with '=', since the value starts with dashes) to try a change against the same
 configurations. The validation accuracy at the epoch that early stopping restored is recorded for that comparison,
-because the test split must not choose the recipe.
+because the test split must not choose the recipe. It is optimistic (early stopping chose that epoch on the same
+images), and gains of about a point in it have reversed on test three times, so the test means may veto a change.
 """
 
 from __future__ import annotations
