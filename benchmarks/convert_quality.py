@@ -20,7 +20,7 @@ recipes by these means. --extra appends convert flags to every run (the last val
 --extra="--augment 0.35" (with '=', since the value starts with dashes) to try a change against the same
 configurations. The validation accuracy at the epoch that early stopping restored is recorded for that comparison,
 because the test split must not choose the recipe. It is optimistic (early stopping chose that epoch on the same
-images), and gains of about a point in it have reversed on test three times, so the test means may veto a change.
+images), and gains of about a point in it have reversed on test four times, so the test means may veto a change.
 """
 
 from __future__ import annotations
