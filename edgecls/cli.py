@@ -546,17 +546,29 @@ def deploy(
     ] = None,
     prefix: Annotated[str, typer.Option("--prefix", help="Install folder on the device.")] = "/opt/edgecls",
     user: Annotated[str, typer.Option("--user", help="System user the service runs as (created if missing).")] = "edgecls",
+    wheel: Annotated[
+        Optional[Path],
+        typer.Option("--wheel", help="The edgecls wheel to bundle (default: built from this checkout)."),
+    ] = None,
+    wheelhouse: Annotated[
+        Optional[str],
+        typer.Option("--wheelhouse", help="Also bundle every dependency's aarch64 wheel for an offline device: "
+                     "bookworm (Python 3.11) or trixie (Python 3.13)."),
+    ] = None,
     pip_spec: Annotated[
-        Optional[str], typer.Option("--pip-spec", help="What the device's pip installs (default: this edgecls version).")
+        Optional[str],
+        typer.Option("--pip-spec", help="Have the device's pip install this from your own index instead of the wheel."),
     ] = None,
 ) -> None:
-    """Bundle a model for a device: model (+ Edge TPU build), labels, profile, boot lines, systemd unit, install script."""
+    """Bundle a model for a device: model (+ Edge TPU build), labels, profile, boot lines, systemd unit, install script
+    and the edgecls wheel. An MQTT password in a --sink URL is left out: the device's install.sh takes it."""
     from .deploy import build_bundle
     from .profiles import load_profile
 
     with project_errors():
         bundle = build_bundle(
-            model, load_profile(profile), out, sinks=list(sink or []), prefix=prefix, user=user, pip_spec=pip_spec
+            model, load_profile(profile), out, sinks=list(sink or []), prefix=prefix, user=user, pip_spec=pip_spec,
+            wheel=wheel, wheelhouse=wheelhouse,
         )
     for warning in bundle.warnings:
         typer.echo(f"warning: {warning}", err=True)

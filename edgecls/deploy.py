@@ -1,8 +1,15 @@
 """`edgecls deploy`: one archive with everything a device needs to classify at boot.
 
 The bundle (``edgecls-<profile>/`` inside a .tar.gz) holds the model (and its Edge TPU build when one sits beside
-it), its labels, the device profile, the boot configuration fragment, a systemd unit that runs `edgecls run` at boot
-and restarts it on failure, an install script for the device, and a README. The archive is written atomically.
+it), its labels, the device profile, the boot configuration lines and the tool that puts them in place, a systemd
+unit that runs `edgecls run` at boot and restarts it on failure, an install script for the device, the edgecls wheel
+(built from this checkout, or given), optionally the device's dependency wheels for an install with no internet,
+a README and ``SHA256SUMS``. The archive is written atomically.
+
+Everything that reaches the unit or the install script is validated here (no control characters; user names,
+paths, profile names and sinks checked) and quoted for its context. An MQTT password never goes into the bundle:
+the unit's sink URL keeps only the user, and ``install.sh`` writes the password (from a file or the environment)
+into a root-only EnvironmentFile on the device.
 """
 
 from __future__ import annotations
@@ -11,22 +18,48 @@ import hashlib
 import io
 import json
 import os
+import re
 import shlex
+import shutil
+import subprocess
+import sys
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .bootconfig import plan_edit
 from .delegates import compiled_sibling, cpu_sibling
 from .errors import ConfigError
 from .fsutil import atomic_write_bytes
 from .labels import labels_for_file
 from .metadata import check_model_file
 from .profiles import Profile
+from .sinks import MQTT_PASSWORD_ENV, check_sink_spec, mask_url, split_mqtt_password
 
 SERVICE_NAME = "edgecls.service"
+STATE_DIR = "/var/lib/edgecls"  # the service's working directory (StateDirectory=edgecls); relative sink paths land here
+ENV_FILE = "/etc/edgecls/edgecls.env"  # root-only (0600): the secrets the service reads
+USER_PATTERN = r"[a-z_][a-z0-9_-]{0,31}"
+PREFIX_PATTERN = r"(/[A-Za-z0-9_][A-Za-z0-9._+-]*)+"
+# Folders an install prefix must not be: `install.sh --uninstall` removes the prefix.
+SYSTEM_DIRS = {"/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/media", "/mnt", "/opt", "/proc", "/root",
+               "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/bin", "/usr/lib", "/usr/local", "/usr/local/bin",
+               "/usr/local/lib", "/usr/sbin", "/usr/share", "/var", "/var/lib", "/var/log", "/var/tmp"}
+
+# `--wheelhouse TARGET`: the device's Python and the numpy its system packages (picamera2's companions) are built
+# against, as Raspberry Pi OS ships them (same as Debian's python3 and python3-numpy).
+WHEELHOUSE_TARGETS: dict[str, dict[str, str]] = {
+    "bookworm": {"python": "3.11", "numpy": "1.24.2", "os": "Raspberry Pi OS / Debian 12 (bookworm), 64-bit"},
+    "trixie": {"python": "3.13", "numpy": "2.2.4", "os": "Raspberry Pi OS / Debian 13 (trixie), 64-bit"},
+}
+AARCH64_PLATFORMS = ("manylinux_2_36_aarch64", "manylinux_2_35_aarch64", "manylinux_2_34_aarch64",
+                     "manylinux_2_31_aarch64", "manylinux_2_28_aarch64", "manylinux_2_27_aarch64",
+                     "manylinux_2_26_aarch64", "manylinux_2_24_aarch64", "manylinux_2_17_aarch64",
+                     "manylinux2014_aarch64", "linux_aarch64")
 
 
 @dataclass(frozen=True)
@@ -37,6 +70,130 @@ class Bundle:
     warnings: tuple[str, ...] = field(default=())
 
 
+# -- validation ----------------------------------------------------------------------------------------------------
+
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+def check_user(user: str) -> str:
+    if not re.fullmatch(USER_PATTERN, user):
+        raise ConfigError(
+            f"--user {user!r} is not a valid system user name: lower-case letters, digits, '_' and '-', starting "
+            "with a letter or '_', at most 32 characters"
+        )
+    if user == "root":
+        raise ConfigError("--user root: the service runs as its own unprivileged user; name one (default edgecls)")
+    return user
+
+
+def check_prefix(prefix: str) -> str:
+    shown = prefix.encode("unicode_escape").decode()
+    if not prefix.startswith("/"):
+        raise ConfigError(f"--prefix must be an absolute path on the device (received {shown!r})")
+    if not re.fullmatch(PREFIX_PATTERN, prefix) or any(part in (".", "..") for part in prefix.split("/")):
+        raise ConfigError(
+            f"--prefix {shown!r}: use letters, digits and . _ + - in its folder names, no '..' and no trailing '/' "
+            "(e.g. /opt/edgecls)"
+        )
+    if prefix in SYSTEM_DIRS:
+        raise ConfigError(f"--prefix {prefix} is a system folder (install.sh --uninstall removes the prefix); "
+                          f"use a folder of its own, e.g. {prefix.rstrip('/')}/edgecls")
+    return prefix
+
+
+def check_arg(what: str, value: str) -> str:
+    if _has_control(value):
+        raise ConfigError(f"{what} {mask_url(value).encode('unicode_escape').decode()!r} holds control characters")
+    return value
+
+
+# -- the edgecls wheel ---------------------------------------------------------------------------------------------
+
+def source_root() -> Path | None:
+    """The checkout this edgecls runs from (None when it is an installed package)."""
+    root = Path(__file__).resolve().parent.parent
+    pyproject = root / "pyproject.toml"
+    return root if pyproject.is_file() and 'name = "edgecls"' in pyproject.read_text(encoding="utf-8") else None
+
+
+def _source_files(root: Path) -> list[Path]:
+    files = [root / name for name in ("pyproject.toml", "README.md", "LICENSE") if (root / name).is_file()]
+    for package in ("edgecls", "convert", "firmware_configs"):
+        files += sorted(p for p in (root / package).rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                        and p.suffix not in (".pyc", ".pyo"))
+    return files
+
+
+def build_wheel(root: Path | None = None, cache: Path | None = None) -> Path:
+    """The edgecls wheel of the checkout ``root`` (this one by default), built with pip in a copy of its sources.
+
+    Wheels are kept under ``cache`` (``$XDG_CACHE_HOME/edgecls/wheels``), one per content hash, so a second
+    bundle of unchanged sources reuses the first wheel."""
+    root = root or source_root()
+    if root is None:
+        raise ConfigError(
+            "this edgecls is an installed package, not a checkout, so it cannot build its own wheel: pass --wheel "
+            f"edgecls-{__version__}-py3-none-any.whl (pip download --no-deps edgecls=={__version__}), or --pip-spec "
+            "for an index you publish to"
+        )
+    files = _source_files(root)
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    cache = cache or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgecls" / "wheels"
+    folder = cache / digest.hexdigest()[:16]
+    found = sorted(folder.glob("edgecls-*.whl")) if folder.is_dir() else []
+    if found:
+        return found[0]
+    with tempfile.TemporaryDirectory(prefix="edgecls-wheel-") as tmp:
+        src, out = Path(tmp) / "src", Path(tmp) / "out"
+        for path in files:
+            target = src / path.relative_to(root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(out), str(src)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        wheels = sorted(out.glob("edgecls-*.whl"))
+        if done.returncode != 0 or not wheels:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+            raise ConfigError(f"could not build the edgecls wheel from {root} ({' / '.join(tail)}); pass --wheel")
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / wheels[0].name
+        atomic_write_bytes(final, wheels[0].read_bytes())
+    return final
+
+
+def _check_wheel(path: Path) -> Path:
+    if not path.is_file():
+        raise ConfigError(f"wheel not found: {path}")
+    if not re.fullmatch(r"edgecls-[A-Za-z0-9_.+!]+-py3-none-any\.whl", path.name):
+        raise ConfigError(f"--wheel {path.name}: expected an edgecls wheel (edgecls-VERSION-py3-none-any.whl)")
+    return path
+
+
+def download_wheelhouse(wheel: Path, extras: list[str], target: str, into: Path) -> list[Path]:
+    """The aarch64 wheels of every dependency of ``wheel[extras]`` for ``target``'s Python and numpy (pip download)."""
+    if target not in WHEELHOUSE_TARGETS:
+        raise ConfigError(f"--wheelhouse {target!r}: expected one of {', '.join(WHEELHOUSE_TARGETS)}")
+    spec = WHEELHOUSE_TARGETS[target]
+    into.mkdir(parents=True, exist_ok=True)
+    constraints = into / "constraints.txt"
+    constraints.write_text(f"numpy=={spec['numpy']}\n")
+    platforms = [arg for platform in AARCH64_PLATFORMS for arg in ("--platform", platform)]
+    requirement = f"{wheel}[{','.join(extras)}]" if extras else str(wheel)
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest", str(into),
+               "--python-version", spec["python"], *platforms, "--constraint", str(constraints), requirement]
+    done = subprocess.run(command, capture_output=True, text=True)
+    constraints.unlink()
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise ConfigError(f"pip could not download the {target} aarch64 wheels ({' / '.join(tail)})")
+    return sorted(p for p in into.glob("*.whl") if p.name != wheel.name)
+
+
+# -- the bundle ----------------------------------------------------------------------------------------------------
+
 def build_bundle(
     model: str | os.PathLike[str],
     profile: Profile,
@@ -46,14 +203,32 @@ def build_bundle(
     prefix: str = "/opt/edgecls",
     user: str = "edgecls",
     pip_spec: str | None = None,
+    wheel: str | os.PathLike[str] | None = None,
+    wheelhouse: str | None = None,
     extra_args: list[str] | None = None,
 ) -> Bundle:
-    """Write the deploy bundle for ``model`` on ``profile`` to ``out`` (a .tar.gz); returns what it holds."""
-    if not prefix.startswith("/"):
-        raise ConfigError(f"--prefix must be an absolute path on the device (received {prefix!r})")
+    """Write the deploy bundle for ``model`` on ``profile`` to ``out`` (a .tar.gz); returns what it holds.
+
+    The device installs the edgecls ``wheel`` (built from this checkout when not given) unless ``pip_spec`` names
+    what its pip should install instead. ``wheelhouse`` (bookworm or trixie) adds the aarch64 wheels of every
+    dependency, so that the device needs no internet."""
+    check_prefix(prefix)
+    check_user(user)
+    sinks = [check_arg("--sink", s) for s in sinks or []]
+    for sink in sinks:
+        check_sink_spec(sink)
+    extra = [check_arg("argument", a) for a in extra_args or []]
+    if pip_spec is not None:
+        check_arg("--pip-spec", pip_spec)
+        if not pip_spec.strip() or pip_spec.startswith("-"):
+            raise ConfigError(f"--pip-spec {pip_spec!r}: name a requirement (e.g. 'edgecls[camera]==1.2'), not an option")
+        if wheelhouse:
+            raise ConfigError("--wheelhouse bundles the dependencies of the bundled wheel; it does not go with --pip-spec")
     out_path = Path(out)
     if not out_path.name.endswith((".tar.gz", ".tgz")):
         raise ConfigError(f"the bundle is a .tar.gz archive; name it so (received {out_path.name})")
+    if wheelhouse is not None and wheelhouse not in WHEELHOUSE_TARGETS:
+        raise ConfigError(f"--wheelhouse {wheelhouse!r}: expected one of {', '.join(WHEELHOUSE_TARGETS)}")
     info = check_model_file(model)
     cpu_model, tpu_model = info.path, compiled_sibling(info.path)
     if info.has_edgetpu_op():  # given the Edge TPU build itself
@@ -83,14 +258,54 @@ def build_bundle(
         files["labels.txt"] = ("\n".join(labels) + "\n").encode("utf-8")
     else:
         warnings.append("the model carries no labels and none sit beside it: results will show class indices")
+
+    # MQTT passwords stay out of the bundle: the unit names the user only, install.sh takes the password.
+    public_sinks, mqtt_user = [], False
+    for sink in sinks:
+        if check_sink_spec(sink) == "mqtt":
+            public, password = split_mqtt_password(sink)
+            if password is not None:
+                warnings.append(
+                    f"the MQTT password in {mask_url(sink)} is not put in the bundle; give it to install.sh on the "
+                    f"device: sudo ./install.sh --mqtt-password-file FILE (or {MQTT_PASSWORD_ENV} in its environment)"
+                )
+            mqtt_user = mqtt_user or "@" in public.partition("://")[2].partition("/")[0]
+            public_sinks.append(public)
+        else:
+            public_sinks.append(sink)
+
+    extras = ["camera"] + (["mqtt"] if any(s.startswith("mqtt") for s in sinks) else [])
+    wheel_name = ""
+    if pip_spec is None:
+        wheel_path = _check_wheel(Path(wheel)) if wheel is not None else build_wheel()
+        wheel_name = wheel_path.name
+        files[f"wheels/{wheel_name}"] = wheel_path.read_bytes()
+        if wheelhouse:
+            with tempfile.TemporaryDirectory(prefix="edgecls-wheelhouse-") as tmp:
+                for dep in download_wheelhouse(wheel_path, extras, wheelhouse, Path(tmp)):
+                    files[f"wheels/{dep.name}"] = dep.read_bytes()
+    elif wheel is not None:
+        raise ConfigError("--wheel and --pip-spec name two different things to install; give one")
+
     model_name = "model.tflite" if "model.tflite" in files else "model_edgetpu.tflite"
     files["profile.toml"] = profile.to_toml().encode("utf-8")
     files["config.txt.fragment"] = profile.boot_fragment().encode("utf-8")
-    args = _run_args(prefix, model_name, labels is not None, sinks or [], extra_args or [])
+    if profile.boot_lines:
+        try:  # the lines must be ones the boot-configuration tool on the device accepts
+            plan_edit("", [(e["line"], e["comment"]) for e in profile.boot_lines], profile=profile.name)
+        except ValueError as exc:
+            raise ConfigError(f"profile {profile.name}: boot.config: {exc}") from None
+        files["edgecls_bootconfig.py"] = Path(__file__).with_name("bootconfig.py").read_bytes()
+    args = _run_args(prefix, model_name, labels is not None, public_sinks, extra)
     files[SERVICE_NAME] = service_unit(profile, prefix=prefix, user=user, args=args).encode("utf-8")
-    spec = pip_spec or _default_pip_spec(sinks or [])
-    files["install.sh"] = install_script(profile, prefix=prefix, user=user, pip_spec=spec, files=sorted(files)).encode()
-    files["README.txt"] = _readme(profile, prefix, sorted(files) + ["README.txt", "bundle.json"]).encode("utf-8")
+    installed = sorted(n for n in files if not n.startswith("wheels/") and n != SERVICE_NAME)
+    files["install.sh"] = install_script(
+        profile, prefix=prefix, user=user, pip_spec=pip_spec or "", wheel=wheel_name, extras=extras,
+        wheelhouse=WHEELHOUSE_TARGETS[wheelhouse]["python"] if wheelhouse else "", mqtt_user=mqtt_user,
+        files=[*installed, "README.txt", "bundle.json"],
+    ).encode("utf-8")
+    files["README.txt"] = _readme(profile, prefix, sorted(files) + ["README.txt", "bundle.json", "SHA256SUMS"],
+                                  wheelhouse).encode("utf-8")
     files["bundle.json"] = json.dumps(
         {
             "edgecls": __version__,
@@ -99,20 +314,27 @@ def build_bundle(
             "prefix": prefix,
             "user": user,
             "command": args,
+            "install": pip_spec or f"wheels/{wheel_name}[{','.join(extras)}]",
+            "wheelhouse": wheelhouse,
             "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
         },
         indent=2,
     ).encode("utf-8")
+    files["SHA256SUMS"] = "".join(
+        f"{hashlib.sha256(data).hexdigest()}  {name}\n" for name, data in sorted(files.items())
+    ).encode("utf-8")
 
     root = f"edgecls-{profile.name}"
+    now = int(time.time())
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        folder = tarfile.TarInfo(root)
-        folder.type, folder.mode, folder.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
-        tar.addfile(folder)
+        for folder in [root] + ([f"{root}/wheels"] if any(n.startswith("wheels/") for n in files) else []):
+            item = tarfile.TarInfo(folder)
+            item.type, item.mode, item.mtime = tarfile.DIRTYPE, 0o755, now
+            tar.addfile(item)
         for name, data in sorted(files.items()):
             item = tarfile.TarInfo(f"{root}/{name}")
-            item.size, item.mtime = len(data), int(time.time())
+            item.size, item.mtime = len(data), now
             item.mode = 0o755 if name.endswith(".sh") else 0o644
             tar.addfile(item, io.BytesIO(data))
     atomic_write_bytes(out_path, buf.getvalue())
@@ -122,11 +344,6 @@ def build_bundle(
 def _labels(model: Path) -> list[str] | None:
     found = labels_for_file(check_model_file(model))
     return list(found.names) if found else None
-
-
-def _default_pip_spec(sinks: list[str]) -> str:
-    extras = ["camera"] + (["mqtt"] if any(s.startswith("mqtt") for s in sinks) else [])
-    return f"edgecls[{','.join(extras)}]=={__version__}"
 
 
 def _run_args(prefix: str, model_name: str, labels: bool, sinks: list[str], extra: list[str]) -> list[str]:
@@ -141,17 +358,23 @@ def _run_args(prefix: str, model_name: str, labels: bool, sinks: list[str], extr
     return args
 
 
-def _systemd_quote(arg: str) -> str:
+def systemd_quote(arg: str) -> str:
     """Quote one ExecStart argument for systemd (which expands % specifiers and $ variables)."""
+    if _has_control(arg):
+        raise ConfigError(f"{arg.encode('unicode_escape').decode()!r} holds control characters")
     escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
     return f'"{escaped}"' if any(c in arg for c in " \t\"'\\;") or escaped != arg else arg
 
 
 def service_unit(profile: Profile, *, prefix: str, user: str, args: list[str]) -> str:
+    check_prefix(prefix)
+    check_user(user)
     edgetpu = profile.runtime.get("delegate") == "edgetpu"
     after = "network-online.target" + (" systemd-udev-settle.service" if edgetpu else "")
+    # Description is a plain value: % starts a specifier, a trailing backslash would continue the line.
+    description = check_arg("description", f"{profile.name}: {profile.description}").replace("\\", "/").replace("%", "%%")
     return f"""[Unit]
-Description=edgecls live classification ({profile.name}: {profile.description})
+Description=edgecls live classification ({description})
 Documentation=file:{prefix}/README.txt
 After={after}
 Wants=network-online.target
@@ -159,9 +382,13 @@ Wants=network-online.target
 [Service]
 Type=simple
 User={user}
-WorkingDirectory={prefix}
+# The working directory is the service's own, writable by it; relative sink paths land here.
+StateDirectory={STATE_DIR.rsplit('/', 1)[1]}
+WorkingDirectory={STATE_DIR}
 Environment=PYTHONUNBUFFERED=1
-ExecStart={' '.join(_systemd_quote(a) for a in args)}
+# Secrets (the MQTT password) from a root-only file that install.sh writes; the unit holds none.
+EnvironmentFile=-{ENV_FILE}
+ExecStart={' '.join(systemd_quote(a) for a in args)}
 # edgecls run stops cleanly on SIGTERM, with every sink flushed.
 KillSignal=SIGTERM
 TimeoutStopSec=20
@@ -173,121 +400,309 @@ WantedBy=multi-user.target
 """
 
 
-def install_script(profile: Profile, *, prefix: str, user: str, pip_spec: str, files: list[str]) -> str:
+def install_script(
+    profile: Profile,
+    *,
+    prefix: str,
+    user: str,
+    pip_spec: str,
+    wheel: str,
+    extras: list[str],
+    wheelhouse: str,
+    mqtt_user: bool,
+    files: list[str],
+) -> str:
+    """The bundle's install.sh (see the text of `_INSTALL_SH`); every value in it is validated and shell-quoted."""
+    check_prefix(prefix)
+    check_user(user)
+    check_arg("--pip-spec", pip_spec)
     picam = profile.camera["source"].startswith("picam")
     edgetpu = profile.runtime.get("delegate") == "edgetpu"
     pci = edgetpu and str(profile.runtime.get("device", "")).startswith("pci")
-    boot_file = profile.data.get("boot", {}).get("file", "")
-    groups = "video plugdev" + (" apex" if pci else "")
-    install_files = " ".join(shlex.quote(f) for f in [*files, "README.txt"] if f not in ("install.sh", SERVICE_NAME))
+    boot = profile.data.get("boot", {})
+    boot_args = [arg for entry in profile.boot_lines for arg in ("--line", entry["line"], entry["comment"])]
     q = shlex.quote
-    return f"""#!/usr/bin/env bash
-# Install this edgecls bundle (profile {profile.name}) on the device: the runtime in a venv under {prefix},
-# the model and profile beside it, the boot configuration lines, and the {SERVICE_NAME} systemd service.
-#   sudo ./install.sh [--dry-run] [--no-boot-config] [--no-start]
-# EDGECLS_PIP_SPEC overrides what pip installs (default {pip_spec}; a wheel path works offline).
-set -euo pipefail
+    values = {
+        "PROFILE": profile.name,
+        "PREFIX": prefix,
+        "SERVICE_USER": user,
+        "STATE_DIR": STATE_DIR,
+        "ENV_FILE": ENV_FILE,
+        "SERVICE": SERVICE_NAME,
+        "PIP_SPEC": pip_spec,
+        "WHEEL": wheel,
+        "EXTRAS": ",".join(extras),
+        "WHEELHOUSE_PYTHON": wheelhouse,
+        "BOOT_FILE": str(boot.get("file", "")) if profile.boot_lines else "",
+        "PICAM": "1" if picam else "0",
+        "EDGETPU": "1" if edgetpu else "0",
+        "EDGETPU_PACKAGES": "libedgetpu1-std" + (" gasket-dkms" if pci else ""),
+        "SERVICE_GROUPS": "video plugdev" + (" apex" if pci else ""),
+        "MQTT_USER": "1" if mqtt_user else "0",
+        "PASSWORD_ENV": MQTT_PASSWORD_ENV,
+    }
+    for name, value in values.items():
+        check_arg(name, value)
+    assignments = "\n".join(f"{name}={q(value)}" for name, value in values.items())
+    assignments += "\nINSTALL_FILES=(" + " ".join(q(f) for f in files) + ")"
+    assignments += "\nBOOT_ARGS=(" + " ".join(q(a) for a in boot_args) + ")"
+    header = f"# Install this edgecls bundle (profile {profile.name}) on the device."
+    return _INSTALL_SH.replace("@HEADER@", header).replace("@VALUES@", assignments)
 
-PREFIX={q(prefix)}
-SERVICE_USER={q(user)}
-PIP_SPEC="${{EDGECLS_PIP_SPEC:-{pip_spec}}}"
-BOOT_FILE={q(boot_file)}
-HERE="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
+
+# The install script. Values come first, as shell-quoted assignments; nothing below them is generated.
+_INSTALL_SH = r"""#!/usr/bin/env bash
+@HEADER@
+#   sudo ./install.sh [--dry-run] [--no-boot-config] [--no-start] [--pip-spec SPEC] [--mqtt-password-file FILE]
+#   sudo ./install.sh --uninstall [--dry-run]
+# It checks the system first (64-bit ARM or x86-64, Python >= 3.10 with venv), then installs edgecls in a venv that
+# sees the system's packages (picamera2), the model and profile beside it, the boot configuration lines (only those
+# not already there), and the systemd service, which it starts unless a reboot is needed first.
+# --pip-spec SPEC (or EDGECLS_PIP_SPEC) installs SPEC from your own index instead of the bundled wheel.
+# --mqtt-password-file FILE (or EDGECLS_MQTT_PASSWORD) stores the MQTT password in a root-only (0600) file.
+set -euo pipefail
+umask 022
+
+@VALUES@
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 DRY_RUN=0
 BOOT_CONFIG=1
 START=1
-for arg in "$@"; do
-  case "$arg" in
-    --dry-run) DRY_RUN=1 ;;
+UNINSTALL=0
+DRY_FLAG=()
+PASSWORD_FILE=""
+if [ -n "${EDGECLS_PIP_SPEC:-}" ]; then PIP_SPEC="$EDGECLS_PIP_SPEC"; fi
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    --dry-run) DRY_RUN=1; DRY_FLAG=(--dry-run) ;;
     --no-boot-config) BOOT_CONFIG=0 ;;
     --no-start) START=0 ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
-    *) echo "install.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
+    --uninstall) UNINSTALL=1 ;;
+    --pip-spec) [ "$#" -ge 2 ] || { echo "install.sh: --pip-spec needs a value" >&2; exit 2; }; PIP_SPEC="$2"; shift ;;
+    --mqtt-password-file)
+      [ "$#" -ge 2 ] || { echo "install.sh: --mqtt-password-file needs a file" >&2; exit 2; }; PASSWORD_FILE="$2"; shift ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
+  shift
 done
 
-run() {{
+say() { echo "install.sh: $*"; }
+fail() { echo "install.sh: $*" >&2; exit 1; }
+run() {
   # Print each step; with --dry-run, only print it.
   echo "+ $*"
   if [ "$DRY_RUN" = 0 ]; then "$@"; fi
-}}
+}
+systemd_running() { [ -d /run/systemd/system ]; }
+
+case "$PREFIX" in
+  ""|/|/bin|/boot|/etc|/home|/lib|/opt|/root|/usr|/usr/local|/var|/var/lib) fail "refusing the prefix '$PREFIX'" ;;
+esac
 
 if [ "$DRY_RUN" = 0 ] && [ "$(id -u)" != 0 ]; then
-  echo "install.sh: run it as root: sudo $0" >&2
-  exit 1
+  fail "run it as root: sudo $0"
 fi
-command -v python3 >/dev/null || {{ echo "install.sh: python3 is missing: sudo apt-get install python3 python3-venv" >&2; exit 1; }}
-{'''
-# The picam source needs picamera2 from Raspberry Pi OS packages (the venv sees it through system site packages).
-if ! python3 -c "import picamera2" 2>/dev/null; then
-  run apt-get install -y python3-picamera2
-fi''' if picam else ''}
-{'''
-# The Edge TPU runtime comes from the Coral apt repository (https://coral.ai/software/#debian-packages).
-if ! ldconfig -p | grep -q "libedgetpu.so.1"; then
-  echo "install.sh: libedgetpu.so.1 is not installed. Add the Coral apt repository, then:" >&2
-  echo "  sudo apt-get install libedgetpu1-std''' + (' gasket-dkms' if pci else '') + '''" >&2
-  [ "$DRY_RUN" = 1 ] || exit 1
-fi''' if edgetpu else ''}
 
-# A system user for the service, in the groups that own cameras{' and the Edge TPU' if edgetpu else ''}.
-if ! id "$SERVICE_USER" >/dev/null 2>&1; then
-  run useradd --system --home-dir "$PREFIX" --shell /usr/sbin/nologin "$SERVICE_USER"
+# ---- uninstall ----------------------------------------------------------------------------------------------------
+if [ "$UNINSTALL" = 1 ]; then
+  if command -v systemctl >/dev/null 2>&1 && [ -e "/etc/systemd/system/$SERVICE" ]; then
+    if systemd_running; then run systemctl disable --now "$SERVICE"; else run systemctl disable "$SERVICE"; fi
+  fi
+  run rm -f "/etc/systemd/system/$SERVICE" "/etc/systemd/system/multi-user.target.wants/$SERVICE"
+  if systemd_running; then run systemctl daemon-reload; fi
+  if [ -n "$BOOT_FILE" ] && [ -f "$BOOT_FILE" ] && [ -f "$HERE/edgecls_bootconfig.py" ]; then
+    rc=0
+    python3 "$HERE/edgecls_bootconfig.py" remove "$BOOT_FILE" "${DRY_FLAG[@]}" || rc=$?
+    case "$rc" in 0|10|11) ;; *) fail "could not take the edgecls lines out of $BOOT_FILE" ;; esac
+  fi
+  run rm -f "$ENV_FILE"
+  [ ! -d "$(dirname "$ENV_FILE")" ] || run rmdir --ignore-fail-on-non-empty "$(dirname "$ENV_FILE")"
+  run rm -rf "$PREFIX"
+  if id "$SERVICE_USER" >/dev/null 2>&1 && [ "$(id -u "$SERVICE_USER")" -lt 1000 ]; then
+    run userdel "$SERVICE_USER"
+  fi
+  say "uninstalled; $STATE_DIR (the service's results) is left in place: remove it yourself if you do not need it"
+  exit 0
 fi
-for group in {groups}; do
+
+# ---- checks, before anything changes ------------------------------------------------------------------------------
+case "$(uname -m)" in
+  aarch64|arm64|x86_64) ;;
+  armv6l|armv7l|armhf|arm*)
+    fail "this is a 32-bit ARM system ($(uname -m)); the LiteRT interpreter has wheels for 64-bit ARM (aarch64) \
+only: install Raspberry Pi OS (64-bit) and run this again" ;;
+  *) fail "$(uname -m) is not supported: edgecls runs on 64-bit ARM (aarch64) and x86-64" ;;
+esac
+command -v python3 >/dev/null 2>&1 || fail "python3 is missing: sudo apt-get install python3 python3-venv"
+python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' \
+  || fail "edgecls needs Python >= 3.10; this system has $(python3 -V 2>&1)"
+python3 -c 'import venv, ensurepip' 2>/dev/null \
+  || fail "Python's venv is missing: sudo apt-get install python3-venv (then run this again)"
+PY_VERSION="$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+if [ -n "$WHEELHOUSE_PYTHON" ] && [ "$PY_VERSION" != "$WHEELHOUSE_PYTHON" ]; then
+  fail "this bundle's wheels are for Python $WHEELHOUSE_PYTHON and this system has $PY_VERSION: make the bundle \
+with the --wheelhouse that matches this system"
+fi
+if command -v sha256sum >/dev/null 2>&1 && [ -f "$HERE/SHA256SUMS" ]; then
+  (cd "$HERE" && sha256sum --check --quiet --strict SHA256SUMS) \
+    || fail "files in $HERE do not match SHA256SUMS: the bundle is damaged; copy it again"
+fi
+if [ -z "$PIP_SPEC" ] && [ ! -f "$HERE/wheels/$WHEEL" ]; then
+  fail "wheels/$WHEEL is missing from the bundle; copy it again"
+fi
+case "$PIP_SPEC" in -*) fail "--pip-spec takes a requirement, not an option: $PIP_SPEC" ;; esac
+PASSWORD=""
+if [ -n "$PASSWORD_FILE" ]; then
+  [ -r "$PASSWORD_FILE" ] || fail "cannot read the MQTT password file $PASSWORD_FILE"
+  IFS= read -r PASSWORD < "$PASSWORD_FILE" || true
+  PASSWORD="${PASSWORD%$'\r'}"
+  [ -n "$PASSWORD" ] || fail "the MQTT password file $PASSWORD_FILE is empty"
+elif [ -n "${EDGECLS_MQTT_PASSWORD:-}" ]; then
+  PASSWORD="$EDGECLS_MQTT_PASSWORD"
+fi
+case "$PASSWORD" in *[[:cntrl:]]*) fail "the MQTT password holds control characters" ;; esac
+if [ "$EDGETPU" = 1 ] && ! ldconfig -p 2>/dev/null | grep -q "libedgetpu.so.1"; then
+  echo "install.sh: libedgetpu.so.1 is not installed. Add the Coral apt repository" \
+    "(https://coral.ai/software/#debian-packages), then: sudo apt-get install $EDGETPU_PACKAGES" >&2
+  [ "$DRY_RUN" = 1 ] || exit 1
+fi
+
+# ---- system packages ----------------------------------------------------------------------------------------------
+if [ "$PICAM" = 1 ] && ! python3 -c "import picamera2" 2>/dev/null; then
+  # picamera2 comes from the Raspberry Pi OS archive, not from pip; the venv sees it through system site packages.
+  if ! grep -rqs "raspberrypi" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo "install.sh: warning: python3-picamera2 is in the Raspberry Pi OS archive (archive.raspberrypi.com)," \
+      "which this system's apt sources do not name" >&2
+  fi
+  run apt-get update
+  run apt-get install -y python3-picamera2
+fi
+
+# numpy: the venv uses the system's numpy when there is one, so that system modules built against it (picamera2's
+# simplejpeg and pidng on Raspberry Pi OS) keep working; pip then picks OpenCV and LiteRT builds that accept it.
+CONSTRAINT=""
+SYSTEM_NUMPY="$(python3 -c 'import numpy; print(numpy.__version__)' 2>/dev/null || true)"
+if [ -n "$SYSTEM_NUMPY" ]; then
+  CONSTRAINT="numpy==$SYSTEM_NUMPY"
+  say "numpy: keeping the system's numpy $SYSTEM_NUMPY in the venv (constraint $CONSTRAINT), so system modules" \
+    "built against it keep working"
+else
+  say "numpy: none in the system; pip installs its own into the venv"
+fi
+
+# ---- the service user, the venv, the files ------------------------------------------------------------------------
+if ! id "$SERVICE_USER" >/dev/null 2>&1; then
+  run useradd --system --user-group --home-dir "$STATE_DIR" --no-create-home --shell /usr/sbin/nologin "$SERVICE_USER"
+fi
+for group in $SERVICE_GROUPS; do
   getent group "$group" >/dev/null || run groupadd --system "$group"
   run usermod -aG "$group" "$SERVICE_USER"
 done
 
 run install -d -m 755 "$PREFIX"
 run python3 -m venv --system-site-packages "$PREFIX/venv"
-run "$PREFIX/venv/bin/pip" install --upgrade "$PIP_SPEC"
-for f in {install_files}; do
+PIP=("$PREFIX/venv/bin/pip" install --upgrade --disable-pip-version-check)
+if [ -n "$CONSTRAINT" ]; then
+  [ "$DRY_RUN" = 1 ] || echo "$CONSTRAINT" > "$PREFIX/constraints.txt"
+  PIP+=(--constraint "$PREFIX/constraints.txt")
+fi
+if [ -n "$WHEELHOUSE_PYTHON" ]; then
+  PIP+=(--no-index --find-links "$HERE/wheels")  # everything comes from the bundle: no internet needed
+elif [ -z "$PIP_SPEC" ]; then
+  PIP+=(--find-links "$HERE/wheels")
+fi
+if [ -n "$PIP_SPEC" ]; then
+  run "${PIP[@]}" "$PIP_SPEC"
+else
+  run "${PIP[@]}" "$HERE/wheels/$WHEEL[$EXTRAS]"
+  # the same version number may hold new code: put this bundle's edgecls in place whatever pip thinks
+  run "$PREFIX/venv/bin/pip" install --disable-pip-version-check --force-reinstall --no-deps --no-index \
+    "$HERE/wheels/$WHEEL"
+fi
+for f in "${INSTALL_FILES[@]}"; do
   run install -m 644 "$HERE/$f" "$PREFIX/$f"
 done
+if [ "$HERE" != "$PREFIX" ]; then run install -m 755 "$HERE/install.sh" "$PREFIX/install.sh"; fi
+run install -d -m 750 -o "$SERVICE_USER" -g "$(id -gn "$SERVICE_USER" 2>/dev/null || echo "$SERVICE_USER")" "$STATE_DIR"
 
+if [ -n "$PASSWORD" ]; then
+  echo "+ write $ENV_FILE (root only, mode 0600) with $PASSWORD_ENV"
+  if [ "$DRY_RUN" = 0 ]; then
+    install -d -m 700 "$(dirname "$ENV_FILE")"
+    escaped="${PASSWORD//\\/\\\\}"; escaped="${escaped//\"/\\\"}"; escaped="${escaped//\$/\\\$}"
+    escaped="${escaped//\`/\\\`}"
+    tmp="$(umask 077 && mktemp "$(dirname "$ENV_FILE")/.edgecls.env.XXXXXX")"
+    printf '%s="%s"\n' "$PASSWORD_ENV" "$escaped" > "$tmp"
+    chmod 600 "$tmp"
+    mv -f "$tmp" "$ENV_FILE"
+  fi
+elif [ "$MQTT_USER" = 1 ] && [ ! -f "$ENV_FILE" ]; then
+  echo "install.sh: warning: the service's MQTT sink names a user but no password was given: run this again" \
+    "with --mqtt-password-file FILE if the broker wants one" >&2
+fi
+
+# ---- boot configuration -------------------------------------------------------------------------------------------
 NEED_REBOOT=0
-if [ "$BOOT_CONFIG" = 1 ] && [ -n "$BOOT_FILE" ] && grep -qv '^#' "$HERE/config.txt.fragment"; then
+if [ "$BOOT_CONFIG" = 1 ] && [ -n "$BOOT_FILE" ]; then
   if [ ! -f "$BOOT_FILE" ]; then
-    echo "install.sh: $BOOT_FILE not found; add the lines in config.txt.fragment to the boot configuration yourself" >&2
-  elif grep -q "^# >>> edgecls" "$BOOT_FILE"; then
-    echo "install.sh: $BOOT_FILE already has an edgecls block; left as it is (compare with config.txt.fragment)"
+    echo "install.sh: $BOOT_FILE not found; add the lines in config.txt.fragment to the boot configuration" \
+      "yourself" >&2
   else
-    run cp "$BOOT_FILE" "$BOOT_FILE.edgecls-backup"
-    if [ "$DRY_RUN" = 0 ]; then
-      {{ echo "# >>> edgecls {profile.name}"; cat "$HERE/config.txt.fragment"; echo "# <<< edgecls"; }} >> "$BOOT_FILE"
-    else
-      echo "+ append config.txt.fragment to $BOOT_FILE"
-    fi
-    NEED_REBOOT=1
+    rc=0
+    python3 "$HERE/edgecls_bootconfig.py" apply "$BOOT_FILE" --profile "$PROFILE" "${BOOT_ARGS[@]}" \
+      "${DRY_FLAG[@]}" || rc=$?
+    case "$rc" in
+      0|11) ;;
+      10) NEED_REBOOT=1 ;;
+      *) fail "could not update $BOOT_FILE (nothing else is changed by this step)" ;;
+    esac
   fi
 fi
 
-run install -m 644 "$HERE/{SERVICE_NAME}" /etc/systemd/system/{SERVICE_NAME}
-run systemctl daemon-reload
-if [ "$START" = 1 ] && [ "$NEED_REBOOT" = 0 ]; then
-  run systemctl enable --now {SERVICE_NAME}
+# ---- the service --------------------------------------------------------------------------------------------------
+run install -m 644 "$HERE/$SERVICE" "/etc/systemd/system/$SERVICE"
+if systemd_running; then
+  run systemctl daemon-reload
+  run systemctl enable "$SERVICE"
+  if [ "$NEED_REBOOT" = 1 ]; then
+    say "installed and enabled; reboot to apply the boot configuration ($BOOT_FILE.edgecls-backup holds the old" \
+      "one): the service starts then"
+  elif [ "$START" = 1 ]; then
+    run systemctl restart "$SERVICE"
+    say "installed and started; follow it with: journalctl -u $SERVICE -f"
+  else
+    say "installed and enabled, not started (--no-start): sudo systemctl start $SERVICE"
+  fi
 else
-  run systemctl enable {SERVICE_NAME}
-fi
-if [ "$NEED_REBOOT" = 1 ]; then
-  echo "installed; reboot to apply the boot configuration ($BOOT_FILE.edgecls-backup holds the old one)"
-else
-  echo "installed; follow it with: journalctl -u {SERVICE_NAME} -f"
+  # An image build (pi-gen, sdm) or a chroot: no running systemd to talk to.
+  if command -v systemctl >/dev/null 2>&1; then
+    run systemctl enable "$SERVICE"
+  else
+    run install -d -m 755 /etc/systemd/system/multi-user.target.wants
+    run ln -sf "/etc/systemd/system/$SERVICE" "/etc/systemd/system/multi-user.target.wants/$SERVICE"
+  fi
+  say "installed and enabled; systemd is not running here (a chroot or an image build), so $SERVICE was not" \
+    "started: it starts at the device's next boot"
 fi
 """
 
 
-def _readme(profile: Profile, prefix: str, files: list[str]) -> str:
+def _readme(profile: Profile, prefix: str, files: list[str], wheelhouse: str | None) -> str:
+    offline = (f"The wheels/ folder holds every dependency for {WHEELHOUSE_TARGETS[wheelhouse]['os']}: "
+               "the install needs no internet.") if wheelhouse else "pip fetches the dependencies from PyPI."
     lines = [
         f"edgecls deploy bundle for {profile.name}: {profile.description}",
         "",
-        "On the device:",
+        "On the device (64-bit Raspberry Pi OS or Debian, Python >= 3.10):",
         f"  tar xzf edgecls-{profile.name}.tar.gz && cd edgecls-{profile.name} && sudo ./install.sh",
-        "  (--dry-run shows every step without doing it)",
+        "  (--dry-run shows every step without doing it; --uninstall takes it all out again)",
         "",
-        f"It installs edgecls in {prefix}/venv, the files below in {prefix}, the boot configuration lines in",
-        f"config.txt.fragment, and enables {SERVICE_NAME} (logs: journalctl -u {SERVICE_NAME} -f).",
+        f"It installs edgecls from wheels/ in {prefix}/venv ({offline.rstrip('.')}), the model, labels and profile",
+        f"in {prefix}, the boot configuration lines of config.txt.fragment that are not already in effect, and",
+        f"enables and starts {SERVICE_NAME} (logs: journalctl -u {SERVICE_NAME} -f). The service runs as its own",
+        f"user in {STATE_DIR}; an MQTT password goes into {ENV_FILE} (root only) with --mqtt-password-file.",
         "",
         "Files:",
         *[f"  {name}" for name in files],

@@ -35,8 +35,32 @@ def _toml_loads(text: str) -> dict[str, Any]:
 Check = Callable[[Any], "str | None"]  # returns what was expected, or None when the value is fine
 
 
+def _control_free(value: str, *, newlines: bool = False) -> bool:
+    allowed = "\n" if newlines else ""
+    return not any((ord(c) < 32 and c not in allowed) or ord(c) == 127 for c in value)
+
+
 def _string(value: Any) -> str | None:
-    return None if isinstance(value, str) and value.strip() else "a non-empty string"
+    """A one-line text: these reach the systemd unit, install.sh and the boot configuration of a deploy bundle."""
+    if isinstance(value, str) and value.strip() and _control_free(value):
+        return None
+    return "a non-empty string on one line, without control characters"
+
+
+def _text(value: Any) -> str | None:
+    ok = isinstance(value, str) and value.strip() and _control_free(value.replace("\t", " "), newlines=True)
+    return None if ok else "a non-empty text without control characters"
+
+
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+
+
+def _name(value: Any) -> str | None:
+    import re
+
+    if isinstance(value, str) and re.fullmatch(NAME_PATTERN, value):
+        return None
+    return "a name of letters, digits, '.', '_' and '-' (at most 64, starting with a letter or digit)"
 
 
 def _int(low: int) -> Check:
@@ -87,7 +111,7 @@ def _device(value: Any) -> str | None:
 
 
 SCHEMA: dict[str, Any] = {
-    "name": (_string, True),
+    "name": (_name, True),
     "description": (_string, True),
     "board": (_string, True),
     "latency_factor": (_number(0.0, low_open=True), False),
@@ -129,7 +153,7 @@ SCHEMA: dict[str, Any] = {
     "boot": (
         {
             "file": (_string, False),
-            "notes": (_string, False),
+            "notes": (_text, False),
             "config": ([{"line": (_string, True), "comment": (_string, True)}], False),
         },
         False,
@@ -297,28 +321,35 @@ def list_profiles() -> list[Profile]:
     for folder in search_dirs():
         for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
             if path.stem not in found:
-                found[path.stem] = load_profile(path)
+                found[path.stem] = _load(path, named=True)
     return [found[name] for name in sorted(found)]
 
 
 def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
-    """Load a profile by name (``rpi5``) or by path (``./my-board.toml``); raises ConfigError when it is invalid."""
+    """Load a profile by name (``rpi5``) or by path (``./my-board.toml``); raises ConfigError when it is invalid.
+
+    A profile found by name must carry that name (``rpi5.toml`` says ``name = "rpi5"``); a file given by path may
+    be called anything (a deploy bundle installs its profile as ``profile.toml``)."""
     text = os.fspath(name_or_path)
     if text.endswith(".toml") or os.sep in text:
         path = Path(text)
         if not path.is_file():
             raise ConfigError(f"profile file not found: {path}")
-    else:
-        candidates = [folder / f"{text}.toml" for folder in search_dirs()]
-        path = next((c for c in candidates if c.is_file()), None)  # type: ignore[assignment]
-        if path is None:
-            names = sorted({p.stem for folder in search_dirs() if folder.is_dir() for p in folder.glob("*.toml")})
-            raise ConfigError(f"no profile named {text!r}; available: {', '.join(names)} (or pass a .toml path)")
+        return _load(path, named=False)
+    candidates = [folder / f"{text}.toml" for folder in search_dirs()]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        names = sorted({p.stem for folder in search_dirs() if folder.is_dir() for p in folder.glob("*.toml")})
+        raise ConfigError(f"no profile named {text!r}; available: {', '.join(names)} (or pass a .toml path)")
+    return _load(found, named=True)
+
+
+def _load(path: Path, *, named: bool) -> Profile:
     try:
         content = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read profile {path} ({exc})") from None
     profile = parse_profile(content, origin=str(path), path=path)
-    if profile.name != path.stem:
+    if named and profile.name != path.stem:
         raise ConfigError(f"profile {path}: name = {profile.name!r} must match the file name ({path.stem!r})")
     return profile

@@ -27,6 +27,9 @@ from .stream import StreamResult
 log = logging.getLogger(__name__)
 
 SINK_FORMS = "jsonl:PATH, mqtt://[user:pass@]host[:port]/topic, video:PATH (.avi or .mp4), preview:[HOST:]PORT"
+# The MQTT password when the sink URL names a user without one (a deploy bundle's service reads it from a root-only
+# EnvironmentFile, so it is neither in the unit nor in `ps`).
+MQTT_PASSWORD_ENV = "EDGECLS_MQTT_PASSWORD"
 
 
 class Sink(Protocol):
@@ -117,7 +120,9 @@ class MqttSink:
         if buffer < 1:
             raise ConfigError(f"MQTT buffer must hold at least 1 message (received {buffer})")
         self.host, self.port, self.topic, user, password, tls = parse_mqtt_url(url)
-        self.url = url
+        if user and password is None:
+            password = os.environ.get(MQTT_PASSWORD_ENV) or None
+        self.url = mask_url(url)  # for messages: never the password
         self.on_change, self.qos, self.retain = on_change, qos, retain
         self.on_event = on_event
         self.sent = 0
@@ -232,22 +237,55 @@ class MqttSink:
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int, str, str | None, str | None, bool]:
-    """(host, port, topic, user, password, tls) of ``mqtt[s]://[user:pass@]host[:port]/topic``."""
+    """(host, port, topic, user, password, tls) of ``mqtt[s]://[user[:pass]@]host[:port]/topic``.
+
+    Error messages show the URL with its password masked (``mqtt://pi:***@host/t``)."""
+    shown = mask_url(url)
+    if _has_control(url):
+        raise ConfigError(f"MQTT sink {shown!r} holds control characters")
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts"):
-        raise ConfigError(f"MQTT sink {url!r} must start with mqtt:// or mqtts://")
+        raise ConfigError(f"MQTT sink {shown!r} must start with mqtt:// or mqtts://")
     topic = unquote(parts.path.lstrip("/"))
     if not parts.hostname or not topic:
-        raise ConfigError(f"MQTT sink {url!r} needs a host and a topic: mqtt://[user:pass@]host[:port]/topic")
+        raise ConfigError(f"MQTT sink {shown!r} needs a host and a topic: mqtt://[user:pass@]host[:port]/topic")
     if "#" in topic or "+" in topic or parts.fragment or url.endswith("#"):
         raise ConfigError(f"MQTT topic {topic!r} is for publishing and cannot hold the wildcards # or +")
     try:
         port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
     except ValueError:
-        raise ConfigError(f"MQTT sink {url!r} has an invalid port") from None
+        raise ConfigError(f"MQTT sink {shown!r} has an invalid port") from None
     user = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password else None
+    password = unquote(parts.password) if parts.password is not None else None
     return parts.hostname, port, topic, user, password, parts.scheme == "mqtts"
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password of its ``user:password@`` part replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}{slash}{path}"
+
+
+def split_mqtt_password(url: str) -> tuple[str, str | None]:
+    """(the URL without its password, the password or None): what a service unit may show, and the secret."""
+    parse_mqtt_url(url)  # raises on a malformed URL, with the password masked
+    scheme, _, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url, None
+    user, password = userinfo.split(":", 1)
+    return f"{scheme}://{user}@{host}{slash}{path}", unquote(password)
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
 
 
 def _import_paho() -> Any:
@@ -444,6 +482,30 @@ def _preview_handler(sink: PreviewSink) -> type:
     return Handler
 
 
+def check_sink_spec(spec: str) -> str:
+    """Check a ``--sink`` text without opening anything (``edgecls deploy`` checks the service's sinks this way);
+    returns its kind: jsonl, mqtt, video or preview. Raises ConfigError naming the accepted forms."""
+    shown = mask_url(spec)
+    if _has_control(spec):
+        raise ConfigError(f"sink {shown!r} holds control characters")
+    if spec.startswith(("mqtt://", "mqtts://")):
+        parse_mqtt_url(spec)
+        return "mqtt"
+    kind, _, rest = spec.partition(":")
+    if kind == "jsonl" and rest:
+        return kind
+    if kind == "video" and rest:
+        if not rest.lower().endswith(tuple(VideoSink.FOURCC)):
+            raise ConfigError(f"video sink {rest}: the file must end in {', '.join(VideoSink.FOURCC)}")
+        return kind
+    if kind == "preview":
+        host, _, port = rest.rpartition(":")
+        if not (port or "8080").isdigit() or not 0 < int(port or 8080) < 65536:
+            raise ConfigError(f"preview sink {spec!r}: the port must be a number, e.g. preview:8080")
+        return kind
+    raise ConfigError(f"unknown sink {shown!r}; expected {SINK_FORMS}")
+
+
 def parse_sink(
     spec: str,
     *,
@@ -454,17 +516,13 @@ def parse_sink(
     on_event: Callable[[StreamEvent], None] | None = None,
 ) -> Sink:
     """Build the sink a ``--sink`` text names (see SINK_FORMS)."""
-    if spec.startswith(("mqtt://", "mqtts://")):
+    kind = check_sink_spec(spec)
+    rest = spec.partition(":")[2]
+    if kind == "mqtt":
         return MqttSink(spec, on_change=on_change, qos=qos, retain=retain, on_event=on_event)
-    kind, _, rest = spec.partition(":")
-    if kind == "jsonl" and rest:
+    if kind == "jsonl":
         return JsonlSink(rest, on_change=on_change)
-    if kind == "video" and rest:
+    if kind == "video":
         return VideoSink(rest, fps=fps)
-    if kind == "preview":
-        host, _, port = rest.rpartition(":")
-        try:
-            return PreviewSink(int(port or 8080), host=host or "127.0.0.1")
-        except ValueError:
-            raise ConfigError(f"preview sink {spec!r}: the port must be a number, e.g. preview:8080") from None
-    raise ConfigError(f"unknown sink {spec!r}; expected {SINK_FORMS}")
+    host, _, port = rest.rpartition(":")
+    return PreviewSink(int(port or 8080), host=host or "127.0.0.1")

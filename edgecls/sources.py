@@ -462,7 +462,11 @@ def parse_source(
     if kind != "file":
         return OpenCVSource(text, width=width, height=height, fps=fps)
     path = Path(text)
-    if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES or (not path.exists() and glob.has_magic(text)):
+    try:
+        is_dir, exists = path.is_dir(), path.exists()
+    except OSError as exc:  # e.g. a file in a folder the service's user may not enter
+        raise CameraError(f"cannot read the source {text!r} ({exc.strerror}); check that this user may read it") from None
+    if is_dir or path.suffix.lower() in IMAGE_SUFFIXES or (not exists and glob.has_magic(text)):
         return ImageFilesSource([text], grayscale=grayscale)
     if path.suffix.lower() in VIDEO_SUFFIXES or path.is_file():
         return OpenCVSource(text)

@@ -1,7 +1,12 @@
 """Live classification on a Raspberry Pi camera: print each change of the decided label, optionally to MQTT too.
 
+    # edgecls is not on PyPI: build its wheel in the checkout (pip wheel --no-deps -w dist .) and copy it over,
+    # or let `edgecls deploy` make a bundle whose install.sh does all of this for a service.
     sudo apt install python3-picamera2                  # picamera2 comes from Raspberry Pi OS, not pip
-    python3 -m venv --system-site-packages .venv && .venv/bin/pip install 'edgecls[camera,mqtt]'
+    python3 -m venv --system-site-packages .venv
+    # keep the system's numpy in the venv: picamera2's companions are built against it (numpy 1.24 on bookworm)
+    python3 -c 'import numpy; print("numpy==" + numpy.__version__)' > keep-numpy.txt
+    .venv/bin/pip install -c keep-numpy.txt 'edgecls-0.1.0-py3-none-any.whl[camera,mqtt]'
     .venv/bin/python examples/pi_live.py model.tflite [--profile rpi5] [--mqtt mqtt://broker.local/pi/vision]
 
 --profile takes the board's camera settings, threads, delegate and smoothing from a device profile

@@ -94,16 +94,24 @@ def cat_video(coral: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Mosquitto:
     """A real Mosquitto broker on 127.0.0.1 and a free port, with persistence so that a restart keeps sessions."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, users: dict[str, str] | None = None) -> None:
         import socket
+        import subprocess
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.workdir = workdir
         self.config = workdir / "mosquitto.conf"
+        access = "allow_anonymous true\n"
+        if users:  # a broker that wants a user name and password (mosquitto_passwd hashes them)
+            passwords = workdir / "passwords"
+            for n, (name, password) in enumerate(users.items()):
+                flags = ["-b"] + (["-c"] if n == 0 else [])
+                subprocess.run(["mosquitto_passwd", *flags, str(passwords), name, password], check=True, capture_output=True)
+            access = f"allow_anonymous false\npassword_file {passwords}\n"
         self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"listener {self.port} 127.0.0.1\n{access}persistence true\n"
             f"persistence_location {workdir}/\nlog_dest file {workdir}/mosquitto.log\n"
             # started as root, mosquitto would switch to its own user, which cannot write the test's folder
             + ("user root\n" if os.geteuid() == 0 else "")

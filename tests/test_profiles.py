@@ -116,9 +116,26 @@ def test_lookup_by_name_path_and_search_path(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGECLS_PROFILE_PATH", str(tmp_path))
     assert load_profile("bench-board").camera["source"] == "demo"
     assert "bench-board" in {p.name for p in list_profiles()}
-    (tmp_path / "other.toml").write_text(VALID)
+    # a file given by path may have any name (a deploy bundle installs its profile as profile.toml) ...
+    (tmp_path / "profile.toml").write_text(VALID)
+    assert load_profile(tmp_path / "profile.toml").name == "bench-board"
+    # ... but a profile found by name in a search folder must carry its file's name
     with pytest.raises(ConfigError, match="must match the file name"):
-        load_profile(tmp_path / "other.toml")
+        list_profiles()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ('name = "bench-board"', 'name = "bench board"', "name must be a name of letters"),
+        ('name = "bench-board"', 'name = "../etc"', "name must be a name of letters"),
+        ('description = ', 'description = "x\\nExecStartPre=/bin/sh" #', "description must be a non-empty string on one"),
+    ],
+)
+def test_values_that_reach_a_deploy_bundle_are_checked(old, new, expected):
+    assert old in VALID
+    with pytest.raises(ConfigError, match=expected):
+        parse_profile(VALID.replace(old, new, 1), origin="x.toml")
 
 
 def test_profiles_cli():

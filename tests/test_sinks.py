@@ -4,6 +4,9 @@ restarted mid-stream."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -213,3 +216,57 @@ def test_mqtt_buffer_is_bounded_and_an_unreachable_broker_does_not_block(mosquit
         assert sink.pending == 3 and sink.overflowed == 7
     finally:
         sink.close(timeout=0.2)
+
+
+def test_a_password_never_appears_in_messages():
+    from edgecls.sinks import check_sink_spec, mask_url, split_mqtt_password
+
+    assert mask_url("mqtt://pi:hunter2@broker:1884/t") == "mqtt://pi:***@broker:1884/t"
+    assert mask_url("mqtt://pi@broker/t") == "mqtt://pi@broker/t" and mask_url("jsonl:x") == "jsonl:x"
+    assert split_mqtt_password("mqtts://pi:s%40cret@broker/robot/vision") == ("mqtts://pi@broker/robot/vision", "s@cret")
+    assert split_mqtt_password("mqtt://broker/t") == ("mqtt://broker/t", None)
+    for bad in ["mqtt://pi:hunter2@broker", "mqtt://pi:hunter2@broker:99999/t", "mqtt://pi:hunter2@broker/t\nx"]:
+        with pytest.raises(ConfigError) as caught:
+            parse_sink(bad)
+        assert "hunter2" not in str(caught.value) and "pi:***@broker" in str(caught.value)
+    with pytest.raises(ConfigError, match="control characters"):
+        check_sink_spec("jsonl:/tmp/x\nExecStartPre=/bin/sh")
+    with pytest.raises(ConfigError, match="must end in"):
+        check_sink_spec("video:/tmp/out.txt")
+
+
+def test_the_password_comes_from_the_environment(tmp_path, coral):
+    """A sink URL with a user and no password takes EDGECLS_MQTT_PASSWORD, as a deployed service does from its
+    root-only EnvironmentFile; a real broker that wants the password receives the results."""
+    from conftest import Mosquitto
+
+    secret = "s3cret$`\"pw"
+    broker = Mosquitto(tmp_path, users={"pi": secret}).start()
+    try:
+        import paho.mqtt.client as mqtt
+
+        got: list[dict] = []
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        sub.username_pw_set("pi", secret)
+        sub.on_message = lambda c, u, m: got.append(json.loads(m.payload))
+        sub.connect("127.0.0.1", broker.port)
+        sub.subscribe("robot/vision", qos=1)
+        sub.loop_start()
+        url = f"mqtt://pi@127.0.0.1:{broker.port}/robot/vision"
+        command = [sys.executable, "-m", "edgecls", "run", str(coral / "mobilenet_v2_1.0_224_quant.tflite"),
+                   "--source", str(coral / "cat.bmp"), "-q", "--mqtt-qos", "1", "--sink", url]
+        ok = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "EDGECLS_MQTT_PASSWORD": secret})
+        assert ok.returncode == 0, ok.stderr
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [m["predictions"][0]["label"] for m in got] == ["Egyptian cat"]
+        # without the password the broker refuses the connection; the result is not delivered
+        wrong = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                               env={**os.environ, "EDGECLS_MQTT_PASSWORD": "wrong"})
+        time.sleep(0.5)
+        assert len(got) == 1 and "wrong" not in wrong.stderr
+    finally:
+        sub.loop_stop()
+        broker.stop()
