@@ -500,7 +500,7 @@ def check_sink_spec(spec: str) -> str:
         return kind
     if kind == "preview":
         host, _, port = rest.rpartition(":")
-        if not (port or "8080").isdigit() or not 0 < int(port or 8080) < 65536:
+        if not (port or "8080").isdigit() or not 0 <= int(port or 8080) < 65536:  # 0: any free port
             raise ConfigError(f"preview sink {spec!r}: the port must be a number, e.g. preview:8080")
         return kind
     raise ConfigError(f"unknown sink {shown!r}; expected {SINK_FORMS}")
