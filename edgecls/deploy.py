@@ -482,7 +482,7 @@ while [ "$#" -gt 0 ]; do
     --pip-spec) [ "$#" -ge 2 ] || { echo "install.sh: --pip-spec needs a value" >&2; exit 2; }; PIP_SPEC="$2"; shift ;;
     --mqtt-password-file)
       [ "$#" -ge 2 ] || { echo "install.sh: --mqtt-password-file needs a file" >&2; exit 2; }; PASSWORD_FILE="$2"; shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -696,7 +696,7 @@ def _readme(profile: Profile, prefix: str, files: list[str], wheelhouse: str | N
         f"edgecls deploy bundle for {profile.name}: {profile.description}",
         "",
         "On the device (64-bit Raspberry Pi OS or Debian, Python >= 3.10):",
-        f"  tar xzf edgecls-{profile.name}.tar.gz && cd edgecls-{profile.name} && sudo ./install.sh",
+        f"  tar xzf BUNDLE.tar.gz && cd edgecls-{profile.name} && sudo ./install.sh",
         "  (--dry-run shows every step without doing it; --uninstall takes it all out again)",
         "",
         f"It installs edgecls from wheels/ in {prefix}/venv ({offline.rstrip('.')}), the model, labels and profile",

@@ -579,6 +579,23 @@ def emulate(suite: str, work: Path, cache: Path | None, wheelhouse: bool) -> dic
         check("Traceback" not in output and doctor.returncode in (0, 1), f"edgecls doctor failed:\n{output}")
         check(any("picamera2" in line and line.startswith("ok") for line in output.splitlines()),
               f"doctor does not see picamera2:\n{output}")
+
+        # -- install.sh again (how a new bundle is put in place), then --uninstall -------------------------------------
+        start = time.monotonic()
+        again = root.run(["bash", "/root/edgecls-rpi5/install.sh"])
+        report["timings_s"]["reinstall"] = round(time.monotonic() - start, 1)
+        check(again.returncode == 0, f"install.sh a second time failed:\n{again.stdout}\n{again.stderr}")
+        check((rootfs / "boot/firmware/config.txt").read_text() == CONFIG_TXT, "a second install changed config.txt")
+        check(environment_file(env_file.read_text()).get("EDGECLS_MQTT_PASSWORD") == SECRET,
+              "a second install without --mqtt-password-file lost the stored password")
+        removed = root.run(["bash", "/opt/edgecls/install.sh", "--uninstall"])
+        check(removed.returncode == 0, f"install.sh --uninstall failed:\n{removed.stdout}\n{removed.stderr}")
+        gone = [p for p in ("opt/edgecls", "etc/systemd/system/edgecls.service", str(wants.relative_to(rootfs)),
+                            "etc/edgecls/edgecls.env") if (rootfs / p).exists() or (rootfs / p).is_symlink()]
+        check(not gone, f"--uninstall left {gone}")
+        check(f"{user}:" not in (rootfs / "etc/passwd").read_text(), "--uninstall left the service user")
+        check(sink_file.is_file(), "--uninstall must keep the service's results")
+        check((rootfs / "boot/firmware/config.txt").read_text() == CONFIG_TXT, "--uninstall changed config.txt")
         report["timings_s"]["total"] = round(sum(v for v in report["timings_s"].values()), 1)
     finally:
         if broker:
