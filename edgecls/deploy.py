@@ -41,7 +41,8 @@ from .profiles import Profile
 from .sinks import MQTT_PASSWORD_ENV, check_sink_spec, mask_url, split_mqtt_password
 
 SERVICE_NAME = "edgecls.service"
-STATE_DIR = "/var/lib/edgecls"  # the service's working directory (StateDirectory=edgecls); relative sink paths land here
+# The service's working directory (StateDirectory=edgecls); relative sink paths land here.
+STATE_DIR = "/var/lib/edgecls"
 ENV_FILE = "/etc/edgecls/edgecls.env"  # root-only (0600): the secrets the service reads
 USER_PATTERN = r"[a-z_][a-z0-9_-]{0,31}"
 PREFIX_PATTERN = r"(/[A-Za-z0-9_][A-Za-z0-9._+-]*)+"
@@ -221,9 +222,13 @@ def build_bundle(
     if pip_spec is not None:
         check_arg("--pip-spec", pip_spec)
         if not pip_spec.strip() or pip_spec.startswith("-"):
-            raise ConfigError(f"--pip-spec {pip_spec!r}: name a requirement (e.g. 'edgecls[camera]==1.2'), not an option")
+            raise ConfigError(
+                f"--pip-spec {pip_spec!r}: name a requirement (e.g. 'edgecls[camera]==1.2'), not an option"
+            )
         if wheelhouse:
-            raise ConfigError("--wheelhouse bundles the dependencies of the bundled wheel; it does not go with --pip-spec")
+            raise ConfigError(
+                "--wheelhouse bundles the dependencies of the bundled wheel; it does not go with --pip-spec"
+            )
     out_path = Path(out)
     if not out_path.name.endswith((".tar.gz", ".tgz")):
         raise ConfigError(f"the bundle is a .tar.gz archive; name it so (received {out_path.name})")
@@ -372,7 +377,8 @@ def service_unit(profile: Profile, *, prefix: str, user: str, args: list[str]) -
     edgetpu = profile.runtime.get("delegate") == "edgetpu"
     after = "network-online.target" + (" systemd-udev-settle.service" if edgetpu else "")
     # Description is a plain value: % starts a specifier, a trailing backslash would continue the line.
-    description = check_arg("description", f"{profile.name}: {profile.description}").replace("\\", "/").replace("%", "%%")
+    description = check_arg("description", f"{profile.name}: {profile.description}")
+    description = description.replace("\\", "/").replace("%", "%%")
     return f"""[Unit]
 Description=edgecls live classification ({description})
 Documentation=file:{prefix}/README.txt
@@ -481,7 +487,8 @@ while [ "$#" -gt 0 ]; do
     --uninstall) UNINSTALL=1 ;;
     --pip-spec) [ "$#" -ge 2 ] || { echo "install.sh: --pip-spec needs a value" >&2; exit 2; }; PIP_SPEC="$2"; shift ;;
     --mqtt-password-file)
-      [ "$#" -ge 2 ] || { echo "install.sh: --mqtt-password-file needs a file" >&2; exit 2; }; PASSWORD_FILE="$2"; shift ;;
+      [ "$#" -ge 2 ] || { echo "install.sh: --mqtt-password-file needs a file" >&2; exit 2; }
+      PASSWORD_FILE="$2"; shift ;;
     -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
   esac

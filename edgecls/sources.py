@@ -465,7 +465,9 @@ def parse_source(
     try:
         is_dir, exists = path.is_dir(), path.exists()
     except OSError as exc:  # e.g. a file in a folder the service's user may not enter
-        raise CameraError(f"cannot read the source {text!r} ({exc.strerror}); check that this user may read it") from None
+        raise CameraError(
+            f"cannot read the source {text!r} ({exc.strerror}); check that this user may read it"
+        ) from None
     if is_dir or path.suffix.lower() in IMAGE_SUFFIXES or (not exists and glob.has_magic(text)):
         return ImageFilesSource([text], grayscale=grayscale)
     if path.suffix.lower() in VIDEO_SUFFIXES or path.is_file():
