@@ -38,7 +38,7 @@ from .fsutil import atomic_write_bytes
 from .labels import labels_for_file
 from .metadata import check_model_file
 from .profiles import Profile
-from .sinks import MQTT_PASSWORD_ENV, check_sink_spec, mask_url, split_mqtt_password
+from .sinks import MQTT_PASSWORD_ENV, check_sink_spec, has_control_chars, mask_url, split_mqtt_password
 
 SERVICE_NAME = "edgecls.service"
 # The service's working directory (StateDirectory=edgecls); relative sink paths land here.
@@ -73,10 +73,6 @@ class Bundle:
 
 # -- validation ----------------------------------------------------------------------------------------------------
 
-def _has_control(text: str) -> bool:
-    return any(ord(c) < 32 or ord(c) == 127 for c in text)
-
-
 def check_user(user: str) -> str:
     if not re.fullmatch(USER_PATTERN, user):
         raise ConfigError(
@@ -104,7 +100,7 @@ def check_prefix(prefix: str) -> str:
 
 
 def check_arg(what: str, value: str) -> str:
-    if _has_control(value):
+    if has_control_chars(value):
         raise ConfigError(f"{what} {mask_url(value).encode('unicode_escape').decode()!r} holds control characters")
     return value
 
@@ -216,8 +212,7 @@ def build_bundle(
     check_prefix(prefix)
     check_user(user)
     sinks = [check_arg("--sink", s) for s in sinks or []]
-    for sink in sinks:
-        check_sink_spec(sink)
+    kinds = [check_sink_spec(sink) for sink in sinks]  # refused here, not at the device's boot
     extra = [check_arg("argument", a) for a in extra_args or []]
     if pip_spec is not None:
         check_arg("--pip-spec", pip_spec)
@@ -266,8 +261,8 @@ def build_bundle(
 
     # MQTT passwords stay out of the bundle: the unit names the user only, install.sh takes the password.
     public_sinks, mqtt_user = [], False
-    for sink in sinks:
-        if check_sink_spec(sink) == "mqtt":
+    for sink, kind in zip(sinks, kinds):
+        if kind == "mqtt":
             public, password = split_mqtt_password(sink)
             if password is not None:
                 warnings.append(
@@ -279,7 +274,7 @@ def build_bundle(
         else:
             public_sinks.append(sink)
 
-    extras = ["camera"] + (["mqtt"] if any(s.startswith("mqtt") for s in sinks) else [])
+    extras = ["camera"] + (["mqtt"] if "mqtt" in kinds else [])
     wheel_name = ""
     if pip_spec is None:
         wheel_path = _check_wheel(Path(wheel)) if wheel is not None else build_wheel()
@@ -365,7 +360,7 @@ def _run_args(prefix: str, model_name: str, labels: bool, sinks: list[str], extr
 
 def systemd_quote(arg: str) -> str:
     """Quote one ExecStart argument for systemd (which expands % specifiers and $ variables)."""
-    if _has_control(arg):
+    if has_control_chars(arg):
         raise ConfigError(f"{arg.encode('unicode_escape').decode()!r} holds control characters")
     escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
     return f'"{escaped}"' if any(c in arg for c in " \t\"'\\;") or escaped != arg else arg

@@ -241,7 +241,7 @@ def parse_mqtt_url(url: str) -> tuple[str, int, str, str | None, str | None, boo
 
     Error messages show the URL with its password masked (``mqtt://pi:***@host/t``)."""
     shown = mask_url(url)
-    if _has_control(url):
+    if has_control_chars(url):
         raise ConfigError(f"MQTT sink {shown!r} holds control characters")
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts"):
@@ -260,31 +260,34 @@ def parse_mqtt_url(url: str) -> tuple[str, int, str, str | None, str | None, boo
     return parts.hostname, port, topic, user, password, parts.scheme == "mqtts"
 
 
-def mask_url(url: str) -> str:
-    """``url`` with the password of its ``user:password@`` part replaced by ``***``."""
+def _without_password(url: str, replacement: str | None) -> tuple[str, str | None]:
+    """(``url`` with the password of its ``user:password@`` part replaced by ``replacement``, or dropped with its
+    colon when that is None; the password as written, or None when the URL has none)."""
     scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
     authority, slash, path = rest.partition("/")
     userinfo, at, host = authority.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}{slash}{path}"
+    if not sep or not at or ":" not in userinfo:
+        return url, None
+    user, password = userinfo.split(":", 1)
+    kept = f"{user}:{replacement}" if replacement is not None else user
+    return f"{scheme}://{kept}@{host}{slash}{path}", password
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password of its ``user:password@`` part replaced by ``***``."""
+    return _without_password(url, "***")[0]
 
 
 def split_mqtt_password(url: str) -> tuple[str, str | None]:
     """(the URL without its password, the password or None): what a service unit may show, and the secret."""
     parse_mqtt_url(url)  # raises on a malformed URL, with the password masked
-    scheme, _, rest = url.partition("://")
-    authority, slash, path = rest.partition("/")
-    userinfo, at, host = authority.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url, None
-    user, password = userinfo.split(":", 1)
-    return f"{scheme}://{user}@{host}{slash}{path}", unquote(password)
+    public, password = _without_password(url, None)
+    return public, unquote(password) if password is not None else None
 
 
-def _has_control(text: str) -> bool:
+def has_control_chars(text: str) -> bool:
+    """True when ``text`` holds a control character (a newline among them): such values never reach a unit file,
+    a script or a message."""
     return any(ord(c) < 32 or ord(c) == 127 for c in text)
 
 
@@ -486,7 +489,7 @@ def check_sink_spec(spec: str) -> str:
     """Check a ``--sink`` text without opening anything (``edgecls deploy`` checks the service's sinks this way);
     returns its kind: jsonl, mqtt, video or preview. Raises ConfigError naming the accepted forms."""
     shown = mask_url(spec)
-    if _has_control(spec):
+    if has_control_chars(spec):
         raise ConfigError(f"sink {shown!r} holds control characters")
     if spec.startswith(("mqtt://", "mqtts://")):
         parse_mqtt_url(spec)
