@@ -16,7 +16,7 @@ from typing import Any, TextIO
 from .capture import StreamEvent
 from .classifier import Classifier
 from .errors import EdgeclsError
-from .sinks import MqttSink, PreviewSink, Sink, TextSink, format_line, parse_sink
+from .sinks import MqttSink, PreviewSink, Sink, SinkGroup, TextSink, format_line, parse_sink
 from .smoothing import Smoothing
 from .stream import Stream, StreamStats
 
@@ -71,27 +71,27 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
         },
     )
     sinks: list[Sink] = []
+    group = SinkGroup([], on_event)
     try:
         sinks = _make_sinks(options, on_event, say)
         if not options.quiet:
             sinks.insert(0, _stdout_sink(out, options, stream))
         if options.stats_every:
             sinks.append(_StatsLines(stream, options.stats_every, say))
-        stopped_by = _run(stream, sinks, say)
+        group.sinks = sinks
+        stopped_by = _run(stream, group, say)
     finally:
         stream.close()
-        for s in sinks:
-            try:
-                s.close()
-            except EdgeclsError as exc:
-                say(f"error: {exc}")
+        failed = group.close()
         clf.close()
     stats = stream.stats()
     say(_summary(stats, stopped_by))
+    for line in failed:
+        say(f"error: {line}")
     if stream.error is not None:
         say(f"error: {stream.error}")
         return 1
-    return 0
+    return 1 if failed else 0
 
 
 def _make_sinks(options: RunOptions, on_event: Any, say: Any) -> list[Sink]:
@@ -104,8 +104,9 @@ def _make_sinks(options: RunOptions, on_event: Any, say: Any) -> list[Sink]:
             )
             sinks.append(sink)
             if isinstance(sink, MqttSink) and not sink.wait_connected(2.0):
-                say(f"warning: MQTT broker {sink.host}:{sink.port} is not reachable yet; results are buffered and "
-                    "sent when it is")
+                why = f" ({sink.last_error})" if sink.last_error else ""
+                say(f"warning: MQTT broker {sink.host}:{sink.port} is not reachable yet{why}; results are buffered "
+                    "and sent when it is")
             if isinstance(sink, PreviewSink):
                 say(f"preview: {sink.url}")
     except BaseException:
@@ -115,7 +116,7 @@ def _make_sinks(options: RunOptions, on_event: Any, say: Any) -> list[Sink]:
     return sinks
 
 
-def _run(stream: Stream, sinks: list[Sink], say: Any) -> str | None:
+def _run(stream: Stream, sinks: SinkGroup, say: Any) -> str | None:
     """Iterate the stream into the sinks; returns the name of the signal that stopped it, if one did."""
     stopped_by: list[str] = []
 
@@ -127,8 +128,7 @@ def _run(stream: Stream, sinks: list[Sink], say: Any) -> str | None:
     try:
         stream.start()
         for result in stream:
-            for s in sinks:
-                s.write(result)
+            sinks.write(result)
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)

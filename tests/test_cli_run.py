@@ -126,3 +126,37 @@ def test_preview_sink_announces_its_local_url(coral, cat_video):
     result = run(coral / MODEL, "--source", cat_video, "-q", "--max-frames", "3", "--sink", "preview:0")
     assert result.exit_code == 0, result.output
     assert "preview: http://127.0.0.1:" in result.stderr
+
+
+def test_a_stop_with_the_mqtt_broker_down_takes_under_a_second(coral, tmp_path, mosquitto):
+    """The broker goes away mid-run; SIGINT still ends the run within a second, and the summary counts what was
+    not sent."""
+    out = tmp_path / "live.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgecls", "run", str(coral / MODEL), "--source", "demo", "-q", "--mqtt-qos", "1",
+         "--sink", f"mqtt://127.0.0.1:{mosquitto.port}/t", "--sink", f"jsonl:{out}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.monotonic() + 60
+    while (not out.exists() or len(out.read_text().splitlines()) < 5) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    mosquitto.stop()
+    time.sleep(0.5)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=10)
+    took = time.monotonic() - sent
+    assert took < 1.0, f"took {took:.2f} s to stop"
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    assert "sink-disconnected" in stderr and "not sent" in stderr
+
+
+def test_a_full_disk_sink_is_reported_once_and_the_run_goes_on(coral, cat_video, tmp_path):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    good = tmp_path / "good.jsonl"
+    result = run(coral / MODEL, "--source", cat_video, "--json", "--sink", "jsonl:/dev/full", "--sink", f"jsonl:{good}")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert len(result.stdout.splitlines()) == 24 and len(good.read_text().splitlines()) == 24
+    assert result.stderr.count("sink-error:") == 1
+    assert "error: sink /dev/full: 24 result(s) not written" in result.stderr

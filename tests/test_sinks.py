@@ -213,9 +213,69 @@ def test_mqtt_buffer_is_bounded_and_an_unreachable_broker_does_not_block(mosquit
         for i in range(10):
             sink.write(result(i))
         assert time.monotonic() - start < 0.5
-        assert sink.pending == 3 and sink.overflowed == 7
+        assert sink.pending == 3 and sink.dropped == 7
+        start = time.monotonic()
+        sink.close()
+        assert time.monotonic() - start < 1.0  # a stop with the broker down stays under a second
+        assert sink.unsent == 3 and sink.sent == 0
     finally:
         sink.close(timeout=0.2)
+
+
+def test_mqtt_delivers_everything_made_after_an_outage_at_200_results_a_second(mosquitto):
+    """The hostile run: QoS 1 at 200 results/s, the broker down for 2 s. More than the buffer's worth of results
+    waits meanwhile; afterwards every result made once the broker is back arrives, the buffered ones follow, the
+    reconnect follows the broker within about a second, and sent + dropped + lost + unsent is every result."""
+    topic = "edgecls/outage"
+    sub = Subscriber(mosquitto.port, topic)
+    events = []
+    sink = MqttSink(f"mqtt://127.0.0.1:{mosquitto.port}/{topic}", qos=1, buffer=300, on_event=events.append)
+    made_at: list[float] = []
+    back_at = 0.0
+    try:
+        assert sink.wait_connected(5)
+        time.sleep(0.3)
+        start = time.monotonic()
+        while time.monotonic() - start < 7.0:
+            now = time.monotonic()
+            if not back_at and mosquitto.process is not None and now - start > 1.5 and now - start < 3.5:
+                mosquitto.stop()
+            elif not back_at and mosquitto.process is None and now - start >= 3.5:
+                mosquitto.start()
+                back_at = time.monotonic()
+            sink.write(result(len(made_at), frame=False))
+            made_at.append(time.monotonic())
+            time.sleep(0.005)
+        assert sink.flush(10), f"{sink.pending} still pending"
+        reconnected = [e for e in events if e.kind == "sink-reconnected"]
+        assert reconnected and reconnected[0].timestamp - (time.time() - (time.monotonic() - back_at)) < 1.6
+        after = [i for i, t in enumerate(made_at) if t >= back_at]
+        got = set(sub.wait_for(len(made_at) - sink.dropped, timeout=15))
+        assert set(after) <= got, f"{len(set(after) - got)} of {len(after)} results made after the broker came back are missing"
+        assert sink.dropped > 0  # the outage held more than the buffer: the oldest went, counted
+        assert len(got) == sink.sent and sink.sent + sink.dropped + sink.lost == len(made_at)
+    finally:
+        sink.close()
+        sub.close()
+    assert sink.unsent == 0
+
+
+def test_a_failing_sink_is_reported_once_and_the_others_go_on(tmp_path):
+    """`jsonl:/dev/full` (a full disk) fails every write: one sink-error event, every failure counted, and the
+    other sink still gets every result."""
+    from edgecls.sinks import SinkGroup
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    events = []
+    good = tmp_path / "good.jsonl"
+    group = SinkGroup([JsonlSink("/dev/full"), JsonlSink(good)], events.append)
+    for i in range(20):
+        group.write(result(i, frame=False))
+    lines = group.close()
+    assert [e.kind for e in events] == ["sink-error"] and "No space left" in events[0].message
+    assert len(good.read_text().splitlines()) == 20
+    assert len(lines) == 1 and lines[0].startswith("sink /dev/full: 20 result(s) not written")
 
 
 def test_a_password_never_appears_in_messages():
