@@ -15,7 +15,6 @@ from typing import Any, TextIO
 
 from .capture import StreamEvent
 from .classifier import Classifier
-from .errors import EdgeclsError
 from .sinks import MqttSink, PreviewSink, Sink, SinkGroup, TextSink, format_line, parse_sink
 from .smoothing import Smoothing
 from .stream import Stream, StreamStats
