@@ -300,6 +300,14 @@ class PicameraSource(FrameSource):
     `lores_size_for`). The ``main`` stream (``main_size``) is there for preview or recording. ``buffer_count``
     buffers keep the camera from dropping frames while one is being classified. ``camera_factory`` is the
     Picamera2 class; tests pass a stand-in.
+
+    What picamera2 does not do for us, this does: the lores width is rounded *up* to the ISP's alignment (picamera2's
+    `align_configuration` rounds down, which squeezes the picture or makes a narrow stream 0 px wide) with the
+    height following main's aspect ratio, and the configuration is read back and checked; YUV420 rows are cropped
+    to the width when the stride is wider; the YUV colour matrix is asked to be BT.601 (what the conversion uses) and,
+    where the camera keeps another (Rec.709 for main >= 1280x720), frames are converted with the matrix it reports;
+    and a capture that waits longer than ``frame_timeout`` s (a loose ribbon cable) is cancelled and reported, so the
+    stream reopens the camera instead of hanging.
     """
 
     live = True
@@ -315,6 +323,7 @@ class PicameraSource(FrameSource):
         buffer_count: int = 6,
         sensor_mode: int | None = None,
         controls: dict[str, Any] | None = None,
+        frame_timeout: float | None = None,
         camera_factory: Callable[..., Any] | None = None,
     ) -> None:
         if lores_format not in PICAMERA_FORMATS or main_format not in PICAMERA_FORMATS:
@@ -330,62 +339,209 @@ class PicameraSource(FrameSource):
         self.lores_size, self.lores_format = (_even(lores_size[0]), _even(lores_size[1])), lores_format
         self.main_size, self.main_format = main_size, main_format
         self.buffer_count, self.sensor_mode, self.controls = buffer_count, sensor_mode, dict(controls or {})
+        fps = float(self.controls.get("FrameRate") or 30.0)
+        # a few frame times, and never under half a second (the first frame after start takes longer)
+        self.frame_timeout = frame_timeout if frame_timeout is not None else max(0.5, 5.0 / fps)
         self.color = PICAMERA_FORMATS[lores_format]
         self.name = f"picam:{camera_num}"
         self._factory = camera_factory
         self._camera: Any = None
+        self._first = True
+        self._crop: tuple[int, int, int] | None = None  # (width, height, stride) of a padded YUV420 lores
+        self._matrix: tuple[str, bool] = ("601", False)  # the lores YUV encoding and whether it is full range
         self.configuration: Any = None
 
     def open(self) -> None:
         factory = self._factory or _import_picamera2()
         try:
             camera = factory(self.camera_num)
-        except (IndexError, RuntimeError, OSError) as exc:
+        except Exception as exc:  # IndexError (no such camera), RuntimeError (libcamera), OSError
             raise CameraError(
-                f"cannot open Raspberry Pi camera {self.camera_num} ({exc}); check the ribbon cable, "
-                "'rpicam-hello --list-cameras', and the camera settings in /boot/firmware/config.txt"
+                f"cannot open Raspberry Pi camera {self.camera_num} ({type(exc).__name__}: {exc}); check the ribbon "
+                "cable, 'rpicam-hello --list-cameras', and the camera settings in /boot/firmware/config.txt"
             ) from None
         try:
-            kwargs: dict[str, Any] = {
-                "main": {"size": self.main_size, "format": self.main_format},
-                "lores": {"size": self.lores_size, "format": self.lores_format},
-                "buffer_count": self.buffer_count,
-                "queue": False,  # capture_array then waits for a fresh frame instead of a queued stale one
-            }
-            if self.controls:
-                kwargs["controls"] = self.controls
-            if self.sensor_mode is not None:
-                modes = camera.sensor_modes
-                if not 0 <= self.sensor_mode < len(modes):
-                    raise ConfigError(f"sensor mode {self.sensor_mode} does not exist; this sensor has {len(modes)}")
-                mode = modes[self.sensor_mode]
-                kwargs["sensor"] = {"output_size": mode["size"], "bit_depth": mode["bit_depth"]}
-            config = camera.create_video_configuration(**kwargs)
-            camera.align_configuration(config)
-            camera.configure(config)
+            config = self._configure(camera)
             camera.start()
         except Exception as exc:
-            camera.close()
-            if isinstance(exc, ConfigError):
+            _quietly(camera.close)
+            if isinstance(exc, (ConfigError, CameraError)):
                 raise
             raise CameraError(f"cannot start Raspberry Pi camera {self.camera_num} ({exc})") from None
-        self._camera, self.configuration = camera, config
+        self._camera, self.configuration, self._first = camera, config, True
+
+    def _configure(self, camera: Any) -> Any:
+        lores_size = _aligned_lores(self.lores_size, self.main_size, _alignment(camera, self.lores_format))
+        kwargs: dict[str, Any] = {
+            "main": {"size": self.main_size, "format": self.main_format},
+            "lores": {"size": lores_size, "format": self.lores_format},
+            "buffer_count": self.buffer_count,
+            "queue": False,  # capture_array then waits for a fresh frame instead of a queued stale one
+        }
+        if self.controls:
+            kwargs["controls"] = self.controls
+        if self.lores_format == "YUV420":
+            space = _bt601_colour_space()
+            if space is not None:
+                kwargs["colour_space"] = space
+        if self.sensor_mode is not None:
+            modes = camera.sensor_modes
+            if not 0 <= self.sensor_mode < len(modes):
+                raise ConfigError(f"sensor mode {self.sensor_mode} does not exist; this sensor has {len(modes)}")
+            mode = modes[self.sensor_mode]
+            kwargs["sensor"] = {"output_size": mode["size"], "bit_depth": mode["bit_depth"]}
+        config = camera.create_video_configuration(**kwargs)
+        camera.align_configuration(config)  # aligns main; it would round lores down, which is aligned already
+        config["lores"]["size"] = lores_size
+        camera.configure(config)
+        final = camera.camera_configuration() if hasattr(camera, "camera_configuration") else config
+        final = final or config
+        lw, lh = final["lores"]["size"]
+        mw, mh = final["main"]["size"]
+        if lw <= 0 or lh <= 0 or abs(lw / lh - mw / mh) > 0.02 * (mw / mh):
+            raise CameraError(
+                f"the camera made the lores stream {lw}x{lh} for main {mw}x{mh}: a different aspect ratio would "
+                "squeeze the picture; give lores_size and main_size with the same aspect ratio"
+            )
+        stride = final["lores"].get("stride") or 0
+        self._crop = (lw, lh, stride) if self.lores_format == "YUV420" and stride > lw else None
+        if self.lores_format == "YUV420":
+            self._matrix = _yuv_matrix(final.get("colour_space"))
+            self.color = "yuv420" if self._matrix == ("601", False) else "rgb"
+        return final
 
     def read(self) -> np.ndarray | None:
-        if self._camera is None:
+        camera = self._camera
+        if camera is None:
             raise CameraError(f"{self.name} is not open")
+        timeout = self.frame_timeout * (4 if self._first else 1)
         try:
-            return self._camera.capture_array("lores")
-        except Exception as exc:  # libcamera reports a lost camera as a RuntimeError (or worse)
-            raise CameraError(f"{self.name} stopped delivering frames ({exc})") from None
+            frame = camera.capture_array("lores", wait=timeout)
+        except Exception as exc:  # TimeoutError when frames stop; libcamera reports a lost camera as RuntimeError
+            if _is_timeout(exc):
+                _quietly(getattr(camera, "cancel_all_and_flush", lambda: None))  # a stop() behind it would deadlock
+                raise CameraError(
+                    f"{self.name} delivered no frame for {timeout:.1f} s (a loose ribbon cable, or 'frontend has "
+                    "timed out' in the system log); reopening it"
+                ) from None
+            raise CameraError(f"{self.name} stopped delivering frames ({type(exc).__name__}: {exc})") from None
+        self._first = False
+        if self.lores_format != "YUV420":
+            return frame
+        if self._crop is not None:
+            frame = _crop_i420(frame, *self._crop)
+        if self._matrix != ("601", False):
+            return yuv420_to_rgb(frame, *self._matrix)
+        return frame
 
     def close(self) -> None:
         camera, self._camera = self._camera, None
         if camera is not None:
             try:
+                _quietly(getattr(camera, "cancel_all_and_flush", lambda: None))
                 camera.stop()
+            except Exception:  # a camera that is gone cannot be stopped; it is still closed
+                pass
             finally:
-                camera.close()
+                _quietly(camera.close)
+
+
+def _quietly(fn: Callable[[], Any]) -> None:
+    try:
+        fn()
+    except Exception:  # closing a failed camera: there is nothing more to tell than the failure already reported
+        pass
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    import concurrent.futures
+
+    return isinstance(exc, (TimeoutError, concurrent.futures.TimeoutError))
+
+
+def _alignment(camera: Any, fmt: str) -> int:
+    """The lores width multiple picamera2's align_configuration would round to (32 bytes on a Pi 4's VC4 ISP, 64 on
+    a Pi 5's PiSP; twice that in pixels for YUV420, half for the 4-byte formats)."""
+    platform = str(getattr(camera, "platform", "") or getattr(type(camera), "platform", ""))
+    align = 32 if "VC4" in platform.upper() else 64  # unknown: the larger, which suits both
+    if fmt in ("YUV420", "YVU420"):
+        return align * 2
+    if fmt in ("XBGR8888", "XRGB8888"):
+        return align // 2
+    return align
+
+
+def _aligned_lores(size: tuple[int, int], main: tuple[int, int], align: int) -> tuple[int, int]:
+    """``size`` with the width rounded up to ``align`` (down only where main is narrower) and the height following
+    main's aspect ratio, so the lores stream covers what was asked without a squeeze."""
+    w, h = size
+    mw, mh = main
+    aligned = -(-w // align) * align
+    if aligned > mw:
+        aligned = max(align, mw // align * align) if mw >= align else mw
+    height = _even(max(h if aligned >= w else 0, round(aligned * mh / mw)))
+    return aligned, min(height, mh - mh % 2)
+
+
+def _bt601_colour_space() -> Any:
+    try:
+        import libcamera  # comes with picamera2 on Raspberry Pi OS
+
+        return libcamera.ColorSpace.Smpte170m()
+    except Exception:
+        return None
+
+
+def _yuv_matrix(space: Any) -> tuple[str, bool]:
+    """(encoding "601"/"709"/"2020", full range) of a libcamera ColorSpace (Sycc: 601 full; Smpte170m: 601
+    limited; Rec709: 709 limited)."""
+    if space is None:
+        return ("601", False)
+    encoding, rng = getattr(space, "ycbcrEncoding", None), getattr(space, "range", None)
+    text = f"{encoding} {rng}" if encoding is not None else str(space)
+    text = text.lower()
+    if "sycc" in text or "jpeg" in text:
+        return ("601", True)
+    full = "full" in text
+    for name in ("709", "2020"):
+        if name in text:
+            return (name, full)
+    return ("601", full)
+
+
+# Kr, Kb of each YCbCr encoding
+_KR_KB = {"601": (0.299, 0.114), "709": (0.2126, 0.0722), "2020": (0.2627, 0.0593)}
+
+
+def yuv420_to_rgb(frame: np.ndarray, encoding: str = "601", full_range: bool = False) -> np.ndarray:
+    """An RGB image from an I420 array (H*3/2, W) in the given YCbCr encoding (OpenCV's conversion knows only
+    BT.601 limited range)."""
+    h, w = frame.shape[0] * 2 // 3, frame.shape[1]
+    y = frame[:h].astype(np.float32)
+    u = frame[h : h + h // 4].reshape(h // 2, w // 2).astype(np.float32) - 128.0
+    v = frame[h + h // 4 :].reshape(h // 2, w // 2).astype(np.float32) - 128.0
+    if not full_range:
+        y = (y - 16.0) * (255.0 / 219.0)
+        u, v = u * (255.0 / 224.0), v * (255.0 / 224.0)
+    u = u.repeat(2, axis=0).repeat(2, axis=1)
+    v = v.repeat(2, axis=0).repeat(2, axis=1)
+    kr, kb = _KR_KB[encoding]
+    kg = 1.0 - kr - kb
+    r = y + 2.0 * (1.0 - kr) * v
+    b = y + 2.0 * (1.0 - kb) * u
+    g = (y - kr * r - kb * b) / kg
+    return np.clip(np.stack([r, g, b], axis=-1) + 0.5, 0, 255).astype(np.uint8)
+
+
+def _crop_i420(frame: np.ndarray, width: int, height: int, stride: int) -> np.ndarray:
+    """A contiguous I420 array (height*3/2, width) from one whose rows are ``stride`` bytes (picamera2 keeps the
+    padding): the Y plane's rows, then the U and V planes' (half as wide, with half the stride)."""
+    flat = np.ascontiguousarray(frame).reshape(-1)
+    y = flat[: stride * height].reshape(height, stride)[:, :width]
+    chroma = (stride // 2) * (height // 2)
+    u = flat[stride * height : stride * height + chroma].reshape(height // 2, stride // 2)[:, : width // 2]
+    v = flat[stride * height + chroma : stride * height + 2 * chroma].reshape(height // 2, stride // 2)[:, : width // 2]
+    return np.concatenate([y.reshape(-1), u.reshape(-1), v.reshape(-1)]).reshape(height * 3 // 2, width)
 
 
 def lores_size_for(model_size: tuple[int, int], main_size: tuple[int, int]) -> tuple[int, int]:
@@ -406,9 +562,17 @@ def _even(n: int) -> int:
 def _import_picamera2() -> Callable[..., Any]:
     try:
         from picamera2 import Picamera2
-    except ImportError:
-        raise CameraError(f"the picam source needs picamera2, which is not installed here; {PICAMERA2_HINT}") from None
-    return Picamera2
+
+        return Picamera2
+    except Exception as exc:  # numpy ABI mismatch ("numpy.dtype size changed"), libcamera failing to load
+        failure = exc
+    if isinstance(failure, ImportError) and "numpy" not in str(failure):
+        raise CameraError(f"the picam source needs picamera2, which is not installed here; {PICAMERA2_HINT}")
+    raise CameraError(
+        f"picamera2 is installed but fails to import ({type(failure).__name__}: {failure}). Its compiled parts are "
+        "built for the system numpy: in this venv run pip install \"numpy==$(/usr/bin/python3 -c 'import numpy; "
+        "print(numpy.__version__)')\" (edgecls's install.sh pins it for you)"
+    )
 
 
 def _import_cv2() -> Any:

@@ -138,7 +138,7 @@ class Picamera2:
         self._frame = None
 
     def create_video_configuration(self, main=None, lores=None, buffer_count=6, queue=True, sensor=None,
-                                   controls=None):
+                                   controls=None, colour_space=None):
         return {"main": dict(main), "lores": dict(lores), "buffer_count": buffer_count, "sensor": sensor}
 
     def align_configuration(self, config):
@@ -171,7 +171,7 @@ class Picamera2:
             raise RuntimeError("the stub serves RGB888, BGR888 and YUV420 lores streams")
         numexpr.evaluate("a + 1", local_dict={"a": np.arange(3)})
 
-    def capture_array(self, name="main"):
+    def capture_array(self, name="main", wait=None):
         time.sleep(0.05)
         return self._frame.copy()
 

@@ -3,6 +3,10 @@ adapter against a stand-in object that records picamera2's documented calls."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -96,8 +100,6 @@ def test_image_files_source_yields_rgb_and_skips_nothing_silently(coral, tmp_pat
 
 
 def test_demo_source_is_paced_like_a_camera():
-    import time
-
     with DemoSource(fps=50) as source:
         start = time.monotonic()
         frames = [source.read() for _ in range(6)]
@@ -118,68 +120,133 @@ def test_lores_size_keeps_the_sensor_aspect_and_covers_the_model():
 
 
 class Picamera2StandIn:
-    """A stand-in for picamera2.Picamera2 (which needs a Raspberry Pi): it records the documented calls the adapter
-    makes and returns lores frames in the layout picamera2 documents for each format."""
+    """A stand-in for picamera2.Picamera2 (which needs a Raspberry Pi) that behaves as the real one does where it
+    matters (read against picamera2's source): `align_configuration` rounds widths *down* (YUV420 to 64 px on a
+    Pi 4, 128 on a Pi 5); configure fails on a 0-wide stream and fills in the stride (YUV420 rows padded to a
+    multiple of 128 bytes here) and the colour space (Rec.709 for main >= 1280x720 unless one is asked for);
+    `capture_array` blocks while the camera is stalled (raising TimeoutError after ``wait`` s); `stop()` behind a
+    pending capture deadlocks (here: raises) unless `cancel_all_and_flush()` came first; the constructor can fail.
+    Frames are in the layout picamera2 documents for each format, YUV420 with the stride padding kept."""
 
     instances: list["Picamera2StandIn"] = []
+    platform = "PISP"  # a Pi 5
+    stalled = False  # set on the class: captures then block
+    fail_constructor: Exception | None = None
+    yuv = (200, 128, 128)  # the Y, U, V of every YUV420 pixel
 
     def __init__(self, camera_num: int = 0) -> None:
+        if Picamera2StandIn.fail_constructor is not None:
+            raise Picamera2StandIn.fail_constructor
         self.camera_num = camera_num
         self.calls: list[str] = []
         self.sensor_modes = [{"size": (1332, 990), "bit_depth": 10}, {"size": (2028, 1520), "bit_depth": 12}]
         self.config: dict | None = None
+        self._pending = 0
+        self._cancel = threading.Event()
         Picamera2StandIn.instances.append(self)
 
-    def create_video_configuration(self, main=None, lores=None, buffer_count=6, queue=True, sensor=None, controls=None):
+    def create_video_configuration(self, main=None, lores=None, buffer_count=6, queue=True, sensor=None,
+                                   controls=None, colour_space=None):
         self.calls.append("create_video_configuration")
         return {"main": dict(main), "lores": dict(lores), "buffer_count": buffer_count, "queue": queue,
-                "sensor": sensor, "controls": controls}
+                "sensor": sensor, "controls": controls, "colour_space": colour_space}
 
     def align_configuration(self, config):
         self.calls.append("align_configuration")
+        for name in ("main", "lores"):
+            stream = config[name]
+            align = 32 if self.platform == "VC4" else 64
+            if stream["format"] == "YUV420":
+                align *= 2
+            elif stream["format"] in ("XBGR8888", "XRGB8888"):
+                align //= 2
+            w, h = stream["size"]
+            stream["size"] = (w - w % align, h - h % 2)
 
     def configure(self, config):
         self.calls.append("configure")
+        for name in ("main", "lores"):
+            w, h = config[name]["size"]
+            if w <= 0 or h <= 0:
+                raise RuntimeError(f"Failed to configure: {name} stream of size {w}x{h}")
+            bpp = {"YUV420": 1, "RGB888": 3, "BGR888": 3}.get(config[name]["format"], 4)
+            config[name]["stride"] = -(-w * bpp // 128) * 128 if config[name]["format"] == "YUV420" else w * bpp
+        if config["colour_space"] is None:
+            mw, mh = config["main"]["size"]
+            config["colour_space"] = "Rec709" if mw >= 1280 and mh >= 720 else "Smpte170m"
         self.config = config
+
+    def camera_configuration(self):
+        return self.config
 
     def start(self):
         self.calls.append("start")
 
-    def capture_array(self, name="main"):
+    def capture_array(self, name="main", wait=None):
         self.calls.append(f"capture_array:{name}")
+        if Picamera2StandIn.stalled:
+            self._pending += 1
+            if not self._cancel.wait(None if wait in (None, True) else wait):
+                raise concurrent.futures.TimeoutError()
+            raise concurrent.futures.CancelledError()
         w, h = self.config[name]["size"]
+        stride = self.config[name]["stride"]
         fmt = self.config[name]["format"]
-        if fmt == "YUV420":  # I420: Y plane (h rows), then U and V planes packed two rows per array row
-            frame = np.full((h * 3 // 2, w), 128, np.uint8)
-            frame[:h] = 200
-            return frame
+        if fmt == "YUV420":  # I420 with padded rows: Y (h rows of stride), then U and V (h/2 rows of stride/2 each)
+            y, u, v = self.yuv
+            flat = np.zeros(stride * h * 3 // 2, np.uint8)  # padding bytes are 0: an uncropped frame shows them
+            flat[: stride * h].reshape(h, stride)[:, :w] = y
+            half = (stride // 2) * (h // 2)
+            flat[stride * h : stride * h + half].reshape(h // 2, stride // 2)[:, : w // 2] = u
+            flat[stride * h + half :].reshape(h // 2, stride // 2)[:, : w // 2] = v
+            return flat.reshape(h * 3 // 2, stride)
         pixel = {"RGB888": (10, 20, 250), "BGR888": (250, 20, 10)}[fmt]  # both are the colour (R=250, G=20, B=10)
         return np.broadcast_to(np.array(pixel, np.uint8), (h, w, 3)).copy()
 
+    def cancel_all_and_flush(self):
+        self.calls.append("cancel_all_and_flush")
+        self._pending = 0
+        self._cancel.set()
+
     def stop(self):
         self.calls.append("stop")
+        if self._pending:
+            raise AssertionError("stop() behind a pending capture: the real picamera2 deadlocks here")
 
     def close(self):
         self.calls.append("close")
 
 
-@pytest.mark.parametrize("fmt, color", [("YUV420", "yuv420"), ("RGB888", "bgr"), ("BGR888", "rgb")])
-def test_picamera_adapter_uses_a_two_stream_configuration(fmt, color):
+@pytest.fixture(autouse=True)
+def _standin_defaults():
+    yield
+    Picamera2StandIn.stalled = False
+    Picamera2StandIn.fail_constructor = None
+    Picamera2StandIn.platform = "PISP"
+    Picamera2StandIn.yuv = (200, 128, 128)
+
+
+@pytest.mark.parametrize("fmt, color, lores", [("YUV420", "rgb", (384, 288)), ("RGB888", "bgr", (320, 240)),
+                                                ("BGR888", "rgb", (320, 240))])
+def test_picamera_adapter_uses_a_two_stream_configuration(fmt, color, lores):
     source = PicameraSource(0, lores_size=(300, 224), lores_format=fmt, main_size=(1280, 960), buffer_count=6,
                             sensor_mode=0, camera_factory=Picamera2StandIn)
-    assert source.color == color and source.live
+    assert source.live
     with source:
         frame = source.read()
         cam = Picamera2StandIn.instances[-1]
         config = source.configuration
+        assert source.color == color  # YUV at main 1280x960 is Rec.709: converted here with that matrix, to RGB
     assert cam.calls == ["create_video_configuration", "align_configuration", "configure", "start",
-                         "capture_array:lores", "stop", "close"]
-    assert config["lores"] == {"size": (300, 224), "format": fmt}
-    assert config["main"] == {"size": (1280, 960), "format": "XRGB8888"}
+                         "capture_array:lores", "cancel_all_and_flush", "stop", "close"]
+    # the width rounded *up* to the Pi 5's alignment, the height following main's 4:3
+    assert config["lores"]["size"] == lores and config["lores"]["format"] == fmt
+    assert config["main"]["size"] == (1280, 960) and config["main"]["format"] == "XRGB8888"
     assert config["buffer_count"] == 6 and config["queue"] is False
     assert config["sensor"] == {"output_size": (1332, 990), "bit_depth": 10}
+    assert frame.shape[:2] == (lores[1], lores[0])
     # the shared preprocessing turns what the format delivers into the same RGB pixels
-    rgb = Preprocessor(InputSpec(8, 8, 3, "uint8", 1 / 255, 0)).to_array(frame, color=color)
+    rgb = Preprocessor(InputSpec(8, 8, 3, "uint8", 1 / 255, 0)).to_array(frame, color=source.color)
     if fmt == "YUV420":
         assert np.all(np.abs(rgb.astype(int) - rgb[0, 0].astype(int)) <= 1)  # grey: equal channels
         assert abs(int(rgb[0, 0, 0]) - int(rgb[0, 0, 2])) <= 2
@@ -187,12 +254,104 @@ def test_picamera_adapter_uses_a_two_stream_configuration(fmt, color):
         assert tuple(rgb[0, 0]) == (250, 20, 10)
 
 
-def test_picamera_yuv_gives_a_grayscale_model_the_y_plane():
-    source = PicameraSource(0, lores_size=(64, 48), main_size=(640, 480), camera_factory=Picamera2StandIn)
+@pytest.mark.parametrize("platform, fmt, model, main, want", [
+    ("VC4", "YUV420", (224, 224), (1280, 960), (320, 240)),  # picamera2 alone: 256x224, a 14% squeeze
+    ("PISP", "YUV420", (32, 32), (1280, 960), (128, 96)),  # picamera2 alone: width 0, configure fails
+    ("PISP", "RGB888", (96, 96), (1536, 864), (192, 108)),
+    ("VC4", "RGB888", (224, 224), (640, 480), (320, 240)),
+])
+def test_picamera_lores_is_aligned_up_keeping_the_aspect_ratio(platform, fmt, model, main, want):
+    from edgecls.sources import lores_size_for
+
+    Picamera2StandIn.platform = platform
+    source = PicameraSource(0, lores_size=lores_size_for(model, main), lores_format=fmt, main_size=main,
+                            camera_factory=Picamera2StandIn)
     with source:
         frame = source.read()
+    w, h = source.configuration["lores"]["size"]
+    assert (w, h) == want and w >= model[0] and h >= model[1]
+    assert abs(w / h - main[0] / main[1]) < 0.02 * main[0] / main[1]
+    assert frame.shape[:2] == (h, w)
+
+
+def test_picamera_yuv_stride_padding_is_cropped():
+    """On a Pi 4 a 64-px YUV420 lores has 128-byte rows: the padding (0 here) must not reach the model."""
+    Picamera2StandIn.platform = "VC4"
+    source = PicameraSource(0, lores_size=(64, 48), main_size=(640, 480), camera_factory=Picamera2StandIn)
+    with source:
+        assert source.configuration["lores"]["stride"] == 128
+        frame = source.read()
+    assert frame.shape == (72, 64) and source.color == "yuv420"  # 640x480 is BT.601: the fast path stays
     gray = Preprocessor(InputSpec(8, 8, 1, "uint8", 1 / 255, 0)).to_array(frame, color="yuv420")
     assert np.all(gray == 200)
+    rgb = Preprocessor(InputSpec(8, 8, 3, "uint8", 1 / 255, 0)).to_array(frame, color="yuv420")
+    assert rgb.min() > 150  # a grey of Y=200 everywhere, no black padding columns
+
+
+@pytest.mark.parametrize("main, green", [((1280, 960), 92), ((640, 480), 72)])
+def test_picamera_yuv_uses_the_colour_matrix_the_camera_reports(main, green):
+    """Y=128, U=128, V=200: BT.709 (what picamera2 picks for main >= 1280x720) gives G=92, BT.601 gives G=72."""
+    Picamera2StandIn.yuv = (128, 128, 200)
+    source = PicameraSource(0, lores_size=(128, 96), main_size=main, camera_factory=Picamera2StandIn)
+    with source:
+        frame = source.read()
+    rgb = Preprocessor(InputSpec(8, 8, 3, "uint8", 1 / 255, 0)).to_array(frame, color=source.color)
+    assert abs(int(rgb[4, 4, 1]) - green) <= 2, rgb[4, 4]
+
+
+def test_a_stalled_picamera_times_out_and_the_stream_reopens_it():
+    """Frames stop (a loose ribbon cable): the capture times out instead of hanging, the pending capture is
+    cancelled before stop() (which would deadlock behind it), and the stream reopens the camera."""
+    from edgecls.capture import Capture
+
+    source = PicameraSource(0, lores_size=(128, 96), main_size=(640, 480), frame_timeout=0.1,
+                            camera_factory=Picamera2StandIn)
+    source.open()
+    source.read()  # the first frame
+    Picamera2StandIn.stalled = True
+    start = time.monotonic()
+    with pytest.raises(CameraError, match="delivered no frame for 0.1 s"):
+        source.read()
+    assert time.monotonic() - start < 1.0
+    source.close()  # no deadlock: cancel_all_and_flush came first
+    assert Picamera2StandIn.instances[-1].calls[-3:] == ["cancel_all_and_flush", "stop", "close"]
+
+    events = []
+    capture = Capture(source, on_event=events.append, backoff=(0.05, 0.1))
+    capture.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not any(e.kind == "source-lost" for e in events) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        Picamera2StandIn.stalled = False  # the cable is back
+        while not any(e.kind == "source-reopened" for e in events) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [e.kind for e in events][:1] == ["source-lost"] and "source-reopened" in [e.kind for e in events]
+        assert capture.get(timeout=2) is not None
+    finally:
+        capture.stop()
+
+
+def test_a_picamera_constructor_failure_is_one_camera_error():
+    Picamera2StandIn.fail_constructor = RuntimeError("Camera __init__ sequence did not complete.")
+    with pytest.raises(CameraError, match="cannot open Raspberry Pi camera 0 .*did not complete.*ribbon cable"):
+        PicameraSource(0, camera_factory=Picamera2StandIn).open()
+
+
+def test_picamera2_failing_to_import_names_the_numpy_fix(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name == "picamera2":
+            raise ValueError("numpy.dtype size changed, may indicate binary incompatibility. Expected 96 from C "
+                             "header, got 88 from PyObject")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with pytest.raises(CameraError, match="fails to import .*dtype size changed.*numpy=="):
+        PicameraSource(0).open()
 
 
 def test_picamera_missing_is_explained(monkeypatch):
