@@ -13,7 +13,7 @@ import numpy as np
 
 from . import delegates
 from .backends import Backend, op_counts, resolve_backend
-from .errors import ConfigError, DelegateError, ModelError
+from .errors import ConfigError, DelegateError, ModelError, NotAClassifierError
 from .images import read_image
 from .labels import Labels, find_labels
 from .metadata import ModelFileInfo, check_model_file
@@ -150,33 +150,30 @@ class Classifier:
         return interpreter
 
     def _input_details(self) -> tuple[InputSpec, int]:
-        details = self._interpreter.get_input_details()
-        if len(details) != 1:
-            raise ModelError(f"{self.path}: expected a model with one image input, found {len(details)} inputs")
-        d = details[0]
+        inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()
+        problem = classifier_problem(
+            [list(map(int, d["shape"])) for d in inputs], [list(map(int, d["shape"])) for d in outputs],
+            _op_names(self.model_info),
+        )
+        if problem:
+            raise NotAClassifierError(f"{self.model_info.path}: not an image classifier: {problem}")
+        d = inputs[0]
         shape = [int(x) for x in d["shape"]]
         if len(shape) == 3:
             shape = [*shape, 1]
-        if len(shape) != 4 or shape[0] != 1 or shape[3] not in (1, 3):
-            raise ModelError(
-                f"{self.path}: input shape {shape} is not an image input; expected [1, height, width, 3 or 1]"
-            )
-        scale, zero_point = d.get("quantization", (0.0, 0))
+        scale, zero_point = _quantization(d, self.model_info.path, "input")
         dtype = np.dtype(d["dtype"]).name
         try:
-            spec = InputSpec(shape[1], shape[2], shape[3], dtype, float(scale), int(zero_point))
+            spec = InputSpec(shape[1], shape[2], shape[3], dtype, scale, zero_point)
         except ConfigError as exc:
-            raise ModelError(f"{self.path}: {exc}") from None
+            raise ModelError(f"{self.model_info.path}: {exc}") from None
         return spec, int(d["index"])
 
     def _output_details(self) -> tuple[OutputSpec, int]:
-        details = self._interpreter.get_output_details()
-        if len(details) > 1:
-            log.info("%s has %d outputs; classifying with the first (%s)", self.path, len(details), details[0]["name"])
-        d = details[0]
-        scale, zero_point = d.get("quantization", (0.0, 0))
+        d = self._interpreter.get_output_details()[0]
+        scale, zero_point = _quantization(d, self.model_info.path, "output")
         size = int(np.prod(d["shape"]))
-        return OutputSpec(size, np.dtype(d["dtype"]).name, float(scale), int(zero_point)), int(d["index"])
+        return OutputSpec(size, np.dtype(d["dtype"]).name, scale, zero_point), int(d["index"])
 
     # -- inference ------------------------------------------------------------------------------------------------
 
@@ -287,6 +284,54 @@ class Classifier:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+SEQUENCE_OPS = {"UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM", "UNIDIRECTIONAL_SEQUENCE_RNN",
+                "BIDIRECTIONAL_SEQUENCE_RNN", "LSTM", "RNN", "SVDF"}
+
+
+def classifier_problem(inputs: list[list[int]], outputs: list[list[int]], ops: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
+    """Why tensors of these shapes are not an image classifier (one image input [1, H, W, C] with C 1 or 3, and one
+    output that is a class-score vector), saying what the model looks like instead; None when they are one."""
+    if len(inputs) != 1:
+        return f"it has {len(inputs)} inputs {inputs} (a classifier has one image input)"
+    shape = inputs[0]
+    seq = sorted(ops & (SEQUENCE_OPS | ({"WHILE"} if len(shape) == 3 else set())))  # Keras 3 unrolls LSTMs to WHILE
+    if seq:
+        return f"it holds {', '.join(seq)}: a sequence model (input {shape}), not an image classifier"
+    image = shape + [1] if len(shape) == 3 else shape
+    if len(image) != 4 or image[0] != 1 or image[3] not in (1, 3) or min(image[1:3]) < 2:
+        return f"its input {shape} is not an image; expected [1, height, width, 3 or 1]"
+    if len(outputs) != 1:
+        hint = " (an object detector such as SSD has 4)" if len(outputs) in (3, 4) else ""
+        return f"it has {len(outputs)} outputs {outputs}{hint}; a classifier has one class-score vector"
+    out = outputs[0]
+    wide = [n for n in out[1:] if n != 1] if out and out[0] == 1 else [n for n in out if n != 1]
+    if not out or min(out) < 1:
+        return f"its output {out} is empty"
+    if len(wide) > 1:
+        if len(out) >= 3 and out[-1] in (2, 3) and len(wide) == 2:
+            kind = "keypoints (a pose model such as MoveNet?)"
+        elif len(out) >= 3 and min(out[1:3]) >= 4:
+            kind = "a map per pixel (a segmentation model such as DeepLab?)"
+        else:
+            kind = "more than one score vector"
+        return f"its output {out} is {kind}, not a class-score vector"
+    return None
+
+
+def _op_names(info: ModelFileInfo) -> set[str]:
+    from .tflite_schema import builtin_name
+
+    codes = info.structure.operator_codes if info.structure else ()
+    return {code.custom_code or builtin_name(code.builtin_code) for code in codes}
+
+
+def _quantization(detail: dict[str, Any], path: Any, which: str) -> tuple[float, int]:
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    if not np.isfinite(scale) or scale < 0:
+        raise ModelError(f"{path}: the {which} tensor's quantisation scale is {scale}; the model is damaged")
+    return float(scale), int(zero_point)
 
 
 def _one_line(exc: BaseException) -> str:

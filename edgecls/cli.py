@@ -6,6 +6,7 @@ Every project error becomes one line on stderr and exit code 1; usage errors are
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from contextlib import contextmanager
 from enum import Enum
@@ -90,11 +91,27 @@ def _main(
     import logging
 
     # Library warnings (a delegate fallen back to the CPU, a heavy backend in use) go to stderr as one line each.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    # One handler, writing to whatever sys.stderr is now (a second call in the same process replaces it).
     logger = logging.getLogger("edgecls")
+    for old in [h for h in logger.handlers if getattr(h, "_edgecls_cli", False)]:
+        logger.removeHandler(old)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler._edgecls_cli = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A log handler that writes to the current sys.stderr (test runners and notebooks swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
 
 
 def _open_classifier(
@@ -142,20 +159,26 @@ def info(
     """Show a model's input, outputs, labels (and where they came from), backend, ops and metadata."""
     from .metadata import check_model_file
 
+    from .errors import NotAClassifierError
+
     with project_errors():
         if check_model_file(model).has_edgetpu_op():
             facts = _describe_compiled(model, labels)  # no interpreter here can run it: read the file instead
         else:
-            with _open_classifier(model, labels=labels, backend=backend) as clf:
-                facts = clf.describe()
+            try:
+                with _open_classifier(model, labels=labels, backend=backend) as clf:
+                    facts = clf.describe()
+            except NotAClassifierError as exc:  # still worth describing: say what it is instead
+                facts = _describe_compiled(model, labels, not_a_classifier=str(exc).split(": not an image classifier: ")[-1])
     if json_out:
         typer.echo(json.dumps(facts, indent=2))
         return
     typer.echo(_format_info(facts))
 
 
-def _describe_compiled(model: Path, labels: Optional[Path]) -> dict[str, Any]:
-    """`info` for an Edge TPU build, from its flatbuffer (its one op runs only on the Edge TPU)."""
+def _describe_compiled(model: Path, labels: Optional[Path], not_a_classifier: str | None = None) -> dict[str, Any]:
+    """`info` from the flatbuffer alone: for an Edge TPU build (its one op runs only on the Edge TPU), or for a model
+    that is not an image classifier (``not_a_classifier``: why), with every input and output listed."""
     from collections import Counter
 
     from .delegates import cpu_sibling
@@ -176,6 +199,17 @@ def _describe_compiled(model: Path, labels: Optional[Path]) -> dict[str, Any]:
         return {"scale": t.scales[0], "zero_point": t.zero_points[0]} if t.scales and t.zero_points else None
 
     channels = inp.shape[-1] if inp.shape else 0
+    if not_a_classifier is not None:
+        return {
+            "path": str(info.path),
+            "size_bytes": info.size_bytes,
+            "not_a_classifier": not_a_classifier,
+            "inputs": [{"shape": list(graph.tensors[i].shape), "dtype": graph.tensors[i].dtype} for i in graph.inputs],
+            "outputs": [{"shape": list(graph.tensors[i].shape), "dtype": graph.tensors[i].dtype} for i in graph.outputs],
+            "ops": dict(Counter(op.name for op in graph.operators).most_common()),
+            "metadata_files": sorted(info.associated_files),
+            "manifest": info.manifest,
+        }
     return {
         "path": str(info.path),
         "size_bytes": info.size_bytes,
@@ -197,6 +231,15 @@ def _describe_compiled(model: Path, labels: Optional[Path]) -> dict[str, Any]:
 
 
 def _format_info(facts: dict[str, Any]) -> str:
+    if "not_a_classifier" in facts:
+        return "\n".join([
+            f"model     {facts['path']} ({facts['size_bytes'] / 1024:.1f} KiB)",
+            f"kind      NOT an image classifier: {facts['not_a_classifier']}; edgecls classify and run refuse it",
+            *(f"input     {t['shape']} {t['dtype']}" for t in facts["inputs"]),
+            *(f"output    {t['shape']} {t['dtype']}" for t in facts["outputs"]),
+            "ops       " + (", ".join(f"{name} x{n}" for name, n in facts["ops"].items()) or "unknown"),
+            "metadata  " + (", ".join(facts["metadata_files"]) or "none"),
+        ])
     inp, out = facts["input"], facts["output"]
     quant = inp["quantization"]
     q = f", scale {quant['scale']:.6g}, zero point {quant['zero_point']}" if quant else ""

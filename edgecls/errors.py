@@ -15,6 +15,10 @@ class ModelError(EdgeclsError):
     """The model file is missing, not a TFLite model, truncated, or fails when run."""
 
 
+class NotAClassifierError(ModelError):
+    """The model is a valid TFLite model but not an image classifier (segmentation, pose, detection, sequence)."""
+
+
 class BackendError(EdgeclsError):
     """No usable TFLite interpreter backend (ai-edge-litert, tflite-runtime, tensorflow)."""
 

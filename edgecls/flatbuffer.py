@@ -88,6 +88,12 @@ class _Table:
         return bytes(self.buf[start : start + length]).decode("utf-8", "replace")
 
 
+def _check_indices(indices: tuple[int, ...], count: int, what: str) -> None:
+    bad = [i for i in indices if not -1 <= i < count]  # -1: an optional input left out
+    if bad:
+        raise _Truncated(f"{what} uses tensor {bad[0]} of {count}")
+
+
 def _check(buf: mmap.mmap | bytes, pos: int, size: int) -> int:
     if pos < 0 or size < 0 or pos + size > len(buf):
         raise _Truncated(f"offset {pos} + {size} is beyond the end of the file ({len(buf)} bytes)")
@@ -133,19 +139,22 @@ def _walk(buf: mmap.mmap) -> ModelStructure:
     )
     counts = []
     tensors = 0
-    for subgraph in model.tables(2):
-        subgraph.vector(1, 4)
-        subgraph.vector(2, 4)
+    for n, subgraph in enumerate(model.tables(2)):
+        count = 0
         for tensor in subgraph.tables(0):
             tensor.vector(0, 4)
             tensor.string(3)
-            tensors += 1
+            count += 1
+        tensors += count
+        inputs, outputs = subgraph.numbers(1, "i"), subgraph.numbers(2, "i")
+        if n == 0 and (not inputs or not outputs):
+            raise _Truncated(f"the main graph has {len(inputs)} inputs and {len(outputs)} outputs")
+        _check_indices(inputs + outputs, count, "a graph input or output")
         operators = subgraph.tables(3)
         for op in operators:
             if op.scalar(0, "I") >= len(codes):
                 raise _Truncated(f"an operator uses opcode {op.scalar(0, 'I')} of {len(codes)}")
-            op.vector(1, 4)
-            op.vector(2, 4)
+            _check_indices(op.numbers(1, "i") + op.numbers(2, "i"), count, "an operator")
         counts.append(len(operators))
     buffers = model.tables(4)
     for buffer in buffers:

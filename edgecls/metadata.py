@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import stat
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
 from .flatbuffer import ModelStructure, verify_model
+
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "edgecls_manifest.json"
 MANIFEST_FORMAT = "edgecls-manifest"
@@ -42,44 +48,111 @@ class ModelFileInfo:
         return any(code.custom_code == EDGETPU_CUSTOM_OP for code in codes)
 
 
+# Bounds on what the appended zip may hold: a label file of a few MB is already huge (Coral's 1001 ImageNet labels
+# are 21 KB); anything larger is skipped with a warning, never inflated.
+MAX_ENTRY_BYTES = 16 << 20
+MAX_TOTAL_BYTES = 64 << 20
+MAX_ENTRIES = 1000
+# The manifest's known keys and the JSON types they must have (anything else in a manifest is kept, unread).
+MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
+    "labels": list, "preprocess": dict, "output": dict, "input": dict, "provenance": dict, "version": int,
+}
+
+
 def check_model_file(path: str | os.PathLike[str]) -> ModelFileInfo:
     """Validate that ``path`` is a TFLite flatbuffer and read its appended files and manifest.
 
-    Raises ModelError naming the file when it is missing, not a TFLite model, or its manifest is unreadable.
+    Raises ModelError naming the file when it is missing, not a regular file, not a TFLite model, has no operators,
+    or carries a damaged manifest. Damaged or oversized metadata entries are skipped with a warning (the
+    interpreter ignores them; only their labels are lost).
     """
     p = Path(path)
     if not p.exists():
         raise ModelError(f"model file not found: {p}")
     if p.is_dir():
         raise ModelError(f"model path is a directory, expected a .tflite file: {p}")
-    size = p.stat().st_size
-    with p.open("rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8 or head[4:8] != TFLITE_IDENTIFIER:
-            raise ModelError(
-                f"{p} is not a TFLite model (no 'TFL3' flatbuffer identifier, {size} bytes); "
-                "pass a .tflite file, or convert a Keras model with `edgecls convert`"
-            )
-        files = _read_appended_zip(fh)
+    try:
+        st = p.stat()
+    except OSError as exc:
+        raise ModelError(f"cannot read {p} ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block the reader forever
+        raise ModelError(f"{p} is not a regular file; pass a .tflite file")
+    size = st.st_size
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8 or head[4:8] != TFLITE_IDENTIFIER:
+                raise ModelError(
+                    f"{p} is not a TFLite model (no 'TFL3' flatbuffer identifier, {size} bytes); "
+                    "pass a .tflite file, or convert a Keras model with `edgecls convert`"
+                )
+            files = _read_appended_zip(fh, p)
+    except OSError as exc:
+        raise ModelError(f"cannot read {p} ({exc.strerror or exc})") from None
     structure = verify_model(p)
+    if not structure.operator_counts or structure.operator_counts[0] == 0:
+        raise ModelError(f"{p}: the model's graph has no operators; it cannot compute anything (a damaged file?)")
     manifest = None
     if MANIFEST_NAME in files:
-        try:
-            manifest = json.loads(files[MANIFEST_NAME].decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelError(f"{p}: the embedded {MANIFEST_NAME} is not valid JSON ({exc}); re-run edgecls convert") from exc
-        if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-            raise ModelError(f"{p}: the embedded {MANIFEST_NAME} is not an edgecls manifest; re-run edgecls convert")
+        manifest = _parse_manifest(files[MANIFEST_NAME], p)
     return ModelFileInfo(p, size, files, manifest, structure)
 
 
-def _read_appended_zip(fh: io.BufferedReader) -> dict[str, bytes]:
+def _parse_manifest(data: bytes, p: Path) -> dict[str, Any]:
+    fix = "re-run edgecls convert, or copy the model again"
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:120]
+        raise ModelError(f"{p}: the embedded {MANIFEST_NAME} is not valid JSON ({reason}); {fix}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ModelError(f"{p}: the embedded {MANIFEST_NAME} is not an edgecls manifest; {fix}")
+    for key, kind in MANIFEST_TYPES.items():
+        if key in manifest and not isinstance(manifest[key], kind):
+            raise ModelError(f"{p}: the embedded {MANIFEST_NAME} is damaged ({key!r} is a {type(manifest[key]).__name__}, "
+                             f"expected a JSON {'array' if kind is list else 'object' if kind is dict else 'number'}); {fix}")
+    labels = manifest.get("labels")
+    if labels is not None and not all(isinstance(x, str) for x in labels):
+        raise ModelError(f"{p}: the embedded {MANIFEST_NAME} is damaged (its labels are not all strings); {fix}")
+    return manifest
+
+
+def _read_appended_zip(fh: Any, p: Path) -> dict[str, bytes]:
     fh.seek(0)
     try:
-        with zipfile.ZipFile(fh) as zf:
-            return {info.filename: zf.read(info) for info in zf.infolist() if not info.is_dir()}
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        zf = zipfile.ZipFile(fh)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError, struct.error):
         return {}
+    files: dict[str, bytes] = {}
+    total = 0
+    with zf:
+        infos = [info for info in zf.infolist() if not info.is_dir()]
+        if len(infos) > MAX_ENTRIES:
+            log.warning("%s: its metadata zip has %d entries; reading none (at most %d)", p, len(infos), MAX_ENTRIES)
+            return {}
+        for info in infos:
+            if info.file_size > MAX_ENTRY_BYTES or total + info.file_size > MAX_TOTAL_BYTES:
+                log.warning("%s: metadata entry %r is %d bytes; skipped (at most %d)", p, info.filename,
+                            info.file_size, MAX_ENTRY_BYTES)
+                continue
+            try:
+                with zf.open(info) as member:
+                    data = member.read(MAX_ENTRY_BYTES + 1)  # the header may lie about the size: bound the read
+            except (zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError, OSError, EOFError, ValueError,
+                    struct.error) as exc:
+                log.warning("%s: metadata entry %r cannot be read (%s); skipped", p, info.filename, _short(exc))
+                continue
+            if len(data) > MAX_ENTRY_BYTES:
+                log.warning("%s: metadata entry %r is larger than its header says; skipped", p, info.filename)
+                continue
+            files[info.filename] = data
+            total += len(data)
+    return files
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:120]
 
 
 def flatbuffer_bytes(model: bytes) -> bytes:

@@ -65,6 +65,15 @@ def built_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return build_all(tmp_path_factory.mktemp("models"))
 
 
+@pytest.fixture(scope="session")
+def non_classifiers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Valid TFLite models that are not image classifiers: segmentation, pose, sequence, detector."""
+    tensorflow_or_skip()
+    from model_factory import build_non_classifiers
+
+    return build_non_classifiers(tmp_path_factory.mktemp("non_classifiers"))
+
+
 # -- live streaming helpers: a video file, and a real Mosquitto broker --------------------------------------------
 
 

@@ -144,3 +144,41 @@ def build_edgetpu_cases(out_dir: Path) -> dict[str, Path]:
         paths[name] = out_dir / f"edgetpu_{name}.tflite"
         paths[name].write_bytes(flat)
     return paths
+
+
+def build_non_classifiers(out_dir: Path) -> dict[str, Path]:
+    """Valid float TFLite models that are not image classifiers (untrained; only their shapes matter):
+    ``segmentation`` (a score map per pixel, as DeepLab), ``pose`` (17 keypoints x 3, as MoveNet), ``sequence``
+    (an LSTM over [1, 10, 8]), ``detector`` (four outputs, as SSD)."""
+    import tensorflow as tf
+
+    keras = tf.keras
+    tf.keras.utils.set_random_seed(0)
+
+    def image_input():  # type: ignore[no-untyped-def]
+        return keras.Input((32, 32, 3), batch_size=1)
+
+    def segmentation():  # type: ignore[no-untyped-def]
+        inputs = image_input()
+        return keras.Model(inputs, keras.layers.Conv2D(5, 3, padding="same", activation="softmax")(inputs))
+
+    def pose():  # type: ignore[no-untyped-def]
+        inputs = image_input()
+        x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3)(inputs))
+        return keras.Model(inputs, keras.layers.Reshape((1, 17, 3))(keras.layers.Dense(51)(x)))
+
+    def sequence():  # type: ignore[no-untyped-def]
+        inputs = keras.Input((10, 8), batch_size=1)
+        return keras.Model(inputs, keras.layers.Dense(3)(keras.layers.LSTM(4)(inputs)))
+
+    def detector():  # type: ignore[no-untyped-def]
+        inputs = image_input()
+        x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3)(inputs))
+        return keras.Model(inputs, [keras.layers.Reshape((10, 4))(keras.layers.Dense(40)(x)), keras.layers.Dense(10)(x),
+                                    keras.layers.Dense(10)(x), keras.layers.Dense(1)(x)])
+
+    paths = {}
+    for name, make in {"segmentation": segmentation, "pose": pose, "sequence": sequence, "detector": detector}.items():
+        paths[name] = out_dir / f"{name}.tflite"
+        paths[name].write_bytes(tf.lite.TFLiteConverter.from_keras_model(make()).convert())
+    return paths
