@@ -93,14 +93,30 @@ def machine() -> dict[str, Any]:
 
 
 def _cpu_model() -> str:
+    """The board or CPU name from /proc/cpuinfo: a Raspberry Pi's "Model" line (the board), else "model name" (x86,
+    32-bit ARM), "Hardware" or "Processor". Keys are matched whole and case-sensitively: x86's "model : 2" is a
+    CPU model number, not a name."""
+    return cpu_model_from(_read_cpuinfo()) or platform.processor() or "unknown"
+
+
+def _read_cpuinfo() -> str:
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.lower().startswith(("model name", "hardware", "model\t")):
-                    return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            return fh.read(1 << 20)
     except OSError:
-        pass
-    return platform.processor() or "unknown"
+        return ""
+
+
+def cpu_model_from(cpuinfo: str) -> str | None:
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and value.strip():
+            fields.setdefault(key.strip(), value.strip())
+    for key in ("Model", "model name", "Hardware", "Processor"):
+        if key in fields:
+            return fields[key]
+    return None
 
 
 def benchmark(

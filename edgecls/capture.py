@@ -78,6 +78,7 @@ class Capture:
         self.captured = 0
         self.dropped = 0
         self.reconnects = 0
+        self.skipped = 0
         self.error: EdgeclsError | None = None
         self._slot: Frame | None = None
         self._ended = False
@@ -165,6 +166,7 @@ class Capture:
             try:
                 image = source.read()
             except ImageError as exc:
+                self.skipped += 1
                 self._event("frame-skipped", str(exc))
                 continue
             except CameraError as exc:

@@ -36,6 +36,9 @@ class Timing:
         return self.preprocess_ms + self.invoke_ms + self.postprocess_ms
 
 
+MAX_THREADS = 256  # the interpreters take an int; no board has more cores
+
+
 def default_num_threads() -> int:
     """Threads used when none are asked for: every core, at most 4 (more rarely helps small models)."""
     return max(1, min(4, os.cpu_count() or 1))
@@ -73,8 +76,8 @@ class Classifier:
         activation: str | None = None,
         resize_engine: str = "auto",
     ) -> None:
-        if num_threads is not None and num_threads < 1:
-            raise ConfigError(f"num_threads must be at least 1 (received {num_threads})")
+        if num_threads is not None and not 1 <= num_threads <= MAX_THREADS:
+            raise ConfigError(f"num_threads must be between 1 and {MAX_THREADS} (received {num_threads})")
         self.backend: Backend = resolve_backend(backend)
         self.num_threads = num_threads or default_num_threads()
         self.fallback_reason: str | None = None

@@ -35,9 +35,10 @@ class BackendChoice(str, Enum):
     tensorflow = "tensorflow"
 
 
-ModelArg = Annotated[Path, typer.Argument(help="Path to a .tflite model.", show_default=False)]
+ModelArg = Annotated[Path, typer.Argument(help="Path to a .tflite model.", show_default=False, readable=False)]
 LabelsOpt = Annotated[
-    Optional[Path], typer.Option("--labels", help="Label file (one a line, or 'id label'); default: from the model.")
+    Optional[Path],
+    typer.Option("--labels", readable=False, help="Label file (one a line, or 'id label'); default: from the model."),
 ]
 ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="Interpreter threads (default: cores, max 4).")]
 BackendOpt = Annotated[BackendChoice, typer.Option("--backend", help="Interpreter backend.")]
@@ -71,8 +72,18 @@ def project_errors() -> Iterator[None]:
         error(str(exc))
         raise typer.Exit(code=1) from None
     except KeyboardInterrupt:
-        error("interrupted")
+        interrupted()
         raise typer.Exit(code=130) from None
+
+
+_interrupt_told: list[bool] = []
+
+
+def interrupted() -> None:
+    """Say "error: interrupted" once per process (exit code 130 follows)."""
+    if not _interrupt_told:
+        _interrupt_told.append(True)
+        error("interrupted")
 
 
 def _version(value: bool) -> None:
@@ -639,8 +650,16 @@ _register_host_commands()
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point (an interrupt before a command has set up its own handling is exit 130 too)."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        interrupted()
+        sys.exit(130)
+    except SystemExit as exc:  # Typer turns an interrupt outside our own handling into a silent exit 130
+        if exc.code == 130:
+            interrupted()
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

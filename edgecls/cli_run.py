@@ -87,6 +87,9 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
     say(_summary(stats, stopped_by))
     for line in failed:
         say(f"error: {line}")
+    if stats.frames_skipped:
+        say(f"error: {stats.frames_skipped} item(s) of the source could not be read (each named above)")
+        failed.append("skipped")
     if stream.error is not None:
         say(f"error: {stream.error}")
         return 1
@@ -202,6 +205,8 @@ def _summary(stats: StreamStats, stopped_by: str | None) -> str:
             "latency p50/p95 ms: "
             + ", ".join(f"{name.replace('_', '-')} {v['p50']:.1f}/{v['p95']:.1f}" for name, v in lat.items())
         )
+    if stats.frames_skipped:
+        parts.append(f"{stats.frames_skipped} skipped")
     if stats.reconnects:
         parts.append(f"{stats.reconnects} reconnects")
     if stopped_by:

@@ -140,7 +140,12 @@ def _load(backend: Backend, kind: str, library: str, options: dict[str, str]) ->
     try:
         # Open the library ourselves first: the runtimes' Delegate objects print a traceback from __del__ when the
         # library is missing, and the user should see one clear line instead.
-        ctypes.CDLL(library)
+        lib = ctypes.CDLL(library)
+        if not hasattr(lib, "tflite_plugin_create_delegate"):
+            raise DelegateError(
+                f"{library} is not a TFLite delegate library (it has no tflite_plugin_create_delegate); pass the "
+                "delegate's .so (e.g. libedgetpu.so.1) or 'edgetpu'"
+            )
         handle = backend.load_delegate(library, options)
     except OSError as exc:
         reason = _flat(exc)
@@ -150,7 +155,7 @@ def _load(backend: Backend, kind: str, library: str, options: dict[str, str]) ->
                 "repository: sudo apt-get install libedgetpu1-std"
             ) from None
         raise DelegateError(f"delegate library {library} cannot be loaded ({reason}); check the path") from None
-    except ValueError as exc:
+    except (ValueError, AttributeError, RuntimeError) as exc:
         reason = _flat(exc)
         if kind == "edgetpu":
             where = f" at {options['device']}" if options.get("device") else ""

@@ -51,5 +51,9 @@ class ConfigError(EdgeclsError):
     """A configuration value (option, profile, manifest field) is invalid."""
 
 
+class WriteError(EdgeclsError):
+    """A file or folder cannot be written (permissions, a full disk, a read-only file system)."""
+
+
 class ConversionError(EdgeclsError):
     """Training, quantisation or export on the host failed (e.g. an op that cannot be fully quantised)."""

@@ -6,12 +6,19 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import WriteError
+
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: readers see the old file or the whole new one, never a part."""
+    """Write ``data`` to ``path`` atomically: readers see the old file or the whole new one, never a part.
+
+    A folder or file that cannot be written raises WriteError naming it and the reason."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise WriteError(f"cannot write {target} ({exc.strerror or exc}); check the folder and its permissions") from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as fh:
@@ -19,6 +26,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise WriteError(f"cannot write {target} ({exc.strerror or exc}); is the disk full?") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

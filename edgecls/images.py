@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
+import stat
+import warnings
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -14,44 +17,86 @@ from .errors import ImageError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
-def read_image(path: str | os.PathLike[str], *, grayscale: bool = False) -> np.ndarray:
+def read_image(path: str | os.PathLike[str], *, grayscale: bool = False, max_pixels: int | None = None) -> np.ndarray:
     """Read an image file as an RGB (HxWx3) or, with ``grayscale``, an HxW uint8 array.
 
-    EXIF orientation is applied; palette, RGBA, 16-bit and grayscale files are converted. A missing, corrupt or
-    unsupported file raises ImageError naming the file.
+    EXIF orientation is applied; palette, RGBA, 16-bit, 32-bit and float grayscale files are converted. A JPEG
+    larger than ``max_pixels`` (default `MAX_PIXELS`) is decoded reduced (by 2, 4 or 8, as JPEG can); any other
+    image above it is refused, so a small file cannot take gigabytes. A missing, unreadable, corrupt or unsupported
+    file, a directory, a FIFO or a symlink loop raises ImageError naming the file.
     """
     p = Path(path)
     try:
+        st = os.stat(p)
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageError(f"expected an image file, received a directory: {p}")
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block the reader
+            raise ImageError(f"{p}: not a regular file (a FIFO, socket or device); pass an image file")
         with open(p, "rb") as fh:
-            return _decode(fh, str(p), grayscale)
+            return _decode(fh, str(p), grayscale, max_pixels)
     except FileNotFoundError:
         raise ImageError(f"image file not found: {p}") from None
-    except IsADirectoryError:
-        raise ImageError(f"expected an image file, received a directory: {p}") from None
+    except OSError as exc:  # permission denied, a symlink loop (ELOOP), an I/O error
+        reason = "a symlink loop" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+        raise ImageError(f"cannot read {p} ({reason})") from None
 
 
-def decode_image(data: bytes, *, name: str = "<bytes>", grayscale: bool = False) -> np.ndarray:
+# Above this many pixels an image is decoded reduced (JPEG) or refused: 8,000 x 8,000 RGB is 192 MB decoded, and
+# no classifier input needs more. Raise it with read_image(max_pixels=...).
+MAX_PIXELS = 64_000_000
+
+
+def decode_image(data: bytes, *, name: str = "<bytes>", grayscale: bool = False,
+                 max_pixels: int | None = None) -> np.ndarray:
     """Decode an encoded image (file contents) exactly as read_image does; ``name`` is used in errors."""
     import io
 
-    return _decode(io.BytesIO(data), name, grayscale)
+    return _decode(io.BytesIO(data), name, grayscale, max_pixels)
 
 
-def _decode(fh, name: str, grayscale: bool) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _decode(fh, name: str, grayscale: bool, max_pixels: int | None = None) -> np.ndarray:  # type: ignore[no-untyped-def]
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    limit = max_pixels or MAX_PIXELS
     try:
-        with Image.open(fh) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below says more
+            im = Image.open(fh)
+        with im:
+            w, h = im.size
+            if w * h > limit and im.format == "JPEG":
+                # JPEG decodes at 1/2, 1/4 or 1/8 directly: the full-size pixels are never held
+                factor = 2
+                while factor < 8 and (w * h) / (factor * factor) > limit:
+                    factor *= 2
+                im.draft("L" if grayscale else "RGB", (-(-w // factor), -(-h // factor)))
+            if im.size[0] * im.size[1] > limit:
+                raise ImageError(
+                    f"{name}: {w}x{h} pixels is more than edgecls decodes ({limit:,} pixels); resize it first"
+                )
             im.load()
             im = ImageOps.exif_transpose(im)
-            return _to_array(im, grayscale)
+            return _to_array(im, grayscale, name)
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image file Pillow can read (jpg, png, bmp, webp, gif, tiff)") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name}: more pixels than edgecls decodes ({limit:,}); resize it first") from None
+    except (OSError, ValueError, SyntaxError, MemoryError) as exc:
         raise ImageError(f"{name}: corrupt or truncated image ({exc})") from None
 
 
-def _to_array(im, grayscale: bool) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _to_array(im, grayscale: bool, name: str = "<image>") -> np.ndarray:  # type: ignore[no-untyped-def]
+    if im.mode == "F":
+        # 32-bit float (scientific TIFFs): values in [0, 1] are scaled to 0..255, anything else is ambiguous
+        arr = np.asarray(im, dtype=np.float32)
+        finite = arr[np.isfinite(arr)]
+        if finite.size == 0 or finite.min() < 0 or finite.max() > 255:
+            raise ImageError(f"{name}: a floating-point image with values outside 0..1 and 0..255 (min "
+                             f"{finite.min() if finite.size else 'nan'}, max {finite.max() if finite.size else 'nan'}); "
+                             "convert it to 8-bit first")
+        top = 1.0 if finite.max() <= 1.0 else 255.0
+        gray = np.clip(np.rint(np.nan_to_num(arr) * (255.0 / top)), 0, 255).astype(np.uint8)
+        return gray if grayscale else np.repeat(gray[:, :, None], 3, axis=2)
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit (or 32-bit integer) grayscale: keep the high byte of the full range, not a clipped low one.
         arr = np.asarray(im, dtype=np.uint32 if im.mode == "I" else np.uint16)
@@ -70,12 +115,16 @@ def _to_array(im, grayscale: bool) -> np.ndarray:  # type: ignore[no-untyped-def
 
 
 def expand_image_paths(items: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
-    """Expand directories (recursively, image suffixes only, sorted) and glob patterns; other paths pass through."""
+    """Expand directories (recursively, image suffixes only, sorted) and glob patterns; other paths pass through.
+
+    In a directory, entries with an image suffix that are not readable files (a symlink loop or a broken link, a
+    FIFO) are yielded too, so the reader names them instead of their being skipped without a word; symlinked
+    directories are not followed (no walk in circles)."""
     for item in items:
         text = str(item)
         p = Path(text)
         if p.is_dir():
-            yield from sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            yield from sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and not _is_dir(f))
         elif not p.exists() and glob.has_magic(text):
             matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
             if not matches:
@@ -83,3 +132,10 @@ def expand_image_paths(items: Iterable[str | os.PathLike[str]]) -> Iterator[Path
             yield from (m for m in matches if m.is_file())
         else:
             yield p
+
+
+def _is_dir(p: Path) -> bool:
+    try:
+        return p.is_dir()
+    except OSError:
+        return False

@@ -434,6 +434,15 @@ def has_control_chars(text: str) -> bool:
     return any(ord(c) < 32 or ord(c) == 127 for c in text)
 
 
+def _import_cv2_for(what: str) -> Any:
+    try:
+        import cv2
+    except ImportError:
+        raise SinkError(f"{what} draws and encodes frames with OpenCV, which is not installed: "
+                        "pip install 'edgecls[camera]'") from None
+    return cv2
+
+
 def _import_paho() -> Any:
     try:
         import paho.mqtt.client as mqtt
@@ -495,6 +504,15 @@ class VideoSink:
         self.partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
         self.frames = 0
         self._writer: Any = None
+        _import_cv2_for("the video sink")
+        try:  # fail now, not after the first frame: the folder must exist (or be made) and be writable
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.partial, "wb"):
+                pass
+            os.unlink(self.partial)
+        except OSError as exc:
+            raise SinkError(f"cannot write the video {self.path} ({exc.strerror or exc}); check the folder and its "
+                            "permissions") from None
 
     def write(self, result: StreamResult) -> None:
         if result.frame is None:
@@ -530,6 +548,7 @@ class PreviewSink:
     def __init__(self, port: int = 8080, *, host: str = "127.0.0.1", quality: int = 80, max_fps: float = 15.0) -> None:
         from http.server import ThreadingHTTPServer
 
+        _import_cv2_for("the preview sink")
         self.quality, self.min_interval = quality, 1.0 / max_fps
         self.viewers = 0
         self._jpeg: bytes | None = None

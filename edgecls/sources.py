@@ -230,7 +230,8 @@ class ImageFilesSource(FrameSource):
         self.current: Path | None = None
 
     def open(self) -> None:
-        self.paths = [p for p in expand_image_paths(self.items) if p.exists()]
+        # every item, readable or not: one that cannot be read is reported by name when its turn comes
+        self.paths = list(expand_image_paths(self.items))
         if not self.paths:
             raise CameraError(f"no image files found in {' '.join(self.items)} (expected {', '.join(IMAGE_SUFFIXES)})")
         self._next = 0

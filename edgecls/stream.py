@@ -97,12 +97,14 @@ class StreamStats:
     fps: float
     elapsed_s: float
     latency_ms: dict[str, dict[str, float]]
+    frames_skipped: int = 0  # items of a file source that could not be read (each reported as frame-skipped)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "frames_captured": self.frames_captured,
             "frames_processed": self.frames_processed,
             "frames_dropped": self.frames_dropped,
+            "frames_skipped": self.frames_skipped,
             "reconnects": self.reconnects,
             "fps": round(self.fps, 2),
             "elapsed_s": round(self.elapsed_s, 3),
@@ -310,6 +312,7 @@ class Stream:
             fps=fps,
             elapsed_s=(now if not self._done else self._ended_at) - self._started_at if self._started_at else 0.0,
             latency_ms=latency,
+            frames_skipped=self._capture.skipped,
         )
 
     def _next_result(self, timeout: float | None) -> StreamResult | object | None:
