@@ -12,6 +12,8 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
+from edgecls.errors import EXIT_VERDICT
+
 
 class Arch(str, Enum):
     compact_cnn = "compact-cnn"
@@ -181,6 +183,11 @@ def convert(
     ] = None,
     teacher_weight: Annotated[float, typer.Option(help="With --teacher: the teacher's share of the targets, in (0, 1].")] = 0.7,
     max_drop: Annotated[float, typer.Option(min=0.0, help="Largest allowed top-1 drop of the quantised model, in points.")] = 1.0,
+    min_agreement: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Smallest share of test images on which the quantised and the float "
+                            "model agree on the top-1 class.")
+    ] = 0.9,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a finished run in --out (the whole folder).")] = False,
     baseline: Annotated[bool, typer.Option(help="Also train the seed-cnn baseline to compare against.")] = True,
     mean: Annotated[Optional[float], typer.Option(help="External model: the mean it subtracts from pixels.")] = None,
     std: Annotated[Optional[float], typer.Option(help="External model: the std it divides pixels by.")] = None,
@@ -208,12 +215,13 @@ def convert(
         from convert.pipeline import ConvertOptions, convert_dataset, convert_model, demo_options, write_demo_data
         from convert.training import TrainConfig
 
+        from convert.pipeline import staged_output
+
         observer = RichObserver()
         if demo:
             options = replace(demo_options(out), target=target.value, qat=qat, qat_epochs=qat_epochs,
-                              bias_correction=bias_correction, int8_tune=int8_tune, int8_tune_epochs=int8_tune_epochs)
-            observer.step(f"writing the demo dataset to {out / 'demo_data'}")
-            data_dir = write_demo_data(out, seed=seed)
+                              bias_correction=bias_correction, int8_tune=int8_tune, int8_tune_epochs=int8_tune_epochs,
+                              min_agreement=min_agreement)
         else:
             if source is None:
                 raise typer.BadParameter("give a dataset folder (or a model with --calibration), or use --demo")
@@ -225,20 +233,29 @@ def convert(
                                   augment=augment, mixup=mixup, weight_decay=weight_decay, optimizer=optimizer.value,
                                   patience=patience, class_weights=class_weights is ClassWeights.auto, seed=seed, strategy=strategy.value),
                 split=_parse_split(split), resize=resize.value, quant=quant.value, io=io.value,
-                calibration_samples=calibration_samples, max_drop=max_drop, baseline=baseline, labels=labels,
+                calibration_samples=calibration_samples, max_drop=max_drop, min_agreement=min_agreement,
+                baseline=baseline, labels=labels,
                 mean=mean, std=std, target=target.value, qat=qat, qat_epochs=qat_epochs,
                 deterministic=deterministic, bias_correction=bias_correction, int8_tune=int8_tune,
                 int8_tune_epochs=int8_tune_epochs, teacher=teacher, teacher_weight=teacher_weight,
             )
             data_dir = source
-        if calibration is not None:
-            report = convert_model(data_dir, calibration, options, observer)
-        else:
-            report = _with_early_stop(lambda request: convert_dataset(data_dir, options, observer, request), observer)
+        # The run is built in a sibling folder and swapped in whole at the end: --out holds the old run or the new
+        # one, never a mix (an interrupt or an error leaves the old one as it was).
+        with staged_output(out, overwrite=overwrite) as stage:
+            options = replace(options, out_dir=stage)
+            if demo:
+                observer.step(f"writing the demo dataset to {out / 'demo_data'}")
+                data_dir = write_demo_data(stage, seed=seed)
+            if calibration is not None:
+                report = convert_model(data_dir, calibration, options, observer)
+            else:
+                report = _with_early_stop(lambda request: convert_dataset(data_dir, options, observer, request),
+                                          observer)
         _summary(observer, report, out, demo)
     if not report["passed"]:
         typer.echo(f"error: {report['gate_message']}", err=True)
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=EXIT_VERDICT)
 
 
 def _parse_split(text: str) -> tuple[float, float, float]:
@@ -452,4 +469,4 @@ def tune(
                            soft_wrap=True)
     if not report["passed"]:
         typer.echo(f"error: {report['gate_message']}", err=True)
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=EXIT_VERDICT)

@@ -7,20 +7,25 @@ the report; the parity gate's verdict is ``report["passed"]``.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import platform
 import shutil
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 
 from edgecls import __version__
-from edgecls.errors import ConfigError
+from edgecls.errors import ConfigError, WriteError
 from edgecls.fsutil import atomic_write_bytes, atomic_write_text
-from edgecls.labels import read_labels_file
+from edgecls.labels import format_labels, read_labels_file
 from edgecls.metadata import embed_manifest
 from edgecls.preprocess import PreprocessConfig
 
@@ -55,6 +60,7 @@ class ConvertOptions:
     io: str = "int8"
     calibration_samples: int = 300
     max_drop: float = 1.0
+    min_agreement: float = 0.9  # the gate also wants int8 and float to give the same top-1 on this share of images
     baseline: bool = True
     labels: Path | None = None
     mean: float | None = None  # external models only: the normalisation the model expects
@@ -96,6 +102,8 @@ class ConvertOptions:
             raise ConfigError(f"--calibration-samples must be at least 1 (received {self.calibration_samples})")
         if self.max_drop < 0:
             raise ConfigError(f"--max-drop must be >= 0 percentage points (received {self.max_drop})")
+        if not 0 <= self.min_agreement <= 1:
+            raise ConfigError(f"--min-agreement must be between 0 and 1 (received {self.min_agreement})")
         if (self.mean is None) != (self.std is None):
             raise ConfigError("give both --mean and --std, or neither")
 
@@ -134,11 +142,104 @@ class QuietObserver:
         pass
 
 
+RUN_MARKERS = ("report.json", "model.tflite")
+_STAGES: set[Path] = set()  # staging folders being filled now (a nested call writes into them directly)
+
+
+@contextlib.contextmanager
+def staged_output(out_dir: Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """A fresh sibling folder to build a whole run in; on success it replaces ``out_dir`` (the old run moved aside,
+    the new one renamed in, the old one removed), so ``out_dir`` holds one whole run, the old or the new, never a mix
+    and never a stale file of an earlier run. On an error or an interrupt the sibling is removed and ``out_dir`` is
+    untouched. A folder that already holds a finished run is replaced only with ``overwrite``; a non-empty folder
+    that is not an edgecls run is never replaced."""
+    out = Path(out_dir).absolute()
+    if out in _STAGES:  # already inside a staged run (the demo writes its data there first)
+        yield out
+        return
+    if out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"--out {out} is a file; give a folder for the run")
+        if any(out.iterdir()):
+            if not any((out / name).exists() for name in RUN_MARKERS):
+                raise ConfigError(f"--out {out} holds other files, not an edgecls run; give an empty or a new folder")
+            if not overwrite:
+                raise ConfigError(f"--out {out} already holds a finished run; pass --overwrite to replace it (the "
+                                  "whole folder), or give another --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        stage.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the run folder gets the usual permissions
+    except OSError as exc:
+        raise WriteError(f"cannot make the run folder {out} ({exc.strerror or exc}); check the path and permissions") from None
+    _STAGES.add(stage)
+    try:
+        yield stage
+        _relocate(stage, out)
+        shutil.rmtree(stage / "checkpoints", ignore_errors=True)  # the model is exported: they are of no more use
+        _swap_in(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    finally:
+        _STAGES.discard(stage)
+
+
+def _swap_in(stage: Path, out: Path) -> None:
+    """Rename ``stage`` to ``out`` (the old ``out`` moved aside first, then removed), with Ctrl-C held back between
+    the two renames so that the folder is never left missing."""
+    import signal
+
+    blocked = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+    if blocked:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    old = None
+    try:
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(out, old)
+        os.rename(stage, out)
+    finally:
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _relocate(stage: Path, out: Path) -> None:
+    """Rewrite the staging folder's path to the final one where a run recorded it (reports, the model manifests:
+    the demo's data lives inside the run)."""
+    from edgecls.metadata import MANIFEST_NAME, check_model_file, embed_files
+
+    old, new = str(stage), str(out)
+    for name in ("report.json", "report.md"):
+        path = stage / name
+        if path.is_file() and old in (text := path.read_text(encoding="utf-8")):
+            atomic_write_text(path, text.replace(old, new))
+    for path in stage.glob("*.tflite"):
+        info = check_model_file(path)
+        raw = info.associated_files.get(MANIFEST_NAME, b"")
+        if old.encode() in raw:
+            atomic_write_bytes(path, embed_files(path.read_bytes(), {MANIFEST_NAME: raw.replace(
+                json.dumps(old)[1:-1].encode(), json.dumps(new)[1:-1].encode())}))
+
+
 def convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertObserver | None = None,
-                    stop_request: StopRequest | None = None) -> dict[str, Any]:
+                    stop_request: StopRequest | None = None, *, overwrite: bool = False) -> dict[str, Any]:
     """Train ``options.arch`` on a folder-per-class (or pre-split) dataset, export, verify and report.
     ``stop_request`` lets the caller end training early and still get the exported, verified model (see
-    convert.training.StopRequest); the seed-cnn baseline is then skipped."""
+    convert.training.StopRequest); the seed-cnn baseline is then skipped. The run is built beside
+    ``options.out_dir`` and swapped in whole at the end (see `staged_output`; ``overwrite`` replaces a finished
+    run)."""
+    with staged_output(options.out_dir, overwrite=overwrite) as stage:
+        return _convert_dataset(Path(data_dir), replace(options, out_dir=stage), observer, stop_request)
+
+
+def _convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertObserver | None,
+                     stop_request: StopRequest | None) -> dict[str, Any]:
     import keras
 
     obs = observer or QuietObserver()
@@ -201,8 +302,15 @@ def _teacher(options: ConvertOptions, dataset: Dataset, sigmoid: bool,
 
 
 def convert_model(model_path: Path, calibration_dir: Path, options: ConvertOptions,
-                  observer: ConvertObserver | None = None) -> dict[str, Any]:
-    """Quantise and verify a Keras model trained elsewhere (.keras, .h5 or a SavedModel folder)."""
+                  observer: ConvertObserver | None = None, *, overwrite: bool = False) -> dict[str, Any]:
+    """Quantise and verify a Keras model trained elsewhere (.keras, .h5 or a SavedModel folder); the output folder
+    is staged and swapped in whole as in `convert_dataset`."""
+    with staged_output(options.out_dir, overwrite=overwrite) as stage:
+        return _convert_model(Path(model_path), Path(calibration_dir), replace(options, out_dir=stage), observer)
+
+
+def _convert_model(model_path: Path, calibration_dir: Path, options: ConvertOptions,
+                   observer: ConvertObserver | None) -> dict[str, Any]:
     obs = observer or QuietObserver()
     started = time.perf_counter()
     if options.teacher is not None:
@@ -350,12 +458,12 @@ def _export_and_verify(
         tflite_probs = evaluate.tflite_probabilities(model_path, [s.path for s in dataset.samples["test"]])
         metrics = evaluate.compare(test_labels, float_probs, tflite_probs, classes)
         ptq["qat_history"] = qat_history
-    passed = metrics["drop_points"] <= options.max_drop
     key = "int8" if options.quant == "int8" else "tflite"
+    passed = not gate_failures(metrics, options, dataset, trained=history is not None)
     manifest["metrics"] = {"float_top1": metrics["float"]["top1"], f"{key}_top1": metrics["int8"]["top1"],
                            "agreement": metrics["agreement"], "passed": passed}
     atomic_write_bytes(model_path, embed_manifest(flat, manifest, labels=classes))
-    atomic_write_text(out / "labels.txt", "\n".join(classes) + "\n")
+    atomic_write_text(out / "labels.txt", format_labels(classes))
 
     result = _report(options, dataset, model, metrics, key, passed, len(flat), float_bytes, baseline, history,
                      timing, external)
@@ -483,8 +591,11 @@ def _provenance(options: ConvertOptions, dataset: Dataset, external: str | None)
     import keras
     import tensorflow as tf
 
+    import uuid
+
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "run_id": uuid.uuid4().hex,  # shared by model.tflite and its Edge TPU build: the pair is checked at load
         "arch": options.arch,
         "source_model": external,
         "dataset": {"root": str(dataset.root), "fingerprint": dataset.fingerprint, "presplit": dataset.presplit,
@@ -501,15 +612,23 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
     settings.update({f"train.{k}": v for k, v in asdict(options.train).items()})
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items()}
     drop = metrics["drop_points"]
-    message = (f"{key} top-1 is {drop:.2f} points below float, more than --max-drop {options.max_drop:.2f}; "
-               "the artifacts are written but the model did not pass. "
-               + ("Try more --qat-epochs, or --calibration-samples higher." if options.qat else
-                  "Try more --int8-tune-epochs." if options.int8_tune else
-                  "Try --int8-tune (the int8 weights fitted to the float model, a few minutes), or "
-                  "quantisation-aware training: --qat (pip install 'edgecls[qat]')."))
+    failures = gate_failures(metrics, options, dataset, trained=history is not None)
+    fix = ("Try more --qat-epochs, or --calibration-samples higher." if options.qat else
+           "Try more --int8-tune-epochs." if options.int8_tune else
+           "Try --int8-tune (the int8 weights fitted to the float model, a few minutes), or "
+           "quantisation-aware training: --qat (pip install 'edgecls[qat]').")
+    quant_failed = any(not f.startswith("the float model") for f in failures)
+    message = ("; ".join(failures) + "; the artifacts are written but the model did not pass."
+               + (f" {fix}" if quant_failed else ""))
     majority = majority_class(dataset.counts("test"))
-    guessing = metrics["float"]["top1"] <= majority["top1"]
-    warnings = [guessing_warning(metrics["float"]["top1"], majority, trained=history is not None)] if guessing else []
+    n_test = len(dataset.samples["test"])
+    per_image = 100.0 / max(1, n_test)
+    warnings = []
+    if per_image > options.max_drop:
+        warnings.append(f"the {dataset.test_source} split has {n_test} images, so one image is {per_image:.2f} points "
+                        f"of top-1, more than the --max-drop of {options.max_drop:.2f} the gate allows: it cannot "
+                        f"measure a drop that small (give it at least {int(100 / max(options.max_drop, 1e-9)) + 1} "
+                        "test images, e.g. a larger --split test share)")
     notes = {"val": "the data has no test/ folder, so the held-out evaluation uses val/ (also used for early stopping)",
              "calibration": "the model was trained elsewhere; every calibration image is also an evaluation image"}
     return {
@@ -521,6 +640,9 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
         "agreement": metrics["agreement"],
         "drop_points": drop,
         "max_drop": options.max_drop,
+        "min_agreement": options.min_agreement,
+        "test_images": n_test,
+        "points_per_image": round(per_image, 3),
         "passed": passed,
         "gate_message": None if passed else message,
         "int8_bytes": tflite_bytes,
@@ -551,6 +673,24 @@ def majority_class(counts: dict[str, int]) -> dict[str, Any]:
         return {"class": None, "top1": 0.0}
     name = max(counts, key=counts.__getitem__)
     return {"class": name, "top1": counts[name] / sum(counts.values())}
+
+
+def gate_failures(metrics: dict[str, Any], options: ConvertOptions, dataset: Dataset, *, trained: bool) -> list[str]:
+    """What fails the parity gate, one sentence each (empty: it passes): a top-1 drop over --max-drop, a top-1
+    agreement under --min-agreement, or a float model no better than always answering the most frequent class (a
+    gate that passes on that proves only that int8 guesses the same way)."""
+    key = "int8" if options.quant == "int8" else "tflite"
+    failures = []
+    if metrics["drop_points"] > options.max_drop:
+        failures.append(f"{key} top-1 is {metrics['drop_points']:.2f} points below float, more than --max-drop "
+                        f"{options.max_drop:.2f}")
+    if metrics["agreement"] < options.min_agreement:
+        failures.append(f"{key} and float agree on the top-1 class of {100 * metrics['agreement']:.1f}% of the test "
+                        f"images, under --min-agreement {100 * options.min_agreement:.0f}%")
+    majority = majority_class(dataset.counts("test"))
+    if metrics["float"]["top1"] <= majority["top1"]:
+        failures.append(guessing_warning(metrics["float"]["top1"], majority, trained=trained))
+    return failures
 
 
 def guessing_warning(top1: float, majority: dict[str, Any], *, trained: bool) -> str:

@@ -93,6 +93,8 @@ def run_converter(converter: Any, mode: str, *, compacted: bool = True) -> bytes
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
             flatbuffer = converter.convert()
     except Exception as exc:  # the converter raises many types; all mean the same to the user
+        if "KeyboardInterrupt" in f"{type(exc).__name__} {exc}":  # Ctrl-C inside the converter comes back wrapped
+            raise KeyboardInterrupt from None
         raise ConversionError(_explain(exc, mode)) from None
     finally:
         log.debug("converter output:\n%s\n%s", chatter.getvalue(), "\n".join(native))

@@ -136,8 +136,11 @@ def markdown(report: dict[str, Any]) -> str:
         f"# edgecls convert report: {report['model']['arch']}",
         "",
         f"**Parity gate {verdict}**: {key} top-1 {_pct(t['top1'])} vs float {_pct(f['top1'])} "
-        f"(drop {report['drop_points']:.2f} points, allowed {report['max_drop']:.2f}); "
-        f"top-1 agreement {_pct(report['agreement'])}.",
+        f"(drop {report['drop_points']:.2f} points, allowed {report['max_drop']:.2f}"
+        + (f"; one of the {report['test_images']} test images is {report['points_per_image']:.2f} points"
+           if report.get("test_images") else "")
+        + f"); top-1 agreement {_pct(report['agreement'])}"
+        + (f" (at least {_pct(report['min_agreement'])})" if report.get("min_agreement") is not None else "") + ".",
         "",
     ]
     if not report["passed"]:

@@ -7,6 +7,7 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -87,6 +88,12 @@ class Classifier:
         sibling = delegates.compiled_sibling(model) if delegate == "edgetpu" else None
         if sibling is not None:
             self._source_info = check_model_file(model)
+            why = delegates.sibling_mismatch(self._source_info, check_model_file(sibling))
+            if why:
+                raise ModelError(
+                    f"{sibling} does not belong to {model}: {why}; compile it again (edgetpu_compiler {Path(model).name})"
+                    f" or remove it"
+                )
         self.model_info: ModelFileInfo = check_model_file(sibling or model)
         if delegate is None and self.model_info.has_edgetpu_op():
             raise delegates.edgetpu_model_error(self.model_info)

@@ -1,6 +1,7 @@
 """The `edgecls` command line: a thin Typer layer over the library.
 
-Every project error becomes one line on stderr and exit code 1; usage errors are Typer's (exit code 2).
+Every project error becomes one line on stderr and exit code 1; usage errors are Typer's (exit code 2); a negative
+verdict (a failed parity gate, a model the accelerator will not map, a latency over budget) is exit code 3.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 
 from . import __version__
-from .errors import EdgeclsError
+from .errors import EXIT_VERDICT, EdgeclsError
 from .nativelog import quiet_native_stderr
 
 app = typer.Typer(
@@ -475,7 +476,7 @@ def check(
 ) -> None:
     """Predict, without compiling, whether a model will run on an accelerator, and the first op that will not.
 
-    Exit code 0 when every op maps to the target, 1 otherwise.
+    Exit code 0 when every op maps to the target, 3 when some will not, 1 on an error.
     """
     from .edgetpu import preflight
 
@@ -485,7 +486,7 @@ def check(
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
         typer.echo(_format_check(report))
-    raise typer.Exit(code=0 if report.ok else 1)
+    raise typer.Exit(code=0 if report.ok else EXIT_VERDICT)
 
 
 def _format_check(report: Any) -> str:
@@ -529,7 +530,7 @@ def bench(
         Optional[Path], typer.Option("--image", help="Classify this image (default: a random 640x480 camera frame).")
     ] = None,
     budget_ms: Annotated[
-        Optional[float], typer.Option("--budget-ms", min=0.0, help="Exit code 1 when p90 latency is over this.")
+        Optional[float], typer.Option("--budget-ms", min=0.0, help="Exit code 3 when p90 latency is over this.")
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -565,7 +566,7 @@ def bench(
         typer.echo(f"throughput {result.throughput_fps:.1f} classifications/s")
     if result.within_budget is False:
         error(f"p90 latency {result.total.p90:.2f} ms is over the budget of {budget_ms:g} ms")
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=EXIT_VERDICT)
 
 
 @app.command()

@@ -35,7 +35,7 @@ from .bootconfig import plan_edit
 from .delegates import compiled_sibling, cpu_sibling
 from .errors import ConfigError
 from .fsutil import atomic_write_bytes
-from .labels import labels_for_file
+from .labels import format_labels, labels_for_file
 from .metadata import check_model_file
 from .profiles import Profile
 from .sinks import MQTT_PASSWORD_ENV, check_sink_spec, has_control_chars, mask_url, split_mqtt_password
@@ -255,7 +255,7 @@ def build_bundle(
         warnings.append("no CPU model in the bundle: --allow-cpu-fallback will not be possible on the device")
     labels = _labels(cpu_model if "model.tflite" in files else info.path)
     if labels:
-        files["labels.txt"] = ("\n".join(labels) + "\n").encode("utf-8")
+        files["labels.txt"] = format_labels(labels).encode("utf-8")
     else:
         warnings.append("the model carries no labels and none sit beside it: results will show class indices")
 

@@ -54,6 +54,24 @@ def parse_labels(text: str, *, origin: str = "labels") -> list[str] | dict[int, 
     return lines
 
 
+def format_labels(names: Sequence[str]) -> str:
+    """Label-file text that `parse_labels` reads back as exactly ``names``: one label a line, or, where names would
+    be read as ``id label`` lines (class folders ``1 apple``, ``2 banana``) or lose spaces, explicit ``id label``
+    lines ("0 1 apple"). A name with a line break cannot be written; LabelsError says so."""
+    names = [str(n) for n in names]
+    bad = [n for n in names if any(c in n for c in "\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029") or not n.strip()]
+    if bad:
+        raise LabelsError(f"label {bad[0]!r} is empty or holds a line break; rename that class folder")
+    plain = "\n".join(names) + "\n"
+    if parse_labels(plain) == names:
+        return plain
+    text = "".join(f"{i} {n}\n" for i, n in enumerate(names))
+    if parse_labels(text) != dict(enumerate(names)):
+        raise LabelsError(f"labels {names[:3]}... cannot be written so they read back unchanged (leading or trailing "
+                          "spaces?); rename the class folders")
+    return text
+
+
 def read_labels_file(path: str | os.PathLike[str]) -> list[str] | dict[int, str]:
     """Read and parse a label file, with a clear error when it is missing or not text."""
     import errno

@@ -192,5 +192,7 @@ def embed_manifest(model: bytes, manifest: dict[str, Any], *, labels: list[str] 
     if labels is not None:
         body["labels"] = list(labels)
         files[MANIFEST_NAME] = json.dumps(body, indent=2, sort_keys=True).encode("utf-8")
-        files["labels.txt"] = ("\n".join(labels) + "\n").encode("utf-8")
+        from .labels import format_labels
+
+        files["labels.txt"] = format_labels(labels).encode("utf-8")
     return embed_files(model, files)

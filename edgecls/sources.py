@@ -232,7 +232,7 @@ class ImageFilesSource(FrameSource):
     def open(self) -> None:
         # every item, readable or not: one that cannot be read is reported by name when its turn comes
         self.paths = list(expand_image_paths(self.items))
-        if not self.paths:
+        if not any(os.path.lexists(p) for p in self.paths):
             raise CameraError(f"no image files found in {' '.join(self.items)} (expected {', '.join(IMAGE_SUFFIXES)})")
         self._next = 0
 

@@ -141,7 +141,7 @@ def test_parity_gate_failure_keeps_artifacts_and_exits_non_zero(tmp_path, monkey
                      "--learning-rate", "0.01")
     report = json.loads((out / "report.json").read_text())
     assert report["float"]["top1"] > 0.5, "the float model should learn red vs blue"
-    line = one_error_line(result)
+    line = one_error_line(result, code=3)  # a negative verdict, apart from errors (1)
     assert "did not pass" in line and "--qat" in line  # the way out, when post-training int8 loses too much
     assert report["passed"] is False and report["drop_points"] > 1.0
     assert (out / "model.tflite").is_file() and "Parity gate FAILED" in (out / "report.md").read_text()
@@ -249,9 +249,9 @@ def test_external_keras_model_with_calibration_folder(shapes, tmp_path):
     assert "the model has 3 classes" in one_error_line(bad)
 
 
-def test_a_model_that_always_gives_one_answer_is_flagged(shapes, tmp_path):
-    """A model stuck on one class passes the parity gate (int8 gives the same one answer); the report and the
-    command line say that it is no better than guessing the most frequent class, as a diverged training run is."""
+def test_a_model_that_always_gives_one_answer_fails_the_gate(shapes, tmp_path):
+    """A model stuck on one class has perfect parity (int8 gives the same one answer), but it learned nothing: the
+    gate fails it (exit 3, a verdict), and the report's first line says FAILED with the reason, not PASSED."""
     import keras
 
     inputs = keras.Input((32, 32, 3))
@@ -263,14 +263,18 @@ def test_a_model_that_always_gives_one_answer_is_flagged(shapes, tmp_path):
     model.save(path)
     out = tmp_path / "stuck"
     result = convert(path, "--calibration", shapes, "--out", out, "--calibration-samples", "10")
-    assert result.exit_code == 0, result.output  # parity holds: the gate passes
+    assert result.exit_code == 3, result.output
     report = json.loads((out / "report.json").read_text())
-    assert report["passed"] is True and report["float"]["top1"] == pytest.approx(1 / 3)
+    assert report["passed"] is False and report["agreement"] == 1.0 and report["float"]["top1"] == pytest.approx(1 / 3)
     assert report["majority_class"] == {"class": "circle", "top1": pytest.approx(1 / 3)}  # 14 of each: the first
-    assert len(report["warnings"]) == 1 and "no better than always answering 'circle' (33.3%" in report["warnings"][0]
-    assert "check that the model and the labels belong together" in report["warnings"][0]
-    assert "warning: the float model's top-1 (33.3%) is no better" in " ".join(result.output.split())
-    assert "> **Warning:** The float model's top-1 (33.3%)" in (out / "report.md").read_text()
+    assert "no better than always answering 'circle' (33.3%" in report["gate_message"]
+    assert "check that the model and the labels belong together" in report["gate_message"]
+    assert "--int8-tune" not in report["gate_message"]  # int8 is not what failed
+    assert "error: the float model's top-1 (33.3%) is no better" in " ".join(result.output.split())
+    assert any("has 42 images, so one image is 2.38 points of top-1, more than the --max-drop of 1.00" in w
+               for w in report["warnings"])  # the default gate cannot measure its own limit on 42 images
+    first = (out / "report.md").read_text().splitlines()[2]
+    assert first.startswith("**Parity gate FAILED**") and "one of the 42 test images is 2.38 points" in first
     from convert.pipeline import guessing_warning
 
     assert "lower --learning-rate" in guessing_warning(0.255, report["majority_class"], trained=True)
