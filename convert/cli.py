@@ -272,7 +272,9 @@ def _parse_split(text: str) -> tuple[float, float, float]:
 def _summary(observer: RichObserver, report: dict[str, Any], out: Path, demo: bool) -> None:
     key = "int8" if report["quantization"]["mode"] == "int8" else "tflite"
     console = observer.console
-    verdict = "[green]passed[/]" if report["passed"] else "[red]FAILED[/]"
+    verdict = ("[red]FAILED[/]" if not report["passed"] else
+               "[yellow]passed, but the model LEARNED NOTHING (see the warning)[/]" if report.get("learned_nothing")
+               else "[green]passed[/]")
     console.print(
         f"\n[bold]{report['model']['arch']}[/]: float top-1 {100 * report['float']['top1']:.1f}%, "
         f"{report['quantization']['mode']} top-1 {100 * report[key]['top1']:.1f}% "
@@ -410,6 +412,10 @@ def tune(
     io: Annotated[IoType, typer.Option("--io", help="int8 model input/output type.")] = IoType.int8,
     calibration_samples: Annotated[int, typer.Option(min=1, help="Representative images for int8 calibration.")] = 300,
     max_drop: Annotated[float, typer.Option(min=0.0, help="Parity gate of the exported model, in points.")] = 1.0,
+    min_agreement: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Parity gate: the least share of test images on which int8 and "
+                            "float agree on the top-1 class.")
+    ] = 0.9,
     split: Annotated[str, typer.Option(help="train,val,test percentages.")] = "70,15,15",
     seed: Annotated[int, typer.Option(help="Seed of the sampler, the split and each trial's training.")] = 0,
 ) -> None:
@@ -446,6 +452,7 @@ def tune(
                 raise typer.BadParameter(f"--input-sizes expects numbers like 64,96 (received {input_sizes!r})") from None
         base = ConvertOptions(out_dir=out, arch=arch.value, color=color.value, weights=weights, resize=resize.value,
                               io=io.value, calibration_samples=calibration_samples, max_drop=max_drop,
+                              min_agreement=min_agreement,
                               split=_parse_split(split), train=TrainConfig(seed=seed))
         options = TuneOptions(base=base, trials=trials, budget_ms=budget_ms, max_size_kb=max_size_kb,
                               timeout_min=timeout, seed=seed, max_epochs=max_epochs, latency_factor=factor,

@@ -49,7 +49,8 @@ def test_artifacts_and_report_fields(compact_run):
     assert report["class_counts"]["test"] == {"circle": 2, "square": 2, "stripes": 2}
     assert report["majority_class"] == {"class": "circle", "top1": pytest.approx(1 / 3)}
     assert (out / "labels.txt").read_text().split() == report["classes"]
-    assert "Parity gate PASSED" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()  # a 3-epoch model may not learn: the verdict line then says so
+    assert ("Parity gate PASSED" if not report["learned_nothing"] else "Parity gate passed, but the model learned nothing") in md
     assert "conv biases corrected for the rounding error" in (out / "report.md").read_text()
     history = report["history"]
     kept = history["stages"][-1]["kept_epoch"]  # TINY: 3 epochs, early stopping watches the last (2 * 3 // 3 = 2)
@@ -249,9 +250,9 @@ def test_external_keras_model_with_calibration_folder(shapes, tmp_path):
     assert "the model has 3 classes" in one_error_line(bad)
 
 
-def test_a_model_that_always_gives_one_answer_fails_the_gate(shapes, tmp_path):
+def test_a_model_that_always_gives_one_answer_is_flagged(shapes, tmp_path):
     """A model stuck on one class has perfect parity (int8 gives the same one answer), but it learned nothing: the
-    gate fails it (exit 3, a verdict), and the report's first line says FAILED with the reason, not PASSED."""
+    report's first line says so instead of PASSED, and the command line warns."""
     import keras
 
     inputs = keras.Input((32, 32, 3))
@@ -263,18 +264,20 @@ def test_a_model_that_always_gives_one_answer_fails_the_gate(shapes, tmp_path):
     model.save(path)
     out = tmp_path / "stuck"
     result = convert(path, "--calibration", shapes, "--out", out, "--calibration-samples", "10")
-    assert result.exit_code == 3, result.output
+    assert result.exit_code == 0, result.output  # parity holds
     report = json.loads((out / "report.json").read_text())
-    assert report["passed"] is False and report["agreement"] == 1.0 and report["float"]["top1"] == pytest.approx(1 / 3)
+    assert report["passed"] is True and report["learned_nothing"] is True and report["agreement"] == 1.0
+    assert report["float"]["top1"] == pytest.approx(1 / 3)
     assert report["majority_class"] == {"class": "circle", "top1": pytest.approx(1 / 3)}  # 14 of each: the first
-    assert "no better than always answering 'circle' (33.3%" in report["gate_message"]
-    assert "check that the model and the labels belong together" in report["gate_message"]
-    assert "--int8-tune" not in report["gate_message"]  # int8 is not what failed
-    assert "error: the float model's top-1 (33.3%) is no better" in " ".join(result.output.split())
+    warning = next(w for w in report["warnings"] if "no better than always answering 'circle' (33.3%" in w)
+    assert "check that the model and the labels belong together" in warning
     assert any("has 42 images, so one image is 2.38 points of top-1, more than the --max-drop of 1.00" in w
                for w in report["warnings"])  # the default gate cannot measure its own limit on 42 images
+    said = " ".join(result.output.split())
+    assert "LEARNED NOTHING" in said and "warning: the float model's top-1 (33.3%) is no better" in said
     first = (out / "report.md").read_text().splitlines()[2]
-    assert first.startswith("**Parity gate FAILED**") and "one of the 42 test images is 2.38 points" in first
+    assert first.startswith("**Parity gate passed, but the model learned nothing**") and "PASSED" not in first
+    assert "one of the 42 test images is 2.38 points" in first
     from convert.pipeline import guessing_warning
 
     assert "lower --learning-rate" in guessing_warning(0.255, report["majority_class"], trained=True)
