@@ -90,7 +90,13 @@ def list_class_folders(root: Path) -> tuple[list[str], dict[str, list[Path]], li
     for name in classes:
         found = []
         for path in sorted((root / name).rglob("*")):
-            if not path.is_file() or any(part.startswith(".") for part in path.relative_to(root).parts):
+            if any(part.startswith(".") for part in path.relative_to(root).parts):
+                continue
+            if not path.is_file():
+                # a directory is walked; a symlink loop, a broken link or a FIFO among the images is named
+                if path.suffix.lower() in IMAGE_SUFFIXES and not _is_dir(path):
+                    why = "a symlink loop or broken link" if path.is_symlink() else "not a regular file (a FIFO?)"
+                    skipped.append(Skipped(str(path), why))
                 continue
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 skipped.append(Skipped(str(path), f"not an image file (suffix {path.suffix or 'none'})"))
@@ -280,3 +286,10 @@ def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
         take = max(1, int(round(n * len(idx) / len(labels))))
         picked.extend(rng.choice(idx, size=min(take, len(idx)), replace=False))
     return rng.permutation(np.asarray(picked))
+
+
+def _is_dir(p: Path) -> bool:
+    try:
+        return p.is_dir()
+    except OSError:
+        return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -263,3 +264,32 @@ def test_bench_names_the_processor_not_the_x86_model_number():
     assert cpu_model_from(x86) == "AMD EPYC 7B13"
     assert cpu_model_from(pi) == "Raspberry Pi 4 Model B Rev 1.4"
     assert cpu_model_from("model\t\t: 2\n") is None
+
+
+def test_a_fifo_as_the_model_is_refused_at_once(tmp_path):
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "model.tflite"
+    os.mkfifo(fifo)
+    for command in ("info", "check"):
+        proc = subprocess.run([sys.executable, "-m", "edgecls", command, str(fifo)], capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 1 and "is not a regular file" in one_error_line(proc)
+
+
+def test_convert_names_links_and_fifos_among_the_training_images(tmp_path):
+    pytest.importorskip("tensorflow")
+    from PIL import Image
+
+    from convert.data import list_class_folders
+
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "a.png")
+    (tmp_path / "cat" / "loop.jpg").symlink_to("loop.jpg")
+    os.mkfifo(tmp_path / "dog" / "pipe.png")
+    classes, files, skipped = list_class_folders(tmp_path)
+    assert classes == ["cat", "dog"] and all(len(v) == 1 for v in files.values())
+    reasons = {Path(s.path).name: s.reason for s in skipped}
+    assert reasons == {"loop.jpg": "a symlink loop or broken link", "pipe.png": "not a regular file (a FIFO?)"}
