@@ -94,7 +94,7 @@ def list_class_folders(root: Path) -> tuple[list[str], dict[str, list[Path]], li
                 continue
             if not path.is_file():
                 # a directory is walked; a symlink loop, a broken link or a FIFO among the images is named
-                if path.suffix.lower() in IMAGE_SUFFIXES and not _is_dir(path):
+                if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir():
                     why = "a symlink loop or broken link" if path.is_symlink() else "not a regular file (a FIFO?)"
                     skipped.append(Skipped(str(path), why))
                 continue
@@ -287,9 +287,3 @@ def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
         picked.extend(rng.choice(idx, size=min(take, len(idx)), replace=False))
     return rng.permutation(np.asarray(picked))
 
-
-def _is_dir(p: Path) -> bool:
-    try:
-        return p.is_dir()
-    except OSError:
-        return False

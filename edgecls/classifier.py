@@ -166,7 +166,7 @@ class Classifier:
             _op_names(self.model_info),
         )
         if problem:
-            raise NotAClassifierError(f"{self.model_info.path}: not an image classifier: {problem}")
+            raise NotAClassifierError(self.model_info.path, problem)
         d = inputs[0]
         shape = [int(x) for x in d["shape"]]
         if len(shape) == 3:
@@ -300,7 +300,8 @@ SEQUENCE_OPS = {"UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM", "
                 "BIDIRECTIONAL_SEQUENCE_RNN", "LSTM", "RNN", "SVDF"}
 
 
-def classifier_problem(inputs: list[list[int]], outputs: list[list[int]], ops: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
+def classifier_problem(inputs: list[list[int]], outputs: list[list[int]],
+                       ops: set[str] | frozenset[str] = frozenset()) -> str | None:
     """Why tensors of these shapes are not an image classifier (one image input [1, H, W, C] with C 1 or 3, and one
     output that is a class-score vector), saying what the model looks like instead; None when they are one."""
     if len(inputs) != 1:

@@ -169,9 +169,8 @@ def info(
     json_out: JsonOpt = False,
 ) -> None:
     """Show a model's input, outputs, labels (and where they came from), backend, ops and metadata."""
-    from .metadata import check_model_file
-
     from .errors import NotAClassifierError
+    from .metadata import check_model_file
 
     with project_errors():
         if check_model_file(model).has_edgetpu_op():
@@ -181,7 +180,7 @@ def info(
                 with _open_classifier(model, labels=labels, backend=backend) as clf:
                     facts = clf.describe()
             except NotAClassifierError as exc:  # still worth describing: say what it is instead
-                facts = _describe_compiled(model, labels, not_a_classifier=str(exc).split(": not an image classifier: ")[-1])
+                facts = _describe_compiled(model, labels, not_a_classifier=exc.problem)
     if json_out:
         typer.echo(json.dumps(facts, indent=2))
         return

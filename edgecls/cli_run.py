@@ -89,11 +89,9 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
         say(f"error: {line}")
     if stats.frames_skipped:
         say(f"error: {stats.frames_skipped} item(s) of the source could not be read (each named above)")
-        failed.append("skipped")
     if stream.error is not None:
         say(f"error: {stream.error}")
-        return 1
-    return 1 if failed else 0
+    return 1 if failed or stats.frames_skipped or stream.error is not None else 0
 
 
 def _make_sinks(options: RunOptions, on_event: Any, say: Any) -> list[Sink]:

@@ -22,7 +22,12 @@ class ModelError(EdgeclsError):
 
 
 class NotAClassifierError(ModelError):
-    """The model is a valid TFLite model but not an image classifier (segmentation, pose, detection, sequence)."""
+    """The model is a valid TFLite model but not an image classifier (segmentation, pose, detection, sequence);
+    ``problem`` says what it looks like instead."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        super().__init__(f"{path}: not an image classifier: {problem}")
+        self.problem = problem
 
 
 class BackendError(EdgeclsError):

@@ -9,6 +9,14 @@ from pathlib import Path
 from .errors import WriteError
 
 
+def os_reason(exc: OSError) -> str:
+    """A few words for a message about an OSError: "a symlink loop" for ELOOP (whose strerror, "Too many levels of
+    symbolic links", says less), else the system's own words."""
+    import errno
+
+    return "a symlink loop" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: readers see the old file or the whole new one, never a part.
 
@@ -18,7 +26,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
-        raise WriteError(f"cannot write {target} ({exc.strerror or exc}); check the folder and its permissions") from None
+        raise WriteError(f"cannot write {target} ({os_reason(exc)}); check the folder and its permissions") from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         with os.fdopen(fd, "wb") as fh:
@@ -28,7 +36,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         os.replace(tmp, target)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise WriteError(f"cannot write {target} ({exc.strerror or exc}); is the disk full?") from None
+        raise WriteError(f"cannot write {target} ({os_reason(exc)}); is the disk full?") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

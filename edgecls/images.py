@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import glob
 import os
 import stat
@@ -13,6 +12,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .errors import ImageError
+from .fsutil import os_reason
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -36,9 +36,8 @@ def read_image(path: str | os.PathLike[str], *, grayscale: bool = False, max_pix
             return _decode(fh, str(p), grayscale, max_pixels)
     except FileNotFoundError:
         raise ImageError(f"image file not found: {p}") from None
-    except OSError as exc:  # permission denied, a symlink loop (ELOOP), an I/O error
-        reason = "a symlink loop" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
-        raise ImageError(f"cannot read {p} ({reason})") from None
+    except OSError as exc:  # permission denied, a symlink loop, an I/O error
+        raise ImageError(f"cannot read {p} ({os_reason(exc)})") from None
 
 
 # Above this many pixels an image is decoded reduced (JPEG) or refused: 8,000 x 8,000 RGB is 192 MB decoded, and
@@ -124,7 +123,7 @@ def expand_image_paths(items: Iterable[str | os.PathLike[str]]) -> Iterator[Path
         text = str(item)
         p = Path(text)
         if p.is_dir():
-            yield from sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and not _is_dir(f))
+            yield from sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir())
         elif not p.exists() and glob.has_magic(text):
             matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
             if not matches:
@@ -133,9 +132,3 @@ def expand_image_paths(items: Iterable[str | os.PathLike[str]]) -> Iterator[Path
         else:
             yield p
 
-
-def _is_dir(p: Path) -> bool:
-    try:
-        return p.is_dir()
-    except OSError:
-        return False

@@ -74,14 +74,16 @@ def format_labels(names: Sequence[str]) -> str:
 
 def read_labels_file(path: str | os.PathLike[str]) -> list[str] | dict[int, str]:
     """Read and parse a label file, with a clear error when it is missing or not text."""
-    import errno
     import stat
+
+    from .fsutil import os_reason
 
     p = Path(path)
     try:
-        if not stat.S_ISREG(os.stat(p).st_mode) and not p.is_dir():  # a FIFO would block
+        st = os.stat(p)
+        if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):  # a FIFO would block
             raise LabelsError(f"label file {p} is not a regular file; expected UTF-8 text, one label a line")
-        if os.path.getsize(p) > 64 << 20:
+        if st.st_size > 64 << 20:
             raise LabelsError(f"label file {p} is over 64 MB; expected UTF-8 text, one label a line")
         text = p.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -89,8 +91,7 @@ def read_labels_file(path: str | os.PathLike[str]) -> list[str] | dict[int, str]
     except UnicodeDecodeError:
         raise LabelsError(f"cannot read label file {p}: it is not UTF-8 text; expected one label a line") from None
     except OSError as exc:  # a directory, permission denied, a symlink loop
-        reason = "a symlink loop" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
-        raise LabelsError(f"cannot read label file {p} ({reason}); expected UTF-8 text, one label a line") from None
+        raise LabelsError(f"cannot read label file {p} ({os_reason(exc)}); expected UTF-8 text, one label a line") from None
     return parse_labels(text, origin=str(p))
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from .errors import ModelError
 from .flatbuffer import ModelStructure, verify_model
+from .fsutil import os_reason
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def check_model_file(path: str | os.PathLike[str]) -> ModelFileInfo:
     try:
         st = p.stat()
     except OSError as exc:
-        raise ModelError(f"cannot read {p} ({exc.strerror})") from None
+        raise ModelError(f"cannot read {p} ({os_reason(exc)})") from None
     if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block the reader forever
         raise ModelError(f"{p} is not a regular file; pass a .tflite file")
     size = st.st_size
@@ -88,7 +89,7 @@ def check_model_file(path: str | os.PathLike[str]) -> ModelFileInfo:
                 )
             files = _read_appended_zip(fh, p)
     except OSError as exc:
-        raise ModelError(f"cannot read {p} ({exc.strerror or exc})") from None
+        raise ModelError(f"cannot read {p} ({os_reason(exc)})") from None
     structure = verify_model(p)
     if not structure.operator_counts or structure.operator_counts[0] == 0:
         raise ModelError(f"{p}: the model's graph has no operators; it cannot compute anything (a damaged file?)")

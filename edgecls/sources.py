@@ -395,8 +395,7 @@ class PicameraSource(FrameSource):
         camera.align_configuration(config)  # aligns main; it would round lores down, which is aligned already
         config["lores"]["size"] = lores_size
         camera.configure(config)
-        final = camera.camera_configuration() if hasattr(camera, "camera_configuration") else config
-        final = final or config
+        final = (camera.camera_configuration() if hasattr(camera, "camera_configuration") else None) or config
         lw, lh = final["lores"]["size"]
         mw, mh = final["main"]["size"]
         if lw <= 0 or lh <= 0 or abs(lw / lh - mw / mh) > 0.02 * (mw / mh):
