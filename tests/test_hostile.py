@@ -201,6 +201,11 @@ def test_cli_misuse_is_one_error_line(coral, tmp_path, args, says):
     assert says in one_error_line(proc)
 
 
+def test_a_preview_port_out_of_range_is_one_error_line(coral):
+    result = cli("run", coral / MODEL, "--source", "demo", "--max-frames", "2", "--sink", "preview:99999")
+    assert result.exit_code == 1 and "the port must be a number" in one_error_line(result)
+
+
 def test_unwritable_outputs_are_one_error_line(coral, tmp_path):
     import subprocess
     import sys
