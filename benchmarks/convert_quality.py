@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from convert.report import kept_epoch
+from edgecls.convert.report import kept_epoch
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -48,12 +48,12 @@ RUNS = {
     # Alpha 0.25 ImageNet features are weak on flowers (a linear probe on them reaches about 67%), so the whole
     # base is fine-tuned after the head, at a tenth of the head's learning rate.
     # 160 px: 80.5% float / 80.1% int8 where 128 px gave 74.5-79.7% (the ImageNet features like larger objects).
-    # --int8-tune: bias correction alone left int8 agreeing with float on 95-96% of the test images.
+    # --int8-method int8-tune: bias correction alone left int8 agreeing with float on 95-96% of the test images.
     # (Augment 1.5, MixUp 0.2 and dropout 0.3 made it smoother, 97.7% int8 agreement, but less accurate: 74.5%.)
     "mobilenet_v1": ["--arch", "mobilenet_v1", "--alpha", "0.25", "--weights", str(WEIGHTS), "--input-size", "160",
                      "--epochs", "8", "--fine-tune-epochs", "40", "--fine-tune-layers", "100", "--patience", "10",
                      "--learning-rate", "0.001", "--augment", "0.7", "--label-smoothing", "0.1",
-                     "--calibration-samples", "500", "--int8-tune"],
+                     "--calibration-samples", "500", "--int8-method", "int8-tune"],
     # From scratch, flowers128 overfits (train 90% / val 70% at augment 0.7): stronger augmentation and dropout.
     # (Augment 2.0 with MixUp 0.2 on top went too far: 74.5% against 76.6% at 96 px.) From the labels alone it
     # levels off near 78% (70 or 100 epochs, with or without weight decay); distilled from the MobileNet it goes on.

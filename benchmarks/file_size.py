@@ -2,7 +2,7 @@
 
 For each `edgecls convert` output folder: the int8 flatbuffer (model.tflite without the appended manifest) split
 into weights (buffer data), quantisation parameters (scale and zero-point vectors), tensor names and the rest of the
-graph; the same file through convert.compact (a no-op on runs made since compaction, which already have it); and the
+graph; the same file through edgecls.convert.compact (a no-op on runs made since compaction, which already have it); and the
 float TFLite file of model.keras converted the way convert does it, raw and compacted. The ratio convert reports
 is compacted int8 / compacted float.
 
@@ -51,8 +51,8 @@ def breakdown(flat: bytes) -> dict[str, int]:
 def measure(run: Path) -> dict[str, object]:
     import keras
 
-    from convert.compact import compact
-    from convert.quantize import to_tflite
+    from edgecls.convert.compact import compact
+    from edgecls.convert.tflite_export import to_tflite
     from edgecls.metadata import flatbuffer_bytes
 
     written = flatbuffer_bytes((run / "model.tflite").read_bytes())

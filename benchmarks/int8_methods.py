@@ -1,5 +1,5 @@
 """The int8 export methods side by side, on a model `edgecls convert` already trained: rounding to nearest
-("plain"), bias correction (convert/biascorrect.py, the default) and int8 tuning (convert/int8tune.py, --int8-tune).
+("plain"), bias correction (convert/biascorrect.py, the default) and int8 tuning (convert/int8tune.py, --int8-method int8-tune).
 
 Takes a convert output folder (model.keras and report.json) and the dataset it was trained on, rebuilds the same
 split, calibration set and tuning images from the report's settings, exports int8 each way and evaluates every
@@ -35,9 +35,9 @@ def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
 
-    from convert import evaluate, int8tune
-    from convert.data import scan, stratified_sample
-    from convert.quantize import to_tflite
+    from edgecls.convert import evaluate, int8tune
+    from edgecls.convert.data import scan, stratified_sample
+    from edgecls.convert.tflite_export import to_tflite
     from edgecls.preprocess import PreprocessConfig
 
     report = json.loads((args.run / "report.json").read_text())
@@ -59,7 +59,7 @@ def main() -> int:
             t0 = time.perf_counter()
             if name == "int8_tuned":
                 images = int8tune.tuning_images(dataset.images["train"], dataset.labels("train"),
-                                                settings["train.seed"])  # as convert --int8-tune draws them
+                                                settings["train.seed"])  # as convert --int8-method int8-tune draws them
                 flat, _ = int8tune.export_tuned(model, calib, images, io_type=settings["io"], epochs=args.tune_epochs,
                                                 seed=settings["train.seed"])
             else:

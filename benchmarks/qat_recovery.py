@@ -4,7 +4,7 @@ A deliberately quantisation-hostile model, honestly built: compact-cnn (uncapped
 demo shapes, then K channels of one activation are scaled up by S while the next depthwise convolution divides them
 back. In float the network computes exactly the same function (the script checks it), but int8 quantises each
 activation tensor with one scale, so the scaled channels stretch that scale S-fold and every other channel loses
-its resolution. Post-training quantisation pays for it; quantisation-aware fine-tuning (edgecls convert --qat's
+its resolution. Post-training quantisation pays for it; quantisation-aware fine-tuning (edgecls convert --int8-method qat's
 path: convert/qat.py) lets the weights adapt to the rounding. As a control, the same model is also fine-tuned for the
 same epochs in float and then quantised after training, so the extra epochs alone are not mistaken for QAT's effect.
 
@@ -41,15 +41,15 @@ def main() -> int:
 
     import keras
 
-    from convert import evaluate, qat
-    from convert.data import scan, stratified_sample
-    from convert.models import ModelSpec, create_model
-    from convert.quantize import to_tflite
-    from convert.training import TrainConfig, make_strategy, train
+    from edgecls.convert import evaluate, qat
+    from edgecls.convert.data import scan, stratified_sample
+    from edgecls.convert.models import ModelSpec, create_model
+    from edgecls.convert.tflite_export import to_tflite
+    from edgecls.convert.training import TrainConfig, make_strategy, train
     from edgecls.demo import write_demo_dataset
     from edgecls.preprocess import PreprocessConfig
 
-    from convert.training import deterministic
+    from edgecls.convert.training import deterministic
 
     deterministic()
     keras.utils.set_random_seed(args.seed)
@@ -84,7 +84,7 @@ def main() -> int:
     ptq = int8_top1(to_tflite(model, mode="int8", representative=calib), "ptq")
 
     # Control: the same extra epochs in float (same optimiser, learning rate and data), then post-training int8.
-    from convert.training import make_datasets
+    from edgecls.convert.training import make_datasets
 
     control = keras.models.clone_model(model)
     control.set_weights(model.get_weights())

@@ -1,6 +1,6 @@
-"""The `edgecls convert` command: options, progress display and exit codes over convert.pipeline.
+"""`edgecls convert` and `edgecls tune`: options, progress display and exit codes over edgecls.convert.api.
 
-Importing this module is cheap (Typer only); TensorFlow loads when the command runs.
+Importing this module is cheap (Typer and the two registries); TensorFlow loads when a command runs.
 """
 
 from __future__ import annotations
@@ -8,19 +8,22 @@ from __future__ import annotations
 import contextlib
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
+from edgecls.cli_common import examples, project_errors, verbose
 from edgecls.errors import EXIT_VERDICT
 
+from .int8methods import DEFAULT_INT8_METHOD, INT8_METHODS
+from .models import ARCHITECTURES
 
-class Arch(str, Enum):
-    compact_cnn = "compact-cnn"
-    seed_cnn = "seed-cnn"
-    mobilenet_v1 = "mobilenet_v1"
-    mobilenet_v2 = "mobilenet_v2"
-    mobilenet_v3_small = "mobilenet_v3_small"
+if TYPE_CHECKING:
+    from .progress import RichObserver
+
+# The choices come from the registries: a new architecture or int8 method shows up here by itself.
+Arch = Enum("Arch", {name.replace("-", "_"): name for name in ARCHITECTURES}, type=str)  # type: ignore[misc]
+Int8MethodChoice = Enum("Int8MethodChoice", {n.replace("-", "_"): n for n in INT8_METHODS}, type=str)  # type: ignore[misc]
 
 
 class Color(str, Enum):
@@ -62,200 +65,161 @@ class ClassWeights(str, Enum):
     auto = "auto"
 
 
-class RichObserver:
-    """Progress for people: a bar while images decode, a line per epoch, a line per step."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
-        self._progress: Any = None
-        self._task: Any = None
-
-    def step(self, message: str) -> None:
-        self._close_bar()
-        self.console.print(f"[bold cyan]>[/] {message}")
-
-    def decoding(self, done: int, total: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        if self._progress is None:
-            self._progress = Progress("decoding images", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                      console=self.console, transient=True)
-            self._progress.start()
-            self._task = self._progress.add_task("decode", total=total)
-        self._progress.update(self._task, completed=done, total=total)
-        if done >= total:
-            self._close_bar()
-
-    def stage(self, name: str, epochs: int) -> None:
-        self._close_bar()
-        if name == "int8-tune":
-            self.console.print(f"[bold cyan]>[/] int8 tuning, {epochs} epochs (KL divergence to the float model)")
-            return
-        self.console.print(f"[bold cyan]>[/] training ({name}), up to {epochs} epochs, early stopping on val loss")
-
-    def epoch(self, stage: str, epoch: int, epochs: int, logs: dict[str, float]) -> None:
-        if "kl" in logs:
-            self.console.print(f"  {stage} {epoch:3d}/{epochs}  KL {logs['kl']:.5f}")
-            return
-        self.console.print(
-            f"  {stage} {epoch:3d}/{epochs}  loss {logs.get('loss', float('nan')):.4f}  "
-            f"acc {logs.get('accuracy', float('nan')):.3f}  val_loss {logs.get('val_loss', float('nan')):.4f}  "
-            f"val_acc {logs.get('val_accuracy', float('nan')):.3f}"
-        )
-
-    def _close_bar(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
-
-
 class Target(str, Enum):
     cpu = "cpu"
     edgetpu = "edgetpu"
 
 
-def _import_tensorflow(command: str) -> Any:
-    """TensorFlow, quietly; on a device install without it, one error line that says what to install."""
-    from edgecls.errors import ConfigError
-    from edgecls.nativelog import quiet_native_stderr
-
-    try:
-        with quiet_native_stderr():  # what TensorFlow prints while it loads
-            import tensorflow
-    except ImportError:
-        raise ConfigError(
-            f"edgecls {command} runs on the workstation and needs TensorFlow: pip install 'edgecls[convert]'"
-        ) from None
-    return tensorflow
+DATA, MODEL, TRAIN, EXPORT, GATE, EXTERNAL = ("Data", "Model", "Training", "Int8 export", "Parity gate and report",
+                                              "A model trained elsewhere (--calibration)")
+CONVERT_EXAMPLES = examples(
+    "edgecls convert --demo --out demo-run",
+    "edgecls convert photos/ --out run",
+    "edgecls convert photos/ --out run --arch mobilenet_v2 --epochs 20 --target edgetpu",
+    "edgecls convert photos/ --out run --int8-method int8-tune --overwrite",
+    "edgecls convert my_model.keras --calibration photos/ --out run",
+)
+TUNE_EXAMPLES = examples(
+    "edgecls tune photos/ --out tune-run --trials 20 --budget-ms 30 --profile rpi4",
+    "edgecls tune photos/ --out tune-run --arch mobilenet_v1 --max-size-kb 500 --timeout 60",
+)
+_METHODS_HELP = "; ".join(f"{m.name}: {m.summary}" for m in INT8_METHODS.values())
 
 
 def convert(
+    ctx: typer.Context,
     source: Annotated[
         Optional[Path],
-        typer.Argument(help="Dataset folder (DATA/<class>/*.jpg or train/ val/ [test/]), or a .keras/.h5/SavedModel "
-                       "to quantise with --calibration.", show_default=False),
+        typer.Argument(help="Dataset folder (DATA/<class>/*.jpg, or train/ val/ and optionally test/), or a "
+                       ".keras/.h5/SavedModel to quantise with --calibration.", show_default=False),
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Output folder for model.tflite, report and plots.")] = Path("edgecls-out"),
-    demo: Annotated[bool, typer.Option("--demo", help="Generate a shapes dataset and run the whole job on it.")] = False,
-    calibration: Annotated[Optional[Path], typer.Option(help="Images (class folders) to calibrate and verify an external model.")] = None,
-    labels: Annotated[Optional[Path], typer.Option(help="Label file for an external model (default: calibration folder names).")] = None,
-    arch: Annotated[Arch, typer.Option(help="Architecture.")] = Arch.compact_cnn,
-    input_size: Annotated[Optional[int], typer.Option(min=16, help="Square input size (default per architecture).")] = None,
-    color: Annotated[Color, typer.Option(help="Model colour input; grayscale is a third of the input work.")] = Color.rgb,
-    alpha: Annotated[float, typer.Option(help="MobileNet width multiplier.")] = 0.25,
-    weights: Annotated[str, typer.Option(help="MobileNet weights: imagenet, none, or a local .h5/.keras file.")] = "imagenet",
-    width: Annotated[int, typer.Option(help="compact-cnn: filters of the first stage.")] = 32,
-    depth: Annotated[int, typer.Option(help="compact-cnn: number of stages.")] = 4,
-    separable: Annotated[bool, typer.Option(help="compact-cnn: depthwise-separable blocks.")] = True,
-    dropout: Annotated[float, typer.Option(help="Dropout before the classifier.")] = 0.2,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs (the head, for transfer models).")] = 40,
-    fine_tune_epochs: Annotated[int, typer.Option(min=0, help="Transfer models: fine-tuning epochs.")] = 15,
-    fine_tune_layers: Annotated[int, typer.Option(min=0, help="Transfer models: top base layers to unfreeze.")] = 30,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    learning_rate: Annotated[float, typer.Option(help="Learning rate (fine-tuning uses a tenth).")] = 1e-3,
-    optimizer: Annotated[Optimizer, typer.Option(help="adam, or sgd with Nesterov momentum 0.9 (about 10x the learning rate; keep adam for transfer models, whose fine-tuning collapsed with sgd).")] = Optimizer.adam,
-    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.99)] = 0.0,
-    augment: Annotated[float, typer.Option(min=0.0, max=3.0, help="Augmentation strength (0 = off).")] = 1.0,
-    mixup: Annotated[float, typer.Option(min=0.0, max=10.0, help="MixUp strength, the Beta(a, a) alpha (0 = off; try 0.2).")] = 0.0,
-    weight_decay: Annotated[float, typer.Option(min=0.0, max=0.99, help="Decoupled weight decay of kernels (0 = none; with Adam, AdamW).")] = 0.0,
-    patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience in epochs.")] = 8,
-    class_weights: Annotated[ClassWeights, typer.Option(help="'auto' weighs classes by inverse frequency.")] = ClassWeights.none,
-    seed: Annotated[int, typer.Option(help="Seed for the split, shuffling and augmentation.")] = 0,
-    split: Annotated[str, typer.Option(help="train,val,test percentages.")] = "70,15,15",
-    strategy: Annotated[Strategy, typer.Option(help="tf.distribute strategy (multi-worker reads TF_CONFIG).")] = Strategy.default,
-    resize: Annotated[Resize, typer.Option(help="How the device fits frames to the input.")] = Resize.squash,
-    quant: Annotated[Quant, typer.Option(help="Quantisation of the exported model.")] = Quant.int8,
-    io: Annotated[IoType, typer.Option("--io", help="int8 models: input/output type.")] = IoType.int8,
-    calibration_samples: Annotated[int, typer.Option(min=1, help="Representative images for int8 calibration.")] = 300,
-    bias_correction: Annotated[
-        bool, typer.Option(help="int8: correct conv biases for the mean error of weight rounding (float model unchanged).")
-    ] = True,
-    int8_tune: Annotated[
-        bool, typer.Option("--int8-tune", help="int8: error-compensating rounding, then fine-tune with the rounding in the "
-                           "loop to match the float model (for fine-tuned MobileNets; a few minutes).")
-    ] = False,
-    int8_tune_epochs: Annotated[int, typer.Option(min=1, help="Epochs of --int8-tune over the training images.")] = 16,
+    demo: Annotated[bool, typer.Option("--demo", help="Generate a shapes dataset and run the whole job on it; other "
+                                       "flags given override the demo's settings.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a finished run in --out (the whole folder).")] = False,
+    calibration: Annotated[Optional[Path], typer.Option(help="Images (class folders) to calibrate and verify an external model.", rich_help_panel=EXTERNAL)] = None,
+    labels: Annotated[Optional[Path], typer.Option(help="Label file for an external model (default: calibration folder names).", rich_help_panel=EXTERNAL)] = None,
+    mean: Annotated[Optional[float], typer.Option(help="External model: the mean it subtracts from pixels.", rich_help_panel=EXTERNAL)] = None,
+    std: Annotated[Optional[float], typer.Option(help="External model: the std it divides pixels by.", rich_help_panel=EXTERNAL)] = None,
+    arch: Annotated[Arch, typer.Option(help="Architecture.", rich_help_panel=MODEL)] = Arch.compact_cnn,  # type: ignore[attr-defined]
+    input_size: Annotated[Optional[int], typer.Option(min=16, help="Square input size (default per architecture).", rich_help_panel=MODEL)] = None,
+    color: Annotated[Color, typer.Option(help="Model colour input; grayscale is a third of the input work.", rich_help_panel=MODEL)] = Color.rgb,
+    alpha: Annotated[float, typer.Option(help="MobileNet width multiplier.", rich_help_panel=MODEL)] = 0.25,
+    weights: Annotated[str, typer.Option(help="MobileNet weights: imagenet, none, or a local .h5/.keras file.", rich_help_panel=MODEL)] = "imagenet",
+    width: Annotated[int, typer.Option(help="compact-cnn: filters of the first stage.", rich_help_panel=MODEL)] = 32,
+    depth: Annotated[int, typer.Option(help="compact-cnn: number of stages.", rich_help_panel=MODEL)] = 4,
+    separable: Annotated[bool, typer.Option(help="compact-cnn: depthwise-separable blocks.", rich_help_panel=MODEL)] = True,
+    dropout: Annotated[float, typer.Option(help="Dropout before the classifier.", rich_help_panel=MODEL)] = 0.2,
+    target: Annotated[
+        Target, typer.Option(help="edgetpu: Edge-TPU-friendly build, pre-flight, and edgetpu_compiler when installed.", rich_help_panel=MODEL)
+    ] = Target.cpu,
+    split: Annotated[str, typer.Option(help="train,val,test percentages.", rich_help_panel=DATA)] = "70,15,15",
+    seed: Annotated[int, typer.Option(help="Seed for the split, weight initialisation, shuffling and augmentation.", rich_help_panel=DATA)] = 0,
+    resize: Annotated[Resize, typer.Option(help="How the device fits frames to the input.", rich_help_panel=DATA)] = Resize.squash,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs (the head, for transfer models).", rich_help_panel=TRAIN)] = 40,
+    fine_tune_epochs: Annotated[int, typer.Option(min=0, help="Transfer models: fine-tuning epochs.", rich_help_panel=TRAIN)] = 15,
+    fine_tune_layers: Annotated[int, typer.Option(min=0, help="Transfer models: top base layers to unfreeze.", rich_help_panel=TRAIN)] = 30,
+    batch_size: Annotated[int, typer.Option(min=1, rich_help_panel=TRAIN)] = 32,
+    learning_rate: Annotated[float, typer.Option(help="Learning rate (fine-tuning uses a tenth).", rich_help_panel=TRAIN)] = 1e-3,
+    optimizer: Annotated[Optimizer, typer.Option(help="adam, or sgd with Nesterov momentum 0.9 (about 10x the learning rate; keep adam for transfer models, whose fine-tuning collapsed with sgd).", rich_help_panel=TRAIN)] = Optimizer.adam,
+    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.99, rich_help_panel=TRAIN)] = 0.0,
+    augment: Annotated[float, typer.Option(min=0.0, max=3.0, help="Augmentation strength (0 = off).", rich_help_panel=TRAIN)] = 1.0,
+    mixup: Annotated[float, typer.Option(min=0.0, max=10.0, help="MixUp strength, the Beta(a, a) alpha (0 = off; try 0.2).", rich_help_panel=TRAIN)] = 0.0,
+    weight_decay: Annotated[float, typer.Option(min=0.0, max=0.99, help="Decoupled weight decay of kernels (0 = none; with Adam, AdamW).", rich_help_panel=TRAIN)] = 0.0,
+    patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience in epochs.", rich_help_panel=TRAIN)] = 8,
+    class_weights: Annotated[ClassWeights, typer.Option(help="'auto' weighs classes by inverse frequency.", rich_help_panel=TRAIN)] = ClassWeights.none,
+    strategy: Annotated[Strategy, typer.Option(help="tf.distribute strategy (multi-worker reads TF_CONFIG).", rich_help_panel=TRAIN)] = Strategy.default,
     teacher: Annotated[
         Optional[Path], typer.Option(help="Distil from this model: an earlier convert output folder (same data, split "
-                                     "and seed) or a .keras file; the training targets blend in its probabilities.")
+                                     "and seed) or a .keras file; the training targets blend in its probabilities.", rich_help_panel=TRAIN)
     ] = None,
-    teacher_weight: Annotated[float, typer.Option(help="With --teacher: the teacher's share of the targets, in (0, 1].")] = 0.7,
-    max_drop: Annotated[float, typer.Option(min=0.0, help="Largest allowed top-1 drop of the quantised model, in points.")] = 1.0,
+    teacher_weight: Annotated[float, typer.Option(help="With --teacher: the teacher's share of the targets, in (0, 1].", rich_help_panel=TRAIN)] = 0.7,
+    deterministic: Annotated[
+        bool, typer.Option("--deterministic", help="Deterministic TensorFlow ops: --seed reproduces the model exactly (slower).", rich_help_panel=TRAIN)
+    ] = False,
+    quant: Annotated[Quant, typer.Option(help="Quantisation of the exported model.", rich_help_panel=EXPORT)] = Quant.int8,
+    io: Annotated[IoType, typer.Option("--io", help="int8 models: input/output type.", rich_help_panel=EXPORT)] = IoType.int8,
+    calibration_samples: Annotated[int, typer.Option(min=1, help="Representative images for int8 calibration.", rich_help_panel=EXPORT)] = 300,
+    int8_method: Annotated[
+        Int8MethodChoice, typer.Option("--int8-method", help=f"How the float model is fitted to int8. {_METHODS_HELP}.", rich_help_panel=EXPORT)  # type: ignore[valid-type]
+    ] = Int8MethodChoice[DEFAULT_INT8_METHOD.replace("-", "_")],  # type: ignore[misc]
+    int8_tune_epochs: Annotated[int, typer.Option(min=1, help="Epochs of --int8-method int8-tune over the training images.", rich_help_panel=EXPORT)] = 16,
+    qat_epochs: Annotated[int, typer.Option(min=1, help="Epochs of --int8-method qat.", rich_help_panel=EXPORT)] = 5,
+    # The three switches the int8 method replaced, kept working for existing scripts (not shown in --help).
+    qat: Annotated[bool, typer.Option("--qat", hidden=True)] = False,
+    int8_tune: Annotated[bool, typer.Option("--int8-tune", hidden=True)] = False,
+    bias_correction: Annotated[Optional[bool], typer.Option("--bias-correction/--no-bias-correction", hidden=True)] = None,
+    max_drop: Annotated[float, typer.Option(min=0.0, help="Largest allowed top-1 drop of the quantised model, in points.", rich_help_panel=GATE)] = 1.0,
     min_agreement: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Smallest share of test images on which the quantised and the float "
-                            "model agree on the top-1 class.")
+                            "model agree on the top-1 class.", rich_help_panel=GATE)
     ] = 0.9,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a finished run in --out (the whole folder).")] = False,
-    baseline: Annotated[bool, typer.Option(help="Also train the seed-cnn baseline to compare against.")] = True,
-    mean: Annotated[Optional[float], typer.Option(help="External model: the mean it subtracts from pixels.")] = None,
-    std: Annotated[Optional[float], typer.Option(help="External model: the std it divides pixels by.")] = None,
-    target: Annotated[
-        Target, typer.Option(help="edgetpu: Edge-TPU-friendly build, pre-flight, and edgetpu_compiler when installed.")
-    ] = Target.cpu,
-    qat: Annotated[bool, typer.Option("--qat", help="Quantisation-aware fine-tuning before the int8 export (extra: qat).")] = False,
-    qat_epochs: Annotated[int, typer.Option(min=1, help="Epochs of quantisation-aware fine-tuning.")] = 5,
-    deterministic: Annotated[
-        bool, typer.Option("--deterministic", help="Deterministic TensorFlow ops: --seed reproduces the model exactly (slower).")
-    ] = False,
+    baseline: Annotated[bool, typer.Option(help="Also train the seed-cnn baseline to compare against.", rich_help_panel=GATE)] = True,
 ) -> None:
-    """Train a compact CNN or MobileNet transfer model, export it as a verified int8 TFLite model, and report."""
-    import os
+    """Train a compact CNN or MobileNet transfer model, export it as a verified int8 TFLite model, and report.
 
-    from edgecls.cli import project_errors
-
-    # TensorFlow's C++ log: INFO and WARNING, and the ERROR-level lines it prints for things that are not errors here
-    # (cuInit without a GPU, a tf.data attribute from a newer graph); real failures still arrive as exceptions.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    The run is built beside --out and swapped in whole when it is done. Exit code 3: the parity gate failed (the
+    model is still written). A first Ctrl-C while training stops it and exports the best weights so far.
+    """
     with project_errors():
-        _import_tensorflow("convert")
-        from dataclasses import replace
-
-        from convert.pipeline import ConvertOptions, convert_dataset, convert_model, demo_options, write_demo_data
-        from convert.training import TrainConfig
-
-        from convert.pipeline import staged_output
+        method = _int8_method(int8_method.value, qat=qat, int8_tune=int8_tune, bias_correction=bias_correction)
+        values = {
+            "input_size": input_size, "color": color.value, "alpha": alpha, "weights": weights, "width": width,
+            "depth": depth, "separable": separable, "dropout": dropout, "epochs": epochs,
+            "fine_tune_epochs": fine_tune_epochs, "fine_tune_layers": fine_tune_layers, "batch_size": batch_size,
+            "learning_rate": learning_rate, "label_smoothing": label_smoothing, "augment": augment, "mixup": mixup,
+            "weight_decay": weight_decay, "optimizer": optimizer.value, "patience": patience,
+            "class_weights": class_weights is ClassWeights.auto, "seed": seed, "strategy": strategy.value,
+            "arch": arch.value, "split": _parse_split(split), "resize": resize.value, "quant": quant.value, "io": io.value,
+            "calibration_samples": calibration_samples, "max_drop": max_drop, "min_agreement": min_agreement,
+            "baseline": baseline, "labels": labels, "mean": mean, "std": std, "target": target.value,
+            "int8_method": method, "qat_epochs": qat_epochs, "int8_tune_epochs": int8_tune_epochs,
+            "deterministic": deterministic, "teacher": teacher, "teacher_weight": teacher_weight,
+        }
+        from . import api
+        from .progress import RichObserver
 
         observer = RichObserver()
+        common = {"overwrite": overwrite, "progress": observer, "verbose": verbose()}
         if demo:
-            options = replace(demo_options(out), target=target.value, qat=qat, qat_epochs=qat_epochs,
-                              bias_correction=bias_correction, int8_tune=int8_tune, int8_tune_epochs=int8_tune_epochs,
-                              min_agreement=min_agreement)
+            # The demo's own settings, with every flag the user gave on top (the int8 method counts as given when
+            # one of its old switches was).
+            given = {k: v for k, v in values.items() if _given(ctx, k)}
+            if method != DEFAULT_INT8_METHOD:
+                given["int8_method"] = method
+            result = _with_early_stop(lambda request: api.demo(out, stop_request=request, **common, **given),
+                                      observer)
+        elif source is None:
+            raise typer.BadParameter("give a dataset folder (or a model with --calibration), or use --demo")
+        elif calibration is not None:
+            result = api.quantize(source, calibration, out, **common, **values)
         else:
-            if source is None:
-                raise typer.BadParameter("give a dataset folder (or a model with --calibration), or use --demo")
-            options = ConvertOptions(
-                out_dir=out, arch=arch.value, input_size=input_size, color=color.value, alpha=alpha, weights=weights,
-                width=width, depth=depth, separable=separable, dropout=dropout,
-                train=TrainConfig(epochs=epochs, fine_tune_epochs=fine_tune_epochs, fine_tune_layers=fine_tune_layers,
-                                  batch_size=batch_size, learning_rate=learning_rate, label_smoothing=label_smoothing,
-                                  augment=augment, mixup=mixup, weight_decay=weight_decay, optimizer=optimizer.value,
-                                  patience=patience, class_weights=class_weights is ClassWeights.auto, seed=seed, strategy=strategy.value),
-                split=_parse_split(split), resize=resize.value, quant=quant.value, io=io.value,
-                calibration_samples=calibration_samples, max_drop=max_drop, min_agreement=min_agreement,
-                baseline=baseline, labels=labels,
-                mean=mean, std=std, target=target.value, qat=qat, qat_epochs=qat_epochs,
-                deterministic=deterministic, bias_correction=bias_correction, int8_tune=int8_tune,
-                int8_tune_epochs=int8_tune_epochs, teacher=teacher, teacher_weight=teacher_weight,
-            )
-            data_dir = source
-        # The run is built in a sibling folder and swapped in whole at the end: --out holds the old run or the new
-        # one, never a mix (an interrupt or an error leaves the old one as it was).
-        with staged_output(out, overwrite=overwrite) as stage:
-            options = replace(options, out_dir=stage)
-            if demo:
-                observer.step(f"writing the demo dataset to {out / 'demo_data'}")
-                data_dir = write_demo_data(stage, seed=seed)
-            if calibration is not None:
-                report = convert_model(data_dir, calibration, options, observer)
-            else:
-                report = _with_early_stop(lambda request: convert_dataset(data_dir, options, observer, request),
-                                          observer)
-        _summary(observer, report, out, demo)
-    if not report["passed"]:
-        typer.echo(f"error: {report['gate_message']}", err=True)
+            result = _with_early_stop(lambda request: api.train(source, out, stop_request=request, **common, **values),
+                                      observer)
+        _summary(observer, dict(result.report), out, demo)
+    if not result.passed:
+        typer.echo(f"error: {result.gate_message}", err=True)
         raise typer.Exit(code=EXIT_VERDICT)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given on the command line (not left at its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _int8_method(chosen: str, *, qat: bool, int8_tune: bool, bias_correction: Optional[bool]) -> str:
+    """--int8-method, or what the old switches (--qat, --int8-tune, --no-bias-correction) meant."""
+    from edgecls.errors import ConfigError
+
+    if qat and int8_tune:
+        raise ConfigError("--int8-tune and --qat are two ways to fit the model to int8: choose one --int8-method")
+    old = "qat" if qat else "int8-tune" if int8_tune else "ptq" if bias_correction is False else None
+    if old is None:
+        return chosen
+    if chosen != DEFAULT_INT8_METHOD and chosen != old:
+        raise ConfigError(f"--int8-method {chosen} and the older switch for {old} disagree: give one --int8-method")
+    return old
 
 
 def _parse_split(text: str) -> tuple[float, float, float]:
@@ -343,7 +307,7 @@ def _on_ctrl_c(take: Callable[[], bool], message: str, observer: RichObserver) -
 
 def _with_ctrl_c_flag(work: Any, observer: RichObserver) -> Any:
     """Run ``work(should_stop)``: the first Ctrl-C asks the work to stop at its next safe point (see
-    convert.training.stop_check); a second one interrupts at once."""
+    edgecls.convert.training.stop_check); a second one interrupts at once."""
     import threading
 
     flag = threading.Event()
@@ -361,7 +325,7 @@ def _with_early_stop(work: Any, observer: RichObserver) -> Any:
     """Run ``work(stop_request)``: a first Ctrl-C while the model trains ends training after the current batch and
     goes on to export and verify the best weights so far; any other Ctrl-C (a second one, or one outside training)
     interrupts at once."""
-    from convert.training import StopRequest
+    from .training import StopRequest
 
     request = StopRequest()
     with _on_ctrl_c(request.request, "stopping training after this batch; the best weights so far will be exported "
@@ -369,35 +333,10 @@ def _with_early_stop(work: Any, observer: RichObserver) -> Any:
         return work(request)
 
 
-class TuneArch(str, Enum):
-    compact_cnn = "compact-cnn"
-    seed_cnn = "seed-cnn"
-    mobilenet_v1 = "mobilenet_v1"
-    mobilenet_v2 = "mobilenet_v2"
-    mobilenet_v3_small = "mobilenet_v3_small"
-
-
-class TuneObserver(RichObserver):
-    """Tuning progress: one line as a trial starts and one as it ends, with the best feasible trial so far."""
-
-    def epoch(self, stage: str, epoch: int, epochs: int, logs: dict[str, float]) -> None:
-        pass
-
-    def trial_done(self, record: Any, best: Any, done: int, total: int) -> None:
-        if record.state == "complete":
-            verdict = "[green]feasible[/]" if record.feasible else "[yellow]over budget[/]"
-            line = (f"int8 val top-1 {100 * record.accuracy:.1f}%, {record.latency_ms:.2f} ms, "
-                    f"{record.size_kb:.0f} KB, {verdict}")
-        else:
-            line = f"[yellow]{record.state}[/]"
-        best_line = f"; best so far: trial {best.number} ({100 * best.accuracy:.1f}%)" if best else ""
-        self.console.print(f"[bold]trial {record.number}[/] ({done}/{total} done): {line}{best_line}", soft_wrap=True)
-
-
 def tune(
-    data: Annotated[Path, typer.Argument(help="Dataset folder (DATA/<class>/*.jpg or train/ val/ [test/]).")],
+    data: Annotated[Path, typer.Argument(help="Dataset folder (DATA/<class>/*.jpg or train/ val/ and optionally test/).")],
     out: Annotated[Path, typer.Option("--out", help="Study, trials, table, plot and the chosen model.")] = Path("edgecls-tune"),
-    arch: Annotated[TuneArch, typer.Option(help="Architecture to search.")] = TuneArch.compact_cnn,
+    arch: Annotated[Arch, typer.Option(help="Architecture to search.")] = Arch.compact_cnn,  # type: ignore[attr-defined]
     trials: Annotated[int, typer.Option(min=1, help="Trials in the study (finished ones count when resuming).")] = 20,
     budget_ms: Annotated[Optional[float], typer.Option(min=0.0, help="Largest p90 latency (edgecls bench, x profile factor).")] = None,
     max_size_kb: Annotated[Optional[float], typer.Option(min=0.0, help="Largest int8 model file.")] = None,
@@ -423,18 +362,16 @@ def tune(
 
     Resumable: run the same command again to continue a study in OUT/study.db. Ctrl-C keeps the finished trials.
     """
-    import os
+    from .progress import TuneObserver
 
-    from edgecls.cli import project_errors
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as in convert
     observer = TuneObserver()
     with project_errors():
-        _import_tensorflow("tune").get_logger().setLevel("ERROR")  # retracing notes between trials of other shapes
-        from convert.pipeline import ConvertOptions
-        from convert.training import TrainConfig
-        from convert.tune import TuneOptions
-        from convert.tune import tune as run_tune
+        from .api import import_tensorflow
+
+        import_tensorflow("tune", verbose=verbose())  # quiet: e.g. retracing notes between trials of other shapes
+        from .pipeline import ConvertOptions
+        from .tune import TuneOptions
+        from .tune import tune as run_tune
 
         factor = 1.0
         if profile:
@@ -450,10 +387,9 @@ def tune(
                 sizes = tuple(int(s) for s in input_sizes.split(",") if s.strip())
             except ValueError:
                 raise typer.BadParameter(f"--input-sizes expects numbers like 64,96 (received {input_sizes!r})") from None
-        base = ConvertOptions(out_dir=out, arch=arch.value, color=color.value, weights=weights, resize=resize.value,
-                              io=io.value, calibration_samples=calibration_samples, max_drop=max_drop,
-                              min_agreement=min_agreement,
-                              split=_parse_split(split), train=TrainConfig(seed=seed))
+        base = ConvertOptions.create(out, arch=arch.value, color=color.value, weights=weights, resize=resize.value,
+                                     io=io.value, calibration_samples=calibration_samples, max_drop=max_drop,
+                                     min_agreement=min_agreement, split=_parse_split(split), seed=seed)
         options = TuneOptions(base=base, trials=trials, budget_ms=budget_ms, max_size_kb=max_size_kb,
                               timeout_min=timeout, seed=seed, max_epochs=max_epochs, latency_factor=factor,
                               profile=profile, bench_threads=bench_threads, input_sizes=sizes)

@@ -96,7 +96,7 @@ def _patches(layer: Any, x: np.ndarray) -> np.ndarray:
 
 
 def hessians(model: Any, calibration: np.ndarray) -> list[tuple[Any, np.ndarray]]:
-    """(target, input second moment) for every conv the converter folds (see convert.biascorrect._targets)."""
+    """(target, input second moment) for every conv the converter folds (see edgecls.convert.biascorrect._targets)."""
     import keras
 
     def second_moment(t: Any, x: np.ndarray) -> np.ndarray:
@@ -218,7 +218,7 @@ def export_tuned(model: Any, calibration: np.ndarray, images: np.ndarray, *, io_
                  **tuning: Any) -> tuple[bytes, dict[str, Any]]:
     """Full-int8 TFLite bytes of ``model`` tuned as `tuned_for_int8` does (``tuning``: its keyword arguments), and
     the tuning summary; ``model`` is unchanged afterwards."""
-    from .quantize import to_tflite
+    from .tflite_export import to_tflite
 
     with tuned_for_int8(model, calibration, images, **tuning) as summary:
         flat = to_tflite(model, mode="int8", io_type=io_type, representative=calibration, bias_correction=False)

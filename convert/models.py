@@ -12,17 +12,32 @@ from typing import Any, Callable
 
 from edgecls.errors import ConfigError, ConversionError
 
-ARCHITECTURES: dict[str, Callable[["ModelSpec"], Any]] = {}
-MOBILENET_ALPHAS = {
-    "mobilenet_v1": (0.25, 0.5, 0.75, 1.0),
-    "mobilenet_v2": (0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
-    "mobilenet_v3_small": (0.75, 1.0),
-}
 # Keras' default 0.99 needs hundreds of steps before the moving statistics are usable; small datasets give tens
 # per epoch, and validation (which uses those statistics) would look stuck at chance for many epochs.
 BN_MOMENTUM = 0.9
-DEFAULT_INPUT_SIZE = {"compact-cnn": 96, "seed-cnn": 64, "mobilenet_v1": 128, "mobilenet_v2": 128,
-                      "mobilenet_v3_small": 128}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One entry of the registry: how to build it and the facts the rest of the converter asks about it. The CLI's
+    --arch choices, tune's search space and quantisation-aware training's support are all read from here."""
+
+    name: str
+    build: Callable[["ModelSpec"], Any]
+    input_size: int  # the default square input
+    tune_sizes: tuple[int, ...]  # input sizes `edgecls tune` searches by default
+    family: str  # "seed" (the tutorial CNN), "compact" (our CNN: width, depth, separable), "mobilenet" (transfer)
+    alphas: tuple[float, ...] = ()  # MobileNet width multipliers
+    qat: bool = True  # quantisation-aware training can rebuild it (the toolkit's registry covers its layers)
+    summary: str = ""
+
+    @property
+    def transfer(self) -> bool:
+        """Trained as a frozen pretrained base with a new head, then fine-tuned."""
+        return self.family == "mobilenet"
+
+
+ARCHITECTURES: dict[str, Architecture] = {}
 
 
 @dataclass(frozen=True)
@@ -45,23 +60,30 @@ class ModelSpec:
     relu_cap: float | None = 6.0
 
 
-def register(name: str) -> Callable[[Callable[[ModelSpec], Any]], Callable[[ModelSpec], Any]]:
+def register(name: str, **facts: Any) -> Callable[[Callable[[ModelSpec], Any]], Callable[[ModelSpec], Any]]:
+    """Add a builder to the registry with its `Architecture` facts (input_size, tune_sizes, family, ...)."""
     def wrap(fn: Callable[[ModelSpec], Any]) -> Callable[[ModelSpec], Any]:
-        ARCHITECTURES[name] = fn
+        ARCHITECTURES[name] = Architecture(name=name, build=fn, summary=(fn.__doc__ or "").split("\n")[0], **facts)
         return fn
 
     return wrap
 
 
+def architecture(name: str) -> Architecture:
+    """The registry entry for ``name``; ConfigError naming the choices when there is none."""
+    if name not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {name!r}; available: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+
 def create_model(name: str, spec: ModelSpec) -> Any:
     """Build architecture ``name`` (see ARCHITECTURES) for ``spec``; the model is not compiled."""
-    if name not in ARCHITECTURES:
-        raise ConfigError(f"unknown architecture {name!r}; available: {', '.join(sorted(ARCHITECTURES))}")
+    arch = architecture(name)
     if spec.num_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes (received {spec.num_classes})")
     if not 0.0 <= spec.dropout < 1.0:
         raise ConfigError(f"dropout must be in [0, 1) (received {spec.dropout})")
-    return ARCHITECTURES[name](spec)
+    return arch.build(spec)
 
 
 def uses_sigmoid(name: str, num_classes: int) -> bool:
@@ -103,7 +125,7 @@ def _head(keras: Any, x: Any, spec: ModelSpec, name: str) -> Any:
     return keras.layers.Dense(spec.num_classes, activation="softmax", name="predictions")(x)
 
 
-@register("seed-cnn")
+@register("seed-cnn", input_size=64, tune_sizes=(64,), family="seed")
 def seed_cnn(spec: ModelSpec) -> Any:
     """The classic tutorial CNN, exactly: Conv2D(32, 3x3, relu) on 64x64, MaxPooling 2x2, Flatten, Dense(128, relu),
     then Dense(1, sigmoid) for two classes or softmax for more. No dropout: it is the untuned baseline."""
@@ -123,7 +145,7 @@ def seed_cnn(spec: ModelSpec) -> Any:
     return keras.Model(inputs, outputs, name="seed_cnn")
 
 
-@register("compact-cnn")
+@register("compact-cnn", input_size=96, tune_sizes=(48, 64, 96, 128), family="compact")
 def compact_cnn(spec: ModelSpec) -> Any:
     """Our small edge CNN: a strided conv stem, ``depth`` stages of conv/BN/ReLU (depthwise-separable when
     ``separable``) that halve the resolution and double the width (capped at 8x), global average pooling, dropout."""
@@ -159,7 +181,7 @@ def compact_cnn(spec: ModelSpec) -> Any:
 def _mobilenet(name: str, spec: ModelSpec) -> Any:
     keras = _keras()
     layers = keras.layers
-    alphas = MOBILENET_ALPHAS[name]
+    alphas = ARCHITECTURES[name].alphas
     if spec.alpha not in alphas:
         raise ConfigError(f"{name} supports --alpha {', '.join(map(str, alphas))} (received {spec.alpha})")
     if spec.input_size < 32:
@@ -208,19 +230,31 @@ def _resolve_weights(weights: str) -> str | None:
     return str(path)
 
 
-@register("mobilenet_v1")
+@register("mobilenet_v1", input_size=128, tune_sizes=(96, 128, 160), family="mobilenet", alphas=(0.25, 0.5, 0.75, 1.0))
 def mobilenet_v1(spec: ModelSpec) -> Any:
+    """MobileNet V1 (ImageNet weights), frozen then fine-tuned."""
     return _mobilenet("mobilenet_v1", spec)
 
 
-@register("mobilenet_v2")
+@register("mobilenet_v2", input_size=128, tune_sizes=(96, 128, 160), family="mobilenet",
+          alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4))
 def mobilenet_v2(spec: ModelSpec) -> Any:
+    """MobileNet V2 (ImageNet weights), frozen then fine-tuned."""
     return _mobilenet("mobilenet_v2", spec)
 
 
-@register("mobilenet_v3_small")
+# MobileNetV3's hard-swish and squeeze-excite blocks are not in the quantisation toolkit's registry: no QAT.
+@register("mobilenet_v3_small", input_size=128, tune_sizes=(96, 128, 160), family="mobilenet", alphas=(0.75, 1.0),
+          qat=False)
 def mobilenet_v3_small(spec: ModelSpec) -> Any:
+    """MobileNet V3 small (ImageNet weights; minimalistic for the Edge TPU), frozen then fine-tuned."""
     return _mobilenet("mobilenet_v3_small", spec)
+
+
+# Derived views of the registry, for the code that asks one question of every architecture.
+DEFAULT_INPUT_SIZE = {name: a.input_size for name, a in ARCHITECTURES.items()}
+MOBILENET_ALPHAS = {name: a.alphas for name, a in ARCHITECTURES.items() if a.family == "mobilenet"}
+QAT_ARCHS = tuple(name for name, a in ARCHITECTURES.items() if a.qat)
 
 
 def base_model(model: Any) -> Any | None:

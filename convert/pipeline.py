@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
@@ -26,99 +26,16 @@ from edgecls import __version__
 from edgecls.errors import ConfigError, WriteError
 from edgecls.fsutil import atomic_write_bytes, atomic_write_text
 from edgecls.labels import format_labels, read_labels_file
-from edgecls.metadata import embed_manifest
+from edgecls.manifest import embed_manifest
 from edgecls.preprocess import PreprocessConfig
 
 from . import evaluate, report as reporting
 from .data import Dataset, scan, stratified_sample
-from .models import DEFAULT_INPUT_SIZE, ModelSpec, create_model, uses_sigmoid
-from .quantize import IO_TYPES, QUANT_MODES, to_tflite
-from .training import StopRequest, TrainConfig, TrainingObserver, deterministic, make_strategy, train
-
-COLORS = ("rgb", "grayscale")
-TARGETS = ("cpu", "edgetpu")
-
-
-@dataclass(frozen=True)
-class ConvertOptions:
-    """Everything `edgecls convert` can be told. Defaults are what a user gets with no flags."""
-
-    out_dir: Path
-    arch: str = "compact-cnn"
-    input_size: int | None = None  # None: the architecture's default
-    color: str = "rgb"
-    alpha: float = 0.25
-    weights: str = "imagenet"
-    width: int = 32
-    depth: int = 4
-    separable: bool = True
-    dropout: float = 0.2
-    train: TrainConfig = field(default_factory=TrainConfig)
-    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    resize: str = "squash"
-    quant: str = "int8"
-    io: str = "int8"
-    calibration_samples: int = 300
-    max_drop: float = 1.0
-    min_agreement: float = 0.9  # the gate also wants int8 and float to give the same top-1 on this share of images
-    baseline: bool = True
-    labels: Path | None = None
-    mean: float | None = None  # external models only: the normalisation the model expects
-    std: float | None = None
-    target: str = "cpu"  # "edgetpu": Edge-TPU-friendly build, pre-flight, and edgetpu_compiler when installed
-    qat: bool = False  # quantisation-aware fine-tuning before the int8 export (the `qat` extra)
-    deterministic: bool = False  # deterministic TF ops: --seed reproduces the model exactly, at some speed cost
-    qat_epochs: int = 5
-    bias_correction: bool = True  # int8: correct conv biases for weight rounding (convert.biascorrect)
-    int8_tune: bool = False  # int8: error-compensating rounding, then fine-tuning with it (convert.int8tune)
-    int8_tune_epochs: int = 16
-    teacher: Path | None = None  # distil from this convert output folder or .keras file (convert.distill)
-    teacher_weight: float = 0.7
-
-    def __post_init__(self) -> None:
-        if self.target not in TARGETS:
-            raise ConfigError(f"--target {self.target!r} is not one of {', '.join(TARGETS)}")
-        if self.qat and self.quant != "int8":
-            raise ConfigError(f"--qat exports a full int8 model; it needs --quant int8 (received --quant {self.quant})")
-        if self.int8_tune and self.quant != "int8":
-            raise ConfigError(f"--int8-tune tunes a full int8 model; it needs --quant int8 (received --quant {self.quant})")
-        if self.int8_tune and self.qat:
-            raise ConfigError("--int8-tune and --qat are two ways to fit the model to int8: choose one")
-        if self.int8_tune_epochs < 1:
-            raise ConfigError(f"--int8-tune-epochs must be at least 1 (received {self.int8_tune_epochs})")
-        if not 0 < self.teacher_weight <= 1:
-            raise ConfigError(f"--teacher-weight must be in (0, 1] (received {self.teacher_weight})")
-        if self.qat_epochs < 1:
-            raise ConfigError(f"--qat-epochs must be at least 1 (received {self.qat_epochs})")
-        if self.target == "edgetpu" and self.quant != "int8":
-            raise ConfigError(f"--target edgetpu needs --quant int8 (received --quant {self.quant}): the Edge TPU runs only 8-bit models")
-        if self.color not in COLORS:
-            raise ConfigError(f"--color {self.color!r} is not one of {', '.join(COLORS)}")
-        if self.quant not in QUANT_MODES:
-            raise ConfigError(f"--quant {self.quant!r} is not one of {', '.join(QUANT_MODES)}")
-        if self.io not in IO_TYPES:
-            raise ConfigError(f"--io {self.io!r} is not one of {', '.join(IO_TYPES)}")
-        if self.calibration_samples < 1:
-            raise ConfigError(f"--calibration-samples must be at least 1 (received {self.calibration_samples})")
-        if self.max_drop < 0:
-            raise ConfigError(f"--max-drop must be >= 0 percentage points (received {self.max_drop})")
-        if not 0 <= self.min_agreement <= 1:
-            raise ConfigError(f"--min-agreement must be between 0 and 1 (received {self.min_agreement})")
-        if (self.mean is None) != (self.std is None):
-            raise ConfigError("give both --mean and --std, or neither")
-
-    @property
-    def corrects_biases(self) -> bool:
-        """Whether the int8 export corrects biases: post-training int8 only (QAT trains with the rounding)."""
-        return self.quant == "int8" and self.bias_correction and not self.qat and not self.int8_tune
-
-    @property
-    def channels(self) -> int:
-        return 1 if self.color == "grayscale" else 3
-
-    def size(self) -> int:
-        return self.input_size or DEFAULT_INPUT_SIZE.get(self.arch, 96)
-
+from .int8methods import DEFAULT_INT8_METHOD, INT8_METHODS, Int8Context, check_supported, int8_method
+from .models import create_model, uses_sigmoid
+from .options import ConvertOptions
+from .tflite_export import to_tflite
+from .training import StopRequest, TrainingObserver, deterministic, make_strategy, train
 
 class ConvertObserver(TrainingObserver, Protocol):
     """Progress events for whoever displays them (the CLI)."""
@@ -231,7 +148,7 @@ def convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertOb
                     stop_request: StopRequest | None = None, *, overwrite: bool = False) -> dict[str, Any]:
     """Train ``options.arch`` on a folder-per-class (or pre-split) dataset, export, verify and report.
     ``stop_request`` lets the caller end training early and still get the exported, verified model (see
-    convert.training.StopRequest); the seed-cnn baseline is then skipped. The run is built beside
+    edgecls.convert.training.StopRequest); the seed-cnn baseline is then skipped. The run is built beside
     ``options.out_dir`` and swapped in whole at the end (see `staged_output`; ``overwrite`` replaces a finished
     run)."""
     with staged_output(options.out_dir, overwrite=overwrite) as stage:
@@ -240,34 +157,17 @@ def convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertOb
 
 def _convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertObserver | None,
                      stop_request: StopRequest | None) -> dict[str, Any]:
-    import keras
-
+    """The stages, in order: prepare the data, build the model, train, then `export_and_verify` (export with the
+    chosen int8 method, verify through the runtime, gate, write the run)."""
     obs = observer or QuietObserver()
     started = time.perf_counter()
-    if options.qat:  # fail before training, not after it
-        from . import qat
-
-        qat.import_toolkit()
-        if options.arch not in qat.QAT_ARCHS:
-            raise ConfigError(f"--qat supports --arch {', '.join(qat.QAT_ARCHS)} (received {options.arch})")
-    keras.utils.set_random_seed(options.train.seed)  # weight init, dropout and shuffling follow --seed
-    if options.deterministic:
-        deterministic()
-    size = options.size()
-    preprocess = PreprocessConfig(resize=options.resize, mean=0.0, std=1.0)
-    obs.step(f"reading {data_dir}")
-    dataset = scan(data_dir, input_size=(size, size), channels=options.channels, seed=options.train.seed,
-                   split=options.split, preprocess=preprocess, progress=obs.decoding)
-    obs.step(f"{len(dataset.classes)} classes {list(dataset.classes)}; split {dataset.split_sizes()}; "
-             f"{len(dataset.skipped)} files skipped")
+    check_supported(int8_method(options.int8_method), options.arch)  # fail before training, not after it
+    dataset = prepare_data(data_dir, options, obs)
     sigmoid = uses_sigmoid(options.arch, len(dataset.classes))
-    spec = ModelSpec(num_classes=len(dataset.classes), input_size=size, channels=options.channels,
-                     dropout=options.dropout, width=options.width, depth=options.depth, separable=options.separable,
-                     alpha=options.alpha, weights=options.weights, edgetpu=options.target == "edgetpu")
     teacher, teacher_info = _teacher(options, dataset, sigmoid, obs)
     strategy = make_strategy(options.train.strategy)
     with strategy.scope():
-        model = create_model(options.arch, spec)
+        model = create_model(options.arch, options.model_spec(len(dataset.classes)))
     t_train = time.perf_counter()
     history = train(model, dataset, options.train, sigmoid=sigmoid, checkpoint_dir=options.out_dir / "checkpoints",
                     strategy=strategy, observer=obs, teacher=teacher, stop_request=stop_request)
@@ -279,8 +179,26 @@ def _convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertO
                  f"exporting {best} (lowest validation loss)")
     wants_baseline = options.baseline and options.arch != "seed-cnn" and not stopped
     baseline = _baseline(data_dir, dataset, options, obs) if wants_baseline else None
-    return _export_and_verify(model, dataset, options, obs, sigmoid=sigmoid, history=history, baseline=baseline,
-                              timing={"train_s": train_s, "started": started}, teacher=teacher_info)
+    return export_and_verify(model, dataset, options, obs, sigmoid=sigmoid, history=history, baseline=baseline,
+                             timing={"train_s": train_s, "started": started}, teacher=teacher_info)
+
+
+def prepare_data(data_dir: Path, options: ConvertOptions, obs: ConvertObserver) -> Dataset:
+    """Stage 1: seed everything from ``options.train.seed``, then decode and split the dataset at the model's input
+    size (the device's own preprocessing, see edgecls.preprocess)."""
+    import keras
+
+    keras.utils.set_random_seed(options.train.seed)  # weight init, dropout and shuffling follow --seed
+    if options.deterministic:
+        deterministic()
+    size = options.size()
+    preprocess = PreprocessConfig(resize=options.resize, mean=0.0, std=1.0)
+    obs.step(f"reading {data_dir}")
+    dataset = scan(data_dir, input_size=(size, size), channels=options.channels, seed=options.train.seed,
+                   split=options.split, preprocess=preprocess, progress=obs.decoding)
+    obs.step(f"{len(dataset.classes)} classes {list(dataset.classes)}; split {dataset.split_sizes()}; "
+             f"{len(dataset.skipped)} files skipped")
+    return dataset
 
 
 def _teacher(options: ConvertOptions, dataset: Dataset, sigmoid: bool,
@@ -334,9 +252,9 @@ def _convert_model(model_path: Path, calibration_dir: Path, options: ConvertOpti
     classes = _external_labels(options.labels, dataset, outputs)
     dataset.classes = tuple(classes)
     sigmoid = outputs == 1
-    opts = replace(options, input_size=size, color="grayscale" if channels == 1 else "rgb", arch=model.name)
-    return _export_and_verify(model, dataset, opts, obs, sigmoid=sigmoid, history=None, baseline=None,
-                              timing={"train_s": 0.0, "started": started}, external=str(model_path))
+    opts = options.updated(input_size=size, color="grayscale" if channels == 1 else "rgb", arch=model.name)
+    return export_and_verify(model, dataset, opts, obs, sigmoid=sigmoid, history=None, baseline=None,
+                             timing={"train_s": 0.0, "started": started}, external=str(model_path))
 
 
 def load_external_model(path: Path) -> Any:
@@ -397,7 +315,7 @@ def _baseline(data_dir: Path, dataset: Dataset, options: ConvertOptions, obs: Co
                  split=options.split, preprocess=PreprocessConfig(resize=options.resize, mean=0.0, std=1.0))
     k = len(small.classes)
     sigmoid = uses_sigmoid("seed-cnn", k)
-    model = create_model("seed-cnn", ModelSpec(num_classes=k, input_size=64, channels=options.channels))
+    model = create_model("seed-cnn", options.updated(arch="seed-cnn", input_size=64).model_spec(k))
     config = replace(options.train, epochs=min(options.train.epochs, 15), fine_tune_epochs=0, augment=0.0)
     started = time.perf_counter()
     train(model, small, config, sigmoid=sigmoid, checkpoint_dir=options.out_dir / "checkpoints" / "baseline",
@@ -407,7 +325,40 @@ def _baseline(data_dir: Path, dataset: Dataset, options: ConvertOptions, obs: Co
             "train_s": round(time.perf_counter() - started, 1)}
 
 
-def _export_and_verify(
+def export(model: Any, dataset: Dataset, options: ConvertOptions, obs: ConvertObserver, *,
+           sigmoid: bool) -> tuple[bytes, Any]:
+    """Stage 4: the TFLite bytes of ``model`` as ``options.quant`` asks, full int8 by the chosen `--int8-method`
+    (see int8methods.INT8_METHODS), with what the method reports (None for most). The float model is unchanged."""
+    ctx = _int8_context(model, dataset, options, obs, sigmoid)
+    obs.step(f"exporting: {options.quant} TFLite" + (f" ({options.method})" if options.method else ""))
+    if options.method is None:
+        return to_tflite(model, mode=options.quant, io_type=options.io, representative=ctx.calibration), None
+    return INT8_METHODS[options.method].run(ctx)
+
+
+def _int8_context(model: Any, dataset: Dataset, options: ConvertOptions, obs: ConvertObserver,
+                  sigmoid: bool) -> Int8Context:
+    cfg = dataset.preprocess
+    norm = lambda x: (x.astype(np.float32) - float(cfg.mean or 0.0)) / float(cfg.std or 1.0)  # noqa: E731
+    calib_idx = stratified_sample(dataset.labels("train"), options.calibration_samples, options.train.seed)
+    return Int8Context(model=model, dataset=dataset, options=options, observer=obs, sigmoid=sigmoid,
+                       calibration=norm(dataset.images["train"][calib_idx]), normalize=norm)
+
+
+def write_model(path: Path, flat: bytes, manifest: dict[str, Any], classes: list[str]) -> None:
+    """model.tflite with its manifest and labels embedded, written atomically."""
+    atomic_write_bytes(path, embed_manifest(flat, manifest, labels=classes))
+
+
+def verify(model_path: Path, float_probs: np.ndarray, dataset: Dataset) -> dict[str, Any]:
+    """Stage 5: the exported model's scores on the held-out images through the device runtime (the same
+    preprocessing the device runs), compared with the float model's ``float_probs`` on the same images."""
+    test_labels = np.array([s.label for s in dataset.samples["test"]])
+    tflite_probs = evaluate.tflite_probabilities(model_path, [s.path for s in dataset.samples["test"]])
+    return evaluate.compare(test_labels, float_probs, tflite_probs, list(dataset.classes))
+
+
+def export_and_verify(
     model: Any,
     dataset: Dataset,
     options: ConvertOptions,
@@ -420,61 +371,52 @@ def _export_and_verify(
     external: str | None = None,
     teacher: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Stages 4 to 7 for a trained ``model``: export, verify, gate, and write the run into ``options.out_dir``
+    (model.keras, model.tflite with its manifest, labels.txt, report.json/.md, plots). Returns the report."""
     out = options.out_dir
     out.mkdir(parents=True, exist_ok=True)
     classes = list(dataset.classes)
-    cfg = dataset.preprocess
-    norm = lambda x: (x.astype(np.float32) - float(cfg.mean or 0.0)) / float(cfg.std or 1.0)  # noqa: E731
-    obs.step(f"exporting: {options.quant} TFLite")
-    calib_idx = stratified_sample(dataset.labels("train"), options.calibration_samples, options.train.seed)
-    calibration = norm(dataset.images["train"][calib_idx])
-    tuning: dict[str, Any] | None = None
-    if options.quant == "int8" and options.int8_tune:
-        flat, tuning = _tuned_int8(model, dataset, options, obs, calibration, norm)
-    else:
-        flat = to_tflite(model, mode=options.quant, io_type=options.io, representative=calibration,
-                         bias_correction=options.bias_correction)
+    method = INT8_METHODS[options.method] if options.method else None
+    norm = _int8_context(model, dataset, options, obs, sigmoid).normalize
     float_bytes = len(to_tflite(model, mode="none"))
     _save_keras(model, out / "model.keras")
-
-    test_labels = np.array([s.label for s in dataset.samples["test"]])
-    obs.step(f"verifying on {len(test_labels)} held-out images ({dataset.test_source} split)")
     float_probs = evaluate.float_probabilities(model, norm(dataset.images["test"]), sigmoid=sigmoid)
-    # Write the model with a provisional manifest, evaluate it through the runtime, then rewrite with metrics.
-    manifest = _manifest(options, dataset, sigmoid, external=external)
+    manifest = manifest_for(options, dataset, sigmoid, external=external)
     if teacher is not None:
         manifest["provenance"]["teacher"] = {k: teacher.get(k) for k in ("path", "arch", "weight", "split_checked")}
     model_path = out / "model.tflite"
-    atomic_write_bytes(model_path, embed_manifest(flat, manifest, labels=classes))
-    tflite_probs = evaluate.tflite_probabilities(model_path, [s.path for s in dataset.samples["test"]])
-    metrics = evaluate.compare(test_labels, float_probs, tflite_probs, classes)
+    n_test = len(dataset.samples["test"])
     ptq = None
-    if options.qat:
+    if method is not None and method.compare_with_ptq:  # what post-training int8 gives, for the report
+        flat, _ = export(model, dataset, options.updated(int8_method=DEFAULT_INT8_METHOD), obs, sigmoid=sigmoid)
+        write_model(model_path, flat, manifest, classes)
+        obs.step(f"verifying post-training int8 on {n_test} held-out images ({dataset.test_source} split)")
+        metrics = verify(model_path, float_probs, dataset)
         ptq = {"int8_top1": metrics["int8"]["top1"], "drop_points": metrics["drop_points"],
                "agreement": metrics["agreement"], "int8_bytes": len(flat)}
-        flat, qat_history = _quantisation_aware(model, dataset, options, obs, sigmoid, calibration)
-        atomic_write_bytes(model_path, embed_manifest(flat, manifest, labels=classes))
-        obs.step(f"verifying the quantisation-aware int8 model on {len(test_labels)} held-out images")
-        tflite_probs = evaluate.tflite_probabilities(model_path, [s.path for s in dataset.samples["test"]])
-        metrics = evaluate.compare(test_labels, float_probs, tflite_probs, classes)
-        ptq["qat_history"] = qat_history
+    flat, details = export(model, dataset, options, obs, sigmoid=sigmoid)
+    # Written with a provisional manifest, evaluated through the runtime, then rewritten with the metrics.
+    write_model(model_path, flat, manifest, classes)
+    what = f"the {options.method} int8 model" if ptq else "the exported model"
+    obs.step(f"verifying {what} on {n_test} held-out images ({dataset.test_source} split)")
+    metrics = verify(model_path, float_probs, dataset)
     key = "int8" if options.quant == "int8" else "tflite"
     passed = not gate_failures(metrics, options, dataset, trained=history is not None)
     manifest["metrics"] = {"float_top1": metrics["float"]["top1"], f"{key}_top1": metrics["int8"]["top1"],
                            "agreement": metrics["agreement"], "passed": passed}
-    atomic_write_bytes(model_path, embed_manifest(flat, manifest, labels=classes))
+    write_model(model_path, flat, manifest, classes)
     atomic_write_text(out / "labels.txt", format_labels(classes))
 
     result = _report(options, dataset, model, metrics, key, passed, len(flat), float_bytes, baseline, history,
                      timing, external)
     if ptq is not None:
-        result["ptq"] = {k: v for k, v in ptq.items() if k != "qat_history"}
-        result["qat"] = {"epochs": options.qat_epochs, "history": ptq["qat_history"]}
+        result["ptq"] = ptq
+        result["qat"] = {"epochs": options.qat_epochs, "history": details}
         if not passed and ptq["drop_points"] < metrics["drop_points"]:
             result["gate_message"] += (f" Post-training int8 lost only {ptq['drop_points']:.2f} points on this model: "
-                                       "run without --qat.")
-    if tuning is not None:
-        result["int8_tuning"] = tuning
+                                       "run without --int8-method qat.")
+    elif details is not None:
+        result["int8_tuning"] = details
     if teacher is not None:
         result["teacher"] = teacher
     if options.target == "edgetpu":
@@ -487,40 +429,6 @@ def _export_and_verify(
                              f"{options.quant} model on the {dataset.test_source} split")
     reporting.plot_curves(out / "training_curves.png", history or {}, f"{options.arch} training")
     return result
-
-
-def _tuned_int8(model: Any, dataset: Dataset, options: ConvertOptions, obs: ConvertObserver,
-                calibration: np.ndarray, norm: Any) -> tuple[bytes, dict[str, Any]]:
-    """Int8 export after error-compensating rounding and fine-tuning with the rounding in the loop
-    (convert.int8tune); the float model is unchanged afterwards."""
-    from . import int8tune
-
-    images = int8tune.tuning_images(dataset.images["train"], dataset.labels("train"), options.train.seed)
-    obs.step(f"int8 tuning: rounding with error compensation, then {options.int8_tune_epochs} epochs of fine-tuning "
-             f"against the float model on {len(images)} training images")
-    obs.stage("int8-tune", options.int8_tune_epochs)
-    on_epoch = lambda e, n, kl: obs.epoch("int8-tune", e, n, {"kl": kl})  # noqa: E731
-    return int8tune.export_tuned(model, calibration, images, io_type=options.io, normalize=norm,
-                                 epochs=options.int8_tune_epochs, seed=options.train.seed, on_epoch=on_epoch)
-
-
-def _quantisation_aware(model: Any, dataset: Dataset, options: ConvertOptions, obs: ConvertObserver, sigmoid: bool,
-                        calibration: np.ndarray) -> tuple[bytes, dict[str, Any]]:
-    """Fine-tune ``model`` with fake quantisation (see convert.qat) and export it as full int8."""
-    from . import qat
-
-    if options.arch not in qat.QAT_ARCHS:
-        raise ConfigError(f"--qat supports --arch {', '.join(qat.QAT_ARCHS)} (received {options.arch})")
-    spec = ModelSpec(num_classes=len(dataset.classes), input_size=options.size(), channels=options.channels,
-                     dropout=options.dropout, width=options.width, depth=options.depth, separable=options.separable,
-                     alpha=options.alpha, weights="none", edgetpu=options.target == "edgetpu")
-    obs.step(f"quantisation-aware fine-tuning, {options.qat_epochs} epochs")
-    qmodel = qat.qat_model(model, options.arch, spec)
-    history = qat.finetune(qmodel, dataset, epochs=options.qat_epochs, learning_rate=options.train.learning_rate / 10,
-                           batch_size=options.train.batch_size, sigmoid=sigmoid, augment=options.train.augment,
-                           seed=options.train.seed, observer=obs)
-    obs.step("exporting: int8 TFLite from the quantisation-aware model")
-    return qat.to_int8(qmodel, io_type=options.io, representative=calibration), history
 
 
 def edgetpu_step(model_path: Path, manifest: dict[str, Any], classes: list[str]) -> dict[str, Any]:
@@ -570,7 +478,7 @@ def _save_keras(model: Any, path: Path) -> None:
     tmp.replace(path)
 
 
-def _manifest(options: ConvertOptions, dataset: Dataset, sigmoid: bool, external: str | None) -> dict[str, Any]:
+def manifest_for(options: ConvertOptions, dataset: Dataset, sigmoid: bool, external: str | None) -> dict[str, Any]:
     """The manifest embedded in model.tflite; its "metrics" are filled in once the model has been verified."""
     size = options.size()
     return {
@@ -580,8 +488,8 @@ def _manifest(options: ConvertOptions, dataset: Dataset, sigmoid: bool, external
         "output": {"activation": "probabilities", "head": "sigmoid" if sigmoid else "softmax"},
         "quantization": {"mode": options.quant, "io": options.io if options.quant == "int8" else "float32",
                          "calibration_samples": options.calibration_samples,
-                         "bias_correction": options.corrects_biases,
-                         "int8_tune": options.quant == "int8" and options.int8_tune},
+                         "method": options.method, "bias_correction": options.corrects_biases,
+                         "int8_tune": options.int8_tune},
         "provenance": _provenance(options, dataset, external),
         "metrics": None,
     }
@@ -608,15 +516,13 @@ def _provenance(options: ConvertOptions, dataset: Dataset, external: str | None)
 def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict[str, Any], key: str, passed: bool,
             tflite_bytes: int, float_bytes: int, baseline: dict[str, Any] | None, history: dict[str, Any] | None,
             timing: dict[str, float], external: str | None) -> dict[str, Any]:
-    settings = {k: v for k, v in asdict(options).items() if k not in ("out_dir", "train")}
-    settings.update({f"train.{k}": v for k, v in asdict(options.train).items()})
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items()}
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.flat().items()}
     drop = metrics["drop_points"]
     failures = gate_failures(metrics, options, dataset, trained=history is not None)
     fix = ("Try more --qat-epochs, or --calibration-samples higher." if options.qat else
            "Try more --int8-tune-epochs." if options.int8_tune else
-           "Try --int8-tune (the int8 weights fitted to the float model, a few minutes), or "
-           "quantisation-aware training: --qat (pip install 'edgecls[qat]').")
+           "Try --int8-method int8-tune (the int8 weights fitted to the float model, a few minutes), or "
+           "quantisation-aware training: --int8-method qat (pip install 'edgecls[qat]').")
     message = "; ".join(failures) + f"; the artifacts are written but the model did not pass. {fix}"
     majority = majority_class(dataset.counts("test"))
     n_test = len(dataset.samples["test"])
@@ -631,6 +537,7 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
     notes = {"val": "the data has no test/ folder, so the held-out evaluation uses val/ (also used for early stopping)",
              "calibration": "the model was trained elsewhere; every calibration image is also an evaluation image"}
     return {
+        "schema_version": reporting.REPORT_SCHEMA_VERSION,
         "classes": list(dataset.classes),
         "model": {"arch": options.arch, "input_size": options.size(), "color": options.color,
                   "params": int(model.count_params()), "source_model": external},
@@ -647,9 +554,8 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
         "gate_message": None if passed else message,
         "int8_bytes": tflite_bytes,
         "float_tflite_bytes": float_bytes,
-        "quantization": {"mode": options.quant, "io": options.io,
-                         "bias_correction": options.corrects_biases,
-                         "int8_tune": options.quant == "int8" and options.int8_tune},
+        "quantization": {"mode": options.quant, "io": options.io, "method": options.method,
+                         "bias_correction": options.corrects_biases, "int8_tune": options.int8_tune},
         "split_sizes": dataset.split_sizes(),
         "test_source": dataset.test_source,
         "test_note": notes.get(dataset.test_source),
@@ -717,6 +623,6 @@ def write_demo_data(out_dir: Path, *, per_class: int = 300, seed: int = 0) -> Pa
 
 def demo_options(out_dir: Path) -> ConvertOptions:
     """Settings that train the demo in a few minutes on a laptop CPU."""
-    return ConvertOptions(out_dir=out_dir, arch="compact-cnn", input_size=64, width=24, depth=3, deterministic=True,
-                          train=TrainConfig(epochs=30, batch_size=32, learning_rate=3e-3, patience=8, augment=0.5))
+    return ConvertOptions.create(out_dir, arch="compact-cnn", input_size=64, width=24, depth=3, deterministic=True,
+                                 epochs=30, batch_size=32, learning_rate=3e-3, patience=8, augment=0.5)
 

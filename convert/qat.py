@@ -16,10 +16,9 @@ import numpy as np
 from edgecls.errors import ConfigError, ConversionError
 
 from .data import Dataset
-from .models import ModelSpec, built_with, create_model
-from .quantize import run_converter, set_full_int8
+from .models import QAT_ARCHS, ModelSpec, built_with, create_model
+from .tflite_export import run_converter, set_full_int8
 
-QAT_ARCHS = ("compact-cnn", "seed-cnn", "mobilenet_v1", "mobilenet_v2")
 # Layers the toolkit's default registry quantises; the rest (Rescaling: the in-model normalisation) stay float in
 # training and are quantised by the converter from the calibration set, like any post-training op.
 _QUANTIZABLE = ("Conv2D", "DepthwiseConv2D", "Dense", "BatchNormalization", "ReLU", "Activation", "MaxPooling2D",

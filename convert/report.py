@@ -9,6 +9,9 @@ from typing import Any, Sequence
 
 from edgecls.fsutil import atomic_write_bytes, atomic_write_text
 
+# report.json's "schema_version": raised when a key changes meaning or goes away (new keys do not raise it).
+REPORT_SCHEMA_VERSION = 1
+
 
 def write_json(path: Path, report: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(report, indent=2, sort_keys=False) + "\n")
@@ -98,7 +101,7 @@ def _teacher_lines(teacher: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-AGREEMENT_HINT = 0.98  # below this top-1 agreement, report.md suggests --int8-tune
+AGREEMENT_HINT = 0.98  # below this top-1 agreement, report.md suggests --int8-method int8-tune
 
 
 def _int8_method(report: dict[str, Any]) -> list[str]:
@@ -112,8 +115,8 @@ def _int8_method(report: dict[str, Any]) -> list[str]:
     lines = ["- int8 weights: rounded to nearest" + (", conv biases corrected for the rounding error"
                                                     if q.get("bias_correction") else "")]
     if report["agreement"] < AGREEMENT_HINT:
-        lines.append(f"- agreement is below {AGREEMENT_HINT:.0%}: `--int8-tune` fits the int8 weights to the float "
-                     "model (a flowers128 MobileNet went from 96.4% to 98.3%)")
+        lines.append(f"- agreement is below {AGREEMENT_HINT:.0%}: `--int8-method int8-tune` fits the int8 weights to "
+                     "the float model (a flowers128 MobileNet went from 96.4% to 98.3%)")
     return lines
 
 

@@ -141,7 +141,7 @@ def targets(labels: np.ndarray, num_classes: int, sigmoid: bool) -> np.ndarray:
 def make_datasets(dataset: Dataset, config: TrainConfig, sigmoid: bool, teacher: Any = None) -> tuple[Any, Any]:
     """tf.data pipelines: decoded arrays -> cache -> shuffle -> batch -> augment (train only) -> prefetch.
 
-    With a ``teacher`` (convert.distill.Teacher) the training targets blend in its probabilities for the augmented
+    With a ``teacher`` (edgecls.convert.distill.Teacher) the training targets blend in its probabilities for the augmented
     (and mixed) batch; validation keeps the true labels, so early stopping watches the real task.
     """
     import tensorflow as tf
@@ -243,7 +243,7 @@ def train(
     The history has per-epoch lists ("loss", "accuracy", "val_loss", "val_accuracy") and "stages": where each
     stage starts, for the training-curves plot, and its "kept_epoch": the epoch (1-based over the whole history)
     whose weights it ended with, the lowest validation loss that early stopping watched (None: the last weights).
-    ``teacher``: distil from it (convert.distill). ``should_stop`` is asked after every batch; when it says yes,
+    ``teacher``: distil from it (edgecls.convert.distill). ``should_stop`` is asked after every batch; when it says yes,
     training raises KeyboardInterrupt there (see stop_check).
     ``stop_request``: when taken (see StopRequest), training ends after the current batch, later stages are skipped,
     the model gets the stage's best checkpoint (lowest validation loss, the unfinished epoch included), and the

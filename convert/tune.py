@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -27,19 +27,16 @@ import numpy as np
 
 from edgecls.errors import ConfigError, ConversionError
 from edgecls.fsutil import atomic_write_bytes, atomic_write_text
-from edgecls.metadata import embed_manifest
 
 from . import evaluate
-from .data import Dataset, scan, stratified_sample
-from .models import MOBILENET_ALPHAS, ModelSpec, create_model, uses_sigmoid
-from .pipeline import ConvertOptions, QuietObserver, _export_and_verify, _manifest
-from .quantize import to_tflite
+from .data import Dataset, scan
+from .models import architecture, create_model, uses_sigmoid
+from .pipeline import ConvertOptions, QuietObserver, export, export_and_verify, manifest_for, write_model
+from .tflite_export import to_tflite
 from .training import deterministic, make_strategy, stop_check, train
 
 STUDY_NAME = "edgecls-tune"
 STUDY_FILE = "study.db"
-INPUT_SIZES = {"compact-cnn": (48, 64, 96, 128), "mobilenet_v1": (96, 128, 160), "mobilenet_v2": (96, 128, 160),
-               "mobilenet_v3_small": (96, 128, 160), "seed-cnn": (64,)}
 BENCH_RUNS, BENCH_WARMUP = 60, 10
 
 
@@ -61,7 +58,7 @@ class TuneOptions:
     latency_factor: float = 1.0
     profile: str | None = None
     bench_threads: int = 1
-    input_sizes: tuple[int, ...] | None = None  # None: the architecture's defaults (INPUT_SIZES)
+    input_sizes: tuple[int, ...] | None = None  # None: the architecture's tune_sizes (models.ARCHITECTURES)
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -80,7 +77,7 @@ class TuneOptions:
         return self.base.out_dir
 
     def sizes(self) -> tuple[int, ...]:
-        return self.input_sizes or INPUT_SIZES.get(self.base.arch, (96,))
+        return self.input_sizes or architecture(self.base.arch).tune_sizes
 
 
 class TuneObserver(Protocol):
@@ -116,7 +113,7 @@ class TrialRecord:
 
 def suggest(trial: Any, options: TuneOptions) -> dict[str, Any]:
     """Sample one configuration (define-by-run: the space depends on the architecture)."""
-    arch = options.base.arch
+    arch = architecture(options.base.arch)
     params: dict[str, Any] = {
         "learning_rate": trial.suggest_float("learning_rate", 3e-4, 1e-2, log=True),
         "batch_size": trial.suggest_categorical("batch_size", [16, 32, 64]),
@@ -126,12 +123,12 @@ def suggest(trial: Any, options: TuneOptions) -> dict[str, Any]:
     }
     sizes = options.sizes()
     params["input_size"] = trial.suggest_categorical("input_size", list(sizes)) if len(sizes) > 1 else sizes[0]
-    if arch == "compact-cnn":
+    if arch.family == "compact":
         params["width"] = trial.suggest_categorical("width", [8, 16, 24, 32, 48])
         params["depth"] = trial.suggest_int("depth", 1, 4)
         params["separable"] = trial.suggest_categorical("separable", [True, False])
-    elif arch in MOBILENET_ALPHAS:
-        alphas = [a for a in MOBILENET_ALPHAS[arch] if a <= 1.0]
+    elif arch.family == "mobilenet":
+        alphas = [a for a in arch.alphas if a <= 1.0]
         params["alpha"] = trial.suggest_categorical("alpha", alphas) if len(alphas) > 1 else alphas[0]
         params["fine_tune_layers"] = trial.suggest_int("fine_tune_layers", 0, 60, step=10)
     return params
@@ -141,17 +138,15 @@ def trial_options(options: TuneOptions, params: dict[str, Any], out_dir: Path, s
     base = options.base
     epochs = int(params["epochs"])
     fine_tune = base.train.fine_tune_epochs and max(1, epochs // 2)
-    config = replace(
-        base.train, epochs=epochs, batch_size=int(params["batch_size"]), learning_rate=float(params["learning_rate"]),
-        augment=float(params["augment"]), patience=max(3, epochs // 3), seed=seed,
-        fine_tune_epochs=fine_tune if base.arch in MOBILENET_ALPHAS else base.train.fine_tune_epochs,
-        fine_tune_layers=int(params.get("fine_tune_layers", base.train.fine_tune_layers)),
-    )
-    return replace(
-        base, out_dir=out_dir, input_size=int(params["input_size"]), dropout=float(params["dropout"]),
+    transfer = architecture(base.arch).transfer
+    return base.updated(
+        out_dir=out_dir, input_size=int(params["input_size"]), dropout=float(params["dropout"]),
         width=int(params.get("width", base.width)), depth=int(params.get("depth", base.depth)),
         separable=bool(params.get("separable", base.separable)), alpha=float(params.get("alpha", base.alpha)),
-        train=config, baseline=False,
+        baseline=False, epochs=epochs, batch_size=int(params["batch_size"]),
+        learning_rate=float(params["learning_rate"]), augment=float(params["augment"]), patience=max(3, epochs // 3),
+        seed=seed, fine_tune_epochs=fine_tune if transfer else base.train.fine_tune_epochs,
+        fine_tune_layers=int(params.get("fine_tune_layers", base.train.fine_tune_layers)),
     )
 
 
@@ -223,7 +218,7 @@ def tune(data_dir: Path, options: TuneOptions, observer: Any | None = None,
     Returns the tuning summary (also written to OUT/tuning.json). KeyboardInterrupt keeps every finished trial in
     the study and writes the summary of those before it propagates. ``should_stop`` (asked after every training
     batch and between trials) is how a caller's Ctrl-C handler stops the search reliably: see
-    convert.training.stop_check.
+    edgecls.convert.training.stop_check.
     """
     optuna = _import_optuna()
     obs = observer or QuietTuneObserver()
@@ -284,10 +279,7 @@ def _run_trial(trial: Any, options: TuneOptions, data: _Data, obs: Any, optuna: 
     deterministic()
     dataset = data.get(opts.size())
     sigmoid = uses_sigmoid(opts.arch, len(dataset.classes))
-    spec = ModelSpec(num_classes=len(dataset.classes), input_size=opts.size(), channels=opts.channels,
-                     dropout=opts.dropout, width=opts.width, depth=opts.depth, separable=opts.separable,
-                     alpha=opts.alpha, weights=opts.weights, edgetpu=opts.target == "edgetpu")
-    model = create_model(opts.arch, spec)
+    model = create_model(opts.arch, opts.model_spec(len(dataset.classes)))
     pruning = _PruningObserver(trial, optuna)
     t0 = time.perf_counter()
     history = train(model, dataset, opts.train, sigmoid=sigmoid, checkpoint_dir=trial_dir / "checkpoints",
@@ -297,12 +289,9 @@ def _run_trial(trial: Any, options: TuneOptions, data: _Data, obs: Any, optuna: 
     model.save(trial_dir / "model.keras")
     atomic_write_text(trial_dir / "history.json", json.dumps(history))
 
-    calib = stratified_sample(dataset.labels("train"), opts.calibration_samples, opts.train.seed)
-    flat = to_tflite(model, mode="int8", io_type=opts.io, representative=dataset.images["train"][calib].astype(np.float32),
-                     bias_correction=opts.bias_correction)
+    flat, _ = export(model, dataset, opts, QuietObserver(), sigmoid=sigmoid)  # as edgecls convert exports
     model_path = trial_dir / "model.tflite"
-    atomic_write_bytes(model_path, embed_manifest(flat, _manifest(opts, dataset, sigmoid, None),
-                                                  labels=list(dataset.classes)))
+    write_model(model_path, flat, manifest_for(opts, dataset, sigmoid, None), list(dataset.classes))
     labels = dataset.labels("val")
     int8_probs = evaluate.tflite_probabilities(model_path, [s.path for s in dataset.samples["val"]])
     float_probs = evaluate.float_probabilities(model, dataset.images["val"].astype(np.float32), sigmoid=sigmoid)
@@ -384,12 +373,11 @@ def _check_budgets_possible(options: TuneOptions, data: _Data, obs: Any) -> dict
     arch = options.base.arch
     smallest = {"learning_rate": 1e-3, "batch_size": 32, "epochs": 1, "dropout": 0.0, "augment": 0.0,
                 "input_size": min(options.sizes()), "width": 8, "depth": 1, "separable": True,
-                "alpha": min(a for a in MOBILENET_ALPHAS.get(arch, (0.25,)) if a <= 1.0), "fine_tune_layers": 0}
+                "alpha": min(a for a in architecture(arch).alphas or (0.25,) if a <= 1.0), "fine_tune_layers": 0}
     classes = 2
     opts = trial_options(options, smallest, options.out_dir, options.seed)
     obs.step("measuring the smallest model in the search space against the budgets")
-    spec = ModelSpec(num_classes=classes, input_size=opts.size(), channels=opts.channels, dropout=0.0, width=8,
-                     depth=1, separable=True, alpha=opts.alpha, weights="none")
+    spec = opts.model_spec(classes, dropout=0.0, width=8, depth=1, separable=True, weights="none")
     model = create_model(arch, spec)
     rng = np.random.default_rng(0)
     calib = rng.uniform(0, 255, (8, opts.size(), opts.size(), opts.channels)).astype(np.float32)
@@ -572,7 +560,7 @@ def _export_chosen(best: TrialRecord, options: TuneOptions, data: _Data, obs: An
     dataset = data.get(opts.size())
     sigmoid = uses_sigmoid(opts.arch, len(dataset.classes))
     history = json.loads((trial_dir / "history.json").read_text())
-    return _export_and_verify(model, dataset, opts, obs, sigmoid=sigmoid, history=history, baseline=None,
+    return export_and_verify(model, dataset, opts, obs, sigmoid=sigmoid, history=history, baseline=None,
                               timing={"train_s": best.train_s or 0.0, "started": time.perf_counter()})
 
 

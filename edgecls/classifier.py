@@ -121,6 +121,11 @@ class Classifier:
         self._input_view = self._interpreter.tensor(self._input_index)
         self._output_view = self._interpreter.tensor(self._output_index)
         self.last_timing: Timing | None = None
+        spec = self.input_spec
+        log.info("%s: on %s%s, input %dx%dx%d %s, %d classes, labels from %s, resize %s", self.path.name,
+                 self.backend.name, f" with the {self.delegate.kind} delegate" if self.delegate is not None else "",
+                 spec.height, spec.width, spec.channels, spec.dtype, self.output_spec.num_classes,
+                 self.labels.source if self.labels else "nowhere (class indices are shown)", config.resize)
 
     # -- construction -------------------------------------------------------------------------------------------
 

@@ -7,16 +7,15 @@ verdict (a failed parity gate, a model the accelerator will not map, a latency o
 from __future__ import annotations
 
 import json
-import logging
 import sys
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from . import __version__
+from .cli_common import error, examples, interrupted, project_errors, setup_logging
 from .errors import EXIT_VERDICT, EdgeclsError
 from .nativelog import quiet_native_stderr
 
@@ -24,9 +23,13 @@ app = typer.Typer(
     name="edgecls",
     help="Image classification from workstation to small devices: run, inspect and convert int8 TFLite models.",
     no_args_is_help=True,
-    add_completion=False,
+    # Help texts escape a "[" that rich would read as markup (\\\\[default: 1]); tests/test_project.py checks them all.
+    rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
+
+DEVICE, INSPECT, SHIP, HOST = ("Classify on the device", "Inspect and measure", "Deploy to a device",
+                               "Train and convert (workstation, TensorFlow)")
 
 
 class BackendChoice(str, Enum):
@@ -59,34 +62,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON out
 ThresholdOpt = Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="Hide scores below this.")]
 
 
-def error(message: str) -> None:
-    """Print one error line to stderr."""
-    typer.echo(f"error: {message}", err=True)
-
-
-@contextmanager
-def project_errors() -> Iterator[None]:
-    """Turn project errors into one stderr line and exit code 1 (never a traceback)."""
-    try:
-        yield
-    except EdgeclsError as exc:
-        error(str(exc))
-        raise typer.Exit(code=1) from None
-    except KeyboardInterrupt:
-        interrupted()
-        raise typer.Exit(code=130) from None
-
-
-_interrupt_told: list[bool] = []
-
-
-def interrupted() -> None:
-    """Say "error: interrupted" once per process (exit code 130 follows)."""
-    if not _interrupt_told:
-        _interrupt_told.append(True)
-        error("interrupted")
-
-
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"edgecls {__version__}")
@@ -98,32 +73,15 @@ def _main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = False,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="More log lines on stderr: -v info, -vv debug "
+                          "(or set EDGECLS_LOG=debug|info|warning|error).")
+    ] = 0,
 ) -> None:
     """Image classification from workstation to small devices."""
-    import logging
-
-    # Library warnings (a delegate fallen back to the CPU, a heavy backend in use) go to stderr as one line each.
-    # One handler, writing to whatever sys.stderr is now (a second call in the same process replaces it).
-    logger = logging.getLogger("edgecls")
-    for old in [h for h in logger.handlers if getattr(h, "_edgecls_cli", False)]:
-        logger.removeHandler(old)
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    handler._edgecls_cli = True  # type: ignore[attr-defined]
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
-
-
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A log handler that writes to the current sys.stderr (test runners and notebooks swap it)."""
-
-    @property  # type: ignore[override]
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
+    # Library warnings (a delegate fallen back to the CPU, a heavy backend in use) go to stderr as one line each;
+    # -v adds what each step does, -vv the details, and lets TensorFlow's own log through during convert and tune.
+    setup_logging(verbose)
 
 
 def _open_classifier(
@@ -161,7 +119,7 @@ def parse_key_values(items: Optional[list[str]], option: str) -> dict[str, str]:
     return result
 
 
-@app.command()
+@app.command(rich_help_panel=INSPECT, epilog=examples('edgecls info model.tflite', 'edgecls info model_edgetpu.tflite --json'))
 def info(
     model: ModelArg,
     labels: LabelsOpt = None,
@@ -277,7 +235,7 @@ def _format_info(facts: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@app.command()
+@app.command(rich_help_panel=DEVICE, epilog=examples('edgecls classify model.tflite photo.jpg', "edgecls classify model.tflite photos/ 'shots/*.png' --top-k 3 --json", 'edgecls classify model_edgetpu.tflite cat.jpg --delegate edgetpu'))
 def classify(
     model: ModelArg,
     images: Annotated[list[str], typer.Argument(help="Image files, directories or glob patterns.", show_default=False)],
@@ -337,7 +295,7 @@ ProfileOpt = Annotated[
 ]
 
 
-@app.command()
+@app.command(rich_help_panel=DEVICE, epilog=examples('edgecls run model.tflite --source picam', 'edgecls run model.tflite --source 0 --sink jsonl:results.jsonl', 'edgecls run model.tflite --profile rpi5 --sink mqtt://broker.local/pi/vision', 'edgecls run model.tflite --source clip.mp4 --sink preview:8080'))
 def run(
     model: ModelArg,
     source: Annotated[
@@ -353,14 +311,14 @@ def run(
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Predictions per result.")] = 3,
     threshold: ThresholdOpt = 0.0,
     threads: ThreadsOpt = None,
-    backend: Annotated[Optional[BackendChoice], typer.Option("--backend", help="Interpreter backend [default: auto].")] = None,
+    backend: Annotated[Optional[BackendChoice], typer.Option("--backend", help="Interpreter backend \\[default: auto].")] = None,
     delegate: DelegateOpt = None,
     device: DeviceOpt = None,
     delegate_option: DelegateOptionOpt = None,
     allow_cpu_fallback: FallbackOpt = False,
     sink: Annotated[
         Optional[list[str]],
-        typer.Option("--sink", help="Also send results to jsonl:PATH, mqtt://[user:pass@]host[:port]/topic, "
+        typer.Option("--sink", help="Also send results to jsonl:PATH, mqtt://\\[user:pass@]host[:port]/topic, "
                      "video:PATH or preview:[HOST:]PORT (repeatable)."),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per result on stdout.")] = False,
@@ -370,10 +328,10 @@ def run(
     max_frames: Annotated[Optional[int], typer.Option("--max-frames", min=1, help="Stop after N results.")] = None,
     duration: Annotated[Optional[float], typer.Option("--duration", min=0.01, help="Stop after S seconds.")] = None,
     loop: Annotated[bool, typer.Option("--loop", help="Start a video file or image folder over at its end.")] = False,
-    ema: Annotated[Optional[float], typer.Option("--ema", min=0.01, max=1.0, help="Moving-average weight of the newest frame (1: off) [default: 1].")] = None,
-    hold: Annotated[Optional[int], typer.Option("--hold", min=1, help="Frames a new label must lead before the decision switches [default: 1].")] = None,
+    ema: Annotated[Optional[float], typer.Option("--ema", min=0.01, max=1.0, help="Moving-average weight of the newest frame (1: off) \\[default: 1].")] = None,
+    hold: Annotated[Optional[int], typer.Option("--hold", min=1, help="Frames a new label must lead before the decision switches \\[default: 1].")] = None,
     margin: Annotated[Optional[float], typer.Option("--margin", min=0.01, max=1.0, help="...or lead by this much to switch at once.")] = None,
-    min_score: Annotated[Optional[float], typer.Option("--min-score", min=0.0, max=1.0, help="Below this, no decision [default: 0].")] = None,
+    min_score: Annotated[Optional[float], typer.Option("--min-score", min=0.0, max=1.0, help="Below this, no decision \\[default: 0].")] = None,
     width: Annotated[Optional[int], typer.Option("--width", min=16, help="Camera frame width to ask for.")] = None,
     height: Annotated[Optional[int], typer.Option("--height", min=16, help="Camera frame height to ask for.")] = None,
     camera_fps: Annotated[Optional[float], typer.Option("--camera-fps", min=1, help="Camera frame rate to ask for.")] = None,
@@ -436,7 +394,7 @@ def _load_profile(name: Optional[str]) -> Any:
     return load_profile(name)
 
 
-@app.command()
+@app.command(rich_help_panel=SHIP, epilog=examples('edgecls profiles', 'edgecls profiles rpi5'))
 def profiles(
     name: Annotated[Optional[str], typer.Argument(help="Show this profile in full (TOML) and its boot lines.")] = None,
     json_out: JsonOpt = False,
@@ -467,7 +425,7 @@ class CheckTarget(str, Enum):
     edgetpu = "edgetpu"
 
 
-@app.command()
+@app.command(rich_help_panel=INSPECT, epilog=examples('edgecls check model.tflite --target edgetpu'))
 def check(
     model: ModelArg,
     target: Annotated[CheckTarget, typer.Option("--target", help="The accelerator to check against.")] = CheckTarget.edgetpu,
@@ -514,7 +472,7 @@ def _format_check(report: Any) -> str:
     return "\n".join(lines)
 
 
-@app.command()
+@app.command(rich_help_panel=INSPECT, epilog=examples('edgecls bench model.tflite', 'edgecls bench model.tflite --threads 3 --budget-ms 50 --json'))
 def bench(
     model: ModelArg,
     threads: ThreadsOpt = None,
@@ -568,7 +526,7 @@ def bench(
         raise typer.Exit(code=EXIT_VERDICT)
 
 
-@app.command()
+@app.command(rich_help_panel=INSPECT, epilog=examples('edgecls doctor', 'edgecls doctor --json'))
 def doctor(json_out: JsonOpt = False) -> None:
     """Check this machine for running classifiers, and print the command that fixes each problem.
 
@@ -590,7 +548,7 @@ def doctor(json_out: JsonOpt = False) -> None:
         raise typer.Exit(code=1)
 
 
-@app.command()
+@app.command(rich_help_panel=SHIP, epilog=examples('edgecls deploy model.tflite --profile rpi5 --out pi.tar.gz', 'edgecls deploy model.tflite --profile rpi4-coral-usb --out pi.tar.gz --sink mqtt://broker.local/pi/vision'))
 def deploy(
     model: ModelArg,
     profile: Annotated[str, typer.Option("--profile", help="Device profile name or .toml path.")],
@@ -631,19 +589,12 @@ def deploy(
 
 
 def _register_host_commands() -> None:
-    """Host-side commands live in the `convert` package (TensorFlow loads only when they run)."""
-    try:
-        from convert.cli import convert, tune
-    except ImportError:  # a device install without the converter package
-        return
-    app.command(
-        "convert",
-        help="Train a compact CNN or MobileNet transfer model and export a verified int8 TFLite model.",
-    )(convert)
-    app.command(
-        "tune",
-        help="Search hyperparameters for the most accurate int8 model within a latency and size budget (Optuna).",
-    )(tune)
+    """The workstation's commands, from `edgecls.convert.cli` (cheap to import: TensorFlow loads only when one runs,
+    and where it is not installed the command says which extra to install)."""
+    from .convert.cli import CONVERT_EXAMPLES, TUNE_EXAMPLES, convert, tune
+
+    app.command("convert", rich_help_panel=HOST, epilog=CONVERT_EXAMPLES)(convert)
+    app.command("tune", rich_help_panel=HOST, epilog=TUNE_EXAMPLES)(tune)
 
 
 _register_host_commands()

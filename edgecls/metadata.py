@@ -184,16 +184,3 @@ def embed_files(model: bytes, files: dict[str, bytes]) -> bytes:
         for name, data in existing.items():
             zf.writestr(name, data)
     return flatbuffer_bytes(model) + buf.getvalue()
-
-
-def embed_manifest(model: bytes, manifest: dict[str, Any], *, labels: list[str] | None = None) -> bytes:
-    """Embed an edgecls manifest (and a plain ``labels.txt`` for other tools) into a TFLite model's bytes."""
-    body = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, **manifest}
-    files = {MANIFEST_NAME: json.dumps(body, indent=2, sort_keys=True).encode("utf-8")}
-    if labels is not None:
-        body["labels"] = list(labels)
-        files[MANIFEST_NAME] = json.dumps(body, indent=2, sort_keys=True).encode("utf-8")
-        from .labels import format_labels
-
-        files["labels.txt"] = format_labels(labels).encode("utf-8")
-    return embed_files(model, files)

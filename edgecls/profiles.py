@@ -304,10 +304,11 @@ def parse_profile(text: str, *, origin: str, path: Path | None = None) -> Profil
 
 
 def bundled_dir() -> Path:
-    """The folder of the profiles that ship with edgecls (``firmware_configs``)."""
-    import firmware_configs
+    """The folder of the profiles that ship with edgecls (package data of ``edgecls.firmware_configs``, which is
+    the ``firmware_configs/`` folder of a checkout)."""
+    from importlib.resources import files
 
-    return Path(firmware_configs.__file__).parent
+    return Path(str(files("edgecls.firmware_configs")))
 
 
 def search_dirs() -> list[Path]:

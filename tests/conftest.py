@@ -43,6 +43,23 @@ def backend() -> str:
     return BACKEND
 
 
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+# The runtime suite runs on the base install too (a device, or the legacy environment of test_legacy_runtime.py):
+# a test that needs an extra says which and is skipped there. In the full environment every extra is installed.
+# Under CI=true the full environment has every extra: there a missing one fails the test instead (the legacy
+# environment sets EDGECLS_TEST_BACKEND and may skip).
+EXTRAS_OPTIONAL = not IN_CI or BACKEND != "auto"
+needs_opencv = pytest.mark.skipif(EXTRAS_OPTIONAL and not _importable("cv2"),
+                                  reason="needs OpenCV, the 'camera' extra: pip install 'edgecls[camera]'")
+needs_paho = pytest.mark.skipif(EXTRAS_OPTIONAL and not _importable("paho"),
+                                reason="needs paho-mqtt, the 'mqtt' extra: pip install 'edgecls[mqtt]'")
+
+
 def tensorflow_or_skip():  # type: ignore[no-untyped-def]
     """Import TensorFlow for building test models; it comes with the `convert` extra."""
     if BACKEND == "tflite_runtime":
@@ -77,8 +94,18 @@ def non_classifiers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
 # -- live streaming helpers: a video file, and a real Mosquitto broker --------------------------------------------
 
 
+def need(module: str, extra: str, what: str) -> None:
+    """Skip, saying which extra to install, where ``module`` is not installed (a base install, a device)."""
+    if not _importable(module):
+        message = f"needs {what}, the {extra!r} extra: pip install 'edgecls[{extra}]'"
+        if not EXTRAS_OPTIONAL:
+            pytest.fail(message + " (CI=true installs every extra)")
+        pytest.skip(message)
+
+
 def write_video(path: Path, frames: list, *, fps: float = 30.0) -> Path:  # type: ignore[type-arg]
     """Write BGR frames to an MJPG .avi with OpenCV (a real file for the OpenCV source to decode)."""
+    need("cv2", "camera", "OpenCV")
     import cv2
 
     h, w = frames[0].shape[:2]
@@ -93,6 +120,7 @@ def write_video(path: Path, frames: list, *, fps: float = 30.0) -> Path:  # type
 @pytest.fixture(scope="session")
 def cat_video(coral: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 640x480 video of 24 frames: 12 of the Coral cat, then 12 of the Coral dragonfly."""
+    need("cv2", "camera", "OpenCV")
     import cv2
 
     cat = cv2.resize(cv2.imread(str(coral / "cat.bmp")), (640, 480))
@@ -153,8 +181,11 @@ class Mosquitto:
 
 @pytest.fixture()
 def mosquitto(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A running broker; skipped when mosquitto is not installed (a failure under CI=true: .ci/run installs it)."""
+    """A running broker; skipped when mosquitto is not installed (a failure under CI=true: .ci/run installs it),
+    or when paho-mqtt, the MQTT sink's library, is not (a base install)."""
     import shutil
+
+    need("paho", "mqtt", "paho-mqtt")
 
     if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
         message = "mosquitto is not installed (apt install mosquitto)"

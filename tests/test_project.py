@@ -24,3 +24,164 @@ def test_ci_runs_exactly_the_readme_test_command():
 def test_layout():
     for name in ("edgecls", "convert", "firmware_configs", "tests", "examples", "benchmarks", ".ci", "pyproject.toml"):
         assert (ROOT / name).exists(), name
+
+
+# -- one package, no import circles -------------------------------------------------------------------------------
+
+PACKAGES = {"edgecls": ROOT / "edgecls", "edgecls.convert": ROOT / "convert",
+            "edgecls.firmware_configs": ROOT / "firmware_configs"}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package, folder in PACKAGES.items():
+        for path in folder.glob("*.py"):
+            found[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Which of our modules each of our modules imports, anywhere in it (inside functions too; TYPE_CHECKING blocks
+    are not imports at run time)."""
+    import ast
+
+    modules = _modules()
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                       and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+        package = name if path.stem == "__init__" else name.rsplit(".", 1)[0]
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")
+                    parts = parts[: len(parts) - (node.level - 1)]
+                    base = ".".join(parts + ([node.module] if node.module else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            for target in targets:
+                while target not in modules and "." in target:
+                    target = target.rsplit(".", 1)[0]
+                if target in modules and target != name:
+                    graph[name].add(target)
+    return graph
+
+
+def test_no_two_modules_import_each_other_directly_or_in_a_loop():
+    graph = import_graph()
+    assert "edgecls.convert.cli" in graph["edgecls.cli"]  # the graph sees lazy imports
+    # a module's own package __init__ runs first in any case; an edge to it is not a loop of ours
+    for name in graph:
+        graph[name] = {t for t in graph[name] if not name.startswith(t + ".")}
+    loops = []
+    for start in graph:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    loops.append(" -> ".join(path + [start]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, path + [nxt]))
+    assert not loops, loops
+
+
+def test_the_wheel_holds_one_top_level_package(tmp_path):
+    """`pip wheel .` (what `edgecls deploy` bundles): edgecls alone, with the converter and the profiles inside."""
+    import zipfile
+
+    from edgecls.deploy import build_wheel
+
+    wheel = build_wheel(ROOT, cache=tmp_path)
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"edgecls", wheel.name.split("-py3")[0] + ".dist-info"}
+    top_level = next(n for n in names if n.endswith("top_level.txt"))
+    assert zipfile.ZipFile(wheel).read(top_level).decode().split() == ["edgecls"]
+    assert {"edgecls/convert/api.py", "edgecls/convert/pipeline.py", "edgecls/firmware_configs/rpi5.toml",
+            "edgecls/firmware_configs/README.md", "edgecls/manifest.py"} <= set(names)
+
+
+def test_a_users_own_convert_module_does_not_shadow_the_converter(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "convert.py").write_text("raise SystemExit('the user module was imported')\n")
+    (tmp_path / "firmware_configs").mkdir()
+    (tmp_path / "firmware_configs" / "__init__.py").write_text("raise SystemExit('shadowed profiles')\n")
+    for args in (["convert", "--help"], ["profiles"]):
+        done = subprocess.run([sys.executable, "-m", "edgecls", *args], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+    assert "rpi5" in done.stdout
+
+
+# -- the README's commands ----------------------------------------------------------------------------------------
+
+
+def readme_commands() -> list[list[str]]:
+    """Every `edgecls ...` command line in the README's console and bash blocks, as argv (comments dropped)."""
+    import shlex
+
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```(?:console|bash)\n(.*?)```", text, re.S):
+        for line in block.splitlines():
+            line = re.sub(r"^(\$|pi\$)\s*", "", line.strip())
+            for part in line.split("&&"):
+                argv = shlex.split(part, comments=True)
+                if argv and argv[0] == "edgecls":
+                    commands.append(argv[1:])
+    return commands
+
+
+def test_every_edgecls_command_in_the_readme_parses():
+    """Each README command names a real command with real options and choices (parsed by the real command line,
+    not run: the main job itself runs end to end in tests/convert/test_convert_pipeline.py)."""
+    import typer
+    import typer.main
+
+    from edgecls.cli import app
+
+    group = typer.main.get_command(app)
+    commands = readme_commands()
+    assert len(commands) >= 15 and ["convert", "--demo", "--out", "demo-run"] in commands
+    for name, *rest in commands:
+        assert name in group.commands, name  # type: ignore[attr-defined]
+        group.commands[name].make_context(name, list(rest), parent=typer.Context(group))  # type: ignore[attr-defined]
+
+
+def test_help_shows_every_option_text_and_an_example_for_each_command():
+    """rich markup must not swallow a "[...]" in a help text; each command's help ends with examples."""
+    import typer.main
+    from typer.testing import CliRunner
+
+    from edgecls.cli import app
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        shown = " ".join(CliRunner().invoke(app, [name, "--help"], terminal_width=2000, env={"COLUMNS": "2000"})
+                         .output.replace("│", " ").split())
+        assert "Examples:" in shown and f"edgecls {name}" in shown.split("Examples:")[1], name
+        for param in command.params:
+            help_text = getattr(param, "help", None)
+            if help_text and not getattr(param, "hidden", False):
+                expected = " ".join(help_text.replace("\\[", "[").split())
+                assert expected in shown, (name, param.name, expected)
+
+
+def test_completion_and_verbosity_are_on_the_command_line():
+    from typer.testing import CliRunner
+
+    from edgecls.cli import app
+
+    top = CliRunner().invoke(app, ["--help"], terminal_width=200).output
+    assert "--install-completion" in top and "--verbose" in top
+    bad = CliRunner().invoke(app, ["doctor"], env={"EDGECLS_LOG": "loud"})
+    assert bad.exit_code == 2 and "EDGECLS_LOG='loud' is not one of debug, info, warning, error" in bad.output

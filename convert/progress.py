@@ -1,0 +1,72 @@
+"""Progress for people, in a terminal and in a notebook (rich renders to both): a bar while images decode, a line
+per epoch, a line per step. The pipeline reports events through these observers and never prints itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RichObserver:
+    """Progress for people: a bar while images decode, a line per epoch, a line per step."""
+
+    def __init__(self, console: Any = None) -> None:
+        from rich.console import Console
+
+        self.console = console or Console(stderr=True)  # in Jupyter, rich draws into the cell's output
+        self._progress: Any = None
+        self._task: Any = None
+
+    def step(self, message: str) -> None:
+        self._close_bar()
+        self.console.print(f"[bold cyan]>[/] {message}")
+
+    def decoding(self, done: int, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        if self._progress is None:
+            self._progress = Progress("decoding images", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                      console=self.console, transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task("decode", total=total)
+        self._progress.update(self._task, completed=done, total=total)
+        if done >= total:
+            self._close_bar()
+
+    def stage(self, name: str, epochs: int) -> None:
+        self._close_bar()
+        if name == "int8-tune":
+            self.console.print(f"[bold cyan]>[/] int8 tuning, {epochs} epochs (KL divergence to the float model)")
+            return
+        self.console.print(f"[bold cyan]>[/] training ({name}), up to {epochs} epochs, early stopping on val loss")
+
+    def epoch(self, stage: str, epoch: int, epochs: int, logs: dict[str, float]) -> None:
+        if "kl" in logs:
+            self.console.print(f"  {stage} {epoch:3d}/{epochs}  KL {logs['kl']:.5f}")
+            return
+        self.console.print(
+            f"  {stage} {epoch:3d}/{epochs}  loss {logs.get('loss', float('nan')):.4f}  "
+            f"acc {logs.get('accuracy', float('nan')):.3f}  val_loss {logs.get('val_loss', float('nan')):.4f}  "
+            f"val_acc {logs.get('val_accuracy', float('nan')):.3f}"
+        )
+
+    def _close_bar(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+class TuneObserver(RichObserver):
+    """Tuning progress: one line as a trial starts and one as it ends, with the best feasible trial so far."""
+
+    def epoch(self, stage: str, epoch: int, epochs: int, logs: dict[str, float]) -> None:
+        pass
+
+    def trial_done(self, record: Any, best: Any, done: int, total: int) -> None:
+        if record.state == "complete":
+            verdict = "[green]feasible[/]" if record.feasible else "[yellow]over budget[/]"
+            line = (f"int8 val top-1 {100 * record.accuracy:.1f}%, {record.latency_ms:.2f} ms, "
+                    f"{record.size_kb:.0f} KB, {verdict}")
+        else:
+            line = f"[yellow]{record.state}[/]"
+        best_line = f"; best so far: trial {best.number} ({100 * best.accuracy:.1f}%)" if best else ""
+        self.console.print(f"[bold]trial {record.number}[/] ({done}/{total} done): {line}{best_line}", soft_wrap=True)

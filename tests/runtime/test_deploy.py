@@ -1,0 +1,291 @@
+"""`edgecls deploy` bundles: their contents, the systemd unit (systemd-analyze verify where available), the install
+script (bash -n, a --dry-run that prints every step, and its checks), and that no value given to deploy can inject
+a line into the unit or a command into install.sh. tests/runtime/test_emulated_pi.py installs a bundle on an emulated
+Raspberry Pi OS and runs its service."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from edgecls.deploy import build_bundle, build_wheel, bundle_contents
+from edgecls.errors import ConfigError
+from edgecls.profiles import load_profile
+
+
+def edgecls(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgecls", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The edgecls wheel of this checkout, built once (pip wheel in a copy of the sources)."""
+    return build_wheel(cache=tmp_path_factory.mktemp("wheels"))
+
+
+@pytest.fixture
+def bundle(wheel):  # type: ignore[no-untyped-def]
+    """build_bundle with this session's wheel."""
+    def make(model, profile, out, **kwargs):  # type: ignore[no-untyped-def]
+        kwargs.setdefault("wheel", None if "pip_spec" in kwargs else wheel)
+        return build_bundle(model, load_profile(profile) if isinstance(profile, str) else profile, out, **kwargs)
+    return make
+
+
+@pytest.fixture
+def pair(coral: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(coral / "mobilenet_v1_0.5_160_quant.tflite", folder / "net.tflite")
+    shutil.copy(coral / "mobilenet_v1_0.5_160_quant_edgetpu.tflite", folder / "net_edgetpu.tflite")
+    return folder / "net.tflite"
+
+
+def extract(bundle: Path, into: Path) -> Path:
+    with tarfile.open(bundle, "r:gz") as tar:
+        tar.extractall(into, filter="data")
+    (root,) = [p for p in into.iterdir() if p.is_dir()]
+    return root
+
+
+def test_edgetpu_bundle_contents(pair, tmp_path, bundle, wheel):
+    out = tmp_path / "rpi4.tar.gz"
+    made = bundle(pair, "rpi4-coral-usb", out, sinks=["mqtt://broker/edge"])
+    assert made.warnings == ()
+    root = extract(out, tmp_path / "x")
+    assert root.name == "edgecls-rpi4-coral-usb"
+    names = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    assert names == {"model.tflite", "model_edgetpu.tflite", "labels.txt", "profile.toml", "config.txt.fragment",
+                     "edgecls_bootconfig.py", "edgecls.service", "install.sh", "README.txt", "bundle.json",
+                     "SHA256SUMS", f"wheels/{wheel.name}"}
+    assert (root / "wheels" / wheel.name).read_bytes() == wheel.read_bytes()
+    sums = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=root, capture_output=True, text=True)
+    assert sums.returncode == 0 and sums.stdout.count(": OK") == len(names) - 1, sums.stdout
+    assert (root / "model.tflite").read_bytes() == pair.read_bytes()
+    assert (root / "model_edgetpu.tflite").read_bytes() == pair.with_name("net_edgetpu.tflite").read_bytes()
+    labels = (root / "labels.txt").read_text().splitlines()
+    assert len(labels) == 1001 and labels[0] == "background"
+    assert (root / "profile.toml").read_text() == load_profile("rpi4-coral-usb").to_toml()
+    assert "dtoverlay=vc4-kms-v3d" in (root / "config.txt.fragment").read_text()
+    meta = json.loads((root / "bundle.json").read_text())
+    for name, digest in meta["sha256"].items():
+        assert hashlib.sha256((root / name).read_bytes()).hexdigest() == digest, name
+    unit = (root / "edgecls.service").read_text()
+    assert "Restart=on-failure" in unit and "WantedBy=multi-user.target" in unit and "User=edgecls" in unit
+    assert "WorkingDirectory=/var/lib/edgecls" in unit and "StateDirectory=edgecls" in unit
+    assert ("ExecStart=/opt/edgecls/venv/bin/edgecls run /opt/edgecls/model.tflite --profile /opt/edgecls/profile.toml"
+            in unit)
+    assert "--sink mqtt://broker/edge --quiet" in unit
+    assert os.access(root / "install.sh", os.X_OK)
+    assert bundle_contents(out)["bundle"]["profile"] == "rpi4-coral-usb"
+
+
+def test_install_script_syntax_and_dry_run(pair, tmp_path, bundle, wheel):
+    out = tmp_path / "b.tar.gz"
+    bundle(pair, "rpi5-coral-pcie", out)
+    root = extract(out, tmp_path / "x")
+    script = root / "install.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    dry = subprocess.run(["bash", str(script), "--dry-run", "--no-start"], capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    steps = dry.stdout
+    assert "+ python3 -m venv --system-site-packages /opt/edgecls/venv" in steps  # picamera2 comes from the OS
+    # the bundled wheel, not a name on PyPI
+    assert f"--find-links {root}/wheels {root}/wheels/{wheel.name}[camera]" in steps
+    assert "install.sh: numpy: " in steps  # it says what it chose
+    assert "+ install -d -m 750 -o edgecls -g edgecls /var/lib/edgecls" in steps  # the service's own folder
+    assert f"+ install -m 644 {root}/model_edgetpu.tflite /opt/edgecls/model_edgetpu.tflite" in steps
+    assert "+ install -m 644 " + str(root / "edgecls.service") + " /etc/systemd/system/edgecls.service" in steps
+    assert "+ systemctl enable edgecls.service" in steps and "--now" not in steps
+    assert "usermod -aG apex edgecls" in steps  # the PCIe Edge TPU's device node group
+    bad = subprocess.run(["bash", str(script), "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown option --bogus" in bad.stderr
+
+
+def test_systemd_unit_verifies(pair, tmp_path, bundle):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not available on this machine")
+    prefix = tmp_path / "opt" / "edgecls"
+    (prefix / "venv" / "bin").mkdir(parents=True)
+    # verify checks that ExecStart's program exists: point the prefix at this environment's edgecls
+    (prefix / "venv" / "bin" / "edgecls").symlink_to(Path(sys.executable).with_name("edgecls"))
+    out = tmp_path / "b.tar.gz"
+    bundle(pair, "rpi5", out, prefix=str(prefix), user="nobody", sinks=["jsonl:/var/log/x 1.jsonl"])
+    root = extract(out, tmp_path / "x")
+    result = subprocess.run([analyze, "verify", str(root / "edgecls.service")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert '"jsonl:/var/log/x 1.jsonl"' in (root / "edgecls.service").read_text()  # quoted for systemd
+    broken = root / "broken.service"
+    broken.write_text((root / "edgecls.service").read_text().replace(f"ExecStart={prefix}", "ExecStart=relative"))
+    assert subprocess.run([analyze, "verify", str(broken)], capture_output=True).returncode != 0
+
+
+def test_cpu_profile_leaves_the_edgetpu_build_out(pair, tmp_path, bundle):
+    made = bundle(pair, "rpi5", tmp_path / "b.tar.gz")
+    assert "model_edgetpu.tflite" not in made.files
+    assert any("left out" in w for w in made.warnings)
+
+
+def test_edgetpu_profile_without_a_compiled_model_warns(coral, tmp_path, bundle):
+    made = bundle(coral / "mobilenet_v2_1.0_224_quant.tflite", "rpi4-coral-usb", tmp_path / "b.tgz")
+    assert any("no Edge TPU build" in w for w in made.warnings)
+
+
+def test_deploy_errors(coral, pair, tmp_path, bundle):
+    only = tmp_path / "only_edgetpu.tflite"
+    shutil.copy(coral / "mobilenet_v1_0.25_128_quant_edgetpu.tflite", only)
+    with pytest.raises(ConfigError, match="only runs on the Edge TPU"):
+        bundle(only, "rpi5", tmp_path / "a.tar.gz")
+    # given the Edge TPU build, its CPU model beside it goes in too
+    given = bundle(pair.with_name("net_edgetpu.tflite"), "rpi4-coral-usb", tmp_path / "c.tar.gz")
+    assert {"model.tflite", "model_edgetpu.tflite"} <= set(given.files)
+    with pytest.raises(ConfigError, match=r"\.tar\.gz"):
+        bundle(pair, "rpi5", tmp_path / "bundle.zip")
+    with pytest.raises(ConfigError, match="absolute path"):
+        bundle(pair, "rpi5", tmp_path / "a.tar.gz", prefix="opt/edgecls")
+    with pytest.raises(ConfigError, match="unknown sink 'garbage'"):  # refused here, not at the device's boot
+        bundle(pair, "rpi5", tmp_path / "a.tar.gz", sinks=["garbage"])
+    with pytest.raises(ConfigError, match="expected an edgecls wheel"):
+        bundle(pair, "rpi5", tmp_path / "a.tar.gz", wheel=pair)
+    result = edgecls("deploy", str(pair), "--profile", "rpi9", "--out", str(tmp_path / "a.tar.gz"))
+    assert result.returncode == 1 and result.stderr.startswith("error: no profile named 'rpi9'")
+    assert not (tmp_path / "a.tar.gz").exists()
+
+
+def test_deploy_cli(pair, tmp_path):
+    out = tmp_path / "bundle.tar.gz"
+    # builds the wheel from this checkout (into the cache named by XDG_CACHE_HOME)
+    result = edgecls("deploy", str(pair), "--profile", "rpi4-coral-usb", "--out", str(out),
+                     env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr
+    assert any(n.endswith("-py3-none-any.whl") for n in bundle_contents(out)["names"])
+    assert "sudo ./install.sh" in result.stdout and out.is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("sinks", ["jsonl:/tmp/x\nExecStartPre=/bin/touch /tmp/pwned"], "control characters"),
+        ("user", "edgecls\nExecStartPre=/bin/sh", "not a valid system user name"),
+        ("user", "root", "its own unprivileged user"),
+        ("prefix", "/opt/edgecls\nExecStartPre=/bin/sh", "use letters, digits"),
+        ("prefix", "/opt/../etc", "no '..'"),
+        ("prefix", "/opt/edge cls", "use letters, digits"),
+        ("prefix", "/usr", "is a system folder"),
+        ("pip_spec", "edgecls\n; touch /tmp/pwned", "control characters"),
+        ("pip_spec", "--index-url=http://evil/ edgecls", "not an option"),
+    ],
+)
+def test_values_that_would_inject_into_the_unit_or_install_script_are_refused(pair, tmp_path, bundle, option, value,
+                                                                              message):
+    with pytest.raises(ConfigError, match=message):
+        bundle(pair, "rpi5", tmp_path / "b.tar.gz", **{option: value})
+    assert not (tmp_path / "b.tar.gz").exists()
+
+
+def test_a_profile_description_with_a_newline_is_refused(pair, tmp_path):
+    bad = tmp_path / "board.toml"
+    bad.write_text(load_profile("rpi5").to_toml().replace('description = "', 'description = "x\\nExecStartPre=/bin/sh ', 1))
+    result = edgecls("deploy", str(pair), "--profile", str(bad), "--out", str(tmp_path / "b.tar.gz"))
+    assert result.returncode == 1 and "description must be a non-empty string on one line" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "b.tar.gz").exists()
+
+
+def test_shell_text_in_values_is_never_run(pair, tmp_path, bundle):
+    """--pip-spec, a sink and EDGECLS_PIP_SPEC holding $(...) reach install.sh as data: a dry run (and the unit)
+    keep them literal and run nothing."""
+    canary = tmp_path / "pwned"
+    spec = f"x}}$(touch {canary})"
+    bundle(pair, "rpi5", tmp_path / "b.tar.gz", pip_spec=spec, sinks=[f"jsonl:/tmp/$(touch {canary}).jsonl"])
+    root = extract(tmp_path / "b.tar.gz", tmp_path / "x")
+    dry = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert f"pip install --upgrade --disable-pip-version-check --constraint /opt/edgecls/constraints.txt {spec}" in (
+        dry.stdout) or f"--disable-pip-version-check {spec}" in dry.stdout
+    for how in (["--pip-spec", f"$(touch {canary})"], []):
+        env = {**os.environ, "EDGECLS_PIP_SPEC": f"`touch {canary}`"}
+        again = subprocess.run(["bash", str(root / "install.sh"), "--dry-run", *how], capture_output=True, text=True,
+                               timeout=60, env=env)
+        assert again.returncode == 0, again.stderr
+    assert not canary.exists()
+    unit = (root / "edgecls.service").read_text()
+    assert f'"jsonl:/tmp/$$(touch {canary}).jsonl"' in unit  # systemd would not expand it either
+
+
+def test_the_mqtt_password_stays_out_of_the_bundle(pair, tmp_path, bundle):
+    secret = "hunter2-s3cret"
+    made = bundle(pair, "rpi5", tmp_path / "b.tar.gz", sinks=[f"mqtt://pi:{secret}@broker.local/robot/vision"])
+    assert any("mqtt://pi:***@broker.local/robot/vision" in w and "--mqtt-password-file" in w for w in made.warnings)
+    root = extract(tmp_path / "b.tar.gz", tmp_path / "x")
+    for path in root.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    unit = (root / "edgecls.service").read_text()
+    assert "--sink mqtt://pi@broker.local/robot/vision" in unit and "EnvironmentFile=-/etc/edgecls/edgecls.env" in unit
+    dry = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert "names a user but no password was given" in dry.stderr
+    secret_file = tmp_path / "pw"
+    secret_file.write_text(secret + "\n")
+    dry = subprocess.run(["bash", str(root / "install.sh"), "--dry-run", "--mqtt-password-file", str(secret_file)],
+                         capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0 and "+ write /etc/edgecls/edgecls.env (root only, mode 0600)" in dry.stdout
+    assert secret not in dry.stdout + dry.stderr
+
+
+def fake_bin(folder: Path, name: str, script: str) -> dict[str, str]:
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text("#!/bin/sh\n" + script)
+    (folder / name).chmod(0o755)
+    return {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}"}
+
+
+@pytest.mark.parametrize(
+    ("name", "script", "message"),
+    [
+        ("uname", "echo armv7l\n", "32-bit ARM system (armv7l)"),
+        ("uname", "echo riscv64\n", "riscv64 is not supported"),
+        ("python3", 'case "$*" in *ensurepip*) exit 1;; esac\nexec "$REAL_PYTHON" "$@"\n', "apt-get install python3-venv"),
+        ("python3", 'case "$*" in *version_info*) exit 1;; esac\nexec "$REAL_PYTHON" "$@"\n', "needs Python >= 3.10"),
+    ],
+)
+def test_install_checks_the_system_before_it_changes_anything(pair, tmp_path, bundle, name, script, message):
+    bundle(pair, "rpi5", tmp_path / "b.tar.gz")
+    root = extract(tmp_path / "b.tar.gz", tmp_path / "x")
+    env = fake_bin(tmp_path / "bin", name, script)
+    env["REAL_PYTHON"] = shutil.which("python3") or sys.executable
+    done = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert done.returncode == 1 and message in done.stderr, done.stderr
+    assert "+ " not in done.stdout  # no step was even planned
+
+
+def test_a_damaged_bundle_is_refused(pair, tmp_path, bundle):
+    bundle(pair, "rpi5", tmp_path / "b.tar.gz")
+    root = extract(tmp_path / "b.tar.gz", tmp_path / "x")
+    with open(root / "model.tflite", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\xff\xff")
+    done = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "do not match SHA256SUMS" in done.stderr and "+ " not in done.stdout
+
+
+def test_uninstall_dry_run(pair, tmp_path, bundle):
+    bundle(pair, "rpi5", tmp_path / "b.tar.gz")
+    root = extract(tmp_path / "b.tar.gz", tmp_path / "x")
+    done = subprocess.run(["bash", str(root / "install.sh"), "--uninstall", "--dry-run"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "+ rm -f /etc/systemd/system/edgecls.service" in done.stdout and "+ rm -rf /opt/edgecls" in done.stdout
+    assert "+ pip" not in done.stdout and "/var/lib/edgecls (the service's results) is left in place" in done.stdout

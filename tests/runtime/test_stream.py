@@ -1,0 +1,210 @@
+"""`Stream` on a real model and a real video file: every frame, latest(), callbacks, async, smoothing, limits,
+clean shutdown, errors in the consumer's thread, and reconnecting a source that fails on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import BACKEND
+from edgecls import Smoothing, Stream
+from edgecls.errors import CameraError, EdgeclsError
+from edgecls.sources import FrameSource
+
+# (tests that need OpenCV are marked needs_opencv)
+
+MODEL = "mobilenet_v2_1.0_224_quant.tflite"
+
+
+def stream(coral, source, **kwargs):  # type: ignore[no-untyped-def]
+    return Stream(coral / MODEL, source=source, num_threads=2, backend=BACKEND, **kwargs)
+
+
+def test_every_frame_of_a_file_is_classified_in_order(coral, cat_video):
+    with stream(coral, str(cat_video), top_k=2) as s:
+        results = list(s)
+        stats = s.stats()
+    assert [r.sequence for r in results] == list(range(24))
+    assert {r.predictions[0].label for r in results[:12]} == {"Egyptian cat"}
+    assert all(r.predictions[0].label.startswith("dragonfly") for r in results[12:])
+    assert results[0].decision.changed and results[12].decision.changed and not results[5].decision.changed
+    assert stats.frames_processed == 24 and stats.frames_captured == 24 and stats.frames_dropped == 0
+    lat = results[-1].latency
+    assert lat.invoke_ms > 0 and lat.total_ms >= lat.invoke_ms + lat.preprocess_ms
+    assert set(stats.latency_ms) == {"capture_to_start", "preprocess", "invoke", "postprocess", "total"}
+    d = results[0].to_dict()
+    assert d["decision"]["label"] == "Egyptian cat" and "frame" not in d and d["latency_ms"]["total"] > 0
+
+
+def test_smoothing_holds_the_decision_across_the_cut(coral, cat_video):
+    with stream(coral, str(cat_video), smoothing=Smoothing(hold=4)) as s:
+        results = list(s)
+    decided = [r.decision.label for r in results]
+    assert decided[12:15] == ["Egyptian cat"] * 3  # the new label must lead 4 frames
+    assert decided[15].startswith("dragonfly") and results[15].decision.changed
+    assert results[15].decision.previous == "Egyptian cat"
+
+
+def test_latest_and_on_result_without_iterating(coral, cat_video):
+    seen = []
+    threads = set()
+
+    def on_result(result):  # type: ignore[no-untyped-def]
+        seen.append(result.sequence)
+        threads.add(threading.current_thread().name)
+
+    s = stream(coral, str(cat_video), on_result=on_result)
+    assert s.latest() is None
+    with s:
+        deadline = time.monotonic() + 20
+        while s.running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        latest = s.latest()
+    assert seen == list(range(24)) and latest.sequence == 23
+    assert threads == {"edgecls-inference"}
+
+
+def test_async_for(coral, cat_video):
+    async def consume():  # type: ignore[no-untyped-def]
+        labels = []
+        with stream(coral, str(cat_video), max_frames=5) as s:
+            async for result in s:
+                labels.append(result.predictions[0].label)
+                await asyncio.sleep(0)
+        return labels
+
+    assert asyncio.run(consume()) == ["Egyptian cat"] * 5
+
+
+def test_limits_loop_and_fps_cap(coral, cat_video):
+    with stream(coral, str(cat_video), loop=True, max_frames=30) as s:
+        results = list(s)
+    assert len(results) == 30 and results[-1].sequence == 29  # looped past the 24 frames of the file
+    start = time.monotonic()
+    with stream(coral, "demo", fps=20, duration=0.6, keep_frames=False) as s:
+        results = list(s)
+    elapsed = time.monotonic() - start
+    assert 1 <= len(results) <= 14 and elapsed < 3  # at most 20 a second (fewer where invoke is slow)
+    gaps = np.diff([r.result_time for r in results])
+    assert len(gaps) == 0 or np.median(gaps) >= 0.045
+    assert results[0].frame is None
+
+
+def test_close_joins_threads_and_releases_the_source(coral, cat_video):
+    before = threading.active_count()
+    s = stream(coral, "demo")
+    s.start()
+    time.sleep(0.3)
+    start = time.monotonic()
+    s.close()
+    assert time.monotonic() - start < 1.0
+    assert threading.active_count() == before
+    assert s.source._frames is None  # the capture thread closed its source
+    s.close()  # twice is fine
+    with pytest.raises(EdgeclsError, match="closed"):
+        s.start()
+
+
+class FlakySource(FrameSource):
+    """A live source that fails on purpose: after ``good`` frames it raises CameraError, then refuses to reopen
+    ``refusals`` times, then works again."""
+
+    live = True
+    color = "rgb"
+    name = "flaky"
+
+    def __init__(self, good: int = 5, refusals: int = 2) -> None:
+        self.good, self.refusals = good, refusals
+        self.opens = 0
+        self.reads = 0
+        self.failed = False
+
+    def open(self) -> None:
+        self.opens += 1
+        if self.failed and self.refusals > 0:
+            self.refusals -= 1
+            raise CameraError("flaky camera unplugged")
+
+    def read(self) -> np.ndarray:
+        self.reads += 1
+        if self.reads == self.good and not self.failed:
+            self.failed = True
+            raise CameraError("flaky camera stopped")
+        time.sleep(0.005)
+        return np.full((120, 160, 3), 90, np.uint8)
+
+
+def test_a_lost_camera_is_reopened_with_backoff_and_reported(coral):
+    source = FlakySource()
+    events = []
+    with stream(coral, source, on_event=events.append, max_frames=12) as s:
+        s._capture.backoff = (0.05, 0.2)
+        results = list(s)
+        stats = s.stats()
+    kinds = [e.kind for e in events]
+    assert kinds[:2] == ["source-lost", "source-reopened"]
+    assert "after 3 attempt(s)" in events[1].message  # two refusals, then success
+    assert source.opens == 4 and len(results) == 12 and stats.reconnects == 1
+
+
+class BrokenSource(FrameSource):
+    live = False
+    name = "broken"
+
+    def read(self) -> np.ndarray:
+        raise CameraError("the video file became unreadable")
+
+
+def test_errors_surface_in_the_consumers_thread(coral, cat_video):
+    with stream(coral, BrokenSource()) as s:
+        with pytest.raises(CameraError, match="became unreadable"):
+            list(s)
+        assert isinstance(s.error, CameraError)
+
+    def bad_callback(result):  # type: ignore[no-untyped-def]
+        raise RuntimeError("robot arm offline")
+
+    with stream(coral, str(cat_video), on_result=bad_callback) as s:
+        with pytest.raises(EdgeclsError, match="robot arm offline"):
+            list(s)
+        with pytest.raises(EdgeclsError):
+            s.latest()
+
+
+class FastLiveSource(FrameSource):
+    """A live source quicker than the model: stale frames must be dropped, never queued."""
+
+    live = True
+    name = "fast"
+
+    def read(self) -> np.ndarray:
+        time.sleep(0.0005)
+        return np.zeros((120, 160, 3), np.uint8)
+
+
+def test_a_live_source_keeps_only_the_newest_frame(coral):
+    with stream(coral, FastLiveSource(), max_frames=10) as s:
+        results = list(s)
+        stats = s.stats()
+    assert stats.frames_dropped > 0
+    assert results[-1].sequence > 10  # results skip the dropped frames
+    assert max(r.latency.capture_to_start_ms for r in results[2:]) < 50  # no backlog of stale frames
+
+
+def test_a_bad_image_in_a_folder_is_skipped_and_reported(coral, tmp_path):
+    import shutil
+
+    shutil.copy(coral / "cat.bmp", tmp_path / "a_cat.bmp")
+    (tmp_path / "b_broken.jpg").write_bytes(b"not a jpeg")
+    shutil.copy(coral / "dragonfly.bmp", tmp_path / "c_fly.bmp")
+    events = []
+    with stream(coral, str(tmp_path), on_event=events.append) as s:
+        labels = [r.predictions[0].label for r in s]
+    assert labels[0] == "Egyptian cat" and labels[1].startswith("dragonfly") and len(labels) == 2
+    skipped = [e for e in events if e.kind == "frame-skipped"]
+    assert len(skipped) == 1 and "b_broken.jpg" in skipped[0].message
+    assert events[-1].kind == "source-ended"
