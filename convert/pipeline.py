@@ -336,10 +336,15 @@ def export(model: Any, dataset: Dataset, options: ConvertOptions, obs: ConvertOb
     return INT8_METHODS[options.method].run(ctx)
 
 
+def _normalizer(dataset: Dataset) -> Any:
+    """What the model expects of 0..255 pixels (identity for ours: they normalise inside the graph)."""
+    cfg = dataset.preprocess
+    return lambda x: (x.astype(np.float32) - float(cfg.mean or 0.0)) / float(cfg.std or 1.0)
+
+
 def _int8_context(model: Any, dataset: Dataset, options: ConvertOptions, obs: ConvertObserver,
                   sigmoid: bool) -> Int8Context:
-    cfg = dataset.preprocess
-    norm = lambda x: (x.astype(np.float32) - float(cfg.mean or 0.0)) / float(cfg.std or 1.0)  # noqa: E731
+    norm = _normalizer(dataset)
     calib_idx = stratified_sample(dataset.labels("train"), options.calibration_samples, options.train.seed)
     return Int8Context(model=model, dataset=dataset, options=options, observer=obs, sigmoid=sigmoid,
                        calibration=norm(dataset.images["train"][calib_idx]), normalize=norm)
@@ -377,7 +382,7 @@ def export_and_verify(
     out.mkdir(parents=True, exist_ok=True)
     classes = list(dataset.classes)
     method = INT8_METHODS[options.method] if options.method else None
-    norm = _int8_context(model, dataset, options, obs, sigmoid).normalize
+    norm = _normalizer(dataset)
     float_bytes = len(to_tflite(model, mode="none"))
     _save_keras(model, out / "model.keras")
     float_probs = evaluate.float_probabilities(model, norm(dataset.images["test"]), sigmoid=sigmoid)
