@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .api import ConvertResult, demo, quantize, train
+    from .api import ConvertResult, WorkerResult, demo, quantize, train
 
-_LAZY = ("ConvertResult", "train", "quantize", "demo", "OPTION_NAMES")
+_LAZY = ("ConvertResult", "WorkerResult", "train", "quantize", "demo", "OPTION_NAMES")
 __all__ = list(_LAZY)
 
 

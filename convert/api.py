@@ -87,6 +87,28 @@ class ConvertResult:
         return self.report_md_path.read_text(encoding="utf-8") if self.report_md_path.is_file() else str(self)
 
 
+@dataclass(frozen=True)
+class WorkerResult:
+    """What `train` returns on a multi-worker cluster's worker that is not the chief: it trained its shard with the
+    others; the chief exported, verified and wrote the run (`--strategy multi-worker`, docs/convert.md)."""
+
+    task_type: str
+    task_index: int
+    num_workers: int
+    passed: bool = True  # nothing of its own to fail: the chief's result has the verdict
+
+    def __str__(self) -> str:
+        return (f"{self.task_type} {self.task_index} of {self.num_workers} workers: trained its shard; the chief "
+                "wrote the run")
+
+
+def _result(report: dict[str, Any], out: str | os.PathLike[str]) -> "ConvertResult | WorkerResult":
+    worker = report.get("worker")
+    if worker is not None:
+        return WorkerResult(worker["task_type"], worker["task_index"], worker["num_workers"])
+    return ConvertResult.from_report(report, Path(out).absolute())
+
+
 def options_from(out: str | os.PathLike[str], options: dict[str, Any], *, base: Any = None) -> Any:
     """A ConvertOptions for ``out`` from flat keyword options, over ``base`` (default: the defaults). An unknown
     name is a ConfigError that names the closest one."""
@@ -153,7 +175,7 @@ def import_tensorflow(command: str = "convert", *, verbose: bool = False) -> Any
 
 def train(data: str | os.PathLike[str], out: str | os.PathLike[str], *, arch: str = "compact-cnn",
           overwrite: bool = False, progress: Any = True, stop_request: Any = None, verbose: bool = False,
-          **options: Any) -> ConvertResult:
+          **options: Any) -> "ConvertResult | WorkerResult":
     """Train ``arch`` on ``data`` (a folder of class folders, or train/ val/ [test/]), export it to int8 TFLite,
     verify it against the float model on the held-out images and write the run to ``out`` (built beside it and
     swapped in whole; ``overwrite`` replaces an earlier run there).
@@ -163,14 +185,21 @@ def train(data: str | os.PathLike[str], out: str | os.PathLike[str], *, arch: st
     False is silent, or pass an observer. ``stop_request`` (training.StopRequest) ends training early from another
     thread or a signal handler, and the best weights so far are still exported and verified.
 
-    A model that fails the parity gate is still written; ``result.passed`` says so. Errors (no images, a bad
+    A model that fails the parity gate is still written; ``result.passed`` says so. With ``strategy="multi-worker"``
+    a worker that is not the chief returns a `WorkerResult` (the chief writes the run). Errors (no images, a bad
     option) are EdgeclsError subclasses with a message that says what to do."""
     from .pipeline import convert_dataset
+    from .recipes import recipe
 
     import_tensorflow("convert", verbose=verbose)  # first: its log level is read when it loads
-    opts = options_from(out, {"arch": arch, **options})
-    report = convert_dataset(Path(data), opts, _observer(progress), stop_request, overwrite=overwrite)
-    return ConvertResult.from_report(report, Path(out).absolute())
+    name, filled = recipe(arch, options)
+    opts = options_from(out, {**filled, "arch": arch, **options, **({"recipe": name} if name else {})})
+    obs = _observer(progress)
+    if filled:
+        obs.step(f"the {name} recipe (docs/convert.md) sets " + ", ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in filled.items()) + "; a flag you give wins")
+    report = convert_dataset(Path(data), opts, obs, stop_request, overwrite=overwrite)
+    return _result(report, out)
 
 
 def quantize(model: str | os.PathLike[str], calibration: str | os.PathLike[str], out: str | os.PathLike[str], *,

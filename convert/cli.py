@@ -55,6 +55,12 @@ class Resize(str, Enum):
     letterbox = "letterbox"
 
 
+class Flip(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
 class Optimizer(str, Enum):
     adam = "adam"
     sgd = "sgd"
@@ -125,6 +131,7 @@ def convert(
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.99, rich_help_panel=TRAIN)] = 0.0,
     augment: Annotated[float, typer.Option(min=0.0, max=3.0, help="Augmentation strength (0 = off).", rich_help_panel=TRAIN)] = 1.0,
     mixup: Annotated[float, typer.Option(min=0.0, max=10.0, help="MixUp strength, the Beta(a, a) alpha (0 = off; try 0.2).", rich_help_panel=TRAIN)] = 0.0,
+    flip: Annotated[Flip, typer.Option(help="Mirror training images left-right: auto does for photos, not for grayscale images of 32 px or less (a mirrored digit is not the same digit).", rich_help_panel=TRAIN)] = Flip.auto,
     weight_decay: Annotated[float, typer.Option(min=0.0, max=0.99, help="Decoupled weight decay of kernels (0 = none; with Adam, AdamW).", rich_help_panel=TRAIN)] = 0.0,
     patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience in epochs.", rich_help_panel=TRAIN)] = 8,
     class_weights: Annotated[ClassWeights, typer.Option(help="'auto' weighs classes by inverse frequency.", rich_help_panel=TRAIN)] = ClassWeights.none,
@@ -167,7 +174,7 @@ def convert(
             "input_size": input_size, "color": color.value, "alpha": alpha, "weights": weights, "width": width,
             "depth": depth, "separable": separable, "dropout": dropout, "epochs": epochs,
             "fine_tune_epochs": fine_tune_epochs, "fine_tune_layers": fine_tune_layers, "batch_size": batch_size,
-            "learning_rate": learning_rate, "label_smoothing": label_smoothing, "augment": augment, "mixup": mixup,
+            "learning_rate": learning_rate, "label_smoothing": label_smoothing, "augment": augment, "mixup": mixup, "flip": flip.value,
             "weight_decay": weight_decay, "optimizer": optimizer.value, "patience": patience,
             "class_weights": class_weights is ClassWeights.auto, "seed": seed, "strategy": strategy.value,
             "arch": arch.value, "split": _parse_split(split), "resize": resize.value, "quant": quant.value, "io": io.value,
@@ -181,12 +188,12 @@ def convert(
 
         observer = RichObserver()
         common = {"overwrite": overwrite, "progress": observer, "verbose": verbose()}
+        # The flags the user gave (the int8 method counts as given when one of its old switches was): the demo's
+        # settings, or the recipe for the model (edgecls.convert.recipes), fill the rest.
+        given = {k: v for k, v in values.items() if _given(ctx, k)}
+        if method != DEFAULT_INT8_METHOD:
+            given["int8_method"] = method
         if demo:
-            # The demo's own settings, with every flag the user gave on top (the int8 method counts as given when
-            # one of its old switches was).
-            given = {k: v for k, v in values.items() if _given(ctx, k)}
-            if method != DEFAULT_INT8_METHOD:
-                given["int8_method"] = method
             result = _with_early_stop(lambda request: api.demo(out, stop_request=request, **common, **given),
                                       observer)
         elif source is None:
@@ -194,8 +201,11 @@ def convert(
         elif calibration is not None:
             result = api.quantize(source, calibration, out, **common, **values)
         else:
-            result = _with_early_stop(lambda request: api.train(source, out, stop_request=request, **common, **values),
+            result = _with_early_stop(lambda request: api.train(source, out, stop_request=request, **common, **given),
                                       observer)
+        if isinstance(result, api.WorkerResult):
+            observer.console.print(str(result))
+            return
         _summary(observer, dict(result.report), out, demo)
     if not result.passed:
         typer.echo(f"error: {result.gate_message}", err=True)

@@ -6,6 +6,8 @@ resize and colour order on the device. Only ops that quantise fully to int8 and 
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -145,10 +147,23 @@ def seed_cnn(spec: ModelSpec) -> Any:
     return keras.Model(inputs, outputs, name="seed_cnn")
 
 
+def stride_plan(input_size: int, depth: int) -> list[int]:
+    """The strides of compact-cnn's stem and its ``depth`` stages: each halves the resolution until the last
+    feature map would be under 3 pixels, so a 28-pixel digit ends at 4x4, as a 96- or 128-pixel photo ends at 3-4
+    pixels (five halvings of 28 pixels would leave one). Where fewer halvings are needed, the stem keeps the full
+    resolution first, then the last stages."""
+    halvings = max(1, min(depth + 1, int(math.log2(max(input_size, 6) / 3))))
+    strides = [2] * (depth + 1)
+    for index in ([0, *range(depth, 0, -1)])[: depth + 1 - halvings]:
+        strides[index] = 1
+    return strides
+
+
 @register("compact-cnn", input_size=96, tune_sizes=(48, 64, 96, 128), family="compact")
 def compact_cnn(spec: ModelSpec) -> Any:
-    """Our small edge CNN: a strided conv stem, ``depth`` stages of conv/BN/ReLU (depthwise-separable when
-    ``separable``) that halve the resolution and double the width (capped at 8x), global average pooling, dropout."""
+    """Our small edge CNN: a conv stem and ``depth`` stages of conv/BN/ReLU (depthwise-separable when ``separable``),
+    each doubling the width (capped at 8x) and halving the resolution as far as the input size allows (see
+    `stride_plan`), global average pooling, dropout."""
     keras = _keras()
     layers = keras.layers
     if spec.depth < 1 or spec.width < 4:
@@ -161,18 +176,19 @@ def compact_cnn(spec: ModelSpec) -> Any:
         x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
         return layers.ReLU(max_value=spec.relu_cap, name=f"{name}_relu")(x)
 
-    x = conv_bn_relu(x, spec.width, 3, 2, "stem")
+    strides = stride_plan(spec.input_size, spec.depth)
+    x = conv_bn_relu(x, spec.width, 3, strides[0], "stem")
     for stage in range(spec.depth):
         filters = spec.width * min(8, 2 ** (stage + 1))
         if spec.separable:
-            for block, stride in enumerate((2, 1)):
+            for block, stride in enumerate((strides[stage + 1], 1)):
                 name = f"s{stage}b{block}"
                 x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
                 x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_dw_bn")(x)
                 x = layers.ReLU(max_value=spec.relu_cap, name=f"{name}_dw_relu")(x)
                 x = conv_bn_relu(x, filters, 1, 1, f"{name}_pw")
         else:
-            x = conv_bn_relu(x, filters, 3, 2, f"s{stage}a")
+            x = conv_bn_relu(x, filters, 3, strides[stage + 1], f"s{stage}a")
             x = conv_bn_relu(x, filters, 3, 1, f"s{stage}b")
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inputs, _head(keras, x, spec, "compact-cnn"), name="compact_cnn")

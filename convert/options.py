@@ -130,6 +130,7 @@ class ConvertOptions:
     export: ExportOptions = field(default_factory=ExportOptions)
     gate: GateOptions = field(default_factory=GateOptions)
     deterministic: bool = False
+    recipe: str | None = None  # the recipe that filled the options the user left out (edgecls.convert.recipes)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
@@ -148,7 +149,7 @@ class ConvertOptions:
         by_group: dict[str, dict[str, Any]] = {}
         top: dict[str, Any] = {}
         for name, value in options.items():
-            if name in ("out_dir", "deterministic"):
+            if name in ("out_dir", "deterministic", "recipe"):
                 top[name] = value
             elif name in _GROUP_OF:
                 by_group.setdefault(_GROUP_OF[name], {})[name] = value
@@ -161,7 +162,7 @@ class ConvertOptions:
 
     def flat(self) -> dict[str, Any]:
         """Every option by its flat name; training's prefixed ``train.`` (how report.json records the settings)."""
-        values: dict[str, Any] = {"deterministic": self.deterministic}
+        values: dict[str, Any] = {"deterministic": self.deterministic, "recipe": self.recipe}
         for group in GROUPS:
             prefix = "train." if group == "train" else ""
             values.update({f"{prefix}{k}": v for k, v in dataclasses.asdict(getattr(self, group)).items()})

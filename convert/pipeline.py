@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import platform
+import shlex
 import shutil
 import sys
 import tempfile
@@ -29,7 +30,7 @@ from edgecls.labels import format_labels, read_labels_file
 from edgecls.manifest import embed_manifest
 from edgecls.preprocess import PreprocessConfig
 
-from . import evaluate, report as reporting
+from . import distributed, evaluate, report as reporting
 from .data import Dataset, scan, stratified_sample
 from .int8methods import DEFAULT_INT8_METHOD, INT8_METHODS, Int8Context, check_supported, int8_method
 from .models import create_model, uses_sigmoid
@@ -151,27 +152,43 @@ def convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertOb
     edgecls.convert.training.StopRequest); the seed-cnn baseline is then skipped. The run is built beside
     ``options.out_dir`` and swapped in whole at the end (see `staged_output`; ``overwrite`` replaces a finished
     run)."""
+    check_supported(int8_method(options.int8_method), options.arch)  # fail before training, not after it
+    strategy = make_strategy(options.train.strategy)  # first: the multi-worker one must precede any TensorFlow op
+    worker = distributed.role(strategy)
+    if not worker.chief:  # it trains its shard with the others; only the chief writes --out
+        obs = observer or QuietObserver()
+        obs.step(f"{worker.describe()}: training with the cluster; the chief writes the run")
+        with tempfile.TemporaryDirectory(prefix="edgecls-worker-") as scratch:
+            _convert_dataset(Path(data_dir), replace(options, out_dir=Path(scratch)), observer, None, strategy,
+                             worker)
+        return {"worker": {"task_type": worker.task_type, "task_index": worker.task_index,
+                           "num_workers": worker.num_workers, "out_dir": None}}
     with staged_output(options.out_dir, overwrite=overwrite) as stage:
-        return _convert_dataset(Path(data_dir), replace(options, out_dir=stage), observer, stop_request)
+        return _convert_dataset(Path(data_dir), replace(options, out_dir=stage), observer, stop_request, strategy,
+                                worker)
 
 
 def _convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertObserver | None,
-                     stop_request: StopRequest | None) -> dict[str, Any]:
+                     stop_request: StopRequest | None, strategy: Any,
+                     worker: distributed.WorkerRole) -> dict[str, Any] | None:
     """The stages, in order: prepare the data, build the model, train, then `export_and_verify` (export with the
-    chosen int8 method, verify through the runtime, gate, write the run)."""
+    chosen int8 method, verify through the runtime, gate, write the run). A worker that is not the chief stops
+    after training (None)."""
     obs = observer or QuietObserver()
     started = time.perf_counter()
-    check_supported(int8_method(options.int8_method), options.arch)  # fail before training, not after it
     dataset = prepare_data(data_dir, options, obs)
     sigmoid = uses_sigmoid(options.arch, len(dataset.classes))
     teacher, teacher_info = _teacher(options, dataset, sigmoid, obs)
-    strategy = make_strategy(options.train.strategy)
     with strategy.scope():
         model = create_model(options.arch, options.model_spec(len(dataset.classes)))
     t_train = time.perf_counter()
     history = train(model, dataset, options.train, sigmoid=sigmoid, checkpoint_dir=options.out_dir / "checkpoints",
                     strategy=strategy, observer=obs, teacher=teacher, stop_request=stop_request)
     train_s = time.perf_counter() - t_train
+    if not worker.chief:
+        return None
+    if worker.num_workers > 1:
+        model = distributed.local_copy(model, options.out_dir / "checkpoints")
     stopped = history.get("stopped_early")
     if stopped:
         best = f"the weights of epoch {stopped['best_epoch']}" if stopped["best_epoch"] else "the last weights"
@@ -539,6 +556,7 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
                         f"of top-1, more than the --max-drop of {options.max_drop:.2f} the gate allows: it cannot "
                         f"measure a drop that small (give it at least {int(100 / max(options.max_drop, 1e-9)) + 1} "
                         "test images, e.g. a larger --split test share)")
+    warnings += advice(options, dataset, metrics, baseline, per_image) if history is not None else []
     notes = {"val": "the data has no test/ folder, so the held-out evaluation uses val/ (also used for early stopping)",
              "calibration": "the model was trained elsewhere; every calibration image is also an evaluation image"}
     return {
@@ -576,6 +594,31 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
         "timing": {"train_s": round(timing["train_s"], 1),
                    "total_s": round(time.perf_counter() - timing["started"], 1)},
     }
+
+
+FEW_PER_CLASS = 100  # below this many training images per class, a model from scratch is told about transfer
+TRANSFER = "--arch mobilenet_v1 --alpha 0.25 --weights imagenet"
+
+
+def advice(options: ConvertOptions, dataset: Dataset, metrics: dict[str, Any], baseline: dict[str, Any] | None,
+           per_image: float) -> list[str]:
+    """What a user should know to do better: the textbook baseline beat the model (by more than one test image),
+    or a model from scratch had few images per class (transfer learning is what such data needs)."""
+    out: list[str] = []
+    data, run = shlex.quote(str(dataset.root)), shlex.quote(str(options.out_dir))
+    scratch = options.arch in ("compact-cnn", "seed-cnn") or options.weights == "none"
+    if baseline is not None and 100 * (baseline["float_top1"] - metrics["int8"]["top1"]) > per_image:
+        out.append(f"the seed-cnn baseline (the tutorial CNN, trained on the same split) scored "
+                   f"{100 * baseline['float_top1']:.1f}% on the test split, more than this {options.arch}'s "
+                   f"{100 * metrics['int8']['top1']:.1f}% int8: transfer learning usually beats both "
+                   f"(edgecls convert {data} --out {run}-transfer {TRANSFER}), or take the baseline itself "
+                   f"(--arch seed-cnn)")
+    fewest = min(dataset.counts("train").values(), default=0)
+    if scratch and fewest < FEW_PER_CLASS:
+        out.append(f"{options.arch} learns from scratch here, and the smallest class has {fewest} training images: "
+                   f"with under {FEW_PER_CLASS} per class, transfer learning from ImageNet weights is usually far "
+                   f"better (edgecls convert {data} --out {run}-transfer {TRANSFER})")
+    return out
 
 
 def majority_class(counts: dict[str, int]) -> dict[str, Any]:

@@ -6,6 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 
+def duration(seconds: float) -> str:
+    """4 s, 2 min 05 s, 1 h 03 min."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
 class RichObserver:
     """Progress for people: a bar while images decode, a line per epoch, a line per step."""
 
@@ -43,10 +53,13 @@ class RichObserver:
         if "kl" in logs:
             self.console.print(f"  {stage} {epoch:3d}/{epochs}  KL {logs['kl']:.5f}")
             return
+        timing = ""
+        if "epoch_s" in logs:
+            timing = f"  {logs['epoch_s']:.1f} s" + (f", left <= {duration(logs['eta_s'])}" if epoch < epochs else "")
         self.console.print(
             f"  {stage} {epoch:3d}/{epochs}  loss {logs.get('loss', float('nan')):.4f}  "
             f"acc {logs.get('accuracy', float('nan')):.3f}  val_loss {logs.get('val_loss', float('nan')):.4f}  "
-            f"val_acc {logs.get('val_accuracy', float('nan')):.3f}"
+            f"val_acc {logs.get('val_accuracy', float('nan')):.3f}{timing}", soft_wrap=True,
         )
 
     def _close_bar(self) -> None:

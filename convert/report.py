@@ -129,6 +129,15 @@ def _kept_lines(history: dict[str, Any] | None) -> list[str]:
             f"{loss[kept - 1]:.4f}, validation accuracy {_pct(accuracy[kept - 1])}).", ""]
 
 
+def _per_epoch(history: dict[str, Any] | None) -> str:
+    seconds = (history or {}).get("epoch_s") or []
+    if not seconds:
+        return ""
+    cluster = (history or {}).get("cluster")
+    where = f" on {cluster['workers']} workers" if cluster else ""
+    return f", {len(seconds)} epochs, {sum(seconds) / len(seconds):.1f} s per epoch{where}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     """A report a person reads: verdict first, then accuracy, sizes, data and settings."""
     q = report["quantization"]["mode"]
@@ -203,5 +212,6 @@ def markdown(report: dict[str, Any]) -> str:
     if len(report["skipped"]) > 20:
         lines.append(f"  - ... and {len(report['skipped']) - 20} more (see report.json)")
     lines += ["", "## Settings", "", "```json", json.dumps(report["settings"], indent=2), "```", "",
-              f"Wall time {report['timing']['total_s']:.0f} s (training {report['timing']['train_s']:.0f} s).", ""]
+              f"Wall time {report['timing']['total_s']:.0f} s (training {report['timing']['train_s']:.0f} s"
+              + _per_epoch(report.get("history")) + ").", ""]
     return "\n".join(lines)

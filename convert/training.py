@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
@@ -14,10 +15,22 @@ import numpy as np
 from edgecls.errors import ConfigError
 
 from .data import Dataset
+from .distributed import STRATEGIES, make_strategy
 from .models import base_model
 
-STRATEGIES = ("default", "mirrored", "multi-worker")
+__all__ = ["STRATEGIES", "make_strategy"]  # and the rest below; the strategies live in .distributed
 OPTIMIZERS = ("adam", "sgd")
+FLIPS = ("auto", "on", "off")
+SMALL_GRAY = 32  # grayscale images this small are glyphs, digits or sensor maps: a mirror image is another thing
+
+
+def flips(flip: str, image_shape: tuple[int, ...]) -> bool:
+    """Whether augmentation mirrors images: "auto" does for photos, not for small grayscale images (a mirrored digit
+    or letter is not the same class)."""
+    if flip != "auto":
+        return flip == "on"
+    height, width, channels = image_shape[-3:]
+    return not (channels == 1 and max(height, width) <= SMALL_GRAY)
 
 
 @dataclass(frozen=True)
@@ -38,6 +51,7 @@ class TrainConfig:
     class_weights: bool = False
     seed: int = 0
     strategy: str = "default"
+    flip: str = "auto"  # horizontal mirroring in augmentation: auto (not for small grayscale images), on, off
 
     def __post_init__(self) -> None:
         checks = [
@@ -53,6 +67,7 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}"),
             (self.patience >= 1, f"patience must be at least 1 (received {self.patience})"),
             (self.strategy in STRATEGIES, f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}"),
+            (self.flip in FLIPS, f"flip {self.flip!r} is not one of {', '.join(FLIPS)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -83,23 +98,7 @@ def deterministic() -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def make_strategy(name: str) -> Any:
-    """The tf.distribute strategy: "multi-worker" reads the cluster from the TF_CONFIG environment variable."""
-    import tensorflow as tf
-
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi-worker":
-        if "TF_CONFIG" not in os.environ:
-            raise ConfigError(
-                "--strategy multi-worker needs TF_CONFIG on every worker, e.g. "
-                '\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\''
-            )
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def make_augmenter(strength: float, seed: int) -> Any:
+def make_augmenter(strength: float, seed: int, flip: bool = True) -> Any:
     """Keras preprocessing layers, applied to training batches only (never part of the exported model)."""
     import keras
 
@@ -107,7 +106,7 @@ def make_augmenter(strength: float, seed: int) -> Any:
     s = strength
     return keras.Sequential(
         [
-            layers.RandomFlip("horizontal", seed=seed),
+            *([layers.RandomFlip("horizontal", seed=seed)] if flip else []),
             layers.RandomRotation(0.08 * s, fill_mode="reflect", seed=seed + 1),
             layers.RandomZoom((-0.15 * s, 0.15 * s), fill_mode="reflect", seed=seed + 2),
             layers.RandomTranslation(0.08 * s, 0.08 * s, fill_mode="reflect", seed=seed + 3),
@@ -144,29 +143,41 @@ def make_datasets(dataset: Dataset, config: TrainConfig, sigmoid: bool, teacher:
     With a ``teacher`` (edgecls.convert.distill.Teacher) the training targets blend in its probabilities for the augmented
     (and mixed) batch; validation keeps the true labels, so early stopping watches the real task.
     """
-    import tensorflow as tf
-
     k = len(dataset.classes)
-    autotune = tf.data.AUTOTUNE
 
     def pipeline(split: str, train: bool) -> Any:
-        x = dataset.images[split]
-        y = targets(dataset.labels(split), k, sigmoid)
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
-        if train:
-            ds = ds.shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True)
-        ds = ds.batch(config.batch_size)
-        ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), b), num_parallel_calls=autotune)
-        if train and config.augment > 0:
-            augmenter = make_augmenter(config.augment, config.seed)
-            ds = ds.map(lambda a, b: (augmenter(a, training=True), b), num_parallel_calls=autotune)
-        if train and config.mixup > 0:
-            ds = ds.map(make_mixup(config.mixup, config.seed), num_parallel_calls=autotune)
-        if train and teacher is not None:  # one call at a time: the teacher's own ops use the cores
-            ds = ds.map(lambda a, b: (a, teacher.blend(a, b, sigmoid=sigmoid)))
-        return ds.prefetch(autotune)
+        return input_pipeline(dataset.images[split], targets(dataset.labels(split), k, sigmoid), config,
+                              train=train, teacher=teacher, sigmoid=sigmoid)
 
     return pipeline("train", True), pipeline("val", False)
+
+
+def input_pipeline(x: np.ndarray, y: np.ndarray, config: TrainConfig, *, train: bool, teacher: Any = None,
+                   sigmoid: bool = False, batch_size: int | None = None, seed: int | None = None,
+                   sample_weights: np.ndarray | None = None, endless: bool = False) -> Any:
+    """One tf.data pipeline (see `make_datasets`); ``endless`` repeats it in full batches only (a multi-worker
+    shard, whose steps per epoch are counted by the caller)."""
+    import tensorflow as tf
+
+    autotune = tf.data.AUTOTUNE
+    seed = config.seed if seed is None else seed
+    tensors = (x, y) if sample_weights is None else (x, y, sample_weights)
+    ds = tf.data.Dataset.from_tensor_slices(tensors).cache()
+    if train:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    if endless:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size or config.batch_size, drop_remainder=endless)
+    ds = ds.map(lambda a, *rest: (tf.cast(a, tf.float32), *rest), num_parallel_calls=autotune)
+    if train and config.augment > 0:
+        augmenter = make_augmenter(config.augment, seed, flip=flips(config.flip, x.shape))
+        ds = ds.map(lambda a, *rest: (augmenter(a, training=True), *rest), num_parallel_calls=autotune)
+    if train and config.mixup > 0:
+        mix = make_mixup(config.mixup, seed)
+        ds = ds.map(lambda a, b, *rest: (*mix(a, b), *rest), num_parallel_calls=autotune)
+    if train and teacher is not None:  # one call at a time: the teacher's own ops use the cores
+        ds = ds.map(lambda a, b, *rest: (a, teacher.blend(a, b, sigmoid=sigmoid), *rest))
+    return ds.prefetch(autotune)
 
 
 def compile_model(model: Any, *, learning_rate: float, sigmoid: bool, label_smoothing: float, decay_steps: int,
@@ -249,10 +260,35 @@ def train(
     the model gets the stage's best checkpoint (lowest validation loss, the unfinished epoch included), and the
     history says so under "stopped_early".
     """
+    from . import distributed
+
     observer = observer or SilentObserver()
-    train_ds, val_ds = make_datasets(dataset, config, sigmoid, teacher)
     weights = dataset.class_weights() if config.class_weights and not sigmoid else None
-    history: dict[str, Any] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [], "stages": []}
+    multi_worker = distributed.is_multi_worker(strategy)
+    if multi_worker:
+        k = len(dataset.classes)
+        x_train, y_train = dataset.images["train"], targets(dataset.labels("train"), k, sigmoid)
+        w_train = None if weights is None else np.array([weights[int(i)] for i in dataset.labels("train")],
+                                                        dtype=np.float32)
+        val_arrays = (dataset.images["val"], targets(dataset.labels("val"), k, sigmoid))
+        stop_request = None  # one worker cannot end early alone: the others would wait for it at the next step
+
+        def shard_pipeline(shard: int, shards: int, per_replica_batch: int) -> Any:
+            return input_pipeline(x_train[shard::shards], y_train[shard::shards], config, train=True,
+                                  teacher=teacher, sigmoid=sigmoid, batch_size=per_replica_batch,
+                                  seed=config.seed + shard, endless=True,
+                                  sample_weights=None if w_train is None else w_train[shard::shards])
+        workers = distributed.role(strategy).num_workers
+        history_cluster = {"workers": workers, "replicas": strategy.num_replicas_in_sync,
+                           "global_batch": config.batch_size,
+                           "steps_per_epoch": max(1, len(x_train) // config.batch_size),
+                           "train_images_per_worker": [len(x_train[i::workers]) for i in range(workers)]}
+    else:
+        train_ds, val_ds = make_datasets(dataset, config, sigmoid, teacher)
+    history: dict[str, Any] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [], "epoch_s": [],
+                               "stages": []}
+    if multi_worker:
+        history["cluster"] = history_cluster
     base = base_model(model)
     pretrained = base is not None and not base.trainable  # models.create_model freezes pretrained bases only
     stages = [("train", config.epochs, config.learning_rate)]
@@ -270,18 +306,24 @@ def train(
         history["stages"].append({"name": name, "start_epoch": len(history["loss"]), "learning_rate": lr})
         callbacks, best, early = _callbacks(config, name, epochs, checkpoint_dir, observer, should_stop,
                                             stop_request)
-        with stop_request.fitting() if stop_request is not None else contextlib.nullcontext():
-            fit = model.fit(
-                train_ds,
-                validation_data=val_ds,
-                epochs=epochs,
-                class_weight=weights,
-                shuffle=False,  # the tf.data pipeline shuffles
-                verbose=0,
-                callbacks=callbacks,
-            )
+        if multi_worker:  # Keras's fit does not run under this strategy (see .distributed)
+            fitted = distributed.fit(model, strategy, make_train=shard_pipeline, val=val_arrays,
+                                     n_train=len(dataset.samples["train"]), batch_size=config.batch_size,
+                                     epochs=epochs, callbacks=callbacks, sigmoid=sigmoid)
+        else:
+            with stop_request.fitting() if stop_request is not None else contextlib.nullcontext():
+                fitted = model.fit(
+                    train_ds,
+                    validation_data=val_ds,
+                    epochs=epochs,
+                    class_weight=weights,
+                    shuffle=False,  # the tf.data pipeline shuffles
+                    verbose=0,
+                    callbacks=callbacks,
+                ).history
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-            history[key].extend(float(v) for v in fit.history.get(key, []))
+            history[key].extend(float(v) for v in fitted.get(key, []))
+        history["epoch_s"].extend(round(t, 2) for t in best.epoch_seconds)
         stopped = stop_request is not None and stop_request.requested
         kept = best.best_epoch if stopped else early.best_epoch if early.best_weights is not None else None
         if stopped and best.best_epoch is not None:
@@ -290,7 +332,7 @@ def train(
         stage["kept_epoch"] = None if kept is None else stage["start_epoch"] + kept + 1
         if stopped:
             history["stopped_early"] = {
-                "stage": name, "epoch": len(fit.history.get("loss", [])), "epochs": epochs,
+                "stage": name, "epoch": len(fitted.get("loss", [])), "epochs": epochs,
                 "best_epoch": None if best.best_epoch is None else best.best_epoch + 1,
                 "skipped_stages": [later[0] for later in stages[index + 1 :]],
             }
@@ -328,8 +370,22 @@ def _callbacks(config: TrainConfig, stage: str, epochs: int, checkpoint_dir: Pat
                 self.model.stop_training = True
 
     class Report(keras.callbacks.Callback):
+        """Each epoch's logs, its wall time ("epoch_s") and an estimate of the stage's time left ("eta_s": the mean
+        epoch so far times the epochs left; early stopping may end the stage sooner)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.seconds: list[float] = []
+            self._start = time.perf_counter()
+
+        def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            self._start = time.perf_counter()
+
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            observer.epoch(stage, epoch + 1, epochs, {k: float(v) for k, v in (logs or {}).items()})
+            self.seconds.append(time.perf_counter() - self._start)
+            timing = {"epoch_s": self.seconds[-1],
+                      "eta_s": sum(self.seconds) / len(self.seconds) * (epochs - epoch - 1)}
+            observer.epoch(stage, epoch + 1, epochs, {**{k: float(v) for k, v in (logs or {}).items()}, **timing})
 
     class AtomicCheckpoint(keras.callbacks.Callback):
         """Best weights so far, written to a temporary file and renamed, so a crash never leaves half a file."""
@@ -338,6 +394,7 @@ def _callbacks(config: TrainConfig, stage: str, epochs: int, checkpoint_dir: Pat
             super().__init__()
             self.best = float("inf")
             self.best_epoch: int | None = None
+            self.epoch_seconds: list[float] = []
             self.checkpoint_path = checkpoint_dir / f"best-{stage}.weights.h5"
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
@@ -350,6 +407,8 @@ def _callbacks(config: TrainConfig, stage: str, epochs: int, checkpoint_dir: Pat
                 os.replace(tmp, self.checkpoint_path)
 
     checkpoint = AtomicCheckpoint()
+    report = Report()
+    report.seconds = checkpoint.epoch_seconds  # the stage's epoch times, kept for the history
     # With cosine decay the best epochs come late: watch only the last third, so a noisy validation loss in the
     # middle of the schedule cannot stop training before the learning rate has come down.
     early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True,
@@ -357,7 +416,7 @@ def _callbacks(config: TrainConfig, stage: str, epochs: int, checkpoint_dir: Pat
     return [
         early,
         checkpoint,
-        Report(),
+        report,
         *([Stop()] if should_stop is not None else []),
         *([EndEarly()] if stop_request is not None else []),
     ], checkpoint, early

@@ -258,3 +258,28 @@ def ctrl_c_when(args: list[str], trigger, timeout: float = 240.0) -> tuple[int, 
         assert time.monotonic() < deadline, "".join(seen)
     rest, _ = proc.communicate(timeout=timeout)
     return proc.returncode, "".join(seen) + rest
+
+
+# --- the emulated Raspberry Pi (tests/runtime/test_emulated_pi.py) runs beside the rest of the session ---
+
+_EMULATED = "test_emulated_pi.py::test_bookworm_installs_the_bundle_and_its_service_classifies"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the emulated Pi's 8-14 minute run as soon as it is known to be wanted: most of it is waiting on
+    Debian's and PyPI's servers, time the rest of the suite can use."""
+    if session.config.option.collectonly:
+        return
+    for item in session.items:
+        if item.nodeid.endswith(_EMULATED):
+            item.module.start_in_background()  # type: ignore[attr-defined]
+            return
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for item in session.items:
+        if item.nodeid.endswith(_EMULATED):
+            proc = item.module._background.get("proc")  # type: ignore[attr-defined]
+            if proc is not None and proc.poll() is None:  # the session ended first (an interrupt, -x)
+                proc.kill()
+            return
