@@ -95,12 +95,17 @@ def convert(data: Path, out: Path, args: list[str], seed: int) -> dict:
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_name(out.name + ".log").write_text(done.stdout + done.stderr)  # the progress lines, epoch times
     if not (out / "report.json").is_file():
         return {"error": done.stderr[-2000:], "wall_s": round(wall, 1)}
     report = json.loads((out / "report.json").read_text())
     key = "int8" if "int8" in report else "tflite"
     return {"float_top1": report["float"]["top1"], "int8_top1": report[key]["top1"],
             "baseline_top1": (report.get("baseline") or {}).get("float_top1"), "passed": report["passed"],
+            "agreement": report["agreement"], "recipe": report["settings"].get("recipe"),
+            "epochs_run": len((report.get("history") or {}).get("loss", [])),
+            "train_s": round(report["timing"]["train_s"], 1),
             "warnings": report.get("warnings", []), "wall_s": round(wall, 1), "exit_code": done.returncode}
 
 

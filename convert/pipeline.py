@@ -596,7 +596,7 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
     }
 
 
-FEW_PER_CLASS = 100  # below this many training images per class, a model from scratch is told about transfer
+FEW_PER_CLASS = 300  # below this many training images per class, a model from scratch is told about transfer
 TRANSFER = "--arch mobilenet_v1 --alpha 0.25 --weights imagenet"
 
 

@@ -295,7 +295,7 @@ ProfileOpt = Annotated[
 ]
 
 
-@app.command(rich_help_panel=DEVICE, epilog=examples('edgecls run model.tflite --source picam', 'edgecls run model.tflite --source 0 --sink jsonl:results.jsonl', 'edgecls run model.tflite --profile rpi5 --sink mqtt://broker.local/pi/vision', 'edgecls run model.tflite --source clip.mp4 --sink preview:8080'))
+@app.command(rich_help_panel=DEVICE, epilog=examples('edgecls run model.tflite --source picam', 'edgecls run model.tflite --source 0 --sink jsonl:results.jsonl', 'edgecls run model.tflite --profile rpi5 --sink mqtt://broker.local/pi/vision --mqtt-discovery', 'edgecls run model.tflite --source clip.mp4 --sink preview:8080'))
 def run(
     model: ModelArg,
     source: Annotated[
@@ -337,6 +337,12 @@ def run(
     camera_fps: Annotated[Optional[float], typer.Option("--camera-fps", min=1, help="Camera frame rate to ask for.")] = None,
     mqtt_qos: Annotated[int, typer.Option("--mqtt-qos", min=0, max=2, help="MQTT quality of service.")] = 0,
     mqtt_retain: Annotated[bool, typer.Option("--mqtt-retain", help="Publish MQTT results as retained.")] = False,
+    mqtt_discovery: Annotated[
+        bool, typer.Option("--mqtt-discovery", help="Announce the camera to Home Assistant (MQTT discovery): a device with a label sensor and an online sensor.")
+    ] = False,
+    mqtt_discovery_prefix: Annotated[
+        str, typer.Option("--mqtt-discovery-prefix", help="Home Assistant's discovery prefix.")
+    ] = "homeassistant",
     stats_every: Annotated[
         Optional[float], typer.Option("--stats-every", min=0.1, help="A JSON line of live statistics on stderr every S seconds.")
     ] = None,
@@ -366,6 +372,7 @@ def run(
             camera_fps=_first(camera_fps, camera.get("fps") if use_profile_camera else None),
             picamera=camera.get("picamera") if use_profile_camera else None,
             mqtt_qos=mqtt_qos, mqtt_retain=mqtt_retain, stats_every=stats_every,
+            mqtt_discovery=mqtt_discovery_prefix if mqtt_discovery else None,
         )
         # A delegate given on the command line replaces the profile's, with its device.
         profile_delegate = delegate is None and device is None
@@ -571,6 +578,9 @@ def deploy(
         Optional[str],
         typer.Option("--pip-spec", help="Have the device's pip install this from your own index instead of the wheel."),
     ] = None,
+    mqtt_discovery: Annotated[
+        bool, typer.Option("--mqtt-discovery", help="The service announces the camera to Home Assistant (as for run).")
+    ] = False,
 ) -> None:
     """Bundle a model for a device: model (+ Edge TPU build), labels, profile, boot lines, systemd unit, install script
     and the edgecls wheel. An MQTT password in a --sink URL is left out: the device's install.sh takes it."""
@@ -580,7 +590,7 @@ def deploy(
     with project_errors():
         bundle = build_bundle(
             model, load_profile(profile), out, sinks=list(sink or []), prefix=prefix, user=user, pip_spec=pip_spec,
-            wheel=wheel, wheelhouse=wheelhouse,
+            wheel=wheel, wheelhouse=wheelhouse, extra_args=["--mqtt-discovery"] if mqtt_discovery else None,
         )
     for warning in bundle.warnings:
         typer.echo(f"warning: {warning}", err=True)

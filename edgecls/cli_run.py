@@ -11,10 +11,12 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 from .capture import StreamEvent
 from .classifier import Classifier
+from .errors import ConfigError
 from .sinks import MqttSink, PreviewSink, Sink, SinkGroup, TextSink, format_line, parse_sink
 from .smoothing import Smoothing
 from .stream import Stream, StreamStats
@@ -45,6 +47,7 @@ class RunOptions:
     picamera: dict[str, Any] | None = None
     mqtt_qos: int = 0
     mqtt_retain: bool = False
+    mqtt_discovery: str | None = None  # Home Assistant MQTT discovery under this prefix (edgecls.hass)
     stats_every: float | None = None
 
 
@@ -72,7 +75,7 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
     sinks: list[Sink] = []
     group = SinkGroup([], on_event)
     try:
-        sinks = _make_sinks(options, on_event, say)
+        sinks = _make_sinks(options, on_event, say, model_name=Path(str(clf.path)).name)
         if not options.quiet:
             sinks.insert(0, _stdout_sink(out, options, stream))
         if options.stats_every:
@@ -94,13 +97,21 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
     return 1 if failed or stats.frames_skipped or stream.error is not None else 0
 
 
-def _make_sinks(options: RunOptions, on_event: Any, say: Any) -> list[Sink]:
+def _make_sinks(options: RunOptions, on_event: Any, say: Any, model_name: str | None = None) -> list[Sink]:
     sinks: list[Sink] = []
+    discovery = None
+    if options.mqtt_discovery is not None:
+        from .hass import Discovery
+
+        discovery = Discovery(prefix=options.mqtt_discovery, model=model_name)
+        if not any(spec.startswith(("mqtt://", "mqtts://")) for spec in options.sinks):
+            raise ConfigError("--mqtt-discovery announces an MQTT sink to Home Assistant: add one, e.g. "
+                              "--sink mqtt://broker.local/pi/vision")
     try:
         for spec in options.sinks:
             sink = parse_sink(
                 spec, on_change=options.on_change, qos=options.mqtt_qos, retain=options.mqtt_retain,
-                fps=options.fps or 30.0, on_event=on_event,
+                fps=options.fps or 30.0, on_event=on_event, discovery=discovery,
             )
             sinks.append(sink)
             if isinstance(sink, MqttSink) and not sink.wait_connected(2.0):

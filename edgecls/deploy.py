@@ -214,6 +214,9 @@ def build_bundle(
     sinks = [check_arg("--sink", s) for s in sinks or []]
     kinds = [check_sink_spec(sink) for sink in sinks]  # refused here, not at the device's boot
     extra = [check_arg("argument", a) for a in extra_args or []]
+    if "--mqtt-discovery" in extra and "mqtt" not in kinds:
+        raise ConfigError("--mqtt-discovery announces an MQTT sink to Home Assistant: add one, e.g. "
+                          "--sink mqtt://broker.local/pi/vision")
     if pip_spec is not None:
         check_arg("--pip-spec", pip_spec)
         if not pip_spec.strip() or pip_spec.startswith("-"):

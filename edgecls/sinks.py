@@ -154,7 +154,9 @@ class MqttSink:
     counted in `dropped`); they are sent, in order, as the broker accepts them. At most ``window`` messages are
     handed to paho at a time, so its own queue never overflows. The client retries the broker every
     ``reconnect_s`` seconds at most; ``<topic>/status`` holds a retained "online", and "offline" as the last will.
-    ``on_event`` hears of disconnects, reconnects and refusals (each refusal reason once).
+    ``on_event`` hears of disconnects, reconnects and refusals (each refusal reason once). ``discovery``
+    (edgecls.hass.Discovery) publishes Home Assistant MQTT discovery configs, retained, on every connection and
+    whenever Home Assistant announces that it started.
 
     Counters: `sent` (published; for QoS 1 and 2, acknowledged by the broker), `dropped` (evicted from the full
     buffer), `lost` (QoS 0 messages that were on the wire when the connection broke), `unsent` (still waiting when
@@ -174,6 +176,7 @@ class MqttSink:
         client_id: str | None = None,
         keepalive: int = 30,
         on_event: Callable[[StreamEvent], None] | None = None,
+        discovery: Any = None,
     ) -> None:
         if qos not in (0, 1, 2):
             raise ConfigError(f"MQTT QoS must be 0, 1 or 2 (received {qos})")
@@ -185,6 +188,7 @@ class MqttSink:
         self.url = mask_url(url)  # for messages: never the password
         self.on_change, self.qos, self.retain, self.window = on_change, qos, retain, window
         self.on_event = on_event
+        self.discovery = discovery
         self.sent = self.dropped = self.lost = self.unsent = 0
         self.last_error: str | None = None
         self._pending: collections.deque[bytes] = collections.deque()
@@ -213,6 +217,7 @@ class MqttSink:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_message
         try:
             self._client.connect_async(self.host, self.port, keepalive)
         except (OSError, ValueError) as exc:
@@ -358,6 +363,11 @@ class MqttSink:
                 self._event("sink-error", reason + " (check the user and password)")
             return
         client.publish(self.status_topic, "online", qos=1, retain=True)
+        if self.discovery is not None:
+            from .hass import birth_topic
+
+            self._publish_discovery(client)
+            client.subscribe(birth_topic(self.discovery), qos=1)
         with self._cond:
             self._connected = True
             self.last_error = None
@@ -365,6 +375,17 @@ class MqttSink:
         kind = "sink-reconnected" if self._ever_connected else "sink-connected"
         self._ever_connected = True
         self._event(kind, f"MQTT connected to {self.host}:{self.port}")
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        # Home Assistant said "online" on its birth topic (it started again): it wants the configs once more
+        if self.discovery is not None and message.payload == b"online":
+            self._publish_discovery(client)
+
+    def _publish_discovery(self, client: Any) -> None:
+        from .hass import discovery_messages
+
+        for topic, payload in discovery_messages(self.discovery, self.topic, self.status_topic):
+            client.publish(topic, payload, qos=1, retain=True)
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         with self._cond:
@@ -679,12 +700,14 @@ def parse_sink(
     retain: bool = False,
     fps: float = 30.0,
     on_event: Callable[[StreamEvent], None] | None = None,
+    discovery: Any = None,
 ) -> Sink:
-    """Build the sink a ``--sink`` text names (see SINK_FORMS)."""
+    """Build the sink a ``--sink`` text names (see SINK_FORMS); ``discovery`` (edgecls.hass.Discovery) goes to
+    MQTT sinks."""
     kind = check_sink_spec(spec)
     rest = spec.partition(":")[2]
     if kind == "mqtt":
-        return MqttSink(spec, on_change=on_change, qos=qos, retain=retain, on_event=on_event)
+        return MqttSink(spec, on_change=on_change, qos=qos, retain=retain, on_event=on_event, discovery=discovery)
     if kind == "jsonl":
         return JsonlSink(rest, on_change=on_change)
     if kind == "video":

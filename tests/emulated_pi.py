@@ -345,14 +345,21 @@ class Broker:
             except OSError:
                 time.sleep(0.05)
         self.messages: list[dict] = []
+        self.discovery: dict[str, dict] = {}  # Home Assistant discovery configs (the service runs --mqtt-discovery)
         import paho.mqtt.client as mqtt
 
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="emulated-pi-subscriber")
         self.client.username_pw_set(user, password)
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("edgecls/emulated", 1)
-        self.client.on_message = lambda c, u, m: self.messages.append(json.loads(m.payload))
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([("edgecls/emulated", 1), ("homeassistant/#", 1)])
+        self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", self.port)
         self.client.loop_start()
+
+    def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
+        if message.topic.startswith("homeassistant/"):
+            self.discovery[message.topic] = json.loads(message.payload)
+        else:
+            self.messages.append(json.loads(message.payload))
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -436,7 +443,8 @@ def emulate(suite: str, work: Path, cache: Path | None, wheelhouse: bool) -> dic
         if broker:
             from urllib.parse import quote
 
-            sinks += ["--sink", f"mqtt://pi:{quote(SECRET, safe='')}@127.0.0.1:{broker.port}/edgecls/emulated"]
+            sinks += ["--sink", f"mqtt://pi:{quote(SECRET, safe='')}@127.0.0.1:{broker.port}/edgecls/emulated",
+                      "--mqtt-discovery"]
         command = [sys.executable, "-m", "edgecls", "deploy", str(CORAL / MODEL), "--profile", "rpi5",
                    "--out", str(bundle), *sinks, *(["--wheelhouse", suite] if wheelhouse else [])]
         start = time.monotonic()
@@ -572,6 +580,10 @@ def emulate(suite: str, work: Path, cache: Path | None, wheelhouse: bool) -> dic
             check(len(broker.messages) >= camera_count + 3,
                   f"the broker received {len(broker.messages)} results of {camera_count + 3}")
             report["mqtt_received"] = len(broker.messages)
+            label_config = broker.discovery.get("homeassistant/sensor/edgecls_edgecls_emulated/label/config", {})
+            check(label_config.get("state_topic") == "edgecls/emulated",
+                  f"the service must announce itself to Home Assistant (--mqtt-discovery): {broker.discovery}")
+            report["mqtt_discovery"] = sorted(broker.discovery)
 
         doctor = as_service([], ["/opt/edgecls/venv/bin/edgecls", "doctor"])
         output, _ = doctor.communicate(timeout=600)

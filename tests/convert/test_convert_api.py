@@ -65,6 +65,17 @@ def test_progress_goes_to_the_console_it_is_given(api_run):
     assert "verifying the exported model on" in shown
 
 
+def test_the_recipe_fills_only_what_the_user_left_out(api_run):
+    """A 32 px compact-cnn starts from compact-small (edgecls.convert.recipes); the options given win."""
+    from edgecls.convert.recipes import COMPACT_SMALL
+
+    _, out, shown = api_run
+    settings = json.loads((out / "report.json").read_text())["settings"]
+    assert settings["recipe"] == "compact-small" and "the compact-small recipe (docs/convert.md) sets" in shown
+    assert settings["train.augment"] == COMPACT_SMALL["augment"] and settings["dropout"] == COMPACT_SMALL["dropout"]
+    assert settings["width"] == TINY_KW["width"] and settings["train.epochs"] == TINY_KW["epochs"]
+
+
 def test_the_trained_model_classifies_with_no_other_argument(api_run, shapes):
     import edgecls
 

@@ -173,6 +173,13 @@ def test_deploy_cli(pair, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_mqtt_discovery_needs_an_mqtt_sink_in_the_bundle(pair, tmp_path, bundle):
+    """The service's own run of --mqtt-discovery is checked on the emulated Pi (tests/emulated_pi.py)."""
+    with pytest.raises(ConfigError, match="--mqtt-discovery announces an MQTT sink to Home Assistant"):
+        bundle(pair, "rpi5", tmp_path / "b.tar.gz", sinks=["jsonl:r.jsonl"], extra_args=["--mqtt-discovery"])
+    assert not (tmp_path / "b.tar.gz").exists()
+
+
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
