@@ -120,6 +120,7 @@ def convert(
         Target, typer.Option(help="edgetpu: Edge-TPU-friendly build, pre-flight, and edgetpu_compiler when installed.", rich_help_panel=MODEL)
     ] = Target.cpu,
     split: Annotated[str, typer.Option(help="train,val,test percentages.", rich_help_panel=DATA)] = "70,15,15",
+    extra_data: Annotated[Optional[list[Path]], typer.Option("--extra-data", help="More class folders for training only, e.g. frames from edgecls run --collect sorted by a person (repeatable).", rich_help_panel=DATA)] = None,
     seed: Annotated[int, typer.Option(help="Seed for the split, weight initialisation, shuffling and augmentation.", rich_help_panel=DATA)] = 0,
     resize: Annotated[Resize, typer.Option(help="How the device fits frames to the input.", rich_help_panel=DATA)] = Resize.squash,
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs (the head, for transfer models).", rich_help_panel=TRAIN)] = 40,
@@ -177,7 +178,7 @@ def convert(
             "learning_rate": learning_rate, "label_smoothing": label_smoothing, "augment": augment, "mixup": mixup, "flip": flip.value,
             "weight_decay": weight_decay, "optimizer": optimizer.value, "patience": patience,
             "class_weights": class_weights is ClassWeights.auto, "seed": seed, "strategy": strategy.value,
-            "arch": arch.value, "split": _parse_split(split), "resize": resize.value, "quant": quant.value, "io": io.value,
+            "arch": arch.value, "split": _parse_split(split), "extra_data": tuple(extra_data or ()), "resize": resize.value, "quant": quant.value, "io": io.value,
             "calibration_samples": calibration_samples, "max_drop": max_drop, "min_agreement": min_agreement,
             "baseline": baseline, "labels": labels, "mean": mean, "std": std, "target": target.value,
             "int8_method": method, "qat_epochs": qat_epochs, "int8_tune_epochs": int8_tune_epochs,

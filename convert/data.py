@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ class Dataset:
     seed: int
     fingerprint: str
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    extra: dict[str, int] = field(default_factory=dict)  # --extra-data images added to train/, per class
 
     def labels(self, split: str) -> np.ndarray:
         return np.array([s.label for s in self.samples[split]], dtype=np.int64)
@@ -98,6 +100,8 @@ def list_class_folders(root: Path) -> tuple[list[str], dict[str, list[Path]], li
                     why = "a symlink loop or broken link" if path.is_symlink() else "not a regular file (a FIFO?)"
                     skipped.append(Skipped(str(path), why))
                 continue
+            if path.suffix.lower() == ".json":  # a sidecar (edgecls run --collect writes one beside each frame)
+                continue
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 skipped.append(Skipped(str(path), f"not an image file (suffix {path.suffix or 'none'})"))
             elif path.stat().st_size == 0:
@@ -118,8 +122,14 @@ def scan(
     preprocess: PreprocessConfig | None = None,
     workers: int | None = None,
     progress: ProgressFn | None = None,
+    extra: Sequence[str | os.PathLike[str]] = (),
 ) -> Dataset:
-    """Scan, decode (in parallel) and split a dataset; raise DataError when it cannot be trained on."""
+    """Scan, decode (in parallel) and split a dataset; raise DataError when it cannot be trained on.
+
+    ``extra``: more folder-per-class images (frames collected on a device with `edgecls run --collect` and sorted
+    by a person), added to the training split only, so the validation and test images stay those of ``root`` and
+    runs with and without them compare on the same test. Their classes must be classes of ``root``; empty class
+    folders are ignored."""
     root_path = Path(root)
     if not root_path.is_dir():
         raise DataError(f"dataset folder not found: {root_path}; expected DATA_DIR/<class>/*.jpg or train/ val/ [test/]")
@@ -141,6 +151,10 @@ def scan(
         classes, files, skipped = list_class_folders(root_path)
         candidates = {"all": _flatten(files, classes)}
     _check_classes(root_path, classes, {k: v for k, v in candidates.items()})
+    extra_roots = [Path(e) for e in extra]
+    if extra_roots:
+        candidates["~extra"], extra_skipped = _extra_samples(extra_roots, classes)
+        skipped.extend(extra_skipped)
 
     decoded: dict[str, tuple[list[Sample], np.ndarray]] = {}
     digest = hashlib.sha256()
@@ -158,8 +172,10 @@ def scan(
         )
         skipped.extend(bad)
         for sample, h in zip(samples, hashes):
-            digest.update(f"{name}/{sample.path.relative_to(root_path)}:{h}\n".encode())
+            where = sample.path.relative_to(root_path) if sample.path.is_relative_to(root_path) else sample.path
+            digest.update(f"{name}/{where}:{h}\n".encode())
         decoded[name] = (samples, images)
+    extra_samples, extra_images = decoded.pop("~extra", ([], None))
 
     if presplit:
         samples_by_split = {name: decoded[name][0] for name in decoded}
@@ -175,6 +191,10 @@ def scan(
         samples_by_split = {name: [samples[i] for i in idx] for name, idx in index.items()}
         images_by_split = {name: images[idx] for name, idx in index.items()}
         test_source = "test"
+    if extra_samples:
+        samples_by_split["train"] = samples_by_split["train"] + extra_samples
+        images_by_split["train"] = np.concatenate([images_by_split["train"], extra_images])
+    extra_counts = {classes[label]: n for label, n in sorted(Counter(s.label for s in extra_samples).items())}
     return Dataset(
         root=root_path,
         classes=tuple(classes),
@@ -186,7 +206,25 @@ def scan(
         seed=seed,
         fingerprint=digest.hexdigest()[:16],
         preprocess=config,
+        extra=extra_counts,
     )
+
+
+def _extra_samples(roots: list[Path], classes: list[str]) -> tuple[list[Sample], list[Skipped]]:
+    """The images of the --extra-data folders, labelled by their class folder (which must be a class of the data)."""
+    samples: list[Sample] = []
+    skipped: list[Skipped] = []
+    for root in roots:
+        if not root.is_dir():
+            raise DataError(f"--extra-data {root}: not a folder; expected EXTRA_DIR/<class>/*.jpg")
+        names, files, bad = list_class_folders(root)
+        unknown = [name for name in names if files[name] and name not in classes]
+        if unknown:
+            raise DataError(f"--extra-data {root} has images in class folder(s) {unknown} that the data does not have "
+                            f"(classes: {classes}); move them into one of those folders, or add the class to the data")
+        skipped.extend(bad)
+        samples += [Sample(path, classes.index(name)) for name in names for path in files[name]]
+    return samples, skipped
 
 
 def _flatten(files: dict[str, list[Path]], classes: list[str]) -> list[Sample]:

@@ -57,10 +57,12 @@ class DataOptions:
     labels: Path | None = None
     mean: float | None = None
     std: float | None = None
+    extra_data: tuple[Path, ...] = ()  # more class folders for the training split (frames from `run --collect`)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "split", tuple(self.split))
         object.__setattr__(self, "labels", _path(self.labels))
+        object.__setattr__(self, "extra_data", tuple(Path(p) for p in self.extra_data or ()))
         if (self.mean is None) != (self.std is None):
             raise ConfigError("give both --mean and --std, or neither")
 

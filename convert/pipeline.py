@@ -212,8 +212,9 @@ def prepare_data(data_dir: Path, options: ConvertOptions, obs: ConvertObserver) 
     preprocess = PreprocessConfig(resize=options.resize, mean=0.0, std=1.0)
     obs.step(f"reading {data_dir}")
     dataset = scan(data_dir, input_size=(size, size), channels=options.channels, seed=options.train.seed,
-                   split=options.split, preprocess=preprocess, progress=obs.decoding)
-    obs.step(f"{len(dataset.classes)} classes {list(dataset.classes)}; split {dataset.split_sizes()}; "
+                   split=options.split, preprocess=preprocess, progress=obs.decoding, extra=options.extra_data)
+    added = f"; {sum(dataset.extra.values())} images from --extra-data in train {dataset.extra}" if dataset.extra else ""
+    obs.step(f"{len(dataset.classes)} classes {list(dataset.classes)}; split {dataset.split_sizes()}{added}; "
              f"{len(dataset.skipped)} files skipped")
     return dataset
 
@@ -538,7 +539,8 @@ def _provenance(options: ConvertOptions, dataset: Dataset, external: str | None)
 def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict[str, Any], key: str, passed: bool,
             tflite_bytes: int, float_bytes: int, baseline: dict[str, Any] | None, history: dict[str, Any] | None,
             timing: dict[str, float], external: str | None) -> dict[str, Any]:
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.flat().items()}
+    settings = {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "extra_data" else v)
+                for k, v in options.flat().items()}
     drop = metrics["drop_points"]
     failures = gate_failures(metrics, options, dataset, trained=history is not None)
     fix = ("Try more --qat-epochs, or --calibration-samples higher." if options.qat else
@@ -580,6 +582,8 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
         "quantization": {"mode": options.quant, "io": options.io, "method": options.method,
                          "bias_correction": options.corrects_biases, "int8_tune": options.int8_tune},
         "split_sizes": dataset.split_sizes(),
+        "extra_data": {"folders": [str(p) for p in options.extra_data], "train_images": dataset.extra}
+                      if options.extra_data else None,
         "test_source": dataset.test_source,
         "test_note": notes.get(dataset.test_source),
         "class_counts": {"train": dataset.counts("train"), "test": dataset.counts("test")},

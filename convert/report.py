@@ -203,6 +203,10 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"- classes ({len(report['classes'])}): {', '.join(report['classes'])}",
         "- split sizes: " + ", ".join(f"{k} {v}" for k, v in report["split_sizes"].items()),
+        *([f"- of the training images, {sum(report['extra_data']['train_images'].values())} came from --extra-data "
+           f"({', '.join(report['extra_data']['folders'])}): "
+           + ", ".join(f"{k} {v}" for k, v in report["extra_data"]["train_images"].items())]
+          if report.get("extra_data") else []),
         f"- training class imbalance (largest/smallest): {report['imbalance']:.2f}"
         + (" - consider --class-weights auto" if report["imbalance"] > 1.5 and not report["settings"].get("class_weights") else ""),
         f"- skipped files: {len(report['skipped'])}",

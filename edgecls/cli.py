@@ -346,6 +346,14 @@ def run(
     stats_every: Annotated[
         Optional[float], typer.Option("--stats-every", min=0.1, help="A JSON line of live statistics on stderr every S seconds.")
     ] = None,
+    collect: Annotated[
+        Optional[Path], typer.Option("--collect", help="Keep the frames worth a look (unsure, label changes, a sample) in DIR/<predicted label>/ with JSON sidecars, for relabelling and convert --extra-data.", rich_help_panel="Field data")
+    ] = None,
+    collect_below: Annotated[float, typer.Option("--collect-below", min=0.0, max=1.0, help="Unsure: top score under this.", rich_help_panel="Field data")] = 0.6,
+    collect_margin: Annotated[float, typer.Option("--collect-margin", min=0.0, max=1.0, help="Unsure: the top two within this.", rich_help_panel="Field data")] = 0.1,
+    collect_sample: Annotated[float, typer.Option("--collect-sample", min=0.0, max=1.0, help="Share of the other frames kept at random.", rich_help_panel="Field data")] = 0.01,
+    collect_every: Annotated[float, typer.Option("--collect-every", min=0.0, help="At most one frame every S seconds.", rich_help_panel="Field data")] = 1.0,
+    collect_max: Annotated[str, typer.Option("--collect-max", help="Frames (500) or size (200MB) to keep; the oldest go first.", rich_help_panel="Field data")] = "1000",
 ) -> None:
     """Classify a live camera, video or stream; Ctrl-C or SIGTERM stops it cleanly with every sink flushed."""
     from .cli_run import RunOptions, run_stream
@@ -373,6 +381,8 @@ def run(
             picamera=camera.get("picamera") if use_profile_camera else None,
             mqtt_qos=mqtt_qos, mqtt_retain=mqtt_retain, stats_every=stats_every,
             mqtt_discovery=mqtt_discovery_prefix if mqtt_discovery else None,
+            collect=str(collect) if collect is not None else None,
+            collect_policy=_collect_policy(collect_below, collect_margin, collect_sample, collect_every, collect_max),
         )
         # A delegate given on the command line replaces the profile's, with its device.
         profile_delegate = delegate is None and device is None
@@ -596,6 +606,14 @@ def deploy(
         typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"wrote {bundle.path} ({bundle.path.stat().st_size / 1024:.1f} KiB): {', '.join(sorted(bundle.files))}")
     typer.echo(f"on the device: tar xzf {bundle.path.name} && cd {bundle.root} && sudo ./install.sh")
+
+
+def _collect_policy(below: float, margin: float, sample: float, every: float, most: str) -> Any:
+    from .collect import CollectPolicy, parse_max
+
+    max_files, max_bytes = parse_max(most)
+    return CollectPolicy(below=below, margin=margin, sample=sample, every_s=every, max_files=max_files,
+                         max_bytes=max_bytes)
 
 
 def _register_host_commands() -> None:

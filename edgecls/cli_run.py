@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from .capture import StreamEvent
 from .classifier import Classifier
+from .collect import Collector
 from .errors import ConfigError
 from .sinks import MqttSink, PreviewSink, Sink, SinkGroup, TextSink, format_line, parse_sink
 from .smoothing import Smoothing
@@ -48,6 +49,8 @@ class RunOptions:
     mqtt_qos: int = 0
     mqtt_retain: bool = False
     mqtt_discovery: str | None = None  # Home Assistant MQTT discovery under this prefix (edgecls.hass)
+    collect: str | None = None  # keep the frames worth a look here (edgecls.collect)
+    collect_policy: Any = None  # edgecls.collect.CollectPolicy
     stats_every: float | None = None
 
 
@@ -67,7 +70,8 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
     stream = Stream(
         clf, source=options.source, top_k=options.top_k, threshold=options.threshold, smoothing=smoothing,
         fps=options.fps, max_frames=options.max_frames, duration=options.duration, loop=options.loop,
-        on_event=on_event, keep_frames=any(s.startswith(("video:", "preview")) for s in options.sinks),
+        on_event=on_event,
+        keep_frames=options.collect is not None or any(s.startswith(("video:", "preview")) for s in options.sinks),
         source_options={
             "width": options.width, "height": options.height, "fps": options.camera_fps, "picamera": options.picamera
         },
@@ -88,6 +92,9 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
         clf.close()
     stats = stream.stats()
     say(_summary(stats, stopped_by))
+    for sink in sinks:
+        if isinstance(sink, Collector):
+            say(sink.summary())
     for line in failed:
         say(f"error: {line}")
     if stats.frames_skipped:
@@ -120,6 +127,8 @@ def _make_sinks(options: RunOptions, on_event: Any, say: Any, model_name: str | 
                     "and sent when it is")
             if isinstance(sink, PreviewSink):
                 say(f"preview: {sink.url}")
+        if options.collect is not None:
+            sinks.append(Collector(options.collect, options.collect_policy, model=model_name))
     except BaseException:
         for s in sinks:
             s.close()

@@ -108,4 +108,5 @@ def test_the_command_line_defaults_are_the_options_defaults():
     assert len(shown) >= 35
     shown["split"] = tuple(float(x) / 100 for x in shown["split"].split(","))
     shown["class_weights"] = shown["class_weights"] != "none"
+    shown["extra_data"] = tuple(shown["extra_data"] or ())  # a repeatable option: none given
     assert {k: v for k, v in shown.items() if v != defaults[k]} == {}
