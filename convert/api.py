@@ -192,7 +192,7 @@ def train(data: str | os.PathLike[str], out: str | os.PathLike[str], *, arch: st
     from .recipes import recipe
 
     import_tensorflow("convert", verbose=verbose)  # first: its log level is read when it loads
-    name, filled = recipe(arch, options)
+    name, filled = recipe(arch, options, data)
     opts = options_from(out, {**filled, "arch": arch, **options, **({"recipe": name} if name else {})})
     obs = _observer(progress)
     if filled:

@@ -50,6 +50,7 @@ class RunOptions:
     mqtt_retain: bool = False
     mqtt_discovery: str | None = None  # Home Assistant MQTT discovery under this prefix (edgecls.hass)
     collect: str | None = None  # keep the frames worth a look here (edgecls.collect)
+    preview_token: str | None = None  # the dashboard's token, needed when it listens beyond 127.0.0.1
     collect_policy: Any = None  # edgecls.collect.CollectPolicy
     stats_every: float | None = None
 
@@ -79,7 +80,7 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
     sinks: list[Sink] = []
     group = SinkGroup([], on_event)
     try:
-        sinks = _make_sinks(options, on_event, say, model_name=Path(str(clf.path)).name)
+        sinks = _make_sinks(options, on_event, say, model_name=Path(str(clf.path)).name, stats=stream.stats)
         if not options.quiet:
             sinks.insert(0, _stdout_sink(out, options, stream))
         if options.stats_every:
@@ -104,7 +105,8 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
     return 1 if failed or stats.frames_skipped or stream.error is not None else 0
 
 
-def _make_sinks(options: RunOptions, on_event: Any, say: Any, model_name: str | None = None) -> list[Sink]:
+def _make_sinks(options: RunOptions, on_event: Any, say: Any, model_name: str | None = None,
+                stats: Any = None) -> list[Sink]:
     sinks: list[Sink] = []
     discovery = None
     if options.mqtt_discovery is not None:
@@ -119,6 +121,7 @@ def _make_sinks(options: RunOptions, on_event: Any, say: Any, model_name: str | 
             sink = parse_sink(
                 spec, on_change=options.on_change, qos=options.mqtt_qos, retain=options.mqtt_retain,
                 fps=options.fps or 30.0, on_event=on_event, discovery=discovery,
+                preview_token=options.preview_token, stats=stats,
             )
             sinks.append(sink)
             if isinstance(sink, MqttSink) and not sink.wait_connected(2.0):
@@ -126,7 +129,7 @@ def _make_sinks(options: RunOptions, on_event: Any, say: Any, model_name: str | 
                 say(f"warning: MQTT broker {sink.host}:{sink.port} is not reachable yet{why}; results are buffered "
                     "and sent when it is")
             if isinstance(sink, PreviewSink):
-                say(f"preview: {sink.url}")
+                say(sink.announce())
         if options.collect is not None:
             sinks.append(Collector(options.collect, options.collect_policy, model=model_name))
     except BaseException:

@@ -38,6 +38,7 @@ from .fsutil import atomic_write_bytes
 from .labels import format_labels, labels_for_file
 from .metadata import check_model_file
 from .profiles import Profile
+from .dashboard import is_loopback
 from .sinks import MQTT_PASSWORD_ENV, check_sink_spec, has_control_chars, mask_url, split_mqtt_password
 
 SERVICE_NAME = "edgecls.service"
@@ -214,6 +215,11 @@ def build_bundle(
     sinks = [check_arg("--sink", s) for s in sinks or []]
     kinds = [check_sink_spec(sink) for sink in sinks]  # refused here, not at the device's boot
     extra = [check_arg("argument", a) for a in extra_args or []]
+    for sink, kind in zip(sinks, kinds):
+        host = sink.partition(":")[2].rpartition(":")[0]
+        if kind == "preview" and host and not is_loopback(host):
+            raise ConfigError(f"--sink {sink}: a service's dashboard stays on 127.0.0.1 (it would need a token on the "
+                              "network); use preview:8080 and an SSH tunnel: ssh -L 8080:127.0.0.1:8080 pi@DEVICE")
     if "--mqtt-discovery" in extra and "mqtt" not in kinds:
         raise ConfigError("--mqtt-discovery announces an MQTT sink to Home Assistant: add one, e.g. "
                           "--sink mqtt://broker.local/pi/vision")

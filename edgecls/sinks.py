@@ -1,4 +1,4 @@
-"""Where stream results go: a JSON-lines file, an MQTT broker, an annotated video file, an MJPEG preview over HTTP.
+"""Where stream results go: a JSON-lines file, an MQTT broker, an annotated video file, the live dashboard.
 
 Every sink has ``write(result)`` and ``close()`` (which flushes), and is built from the text a user types after
 ``--sink`` by `parse_sink`: ``jsonl:PATH``, ``mqtt://[user:pass@]host[:port]/topic``, ``video:PATH``,
@@ -21,6 +21,8 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from .capture import StreamEvent
+from .dashboard import Dashboard as PreviewSink  # the preview: sink is the live dashboard
+from .drawing import annotate
 from .errors import ConfigError, EdgeclsError, SinkError
 from .stream import StreamResult
 
@@ -472,40 +474,7 @@ def _import_paho() -> Any:
     return mqtt
 
 
-# -- drawing: annotated video and the MJPEG preview ------------------------------------------------------------------
-
-
-def annotate(result: StreamResult) -> np.ndarray:
-    """The result's frame as a BGR image with the decision, the top prediction and the latency drawn on it."""
-    import cv2
-
-    frame = to_bgr(result.frame, result.color)  # type: ignore[arg-type]
-    d = result.decision
-    lines = [f"{d.label if d.label is not None else '-'} {d.score:.2f}"]
-    if result.top is not None and result.top.label != d.label:
-        lines.append(f"frame: {result.top.label} {result.top.score:.2f}")
-    lines.append(f"#{result.sequence}  {result.latency.total_ms:.1f} ms")
-    scale = max(0.5, frame.shape[1] / 800)
-    y = int(30 * scale)
-    for text in lines:
-        for color, thickness in (((0, 0, 0), 4), ((255, 255, 255), 1)):
-            cv2.putText(frame, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, max(1, int(thickness * scale)),
-                        cv2.LINE_AA)
-        y += int(30 * scale)
-    return frame
-
-
-def to_bgr(image: np.ndarray, color: str) -> np.ndarray:
-    """A BGR copy of a frame delivered in ``color`` order (rgb, bgr, yuv420; 1, 3 or 4 channels)."""
-    import cv2
-
-    if color == "yuv420":
-        return cv2.cvtColor(image, cv2.COLOR_YUV2BGR_I420)
-    if image.ndim == 2 or image.shape[2] == 1:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_RGBA2BGR if color == "rgb" else cv2.COLOR_BGRA2BGR)
-    return cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if color == "rgb" else image.copy()
+# -- the annotated video file (the live dashboard is edgecls.dashboard) ---------------------------------------------
 
 
 class VideoSink:
@@ -561,113 +530,6 @@ class VideoSink:
             os.replace(self.partial, self.path)
 
 
-class PreviewSink:
-    """An MJPEG preview of the annotated stream over HTTP, for headless Pis: open ``http://HOST:PORT/`` in a
-    browser. Bound to 127.0.0.1 unless a host is given (``0.0.0.0`` exposes it to the network). Frames are encoded
-    only while someone watches, at most ``max_fps`` a second."""
-
-    def __init__(self, port: int = 8080, *, host: str = "127.0.0.1", quality: int = 80, max_fps: float = 15.0) -> None:
-        from http.server import ThreadingHTTPServer
-
-        _import_cv2_for("the preview sink")
-        self.quality, self.min_interval = quality, 1.0 / max_fps
-        self.viewers = 0
-        self._jpeg: bytes | None = None
-        self._version = 0
-        self._last = 0.0
-        self._cond = threading.Condition()
-        self._closed = False
-        try:
-            self._server = ThreadingHTTPServer((host, port), _preview_handler(self))
-        except OSError as exc:
-            raise SinkError(f"cannot serve the preview on {host}:{port} ({exc.strerror}); pick another port") from None
-        self._server.daemon_threads = True
-        self.host, self.port = self._server.server_address[:2]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="edgecls-preview", daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
-
-    def write(self, result: StreamResult) -> None:
-        now = time.monotonic()
-        if result.frame is None or (self.viewers == 0 and self._jpeg is not None) or now - self._last < self.min_interval:
-            return
-        import cv2
-
-        ok, data = cv2.imencode(".jpg", annotate(result), [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-        if ok:
-            with self._cond:
-                self._jpeg, self._version, self._last = data.tobytes(), self._version + 1, now
-                self._cond.notify_all()
-
-    def next_jpeg(self, seen: int, timeout: float = 1.0) -> tuple[int, bytes | None]:
-        with self._cond:
-            if self._version == seen and not self._closed:
-                self._cond.wait(timeout)
-            return self._version, self._jpeg
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(2.0)
-
-
-def _preview_handler(sink: PreviewSink) -> type:
-    from http.server import BaseHTTPRequestHandler
-
-    page = b"<!doctype html><title>edgecls preview</title><body style='margin:0;background:#111'>" \
-           b"<img src='/stream.mjpg' style='max-width:100%'></body>"
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it so
-            log.debug("preview: " + format, *args)
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            if self.path == "/":
-                self._send(200, "text/html", page)
-            elif self.path == "/snapshot.jpg":
-                _, jpeg = sink.next_jpeg(-1, 0)
-                self._send(200, "image/jpeg", jpeg) if jpeg else self._send(503, "text/plain", b"no frame yet")
-            elif self.path == "/stream.mjpg":
-                self._stream()
-            else:
-                self._send(404, "text/plain", b"not found")
-
-        def _send(self, code: int, kind: str, body: bytes) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _stream(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-            self.send_header("Cache-Control", "no-cache")
-            self.end_headers()
-            sink.viewers += 1
-            seen = -1
-            try:
-                while not sink._closed:
-                    version, jpeg = sink.next_jpeg(seen)
-                    if jpeg is None or version == seen:
-                        continue
-                    seen = version
-                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg))
-                    self.wfile.write(jpeg + b"\r\n")
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-            finally:
-                sink.viewers -= 1
-
-    return Handler
-
-
 def check_sink_spec(spec: str) -> str:
     """Check a ``--sink`` text without opening anything (``edgecls deploy`` checks the service's sinks this way);
     returns its kind: jsonl, mqtt, video or preview. Raises ConfigError naming the accepted forms."""
@@ -701,9 +563,11 @@ def parse_sink(
     fps: float = 30.0,
     on_event: Callable[[StreamEvent], None] | None = None,
     discovery: Any = None,
+    preview_token: str | None = None,
+    stats: Callable[[], Any] | None = None,
 ) -> Sink:
     """Build the sink a ``--sink`` text names (see SINK_FORMS); ``discovery`` (edgecls.hass.Discovery) goes to
-    MQTT sinks."""
+    MQTT sinks, ``preview_token`` and ``stats`` (the stream's `Stream.stats`) to the dashboard."""
     kind = check_sink_spec(spec)
     rest = spec.partition(":")[2]
     if kind == "mqtt":
@@ -713,4 +577,4 @@ def parse_sink(
     if kind == "video":
         return VideoSink(rest, fps=fps)
     host, _, port = rest.rpartition(":")
-    return PreviewSink(int(port or 8080), host=host or "127.0.0.1")
+    return PreviewSink(int(port or 8080), host=host or "127.0.0.1", token=preview_token, stats=stats)

@@ -110,3 +110,28 @@ def test_the_command_line_defaults_are_the_options_defaults():
     shown["class_weights"] = shown["class_weights"] != "none"
     shown["extra_data"] = tuple(shown["extra_data"] or ())  # a repeatable option: none given
     assert {k: v for k, v in shown.items() if v != defaults[k]} == {}
+
+
+def test_the_compact_recipe_sizes_the_input_and_colour_from_the_images(tmp_path):
+    from PIL import Image
+
+    from edgecls.convert.recipes import input_size_for, look_at, recipe
+
+    def images(root, size, mode, count=6):
+        for cls in ("a", "b"):
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.new(mode, size).save(root / cls / f"{i}.png")
+        return root
+
+    digits = images(tmp_path / "digits", (28, 28), "L")
+    assert look_at(digits) == (28, True)
+    name, filled = recipe("compact-cnn", {}, digits)
+    assert name == "compact-small" and filled["input_size"] == 28 and filled["color"] == "grayscale"
+    assert "color" not in recipe("compact-cnn", {"color": "rgb"}, digits)[1]  # the user's colour wins
+    photos = images(tmp_path / "photos", (320, 240), "RGB")
+    name, filled = recipe("compact-cnn", {}, photos)
+    assert name == "compact" and filled["input_size"] == 128 and "color" not in filled
+    assert recipe("compact-cnn", {"input_size": 64}, photos)[1].get("input_size") is None
+    assert [input_size_for(side) for side in (16, 30, 40, 50, 70, 100, 127, 500)] == [16, 30, 48, 48, 64, 96, 96, 128]
+    assert look_at(tmp_path / "nowhere") == (None, False)

@@ -99,7 +99,7 @@ def test_preview_serves_mjpeg_on_localhost():
     try:
         assert sink.host == "127.0.0.1"
         with urllib.request.urlopen(sink.url, timeout=5) as page:
-            assert b"/stream.mjpg" in page.read()
+            assert b'src="stream.mjpg"' in page.read()
         sink.write(result(1))
         with urllib.request.urlopen(sink.url + "snapshot.jpg", timeout=5) as snap:
             jpeg = snap.read()

@@ -1,0 +1,102 @@
+"""Does the live dashboard cost the stream its speed? (issue: on the device, a live dashboard)
+
+Coral's mobilenet_v2_1.0_224_quant streams a 640x480 video written here (benchmarks/stream_speed.py's), looped,
+as fast as the model goes (no --fps: the hard case; a camera at 30 fps leaves far more room), with --threads 1.
+Three conditions, interleaved, each --runs times for --seconds after a warm-up:
+
+  bare      the stream alone
+  sink      the stream with the dashboard sink, nobody watching
+  browser   the stream with the dashboard open in headless chromium (video, events, statistics), on the same machine
+
+Prints the median results per second of each, and sink/bare and browser/bare (the issue's bar: at least 0.9x).
+The browser shares the machine's cores with the stream here; on a device it runs on another computer.
+
+Run: python benchmarks/dashboard_speed.py [--seconds 10] [--runs 3] [--threads 1] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stream_speed import MODEL, write_video  # noqa: E402
+
+
+def rate(video: Path, seconds: float, threads: int, condition: str, chromium: str | None) -> float:
+    from edgecls.dashboard import Dashboard
+    from edgecls.stream import Stream
+
+    board = Dashboard(0, stats=None) if condition != "bare" else None
+    browser = None
+    with Stream(str(MODEL), source=str(video), loop=True, num_threads=threads, keep_frames=board is not None) as stream:
+        if board is not None:
+            board._stats = stream.stats
+        warm_until = time.monotonic() + 3.0
+        count, started = 0, None
+        profile = tempfile.mkdtemp(prefix="edgecls-bench-chromium-")
+        try:
+            for result in stream:
+                if board is not None:
+                    board.write(result)
+                now = time.monotonic()
+                if started is None:
+                    if condition == "browser" and browser is None:
+                        browser = subprocess.Popen(
+                            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                             f"--user-data-dir={profile}", "--remote-debugging-port=0", board.url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    if now >= warm_until and (condition != "browser" or board.video_viewers > 0):
+                        started, count = now, 0
+                    continue
+                count += 1
+                if now - started >= seconds:
+                    break
+        finally:
+            if browser is not None:
+                browser.terminate()
+                browser.wait(10)
+            shutil.rmtree(profile, ignore_errors=True)
+            if board is not None:
+                viewers = board.video_viewers
+                board.close()
+    if condition == "browser" and not viewers:
+        raise SystemExit("the browser never opened the video")
+    return count / (time.monotonic() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        raise SystemExit("needs Debian's chromium (apt install chromium)")
+    rates: dict[str, list[float]] = {"bare": [], "sink": [], "browser": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        video = write_video(Path(tmp) / "video.avi", 300, "MJPG")
+        for run in range(args.runs):
+            for condition in rates:
+                rates[condition].append(rate(video, args.seconds, args.threads, condition, chromium))
+                print(f"run {run + 1} {condition}: {rates[condition][-1]:.1f} results/s", flush=True)
+    medians = {k: statistics.median(v) for k, v in rates.items()}
+    summary = {"model": MODEL.name, "threads": args.threads, "seconds": args.seconds, "runs": rates,
+               "median_per_s": medians, "sink_vs_bare": medians["sink"] / medians["bare"],
+               "browser_vs_bare": medians["browser"] / medians["bare"]}
+    print(json.dumps({k: summary[k] for k in ("median_per_s", "sink_vs_bare", "browser_vs_bare")}, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
