@@ -146,7 +146,7 @@ def convert(
         bool, typer.Option("--deterministic", help="Deterministic TensorFlow ops: --seed reproduces the model exactly (slower).", rich_help_panel=TRAIN)
     ] = False,
     quant: Annotated[Quant, typer.Option(help="Quantisation of the exported model.", rich_help_panel=EXPORT)] = Quant.int8,
-    io: Annotated[IoType, typer.Option("--io", help="int8 models: input/output type.", rich_help_panel=EXPORT)] = IoType.int8,
+    io: Annotated[IoType, typer.Option("--io", help="int8 models: input/output type (uint8 is what MediaPipe and other runtimes take).", rich_help_panel=EXPORT)] = IoType.uint8,
     calibration_samples: Annotated[int, typer.Option(min=1, help="Representative images for int8 calibration.", rich_help_panel=EXPORT)] = 300,
     int8_method: Annotated[
         Int8MethodChoice, typer.Option("--int8-method", help=f"How the float model is fitted to int8. {_METHODS_HELP}.", rich_help_panel=EXPORT)  # type: ignore[valid-type]

@@ -81,7 +81,7 @@ class DistillOptions:
 @dataclass(frozen=True)
 class ExportOptions:
     quant: str = "int8"
-    io: str = "int8"
+    io: str = "uint8"  # what other runtimes take (MediaPipe Tasks refuses int8 input), and the Edge TPU too
     calibration_samples: int = 300
     int8_method: str = DEFAULT_INT8_METHOD  # see int8methods.INT8_METHODS
     qat_epochs: int = 5

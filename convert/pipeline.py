@@ -369,8 +369,32 @@ def _int8_context(model: Any, dataset: Dataset, options: ConvertOptions, obs: Co
 
 
 def write_model(path: Path, flat: bytes, manifest: dict[str, Any], classes: list[str]) -> None:
-    """model.tflite with its manifest and labels embedded, written atomically."""
-    atomic_write_bytes(path, embed_manifest(flat, manifest, labels=classes))
+    """model.tflite with the standard TFLite metadata (for other runtimes, see .tflite_metadata), our manifest and
+    the labels embedded, written atomically."""
+    atomic_write_bytes(path, embed_manifest(standard_metadata(flat, manifest, classes), manifest, labels=classes))
+
+
+def standard_metadata(flat: bytes, manifest: dict[str, Any], classes: list[str]) -> bytes:
+    """``flat`` with the standard TFLite metadata that its manifest and classes describe."""
+    from .tflite_metadata import ModelDescription, metadata_flatbuffer, with_metadata
+
+    size, provenance = manifest["input"], manifest["provenance"]
+    shown = ", ".join(classes[:8]) + (f" and {len(classes) - 8} more" if len(classes) > 8 else "")
+    description = ModelDescription(
+        name=f"edgecls {provenance.get('arch') or 'classifier'}",
+        description=f"Classifies an image as one of {len(classes)} classes ({shown}). Made by edgecls convert.",
+        version=f"edgecls {__version__}, run {provenance['run_id'][:12]}",
+        width=size["width"], height=size["height"], color=size["color"], labels=tuple(classes),
+        scores=1 if manifest["output"]["head"] == "sigmoid" else len(classes),
+        mean=_floats(manifest["preprocess"].get("mean"), 0.0), std=_floats(manifest["preprocess"].get("std"), 1.0),
+    )
+    return with_metadata(flat, metadata_flatbuffer(description))
+
+
+def _floats(value: Any, default: float) -> tuple[float, ...]:
+    if value is None:
+        return (default,)
+    return tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else (float(value),)
 
 
 def verify(model_path: Path, float_probs: np.ndarray, dataset: Dataset) -> dict[str, Any]:
@@ -600,6 +624,15 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
     }
 
 
+def final_path(path: Path) -> Path:
+    """Where ``path``, inside a run being built (`staged_output`'s ``.OUT.new-*``), will be once the run is in place."""
+    parts = list(path.parts)
+    for i, part in enumerate(parts):
+        if part.startswith(".") and ".new-" in part:
+            parts[i] = part[1:].rsplit(".new-", 1)[0]
+    return Path(*parts)
+
+
 FEW_PER_CLASS = 300  # below this many training images per class, a model from scratch is told about transfer
 TRANSFER = "--arch mobilenet_v1 --alpha 0.25 --weights imagenet"
 
@@ -609,7 +642,9 @@ def advice(options: ConvertOptions, dataset: Dataset, metrics: dict[str, Any], b
     """What a user should know to do better: the textbook baseline beat the model (by more than one test image),
     or a model from scratch had few images per class (transfer learning is what such data needs)."""
     out: list[str] = []
-    data, run = shlex.quote(str(dataset.root)), shlex.quote(str(options.out_dir))
+    if options.recipe == "demo":  # synthetic shapes: nothing to advise
+        return out
+    data, run = shlex.quote(str(final_path(dataset.root))), shlex.quote(str(final_path(options.out_dir)))
     scratch = options.arch in ("compact-cnn", "seed-cnn") or options.weights == "none"
     if baseline is not None and 100 * (baseline["float_top1"] - metrics["int8"]["top1"]) > per_image:
         out.append(f"the seed-cnn baseline (the tutorial CNN, trained on the same split) scored "
@@ -676,5 +711,5 @@ def write_demo_data(out_dir: Path, *, per_class: int = 300, seed: int = 0) -> Pa
 def demo_options(out_dir: Path) -> ConvertOptions:
     """Settings that train the demo in a few minutes on a laptop CPU."""
     return ConvertOptions.create(out_dir, arch="compact-cnn", input_size=64, width=24, depth=3, deterministic=True,
-                                 epochs=30, batch_size=32, learning_rate=3e-3, patience=8, augment=0.5)
+                                 epochs=30, batch_size=32, learning_rate=3e-3, patience=8, augment=0.5, recipe="demo")
 

@@ -180,7 +180,8 @@ def embed_files(model: bytes, files: dict[str, bytes]) -> bytes:
         pass
     existing.update(files)
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    # stored, not deflated: the standard metadata's readers (TFLite Support, MediaPipe) take associated files only so
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for name, data in existing.items():
             zf.writestr(name, data)
     return flatbuffer_bytes(model) + buf.getvalue()

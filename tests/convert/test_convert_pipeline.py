@@ -71,7 +71,7 @@ def test_exported_model_is_static_int8_with_manifest(compact_run):
     with Classifier(compact_run / "model.tflite") as clf:
         detail = clf.interpreter.get_input_details()[0]
         assert list(detail["shape_signature"]) == [1, 32, 32, 3]  # static batch 1 for the Edge TPU compiler
-        assert clf.input_spec.dtype == "int8" and clf.output_spec.dtype == "int8"
+        assert clf.input_spec.dtype == "uint8" and clf.output_spec.dtype == "uint8"  # the default --io
         assert clf.labels.source == "edgecls manifest" and clf.labels.names == ("circle", "square", "stripes")
         manifest = clf.model_info.manifest
         assert manifest["preprocess"]["mean"] == 0.0 and manifest["input"]["color"] == "rgb"
@@ -79,7 +79,8 @@ def test_exported_model_is_static_int8_with_manifest(compact_run):
         assert prov["dataset"]["seed"] == 0 and len(prov["dataset"]["fingerprint"]) == 16
         assert prov["versions"]["tensorflow"] and manifest["metrics"]["passed"] is True
         ops = set(clf.describe()["ops"])
-        assert ops <= {"CONV_2D", "DEPTHWISE_CONV_2D", "MEAN", "FULLY_CONNECTED", "SOFTMAX", "RESHAPE"}, ops
+        # QUANTIZE: the uint8 input and output (the default --io) around the int8 graph
+        assert ops <= {"CONV_2D", "DEPTHWISE_CONV_2D", "MEAN", "FULLY_CONNECTED", "SOFTMAX", "RESHAPE", "QUANTIZE"}, ops
 
 
 def test_classify_needs_no_other_flag(compact_run, shapes):
@@ -195,7 +196,7 @@ def test_qat_exports_a_valid_int8_model(shapes, tmp_path):
     assert {"int8_top1", "drop_points", "agreement"} <= set(report["ptq"])
     assert "post-training int8 before QAT" in result.output
     with Classifier(out / "model.tflite") as clf:
-        assert clf.input_spec.dtype == "int8" and clf.output_spec.dtype == "int8"
+        assert clf.input_spec.dtype == "uint8" and clf.output_spec.dtype == "uint8"
     classify = runner.invoke(app, ["classify", str(out / "model.tflite"), str(shapes / "circle" / "circle_0000.png")])
     assert classify.exit_code == 0, classify.output
 
@@ -213,7 +214,7 @@ def test_qat_on_a_pretrained_mobilenet(shapes, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["qat"]["epochs"] == 1 and "ptq" in report
     with Classifier(out / "model.tflite") as clf:
-        assert clf.input_spec.dtype == "int8"
+        assert clf.input_spec.dtype == "uint8"
         assert len(clf.classify(shapes / "circle" / "circle_0000.png")) == 3
 
 
@@ -304,7 +305,7 @@ def test_transfer_learning_from_the_shared_mobilenet_weights(flowers, tmp_path):
     # --int8-tune: error-compensating rounding on the base's 27 convs, tuned on the training split; recorded.
     tuning = report["int8_tuning"]
     assert tuning["rounded_layers"] == 27 and tuning["epochs"] == 2 and tuning["images"] == report["split_sizes"]["train"]
-    assert report["quantization"] == {"mode": "int8", "io": "int8", "method": "int8-tune", "bias_correction": False,
+    assert report["quantization"] == {"mode": "int8", "io": "uint8", "method": "int8-tune", "bias_correction": False,
                                       "int8_tune": True}
     assert Classifier(out / "model.tflite").model_info.manifest["quantization"]["int8_tune"] is True
     assert "error-compensating rounding on 27 conv layers" in (out / "report.md").read_text()

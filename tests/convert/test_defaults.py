@@ -59,6 +59,17 @@ def test_the_report_says_when_the_seed_cnn_baseline_did_better(tmp_path):
     assert advice(options, _dataset(500), _metrics(0.85), {"float_top1": 0.80}, per_image=0.5) == []
 
 
+def test_advice_names_the_folders_the_run_will_have(tmp_path):
+    from edgecls.convert.pipeline import final_path
+
+    staged = tmp_path / ".run.new-abc123"
+    assert final_path(staged) == tmp_path / "run" and final_path(staged / "demo_data") == tmp_path / "run" / "demo_data"
+    options = ConvertOptions.create(staged)
+    (line,) = advice(options, _dataset(40), _metrics(0.9), None, per_image=1.0)
+    assert f"--out {tmp_path / 'run'}-transfer" in line and ".new-" not in line
+    assert advice(options.updated(recipe="demo"), _dataset(40), _metrics(0.5), {"float_top1": 0.9}, 1.0) == []
+
+
 def test_few_images_per_class_from_scratch_points_to_transfer_learning(tmp_path):
     scratch = ConvertOptions.create(tmp_path / "run")
     (line,) = advice(scratch, _dataset(40), _metrics(0.9), None, per_image=1.0)
