@@ -295,7 +295,7 @@ ProfileOpt = Annotated[
 ]
 
 
-@app.command(rich_help_panel=DEVICE, epilog=examples('edgecls run model.tflite --source picam', 'edgecls run model.tflite --source 0 --sink jsonl:results.jsonl', 'edgecls run model.tflite --profile rpi5 --sink mqtt://broker.local/pi/vision --mqtt-discovery', 'edgecls run model.tflite --source clip.mp4 --sink preview:8080'))
+@app.command(rich_help_panel=DEVICE, epilog=examples('edgecls run model.tflite --source picam', 'edgecls run model.tflite --source 0 --sink jsonl:results.jsonl', 'edgecls run model.tflite --profile rpi5 --sink mqtt://broker.local/pi/vision --mqtt-discovery', 'edgecls run model.tflite --source clip.mp4 --sink preview:8080', 'edgecls run model.tflite --source picam --collect field/'))
 def run(
     model: ModelArg,
     source: Annotated[
