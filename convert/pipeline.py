@@ -655,8 +655,8 @@ def advice(options: ConvertOptions, dataset: Dataset, metrics: dict[str, Any], b
     fewest = min(dataset.counts("train").values(), default=0)
     if scratch and fewest < FEW_PER_CLASS:
         out.append(f"{options.arch} learns from scratch here, and the smallest class has {fewest} training images: "
-                   f"with under {FEW_PER_CLASS} per class, transfer learning from ImageNet weights is usually far "
-                   f"better (edgecls convert {data} --out {run}-transfer {TRANSFER})")
+                   f"with under {FEW_PER_CLASS} per class, a model from ImageNet weights often does better; compare "
+                   f"(edgecls convert {data} --out {run}-transfer {TRANSFER})")
     return out
 
 
