@@ -11,7 +11,7 @@ For each dataset and seed: `edgecls convert DATA --out OUT --seed S` (the flagle
 baseline) and `... --arch mobilenet_v1 --alpha 0.25 --weights <shared weights>` (the transfer recipe). Prints a
 table of means over the seeds and writes every run's figures and wall time to --out/results.json.
 
-Run: python benchmarks/defaults_across_data.py [--data flowers128 digits28 binary] [--seeds 0 1 2]
+Run: python benchmarks/defaults_across_data.py [--data flowers128 digits28 binary] [--seeds 0 1 2] [--extra=FLAGS]
                                                [--runs flagless transfer] [--out benchmarks/results/defaults]
 """
 
@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", default=list(RUNS))
     parser.add_argument("--per-class", type=int, default=1000, help="digits28 images per class")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "defaults")
+    parser.add_argument("--extra", default="", help="flags appended to every run, e.g. --extra='--input-size 28'")
     args = parser.parse_args()
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
@@ -124,7 +125,7 @@ def main() -> None:
             for seed in args.seeds:
                 key = f"{name}/{run}/seed{seed}"
                 results[key] = convert(data, args.out / "runs" / name / run / f"seed{seed}",
-                                       [*RUNS[run], *EXTRA.get((name, run), [])], seed)
+                                       [*RUNS[run], *EXTRA.get((name, run), []), *args.extra.split()], seed)
                 args.out.mkdir(parents=True, exist_ok=True)
                 results_path.write_text(json.dumps(results, indent=2) + "\n")
                 print(key, results[key], flush=True)

@@ -7,7 +7,9 @@ endpoints for programs.
 - ``/stream.mjpg``: the video, annotated where OpenCV is installed, at most ``max_fps`` frames a second.
 - ``/snapshot.jpg``: the newest frame, encoded when asked.
 - ``/api/latest``: the newest result as JSON (the `--json` schema); ``/api/stats``: the stream's statistics.
-- ``/events``: server-sent events: a ``result`` event per result (the same JSON) and a ``stats`` event a second.
+- ``/events``: server-sent events: a ``result`` event per result (the same JSON) and a ``stats`` event a second;
+  ``/events?max_rate=N`` sends only the newest result, at most N times a second (the page asks for 15: what it can
+  show, and a browser on a small machine would otherwise spend its CPU parsing hundreds of events a second).
 
 It never costs the stream much: `write` only keeps a reference to the newest result; frames are encoded in the
 dashboard's own thread, only while someone watches the video (or on a snapshot request), at its own modest rate;
@@ -248,6 +250,15 @@ def encode_jpeg(result: StreamResult, quality: int) -> bytes:
     return buffer.getvalue()
 
 
+def _rate(query: dict[str, list[str]]) -> float | None:
+    """``/events?max_rate=N``: at most N result events a second (N > 0), else every result."""
+    try:
+        rate = float(query.get("max_rate", [""])[0])
+    except ValueError:
+        return None
+    return rate if 0 < rate < 1000 else None
+
+
 def _handler(board: Dashboard) -> type:
     page = PAGE.read_bytes()
 
@@ -291,7 +302,7 @@ def _handler(board: Dashboard) -> type:
             elif path == "/stream.mjpg":
                 self._video()
             elif path == "/events":
-                self._events()
+                self._events(_rate(query))
             else:
                 self._send(404, "text/plain", b"not found")
 
@@ -330,14 +341,21 @@ def _handler(board: Dashboard) -> type:
             finally:
                 board.watching("video_viewers", -1)
 
-        def _events(self) -> None:
+        def _events(self, max_rate: float | None) -> None:
+            """Every result (or, with ``max_rate``, the newest at most that many times a second: what a page can
+            show) and the statistics once a second."""
             self._open_stream("text/event-stream")
             board.watching("event_viewers", +1)
-            seen, next_stats = board.version() - 1, 0.0  # from the newest result on
+            seen, next_stats, next_result = board.version() - 1, 0.0, 0.0  # from the newest result on
             try:
                 self.wfile.write(b"retry: 1000\n\n")
                 while not board.closed:
+                    if max_rate is not None:
+                        time.sleep(max(0.0, next_result - time.monotonic()))
+                        next_result = time.monotonic() + 1.0 / max_rate
                     seen, results = board.results_since(seen, timeout=0.5)
+                    if max_rate is not None:
+                        results = results[-1:]
                     chunks = [b"event: result\ndata: " + json.dumps(r.to_dict()).encode() + b"\n\n" for r in results]
                     if time.monotonic() >= next_stats:
                         next_stats = time.monotonic() + 1.0

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 from urllib.parse import unquote, urlsplit
 
-import numpy as np
 
 from .capture import StreamEvent
 from .dashboard import Dashboard as PreviewSink  # the preview: sink is the live dashboard

@@ -5,7 +5,6 @@ dependency (.ci/run installs it): skipped where absent, required under CI."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 

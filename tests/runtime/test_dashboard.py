@@ -54,7 +54,7 @@ def board():
 def test_endpoints_serve_the_newest_result_and_statistics(board):
     assert board.host == "127.0.0.1"
     status, headers, page = get(board.url)
-    assert status == 200 and b'src="stream.mjpg"' in page and b'EventSource("events")' in page
+    assert status == 200 and b'src="stream.mjpg"' in page and b'EventSource("events?max_rate=15")' in page
     assert get(board.url + "api/latest")[0] == 503  # nothing yet
     for seq in range(5):
         board.write(result(seq))
@@ -117,6 +117,35 @@ def test_events_carry_one_result_each_and_statistics(board):
     listener.join(10)
     assert [r["sequence"] for r in received] == list(range(20))  # the newest at connection, then each one
     assert "stats" in kinds
+
+
+def test_a_page_can_ask_for_fewer_events(board):
+    board.write(result(0))
+    stop = threading.Event()
+
+    def feed() -> None:
+        seq = 1
+        while not stop.is_set():
+            board.write(result(seq))
+            seq += 1
+            time.sleep(0.002)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        results, started = [], time.monotonic()
+        with urllib.request.urlopen(board.url + "events?max_rate=5", timeout=10) as stream:
+            for raw in stream:
+                if raw.startswith(b"data: ") and b'"sequence"' in raw:
+                    results.append(json.loads(raw[6:]))
+                if time.monotonic() - started > 1.5:
+                    break
+    finally:
+        stop.set()
+        feeder.join()
+    assert 5 <= len(results) <= 10  # at most 5 a second over 1.5 s (plus the one at connection)
+    sequences = [r["sequence"] for r in results]
+    assert sequences == sorted(sequences) and sequences[-1] - sequences[0] > len(results)  # the newest each time
 
 
 def test_connections_are_bounded():
