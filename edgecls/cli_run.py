@@ -17,7 +17,6 @@ from typing import Any, TextIO
 from .capture import StreamEvent
 from .classifier import Classifier
 from .collect import Collector
-from .errors import ConfigError
 from .sinks import MqttSink, PreviewSink, Sink, SinkGroup, TextSink, format_line, parse_sink
 from .smoothing import Smoothing
 from .stream import Stream, StreamStats
@@ -110,12 +109,10 @@ def _make_sinks(options: RunOptions, on_event: Any, say: Any, model_name: str | 
     sinks: list[Sink] = []
     discovery = None
     if options.mqtt_discovery is not None:
-        from .hass import Discovery
+        from .hass import Discovery, require_mqtt_sink
 
         discovery = Discovery(prefix=options.mqtt_discovery, model=model_name)
-        if not any(spec.startswith(("mqtt://", "mqtts://")) for spec in options.sinks):
-            raise ConfigError("--mqtt-discovery announces an MQTT sink to Home Assistant: add one, e.g. "
-                              "--sink mqtt://broker.local/pi/vision")
+        require_mqtt_sink(options.sinks)
     try:
         for spec in options.sinks:
             sink = parse_sink(

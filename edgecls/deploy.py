@@ -39,6 +39,7 @@ from .labels import format_labels, labels_for_file
 from .metadata import check_model_file
 from .profiles import Profile
 from .dashboard import is_loopback
+from .hass import require_mqtt_sink
 from .sinks import MQTT_PASSWORD_ENV, check_sink_spec, has_control_chars, mask_url, split_mqtt_password
 
 SERVICE_NAME = "edgecls.service"
@@ -220,9 +221,8 @@ def build_bundle(
         if kind == "preview" and host and not is_loopback(host):
             raise ConfigError(f"--sink {sink}: a service's dashboard stays on 127.0.0.1 (it would need a token on the "
                               "network); use preview:8080 and an SSH tunnel: ssh -L 8080:127.0.0.1:8080 pi@DEVICE")
-    if "--mqtt-discovery" in extra and "mqtt" not in kinds:
-        raise ConfigError("--mqtt-discovery announces an MQTT sink to Home Assistant: add one, e.g. "
-                          "--sink mqtt://broker.local/pi/vision")
+    if "--mqtt-discovery" in extra:
+        require_mqtt_sink(sinks)
     if pip_spec is not None:
         check_arg("--pip-spec", pip_spec)
         if not pip_spec.strip() or pip_spec.startswith("-"):

@@ -56,6 +56,13 @@ class Discovery:
             raise ConfigError(f"MQTT discovery node id {self.node_id!r}: expected letters, digits, _ and -")
 
 
+def require_mqtt_sink(sinks: list[str]) -> None:
+    """Discovery announces an MQTT sink: a ConfigError when ``sinks`` (``--sink`` texts) hold none."""
+    if not any(spec.startswith(("mqtt://", "mqtts://")) for spec in sinks):
+        raise ConfigError("--mqtt-discovery announces an MQTT sink to Home Assistant: add one, e.g. "
+                          "--sink mqtt://broker.local/pi/vision")
+
+
 def node_id_for(topic: str) -> str:
     """A Home Assistant node id for a results topic: ``pi/vision`` -> ``edgecls_pi_vision``."""
     return "edgecls_" + (_ID.sub("_", topic).strip("_") or "camera")
