@@ -48,11 +48,10 @@ def rate(video: Path, seconds: float, threads: int, condition: str, chromium: st
     from edgecls.dashboard import Dashboard
     from edgecls.stream import Stream
 
-    board = Dashboard(0, stats=None) if condition != "bare" else None
     browser = None
-    with Stream(str(MODEL), source=str(video), loop=True, num_threads=threads, keep_frames=board is not None) as stream:
-        if board is not None:
-            board._stats = stream.stats
+    with Stream(str(MODEL), source=str(video), loop=True, num_threads=threads,
+                keep_frames=condition != "bare") as stream:
+        board = Dashboard(0, stats=stream.stats) if condition != "bare" else None
         warm_until = time.monotonic() + 3.0
         count, started, watched = 0, None, False
         profile = tempfile.mkdtemp(prefix="edgecls-bench-chromium-")

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 from urllib.parse import unquote, urlsplit
 
-
 from .capture import StreamEvent
 from .dashboard import Dashboard as PreviewSink  # the preview: sink is the live dashboard
 from .drawing import annotate
