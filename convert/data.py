@@ -211,20 +211,135 @@ def scan(
 
 
 def _extra_samples(roots: list[Path], classes: list[str]) -> tuple[list[Sample], list[Skipped]]:
-    """The images of the --extra-data folders, labelled by their class folder (which must be a class of the data)."""
+    """The images of the --extra-data folders, labelled by their class folder: one named as a class, or as `edgecls
+    run --collect` names a class's folder (edgecls.classfolders, which reads `dog's`, `a%2Fb` or a cut name back).
+    Links that lead out of a folder are not followed; they and unreadable entries are named once in the skipped list."""
+    from edgecls.classfolders import class_of_folder
+
     samples: list[Sample] = []
     skipped: list[Skipped] = []
     for root in roots:
         if not root.is_dir():
             raise DataError(f"--extra-data {root}: not a folder; expected EXTRA_DIR/<class>/*.jpg")
-        names, files, bad = list_class_folders(root)
-        unknown = [name for name in names if files[name] and name not in classes]
+        folders, bad = _extra_listing(root)
+        try:
+            named = {folder: class_of_folder(folder, classes) for folder in folders}
+        except DataError as exc:
+            raise DataError(f"--extra-data {root}: {exc}") from None
+        unknown = [folder for folder, files in folders.items() if files and named[folder] is None]
         if unknown:
             raise DataError(f"--extra-data {root} has images in class folder(s) {unknown} that the data does not have "
                             f"(classes: {classes}); move them into one of those folders, or add the class to the data")
         skipped.extend(bad)
-        samples += [Sample(path, classes.index(name)) for name in names for path in files[name]]
+        samples += [Sample(path, classes.index(named[folder])) for folder, files in folders.items() for path in files
+                    if named[folder] is not None]
     return samples, skipped
+
+
+def _extra_listing(root: Path) -> tuple[dict[str, list[Path]], list[Skipped]]:
+    """The class folders of an --extra-data folder and the image files under each (sorted), walked without following
+    a link out of ``root`` or into a folder walked already; hidden entries and JSON sidecars are passed over."""
+    inside = Path(os.path.realpath(root))
+    skipped: list[Skipped] = []
+    folders: dict[str, list[Path]] = {}
+    entries = _extra_entries(root, skipped)
+    if entries is None:
+        raise DataError(f"--extra-data {root}: cannot be read ({skipped[-1].reason}); check its permissions")
+    for path in entries:
+        info = _extra_stat(path, root, inside, skipped)
+        if info is not None and _is_dir(info):
+            folders[path.name] = _extra_images(path, root, inside, skipped)
+        elif info is not None:
+            skipped.append(Skipped(str(path), "not inside a class folder"))
+    return folders, _named_once(skipped)
+
+
+def _extra_images(folder: Path, root: Path, inside: Path, skipped: list[Skipped]) -> list[Path]:
+    found: list[Path] = []
+    seen = {_dir_key(inside)}
+    stack = [folder]
+    while stack:  # a stack, not recursion: a hostile depth is no RecursionError
+        current = stack.pop()
+        key = _dir_key(current)
+        if key in seen:
+            skipped.append(Skipped(str(current), "a link to a folder that is walked already (a loop); not followed"))
+            continue
+        seen.add(key)
+        entries = _extra_entries(current, skipped)
+        subfolders = []
+        for path in entries or []:
+            info = _extra_stat(path, root, inside, skipped)
+            if info is None:
+                continue
+            if _is_dir(info):
+                subfolders.append(path)
+            elif path.suffix.lower() == ".json":  # a sidecar (edgecls run --collect writes one beside each frame)
+                continue
+            elif path.suffix.lower() not in IMAGE_SUFFIXES:
+                skipped.append(Skipped(str(path), f"not an image file (suffix {path.suffix or 'none'})"))
+            elif info.st_size == 0:
+                skipped.append(Skipped(str(path), "empty file"))
+            else:
+                found.append(path)
+        stack.extend(reversed(subfolders))
+    return sorted(found)
+
+
+def _extra_entries(folder: Path, skipped: list[Skipped]) -> list[Path] | None:
+    """The visible entries of ``folder``, sorted; None (and the folder named in ``skipped``) if it cannot be read."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted(Path(entry.path) for entry in it if not entry.name.startswith("."))
+    except OSError as exc:
+        skipped.append(Skipped(str(folder), f"cannot be read ({exc.strerror or exc})"))
+        return None
+
+
+def _extra_stat(path: Path, root: Path, inside: Path, skipped: list[Skipped]) -> os.stat_result | None:
+    """The status of a folder or regular file to list; None, with the reason in ``skipped``, for a link that leads
+    out of ``root`` (never followed), a broken link or loop, or a FIFO or device among the images."""
+    import stat
+
+    if path.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(inside):
+        skipped.append(Skipped(str(path), f"a link out of {root} (to {os.path.realpath(path)}); not followed"))
+        return None
+    try:
+        info = path.stat()
+    except OSError as exc:
+        link = path.is_symlink()
+        skipped.append(Skipped(str(path), "a symlink loop or broken link" if link else f"cannot be read ({exc.strerror})"))
+        return None
+    if stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode):
+        return info
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        skipped.append(Skipped(str(path), "not a regular file (a FIFO?)"))
+    return None
+
+
+def _named_once(skipped: list[Skipped]) -> list[Skipped]:
+    """An entry reached under two names (through a link inside the folder) is named once, under the first."""
+    seen: set[str] = set()
+    once = []
+    for item in skipped:
+        where = os.path.join(os.path.realpath(os.path.dirname(item.path)), os.path.basename(item.path))
+        if where not in seen:
+            seen.add(where)
+            once.append(item)
+    return once
+
+
+def _is_dir(info: os.stat_result) -> bool:
+    import stat
+
+    return stat.S_ISDIR(info.st_mode)
+
+
+def _dir_key(folder: Path) -> tuple[int, int]:
+    try:
+        info = folder.stat()
+    except OSError:
+        return (-1, -1)
+    return info.st_dev, info.st_ino
 
 
 def _flatten(files: dict[str, list[Path]], classes: list[str]) -> list[Sample]:
