@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,8 +158,13 @@ def import_tensorflow(command: str = "convert", *, verbose: bool = False) -> Any
         if verbose:
             import tensorflow
         else:
-            with quiet_native_stderr():  # what TensorFlow prints while it loads
+            with quiet_native_stderr(replay=False) as said:  # what TensorFlow prints while it loads
                 import tensorflow
+            from .tflog import is_native_log_line
+
+            for line in said:  # its absl/C++ log lines (no CUDA here, ...) are held back; anything else is shown
+                if not is_native_log_line(line):
+                    print(line, file=sys.stderr)
     except ImportError:
         raise ConfigError(
             f"edgecls {command} runs on the workstation and needs TensorFlow: pip install 'edgecls[convert]'"
@@ -171,6 +177,55 @@ def import_tensorflow(command: str = "convert", *, verbose: bool = False) -> Any
         for module in ("keras", "tensorflow", "tf_keras", "tensorflow_model_optimization"):
             warnings.filterwarnings("ignore", module=module)
     return tensorflow
+
+
+def preflight(out: str | os.PathLike[str], *, overwrite: bool, options: Mapping[str, Any],
+              data: str | os.PathLike[str] | None = None, model: str | os.PathLike[str] | None = None) -> None:
+    """What can be checked before TensorFlow loads (seconds), so that a typo is one error at once: the data folder,
+    the model file, and whether ``out`` can take the run."""
+    from edgecls.errors import DataError
+
+    from .pipeline import check_out_dir
+
+    if model is not None and not Path(model).exists():
+        raise ConfigError(f"model not found: {model}; give a .keras/.h5 file or a SavedModel folder")
+    if data is not None:
+        where = Path(data)
+        if not where.is_dir():
+            what = "calibration folder" if model is not None else "dataset folder"
+            raise DataError(f"{what} not found: {where}; expected DATA_DIR/<class>/*.jpg or train/ val/ [test/]")
+    check_out_dir(Path(out), overwrite=overwrite)
+
+
+def check_paths(opts: Any) -> None:
+    """The files and folders the options name: the weights file, --extra-data folders, the teacher."""
+    from edgecls.errors import DataError
+
+    weights = str(opts.weights)
+    if weights not in ("imagenet", "none") and not Path(weights).is_file():
+        raise ConfigError(f"--weights {weights!r}: expected 'imagenet', 'none' or a local .h5/.keras file that exists")
+    for folder in opts.extra_data:
+        if not Path(folder).is_dir():
+            raise DataError(f"--extra-data {folder}: not a folder; expected EXTRA_DIR/<class>/*.jpg")
+    if opts.teacher is not None and not Path(opts.teacher).exists():
+        raise ConfigError(f"--teacher {opts.teacher}: not found; give an earlier convert output folder or a .keras "
+                          "file")
+
+
+def training_device() -> str:
+    """Which device TensorFlow trains on, in a line for the log."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = []
+        for gpu in gpus:
+            try:
+                names.append(tf.config.experimental.get_device_details(gpu).get("device_name") or gpu.name)
+            except (RuntimeError, ValueError):
+                names.append(gpu.name)
+        return f"training on the GPU: {', '.join(names)} (TensorFlow {tf.__version__})"
+    return f"training on the CPU, {os.cpu_count()} cores; no GPU found (TensorFlow {tf.__version__})"
 
 
 def train(data: str | os.PathLike[str], out: str | os.PathLike[str], *, arch: str = "compact-cnn",
@@ -191,10 +246,13 @@ def train(data: str | os.PathLike[str], out: str | os.PathLike[str], *, arch: st
     from .pipeline import convert_dataset
     from .recipes import recipe
 
-    import_tensorflow("convert", verbose=verbose)  # first: its log level is read when it loads
+    preflight(out, overwrite=overwrite, data=data, options=options)  # a typo costs no TensorFlow start-up
     name, filled = recipe(arch, options, data)
     opts = options_from(out, {**filled, "arch": arch, **options, **({"recipe": name} if name else {})})
+    check_paths(opts)
+    import_tensorflow("convert", verbose=verbose)  # its log level is read when it loads
     obs = _observer(progress)
+    obs.step(training_device())
     if filled:
         obs.step(f"the {name} recipe (docs/convert.md) sets " + ", ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in filled.items()) + "; a flag you give wins")
@@ -210,8 +268,10 @@ def quantize(model: str | os.PathLike[str], calibration: str | os.PathLike[str],
     does not normalise inside. Same options and result as `train`."""
     from .pipeline import convert_model
 
-    import_tensorflow("convert", verbose=verbose)
+    preflight(out, overwrite=overwrite, data=calibration, options=options, model=model)
     opts = options_from(out, options)
+    check_paths(opts)
+    import_tensorflow("convert", verbose=verbose)
     report = convert_model(Path(model), Path(calibration), opts, _observer(progress), overwrite=overwrite)
     return ConvertResult.from_report(report, Path(out).absolute())
 
@@ -220,11 +280,14 @@ def demo(out: str | os.PathLike[str], *, overwrite: bool = False, progress: Any 
          verbose: bool = False, seed: int = 0, **options: Any) -> ConvertResult:
     """`edgecls convert --demo`: write a generated dataset of shapes into ``out``/demo_data, then `train` on it
     with settings that finish in about 2 minutes on a laptop CPU; ``options`` override those settings."""
-    import_tensorflow("convert", verbose=verbose)
     from .pipeline import convert_dataset, demo_options, staged_output, write_demo_data
 
+    preflight(out, overwrite=overwrite, options=options)
     opts = options_from(out, {"seed": seed, **options}, base=demo_options(Path(out)))
+    check_paths(opts)
+    import_tensorflow("convert", verbose=verbose)
     obs = _observer(progress)
+    obs.step(training_device())
     with staged_output(Path(out), overwrite=overwrite) as stage:
         obs.step(f"writing the demo dataset to {Path(out) / 'demo_data'}")
         data = write_demo_data(stage, seed=seed)

@@ -10,16 +10,17 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from edgecls.errors import DataError, ImageError
+from edgecls.errors import DataError
 from edgecls.images import IMAGE_SUFFIXES, decode_image
 from edgecls.preprocess import InputSpec, PreprocessConfig, Preprocessor
+
+from .cache import ImageCache, Item, concat, decode_in_memory, rows_of
 
 SPLIT_NAMES = ("train", "val", "test")
 MIN_IMAGES_PER_CLASS = 5  # what a 70/15/15 split needs to put at least one image in each part
@@ -39,12 +40,14 @@ class Skipped:
 
 @dataclass
 class Dataset:
-    """A scanned, decoded and split dataset. ``images[split]`` is uint8 N x H x W x C at the model's input size."""
+    """A scanned, decoded and split dataset. ``images[split]`` is uint8 N x H x W x C at the model's input size: a
+    numpy array, or (from the decoded-image cache) an `edgecls.convert.cache.ImageStore` that reads rows from disk
+    when indexed, so that memory does not grow with the number of images."""
 
     root: Path
     classes: tuple[str, ...]
     samples: dict[str, list[Sample]]
-    images: dict[str, np.ndarray]
+    images: dict[str, Any]
     skipped: list[Skipped]
     presplit: bool
     test_source: str  # "test": a held-out split; "val": pre-split data without test/, evaluated on val/
@@ -52,6 +55,7 @@ class Dataset:
     fingerprint: str
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     extra: dict[str, int] = field(default_factory=dict)  # --extra-data images added to train/, per class
+    cache: dict[str, str] = field(default_factory=dict)  # per listing: "hit", "built", "off" or "fallback: why"
 
     def labels(self, split: str) -> np.ndarray:
         return np.array([s.label for s in self.samples[split]], dtype=np.int64)
@@ -91,25 +95,48 @@ def list_class_folders(root: Path) -> tuple[list[str], dict[str, list[Path]], li
     files: dict[str, list[Path]] = {}
     for name in classes:
         found = []
-        for path in sorted((root / name).rglob("*")):
-            if any(part.startswith(".") for part in path.relative_to(root).parts):
-                continue
-            if not path.is_file():
-                # a directory is walked; a symlink loop, a broken link or a FIFO among the images is named
-                if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir():
-                    why = "a symlink loop or broken link" if path.is_symlink() else "not a regular file (a FIFO?)"
+        for path, entry in _walk(root / name):
+            try:
+                is_file = entry.is_file()  # follows a link to a file, as the decoder will
+            except OSError:
+                is_file = False
+            suffix = os.path.splitext(entry.name)[1].lower()
+            if not is_file:
+                # a symlink loop, a broken link or a FIFO among the images is named
+                if suffix in IMAGE_SUFFIXES:
+                    why = "a symlink loop or broken link" if entry.is_symlink() else "not a regular file (a FIFO?)"
                     skipped.append(Skipped(str(path), why))
                 continue
-            if path.suffix.lower() == ".json":  # a sidecar (edgecls run --collect writes one beside each frame)
+            if suffix == ".json":  # a sidecar (edgecls run --collect writes one beside each frame)
                 continue
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                skipped.append(Skipped(str(path), f"not an image file (suffix {path.suffix or 'none'})"))
-            elif path.stat().st_size == 0:
+            if suffix not in IMAGE_SUFFIXES:
+                skipped.append(Skipped(str(path), f"not an image file (suffix {suffix or 'none'})"))
+            elif entry.stat().st_size == 0:
                 skipped.append(Skipped(str(path), "empty file"))
             else:
                 found.append(path)
         files[name] = found
     return classes, files, skipped
+
+
+def _walk(folder: Path) -> Iterator[tuple[Path, os.DirEntry[str]]]:
+    """Every entry under ``folder`` but hidden ones (names starting with "."), depth first in name order (the order
+    of sorted paths), without descending into linked folders; one directory listing per folder and no stat per
+    entry (the listing says what is a folder), so a large dataset is listed in a fraction of a second."""
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        path = folder / entry.name
+        yield path, entry
+        try:
+            descend = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            descend = False
+        if descend:
+            yield from _walk(path)
 
 
 def scan(
@@ -123,8 +150,14 @@ def scan(
     workers: int | None = None,
     progress: ProgressFn | None = None,
     extra: Sequence[str | os.PathLike[str]] = (),
+    cache: ImageCache | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Dataset:
     """Scan, decode (in parallel) and split a dataset; raise DataError when it cannot be trained on.
+
+    ``cache``: keep the decoded images on disk (edgecls.convert.cache) and read them from there, so a second run
+    decodes nothing and memory does not grow with the number of images; None decodes into memory. ``warn`` hears
+    why the cache could not be used (the run goes on without it).
 
     ``extra``: more folder-per-class images (frames collected on a device with `edgecls run --collect` and sorted
     by a person), added to the training split only, so the validation and test images stay those of ``root`` and
@@ -156,7 +189,8 @@ def scan(
         candidates["~extra"], extra_skipped = _extra_samples(extra_roots, classes)
         skipped.extend(extra_skipped)
 
-    decoded: dict[str, tuple[list[Sample], np.ndarray]] = {}
+    decoded: dict[str, tuple[list[Sample], Any]] = {}
+    how: dict[str, str] = {}
     digest = hashlib.sha256()
     total = sum(len(v) for v in candidates.values())
     done = [0]
@@ -166,14 +200,18 @@ def scan(
         if progress:
             progress(done[0], total)
 
+    roots = {"all": root_path, "~extra": extra_roots[0] if extra_roots else root_path,
+             **{name: subdirs[name] for name in SPLIT_NAMES if name in subdirs}}
     for name in sorted(candidates):
-        samples, images, bad, hashes = _decode_all(
-            candidates[name], input_size=input_size, channels=channels, config=config, workers=workers, tick=tick
+        samples, images, bad, hashes, how[name] = _decode_all(
+            candidates[name], name=name, root=roots[name], input_size=input_size, channels=channels, config=config,
+            workers=workers, tick=tick, cache=cache, warn=warn or (lambda message: None),
         )
         skipped.extend(bad)
+        prefix = str(root_path) + os.sep
         for sample, h in zip(samples, hashes):
-            where = sample.path.relative_to(root_path) if sample.path.is_relative_to(root_path) else sample.path
-            digest.update(f"{name}/{where}:{h}\n".encode())
+            where = str(sample.path)
+            digest.update(f"{name}/{where[len(prefix):] if where.startswith(prefix) else where}:{h}\n".encode())
         decoded[name] = (samples, images)
     extra_samples, extra_images = decoded.pop("~extra", ([], None))
 
@@ -189,11 +227,11 @@ def scan(
         _check_counts(classes, samples, str(root_path), minimum=MIN_IMAGES_PER_CLASS)
         index = _stratified_split([s.label for s in samples], split, seed)
         samples_by_split = {name: [samples[i] for i in idx] for name, idx in index.items()}
-        images_by_split = {name: images[idx] for name, idx in index.items()}
+        images_by_split = {name: rows_of(images, idx) for name, idx in index.items()}
         test_source = "test"
     if extra_samples:
         samples_by_split["train"] = samples_by_split["train"] + extra_samples
-        images_by_split["train"] = np.concatenate([images_by_split["train"], extra_images])
+        images_by_split["train"] = concat([images_by_split["train"], extra_images])
     extra_counts = {classes[label]: n for label, n in sorted(Counter(s.label for s in extra_samples).items())}
     return Dataset(
         root=root_path,
@@ -207,6 +245,7 @@ def scan(
         fingerprint=digest.hexdigest()[:16],
         preprocess=config,
         extra=extra_counts,
+        cache={name: value for name, value in how.items()},
     )
 
 
@@ -375,12 +414,18 @@ def _check_counts(classes: list[str], samples: list[Sample], where: str, *, mini
 def _decode_all(
     samples: list[Sample],
     *,
+    name: str,
+    root: Path,
     input_size: tuple[int, int],
     channels: int,
     config: PreprocessConfig,
     workers: int | None,
     tick: Callable[[], None],
-) -> tuple[list[Sample], np.ndarray, list[Skipped], list[str]]:
+    cache: ImageCache | None,
+    warn: Callable[[str], None],
+) -> tuple[list[Sample], Any, list[Skipped], list[str], str]:
+    """The decoded images of one listing (from the cache when one is given), the samples that decoded, the files
+    that did not, the content hashes, and how the cache served ("hit", "built", "off", "fallback: ...")."""
     h, w = input_size
     # A uint8 "model" whose input is the raw pixel: the table is the identity, so this is resize + colour only.
     spec = InputSpec(h, w, channels, "uint8", scale=1.0, zero_point=0)
@@ -388,27 +433,35 @@ def _decode_all(
                                 pad_value=config.pad_value)
     preprocessor = Preprocessor(spec, identity)
 
-    def load(sample: Sample) -> tuple[np.ndarray | None, str]:
-        try:
-            data = sample.path.read_bytes()
-            frame = decode_image(data, name=str(sample.path), grayscale=channels == 1)
-            # One shared Preprocessor: its plan cache is a dict, safe to fill from threads under the GIL.
-            return preprocessor.to_array(frame), hashlib.sha1(data).hexdigest()[:12]
-        except (ImageError, OSError) as exc:
-            return None, str(exc)
+    def load(path: Path) -> tuple[np.ndarray, str]:
+        data = path.read_bytes()
+        frame = decode_image(data, name=str(path), grayscale=channels == 1)
+        # One shared Preprocessor: its plan cache is a dict, safe to fill from threads under the GIL.
+        return preprocessor.to_array(frame), hashlib.sha1(data).hexdigest()[:12]
 
-    kept, arrays, skipped, hashes = [], [], [], []
-    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2))) as pool:
-        for sample, (array, info) in zip(samples, pool.map(load, samples)):
-            tick()  # on this thread, in order: progress displays need not be thread-safe
-            if array is None:
-                skipped.append(Skipped(str(sample.path), info.split(": ", 1)[-1]))
-            else:
-                kept.append(sample)
-                arrays.append(array)
-                hashes.append(info)
-    stacked = np.stack(arrays) if arrays else np.zeros((0, h, w, channels), np.uint8)
-    return kept, stacked, skipped, hashes
+    items, unreadable = [], []
+    for i, sample in enumerate(samples):
+        try:
+            st = sample.path.stat()
+        except OSError as exc:
+            unreadable.append(Skipped(str(sample.path), exc.strerror or str(exc)))
+            continue
+        items.append((i, Item(sample.path, sample.label, st.st_size, st.st_mtime_ns)))
+    listing = [item for _, item in items]
+    threads = workers or min(8, (os.cpu_count() or 2))
+    shape = (h, w, channels)
+    for _ in unreadable:
+        tick()
+    if cache is None:
+        result = decode_in_memory(listing, shape, load, threads, tick)
+    else:
+        settings = {"resize": identity.resize, "interpolation": identity.interpolation,
+                    "pad_value": identity.pad_value}
+        result = cache.decode(name, root, listing, shape=shape, settings=settings, decode=load, workers=threads,
+                              tick=tick, warn=warn)
+    kept = [samples[items[p][0]] for p in result.kept]
+    skipped = unreadable + [Skipped(str(listing[p].path), reason) for p, reason in result.failed]
+    return kept, result.images, skipped, list(result.hashes), result.cache
 
 
 def _stratified_split(labels: list[int], split: Sequence[float], seed: int) -> dict[str, np.ndarray]:

@@ -26,6 +26,8 @@ import numpy as np
 
 from edgecls.errors import ConfigError, EdgeclsError
 
+from .cache import rows_of
+
 
 class TrainingError(EdgeclsError):
     """Distributed training could not go on (a worker stopped or cannot be reached)."""
@@ -153,7 +155,8 @@ def fit(model: Any, strategy: Any, *, make_train: Callable[[int, int, int], Any]
     loss_config = {**model.loss.get_config(), "reduction": None}
     per_example_loss = type(model.loss).from_config(loss_config)
     role_of = role(strategy)
-    x_val, y_val = val[0][role_of.task_index::role_of.num_workers], val[1][role_of.task_index::role_of.num_workers]
+    mine = slice(role_of.task_index, None, role_of.num_workers)
+    x_val, y_val = rows_of(val[0], mine), val[1][mine]  # a cached store stays on disk: only this worker's rows
 
     def local_scores() -> Any:
         loss = correct = 0.0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -12,9 +12,16 @@ from edgecls.errors import EdgeclsError
 from edgecls.nativelog import quiet_native_stderr
 
 
-def float_probabilities(model: Any, images: np.ndarray, *, sigmoid: bool, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities (N x K) of the float Keras model on uint8 images already at input size."""
-    out = model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0)
+def float_probabilities(model: Any, images: Any, *, sigmoid: bool, batch_size: int = 64,
+                        normalize: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Class probabilities (N x K) of the float Keras model on uint8 images already at input size (an array, or a
+    cached `ImageStore`), ``normalize``d batch by batch, so memory holds one batch of floats, not the split."""
+    rows = []
+    for start in range(0, len(images), batch_size):
+        batch = np.asarray(images[start:start + batch_size])
+        batch = normalize(batch) if normalize is not None else batch.astype(np.float32)
+        rows.append(np.asarray(model.predict_on_batch(batch)))
+    out = np.concatenate(rows) if rows else np.zeros((0, *model.output_shape[1:]), np.float32)
     if sigmoid:
         p = out.reshape(-1)
         return np.stack([1.0 - p, p], axis=1)

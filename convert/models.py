@@ -30,6 +30,7 @@ class Architecture:
     tune_sizes: tuple[int, ...]  # input sizes `edgecls tune` searches by default
     family: str  # "seed" (the tutorial CNN), "compact" (our CNN: width, depth, separable), "mobilenet" (transfer)
     alphas: tuple[float, ...] = ()  # MobileNet width multipliers
+    default_alpha: float | None = None  # the width multiplier a MobileNet gets when neither --alpha nor the weights say
     qat: bool = True  # quantisation-aware training can rebuild it (the toolkit's registry covers its layers)
     summary: str = ""
 
@@ -235,6 +236,35 @@ def _mobilenet(name: str, spec: ModelSpec) -> Any:
     return keras.Model(inputs, _head(keras, x, spec, name), name=name)
 
 
+def weights_alpha(weights: str) -> float | None:
+    """The width multiplier a local weights file names, as Keras names its downloads
+    (``mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5``, ``mobilenet_1_0_224_tf_no_top.h5``) and
+    as people keep them (``mobilenet_v2_1.0_224_no_top.h5``); None when it names none."""
+    import re
+
+    if weights in ("imagenet", "none"):
+        return None
+    name = Path(weights).name
+    found = re.search(r"(?:^|_)(0[._](?:25|35|5|75)|1[._](?:0|3|4))_(?:96|128|160|192|224)(?:_|\.|$)", name)
+    return float(found.group(1).replace("_", ".")) if found else None
+
+
+def resolve_alpha(arch: str, alpha: float | None, weights: str) -> float | None:
+    """The width multiplier a MobileNet is built with: ``alpha`` when given (ConfigError when the weights file names
+    another), else the one the weights file names, else the architecture's default. None for other families."""
+    entry = architecture(arch)
+    if entry.family != "mobilenet":
+        return alpha
+    named = weights_alpha(weights)
+    if alpha is not None and named is not None and abs(alpha - named) > 1e-9:
+        raise ConfigError(f"--weights {weights} holds {arch} alpha {named} weights, but --alpha {alpha} was given; "
+                          f"leave --alpha out, or give the {arch} alpha {alpha} weights")
+    chosen = alpha if alpha is not None else named if named is not None else entry.default_alpha
+    if chosen not in entry.alphas:
+        raise ConfigError(f"{arch} supports --alpha {', '.join(map(str, entry.alphas))} (received {chosen})")
+    return chosen
+
+
 def _resolve_weights(weights: str) -> str | None:
     if weights == "none":
         return None
@@ -246,14 +276,15 @@ def _resolve_weights(weights: str) -> str | None:
     return str(path)
 
 
-@register("mobilenet_v1", input_size=128, tune_sizes=(96, 128, 160), family="mobilenet", alphas=(0.25, 0.5, 0.75, 1.0))
+@register("mobilenet_v1", input_size=128, tune_sizes=(96, 128, 160), family="mobilenet", alphas=(0.25, 0.5, 0.75, 1.0),
+          default_alpha=0.25)
 def mobilenet_v1(spec: ModelSpec) -> Any:
     """MobileNet V1 (ImageNet weights), frozen then fine-tuned."""
     return _mobilenet("mobilenet_v1", spec)
 
 
 @register("mobilenet_v2", input_size=128, tune_sizes=(96, 128, 160), family="mobilenet",
-          alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4))
+          alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4), default_alpha=1.0)
 def mobilenet_v2(spec: ModelSpec) -> Any:
     """MobileNet V2 (ImageNet weights), frozen then fine-tuned."""
     return _mobilenet("mobilenet_v2", spec)
@@ -261,7 +292,7 @@ def mobilenet_v2(spec: ModelSpec) -> Any:
 
 # MobileNetV3's hard-swish and squeeze-excite blocks are not in the quantisation toolkit's registry: no QAT.
 @register("mobilenet_v3_small", input_size=128, tune_sizes=(96, 128, 160), family="mobilenet", alphas=(0.75, 1.0),
-          qat=False)
+          default_alpha=1.0, qat=False)
 def mobilenet_v3_small(spec: ModelSpec) -> Any:
     """MobileNet V3 small (ImageNet weights; minimalistic for the Edge TPU), frozen then fine-tuned."""
     return _mobilenet("mobilenet_v3_small", spec)

@@ -17,7 +17,7 @@ from typing import Any
 from edgecls.errors import ConfigError
 
 from .int8methods import DEFAULT_INT8_METHOD, int8_method
-from .models import ModelSpec, architecture
+from .models import ModelSpec, architecture, resolve_alpha
 from .tflite_export import IO_TYPES, QUANT_MODES
 from .training import TrainConfig
 
@@ -34,7 +34,7 @@ class ModelOptions:
     arch: str = "compact-cnn"
     input_size: int | None = None  # None: the architecture's default
     color: str = "rgb"
-    alpha: float = 0.25  # MobileNets: width multiplier
+    alpha: float | None = None  # MobileNets: width multiplier (None: what --weights names, else the arch's default)
     weights: str = "imagenet"  # MobileNets: imagenet, none, or a local .h5/.keras file
     width: int = 32  # compact-cnn: filters of the first stage
     depth: int = 4
@@ -47,6 +47,7 @@ class ModelOptions:
             raise ConfigError(f"--color {self.color!r} is not one of {', '.join(COLORS)}")
         if self.target not in TARGETS:
             raise ConfigError(f"--target {self.target!r} is not one of {', '.join(TARGETS)}")
+        object.__setattr__(self, "alpha", resolve_alpha(self.arch, self.alpha, str(self.weights)))
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,12 @@ class DataOptions:
     mean: float | None = None
     std: float | None = None
     extra_data: tuple[Path, ...] = ()  # more class folders for the training split (frames from `run --collect`)
+    cache: bool = True  # keep decoded images on disk (edgecls.convert.cache); False decodes into memory every run
+    cache_dir: Path | None = None  # None: edgecls.convert.cache.default_cache_dir()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "split", tuple(self.split))
+        object.__setattr__(self, "cache_dir", _path(self.cache_dir))
         object.__setattr__(self, "labels", _path(self.labels))
         object.__setattr__(self, "extra_data", tuple(Path(p) for p in self.extra_data or ()))
         if (self.mean is None) != (self.std is None):
@@ -203,11 +207,20 @@ class ConvertOptions:
     def size(self) -> int:
         return self.model.input_size or architecture(self.model.arch).input_size
 
+    def image_cache(self) -> Any:
+        """The decoded-image cache these options ask for (None: decode into memory)."""
+        from .cache import ImageCache, default_cache_dir, default_max_bytes
+
+        if not self.data.cache:
+            return None
+        return ImageCache(self.data.cache_dir or default_cache_dir(), default_max_bytes())
+
     def model_spec(self, num_classes: int, **overrides: Any) -> ModelSpec:
         """The one place a ModelSpec is made from the options (``overrides``: e.g. weights="none")."""
         m = self.model
         spec = ModelSpec(num_classes=num_classes, input_size=self.size(), channels=self.channels, dropout=m.dropout,
-                         width=m.width, depth=m.depth, separable=m.separable, alpha=m.alpha, weights=m.weights,
+                         width=m.width, depth=m.depth, separable=m.separable, weights=m.weights,
+                         **({"alpha": m.alpha} if m.alpha is not None else {}),
                          edgetpu=m.target == "edgetpu")
         return dataclasses.replace(spec, **overrides)
 

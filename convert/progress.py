@@ -31,14 +31,17 @@ class RichObserver:
         self.console.print(f"[bold cyan]>[/] {message}")
 
     def decoding(self, done: int, total: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         if self._progress is None:
-            self._progress = Progress("decoding images", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                      console=self.console, transient=True)
+            rate = TextColumn("{task.fields[rate]}")
+            self._progress = Progress("decoding images", BarColumn(), MofNCompleteColumn(), rate,
+                                      TimeRemainingColumn(), console=self.console, transient=True)
             self._progress.start()
-            self._task = self._progress.add_task("decode", total=total)
-        self._progress.update(self._task, completed=done, total=total)
+            self._task = self._progress.add_task("decode", total=total, rate="")
+        speed = self._progress.tasks[0].speed
+        self._progress.update(self._task, completed=done, total=total,
+                              rate=f"{speed:,.0f} images/s" if speed else "")
         if done >= total:
             self._close_bar()
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from edgecls.errors import ConfigError
 
+from .cache import ImageStore, rows_of
 from .data import Dataset
 from .distributed import STRATEGIES, make_strategy
 from .models import base_model
@@ -161,13 +162,17 @@ def input_pipeline(x: np.ndarray, y: np.ndarray, config: TrainConfig, *, train: 
 
     autotune = tf.data.AUTOTUNE
     seed = config.seed if seed is None else seed
-    tensors = (x, y) if sample_weights is None else (x, y, sample_weights)
-    ds = tf.data.Dataset.from_tensor_slices(tensors).cache()
-    if train:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    if endless:
-        ds = ds.repeat()
-    ds = ds.batch(batch_size or config.batch_size, drop_remainder=endless)
+    batch = batch_size or config.batch_size
+    if isinstance(x, ImageStore):
+        ds = _store_batches(x, y, sample_weights, batch, train=train, seed=seed, endless=endless)
+    else:
+        tensors = (x, y) if sample_weights is None else (x, y, sample_weights)
+        ds = tf.data.Dataset.from_tensor_slices(tensors).cache()
+        if train:
+            ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+        if endless:
+            ds = ds.repeat()
+        ds = ds.batch(batch, drop_remainder=endless)
     ds = ds.map(lambda a, *rest: (tf.cast(a, tf.float32), *rest), num_parallel_calls=autotune)
     if train and config.augment > 0:
         augmenter = make_augmenter(config.augment, seed, flip=flips(config.flip, x.shape))
@@ -178,6 +183,31 @@ def input_pipeline(x: np.ndarray, y: np.ndarray, config: TrainConfig, *, train: 
     if train and teacher is not None:  # one call at a time: the teacher's own ops use the cores
         ds = ds.map(lambda a, b, *rest: (a, teacher.blend(a, b, sigmoid=sigmoid), *rest))
     return ds.prefetch(autotune)
+
+
+def _store_batches(x: ImageStore, y: np.ndarray, weights: np.ndarray | None, batch: int, *, train: bool, seed: int,
+                   endless: bool) -> Any:
+    """Batches read from the decoded-image cache: the shuffle, repeat and batching run over row numbers, and each
+    batch's rows are read from disk (`ImageStore.take`) as the pipeline asks for them, a few batches ahead. Memory
+    holds those batches, never the dataset."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.range(len(x))
+    if train:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    if endless:
+        ds = ds.repeat()
+    ds = ds.batch(batch, drop_remainder=endless)
+    labels = tf.constant(y)
+    extra = () if weights is None else (tf.constant(weights),)
+    shape = (None, *x.shape[1:])
+
+    def read(rows: Any) -> tuple[Any, ...]:
+        images = tf.numpy_function(lambda r: x.take(r), [rows], tf.uint8, stateful=False)
+        images.set_shape(shape)
+        return (images, tf.gather(labels, rows), *(tf.gather(w, rows) for w in extra))
+
+    return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def compile_model(model: Any, *, learning_rate: float, sigmoid: bool, label_smoothing: float, decay_steps: int,
@@ -274,15 +304,15 @@ def train(
         stop_request = None  # one worker cannot end early alone: the others would wait for it at the next step
 
         def shard_pipeline(shard: int, shards: int, per_replica_batch: int) -> Any:
-            return input_pipeline(x_train[shard::shards], y_train[shard::shards], config, train=True,
-                                  teacher=teacher, sigmoid=sigmoid, batch_size=per_replica_batch,
+            return input_pipeline(rows_of(x_train, slice(shard, None, shards)), y_train[shard::shards], config,
+                                  train=True, teacher=teacher, sigmoid=sigmoid, batch_size=per_replica_batch,
                                   seed=config.seed + shard, endless=True,
                                   sample_weights=None if w_train is None else w_train[shard::shards])
         workers = distributed.role(strategy).num_workers
         history_cluster = {"workers": workers, "replicas": strategy.num_replicas_in_sync,
                            "global_batch": config.batch_size,
                            "steps_per_epoch": max(1, len(x_train) // config.batch_size),
-                           "train_images_per_worker": [len(x_train[i::workers]) for i in range(workers)]}
+                           "train_images_per_worker": [len(range(i, len(x_train), workers)) for i in range(workers)]}
     else:
         train_ds, val_ds = make_datasets(dataset, config, sigmoid, teacher)
     history: dict[str, Any] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [], "epoch_s": [],

@@ -142,7 +142,7 @@ def trial_options(options: TuneOptions, params: dict[str, Any], out_dir: Path, s
     return base.updated(
         out_dir=out_dir, input_size=int(params["input_size"]), dropout=float(params["dropout"]),
         width=int(params.get("width", base.width)), depth=int(params.get("depth", base.depth)),
-        separable=bool(params.get("separable", base.separable)), alpha=float(params.get("alpha", base.alpha)),
+        separable=bool(params.get("separable", base.separable)), alpha=params.get("alpha", base.alpha),
         baseline=False, epochs=epochs, batch_size=int(params["batch_size"]),
         learning_rate=float(params["learning_rate"]), augment=float(params["augment"]), patience=max(3, epochs // 3),
         seed=seed, fine_tune_epochs=fine_tune if transfer else base.train.fine_tune_epochs,
@@ -169,6 +169,7 @@ class _Data:
             self._cache[size] = scan(
                 self.root, input_size=(size, size), channels=base.channels, seed=self.options.seed, split=base.split,
                 preprocess=PreprocessConfig(resize=base.resize, mean=0.0, std=1.0), progress=self.observer.decoding,
+                cache=base.image_cache(), warn=lambda message: self.observer.step(f"warning: {message}"),
             )
         return self._cache[size]
 
@@ -294,7 +295,7 @@ def _run_trial(trial: Any, options: TuneOptions, data: _Data, obs: Any, optuna: 
     write_model(model_path, flat, manifest_for(opts, dataset, sigmoid, None), list(dataset.classes))
     labels = dataset.labels("val")
     int8_probs = evaluate.tflite_probabilities(model_path, [s.path for s in dataset.samples["val"]])
-    float_probs = evaluate.float_probabilities(model, dataset.images["val"].astype(np.float32), sigmoid=sigmoid)
+    float_probs = evaluate.float_probabilities(model, dataset.images["val"], sigmoid=sigmoid)
     accuracy = evaluate.topk_accuracy(labels, int8_probs, 1)
     latency = measure_latency(model_path, options)
     size_kb = len(flat) / 1024

@@ -28,6 +28,13 @@ def require(path: Path, what: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _image_cache_of_this_session(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """convert and tune keep decoded images in ~/.cache/edgecls/data by default: the suite's runs (and the command
+    lines they start, which inherit the environment) use a folder of this session's instead."""
+    os.environ["EDGECLS_CACHE_DIR"] = str(tmp_path_factory.mktemp("image-cache"))
+
+
 @pytest.fixture(scope="session")
 def coral() -> Path:
     return require(CORAL, "Coral test models")

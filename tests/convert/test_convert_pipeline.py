@@ -46,7 +46,8 @@ def test_artifacts_and_report_fields(compact_run):
     assert "top5" not in report["float"]  # only with more than five classes
     assert 0.0 <= report["agreement"] <= 1.0
     assert report["drop_points"] == pytest.approx((report["float"]["top1"] - report["int8"]["top1"]) * 100, abs=1e-6)
-    assert report["passed"] is True and report["int8_bytes"] > 0 and report["float_tflite_bytes"] > report["int8_bytes"]
+    assert report["passed"] is True and report["int8_bytes"] == (out / "model.tflite").stat().st_size  # as info says
+    assert report["float_tflite_bytes"] > report["int8_graph_bytes"] > 0
     assert report["split_sizes"] == {"train": 30, "val": 6, "test": 6} and report["skipped"] == []
     assert report["class_counts"]["test"] == {"circle": 2, "square": 2, "stripes": 2}
     assert report["majority_class"] == {"class": "circle", "top1": pytest.approx(1 / 3)}

@@ -52,7 +52,7 @@ def test_the_report_says_when_the_seed_cnn_baseline_did_better(tmp_path):
     options = ConvertOptions.create(tmp_path / "run")
     lines = advice(options, _dataset(500), _metrics(0.70), {"float_top1": 0.80}, per_image=0.5)
     assert len(lines) == 1
-    assert "seed-cnn baseline" in lines[0] and "80.0%" in lines[0] and "70.0%" in lines[0]
+    assert "baseline (the tutorial CNN, --arch seed-cnn" in lines[0] and "80.0%" in lines[0] and "70.0%" in lines[0]
     assert f"edgecls convert '/data/my photos' --out {tmp_path / 'run'}-transfer --arch mobilenet_v1" in lines[0]
     # within one test image of each other: noise, not worth a word
     assert advice(options, _dataset(500), _metrics(0.796), {"float_top1": 0.80}, per_image=0.5) == []
