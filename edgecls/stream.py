@@ -122,6 +122,12 @@ class Stream:
     ``fps``: classify at most this many frames per second. ``max_frames``/``duration``: stop after that many
     results or seconds. ``loop``: start a file over at its end. ``on_result``/``on_event``: callbacks from the
     stream's threads. ``keep_frames``: attach each captured image to its result (for drawing sinks).
+
+    Results wait for their consumer: up to two are queued for an iteration, and a finite source is classified no
+    faster than it is taken (a live one drops the oldest unread result instead). This holds from `start` on, so an
+    iteration that begins after ``with``/`start` (as `edgecls run` does) misses nothing; a stream consumed only by
+    ``on_result`` or by polling `latest` is never held back, and from its first `latest` call on keeps results only
+    while an iteration runs.
     """
 
     def __init__(
@@ -192,6 +198,7 @@ class Stream:
         self._error: EdgeclsError | None = None
         self._done = False
         self._consumers = 0
+        self._claimed = False  # a consumer came (an iteration, or a poller of latest()): no longer keep for the first
         self._processed = 0
         self._started_at = self._ended_at = 0.0
         self._recent: collections.deque[tuple[float, Latency]] = collections.deque(maxlen=512)
@@ -250,7 +257,8 @@ class Stream:
     # -- consuming ------------------------------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[StreamResult]:
-        """Every result in order (a finite source loses none; a live one may skip results a slow consumer missed)."""
+        """Every result in order (a finite source loses none, whenever the iteration begins; a live one may skip
+        results a slow consumer missed)."""
         with self._consuming():
             while True:
                 item = self._next_result(None)
@@ -272,11 +280,13 @@ class Stream:
 
     @contextlib.contextmanager
     def _consuming(self) -> Iterator[None]:
-        """Start the stream and count a consumer for its lifetime: results are queued only while one iterates."""
-        self.start()
+        """Count a consumer for its lifetime and start the stream: results are queued while one iterates (and, until
+        the first consumer comes, for it)."""
         with self._cond:
             self._consumers += 1
+            self._claimed = True
         try:
+            self.start()
             yield
         finally:
             with self._cond:
@@ -287,6 +297,12 @@ class Stream:
         """The newest result (None before the first), without waiting; raises the error that ended the stream."""
         if self._error is not None:
             raise self._error
+        if not self._claimed and self._worker is not None:
+            with self._cond:  # a poller: results kept for a first iteration would hold a finite source back
+                if not self._claimed:
+                    self._claimed = True
+                    self._results.clear()
+                    self._cond.notify_all()
         return self._latest
 
     def stats(self) -> StreamStats:
@@ -413,16 +429,21 @@ class Stream:
             self._processed += 1
             self._recent.append((time.perf_counter(), result.latency))
             self._latest = result
-            if self._consumers:
-                # a finite source waits for its consumer; a live one never waits: the oldest unread result goes
-                while blocking and len(self._results) >= 2 and self._consumers and not self._stop.is_set():
-                    self._cond.wait(0.1)
-                if len(self._results) >= 2:
+            # a finite source waits for its consumer; a live one never waits: the oldest unread result goes
+            while blocking and len(self._results) >= 2 and self._wanted() and not self._stop.is_set():
+                self._cond.wait(0.1)
+            if self._wanted():
+                if len(self._results) >= 2 and not blocking:  # a stopped finite one still hands over what it made
                     self._results.popleft()
                 self._results.append(result)
                 self._cond.notify_all()
         if self.on_result is not None:
             self.on_result(result)
+
+    def _wanted(self) -> bool:
+        """Whether a result is to be queued (under ``_cond``): an iteration runs, or none has yet and no other
+        consumer (a callback, a poller) has come first."""
+        return self._consumers > 0 or not (self._claimed or self.on_result is not None)
 
     def _emit(self, event: StreamEvent) -> None:
         if self.on_event is not None:
