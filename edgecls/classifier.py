@@ -18,6 +18,7 @@ from .errors import ConfigError, DelegateError, ModelError, NotAClassifierError
 from .images import read_image
 from .labels import Labels, find_labels
 from .metadata import ModelFileInfo, check_model_file
+from .nativelog import quiet_native_stderr
 from .postprocess import OutputSpec, Postprocessor, Prediction, predictions
 from .preprocess import InputSpec, PreprocessConfig, Preprocessor
 
@@ -150,11 +151,13 @@ class Classifier:
         if self.delegate is not None:
             kwargs["experimental_delegates"] = [self.delegate.handle]
         try:
-            with warnings.catch_warnings():
+            # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." to fd 2: held back, as the
+            # command line does; any other native line is printed as it came (edgecls.nativelog)
+            with warnings.catch_warnings(), quiet_native_stderr():
                 # tf.lite.Interpreter warns that it is deprecated; edgecls uses it only as the last fallback.
                 warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated")
                 interpreter = self.backend.interpreter_class(**kwargs)
-            interpreter.allocate_tensors()
+                interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             if self.delegate is not None:
                 raise delegates.interpreter_error(self.delegate, self.model_info, _one_line(exc)) from None

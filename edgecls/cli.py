@@ -221,8 +221,7 @@ def _format_info(facts: dict[str, Any]) -> str:
         + (f", {facts['backend']['num_threads']} threads" if facts["backend"]["num_threads"] else ""),
         f"input     {inp['shape']} {inp['dtype']} {inp['color']}{q}",
         f"output    {out['size']} values {out['dtype']} -> {out['num_classes']} classes{oqs}",
-        "labels    "
-        + (f"{labels['count']} from {labels['source']}: {', '.join(labels['first'])}, ..." if labels else "none found"),
+        "labels    " + (_labels_line(labels) if labels else "none found"),
         "preproc   " + ", ".join(f"{k}={v}" for k, v in facts["preprocess"].items() if v is not None),
         "ops       " + (", ".join(f"{name} x{n}" for name, n in facts["ops"].items()) or "unknown"),
         "metadata  " + (", ".join(facts["metadata_files"]) or "none"),
@@ -233,6 +232,12 @@ def _format_info(facts: dict[str, Any]) -> str:
         prov = facts["manifest"].get("provenance", {})
         lines.append("manifest  edgecls" + (f", trained {prov.get('created', '?')}" if prov else ""))
     return "\n".join(lines)
+
+
+def _labels_line(labels: dict[str, Any]) -> str:
+    """How many labels, from where, and the first ones: "..." only where more follow."""
+    more = ", ..." if labels["count"] > len(labels["first"]) else ""
+    return f"{labels['count']} from {labels['source']}: {', '.join(labels['first'])}{more}"
 
 
 @app.command(rich_help_panel=DEVICE, epilog=examples('edgecls classify model.tflite photo.jpg', "edgecls classify model.tflite photos/ 'shots/*.png' --top-k 3 --json", 'edgecls classify model_edgetpu.tflite cat.jpg --delegate edgetpu'))

@@ -58,6 +58,10 @@ MAX_ENTRIES = 1000
 MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
     "labels": list, "preprocess": dict, "output": dict, "input": dict, "provenance": dict, "version": int,
 }
+# Warnings about a file's metadata already given in this process, by file (path, size, mtime) and text: a command
+# reads one model more than once (`info` checks the file, then the classifier does), and says each problem once.
+_WARNED: set[tuple[str, int, int, str]] = set()
+_MAX_WARNED = 10_000
 
 
 def check_model_file(path: str | os.PathLike[str]) -> ModelFileInfo:
@@ -87,7 +91,7 @@ def check_model_file(path: str | os.PathLike[str]) -> ModelFileInfo:
                     f"{p} is not a TFLite model (no 'TFL3' flatbuffer identifier, {size} bytes); "
                     "pass a .tflite file, or convert a Keras model with `edgecls convert`"
                 )
-            files = _read_appended_zip(fh, p)
+            files = _read_appended_zip(fh, p, (str(p.absolute()), size, st.st_mtime_ns))
     except OSError as exc:
         raise ModelError(f"cannot read {p} ({os_reason(exc)})") from None
     structure = verify_model(p)
@@ -118,7 +122,18 @@ def _parse_manifest(data: bytes, p: Path) -> dict[str, Any]:
     return manifest
 
 
-def _read_appended_zip(fh: Any, p: Path) -> dict[str, bytes]:
+def _warn_once(file: tuple[str, int, int], message: str, *args: Any) -> None:
+    """Log a warning about a model file's metadata, unless this process already gave it for the same file."""
+    key = (*file, message % args)
+    if key in _WARNED:
+        return
+    if len(_WARNED) >= _MAX_WARNED:
+        _WARNED.clear()
+    _WARNED.add(key)
+    log.warning(message, *args)
+
+
+def _read_appended_zip(fh: Any, p: Path, file: tuple[str, int, int]) -> dict[str, bytes]:
     fh.seek(0)
     try:
         zf = zipfile.ZipFile(fh)
@@ -129,22 +144,23 @@ def _read_appended_zip(fh: Any, p: Path) -> dict[str, bytes]:
     with zf:
         infos = [info for info in zf.infolist() if not info.is_dir()]
         if len(infos) > MAX_ENTRIES:
-            log.warning("%s: its metadata zip has %d entries; reading none (at most %d)", p, len(infos), MAX_ENTRIES)
+            _warn_once(file, "%s: its metadata zip has %d entries; reading none (at most %d)", p, len(infos),
+                       MAX_ENTRIES)
             return {}
         for info in infos:
             if info.file_size > MAX_ENTRY_BYTES or total + info.file_size > MAX_TOTAL_BYTES:
-                log.warning("%s: metadata entry %r is %d bytes; skipped (at most %d)", p, info.filename,
-                            info.file_size, MAX_ENTRY_BYTES)
+                _warn_once(file, "%s: metadata entry %r is %d bytes; skipped (at most %d)", p, info.filename,
+                           info.file_size, MAX_ENTRY_BYTES)
                 continue
             try:
                 with zf.open(info) as member:
                     data = member.read(MAX_ENTRY_BYTES + 1)  # the header may lie about the size: bound the read
             except (zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError, OSError, EOFError, ValueError,
                     struct.error) as exc:
-                log.warning("%s: metadata entry %r cannot be read (%s); skipped", p, info.filename, _short(exc))
+                _warn_once(file, "%s: metadata entry %r cannot be read (%s); skipped", p, info.filename, _short(exc))
                 continue
             if len(data) > MAX_ENTRY_BYTES:
-                log.warning("%s: metadata entry %r is larger than its header says; skipped", p, info.filename)
+                _warn_once(file, "%s: metadata entry %r is larger than its header says; skipped", p, info.filename)
                 continue
             files[info.filename] = data
             total += len(data)

@@ -1,18 +1,24 @@
 """Holding back the routine chatter native runtimes (LiteRT, TensorFlow) print straight to file descriptor 2.
 
 Python's sys.stderr cannot catch those lines. `quiet_native_stderr` points fd 2 at a temporary file for a short,
-known-noisy call, then replays every line that is not routine noise, so nothing real is ever lost.
+known-noisy call, then replays every line that is not routine noise, so nothing real is ever lost. The command line
+and the Python API (`edgecls.Classifier` building its interpreter) both use it, so neither prints LiteRT's
+"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."; the lines it drops are logged at debug level
+(``EDGECLS_LOG=debug``, or the ``edgecls.nativelog`` logger).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
+log = logging.getLogger(__name__)
 ROUTINE_NOISE = re.compile(
     r"^(INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."
     r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
@@ -20,6 +26,9 @@ ROUTINE_NOISE = re.compile(
     r"|fully_quantize: \d+, inference_type: .*"
     r"|W0000 .*(tf_tfl_flatbuffer_helpers|Ignored output_format|Ignored drop_control_dependency).*)$"
 )
+# fd 2 is one per process: two threads swapping it at once would each restore the other's temporary file (and lose
+# stderr for good). One block at a time; the same thread may nest them.
+_FD2 = threading.RLock()
 
 
 @contextmanager
@@ -30,26 +39,34 @@ def quiet_native_stderr(*, replay: bool = True) -> Iterator[list[str]]:
     block ends) for the caller to log, e.g. when the same details already travel in an exception.
     """
     kept: list[str] = []
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no usable fd 2: nothing to filter
-        yield kept
-        return
-    with tempfile.TemporaryFile(mode="w+b") as held:
-        os.dup2(held.fileno(), 2)
+    with _FD2:
+        _flush_stderr()
         try:
+            saved = os.dup(2)
+        except OSError:  # no usable fd 2: nothing to filter
             yield kept
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            kept.extend(
-                line
-                for line in held.read().decode("utf-8", "replace").splitlines()
-                if not ROUTINE_NOISE.match(line.strip())
-            )
-            if replay:
-                for line in kept:
-                    print(line, file=sys.stderr)
+            return
+        with tempfile.TemporaryFile(mode="w+b") as held:
+            os.dup2(held.fileno(), 2)
+            try:
+                yield kept
+            finally:
+                _flush_stderr()
+                os.dup2(saved, 2)
+                os.close(saved)
+                held.seek(0)
+                for line in held.read().decode("utf-8", "replace").splitlines():
+                    if ROUTINE_NOISE.match(line.strip()):
+                        log.debug("native: %s", line)
+                    else:
+                        kept.append(line)
+                if replay:
+                    for line in kept:
+                        print(line, file=sys.stderr)
+
+
+def _flush_stderr() -> None:
+    try:
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):  # no sys.stderr (pythonw), or a closed one
+        pass

@@ -7,7 +7,7 @@ import zipfile
 import pytest
 
 from edgecls.errors import LabelsError, ModelError
-from edgecls.labels import fit_labels, find_labels, parse_labels, read_labels_file
+from edgecls.labels import find_labels, fit_labels, parse_labels, read_labels_file
 from edgecls.manifest import embed_manifest
 from edgecls.metadata import MANIFEST_NAME, check_model_file, flatbuffer_bytes
 
@@ -113,3 +113,46 @@ def test_directory_and_broken_manifest(tmp_path, coral):
 def test_edgetpu_models_are_recognised(coral):
     assert check_model_file(coral / "mobilenet_v1_0.25_128_quant_edgetpu.tflite").has_edgetpu_op()
     assert not check_model_file(coral / "mobilenet_v1_0.25_128_quant.tflite").has_edgetpu_op()
+
+
+def _damaged_metadata(coral, path):  # type: ignore[no-untyped-def]
+    """The Coral model with its labels in a metadata zip whose deflated data is damaged (the zip itself opens)."""
+    import io
+
+    labels = "\n".join(f"label{i}" for i in range(1001)).encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("labels.txt", labels)
+    data = bytearray(buffer.getvalue())
+    start = 30 + len("labels.txt")  # the local header, then the compressed bytes
+    for i in range(start + 5, start + 40):
+        data[i] ^= 0x55
+    path.write_bytes(flatbuffer_bytes((coral / "mobilenet_v1_0.25_128_quant.tflite").read_bytes()) + bytes(data))
+    return path
+
+
+def test_a_damaged_metadata_zip_is_reported_once(coral, tmp_path):
+    """`edgecls info` reads the file, then its classifier reads it again: one warning, not two (and no labels)."""
+    from typer.testing import CliRunner
+
+    from edgecls.cli import app
+
+    model = _damaged_metadata(coral, tmp_path / "damaged.tflite")
+    result = CliRunner().invoke(app, ["info", str(model)])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "metadata entry 'labels.txt' cannot be read" in warnings[0], result.stderr
+    assert "labels    none found" in result.stdout
+
+
+def test_a_metadata_warning_is_given_once_per_file_and_again_for_a_changed_one(coral, tmp_path, caplog):
+    import os
+
+    model = _damaged_metadata(coral, tmp_path / "damaged.tflite")
+    with caplog.at_level("WARNING", logger="edgecls.metadata"):
+        for _ in range(3):
+            assert "labels.txt" not in check_model_file(model).associated_files
+        assert len(caplog.records) == 1
+        os.utime(model, ns=(0, 10**9))  # the file changed (a copy of a fixed model would have): say it again
+        check_model_file(model)
+        assert len(caplog.records) == 2
