@@ -8,6 +8,10 @@ through with the interpreter's exit status forced to -SIGINT (CPython marks a Ke
 ``exec``/``eval`` of a string, as dataclasses and annotation evaluation do, as unhandled, even when it is caught
 later). So, from here on, a SIGINT that lands inside an import or such an ``exec`` waits for it to finish: it is sent
 again a moment later, and raised where the program can handle it.
+
+A SIGINT that was ignored when the process started stays ignored: neither this module nor `run` (edgecls.cli_run)
+installs a handler for it. A non-interactive shell starts `cmd &` that way, so that a Ctrl-C at the terminal is not
+for it; such a run stops on SIGTERM (docs/device.md, "Stopping").
 """
 
 import os
@@ -40,7 +44,8 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
 
 
 def console() -> None:
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when the caller chose otherwise
+    # Python installs default_int_handler only where SIGINT was not ignored at start; an ignored one stays so
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
     try:
         from .cli import main

@@ -1,4 +1,5 @@
-"""The CLI side of `edgecls run`: builds the stream and its sinks, shows live results, and stops on SIGINT/SIGTERM.
+"""The CLI side of `edgecls run`: builds the stream and its sinks, shows live results, and stops cleanly on SIGINT,
+SIGTERM or SIGHUP, or when the reader of its stdout goes away.
 
 This is command-line code (it writes to the terminal and installs signal handlers); the library it drives,
 `edgecls.stream.Stream`, does neither.
@@ -6,10 +7,13 @@ This is command-line code (it writes to the terminal and installs signal handler
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -22,6 +26,10 @@ from .smoothing import Smoothing
 from .stream import Stream, StreamStats
 
 LIVE_REFRESH_S = 0.1
+# What stops a run cleanly (the stream stopped, every sink flushed and closed, the summary on stderr, exit code 0):
+# Ctrl-C, a service stop, the hang-up of a terminal or an SSH logout; and a closed stdout (`| head -1`).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+CLOSED_STDOUT = "a closed stdout"
 
 
 @dataclass
@@ -60,8 +68,11 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
 
     def say(line: str) -> None:
         with lock:
-            err.write(line + "\n")
-            err.flush()
+            try:
+                err.write(line + "\n")
+                err.flush()
+            except (OSError, ValueError):  # stderr went away (a hung-up terminal, a closed pipe): no one to tell
+                _to_devnull(err)
 
     def on_event(event: StreamEvent) -> None:
         say(f"{event.kind}: {event.message}")
@@ -78,20 +89,26 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
     )
     sinks: list[Sink] = []
     group = SinkGroup([], on_event)
+    stopped: list[str] = []  # what stopped the run: a signal's name, or CLOSED_STDOUT
+
+    def stdout_gone() -> None:
+        stopped.append(CLOSED_STDOUT)
+        stream.stop()
+
     try:
         sinks = _make_sinks(options, on_event, say, model_name=Path(str(clf.path)).name, stats=stream.stats)
         if not options.quiet:
-            sinks.insert(0, _stdout_sink(out, options, stream))
+            sinks.insert(0, _StdoutSink(_stdout_sink(out, options, stream), out, stdout_gone))
         if options.stats_every:
             sinks.append(_StatsLines(stream, options.stats_every, say))
         group.sinks = sinks
-        stopped_by = _run(stream, group, say)
+        _run(stream, group, stopped)
     finally:
         stream.close()
         failed = group.close()
         clf.close()
     stats = stream.stats()
-    say(_summary(stats, stopped_by))
+    say(_summary(stats, stopped[0] if stopped else None))
     for sink in sinks:
         if isinstance(sink, Collector):
             say(sink.summary())
@@ -136,15 +153,19 @@ def _make_sinks(options: RunOptions, on_event: Any, say: Any, model_name: str | 
     return sinks
 
 
-def _run(stream: Stream, sinks: SinkGroup, say: Any) -> str | None:
-    """Iterate the stream into the sinks; returns the name of the signal that stopped it, if one did."""
-    stopped_by: list[str] = []
+def _run(stream: Stream, sinks: SinkGroup, stopped_by: list[str]) -> None:
+    """Iterate the stream into the sinks until it ends or a stop signal arrives (its name goes to ``stopped_by``).
+
+    A signal that is ignored when the run starts stays ignored: a background job of a non-interactive shell
+    (`cmd &` in a script) inherits an ignored SIGINT, so a Ctrl-C meant for the foreground does not reach it, and
+    `nohup` ignores SIGHUP so the run outlives the terminal. SIGTERM stops such a run.
+    """
 
     def handler(signum: int, frame: Any) -> None:
         stopped_by.append(signal.Signals(signum).name)
         stream.stop()
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS if signal.getsignal(sig) != signal.SIG_IGN}
     try:
         stream.start()
         for result in stream:
@@ -152,7 +173,6 @@ def _run(stream: Stream, sinks: SinkGroup, say: Any) -> str | None:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-    return stopped_by[0] if stopped_by else None
 
 
 class _StatsLines:
@@ -203,6 +223,66 @@ class _LiveLine:
     def close(self) -> None:
         self.out.write("\n")
         self.out.flush()
+
+
+class _StdoutSink:
+    """The results on stdout, where a reader that went away ends the run instead of failing every write: the other
+    end of a pipe closed (EPIPE: `edgecls run --json | head -1`), or the terminal hung up (EIO). Then ``on_gone``
+    stops the stream, and stdout points at /dev/null, as the Python docs advise, so what is still buffered in it
+    raises nothing at exit. Any other error (a full disk under `> results.txt`) stays a sink error."""
+
+    def __init__(self, sink: Sink, out: TextIO, on_gone: Callable[[], None]) -> None:
+        self.sink, self.out, self.on_gone = sink, out, on_gone
+        self.gone = False
+        self._gone_errnos = {errno.EPIPE, errno.ECONNRESET} | ({errno.EIO} if _isatty(out) else set())
+
+    def write(self, result: Any) -> None:
+        if self.gone:
+            return
+        try:
+            self.sink.write(result)
+        except OSError as exc:
+            if exc.errno not in self._gone_errnos:
+                raise
+            self._went_away()
+            self.on_gone()
+
+    def close(self) -> None:
+        if self.gone:
+            return
+        try:
+            self.sink.close()
+        except OSError as exc:  # the reader left after the last result: nothing was lost, nothing to stop
+            if exc.errno not in self._gone_errnos:
+                raise
+            self._went_away()
+
+    def _went_away(self) -> None:
+        self.gone = True
+        _to_devnull(self.out)
+
+
+def _isatty(out: TextIO) -> bool:
+    try:
+        return out.isatty()
+    except (OSError, ValueError):
+        return False
+
+
+def _to_devnull(stream: TextIO) -> None:
+    """Point the file descriptor under ``stream`` at /dev/null: its reader went away, and what is still buffered
+    would otherwise raise again when Python flushes it at exit ("Exception ignored ... BrokenPipeError")."""
+    try:
+        fd = stream.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError):  # not a real file (a test runner's buffer), or already closed
+        return
+    try:
+        os.dup2(devnull, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(devnull)
 
 
 def _stdout_sink(out: TextIO, options: RunOptions, stream: Stream) -> Sink:

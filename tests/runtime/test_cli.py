@@ -208,3 +208,75 @@ def test_native_blocks_in_two_threads_at_once_give_fd_2_back(tmp_path):
     assert proc.returncode == 0 and lines[-1] == "still here", proc.stderr[-500:]
     assert sorted(lines[:-1]) == sorted(str(n) for n in range(4) for _ in range(50))
 
+
+# -- Ctrl-C: while starting, and when the caller ignores it -----------------------------------------------------------
+
+
+def _wait_for_the_command_line_to_import(pid: int, timeout: float = 10.0) -> None:
+    """Until the process maps an interpreter extension that Python's own start-up and ``import edgecls`` do not load
+    (the command line's modules are being imported): a fixed delay lands in CPython's start-up on a loaded machine."""
+    import time
+    from pathlib import Path
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            return
+        if any("lib-dynload/" in line and "_typing." not in line for line in maps.splitlines()):
+            return
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.03, 0.1, 0.2, 0.4])
+def test_ctrl_c_while_starting_is_exit_130_with_one_line(coral, delay):
+    """SIGINT while the command line is still importing or loading the model: exit 130 and one line, or a clean stop
+    when it was already running (Python's own start-up, before edgecls runs, is beyond any program's reach). The
+    child gets SIGINT as a terminal gives it, however the suite was started (children.py)."""
+    import signal
+    import time
+
+    from children import edgecls, end
+
+    proc = edgecls("run", coral / MODEL, "--source", "demo", "-q")
+    try:
+        _wait_for_the_command_line_to_import(proc.pid)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        end(proc)
+    assert "Traceback" not in stderr, stderr
+    if proc.returncode == 0:  # it was already running: the signal stopped the stream as it should
+        assert "stopped by SIGINT" in stderr
+    else:
+        assert proc.returncode == 130 and stderr.strip().splitlines() == ["error: interrupted"], stderr
+
+
+def test_a_run_started_with_sigint_and_sighup_ignored_keeps_them_ignored(coral, tmp_path):
+    """`nohup edgecls run ... &` in a script: SIGINT (a background job of a non-interactive shell) and SIGHUP (nohup)
+    come ignored. Neither a Ctrl-C while starting, nor one while running, nor a hang-up stops the run (docs/device.md:
+    an ignored signal stays ignored); SIGTERM does, cleanly. Before, the SIGINT during start-up was lost and edgecls
+    then installed its own handler, so a later SIGINT stopped a run its caller had shielded from Ctrl-C."""
+    import signal
+
+    from children import NOHUP_BACKGROUND_JOB, edgecls, end, wait_for_lines
+
+    out = tmp_path / "results.jsonl"
+    proc = edgecls("run", coral / MODEL, "--source", "demo", "-q", "--sink", f"jsonl:{out}",
+                   signals=NOHUP_BACKGROUND_JOB)
+    try:
+        _wait_for_the_command_line_to_import(proc.pid)
+        proc.send_signal(signal.SIGINT)  # while it starts
+        made = wait_for_lines(out, 3, proc)
+        proc.send_signal(signal.SIGINT)  # while it runs
+        proc.send_signal(signal.SIGHUP)
+        wait_for_lines(out, made + 10, proc)  # it went on
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        end(proc)
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    assert "interrupted" not in stderr and "stopped by SIGTERM" in stderr.strip().splitlines()[-1]
+    assert stderr.strip().splitlines()[-1].startswith(f"done: {len(out.read_text().splitlines())} frames")

@@ -1,4 +1,7 @@
-"""`edgecls run`: the CLI on a real video, its errors, MQTT end to end, and SIGINT/SIGTERM in a real process."""
+"""`edgecls run`: the CLI on a real video, its errors, MQTT end to end, and in a real process SIGINT, SIGTERM and
+SIGHUP (a terminal that hangs up), and a stdout whose reader goes away (`| head -1`).
+
+Times here are generous bounds that hold on a machine at load ~15: the speed itself is measured in benchmarks/."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import sys
 import time
 
 import pytest
-
+from children import PATIENCE_S, Lines, edgecls, end, wait_for_lines
 from conftest import needs_opencv
 from typer.testing import CliRunner
 
@@ -93,22 +96,25 @@ def test_mqtt_sink_end_to_end(coral, cat_video, mosquitto):
     assert "preview:" not in result.stderr  # only a preview sink announces a URL
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_stops_within_a_second_with_sinks_flushed(coral, tmp_path, sig):
+# A bound on the time from the signal to the exit that a machine at load ~15 keeps (a stop there took 5-6 s), which
+# still catches a stop that hangs. The time itself (under a second, docs/device.md) is measured, broker up and down,
+# by benchmarks/mqtt_outage.py.
+STOP_BOUND_S = 30.0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda sig: sig.name)
+def test_a_signal_stops_the_run_with_sinks_flushed(coral, tmp_path, sig):
     out = tmp_path / "live.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgecls", "run", str(coral / MODEL), "--source", "demo", "-q",
-         "--sink", f"jsonl:{out}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    deadline = time.monotonic() + 60
-    while (not out.exists() or len(out.read_text().splitlines()) < 5) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    sent = time.monotonic()
-    proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=10)
-    took = time.monotonic() - sent
-    assert took < 1.0, f"took {took:.2f} s to stop"
+    proc = edgecls("run", coral / MODEL, "--source", "demo", "-q", "--sink", f"jsonl:{out}")
+    try:
+        wait_for_lines(out, 5, proc)
+        sent = time.monotonic()
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=PATIENCE_S)
+        took = time.monotonic() - sent
+    finally:
+        end(proc)
+    assert took < STOP_BOUND_S, f"took {took:.2f} s to stop"
     assert proc.returncode == 0, stderr
     summary = stderr.strip().splitlines()[-1]
     assert summary.startswith("done: ") and f"stopped by {sig.name}" in summary
@@ -117,11 +123,100 @@ def test_a_signal_stops_within_a_second_with_sinks_flushed(coral, tmp_path, sig)
     assert all(json.loads(line)["sequence"] >= 0 for line in lines)  # whole lines only
 
 
+@needs_opencv
+def test_a_hang_up_finishes_the_video_and_the_other_sinks(coral, tmp_path):
+    """An SSH logout: the run's terminal hangs up, the kernel sends SIGHUP, and writes to the terminal fail (EIO).
+    The run stops as on SIGTERM: the video is renamed from its hidden .NAME.partial.avi and holds every result, the
+    JSON lines file too, exit code 0. Before, SIGHUP killed the process and the video stayed hidden and unfinished."""
+    import cv2
+    from children import drain, edgecls_on_a_terminal
+
+    video, lines = tmp_path / "live.avi", tmp_path / "live.jsonl"
+    proc, terminal = edgecls_on_a_terminal("run", coral / MODEL, "--source", "demo", "--sink", f"video:{video}",
+                                           "--sink", f"jsonl:{lines}")
+    try:
+        reader = drain(terminal)
+        wait_for_lines(lines, 5, proc)
+        assert (tmp_path / ".live.partial.avi").exists() and not video.exists()
+        os.close(terminal)  # the terminal hangs up
+        terminal = -1
+        _, stderr = proc.communicate(timeout=PATIENCE_S)
+        reader.join(10)
+    finally:
+        if terminal >= 0:
+            os.close(terminal)
+        end(proc)
+    summary = stderr.strip().splitlines()[-1]
+    assert proc.returncode == 0 and "Traceback" not in stderr and "sink-error" not in stderr, stderr
+    assert summary.endswith(("stopped by SIGHUP", "stopped by a closed stdout")), summary  # whichever came first
+    made = len(lines.read_text().splitlines())
+    assert summary.startswith(f"done: {made} frames")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.avi", "live.jsonl"]
+    capture = cv2.VideoCapture(str(video))
+    try:
+        assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == made and capture.read()[0]
+    finally:
+        capture.release()
+
+
+@pytest.mark.parametrize("args", [["--json"], []], ids=["json", "lines"])
+def test_a_closed_stdout_ends_the_run_cleanly(coral, tmp_path, args):
+    """The reader takes one line and goes away, as `| head -1` does. Before, every later write failed as a sink
+    error and the run never ended. Now it stops as on SIGTERM: the other sink holds every result made, exit code 0,
+    no traceback, and no "Exception ignored ... BrokenPipeError" when Python flushes stdout at exit."""
+    from children import read_line
+
+    out = tmp_path / "live.jsonl"
+    proc = edgecls("run", coral / MODEL, "--source", "demo", *args, "--sink", f"jsonl:{out}")
+    try:
+        first = read_line(proc.stdout).decode()
+        proc.stdout.close()  # the reader goes away
+        _, stderr = proc.communicate(timeout=PATIENCE_S)
+    finally:
+        end(proc)
+    assert json.loads(first)["sequence"] == 0 if args else first.startswith("#0 ")
+    assert proc.returncode == 0, stderr
+    for bad in ("Traceback", "Exception ignored", "BrokenPipe", "sink-error"):
+        assert bad not in stderr, stderr
+    summary = stderr.strip().splitlines()[-1]
+    assert summary.startswith(f"done: {len(out.read_text().splitlines())} frames"), stderr
+    assert summary.endswith("stopped by a closed stdout")
+
+
+@pytest.mark.parametrize("tail", ["--json | head -1", "2>&1 | head -1"], ids=["stdout", "stdout-and-stderr"])
+def test_run_piped_into_head_ends_with_exit_code_0(coral, tmp_path, tail):
+    """The issue's pipeline in a real shell, `set -o pipefail` so that edgecls's own exit code counts; with stderr
+    in the pipe too, the summary has nowhere to go and is dropped without a word."""
+    import shlex
+
+    first = tmp_path / "first.txt"
+    script = (f"set -o pipefail; {shlex.quote(sys.executable)} -m edgecls run {shlex.quote(str(coral / MODEL))} "
+              f"--source demo {tail} > {shlex.quote(str(first))}")
+    proc = subprocess.Popen(["bash", "-c", script], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=PATIENCE_S)
+    finally:
+        if proc.poll() is None:  # the pipeline hung: end edgecls and head with it
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    assert proc.returncode == 0, stderr
+    assert first.read_text().count("\n") == 1 and "Traceback" not in stderr and "Exception ignored" not in stderr
+    if tail.startswith("--json"):
+        assert json.loads(first.read_text())["sequence"] == 0
+        assert stderr.strip().splitlines()[-1].endswith("stopped by a closed stdout"), stderr
+
+
 def test_live_statistics_on_stderr(coral):
-    result = run(coral / MODEL, "--source", "demo:100", "--duration", "1.2", "--stats-every", "0.5", "-q")
+    """A line of statistics every 0.2 s, not one per result. 60 results from a camera-like source of at most 100
+    frames a second span at least 0.59 s however fast the machine is (a slow one only takes longer), so there are
+    lines to read; at most one per 0.2 s of the run."""
+    result = run(coral / MODEL, "--source", "demo:100", "--max-frames", "60", "--stats-every", "0.2", "-q")
     assert result.exit_code == 0, result.output
     stats = [json.loads(line[7:]) for line in result.stderr.splitlines() if line.startswith("stats: ")]
-    assert len(stats) >= 1 and stats[-1]["fps"] > 0 and stats[-1]["frames_processed"] > 10
+    elapsed = float(result.stderr.splitlines()[-1].split(" frames in ")[1].split(" s")[0])
+    assert 1 <= len(stats) <= elapsed / 0.2 + 1, result.stderr
+    processed = [s["frames_processed"] for s in stats]
+    assert processed == sorted(processed) and 0 < processed[-1] <= 60 and stats[-1]["fps"] > 0
     assert set(stats[-1]["latency_ms"]["total"]) == {"p50", "p95"}
 
 
@@ -131,27 +226,27 @@ def test_preview_sink_announces_its_local_url(coral, cat_video):
     assert "preview: http://127.0.0.1:" in result.stderr
 
 
-def test_a_stop_with_the_mqtt_broker_down_takes_under_a_second(coral, tmp_path, mosquitto):
-    """The broker goes away mid-run; SIGINT still ends the run within a second, and the summary counts what was
-    not sent."""
+def test_a_stop_with_the_mqtt_broker_down_ends_the_run(coral, tmp_path, mosquitto):
+    """The broker goes away mid-run; SIGINT still ends the run, and the summary counts what was not sent."""
     out = tmp_path / "live.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgecls", "run", str(coral / MODEL), "--source", "demo", "-q", "--mqtt-qos", "1",
-         "--sink", f"mqtt://127.0.0.1:{mosquitto.port}/t", "--sink", f"jsonl:{out}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    deadline = time.monotonic() + 60
-    while (not out.exists() or len(out.read_text().splitlines()) < 5) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    mosquitto.stop()
-    time.sleep(0.5)
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=10)
-    took = time.monotonic() - sent
-    assert took < 1.0, f"took {took:.2f} s to stop"
+    proc = edgecls("run", coral / MODEL, "--source", "demo", "-q", "--mqtt-qos", "1",
+                   "--sink", f"mqtt://127.0.0.1:{mosquitto.port}/t", "--sink", f"jsonl:{out}")
+    try:
+        said = Lines(proc.stderr)
+        wait_for_lines(out, 5, proc)
+        mosquitto.stop()
+        said.until(lambda line: line.startswith("sink-disconnected"))
+        wait_for_lines(out, wait_for_lines(out, 1) + 5, proc)  # results made with the broker gone
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(PATIENCE_S)
+        took = time.monotonic() - sent
+        stderr = said.rest()
+    finally:
+        end(proc)
+    assert took < STOP_BOUND_S, f"took {took:.2f} s to stop"
     assert proc.returncode == 0 and "Traceback" not in stderr, stderr
-    assert "sink-disconnected" in stderr and "not sent" in stderr
+    assert "not sent" in stderr
 
 
 def test_a_full_disk_sink_is_reported_once_and_the_run_goes_on(coral, cat_video, tmp_path):
