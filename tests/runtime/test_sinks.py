@@ -152,6 +152,8 @@ class Subscriber:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="edgecls-test-sub", clean_session=False)
         self.client.reconnect_delay_set(1, 2)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(topic, 1), (topic + "/status", 1)])
+        self.subscribed = threading.Event()
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self.subscribed.set()
         self.client.on_message = self._on_message
         self.topic = topic
         self.client.connect("127.0.0.1", port)
@@ -230,38 +232,51 @@ def test_mqtt_buffer_is_bounded_and_an_unreachable_broker_does_not_block(mosquit
         sink.close(timeout=0.2)
 
 
-def test_mqtt_delivers_everything_made_after_an_outage_at_200_results_a_second(mosquitto):
-    """The hostile run: QoS 1 at 200 results/s, the broker down for 2 s. More than the buffer's worth of results
-    waits meanwhile; afterwards every result made once the broker is back arrives, the buffered ones follow, the
-    reconnect follows the broker within about a second, and sent + dropped + lost + unsent is every result."""
+def test_mqtt_delivers_everything_made_after_an_outage(mosquitto):
+    """The hostile run: QoS 1, results made at up to 200 a second, the broker down while more than the buffer's worth
+    is made. Afterwards every result made once the broker is back arrives, the buffered ones follow, the sink
+    reconnects by itself, and sent + dropped + lost + unsent is every result. The phases are counted in results,
+    not seconds, and every wait is on a condition: a busy machine (load ~15) only makes the test take longer."""
+    patience = 120.0
     topic = "edgecls/outage"
     sub = Subscriber(mosquitto.port, topic)
     events = []
     sink = MqttSink(f"mqtt://127.0.0.1:{mosquitto.port}/{topic}", qos=1, buffer=300, on_event=events.append)
-    made_at: list[float] = []
-    back_at = 0.0
-    try:
-        assert sink.wait_connected(5)
-        time.sleep(0.3)
-        start = time.monotonic()
-        while time.monotonic() - start < 7.0:
-            now = time.monotonic()
-            if not back_at and mosquitto.process is not None and now - start > 1.5 and now - start < 3.5:
-                mosquitto.stop()
-            elif not back_at and mosquitto.process is None and now - start >= 3.5:
-                mosquitto.start()
-                back_at = time.monotonic()
-            sink.write(result(len(made_at), frame=False))
-            made_at.append(time.monotonic())
+    made: list[int] = []
+
+    def make(count: int) -> None:
+        for _ in range(count):
+            sink.write(result(len(made), frame=False))
+            made.append(len(made))
             time.sleep(0.005)
-        assert sink.flush(10), f"{sink.pending} still pending"
+
+    def until(condition, what: str) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + patience
+        while not condition():
+            assert time.monotonic() < deadline, f"{what} within {patience:.0f} s"
+            time.sleep(0.02)
+
+    try:
+        assert sink.wait_connected(patience) and sub.subscribed.wait(patience)
+        make(100)
+        mosquitto.stop()
+        until(lambda: not sink.connected, "the sink noticed the broker go")
+        make(500)  # more than the buffer holds: the oldest go, counted
+        mosquitto.start()
+        back_at, back = time.time(), len(made)
+        make(100)  # the sink reconnects meanwhile
+        assert sink.wait_connected(patience), "the sink did not reconnect"
+        make(100)
+        assert sink.flush(patience), f"{sink.pending} still pending"
+        got = set(sub.wait_for(len(made) - sink.dropped, timeout=patience))
+        after = set(made[back:])
+        assert after <= got, f"{len(after - got)} of {len(after)} results made after the broker came back are missing"
+        assert sink.dropped >= 200  # 500 made while down, 300 kept
+        assert len(got) == sink.sent and sink.sent + sink.dropped + sink.lost == len(made)
         reconnected = [e for e in events if e.kind == "sink-reconnected"]
-        assert reconnected and reconnected[0].timestamp - (time.time() - (time.monotonic() - back_at)) < 1.6
-        after = [i for i, t in enumerate(made_at) if t >= back_at]
-        got = set(sub.wait_for(len(made_at) - sink.dropped, timeout=15))
-        assert set(after) <= got, f"{len(set(after) - got)} of {len(after)} results made after the broker came back are missing"
-        assert sink.dropped > 0  # the outage held more than the buffer: the oldest went, counted
-        assert len(got) == sink.sent and sink.sent + sink.dropped + sink.lost == len(made_at)
+        # reconnect_s is 1 s: the client retries the broker that often (a client backing off to minutes would not
+        # be back yet); the bound leaves a busy machine ample time
+        assert reconnected and reconnected[0].timestamp - back_at < 10
     finally:
         sink.close()
         sub.close()

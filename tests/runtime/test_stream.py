@@ -1,5 +1,8 @@
 """`Stream` on a real model and a real video file: every frame, latest(), callbacks, async, smoothing, limits,
-clean shutdown, errors in the consumer's thread, and reconnecting a source that fails on purpose."""
+clean shutdown, errors in the consumer's thread, and reconnecting a source that fails on purpose.
+
+Time is only ever a bound a busy machine keeps (load ~15 on 2 cores): counts and orders are asserted, the speed itself
+is measured in benchmarks/."""
 
 from __future__ import annotations
 
@@ -9,8 +12,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import BACKEND
+
 from edgecls import Smoothing, Stream
 from edgecls.errors import CameraError, EdgeclsError
 from edgecls.sources import FrameSource
@@ -60,7 +63,7 @@ def test_latest_and_on_result_without_iterating(coral, cat_video):
     s = stream(coral, str(cat_video), on_result=on_result)
     assert s.latest() is None
     with s:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120
         while s.running and time.monotonic() < deadline:
             time.sleep(0.01)
         latest = s.latest()
@@ -84,24 +87,31 @@ def test_limits_loop_and_fps_cap(coral, cat_video):
     with stream(coral, str(cat_video), loop=True, max_frames=30) as s:
         results = list(s)
     assert len(results) == 30 and results[-1].sequence == 29  # looped past the 24 frames of the file
+    capped = stream(coral, "demo", fps=20, max_frames=6, keep_frames=False)  # the model loads before the clock
+    with capped as s:
+        results = list(s)
+    gaps = np.diff([r.result_time for r in results])
+    assert len(results) == 6 and np.median(gaps) >= 0.045  # at most 20 a second (fewer where invoke is slow)
+    assert results[0].frame is None
+    timed = stream(coral, "demo", fps=20, duration=0.6, keep_frames=False)
     start = time.monotonic()
-    with stream(coral, "demo", fps=20, duration=0.6, keep_frames=False) as s:
+    with timed as s:
         results = list(s)
     elapsed = time.monotonic() - start
-    assert 1 <= len(results) <= 14 and elapsed < 3  # at most 20 a second (fewer where invoke is slow)
-    gaps = np.diff([r.result_time for r in results])
-    assert len(gaps) == 0 or np.median(gaps) >= 0.045
-    assert results[0].frame is None
+    assert len(results) <= 14 and 0.55 <= elapsed < 30  # ends after its duration, never before
 
 
-def test_close_joins_threads_and_releases_the_source(coral, cat_video):
+def test_close_joins_threads_and_releases_the_source(coral, cat_video, caplog):
     before = threading.active_count()
     s = stream(coral, "demo")
     s.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 120
+    while s.latest() is None and time.monotonic() < deadline:  # running: a result came out
+        time.sleep(0.01)
     start = time.monotonic()
     s.close()
-    assert time.monotonic() - start < 1.0
+    # joined, not left to finish: close() would wait out its 2 s join timeout per thread and warn
+    assert time.monotonic() - start < 10 and "did not finish" not in caplog.text
     assert threading.active_count() == before
     assert s.source._frames is None  # the capture thread closed its source
     s.close()  # twice is fine
@@ -192,7 +202,10 @@ def test_a_live_source_keeps_only_the_newest_frame(coral):
         stats = s.stats()
     assert stats.frames_dropped > 0
     assert results[-1].sequence > 10  # results skip the dropped frames
-    assert max(r.latency.capture_to_start_ms for r in results[2:]) < 50  # no backlog of stale frames
+    # no backlog of stale frames: a frame waits at most for the inference before it, never for a queue of them
+    # (with a queue, the wait would grow by one inference per result)
+    longest = max(r.latency.total_ms - r.latency.capture_to_start_ms for r in results)
+    assert max(r.latency.capture_to_start_ms for r in results[2:]) < 2 * longest + 50
 
 
 def test_a_bad_image_in_a_folder_is_skipped_and_reported(coral, tmp_path):
