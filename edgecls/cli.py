@@ -354,6 +354,9 @@ def run(
     preview_token: Annotated[
         Optional[str], typer.Option("--preview-token", envvar="EDGECLS_PREVIEW_TOKEN", show_envvar=True, help="Token the dashboard (preview:HOST:PORT) asks for when it listens beyond 127.0.0.1.", show_default=False)
     ] = None,
+    preview_host: Annotated[
+        Optional[list[str]], typer.Option("--preview-host", help="Another name the dashboard answers to, e.g. raspberrypi.local (it answers to localhost, its addresses and the HOST of preview:HOST:PORT; other Host headers get 403, against DNS rebinding); repeatable.", show_default=False)
+    ] = None,
     collect: Annotated[
         Optional[Path], typer.Option("--collect", help="Keep the frames worth a look (unsure, label changes, a sample) in DIR/<predicted label>/ with JSON sidecars, for relabelling and convert --extra-data.", rich_help_panel="Field data")
     ] = None,
@@ -390,6 +393,7 @@ def run(
             mqtt_qos=mqtt_qos, mqtt_retain=mqtt_retain, stats_every=stats_every,
             mqtt_discovery=mqtt_discovery_prefix if mqtt_discovery else None,
             collect=str(collect) if collect is not None else None, preview_token=preview_token,
+            preview_hosts=tuple(preview_host or ()),
             collect_policy=_collect_policy(collect_below, collect_margin, collect_sample, collect_every, collect_max),
         )
         # A delegate given on the command line replaces the profile's, with its device.

@@ -58,6 +58,7 @@ class RunOptions:
     mqtt_discovery: str | None = None  # Home Assistant MQTT discovery under this prefix (edgecls.hass)
     collect: str | None = None  # keep the frames worth a look here (edgecls.collect)
     preview_token: str | None = None  # the dashboard's token, needed when it listens beyond 127.0.0.1
+    preview_hosts: tuple[str, ...] = ()  # more names the dashboard answers to (Host header)
     collect_policy: Any = None  # edgecls.collect.CollectPolicy
     stats_every: float | None = None
 
@@ -135,7 +136,7 @@ def _make_sinks(options: RunOptions, on_event: Any, say: Any, model_name: str | 
             sink = parse_sink(
                 spec, on_change=options.on_change, qos=options.mqtt_qos, retain=options.mqtt_retain,
                 fps=options.fps or 30.0, on_event=on_event, discovery=discovery,
-                preview_token=options.preview_token, stats=stats,
+                preview_token=options.preview_token, preview_hosts=options.preview_hosts, stats=stats,
             )
             sinks.append(sink)
             if isinstance(sink, MqttSink) and not sink.wait_connected(2.0):

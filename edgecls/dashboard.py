@@ -17,6 +17,11 @@ the connections at once are bounded (``max_clients``; more get 503). It listens 
 given; on any other address it needs a ``token`` (``--preview-token`` or EDGECLS_PREVIEW_TOKEN): open
 ``/?token=TOKEN`` once, and the page's own requests carry it in a cookie; programs send ``Authorization: Bearer
 TOKEN``.
+
+It answers only requests whose Host header names it (localhost, its loopback and bound addresses, the name it was
+bound to and the names in ``hosts``, ``--preview-host``), so a page on another name that DNS rebinding pointed here
+reads nothing; cross-origin browser requests, requests without the token and slow or vanished clients hold no slot
+(edgecls.dashboard_http has the HTTP side and its guards).
 """
 
 from __future__ import annotations
@@ -24,53 +29,84 @@ from __future__ import annotations
 import hmac
 import io
 import ipaddress
-import json
-import logging
+import re
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any, Callable
-from urllib.parse import parse_qs, urlsplit
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 
+from .dashboard_http import Connections, Server, make_handler
 from .errors import ConfigError, SinkError
 from .stream import StreamResult
 
-log = logging.getLogger(__name__)
-
 TOKEN_ENV = "EDGECLS_PREVIEW_TOKEN"
 COOKIE = "edgecls_token"
-PAGE = Path(__file__).with_name("dashboard.html")
+# What a cookie value and a URL query carry as they are: printable ASCII without space, quotes, ';', ',', '\\' (a
+# cookie) and '#', '%', '&', '+' (a URL).
+TOKEN_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F)) - set('"\\;,#%&+')
+TOKEN_LENGTH = (8, 256)
+HOST_NAME = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
 
 
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def check_token(token: str) -> str:
+    """The dashboard's token, if a cookie and a URL carry it as it is; else ConfigError (which never repeats it)."""
+    low, high = TOKEN_LENGTH
+    bad = sorted({c for c in token if c not in TOKEN_CHARS})
+    if not low <= len(token) <= high or bad:
+        shown = ", ".join(repr(c) if c.isprintable() and c.isascii() else f"U+{ord(c):04X}" for c in bad[:5])
+        why = f"it holds {shown}" if bad else f"it has {len(token)} characters"
+        raise ConfigError(f"the preview token cannot be used: {why}. A token needs {low} to {high} printable ASCII "
+                          "characters without spaces, quotes or any of ;,\\#%&+ (what a cookie and a URL carry as "
+                          "they are); make one with `openssl rand -hex 16`")
+    return token
+
+
+def check_host_name(name: str) -> str:
+    """A name the dashboard answers to besides its addresses (``--preview-host``): a DNS name or an IP address,
+    lowercased; else ConfigError."""
+    text = name.strip().lower().removesuffix(".")
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        pass
+    if not HOST_NAME.fullmatch(text):
+        raise ConfigError(f"--preview-host {name!r}: give a host name (letters, digits, '-' and '.'), e.g. "
+                          "--preview-host raspberrypi.local, or an IP address")
+    return text
 
 
 class Dashboard:
     """The dashboard sink (see the module docstring). ``stats``: a callable giving the stream's `StreamStats` (the
     CLI passes `Stream.stats`); without it, /api/stats counts the results it was given. ``max_fps``: the video's rate;
-    ``max_clients``: connections at once (video, events and requests together)."""
+    ``max_clients``: requests served at once (video, events and requests together); ``hosts``: more names it
+    answers to; ``request_timeout``: seconds a connection has to send a whole request."""
+
+    cookie = COOKIE
 
     def __init__(self, port: int = 8080, *, host: str = "127.0.0.1", token: str | None = None, quality: int = 80,
-                 max_fps: float = 10.0, max_clients: int = 16, stats: Callable[[], Any] | None = None) -> None:
+                 max_fps: float = 10.0, max_clients: int = 16, hosts: Iterable[str] = (),
+                 request_timeout: float = 5.0, stats: Callable[[], Any] | None = None) -> None:
+        host = host.strip("[]")
         if not is_loopback(host) and not token:
             raise ConfigError(f"the preview on {host} is open to the network: give it a token with --preview-token "
                               f"or {TOKEN_ENV} (or bind it to 127.0.0.1 and use an SSH tunnel)")
-        if token is not None and (len(token) < 8 or any(c.isspace() or not c.isprintable() for c in token)):
-            raise ConfigError("a preview token needs at least 8 printable characters and no spaces")
-        self.token, self.quality, self.min_interval = token, quality, 1.0 / max_fps
+        self.token = check_token(token) if token is not None else None
+        self.quality, self.min_interval = quality, 1.0 / max_fps
         self.max_clients, self._stats = max_clients, stats
         self.clients = self.video_viewers = self.event_viewers = 0
-        self.refused = 0
+        self.refused = self.denied = 0
         self._cond = threading.Condition()
         self._closed = False
         self._latest: StreamResult | None = None
@@ -79,20 +115,26 @@ class Dashboard:
         self._jpeg: tuple[int, bytes] | None = None  # (version it shows, bytes)
         self._count = 0
         self._started = time.monotonic()
+        self._names = {"localhost", host.lower(), *(check_host_name(h) for h in hosts)}
+        self.connections = Connections(4 * max_clients, 2 * max_clients)
         try:
-            self._server = ThreadingHTTPServer((host, port), _handler(self))
-        except OSError as exc:
-            raise SinkError(f"cannot serve the preview on {host}:{port} ({exc.strerror}); pick another port") from None
-        self._server.daemon_threads = True
+            self._server = Server((host, port), make_handler(self, self.connections, request_timeout), self.connections)
+        except (OSError, OverflowError) as exc:
+            why = getattr(exc, "strerror", None) or str(exc)
+            raise SinkError(f"cannot serve the preview on {host}:{port} ({why}); pick another port") from None
         self.host, self.port = self._server.server_address[:2]
-        self._threads = [threading.Thread(target=self._server.serve_forever, name="edgecls-dashboard", daemon=True),
+        self._names.add(str(self.host).lower())
+        self._every_address = ipaddress.ip_address(self.host).is_unspecified  # 0.0.0.0 or ::
+        self._threads = [threading.Thread(target=self._server.serve_forever, args=(0.1,), name="edgecls-dashboard",
+                                          daemon=True),
                          threading.Thread(target=self._encode_loop, name="edgecls-dashboard-jpeg", daemon=True)]
         for thread in self._threads:
             thread.start()
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
+        host = f"[{self.host}]" if ":" in str(self.host) else self.host
+        return f"http://{host}:{self.port}/"
 
     @property
     def viewers(self) -> int:
@@ -121,8 +163,12 @@ class Dashboard:
             self._cond.notify_all()
         self._server.shutdown()
         self._server.server_close()
+        self.connections.shut_all()
         for thread in self._threads:
             thread.join(2.0)
+        deadline = time.monotonic() + 2.0
+        while self.connections.counts()[0] and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     # -- the dashboard's own threads ----------------------------------------------------------------------------
 
@@ -187,9 +233,10 @@ class Dashboard:
             elapsed = time.monotonic() - self._started
             data = {"frames_processed": self._count, "elapsed_s": round(elapsed, 3),
                     "fps": round(self._count / elapsed, 2) if elapsed > 0 else 0.0}
+        connections, waiting = self.connections.counts()
         data["dashboard"] = {"clients": self.clients, "video_viewers": self.video_viewers,
-                             "event_viewers": self.event_viewers, "refused": self.refused,
-                             "max_clients": self.max_clients}
+                             "event_viewers": self.event_viewers, "refused": self.refused, "denied": self.denied,
+                             "max_clients": self.max_clients, "connections": connections, "waiting": waiting}
         return data
 
     # -- connections --------------------------------------------------------------------------------------------
@@ -210,6 +257,24 @@ class Dashboard:
         with self._cond:
             setattr(self, kind, getattr(self, kind) + delta)
             self._cond.notify_all()
+
+    def serves_host(self, name: str | None) -> bool:
+        """Whether a request's Host names this dashboard (an IP address other than its own only where it listens
+        on every address)."""
+        if name is None:
+            return False
+        if name in self._names:
+            return True
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return address.is_loopback or self._every_address
+
+    def deny(self) -> None:
+        """Count a request refused before it took a slot (wrong Host, cross-origin, no token, bad max_rate)."""
+        with self._cond:
+            self.denied += 1
 
     def authorised(self, headers: Any, query: dict[str, list[str]]) -> bool:
         if not self.token:
@@ -248,122 +313,3 @@ def encode_jpeg(result: StreamResult, quality: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(to_rgb(result.frame, result.color))).save(buffer, "JPEG", quality=quality)  # type: ignore[arg-type]
     return buffer.getvalue()
-
-
-def _rate(query: dict[str, list[str]]) -> float | None:
-    """``/events?max_rate=N``: at most N result events a second (N > 0), else every result."""
-    try:
-        rate = float(query.get("max_rate", [""])[0])
-    except ValueError:
-        return None
-    return rate if 0 < rate < 1000 else None
-
-
-def _handler(board: Dashboard) -> type:
-    page = PAGE.read_bytes()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it so
-            log.debug("dashboard: " + format, *args)
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            if not board.admit():
-                self._send(503, "text/plain", b"too many viewers; try again later")
-                return
-            try:
-                self._route()
-            except (BrokenPipeError, ConnectionResetError, TimeoutError):
-                pass
-            finally:
-                board.leave()
-
-        def _route(self) -> None:
-            url = urlsplit(self.path)
-            query = parse_qs(url.query)
-            if not board.authorised(self.headers, query):
-                self._send(401, "text/plain", b"token required: open /?token=TOKEN")
-                return
-            extra = {}
-            if board.token and query.get("token"):  # the page's own requests then carry it in a cookie
-                extra["Set-Cookie"] = f"{COOKIE}={board.token}; HttpOnly; SameSite=Strict; Path=/"
-            path = url.path
-            if path in ("/", "/index.html"):
-                self._send(200, "text/html; charset=utf-8", page, extra)
-            elif path == "/api/latest":
-                latest = board.latest()
-                self._json(latest) if latest is not None else self._send(503, "application/json", b'{"error": "no result yet"}')
-            elif path == "/api/stats":
-                self._json(board.stats())
-            elif path == "/snapshot.jpg":
-                jpeg = board.snapshot()
-                self._send(200, "image/jpeg", jpeg) if jpeg else self._send(503, "text/plain", b"no frame yet")
-            elif path == "/stream.mjpg":
-                self._video()
-            elif path == "/events":
-                self._events(_rate(query))
-            else:
-                self._send(404, "text/plain", b"not found")
-
-        def _send(self, code: int, kind: str, body: bytes, extra: dict[str, str] | None = None) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            for name, value in (extra or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, data: Any) -> None:
-            self._send(200, "application/json", json.dumps(data).encode())
-
-        def _open_stream(self, kind: str) -> None:
-            self.close_connection = True
-            self.send_response(200)
-            self.send_header("Content-Type", kind)
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-
-        def _video(self) -> None:
-            self._open_stream("multipart/x-mixed-replace; boundary=frame")
-            board.watching("video_viewers", +1)
-            seen = -1
-            try:
-                while not board.closed:
-                    version, jpeg = board.next_jpeg(seen)
-                    if jpeg is None or version == seen:
-                        continue
-                    seen = version
-                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg))
-                    self.wfile.write(jpeg + b"\r\n")
-            finally:
-                board.watching("video_viewers", -1)
-
-        def _events(self, max_rate: float | None) -> None:
-            """Every result (or, with ``max_rate``, the newest at most that many times a second: what a page can
-            show) and the statistics once a second."""
-            self._open_stream("text/event-stream")
-            board.watching("event_viewers", +1)
-            seen, next_stats, next_result = board.version() - 1, 0.0, 0.0  # from the newest result on
-            try:
-                self.wfile.write(b"retry: 1000\n\n")
-                while not board.closed:
-                    if max_rate is not None:
-                        time.sleep(max(0.0, next_result - time.monotonic()))
-                        next_result = time.monotonic() + 1.0 / max_rate
-                    seen, results = board.results_since(seen, timeout=0.5)
-                    if max_rate is not None:
-                        results = results[-1:]
-                    chunks = [b"event: result\ndata: " + json.dumps(r.to_dict()).encode() + b"\n\n" for r in results]
-                    if time.monotonic() >= next_stats:
-                        next_stats = time.monotonic() + 1.0
-                        chunks.append(b"event: stats\ndata: " + json.dumps(board.stats()).encode() + b"\n\n")
-                    if chunks:
-                        self.wfile.write(b"".join(chunks))
-                        self.wfile.flush()
-            finally:
-                board.watching("event_viewers", -1)
-
-    return Handler

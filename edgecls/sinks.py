@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Callable, Protocol
 from urllib.parse import unquote, urlsplit
@@ -562,10 +563,12 @@ def parse_sink(
     on_event: Callable[[StreamEvent], None] | None = None,
     discovery: Any = None,
     preview_token: str | None = None,
+    preview_hosts: Iterable[str] = (),
     stats: Callable[[], Any] | None = None,
 ) -> Sink:
     """Build the sink a ``--sink`` text names (see SINK_FORMS); ``discovery`` (edgecls.hass.Discovery) goes to
-    MQTT sinks, ``preview_token`` and ``stats`` (the stream's `Stream.stats`) to the dashboard."""
+    MQTT sinks, ``preview_token``, ``preview_hosts`` (more names it answers to) and ``stats`` (the stream's
+    `Stream.stats`) to the dashboard."""
     kind = check_sink_spec(spec)
     rest = spec.partition(":")[2]
     if kind == "mqtt":
@@ -575,4 +578,5 @@ def parse_sink(
     if kind == "video":
         return VideoSink(rest, fps=fps)
     host, _, port = rest.rpartition(":")
-    return PreviewSink(int(port or 8080), host=host or "127.0.0.1", token=preview_token, stats=stats)
+    return PreviewSink(int(port or 8080), host=host or "127.0.0.1", token=preview_token, hosts=preview_hosts,
+                       stats=stats)
