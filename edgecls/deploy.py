@@ -33,14 +33,15 @@ from typing import Any
 from . import __version__
 from .bootconfig import plan_edit
 from .delegates import compiled_sibling, cpu_sibling
-from .errors import ConfigError
-from .fsutil import atomic_write_bytes
+from .errors import ConfigError, WriteError
+from .fsutil import atomic_write_bytes, os_reason
 from .labels import format_labels, labels_for_file
 from .metadata import check_model_file
 from .profiles import Profile
 from .dashboard import is_loopback
-from .hass import require_mqtt_sink
-from .sinks import MQTT_PASSWORD_ENV, check_sink_spec, has_control_chars, mask_url, split_mqtt_password
+from .hass import Discovery, require_mqtt_sink, run_args
+from .mqtt import MQTT_PASSWORD_ENV, mask_url, split_mqtt_password
+from .sinks import check_sink_spec, has_control_chars
 
 SERVICE_NAME = "edgecls.service"
 # The service's working directory (StateDirectory=edgecls); relative sink paths land here.
@@ -124,11 +125,31 @@ def _source_files(root: Path) -> list[Path]:
     return files
 
 
+def wheel_cache() -> Path:
+    """Where built wheels are kept: ``$XDG_CACHE_HOME/edgecls/wheels`` (an absolute XDG_CACHE_HOME; else
+    ``~/.cache``). Raises ConfigError when there is no home folder to put it in."""
+    base = os.environ.get("XDG_CACHE_HOME") or ""
+    if not os.path.isabs(base):  # the XDG specification: a relative path is ignored
+        try:
+            base = str(Path.home() / ".cache")
+        except (RuntimeError, KeyError):
+            raise ConfigError("no wheel cache: this user has no home folder and XDG_CACHE_HOME is not set; set it to "
+                              "a writable folder") from None
+    return Path(base) / "edgecls" / "wheels"
+
+
 def build_wheel(root: Path | None = None, cache: Path | None = None) -> Path:
     """The edgecls wheel of the checkout ``root`` (this one by default), built with pip in a copy of its sources.
 
-    Wheels are kept under ``cache`` (``$XDG_CACHE_HOME/edgecls/wheels``), one per content hash, so a second
-    bundle of unchanged sources reuses the first wheel."""
+    Wheels are kept under ``cache`` (default: `wheel_cache`), one per content hash, so a second bundle of unchanged
+    sources reuses the first wheel. A cache that cannot be used (XDG_CACHE_HOME a file, a home folder that cannot
+    be written) is a ConfigError that says so; `build_bundle` falls back to a temporary folder instead."""
+    return _build_wheel(root, cache, scratch=None)[0]
+
+
+def _build_wheel(root: Path | None, cache: Path | None, scratch: Path | None) -> tuple[Path, str | None]:
+    """(the wheel, why the cache could not keep it, or None). With ``scratch`` (a folder the caller removes), a
+    wheel the cache cannot keep is put there; without, that is a ConfigError."""
     root = root or source_root()
     if root is None:
         raise ConfigError(
@@ -140,11 +161,16 @@ def build_wheel(root: Path | None = None, cache: Path | None = None) -> Path:
     digest = hashlib.sha256()
     for path in files:
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    cache = cache or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgecls" / "wheels"
-    folder = cache / digest.hexdigest()[:16]
-    found = sorted(folder.glob("edgecls-*.whl")) if folder.is_dir() else []
+    folder, problem = None, None
+    try:
+        folder = (cache or wheel_cache()) / digest.hexdigest()[:16]
+        found = sorted(folder.glob("edgecls-*.whl")) if folder.is_dir() else []
+    except ConfigError as exc:  # no home folder
+        problem, found = str(exc), []
+    except OSError:
+        found = []
     if found:
-        return found[0]
+        return found[0], None
     with tempfile.TemporaryDirectory(prefix="edgecls-wheel-") as tmp:
         src, out = Path(tmp) / "src", Path(tmp) / "out"
         for path in files:
@@ -157,10 +183,17 @@ def build_wheel(root: Path | None = None, cache: Path | None = None) -> Path:
         if done.returncode != 0 or not wheels:
             tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
             raise ConfigError(f"could not build the edgecls wheel from {root} ({' / '.join(tail)}); pass --wheel")
-        folder.mkdir(parents=True, exist_ok=True)
-        final = folder / wheels[0].name
-        atomic_write_bytes(final, wheels[0].read_bytes())
-    return final
+        if folder is not None:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                return atomic_write_bytes(folder / wheels[0].name, wheels[0].read_bytes()), None
+            except OSError as exc:
+                problem = f"the wheel cache {folder} cannot be used ({os_reason(exc)})"
+            except WriteError:
+                problem = f"the wheel cache {folder} cannot be written"
+        if scratch is None:
+            raise ConfigError(f"{problem}; set XDG_CACHE_HOME to a writable folder")
+        return Path(shutil.copy2(wheels[0], scratch / wheels[0].name)), problem
 
 
 def _check_wheel(path: Path) -> Path:
@@ -205,24 +238,30 @@ def build_bundle(
     wheel: str | os.PathLike[str] | None = None,
     wheelhouse: str | None = None,
     extra_args: list[str] | None = None,
+    discovery: Discovery | None = None,
 ) -> Bundle:
     """Write the deploy bundle for ``model`` on ``profile`` to ``out`` (a .tar.gz); returns what it holds.
 
     The device installs the edgecls ``wheel`` (built from this checkout when not given) unless ``pip_spec`` names
     what its pip should install instead. ``wheelhouse`` (bookworm or trixie) adds the aarch64 wheels of every
-    dependency, so that the device needs no internet."""
+    dependency, so that the device needs no internet. ``discovery`` has the service announce the camera to Home
+    Assistant (``--mqtt-discovery``, as ``extra_args`` may also say); ``install.sh --uninstall`` then takes its
+    retained configs off the broker, with the sinks' retained status (`edgecls mqtt-clear`)."""
     check_prefix(prefix)
     check_user(user)
     sinks = [check_arg("--sink", s) for s in sinks or []]
     kinds = [check_sink_spec(sink) for sink in sinks]  # refused here, not at the device's boot
     extra = [check_arg("argument", a) for a in extra_args or []]
+    if discovery is None and "--mqtt-discovery" in extra:
+        discovery = Discovery()
+    extra = [a for a in extra if a != "--mqtt-discovery"] + run_args(discovery)
     for sink, kind in zip(sinks, kinds):
         host = sink.partition(":")[2].rpartition(":")[0]
         if kind == "preview" and host and not is_loopback(host):
             raise ConfigError(f"--sink {sink}: a service's dashboard stays on 127.0.0.1 (it would need a token on the "
                               "network); use preview:8080 and an SSH tunnel: ssh -L 8080:127.0.0.1:8080 pi@DEVICE")
-    if "--mqtt-discovery" in extra:
-        require_mqtt_sink(sinks)
+    if discovery is not None:
+        require_mqtt_sink(sinks, discovery)
     if pip_spec is not None:
         check_arg("--pip-spec", pip_spec)
         if not pip_spec.strip() or pip_spec.startswith("-"):
@@ -286,13 +325,20 @@ def build_bundle(
     extras = ["camera"] + (["mqtt"] if "mqtt" in kinds else [])
     wheel_name = ""
     if pip_spec is None:
-        wheel_path = _check_wheel(Path(wheel)) if wheel is not None else build_wheel()
-        wheel_name = wheel_path.name
-        files[f"wheels/{wheel_name}"] = wheel_path.read_bytes()
-        if wheelhouse:
-            with tempfile.TemporaryDirectory(prefix="edgecls-wheelhouse-") as tmp:
-                for dep in download_wheelhouse(wheel_path, extras, wheelhouse, Path(tmp)):
-                    files[f"wheels/{dep.name}"] = dep.read_bytes()
+        with tempfile.TemporaryDirectory(prefix="edgecls-wheel-") as scratch:
+            if wheel is not None:
+                wheel_path = _check_wheel(Path(wheel))
+            else:
+                wheel_path, problem = _build_wheel(None, None, Path(scratch))
+                if problem is not None:
+                    warnings.append(f"{problem}: the wheel was built in a temporary folder, not kept for the next "
+                                    "bundle (set XDG_CACHE_HOME to a writable folder to keep it)")
+            wheel_name = wheel_path.name
+            files[f"wheels/{wheel_name}"] = wheel_path.read_bytes()
+            if wheelhouse:
+                with tempfile.TemporaryDirectory(prefix="edgecls-wheelhouse-") as tmp:
+                    for dep in download_wheelhouse(wheel_path, extras, wheelhouse, Path(tmp)):
+                        files[f"wheels/{dep.name}"] = dep.read_bytes()
     elif wheel is not None:
         raise ConfigError("--wheel and --pip-spec name two different things to install; give one")
 
@@ -306,11 +352,13 @@ def build_bundle(
             raise ConfigError(f"profile {profile.name}: boot.config: {exc}") from None
         files["edgecls_bootconfig.py"] = Path(__file__).with_name("bootconfig.py").read_bytes()
     args = _run_args(prefix, model_name, labels is not None, public_sinks, extra)
+    clear = _clear_args([public for public, kind in zip(public_sinks, kinds) if kind == "mqtt"], discovery,
+                        retained="--mqtt-retain" in extra)
     files[SERVICE_NAME] = service_unit(profile, prefix=prefix, user=user, args=args).encode("utf-8")
     installed = sorted(n for n in files if not n.startswith("wheels/") and n != SERVICE_NAME)
     files["install.sh"] = install_script(
         profile, prefix=prefix, user=user, pip_spec=pip_spec or "", wheel=wheel_name, extras=extras,
-        wheelhouse=WHEELHOUSE_TARGETS[wheelhouse]["python"] if wheelhouse else "", mqtt_user=mqtt_user,
+        wheelhouse=WHEELHOUSE_TARGETS[wheelhouse]["python"] if wheelhouse else "", mqtt_user=mqtt_user, mqtt_clear=clear,
         files=[*installed, "README.txt", "bundle.json"],
     ).encode("utf-8")
     files["README.txt"] = _readme(profile, prefix, sorted(files) + ["README.txt", "bundle.json", "SHA256SUMS"],
@@ -367,6 +415,15 @@ def _run_args(prefix: str, model_name: str, labels: bool, sinks: list[str], extr
     return args
 
 
+def _clear_args(mqtt_sinks: list[str], discovery: Discovery | None, *, retained: bool) -> list[str]:
+    """The `edgecls mqtt-clear` arguments that take the service's retained messages off its brokers (its status,
+    Home Assistant's configs, a retained result); none without an MQTT sink."""
+    if not mqtt_sinks:
+        return []
+    sinks = [arg for url in mqtt_sinks for arg in ("--sink", url)]
+    return ["mqtt-clear", *sinks, *run_args(discovery), *(["--mqtt-retain"] if retained else []), "--timeout", "5"]
+
+
 def systemd_quote(arg: str) -> str:
     """Quote one ExecStart argument for systemd (which expands % specifiers and $ variables)."""
     if has_control_chars(arg):
@@ -421,6 +478,7 @@ def install_script(
     wheelhouse: str,
     mqtt_user: bool,
     files: list[str],
+    mqtt_clear: list[str] | None = None,
 ) -> str:
     """The bundle's install.sh (see the text of `_INSTALL_SH`); every value in it is validated and shell-quoted."""
     check_prefix(prefix)
@@ -456,6 +514,7 @@ def install_script(
     assignments = "\n".join(f"{name}={q(value)}" for name, value in values.items())
     assignments += "\nINSTALL_FILES=(" + " ".join(q(f) for f in files) + ")"
     assignments += "\nBOOT_ARGS=(" + " ".join(q(a) for a in boot_args) + ")"
+    assignments += "\nMQTT_CLEAR=(" + " ".join(q(check_arg("mqtt-clear argument", a)) for a in mqtt_clear or []) + ")"
     header = f"# Install this edgecls bundle (profile {profile.name}) on the device."
     return _INSTALL_SH.replace("@HEADER@", header).replace("@VALUES@", assignments)
 
@@ -464,7 +523,7 @@ def install_script(
 _INSTALL_SH = r"""#!/usr/bin/env bash
 @HEADER@
 #   sudo ./install.sh [--dry-run] [--no-boot-config] [--no-start] [--pip-spec SPEC] [--mqtt-password-file FILE]
-#   sudo ./install.sh --uninstall [--dry-run]
+#   sudo ./install.sh --uninstall [--dry-run]     (also clears the service's retained MQTT messages)
 # It checks the system first (64-bit ARM or x86-64, Python >= 3.10 with venv), then installs edgecls in a venv that
 # sees the system's packages (picamera2), the model and profile beside it, the boot configuration lines (only those
 # not already there), and the systemd service, which it starts unless a reboot is needed first.
@@ -507,6 +566,28 @@ run() {
   if [ "$DRY_RUN" = 0 ]; then "$@"; fi
 }
 systemd_running() { [ -d /run/systemd/system ]; }
+finish() {
+  # The last line: what was done; with --dry-run, that nothing was.
+  if [ "$DRY_RUN" = 1 ]; then
+    say "dry run: nothing was changed (the + lines are the steps it would take)"
+  else
+    say "$*"
+  fi
+}
+clear_mqtt() {
+  # The service's retained MQTT messages (its status, Home Assistant's discovery configs) off the broker, with the
+  # installed edgecls and the stored password. A broker that cannot be reached is a warning: the uninstall goes on.
+  local edgecls="$PREFIX/venv/bin/edgecls"
+  echo "+ $edgecls ${MQTT_CLEAR[*]}"
+  [ "$DRY_RUN" = 0 ] || return 0
+  if [ -x "$edgecls" ] \
+    && (if [ -r "$ENV_FILE" ]; then set -a; . "$ENV_FILE"; set +a; fi; exec "$edgecls" "${MQTT_CLEAR[@]}"); then
+    return 0
+  fi
+  echo "install.sh: warning: the service's retained MQTT messages (its status, Home Assistant's discovery configs)" \
+    "are still on the broker; the uninstall goes on. Clear them later from any machine with edgecls:" \
+    "edgecls$(printf ' %q' "${MQTT_CLEAR[@]}")" >&2
+}
 
 case "$PREFIX" in
   ""|/|/bin|/boot|/etc|/home|/lib|/opt|/root|/usr|/usr/local|/var|/var/lib) fail "refusing the prefix '$PREFIX'" ;;
@@ -523,6 +604,7 @@ if [ "$UNINSTALL" = 1 ]; then
   fi
   run rm -f "/etc/systemd/system/$SERVICE" "/etc/systemd/system/multi-user.target.wants/$SERVICE"
   if systemd_running; then run systemctl daemon-reload; fi
+  if [ "${#MQTT_CLEAR[@]}" -gt 0 ]; then clear_mqtt; fi
   if [ -n "$BOOT_FILE" ] && [ -f "$BOOT_FILE" ] && [ -f "$HERE/edgecls_bootconfig.py" ]; then
     rc=0
     python3 "$HERE/edgecls_bootconfig.py" remove "$BOOT_FILE" "${DRY_FLAG[@]}" || rc=$?
@@ -534,7 +616,7 @@ if [ "$UNINSTALL" = 1 ]; then
   if id "$SERVICE_USER" >/dev/null 2>&1 && [ "$(id -u "$SERVICE_USER")" -lt 1000 ]; then
     run userdel "$SERVICE_USER"
   fi
-  say "uninstalled; $STATE_DIR (the service's results) is left in place: remove it yourself if you do not need it"
+  finish "uninstalled; $STATE_DIR (the service's results) is left in place: remove it yourself if you do not need it"
   exit 0
 fi
 
@@ -582,13 +664,21 @@ fi
 
 # ---- system packages ----------------------------------------------------------------------------------------------
 if [ "$PICAM" = 1 ] && ! python3 -c "import picamera2" 2>/dev/null; then
-  # picamera2 comes from the Raspberry Pi OS archive, not from pip; the venv sees it through system site packages.
-  if ! grep -rqs "raspberrypi" /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    echo "install.sh: warning: python3-picamera2 is in the Raspberry Pi OS archive (archive.raspberrypi.com)," \
-      "which this system's apt sources do not name" >&2
-  fi
-  run apt-get update
-  run apt-get install -y python3-picamera2
+  case "$(uname -m)" in
+    aarch64|arm64)
+      # picamera2 comes from the Raspberry Pi OS archive, not from pip; the venv sees it through system site packages.
+      if ! grep -rqs "raspberrypi" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        echo "install.sh: warning: python3-picamera2 is in the Raspberry Pi OS archive (archive.raspberrypi.com)," \
+          "which this system's apt sources do not name" >&2
+      fi
+      run apt-get update
+      run apt-get install -y python3-picamera2 ;;
+    *)
+      # Raspberry Pi OS ships picamera2 for its boards (64-bit ARM) only: there is no such package to install here.
+      echo "install.sh: warning: profile $PROFILE uses the Raspberry Pi camera (picamera2), which exists on a" \
+        "Raspberry Pi only; this is $(uname -m), so python3-picamera2 is not installed and the service will not" \
+        "find that camera here (a USB camera: the profile linux-usb-camera)" >&2 ;;
+  esac
 fi
 
 # numpy: the venv uses the system's numpy when there is one, so that system modules built against it (picamera2's
@@ -678,13 +768,13 @@ if systemd_running; then
   run systemctl daemon-reload
   run systemctl enable "$SERVICE"
   if [ "$NEED_REBOOT" = 1 ]; then
-    say "installed and enabled; reboot to apply the boot configuration ($BOOT_FILE.edgecls-backup holds the old" \
-      "one): the service starts then"
+    finish "installed and enabled; reboot to apply the boot configuration ($BOOT_FILE.edgecls-backup holds the" \
+      "old one): the service starts then"
   elif [ "$START" = 1 ]; then
     run systemctl restart "$SERVICE"
-    say "installed and started; follow it with: journalctl -u $SERVICE -f"
+    finish "installed and started; follow it with: journalctl -u $SERVICE -f"
   else
-    say "installed and enabled, not started (--no-start): sudo systemctl start $SERVICE"
+    finish "installed and enabled, not started (--no-start): sudo systemctl start $SERVICE"
   fi
 else
   # An image build (pi-gen, sdm) or a chroot: no running systemd to talk to.
@@ -694,7 +784,7 @@ else
     run install -d -m 755 /etc/systemd/system/multi-user.target.wants
     run ln -sf "/etc/systemd/system/$SERVICE" "/etc/systemd/system/multi-user.target.wants/$SERVICE"
   fi
-  say "installed and enabled; systemd is not running here (a chroot or an image build), so $SERVICE was not" \
+  finish "installed and enabled; systemd is not running here (a chroot or an image build), so $SERVICE was not" \
     "started: it starts at the device's next boot"
 fi
 """

@@ -357,7 +357,10 @@ class Broker:
 
     def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
         if message.topic.startswith("homeassistant/"):
-            self.discovery[message.topic] = json.loads(message.payload)
+            if not message.payload:  # an empty retained message deletes the config (install.sh --uninstall)
+                self.discovery.pop(message.topic, None)
+            else:
+                self.discovery[message.topic] = json.loads(message.payload)
         else:
             self.messages.append(json.loads(message.payload))
 
@@ -605,6 +608,13 @@ def emulate(suite: str, work: Path, cache: Path | None, wheelhouse: bool) -> dic
         gone = [p for p in ("opt/edgecls", "etc/systemd/system/edgecls.service", str(wants.relative_to(rootfs)),
                             "etc/edgecls/edgecls.env") if (rootfs / p).exists() or (rootfs / p).is_symlink()]
         check(not gone, f"--uninstall left {gone}")
+        if broker:  # the service's retained status and Home Assistant configs are off the broker
+            check("cleared 3 retained topic(s)" in removed.stdout, f"--uninstall did not clear the broker:\n"
+                                                                   f"{removed.stdout}\n{removed.stderr}")
+            deadline = time.monotonic() + 10
+            while broker.discovery and time.monotonic() < deadline:
+                time.sleep(0.2)
+            check(not broker.discovery, f"--uninstall left Home Assistant configs: {sorted(broker.discovery)}")
         check(f"{user}:" not in (rootfs / "etc/passwd").read_text(), "--uninstall left the service user")
         check(sink_file.is_file(), "--uninstall must keep the service's results")
         check((rootfs / "boot/firmware/config.txt").read_text() == CONFIG_TXT, "--uninstall changed config.txt")

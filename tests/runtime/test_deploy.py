@@ -107,6 +107,9 @@ def test_install_script_syntax_and_dry_run(pair, tmp_path, bundle, wheel):
     assert "+ install -m 644 " + str(root / "edgecls.service") + " /etc/systemd/system/edgecls.service" in steps
     assert "+ systemctl enable edgecls.service" in steps and "--now" not in steps
     assert "usermod -aG apex edgecls" in steps  # the PCIe Edge TPU's device node group
+    # it ends saying that nothing was changed (it used to end "installed and enabled")
+    assert steps.splitlines()[-1] == "install.sh: dry run: nothing was changed (the + lines are the steps it would take)"
+    assert "installed and" not in steps
     bad = subprocess.run(["bash", str(script), "--bogus"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown option --bogus" in bad.stderr
 
@@ -295,4 +298,214 @@ def test_uninstall_dry_run(pair, tmp_path, bundle):
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "+ rm -f /etc/systemd/system/edgecls.service" in done.stdout and "+ rm -rf /opt/edgecls" in done.stdout
-    assert "+ pip" not in done.stdout and "/var/lib/edgecls (the service's results) is left in place" in done.stdout
+    assert "+ pip" not in done.stdout and "uninstalled" not in done.stdout
+    assert done.stdout.splitlines()[-1] == "install.sh: dry run: nothing was changed (the + lines are the steps it would take)"
+    assert "mqtt-clear" not in done.stdout  # no MQTT sink: nothing retained to clear
+
+
+# -- the Pi camera's system package: only where there is one -------------------------------------------------------
+
+
+def test_picamera2_is_planned_on_a_pi_and_not_on_x86_64(pair, tmp_path, bundle):
+    """rpi5 uses the Pi camera: on 64-bit ARM the dry run plans apt-get install python3-picamera2 (Raspberry Pi
+    OS has it); on x86-64 Debian, which has no such package, it says why it leaves it out instead of planning an
+    apt-get that would fail."""
+    bundle(pair, "rpi5", tmp_path / "b.tar.gz")
+    root = extract(tmp_path / "b.tar.gz", tmp_path / "x")
+    real_python = shutil.which("python3") or sys.executable
+    no_picamera = 'case "$*" in *picamera2*) exit 1;; esac\nexec "$REAL_PYTHON" "$@"\n'
+    plans = {}
+    for arch in ("aarch64", "x86_64"):
+        folder = tmp_path / f"bin-{arch}"
+        env = fake_bin(folder, "uname", f"echo {arch}\n")
+        env = {**env, **fake_bin(folder, "python3", no_picamera), "REAL_PYTHON": real_python}
+        done = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True,
+                              env=env, timeout=60)
+        assert done.returncode == 0, done.stderr
+        plans[arch] = done
+    assert "+ apt-get install -y python3-picamera2" in plans["aarch64"].stdout
+    assert "apt-get" not in plans["x86_64"].stdout
+    assert "uses the Raspberry Pi camera (picamera2), which exists on a Raspberry Pi only; this is x86_64" in (
+        plans["x86_64"].stderr)
+    if os.uname().machine == "x86_64":  # and with this machine's own uname
+        done = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, **fake_bin(tmp_path / "bin-real", "python3", no_picamera),
+                                               "REAL_PYTHON": real_python})
+        assert done.returncode == 0 and "python3-picamera2 is not installed" in done.stderr, done.stderr
+        assert "apt-get" not in done.stdout
+
+
+def test_a_usb_camera_profile_plans_no_picamera2(pair, tmp_path, bundle):
+    bundle(pair, "linux-usb-camera", tmp_path / "b.tar.gz")
+    root = extract(tmp_path / "b.tar.gz", tmp_path / "x")
+    env = fake_bin(tmp_path / "bin", "uname", "echo aarch64\n")
+    done = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert done.returncode == 0 and "picamera2" not in done.stdout + done.stderr
+
+
+# -- MQTT topics and Home Assistant in the bundle ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sink", "message"), [
+    ("mqtt://broker/t%00x", "holds a NUL character"),
+    ("mqtt://broker/t%0Ax", "holds a control character"),
+    ("mqtt://broker/t%FF", "not valid UTF-8"),
+    ("mqtt://broker/t/+", "wildcards"),
+    ("mqtt://broker/" + "x" * 65529, "too long"),
+    ("mqtt://broker//t", "the topic starts with '/'"),
+])
+def test_deploy_refuses_a_topic_no_broker_takes(pair, tmp_path, bundle, sink, message):
+    """The service would start a client that never delivers: refused on the workstation, with the check `run` uses."""
+    with pytest.raises(ConfigError, match=message):
+        bundle(pair, "rpi5", tmp_path / "b.tar.gz", sinks=[sink])
+    assert not (tmp_path / "b.tar.gz").exists()
+
+
+def test_deploy_cli_refuses_a_bad_topic_in_one_line(pair, tmp_path):
+    result = edgecls("deploy", str(pair), "--profile", "rpi5", "--out", str(tmp_path / "b.tar.gz"),
+                     "--sink", "mqtt://pi:hunter2@broker/robot%00vision")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: MQTT topic 'robot\\x00vision' holds a NUL character")
+    assert "hunter2" not in result.stderr and not (tmp_path / "b.tar.gz").exists()
+
+
+def test_discovery_options_reach_the_unit_and_the_uninstall(pair, tmp_path, bundle):
+    from edgecls.hass import Discovery
+
+    made = bundle(pair, "rpi5", tmp_path / "b.tar.gz", sinks=["mqtt://pi:pw@broker.local/%2Fhome/cam"],
+                  discovery=Discovery(prefix="ha", node_id="porch"))
+    root = extract(made.path, tmp_path / "x")
+    unit = (root / "edgecls.service").read_text()
+    # a meant leading '/' (%2F) stays one: systemd's % is doubled, as systemd unquotes it
+    assert ('--sink "mqtt://pi@broker.local/%%2Fhome/cam" --quiet --stats-every 60 --mqtt-discovery '
+            "--mqtt-discovery-prefix ha --mqtt-discovery-node-id porch") in unit
+    dry = subprocess.run(["bash", str(root / "install.sh"), "--uninstall", "--dry-run"], capture_output=True,
+                         text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert ("+ /opt/edgecls/venv/bin/edgecls mqtt-clear --sink mqtt://pi@broker.local/%2Fhome/cam --mqtt-discovery "
+            "--mqtt-discovery-prefix ha --mqtt-discovery-node-id porch --timeout 5") in dry.stdout
+    assert "pw" not in (root / "install.sh").read_text().replace("pwd", "")
+    result = edgecls("deploy", str(pair), "--profile", "rpi5", "--out", str(tmp_path / "c.tar.gz"), "--sink",
+                     "mqtt://broker/cam", "--mqtt-discovery-node-id", "porch", "--wheel", str(made.path))
+    assert result.returncode == 1 and "add --mqtt-discovery" in result.stderr and "Traceback" not in result.stderr
+
+
+# -- install.sh --uninstall clears what the service left retained, on a real broker ------------------------------------
+
+
+def retained_on(port: int, user: str, password: str) -> set[str]:
+    """The topics on which a new subscriber gets a retained message (every topic but $SYS)."""
+    import time
+
+    import paho.mqtt.client as mqtt
+
+    topics: set[str] = set()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.username_pw_set(user, password)
+    client.on_message = lambda c, u, m: topics.add(m.topic) if m.retain else None
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe("#", qos=1)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        time.sleep(1.0)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return topics
+
+
+def installed_for_uninstall(tmp_path: Path, prefix: Path) -> dict[str, str]:
+    """What `install.sh --uninstall` needs to run for real here without touching this machine: the prefix holds
+    a venv whose edgecls is this checkout's, and rm, rmdir, userdel, systemctl and id are stand-ins that log the
+    step (id says root, and that the service user does not exist). Returns the environment to run it in."""
+    (prefix / "venv" / "bin").mkdir(parents=True)
+    (prefix / "venv" / "bin" / "edgecls").symlink_to(Path(sys.executable).with_name("edgecls"))
+    for name in ("rm", "rmdir", "userdel", "systemctl"):
+        fake_bin(tmp_path / "bin", name, f'echo "{name} $*" >> {tmp_path / "steps.log"}\n')
+    env = fake_bin(tmp_path / "bin", "id", 'case "$1" in -u) echo 0;; *) exit 1;; esac\n')
+    env.pop("EDGECLS_MQTT_PASSWORD", None)
+    return env
+
+
+def test_uninstall_clears_the_retained_status_and_discovery_configs(pair, tmp_path, bundle, monkeypatch, coral,
+                                                                    mosquitto):
+    """The service ran with --mqtt-discovery against a broker that wants a password. `install.sh --uninstall`, run
+    for real (with stand-ins for the steps that would change this machine), takes its status and its Home
+    Assistant configs off the broker, with the installed edgecls and the password from the root-only
+    EnvironmentFile as install.sh writes it. A second uninstall, with the broker down, warns, names the command to
+    run later, and goes on. (``mosquitto``: the broker's skip rules; this test starts one that wants a password.)"""
+    from conftest import Mosquitto
+
+    from edgecls import deploy
+
+    secret = 's3cret$`"\\pw'
+    (tmp_path / "broker").mkdir()
+    broker = Mosquitto(tmp_path / "broker", users={"pi": secret}).start()
+    try:
+        url = f"mqtt://pi@127.0.0.1:{broker.port}/robot/vision"
+        ran = edgecls("run", str(coral / "mobilenet_v2_1.0_224_quant.tflite"), "--source", str(coral / "cat.bmp"),
+                      "-q", "--sink", url, "--mqtt-discovery", env={"EDGECLS_MQTT_PASSWORD": secret})
+        assert ran.returncode == 0, ran.stderr
+        assert retained_on(broker.port, "pi", secret) == {
+            "homeassistant/sensor/edgecls_robot_vision/label/config",
+            "homeassistant/binary_sensor/edgecls_robot_vision/online/config", "robot/vision/status"}
+
+        env_file = tmp_path / "etc" / "edgecls.env"  # the test's own, in place of /etc/edgecls/edgecls.env
+        env_file.parent.mkdir()
+        escaped = secret.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("`", "\\`")
+        env_file.write_text(f'EDGECLS_MQTT_PASSWORD="{escaped}"\n')  # as install.sh writes it
+        env_file.chmod(0o600)
+        monkeypatch.setattr(deploy, "ENV_FILE", str(env_file))
+        prefix = tmp_path / "opt" / "edgecls"
+        bundle(pair, "linux-usb-camera", tmp_path / "b.tar.gz", prefix=str(prefix), sinks=[url],
+               extra_args=["--mqtt-discovery"])
+        root = extract(tmp_path / "b.tar.gz", tmp_path / "x")
+        assert "\nBOOT_FILE=''\n" in (root / "install.sh").read_text()  # this machine's boot files stay out of it
+        env = installed_for_uninstall(tmp_path, prefix)
+
+        done = subprocess.run(["bash", str(root / "install.sh"), "--uninstall"], capture_output=True, text=True,
+                              env=env, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "cleared 3 retained topic(s) on 127.0.0.1" in done.stdout and "warning" not in done.stderr, done.stderr
+        assert done.stdout.splitlines()[-1].startswith("install.sh: uninstalled;")
+        assert secret not in done.stdout + done.stderr
+        assert retained_on(broker.port, "pi", secret) == set()
+        steps = (tmp_path / "steps.log").read_text()
+        assert f"rm -f {env_file}" in steps and f"rm -rf {prefix}" in steps  # after the clearing, which needed both
+
+        broker.stop()
+        again = subprocess.run(["bash", str(root / "install.sh"), "--uninstall"], capture_output=True, text=True,
+                               env=env, timeout=120)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert f"error: could not connect to MQTT broker 127.0.0.1:{broker.port}" in again.stderr
+        assert "warning: the service's retained MQTT messages" in again.stderr and "the uninstall goes on" in again.stderr
+        assert f"edgecls mqtt-clear --sink {url} --mqtt-discovery --timeout 5" in again.stderr
+        assert again.stdout.splitlines()[-1].startswith("install.sh: uninstalled;")
+        assert (tmp_path / "steps.log").read_text().count("rm -rf") == 2  # the rest of the uninstall went on
+    finally:
+        broker.stop()
+
+
+# -- deploy's wheel cache: unusable is a warning, never a traceback ------------------------------------------------
+
+
+def test_deploy_with_an_unusable_wheel_cache_builds_in_a_temporary_folder(pair, tmp_path):
+    """XDG_CACHE_HOME naming a file, and (without it) a home folder that cannot be written: deploy builds the wheel
+    in a temporary folder, says so in one warning line, and writes the bundle (it was a NotADirectoryError
+    traceback)."""
+    a_file = tmp_path / "cache-is-a-file"
+    a_file.write_text("")
+    unwritable = "/proc/1/edgecls-home"  # nobody, root included, can make a folder in /proc
+    for env, cache in (({"XDG_CACHE_HOME": str(a_file)}, f"{a_file}/edgecls/wheels"),
+                       ({"XDG_CACHE_HOME": "", "HOME": unwritable}, f"{unwritable}/.cache/edgecls/wheels")):
+        out = tmp_path / "bundle.tar.gz"
+        result = edgecls("deploy", str(pair), "--profile", "rpi5", "--out", str(out), env=env)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        warnings = [line for line in result.stderr.splitlines() if "wheel cache" in line]
+        assert len(warnings) == 1 and warnings[0].startswith(f"warning: the wheel cache {cache}/"), result.stderr
+        assert "built in a temporary folder" in warnings[0]
+        assert any(n.endswith("-py3-none-any.whl") for n in bundle_contents(out)["names"])
+        out.unlink()
+    with pytest.raises(ConfigError, match="cannot be used .*set XDG_CACHE_HOME to a writable folder"):
+        build_wheel(cache=a_file / "wheels")  # the library call without a fallback: one clear error

@@ -50,6 +50,27 @@ def render(template: str, payload: dict) -> str:
     return jinja2.Environment().from_string(template).render(value_json=payload)
 
 
+TOPICS = ["pi/vision", "pi_vision", "pi-vision", "pi//vision", "/pi/vision", "pi/vision/", "pi vision", "pi.vision",
+          "Pi/Vision", "pi/vision_", "pi/vision__", "pi_/vision", "pi/_vision", "pi/vision/abcdef0123", "x" * 64,
+          "x" * 65, "x" * 64 + "y", "camera", "日本", "日本語", "pi/vision/status"]
+
+
+def test_node_ids_are_unique_per_topic_and_readable():
+    """Topics that used to share an id (pi/vision and pi_vision both gave edgecls_pi_vision, so one camera's
+    discovery replaced the other's) get their own; a plain topic keeps the id it had, so a device keeps its
+    entities across the upgrade."""
+    ids = {topic: node_id_for(topic) for topic in TOPICS}
+    assert len(set(ids.values())) == len(TOPICS), ids
+    assert ids["pi/vision"] == "edgecls_pi_vision" and ids["camera"] == "edgecls_camera"
+    assert ids["pi_vision"].startswith("edgecls_pi_vision__") and ids["日本"].startswith("edgecls_camera__")
+    for topic, node in ids.items():
+        Discovery(node_id=node)  # an id Home Assistant reads: letters, digits, _ and -, bounded
+        assert node_id_for(topic) == node  # the same topic, the same id, every run
+    # the config topics of different topics never meet
+    configs = [t for topic in TOPICS for t, _ in discovery_messages(Discovery(), topic, topic + "/status")]
+    assert len(set(configs)) == len(configs)
+
+
 def test_configs_follow_home_assistants_discovery_schema():
     label_topic, online_topic = (t for t, _ in discovery_messages(Discovery(), "pi/vision", "pi/vision/status"))
     assert label_topic == "homeassistant/sensor/edgecls_pi_vision/label/config"
@@ -60,13 +81,13 @@ def test_configs_follow_home_assistants_discovery_schema():
     assert (online["payload_on"], online["payload_off"], online["device_class"]) == ("online", "offline", "connectivity")
     assert label["unique_id"] != online["unique_id"] and label["device"] == online["device"]
     assert label["device"]["identifiers"] == ["edgecls_pi_vision"] and label["device"]["model"] == "m.tflite"
-    assert node_id_for("a b/#/c") == "edgecls_a_b_c"
+    assert node_id_for("a b/c") == "edgecls_a_b_c__" + node_id_for("a b/c")[-10:]
     custom = discovery_messages(Discovery(prefix="ha/discovery", node_id="kitchen"), "t", "t/status")
     assert custom[0][0] == "ha/discovery/sensor/kitchen/label/config"
 
 
 @pytest.mark.parametrize("kwargs", [{"prefix": "home assistant"}, {"prefix": "ha/#"}, {"prefix": "/ha"},
-                                    {"node_id": "a/b"}, {"node_id": ""}])
+                                    {"node_id": "a/b"}, {"node_id": ""}, {"node_id": "n" * 129}])
 def test_a_prefix_or_node_id_home_assistant_cannot_read_is_refused(kwargs):
     with pytest.raises(ConfigError, match="expected letters, digits"):
         Discovery(**kwargs)
@@ -136,8 +157,93 @@ def test_home_assistant_starting_again_gets_the_configs_again(mosquitto):
     (["--mqtt-discovery"], "--mqtt-discovery announces an MQTT sink to Home Assistant: add one"),
     (["--mqtt-discovery", "--mqtt-discovery-prefix", "ha/#", "--sink", "mqtt://127.0.0.1:1/t"],
      "MQTT discovery prefix 'ha/#'"),
+    (["--mqtt-discovery-node-id", "kitchen", "--sink", "mqtt://127.0.0.1:1/t"],
+     "--mqtt-discovery-node-id names the device that --mqtt-discovery announces: add --mqtt-discovery"),
+    (["--mqtt-discovery", "--mqtt-discovery-node-id", "kitchen cam", "--sink", "mqtt://127.0.0.1:1/t"],
+     "MQTT discovery node id 'kitchen cam': expected letters, digits, _ and -"),
+    (["--mqtt-discovery", "--mqtt-discovery-node-id", "kitchen", "--sink", "mqtt://127.0.0.1:1/a",
+      "--sink", "mqtt://127.0.0.1:1/b"], "one id names one device, and 2 MQTT sinks would each announce it"),
 ])
 def test_discovery_misuse_is_one_error_line(coral, args, words):
     result = runner.invoke(app, ["run", str(coral / MODEL), "--source", str(coral / "cat.bmp"), *args])
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.exit_code == 1 and len(errors) == 1 and words in errors[0], result.output
+
+
+@needs_paho
+def test_two_cameras_whose_topics_used_to_collide_stay_two_devices(coral, mosquitto):
+    """pi/vision and pi_vision on one broker: two devices in Home Assistant's eyes (four retained configs), each
+    reading its own topic; a third camera named with --mqtt-discovery-node-id gets exactly that id."""
+    port = mosquitto.port
+    for topic, extra in (("pi/vision", []), ("pi_vision", []), ("kitchen/cam", ["--mqtt-discovery-node-id", "kitchen"])):
+        result = runner.invoke(app, ["run", str(coral / MODEL), "--source", str(coral / "cat.bmp"), "-q", "--mqtt-qos",
+                                     "1", "--sink", f"mqtt://127.0.0.1:{port}/{topic}", "--mqtt-discovery", *extra])
+        assert result.exit_code == 0, result.output
+    ha = Retained(port, "homeassistant/#")
+    try:
+        time.sleep(1.0)
+    finally:
+        ha.close()
+    configs = {topic: json.loads(payloads[-1]) for topic, payloads in ha.messages.items()}
+    labels = {c["state_topic"]: (topic, c) for topic, c in configs.items() if "/sensor/" in topic}
+    assert len(configs) == 6 and set(labels) == {"pi/vision", "pi_vision", "kitchen/cam"}, sorted(configs)
+    assert labels["pi/vision"][0] == "homeassistant/sensor/edgecls_pi_vision/label/config"  # the id it always had
+    assert labels["pi_vision"][0] == f"homeassistant/sensor/{node_id_for('pi_vision')}/label/config"
+    assert labels["kitchen/cam"][0] == "homeassistant/sensor/kitchen/label/config"
+    devices = {c["device"]["identifiers"][0] for _, c in labels.values()}
+    assert len(devices) == 3
+
+
+@needs_paho
+def test_mqtt_clear_takes_the_camera_out_of_home_assistant(coral, mosquitto, tmp_path):
+    """What `install.sh --uninstall` runs: after it, a Home Assistant that subscribes finds no config and no status
+    of the camera; other retained messages on the broker stay. With the broker gone: one error line, exit code 1."""
+    port = mosquitto.port
+    url = f"mqtt://127.0.0.1:{port}/robot/vision"
+    result = runner.invoke(app, ["run", str(coral / MODEL), "--source", str(coral / "cat.bmp"), "-q", "--sink", url,
+                                 "--mqtt-discovery", "--mqtt-discovery-prefix", "ha", "--mqtt-discovery-node-id", "robot"])
+    assert result.exit_code == 0, result.output
+    import paho.mqtt.client as mqtt
+
+    other = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    other.connect("127.0.0.1", port)
+    other.loop_start()
+    other.publish("ha/sensor/other/label/config", b"{}", qos=1, retain=True).wait_for_publish(5)
+    other.loop_stop()
+    other.disconnect()
+    before = Retained(port, "ha/#", "robot/#")
+    time.sleep(1.0)
+    before.close()
+    assert set(before.messages) == {"ha/sensor/robot/label/config", "ha/binary_sensor/robot/online/config",
+                                    "robot/vision/status", "ha/sensor/other/label/config"}
+
+    cleared = runner.invoke(app, ["mqtt-clear", "--sink", url, "--mqtt-discovery", "--mqtt-discovery-prefix", "ha",
+                                  "--mqtt-discovery-node-id", "robot"])
+    assert cleared.exit_code == 0, cleared.output
+    assert cleared.stdout.startswith(f"cleared 3 retained topic(s) on 127.0.0.1:{port}: ha/sensor/robot/label/config")
+    after = Retained(port, "ha/#", "robot/#")
+    time.sleep(1.0)
+    after.close()
+    assert set(after.messages) == {"ha/sensor/other/label/config"}
+
+    mosquitto.stop()
+    down = runner.invoke(app, ["mqtt-clear", "--sink", url, "--mqtt-discovery", "--timeout", "1"])
+    errors = [line for line in down.stderr.splitlines() if line.startswith("error:")]
+    assert down.exit_code == 1 and len(errors) == 1 and "Traceback" not in down.output, down.output
+    assert f"could not connect to MQTT broker 127.0.0.1:{port}" in errors[0] and "nothing was cleared" in errors[0]
+    bad = runner.invoke(app, ["mqtt-clear", "--sink", "mqtt://127.0.0.1:1/t%00"])
+    assert bad.exit_code == 1 and bad.stderr.startswith("error: MQTT topic 't\\x00' holds a NUL"), bad.output
+
+
+@needs_paho
+def test_mqtt_clear_names_refused_credentials(tmp_path):
+    from conftest import Mosquitto
+
+    broker = Mosquitto(tmp_path, users={"pi": "right"}).start()
+    try:
+        done = runner.invoke(app, ["mqtt-clear", "--sink", f"mqtt://pi@127.0.0.1:{broker.port}/cam"],
+                             env={"EDGECLS_MQTT_PASSWORD": "wrong"})
+    finally:
+        broker.stop()
+    assert done.exit_code == 1 and "refused the login (Not authorized): check the user and password" in done.stderr
+    assert "nothing was cleared" in done.stderr and "wrong" not in done.output

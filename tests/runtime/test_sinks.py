@@ -16,6 +16,7 @@ import pytest
 from conftest import needs_opencv, needs_paho
 
 from edgecls.errors import ConfigError, SinkError
+from edgecls.mqtt import check_topic
 from edgecls.postprocess import Prediction
 from edgecls.sinks import JsonlSink, MqttSink, PreviewSink, TextSink, VideoSink, parse_mqtt_url, parse_sink
 from edgecls.smoothing import Decision
@@ -225,7 +226,8 @@ def test_mqtt_buffer_is_bounded_and_an_unreachable_broker_does_not_block(mosquit
         assert time.monotonic() - start < 0.5
         assert sink.pending == 3 and sink.dropped == 7
         start = time.monotonic()
-        sink.close()
+        with pytest.raises(SinkError, match=r"nothing delivered \(10 result\(s\) not sent\): could not connect to 127"):
+            sink.close()  # it delivered nothing: close says so, and why
         assert time.monotonic() - start < 1.0  # a stop with the broker down stays under a second
         assert sink.unsent == 3 and sink.sent == 0
     finally:
@@ -346,11 +348,284 @@ def test_the_password_comes_from_the_environment(tmp_path, coral):
         while not got and time.monotonic() < deadline:
             time.sleep(0.05)
         assert [m["predictions"][0]["label"] for m in got] == ["Egyptian cat"]
-        # without the password the broker refuses the connection; the result is not delivered
+        # without the password the broker refuses the connection; the result is not delivered, and the run says
+        # why and fails (it used to end with exit code 0 and "not reachable yet")
         wrong = subprocess.run(command, capture_output=True, text=True, timeout=120,
                                env={**os.environ, "EDGECLS_MQTT_PASSWORD": "wrong"})
         time.sleep(0.5)
         assert len(got) == 1 and "wrong" not in wrong.stderr
+        errors = [line for line in wrong.stderr.splitlines() if line.startswith("error:")]
+        assert wrong.returncode == 1 and len(errors) == 1 and "Traceback" not in wrong.stderr, wrong.stderr
+        assert "nothing delivered (1 result(s) not sent)" in errors[0]
+        assert "refused the login (Not authorized): check the user and password" in errors[0]
     finally:
         sub.loop_stop()
         broker.stop()
+
+
+# -- topics: refused at start when no broker takes them; what is accepted reaches a real broker ----------------------
+
+LONGEST = 65535 - len("/status")  # bytes of the longest topic whose status topic still fits MQTT's 65,535
+
+
+@pytest.mark.parametrize(("topic", "says"), [
+    ("t%00x", "holds a NUL character"),
+    ("t%0Ax", "holds a control character"),
+    ("t%1B[2J", "holds a control character"),
+    ("t%7F", "holds a control character"),
+    ("t/%C2%85", "holds a control character (U+0085)"),  # C1 NEXT LINE
+    ("t/%EF%BF%BF", "noncharacter U+FFFF"),
+    ("t/%EF%B7%90", "noncharacter U+FDD0"),
+    ("t/%F4%8F%BF%BF", "noncharacter U+10FFFF"),
+    ("t%FF", "not valid UTF-8"),
+    ("t%C3", "not valid UTF-8"),
+    ("t/\udcff", "not valid UTF-8"),  # a stray byte in argv, as Python decodes it
+    ("t/+", "wildcards"),
+    ("t/%23", "wildcards"),
+    ("x" * (LONGEST + 1), "too long: with its status topic (/status) it takes 65,536 bytes"),
+    ("%C3%A9" * 40000, "too long"),  # 40,000 characters, 80,000 bytes
+    ("/pi/vision", "the topic starts with '/'"),
+    ("//pi/vision", "the topic starts with '/'"),
+    ("pi?vision", "a '?' would start a URL query"),
+])
+def test_a_topic_no_broker_takes_is_refused_at_start(topic, says):
+    """Each used to start a client that reconnected forever (NUL, control characters: "Malformed UTF-8"), kill
+    paho's thread (over 65,535 bytes: struct.error) or be changed silently (a leading '/' stripped, '?...' cut)."""
+    url = f"mqtt://pi:hunter2@127.0.0.1:1/{topic}"
+    for make in (parse_sink, MqttSink):
+        with pytest.raises(ConfigError) as caught:
+            make(url)
+        message = str(caught.value)
+        assert says in message and "\n" not in message and len(message) < 400, message
+        assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(("path", "topic"), [
+    ("%2Fpi/vision", "/pi/vision"),  # a leading slash that is meant: written %2F
+    ("pi/vision/", "pi/vision/"),
+    ("a%3Fb", "a?b"),
+    ("caf%C3%A9/%E2%82%AC", "café/€"),
+    ("x" * LONGEST, "x" * LONGEST),
+])
+def test_a_topic_is_the_url_path_exactly(path, topic):
+    assert parse_mqtt_url(f"mqtt://h/{path}")[2] == topic
+
+
+@needs_paho
+def test_what_check_topic_refuses_mosquitto_refuses(mosquitto):
+    """The rule behind check_topic, tried on the real broker with paho directly: a topic with a NUL, a C0 or C1
+    control character, DEL or a noncharacter gets the connection closed; the characters around them go through."""
+    import paho.mqtt.client as mqtt
+
+    def delivered(topic: str) -> bool:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        client.connect("127.0.0.1", mosquitto.port)
+        client.loop_start()
+        try:
+            info = client.publish(topic, b"x", qos=1)
+            info.wait_for_publish(2)
+            return info.is_published()
+        except RuntimeError:  # the connection was closed under it
+            return False
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
+    refused = ["a/\x00", "a/\x01", "a/\n", "a/\x1f", "a/\x7f", "a/\x85", "a/\x9f", "a/\ufdd0", "a/\ufffe", "a/\uffff",
+               "a/\U0001fffe", "a/\U0010ffff"]
+    accepted = ["a/ ", "a/~", "a/\xa0", "a/\ufdcf", "a/\ufdf0", "a/\ufffd", "a/é", "/a"]
+    for topic in refused:
+        with pytest.raises(ConfigError):
+            check_topic(topic)
+    assert [t for t in refused if delivered(t)] == []
+    assert [t for t in accepted if not delivered(t)] == []
+
+
+@needs_paho
+def test_the_longest_topic_and_a_meant_leading_slash_reach_a_real_broker(mosquitto):
+    import paho.mqtt.client as mqtt
+
+    got: dict[str, list[bytes]] = {}
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    sub.on_message = lambda c, u, m: got.setdefault(m.topic, []).append(m.payload)
+    sub.connect("127.0.0.1", mosquitto.port)
+    sub.subscribe("#", qos=1)
+    sub.loop_start()
+    topics = ["x" * LONGEST, "/pi/vision", "café/€"]
+    sinks = [MqttSink(f"mqtt://127.0.0.1:{mosquitto.port}/{path}", qos=1)
+             for path in ("x" * LONGEST, "%2Fpi/vision", "caf%C3%A9/%E2%82%AC")]
+    try:
+        time.sleep(0.3)
+        for sink in sinks:
+            assert sink.wait_connected(5)
+            sink.write(result(1, frame=False))
+            assert sink.flush(5)
+    finally:
+        for sink in sinks:
+            sink.close()
+        time.sleep(0.3)
+        sub.loop_stop()
+        sub.disconnect()
+    for topic in topics:
+        assert json.loads(got[topic][0])["sequence"] == 1
+        assert got[topic + "/status"][-1] == b"offline"
+
+
+# -- a run whose MQTT sink delivered nothing says why and fails --------------------------------------------------------
+
+MODEL = "mobilenet_v2_1.0_224_quant.tflite"
+
+
+def run_once(coral, url: str, *extra: str):  # type: ignore[no-untyped-def]
+    """`edgecls run` over one image into ``url`` (in-process): exit code, the error lines, the whole stderr."""
+    from typer.testing import CliRunner
+
+    from edgecls.cli import app
+
+    done = CliRunner().invoke(app, ["run", str(coral / MODEL), "--source", str(coral / "cat.bmp"), "-q",
+                                    "--mqtt-qos", "1", "--sink", url, *extra])
+    assert "Traceback" not in done.output and (done.exception is None or isinstance(done.exception, SystemExit))
+    return done.exit_code, [line for line in done.stderr.splitlines() if line.startswith("error:")], done.stderr
+
+
+@needs_paho
+def test_refused_credentials_are_named_and_fail_the_run(coral, tmp_path):
+    from conftest import Mosquitto
+
+    broker = Mosquitto(tmp_path, users={"pi": "right"}).start()
+    try:
+        code, errors, said = run_once(coral, f"mqtt://pi:wrong@127.0.0.1:{broker.port}/cam")
+        assert code == 1 and len(errors) == 1, said
+        assert "nothing delivered (1 result(s) not sent)" in errors[0]
+        assert "refused the login (Not authorized): check the user and password" in errors[0]
+        assert "wrong" not in said and said.count("refused the login") == 2  # once when it happened, once at the end
+        code, errors, said = run_once(coral, f"mqtt://127.0.0.1:{broker.port}/cam")  # no user at all
+        assert code == 1 and len(errors) == 1 and "it wants a user and password" in errors[0], said
+    finally:
+        broker.stop()
+
+
+@needs_paho
+def test_a_broker_never_reached_fails_the_run(coral):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, errors, said = run_once(coral, f"mqtt://127.0.0.1:{port}/cam")
+    assert code == 1 and len(errors) == 1, said
+    assert f"could not connect to 127.0.0.1:{port}" in errors[0] and "not reachable yet" in said
+
+
+@needs_paho
+def test_a_server_that_never_acknowledges_fails_the_run(coral):
+    """Something listens but never answers the MQTT connection (not a broker, or a TLS port asked without TLS)."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    try:
+        code, errors, said = run_once(coral, f"mqtt://127.0.0.1:{server.getsockname()[1]}/cam")
+    finally:
+        server.close()
+    assert code == 1 and len(errors) == 1, said
+    assert "did not acknowledge the connection" in errors[0] and "is it an MQTT broker? TLS needs mqtts://" in errors[0]
+
+
+@needs_paho
+def test_a_topic_the_broker_rejects_fails_the_run(coral, mosquitto):
+    """A topic of 201 levels is valid MQTT, so it passes check_topic, but Mosquitto takes at most 200: it closes
+    the connection before acknowledging it (the last will names the status topic), every time."""
+    deep = "/".join(["a"] * 201)
+    code, errors, said = run_once(coral, f"mqtt://127.0.0.1:{mosquitto.port}/{deep}")
+    assert code == 1 and len(errors) == 1, said
+    assert "closed the connection before acknowledging it" in errors[0] and "see the broker's log" in errors[0]
+    assert len(errors[0]) < 1000  # the 403-byte topic is shown cut short
+    assert said.count("sink-error:") == 1  # said once while it ran, however often it reconnected
+
+
+@needs_paho
+def test_messages_the_broker_rejects_fail_the_run_without_a_flood_of_lines(coral, tmp_path):
+    """A broker that closes the connection at every result (here: larger than its max_packet_size) acknowledges
+    none: the run says so once while it runs and fails at the end, where every reconnect used to be two lines."""
+    from conftest import Mosquitto
+
+    broker = Mosquitto(tmp_path)
+    broker.config.write_text(broker.config.read_text() + "max_packet_size 200\n")
+    broker.start()
+    try:
+        from typer.testing import CliRunner
+
+        from edgecls.cli import app
+
+        done = CliRunner().invoke(app, ["run", str(coral / MODEL), "--source", str(coral / "cat.bmp"), "--loop",
+                                        "--duration", "4", "-q", "--mqtt-qos", "1",
+                                        "--sink", f"mqtt://127.0.0.1:{broker.port}/cam"])
+    finally:
+        broker.stop()
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.exit_code == 1 and len(errors) == 1 and "Traceback" not in done.output, done.stderr
+    assert "the broker acknowledged none of the results on 'cam'" in errors[0]
+    assert "closed the connection" in errors[0] and "messages this large" in errors[0]
+    assert "oversize packet" in (tmp_path / "mosquitto.log").read_text()  # what the broker's log says
+    # dozens of reconnects in 4 s: a line or two about them, not two lines each
+    assert done.stderr.count("sink-disconnected") <= 2 and done.stderr.count("sink-reconnected") <= 2, done.stderr
+    assert done.stderr.count("keeps closing the connection") <= 1, done.stderr
+
+
+@needs_paho
+def test_a_sink_that_delivered_says_nothing_more(mosquitto):
+    sink = MqttSink(f"mqtt://127.0.0.1:{mosquitto.port}/cam", qos=1)
+    try:
+        assert sink.wait_connected(5)
+        sink.write(result(1, frame=False))
+        assert sink.flush(5)
+        assert sink.delivery_problem() is None
+    finally:
+        sink.close()  # no SinkError
+    quiet = MqttSink(f"mqtt://127.0.0.1:{mosquitto.port}/cam", on_change=True)
+    assert quiet.wait_connected(5)
+    quiet.write(result(2, changed=False, frame=False))  # nothing to send: reaching the broker is all it had to do
+    quiet.close()
+    assert quiet.written == 0 and quiet.delivery_problem() is None
+
+
+# -- clearing what a run left retained ---------------------------------------------------------------------------------
+
+
+def retained(port: int, *filters: str, wait: float = 1.0) -> dict[str, bytes]:
+    """The retained messages a new subscriber gets on ``filters``."""
+    import paho.mqtt.client as mqtt
+
+    got: dict[str, bytes] = {}
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.on_message = lambda c, u, m: got.__setitem__(m.topic, m.payload) if m.retain else None
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe([(f, 1) for f in filters])
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    time.sleep(wait)
+    client.loop_stop()
+    client.disconnect()
+    return got
+
+
+@needs_paho
+def test_clear_retained_takes_the_status_and_a_retained_result_off_a_real_broker(mosquitto):
+    from edgecls.mqtt import clear_retained
+
+    url = f"mqtt://127.0.0.1:{mosquitto.port}/robot/vision"
+    sink = MqttSink(url, qos=1, retain=True)
+    assert sink.wait_connected(5)
+    sink.write(result(1, frame=False))
+    assert sink.flush(5)
+    sink.close()
+    assert set(retained(mosquitto.port, "robot/#")) == {"robot/vision", "robot/vision/status"}
+    assert clear_retained(url) == ["robot/vision/status"]
+    assert set(retained(mosquitto.port, "robot/#")) == {"robot/vision"}  # the result was not asked for
+    assert clear_retained(url, results=True) == ["robot/vision/status", "robot/vision"]
+    assert retained(mosquitto.port, "robot/#") == {}
+    port = mosquitto.port
+    mosquitto.stop()
+    with pytest.raises(SinkError, match=f"could not connect to MQTT broker 127.0.0.1:{port} .*nothing was cleared"):
+        clear_retained(url, timeout=1)
