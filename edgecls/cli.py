@@ -348,6 +348,9 @@ def run(
     mqtt_discovery_prefix: Annotated[
         str, typer.Option("--mqtt-discovery-prefix", help="Home Assistant's discovery prefix.")
     ] = "homeassistant",
+    mqtt_discovery_node_id: Annotated[
+        Optional[str], typer.Option("--mqtt-discovery-node-id", help="The device's id in Home Assistant (default: from the topic, one per topic).", show_default=False)
+    ] = None,
     stats_every: Annotated[
         Optional[float], typer.Option("--stats-every", min=0.1, help="A JSON line of live statistics on stderr every S seconds.")
     ] = None,
@@ -391,7 +394,7 @@ def run(
             camera_fps=_first(camera_fps, camera.get("fps") if use_profile_camera else None),
             picamera=camera.get("picamera") if use_profile_camera else None,
             mqtt_qos=mqtt_qos, mqtt_retain=mqtt_retain, stats_every=stats_every,
-            mqtt_discovery=mqtt_discovery_prefix if mqtt_discovery else None,
+            mqtt_discovery=mqtt_discovery_prefix if mqtt_discovery else None, mqtt_discovery_node_id=mqtt_discovery_node_id,
             collect=str(collect) if collect is not None else None, preview_token=preview_token,
             preview_hosts=tuple(preview_host or ()),
             collect_policy=_collect_policy(collect_below, collect_margin, collect_sample, collect_every, collect_max),
@@ -603,21 +606,69 @@ def deploy(
     mqtt_discovery: Annotated[
         bool, typer.Option("--mqtt-discovery", help="The service announces the camera to Home Assistant (as for run).")
     ] = False,
+    mqtt_discovery_prefix: Annotated[
+        str, typer.Option("--mqtt-discovery-prefix", help="Home Assistant's discovery prefix.")
+    ] = "homeassistant",
+    mqtt_discovery_node_id: Annotated[
+        Optional[str], typer.Option("--mqtt-discovery-node-id", help="The device's id in Home Assistant (default: from the topic, one per topic).", show_default=False)
+    ] = None,
 ) -> None:
     """Bundle a model for a device: model (+ Edge TPU build), labels, profile, boot lines, systemd unit, install script
     and the edgecls wheel. An MQTT password in a --sink URL is left out: the device's install.sh takes it."""
     from .deploy import build_bundle
+    from .hass import discovery_for
     from .profiles import load_profile
 
     with project_errors():
+        discovery = discovery_for(mqtt_discovery, prefix=mqtt_discovery_prefix, node_id=mqtt_discovery_node_id)
         bundle = build_bundle(
             model, load_profile(profile), out, sinks=list(sink or []), prefix=prefix, user=user, pip_spec=pip_spec,
-            wheel=wheel, wheelhouse=wheelhouse, extra_args=["--mqtt-discovery"] if mqtt_discovery else None,
+            wheel=wheel, wheelhouse=wheelhouse, discovery=discovery,
         )
     for warning in bundle.warnings:
         typer.echo(f"warning: {warning}", err=True)
     typer.echo(f"wrote {bundle.path} ({bundle.path.stat().st_size / 1024:.1f} KiB): {', '.join(sorted(bundle.files))}")
     typer.echo(f"on the device: tar xzf {bundle.path.name} && cd {bundle.root} && sudo ./install.sh")
+
+
+@app.command("mqtt-clear", rich_help_panel=SHIP, epilog=examples('edgecls mqtt-clear --sink mqtt://broker.local/pi/vision --mqtt-discovery', 'edgecls mqtt-clear --sink mqtt://pi@broker.local/pi/vision --mqtt-retain'))
+def mqtt_clear(
+    sink: Annotated[
+        list[str], typer.Option("--sink", help="An MQTT sink of the run, mqtt://\\[user:pass@]host[:port]/topic (repeatable); a password may come from EDGECLS_MQTT_PASSWORD.", show_default=False)
+    ],
+    mqtt_discovery: Annotated[
+        bool, typer.Option("--mqtt-discovery", help="Also the Home Assistant discovery configs (the device leaves Home Assistant).")
+    ] = False,
+    mqtt_discovery_prefix: Annotated[
+        str, typer.Option("--mqtt-discovery-prefix", help="Home Assistant's discovery prefix, as the run had it.")
+    ] = "homeassistant",
+    mqtt_discovery_node_id: Annotated[
+        Optional[str], typer.Option("--mqtt-discovery-node-id", help="The device's id in Home Assistant, as the run had it.", show_default=False)
+    ] = None,
+    mqtt_retain: Annotated[bool, typer.Option("--mqtt-retain", help="Also the last result (a run with --mqtt-retain).")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for each broker.")] = 5.0,
+) -> None:
+    """Take off the broker what `edgecls run` left retained there: its TOPIC/status message and, with --mqtt-discovery,
+    the Home Assistant configs. `install.sh --uninstall` runs it. Exit code 1 when a broker could not be cleared."""
+    from .hass import discovery_for
+    from .mqtt import clear_retained, parse_mqtt_url
+
+    with project_errors():
+        discovery = discovery_for(mqtt_discovery, prefix=mqtt_discovery_prefix, node_id=mqtt_discovery_node_id)
+        for url in sink:
+            parse_mqtt_url(url)  # every sink is checked before any broker is touched
+    failed = 0
+    for url in sink:
+        try:
+            cleared = clear_retained(url, discovery=discovery, results=mqtt_retain, timeout=timeout)
+        except EdgeclsError as exc:
+            failed += 1
+            error(str(exc))
+            continue
+        host, port = parse_mqtt_url(url)[:2]
+        typer.echo(f"cleared {len(cleared)} retained topic(s) on {host}:{port}: {', '.join(cleared)}")
+    if failed:
+        raise typer.Exit(code=1)
 
 
 def _collect_policy(below: float, margin: float, sample: float, every: float, most: str) -> Any:

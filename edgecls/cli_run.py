@@ -21,6 +21,7 @@ from typing import Any, TextIO
 from .capture import StreamEvent
 from .classifier import Classifier
 from .collect import Collector
+from .errors import EdgeclsError
 from .sinks import MqttSink, PreviewSink, Sink, SinkGroup, TextSink, format_line, parse_sink
 from .smoothing import Smoothing
 from .stream import Stream, StreamStats
@@ -56,6 +57,7 @@ class RunOptions:
     mqtt_qos: int = 0
     mqtt_retain: bool = False
     mqtt_discovery: str | None = None  # Home Assistant MQTT discovery under this prefix (edgecls.hass)
+    mqtt_discovery_node_id: str | None = None  # the device's id in Home Assistant (default: from the topic)
     collect: str | None = None  # keep the frames worth a look here (edgecls.collect)
     preview_token: str | None = None  # the dashboard's token, needed when it listens beyond 127.0.0.1
     preview_hosts: tuple[str, ...] = ()  # more names the dashboard answers to (Host header)
@@ -125,12 +127,12 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
 def _make_sinks(options: RunOptions, on_event: Any, say: Any, model_name: str | None = None,
                 stats: Any = None) -> list[Sink]:
     sinks: list[Sink] = []
-    discovery = None
-    if options.mqtt_discovery is not None:
-        from .hass import Discovery, require_mqtt_sink
+    from .hass import discovery_for, require_mqtt_sink
 
-        discovery = Discovery(prefix=options.mqtt_discovery, model=model_name)
-        require_mqtt_sink(options.sinks)
+    discovery = discovery_for(options.mqtt_discovery is not None, prefix=options.mqtt_discovery or "homeassistant",
+                              node_id=options.mqtt_discovery_node_id, model=model_name)
+    if discovery is not None:
+        require_mqtt_sink(options.sinks, discovery)
     try:
         for spec in options.sinks:
             sink = parse_sink(
@@ -139,9 +141,9 @@ def _make_sinks(options: RunOptions, on_event: Any, say: Any, model_name: str | 
                 preview_token=options.preview_token, preview_hosts=options.preview_hosts, stats=stats,
             )
             sinks.append(sink)
-            if isinstance(sink, MqttSink) and not sink.wait_connected(2.0):
-                why = f" ({sink.last_error})" if sink.last_error else ""
-                say(f"warning: MQTT broker {sink.host}:{sink.port} is not reachable yet{why}; results are buffered "
+            # a broker that refused the login or closed the connection has said so (a sink-error line) already
+            if isinstance(sink, MqttSink) and not sink.wait_connected(2.0) and sink.last_error is None:
+                say(f"warning: MQTT broker {sink.host}:{sink.port} is not reachable yet; results are buffered "
                     "and sent when it is")
             if isinstance(sink, PreviewSink):
                 say(sink.announce())
@@ -149,7 +151,10 @@ def _make_sinks(options: RunOptions, on_event: Any, say: Any, model_name: str | 
             sinks.append(Collector(options.collect, options.collect_policy, model=model_name))
     except BaseException:
         for s in sinks:
-            s.close()
+            try:
+                s.close()
+            except EdgeclsError:  # an MQTT sink that delivered nothing yet: the error being raised says more
+                pass
         raise
     return sinks
 
