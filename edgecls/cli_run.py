@@ -70,6 +70,8 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
     lock = threading.Lock()
 
     def say(line: str) -> None:
+        if err is None:  # started with stderr closed (2>&-): Python has no sys.stderr, no one to tell
+            return
         with lock:
             try:
                 err.write(line + "\n")
@@ -100,7 +102,7 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
 
     try:
         sinks = _make_sinks(options, on_event, say, model_name=Path(str(clf.path)).name, stats=stream.stats)
-        if not options.quiet:
+        if not options.quiet and out is not None:  # started with stdout closed (>&-): as --quiet
             sinks.insert(0, _StdoutSink(_stdout_sink(out, options, stream), out, stdout_gone))
         if options.stats_every:
             sinks.append(_StatsLines(stream, options.stats_every, say))

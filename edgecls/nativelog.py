@@ -60,7 +60,7 @@ def quiet_native_stderr(*, replay: bool = True) -> Iterator[list[str]]:
                         log.debug("native: %s", line)
                     else:
                         kept.append(line)
-                if replay:
+                if replay and sys.stderr is not None:  # print(file=None) would write to stdout
                     for line in kept:
                         print(line, file=sys.stderr)
 

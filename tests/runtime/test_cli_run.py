@@ -206,6 +206,25 @@ def test_run_piped_into_head_ends_with_exit_code_0(coral, tmp_path, tail):
         assert stderr.strip().splitlines()[-1].endswith("stopped by a closed stdout"), stderr
 
 
+@pytest.mark.parametrize("closed", [">&-", "2>&-"], ids=["stdout", "stderr"])
+def test_a_stream_closed_before_the_start_is_no_error(coral, tmp_path, closed):
+    """Started with stdout closed (`>&-`, Python's sys.stdout is None) the results go to the other sinks, as with
+    --quiet; with stderr closed the messages have nowhere to go. Before, both were an AttributeError."""
+    import shlex
+
+    out = tmp_path / "live.jsonl"
+    command = [sys.executable, "-m", "edgecls", "run", str(coral / MODEL), "--source", "demo", "--max-frames", "3",
+               "--json", "--sink", f"jsonl:{out}"]
+    proc = subprocess.run(["bash", "-c", f"exec {shlex.join(command)} {closed}"], capture_output=True, text=True,
+                          timeout=PATIENCE_S, check=False)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(out.read_text().splitlines()) == 3
+    if closed == ">&-":
+        assert proc.stdout == "" and proc.stderr.strip().splitlines()[-1].startswith("done: 3 frames")
+    else:
+        assert proc.stderr == "" and len(proc.stdout.splitlines()) == 3
+
+
 def test_live_statistics_on_stderr(coral):
     """A line of statistics every 0.2 s, not one per result. 60 results from a camera-like source of at most 100
     frames a second span at least 0.59 s however fast the machine is (a slow one only takes longer), so there are
