@@ -39,6 +39,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
 FLOWERS = SHARED / "flowers128"
 WEIGHTS = SHARED / "weights" / "mobilenet_v1_0.25_224_no_top.h5"
+V2_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top.h5"
+# A frozen ImageNet backbone with a new head and no augmentation: the backbone runs once over the images and the
+# head trains on its features (edgecls.convert.training.head_on_features), minutes where fine-tuning takes an hour.
+FROZEN = ["--input-size", "160", "--epochs", "40", "--fine-tune-epochs", "0", "--patience", "8", "--augment", "0",
+          "--label-smoothing", "0.1", "--calibration-samples", "500"]
 
 COMMON = ["--no-baseline"]
 COMPACT = ["--arch", "compact-cnn", "--input-size", "128", "--width", "48", "--depth", "4", "--patience", "15",
@@ -62,6 +67,10 @@ RUNS = {
     "mobilenet_v1-random": ["--arch", "mobilenet_v1", "--alpha", "0.25", "--weights", "none", "--input-size", "160",
                             "--epochs", "38", "--fine-tune-epochs", "0", "--patience", "8", "--learning-rate", "0.003"],
     "seed-cnn": ["--arch", "seed-cnn", "--epochs", "30", "--patience", "6", "--augment", "0"],
+    # MobileNetV2 1.0 from the shared ImageNet weights (its alpha read from the file name), frozen, head only
+    "mobilenet_v2-frozen": ["--arch", "mobilenet_v2", "--weights", str(V2_WEIGHTS), *FROZEN],
+    # the same for the V1 0.25 of the recipe above, to set the two backbones side by side
+    "mobilenet_v1-frozen": ["--arch", "mobilenet_v1", "--alpha", "0.25", "--weights", str(WEIGHTS), *FROZEN],
 }
 
 
@@ -90,6 +99,12 @@ def run(name: str, args: list[str], out_root: Path, seed: int = 0, extra: list[s
     report = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
     if not report:
         print(proc.stdout[-3000:])
+    latency = None
+    if (out / "model.tflite").is_file():  # the int8 model's latency on this CPU, as `edgecls bench` measures it
+        bench = subprocess.run([str(edgecls), "bench", str(out / "model.tflite"), "--threads", "2", "--json"],
+                               capture_output=True, text=True)
+        if bench.returncode == 0:
+            latency = json.loads(bench.stdout)
     return {
         "name": name,
         "seed": seed,
@@ -103,7 +118,9 @@ def run(name: str, args: list[str], out_root: Path, seed: int = 0, extra: list[s
         "agreement": report.get("agreement"),
         "int8_bytes": report.get("int8_bytes"),
         "float_tflite_bytes": report.get("float_tflite_bytes"),
-        "size_ratio": (report["int8_bytes"] / report["float_tflite_bytes"]) if report else None,
+        "size_ratio": ((report.get("int8_graph_bytes") or report["int8_bytes"]) / report["float_tflite_bytes"])
+                      if report else None,
+        "int8_latency": latency,
         "epochs_run": len(report.get("history", {}).get("loss", [])) if report.get("history") else None,
         "val_top1_restored": restored_val_accuracy(report.get("history")),
     }

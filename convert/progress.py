@@ -47,6 +47,10 @@ class RichObserver:
 
     def stage(self, name: str, epochs: int) -> None:
         self._close_bar()
+        if name == "backbone features":
+            self.console.print("[bold cyan]>[/] running the frozen backbone once over the training and validation "
+                               "images (no augmentation: the head then trains on its features)")
+            return
         if name == "int8-tune":
             self.console.print(f"[bold cyan]>[/] int8 tuning, {epochs} epochs (KL divergence to the float model)")
             return

@@ -332,11 +332,22 @@ def train(
         with strategy.scope():
             compile_model(model, learning_rate=lr, sigmoid=sigmoid, label_smoothing=config.label_smoothing,
                           decay_steps=steps, weight_decay=config.weight_decay, optimizer=config.optimizer)
+        fit_model, fit_train, fit_val = model, None, None
+        if pretrained and not base.trainable and not multi_worker and head_on_features(config, teacher):
+            observer.stage("backbone features", 1)
+            fit_model, fit_train, fit_val = _head_on_features(model, dataset, config, sigmoid)
+            compile_model(fit_model, learning_rate=lr, sigmoid=sigmoid, label_smoothing=config.label_smoothing,
+                          decay_steps=steps, weight_decay=config.weight_decay, optimizer=config.optimizer)
         observer.stage(name, epochs)
-        history["stages"].append({"name": name, "start_epoch": len(history["loss"]), "learning_rate": lr})
+        history["stages"].append({"name": name, "start_epoch": len(history["loss"]), "learning_rate": lr,
+                                  **({"on_features": True} if fit_train is not None else {})})
         callbacks, best, early = _callbacks(config, name, epochs, checkpoint_dir, observer, should_stop,
                                             stop_request)
-        if multi_worker:  # Keras's fit does not run under this strategy (see .distributed)
+        if fit_train is not None:  # the frozen backbone ran once; the head trains on its features
+            with stop_request.fitting() if stop_request is not None else contextlib.nullcontext():
+                fitted = fit_model.fit(fit_train, validation_data=fit_val, epochs=epochs, class_weight=weights,
+                                       shuffle=False, verbose=0, callbacks=callbacks).history
+        elif multi_worker:  # Keras's fit does not run under this strategy (see .distributed)
             fitted = distributed.fit(model, strategy, make_train=shard_pipeline, val=val_arrays,
                                      n_train=len(dataset.samples["train"]), batch_size=config.batch_size,
                                      epochs=epochs, callbacks=callbacks, sigmoid=sigmoid)
@@ -357,7 +368,7 @@ def train(
         stopped = stop_request is not None and stop_request.requested
         kept = best.best_epoch if stopped else early.best_epoch if early.best_weights is not None else None
         if stopped and best.best_epoch is not None:
-            model.load_weights(best.checkpoint_path)
+            fit_model.load_weights(best.checkpoint_path)  # the head's own layers, when it trained on features
         stage = history["stages"][-1]
         stage["kept_epoch"] = None if kept is None else stage["start_epoch"] + kept + 1
         if stopped:
@@ -368,6 +379,43 @@ def train(
             }
             break
     return history
+
+
+def head_on_features(config: TrainConfig, teacher: Any = None) -> bool:
+    """Whether a frozen backbone's head trains on features computed once: when its images are not augmented (no
+    augmentation, no MixUp, no teacher blending), every epoch would run the backbone on the same pixels again."""
+    return config.augment == 0 and config.mixup == 0 and teacher is None
+
+
+def _head_on_features(model: Any, dataset: Dataset, config: TrainConfig, sigmoid: bool) -> tuple[Any, Any, Any]:
+    """The model's head as a model of its own (the same layer objects, so training it trains the model's head),
+    and tf.data pipelines of the frozen backbone's pooled features for the training and validation images, each
+    image run through the backbone once, a batch at a time."""
+    import keras
+    import tensorflow as tf
+
+    pool = model.get_layer("pool")
+    extractor = keras.Model(model.inputs, pool.output)
+    head_input = keras.Input(tuple(pool.output.shape[1:]), name="features")
+    x = head_input
+    for layer in model.layers[model.layers.index(pool) + 1:]:
+        x = layer(x)
+    head = keras.Model(head_input, x, name=f"{model.name}_head")
+    k = len(dataset.classes)
+
+    def features(images: Any) -> np.ndarray:
+        rows = [np.asarray(extractor.predict_on_batch(np.asarray(images[i:i + 64], dtype=np.float32)))
+                for i in range(0, len(images), 64)]
+        return np.concatenate(rows) if rows else np.zeros((0, *pool.output.shape[1:]), np.float32)
+
+    def pipeline(split: str, train: bool) -> Any:
+        ds = tf.data.Dataset.from_tensor_slices((features(dataset.images[split]),
+                                                 targets(dataset.labels(split), k, sigmoid)))
+        if train:
+            ds = ds.shuffle(len(dataset.samples[split]), seed=config.seed, reshuffle_each_iteration=True)
+        return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    return head, pipeline("train", True), pipeline("val", False)
 
 
 def _unfreeze_top(base: Any, n_layers: int) -> None:

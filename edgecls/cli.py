@@ -682,10 +682,11 @@ def _collect_policy(below: float, margin: float, sample: float, every: float, mo
 def _register_host_commands() -> None:
     """The workstation's commands, from `edgecls.convert.cli` (cheap to import: TensorFlow loads only when one runs,
     and where it is not installed the command says which extra to install)."""
-    from .convert.cli import CONVERT_EXAMPLES, TUNE_EXAMPLES, convert, tune
+    from .convert.cli import CONVERT_EXAMPLES, TUNE_EXAMPLES, cache_app, convert, tune
 
     app.command("convert", rich_help_panel=HOST, epilog=CONVERT_EXAMPLES)(convert)
     app.command("tune", rich_help_panel=HOST, epilog=TUNE_EXAMPLES)(tune)
+    app.add_typer(cache_app, name="cache", rich_help_panel=HOST)
 
 
 _register_host_commands()
