@@ -13,7 +13,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -96,22 +97,23 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
     group = SinkGroup([], on_event)
     stopped: list[str] = []  # what stopped the run: a signal's name, or CLOSED_STDOUT
 
-    def stdout_gone() -> None:
-        stopped.append(CLOSED_STDOUT)
+    def stop(why: str) -> None:
+        stopped.append(why)
         stream.stop()
 
-    try:
-        sinks = _make_sinks(options, on_event, say, model_name=Path(str(clf.path)).name, stats=stream.stats)
-        if not options.quiet and out is not None:  # started with stdout closed (>&-): as --quiet
-            sinks.insert(0, _StdoutSink(_stdout_sink(out, options, stream), out, stdout_gone))
-        if options.stats_every:
-            sinks.append(_StatsLines(stream, options.stats_every, say))
-        group.sinks = sinks
-        _run(stream, group, stopped)
-    finally:
-        stream.close()
-        failed = group.close()
-        clf.close()
+    with _stop_signals(stop):  # until every sink is closed: a second Ctrl-C must not cut the closing short
+        try:
+            sinks = _make_sinks(options, on_event, say, model_name=Path(str(clf.path)).name, stats=stream.stats)
+            if not options.quiet and out is not None:  # started with stdout closed (>&-): as --quiet
+                sinks.insert(0, _StdoutSink(_stdout_sink(out, options, stream), out, lambda: stop(CLOSED_STDOUT)))
+            if options.stats_every:
+                sinks.append(_StatsLines(stream, options.stats_every, say))
+            group.sinks = sinks
+            _run(stream, group)
+        finally:
+            stream.close()
+            failed = group.close()
+            clf.close()
     stats = stream.stats()
     say(_summary(stats, stopped[0] if stopped else None))
     for sink in sinks:
@@ -161,26 +163,37 @@ def _make_sinks(options: RunOptions, on_event: Any, say: Any, model_name: str | 
     return sinks
 
 
-def _run(stream: Stream, sinks: SinkGroup, stopped_by: list[str]) -> None:
-    """Iterate the stream into the sinks until it ends or a stop signal arrives (its name goes to ``stopped_by``).
+def _run(stream: Stream, sinks: SinkGroup) -> None:
+    """Iterate the stream into the sinks until it ends or is stopped."""
+    stream.start()
+    for result in stream:
+        sinks.write(result)
+
+
+@contextmanager
+def _stop_signals(stop: Callable[[str], None]) -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP call ``stop`` with their name during the block, as often as they come: a second one
+    while the sinks close (a bounded wait: about 2.5 s for an unreachable MQTT broker) changes nothing, so the
+    video is still finished, and after the block a run that a signal stopped ignores them until it has exited;
+    SIGKILL remains for the impatient.
 
     A signal that is ignored when the run starts stays ignored: a background job of a non-interactive shell
     (`cmd &` in a script) inherits an ignored SIGINT, so a Ctrl-C meant for the foreground does not reach it, and
     `nohup` ignores SIGHUP so the run outlives the terminal. SIGTERM stops such a run.
     """
 
+    signalled: list[int] = []
+
     def handler(signum: int, frame: Any) -> None:
-        stopped_by.append(signal.Signals(signum).name)
-        stream.stop()
+        signalled.append(signum)
+        stop(signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS if signal.getsignal(sig) != signal.SIG_IGN}
     try:
-        stream.start()
-        for result in stream:
-            sinks.write(result)
+        yield
     finally:
         for sig, old in previous.items():
-            signal.signal(sig, old)
+            signal.signal(sig, signal.SIG_IGN if signalled else old)
 
 
 class _StatsLines:

@@ -159,6 +159,35 @@ def test_a_hang_up_finishes_the_video_and_the_other_sinks(coral, tmp_path):
         capture.release()
 
 
+@needs_opencv
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda sig: sig.name)
+def test_a_second_signal_while_the_sinks_close_changes_nothing(coral, tmp_path, sig):
+    """Ctrl-C twice, or an impatient second kill: the first stops the run, the others land while the sinks close
+    (an unreachable MQTT broker makes that take a moment). Before, the second one killed the process there (or
+    raised KeyboardInterrupt out of the closing), and the video stayed hidden and unfinished."""
+    import cv2
+
+    video, lines = tmp_path / "live.avi", tmp_path / "live.jsonl"
+    proc = edgecls("run", coral / MODEL, "--source", "demo", "-q", "--sink", f"video:{video}",
+                   "--sink", f"jsonl:{lines}", "--sink", "mqtt://127.0.0.1:1/unreachable")
+    try:
+        wait_for_lines(lines, 5, proc)
+        for _ in range(12):  # over the closing and past it
+            proc.send_signal(sig)
+            time.sleep(0.03)
+        _, stderr = proc.communicate(timeout=PATIENCE_S)
+    finally:
+        end(proc)
+    assert proc.returncode in (0, 1) and "Traceback" not in stderr and "interrupted" not in stderr, stderr
+    assert f"stopped by {sig.name}" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.avi", "live.jsonl"]
+    capture = cv2.VideoCapture(str(video))
+    try:
+        assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == len(lines.read_text().splitlines())
+    finally:
+        capture.release()
+
+
 @pytest.mark.parametrize("args", [["--json"], []], ids=["json", "lines"])
 def test_a_closed_stdout_ends_the_run_cleanly(coral, tmp_path, args):
     """The reader takes one line and goes away, as `| head -1` does. Before, every later write failed as a sink
