@@ -252,19 +252,28 @@ def ctrl_c_when(args: list[str], trigger, timeout: float = 240.0) -> tuple[int, 
     import sys
     import time
 
+    def as_from_a_terminal() -> None:  # a suite started as a background job hands its children an ignored SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     proc = subprocess.Popen([sys.executable, "-m", "edgecls", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env={**os.environ, "COLUMNS": "200"})
-    seen = []
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        seen.append(line)
-        if trigger(line):
-            proc.send_signal(signal.SIGINT)
-            break
-        assert time.monotonic() < deadline, "".join(seen)
-    rest, _ = proc.communicate(timeout=timeout)
-    return proc.returncode, "".join(seen) + rest
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env={**os.environ, "COLUMNS": "200"},
+                            preexec_fn=as_from_a_terminal)
+    try:
+        seen = []
+        deadline = time.monotonic() + timeout
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+            if trigger(line):
+                proc.send_signal(signal.SIGINT)
+                break
+            assert time.monotonic() < deadline, "".join(seen)
+        rest, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, "".join(seen) + rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
 
 
 # --- the emulated Raspberry Pi (tests/runtime/test_emulated_pi.py) runs beside the rest of the session ---
