@@ -167,9 +167,10 @@ def convert(
     """Train a compact CNN or MobileNet transfer model, export it as a verified int8 TFLite model, and report.
 
     The run is built beside --out and swapped in whole when it is done. Exit code 3: the parity gate failed (the
-    model is still written). A first Ctrl-C while training stops it and exports the best weights so far.
+    model is still written). A first Ctrl-C while training stops it and exports the best weights so far. SIGTERM
+    (or SIGHUP) ends it at once: one error line, exit code 143 (129), and --out keeps a whole run or none.
     """
-    with project_errors():
+    with project_errors(), _ends_on_termination(out):
         method = _int8_method(int8_method.value, qat=qat, int8_tune=int8_tune, bias_correction=bias_correction)
         values = {
             "input_size": input_size, "color": color.value, "alpha": alpha, "weights": weights, "width": width,
@@ -314,6 +315,53 @@ def _on_ctrl_c(take: Callable[[], bool], message: str, observer: RichObserver) -
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _ends_on_termination(out: Path) -> Iterator[None]:
+    """SIGTERM (`kill`, a service manager, a CI timeout) and SIGHUP (the terminal or SSH session went away) end the
+    command as an interrupting Ctrl-C does: an exception unwinds the converter, whose staging folder removes itself,
+    then one error line and exit code 128 + the signal's number (143, 129). Any exception after such a signal counts
+    as that ending (TensorFlow may wrap the one raised inside it); a later signal raises again unless the command is
+    already ending. A signal inherited as ignored (nohup) stays ignored."""
+    import signal
+    import threading
+
+    from edgecls.cli_common import error
+
+    received: list[int] = []
+    ending: list[bool] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        received.append(signum)
+        if not ending:
+            raise KeyboardInterrupt
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGTERM", "SIGHUP"):
+            sig = getattr(signal, name, None)
+            if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, on_signal)
+
+    def end() -> None:
+        ending.append(True)
+        error(f"terminated by {signal.Signals(received[0]).name}; {out} keeps a whole run or none (the unfinished "
+              "run was removed)")
+        raise typer.Exit(code=128 + received[0])
+
+    try:
+        yield
+    except BaseException:
+        if not received:
+            raise
+        end()
+    else:
+        if received:  # it came where nothing raised it (a finished run): still the exit code a signal gives
+            end()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _with_ctrl_c_flag(work: Any, observer: RichObserver) -> Any:

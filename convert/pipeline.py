@@ -15,7 +15,6 @@ import shlex
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -35,6 +34,8 @@ from .data import Dataset, scan, stratified_sample
 from .int8methods import DEFAULT_INT8_METHOD, INT8_METHODS, Int8Context, check_supported, int8_method
 from .models import create_model, uses_sigmoid
 from .options import ConvertOptions
+from .staging import (MIN_RUN_BYTES, RoomWatch, check_room, claim, held_signals, release, remove_stale_stages,
+                      run_bytes, saved_bytes, stage_prefix, write_failure)
 from .tflite_export import to_tflite
 from .training import StopRequest, TrainingObserver, deterministic, make_strategy, train
 
@@ -86,45 +87,51 @@ def staged_output(out_dir: Path, *, overwrite: bool = False) -> Iterator[Path]:
                                   "whole folder), or give another --out")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        stage.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the run folder gets the usual permissions
+        remove_stale_stages(out)  # what runs into the same --out that were killed (SIGKILL, a power cut) left
+        check_room(out.parent, MIN_RUN_BYTES, "a run")
+        stage = Path(tempfile.mkdtemp(prefix=stage_prefix(out), dir=out.parent))
     except OSError as exc:
         raise WriteError(f"cannot make the run folder {out} ({exc.strerror or exc}); check the path and permissions") from None
     _STAGES.add(stage)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        stage.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the run folder gets the usual permissions
+        claim(stage)  # this process's: a later run tells it from a killed run's
         yield stage
         _relocate(stage, out)
         shutil.rmtree(stage / "checkpoints", ignore_errors=True)  # the model is exported: they are of no more use
         _swap_in(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+    except BaseException as exc:  # an error, Ctrl-C, or SIGTERM (the CLI turns it into an exception)
+        with held_signals():  # a second signal must not cut the clean-up short
+            shutil.rmtree(stage, ignore_errors=True)
+        failure = write_failure(exc, stage, out)  # a full disk, a quota, a read-only file system: one line
+        if failure is not None:
+            raise failure from None
         raise
     finally:
         _STAGES.discard(stage)
 
 
 def _swap_in(stage: Path, out: Path) -> None:
-    """Rename ``stage`` to ``out`` (the old ``out`` moved aside first, then removed), with Ctrl-C held back between
-    the two renames so that the folder is never left missing."""
-    import signal
-
-    blocked = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
-    if blocked:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    old = None
-    try:
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    """Rename ``stage`` to ``out`` (the old ``out`` moved aside first, then removed), with Ctrl-C and SIGTERM held
+    back until it is done, so that ``out`` is never left missing nor the old run left aside; a rename that fails
+    puts the old run back."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    with held_signals():
+        release(stage)
+        moved = out.exists()
+        if moved:
             shutil.rmtree(old, ignore_errors=True)
             os.rename(out, old)
-        os.rename(stage, out)
-    finally:
-        if blocked:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.rename(stage, out)
+        except OSError:
+            if moved:
+                os.rename(old, out)
+            raise
+        if moved:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _relocate(stage: Path, out: Path) -> None:
@@ -181,6 +188,7 @@ def _convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertO
     teacher, teacher_info = _teacher(options, dataset, sigmoid, obs)
     with strategy.scope():
         model = create_model(options.arch, options.model_spec(len(dataset.classes)))
+    obs = RoomWatch(obs, options.out_dir, _check_room(model, options, training=True))
     t_train = time.perf_counter()
     history = train(model, dataset, options.train, sigmoid=sigmoid, checkpoint_dir=options.out_dir / "checkpoints",
                     strategy=strategy, observer=obs, teacher=teacher, stop_request=stop_request)
@@ -198,6 +206,19 @@ def _convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertO
     baseline = _baseline(data_dir, dataset, options, obs) if wants_baseline else None
     return export_and_verify(model, dataset, options, obs, sigmoid=sigmoid, history=history, baseline=baseline,
                              timing={"train_s": train_s, "started": started}, teacher=teacher_info)
+
+
+def _check_room(model: Any, options: ConvertOptions, *, training: bool) -> int:
+    """Stop before the long stages when the disk of the run folder cannot take what the run will write (see
+    staging.run_bytes), rather than with a failed write at their end. Returns what the run writes besides the
+    checkpoints it keeps, with one being written: what `RoomWatch` wants free between epochs."""
+    params = int(model.count_params())
+    facts = {"edgetpu": options.target == "edgetpu",
+             "baseline": training and options.baseline and options.arch != "seed-cnn"}
+    baseline = ", and the seed-cnn baseline's 100 MiB: --no-baseline skips it" if facts["baseline"] else ""
+    check_room(options.out_dir, run_bytes(params, checkpoints=2 if training else 0, **facts),
+               f"this run (a model of {params:,} parameters{baseline})")
+    return run_bytes(params, checkpoints=0, **facts) + saved_bytes(params)
 
 
 def prepare_data(data_dir: Path, options: ConvertOptions, obs: ConvertObserver) -> Dataset:
@@ -271,6 +292,7 @@ def _convert_model(model_path: Path, calibration_dir: Path, options: ConvertOpti
     dataset.classes = tuple(classes)
     sigmoid = outputs == 1
     opts = options.updated(input_size=size, color="grayscale" if channels == 1 else "rgb", arch=model.name)
+    _check_room(model, opts, training=False)
     return export_and_verify(model, dataset, opts, obs, sigmoid=sigmoid, history=None, baseline=None,
                              timing={"train_s": 0.0, "started": started}, external=str(model_path))
 
@@ -520,9 +542,15 @@ def edgetpu_step(model_path: Path, manifest: dict[str, Any], classes: list[str])
 
 
 def _save_keras(model: Any, path: Path) -> None:
+    """model.keras, written beside and renamed; a write that fails (a full disk) is a WriteError."""
     tmp = path.with_name(".model.tmp.keras")
-    model.save(tmp)
-    tmp.replace(path)
+    try:
+        model.save(tmp)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)[:200]
+        raise WriteError(f"cannot write {path} ({reason}); is the disk full?") from None
 
 
 def manifest_for(options: ConvertOptions, dataset: Dataset, sigmoid: bool, external: str | None) -> dict[str, Any]:
