@@ -392,19 +392,15 @@ def small_disk(path: Path, size: str):  # type: ignore[no-untyped-def]
 
 
 def test_a_disk_without_room_stops_the_run_before_training(tmp_path, monkeypatch):
-    """A real 300 KB file system: refused at once. A disk (reported) with less room than the run needs: refused
-    after the model is built, before training. One that fills up after the first epoch: refused between epochs,
-    before the next checkpoint is written. Each is one error line and leaves nothing behind."""
+    """A disk (reported) with less room than the run needs: refused after the model is built, before training. One
+    that fills up after the first epoch: refused between epochs, before the next checkpoint is written. A real 300 KB
+    file system (root only): refused at once. Each is one error line and leaves nothing behind."""
     data = dataset(tmp_path / "data", ("circle", "square"))
-    with small_disk(tmp_path / "disk", "300k") as disk:
-        line = one_error_line(convert(data, "--out", disk / "run", *PLUMBING))
-        assert line.startswith(f"error: not enough free space in {disk}: a run needs about") and "KiB is free" in line
-        assert os.listdir(disk) == []
-
     real = shutil.disk_usage
     out = tmp_path / "run"
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=1024 * 1024))
-    result = convert(data, "--out", out, *PLUMBING)
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=1024 * 1024))
+        result = convert(data, "--out", out, *PLUMBING)
     line = one_error_line(result)
     assert "this run (a model of" in line and "parameters) needs about" in line and "1.0 MiB is free" in line
     assert "training (" not in result.stderr and not out.exists() and stages(tmp_path) == []
@@ -413,11 +409,17 @@ def test_a_disk_without_room_stops_the_run_before_training(tmp_path, monkeypatch
         checkpoint = any(Path(path).glob("checkpoints/best-*.weights.h5"))
         return real(path)._replace(free=100 * 1024 if checkpoint else real(path).free)
 
-    monkeypatch.setattr(shutil, "disk_usage", filling)
-    result = convert(data, "--out", out, *PLUMBING)
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "disk_usage", filling)
+        result = convert(data, "--out", out, *PLUMBING)
     assert one_error_line(result).startswith(f"error: not enough free space in {tmp_path}: the rest of this run")
     assert "train   1/" in result.stderr and "train   2/" not in result.stderr
     assert not out.exists() and stages(tmp_path) == []
+
+    with small_disk(tmp_path / "disk", "300k") as disk:
+        line = one_error_line(convert(data, "--out", disk / "run", *PLUMBING))
+        assert line.startswith(f"error: not enough free space in {disk}: a run needs about") and "KiB is free" in line
+        assert os.listdir(disk) == []
 
 
 # The disk fills up (or turns read-only) just before one of the run's writes: a real failed write.
