@@ -43,7 +43,7 @@ V2_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top.h5"
 # A frozen ImageNet backbone with a new head and no augmentation: the backbone runs once over the images and the
 # head trains on its features (edgecls.convert.training.head_on_features), minutes where fine-tuning takes an hour.
 FROZEN = ["--input-size", "160", "--epochs", "40", "--fine-tune-epochs", "0", "--patience", "8", "--augment", "0",
-          "--label-smoothing", "0.1", "--calibration-samples", "500"]
+          "--label-smoothing", "0.1", "--calibration-samples", "500", "--int8-method", "bias-correction"]
 
 COMMON = ["--no-baseline"]
 COMPACT = ["--arch", "compact-cnn", "--input-size", "128", "--width", "48", "--depth", "4", "--patience", "15",

@@ -110,7 +110,7 @@ def convert(
     arch: Annotated[Arch, typer.Option(help="Architecture.", rich_help_panel=MODEL)] = Arch.compact_cnn,  # type: ignore[attr-defined]
     input_size: Annotated[Optional[int], typer.Option(min=16, help="Square input size (default per architecture).", rich_help_panel=MODEL)] = None,
     color: Annotated[Color, typer.Option(help="Model colour input; grayscale is a third of the input work.", rich_help_panel=MODEL)] = Color.rgb,
-    alpha: Annotated[float, typer.Option(help="MobileNet width multiplier.", rich_help_panel=MODEL)] = 0.25,
+    alpha: Annotated[Optional[float], typer.Option(help="MobileNet width multiplier (default: what a --weights file names, else 0.25 for mobilenet_v1, 1.0 for the others).", rich_help_panel=MODEL, show_default=False)] = None,
     weights: Annotated[str, typer.Option(help="MobileNet weights: imagenet, none, or a local .h5/.keras file.", rich_help_panel=MODEL)] = "imagenet",
     width: Annotated[int, typer.Option(help="compact-cnn: filters of the first stage.", rich_help_panel=MODEL)] = 32,
     depth: Annotated[int, typer.Option(help="compact-cnn: number of stages.", rich_help_panel=MODEL)] = 4,
@@ -122,6 +122,8 @@ def convert(
     split: Annotated[str, typer.Option(help="train,val,test percentages.", rich_help_panel=DATA)] = "70,15,15",
     extra_data: Annotated[Optional[list[Path]], typer.Option("--extra-data", help="More class folders for training only, e.g. frames from edgecls run --collect sorted by a person (repeatable).", rich_help_panel=DATA)] = None,
     seed: Annotated[int, typer.Option(help="Seed for the split, weight initialisation, shuffling and augmentation.", rich_help_panel=DATA)] = 0,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where decoded images are kept between runs (default: $EDGECLS_CACHE_DIR, else ~/.cache/edgecls/data; `edgecls cache` lists and clears it).", rich_help_panel=DATA, show_default=False)] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Decode the images into memory for this run only (memory then grows with the number of images).", rich_help_panel=DATA)] = False,
     resize: Annotated[Resize, typer.Option(help="How the device fits frames to the input.", rich_help_panel=DATA)] = Resize.squash,
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs (the head, for transfer models).", rich_help_panel=TRAIN)] = 40,
     fine_tune_epochs: Annotated[int, typer.Option(min=0, help="Transfer models: fine-tuning epochs.", rich_help_panel=TRAIN)] = 15,
@@ -170,7 +172,7 @@ def convert(
     model is still written). A first Ctrl-C while training stops it and exports the best weights so far. SIGTERM
     (or SIGHUP) ends it at once: one error line, exit code 143 (129), and --out keeps a whole run or none.
     """
-    with project_errors(), _ends_on_termination(out):
+    with _native_log(), project_errors(), _ends_on_termination(out):
         method = _int8_method(int8_method.value, qat=qat, int8_tune=int8_tune, bias_correction=bias_correction)
         values = {
             "input_size": input_size, "color": color.value, "alpha": alpha, "weights": weights, "width": width,
@@ -184,6 +186,7 @@ def convert(
             "baseline": baseline, "labels": labels, "mean": mean, "std": std, "target": target.value,
             "int8_method": method, "qat_epochs": qat_epochs, "int8_tune_epochs": int8_tune_epochs,
             "deterministic": deterministic, "teacher": teacher, "teacher_weight": teacher_weight,
+            "cache": not no_cache, "cache_dir": cache_dir,
         }
         from . import api
         from .progress import RichObserver
@@ -195,6 +198,8 @@ def convert(
         given = {k: v for k, v in values.items() if _given(ctx, k)}
         if method != DEFAULT_INT8_METHOD:
             given["int8_method"] = method
+        if no_cache:
+            given["cache"] = False
         if demo:
             result = _with_early_stop(lambda request: api.demo(out, stop_request=request, **common, **given),
                                       observer)
@@ -212,6 +217,13 @@ def convert(
     if not result.passed:
         typer.echo(f"error: {result.gate_message}", err=True)
         raise typer.Exit(code=EXIT_VERDICT)
+
+
+def _native_log() -> contextlib.AbstractContextManager[None]:
+    """TensorFlow's native log lines held back at the default verbosity (-v shows them; see .tflog)."""
+    from .tflog import held_back
+
+    return contextlib.nullcontext() if verbose() else held_back()
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -264,14 +276,22 @@ def _summary(observer: RichObserver, report: dict[str, Any], out: Path, demo: bo
         console.print(f"post-training int8 before QAT: top-1 {100 * ptq['int8_top1']:.1f}% (drop {ptq['drop_points']:.2f} pt, "
                       f"agreement {100 * ptq['agreement']:.1f}%)", soft_wrap=True)
     if report.get("baseline"):
-        console.print(f"seed-cnn baseline: float top-1 {100 * report['baseline']['float_top1']:.1f}%")
+        console.print(f"baseline (the tutorial CNN, --arch seed-cnn, same split): float top-1 "
+                      f"{100 * report['baseline']['float_top1']:.1f}%")
+    cache = set((report.get("image_cache") or {}).values())
+    if cache:
+        console.print("images: " + ("read from the decoded-image cache (hit)" if cache == {"hit"} else
+                                    "decoded into the cache for the next run" if cache <= {"hit", "built"} else
+                                    "decoded into memory (no cache)" if cache == {"off"} else
+                                    "decoded into memory (the cache could not be used)"), soft_wrap=True)
     if report.get("teacher"):
         console.print(f"teacher (distilled from): float top-1 {100 * report['teacher']['test_top1']:.1f}%")
     stopped = (report.get("history") or {}).get("stopped_early")
     if stopped:
         console.print(f"training was stopped early ({stopped['stage']} epoch {stopped['epoch']} of {stopped['epochs']})")
-    console.print(f"{report['int8_bytes'] / 1024:.0f} KiB model ({report['int8_bytes'] / report['float_tflite_bytes']:.2f}x "
-                  f"float), {report['timing']['total_s']:.0f} s. Report: {out / 'report.md'}", soft_wrap=True)
+    graph = report.get("int8_graph_bytes") or report["int8_bytes"]
+    console.print(f"{report['int8_bytes'] / 1024:.1f} KiB model ({graph / report['float_tflite_bytes']:.2f}x the float "
+                  f"network), {report['timing']['total_s']:.0f} s. Report: {out / 'report.md'}", soft_wrap=True)
     if report["skipped"]:
         console.print(f"{len(report['skipped'])} files skipped (listed in the report)")
     sample = next((p for p in sorted((out / "demo_data").rglob("*.png"))), None) if demo else None
@@ -416,6 +436,8 @@ def tune(
     ] = 0.9,
     split: Annotated[str, typer.Option(help="train,val,test percentages.")] = "70,15,15",
     seed: Annotated[int, typer.Option(help="Seed of the sampler, the split and each trial's training.")] = 0,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where decoded images are kept between runs (see edgecls convert).", show_default=False)] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Decode the images into memory for this run only.")] = False,
 ) -> None:
     """Search hyperparameters for the most accurate int8 model within a latency and size budget (Optuna).
 
@@ -424,7 +446,7 @@ def tune(
     from .progress import TuneObserver
 
     observer = TuneObserver()
-    with project_errors():
+    with _native_log(), project_errors():
         from .api import import_tensorflow
 
         import_tensorflow("tune", verbose=verbose())  # quiet: e.g. retracing notes between trials of other shapes
@@ -448,7 +470,8 @@ def tune(
                 raise typer.BadParameter(f"--input-sizes expects numbers like 64,96 (received {input_sizes!r})") from None
         base = ConvertOptions.create(out, arch=arch.value, color=color.value, weights=weights, resize=resize.value,
                                      io=io.value, calibration_samples=calibration_samples, max_drop=max_drop,
-                                     min_agreement=min_agreement, split=_parse_split(split), seed=seed)
+                                     min_agreement=min_agreement, split=_parse_split(split), seed=seed,
+                                     cache=not no_cache, cache_dir=cache_dir)
         options = TuneOptions(base=base, trials=trials, budget_ms=budget_ms, max_size_kb=max_size_kb,
                               timeout_min=timeout, seed=seed, max_epochs=max_epochs, latency_factor=factor,
                               profile=profile, bench_threads=bench_threads, input_sizes=sizes)
@@ -472,3 +495,57 @@ def tune(
     if not report["passed"]:
         typer.echo(f"error: {report['gate_message']}", err=True)
         raise typer.Exit(code=EXIT_VERDICT)
+
+
+cache_app = typer.Typer(help="The decoded-image cache that convert and tune keep between runs: list or clear it.",
+                        no_args_is_help=True, add_completion=False,
+                        epilog=examples("edgecls cache list", "edgecls cache clear",
+                                        "edgecls cache list --cache-dir /data/edgecls-cache --json"))
+CACHE_DIR_OPTION = typer.Option("--cache-dir", help="The cache folder (default: $EDGECLS_CACHE_DIR, else "
+                                "~/.cache/edgecls/data).", show_default=False)
+
+
+def _image_cache(cache_dir: Optional[Path]) -> Any:
+    from .cache import ImageCache, default_cache_dir, default_max_bytes
+
+    return ImageCache(cache_dir or default_cache_dir(), default_max_bytes())
+
+
+@cache_app.command("list")
+def cache_list(
+    cache_dir: Annotated[Optional[Path], CACHE_DIR_OPTION] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per entry.")] = False,
+) -> None:
+    """The cached datasets, least recently used first: folder, input size, images, size on disk, last use."""
+    import json
+    import time
+
+    with project_errors():
+        cache = _image_cache(cache_dir)
+        entries = sorted(cache.entries(), key=lambda e: e["last_used"])
+    if json_out:
+        for entry in entries:
+            typer.echo(json.dumps(entry))
+        return
+    total = sum(e["bytes"] for e in entries)
+    typer.echo(f"{cache.directory}: {len(entries)} entries, {total / 1024**2:.1f} MiB of at most "
+               f"{cache.max_bytes / 1024**3:.0f} GiB (EDGECLS_CACHE_MAX_GB)")
+    for e in entries:
+        shape = "x".join(str(v) for v in e["shape"] or [])
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["last_used"]))
+        typer.echo(f"  {e['key']}  {e['root']} ({e['name']}), {shape}, {e['images']} images, "
+                   f"{e['bytes'] / 1024**2:.1f} MiB, last used {used}")
+
+
+@cache_app.command("clear")
+def cache_clear(
+    keys: Annotated[Optional[list[str]], typer.Argument(help="Entries to remove (from `edgecls cache list`); "
+                                                        "none: all of them.", show_default=False)] = None,
+    cache_dir: Annotated[Optional[Path], CACHE_DIR_OPTION] = None,
+) -> None:
+    """Remove cached datasets (all, or the KEYS given) and what killed runs left; entries in use are kept."""
+    with project_errors():
+        cache = _image_cache(cache_dir)
+        removed, freed, busy = cache.clear(keys or ())
+    typer.echo(f"removed {removed} entries ({freed / 1024**2:.1f} MiB) from {cache.directory}"
+               + (f"; {len(busy)} in use by a running convert kept" if busy else ""))

@@ -30,9 +30,10 @@ from edgecls.manifest import embed_manifest
 from edgecls.preprocess import PreprocessConfig
 
 from . import distributed, evaluate, report as reporting
+from .cache import concat
 from .data import Dataset, scan, stratified_sample
 from .int8methods import DEFAULT_INT8_METHOD, INT8_METHODS, Int8Context, check_supported, int8_method
-from .models import create_model, uses_sigmoid
+from .models import ARCHITECTURES, architecture, create_model, uses_sigmoid
 from .options import ConvertOptions
 from .staging import (MIN_RUN_BYTES, RoomWatch, check_room, claim, held_signals, release, remove_stale_stages,
                       run_bytes, saved_bytes, stage_prefix, write_failure)
@@ -65,6 +66,21 @@ RUN_MARKERS = ("report.json", "model.tflite")
 _STAGES: set[Path] = set()  # staging folders being filled now (a nested call writes into them directly)
 
 
+def check_out_dir(out_dir: Path, *, overwrite: bool = False) -> None:
+    """Raise ConfigError when ``out_dir`` cannot take a new run: a file, a folder of other files, or a finished run
+    without ``overwrite``. Cheap: the command line asks before TensorFlow loads."""
+    out = Path(out_dir).absolute()
+    if out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"--out {out} is a file; give a folder for the run")
+        if any(out.iterdir()):
+            if not any((out / name).exists() for name in RUN_MARKERS):
+                raise ConfigError(f"--out {out} holds other files, not an edgecls run; give an empty or a new folder")
+            if not overwrite:
+                raise ConfigError(f"--out {out} already holds a finished run; pass --overwrite to replace it (the "
+                                  "whole folder), or give another --out")
+
+
 @contextlib.contextmanager
 def staged_output(out_dir: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """A fresh sibling folder to build a whole run in; on success it replaces ``out_dir`` (the old run moved aside,
@@ -76,15 +92,7 @@ def staged_output(out_dir: Path, *, overwrite: bool = False) -> Iterator[Path]:
     if out in _STAGES:  # already inside a staged run (the demo writes its data there first)
         yield out
         return
-    if out.exists():
-        if not out.is_dir():
-            raise ConfigError(f"--out {out} is a file; give a folder for the run")
-        if any(out.iterdir()):
-            if not any((out / name).exists() for name in RUN_MARKERS):
-                raise ConfigError(f"--out {out} holds other files, not an edgecls run; give an empty or a new folder")
-            if not overwrite:
-                raise ConfigError(f"--out {out} already holds a finished run; pass --overwrite to replace it (the "
-                                  "whole folder), or give another --out")
+    check_out_dir(out, overwrite=overwrite)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_stages(out)  # what runs into the same --out that were killed (SIGKILL, a power cut) left
@@ -231,13 +239,26 @@ def prepare_data(data_dir: Path, options: ConvertOptions, obs: ConvertObserver) 
         deterministic()
     size = options.size()
     preprocess = PreprocessConfig(resize=options.resize, mean=0.0, std=1.0)
-    obs.step(f"reading {data_dir}")
+    obs.step(f"reading {final_path(Path(data_dir))}")
     dataset = scan(data_dir, input_size=(size, size), channels=options.channels, seed=options.train.seed,
-                   split=options.split, preprocess=preprocess, progress=obs.decoding, extra=options.extra_data)
+                   split=options.split, preprocess=preprocess, progress=obs.decoding, extra=options.extra_data,
+                   cache=options.image_cache(), warn=lambda message: obs.step(f"warning: {message}"))
     added = f"; {sum(dataset.extra.values())} images from --extra-data in train {dataset.extra}" if dataset.extra else ""
     obs.step(f"{len(dataset.classes)} classes {list(dataset.classes)}; split {dataset.split_sizes()}{added}; "
-             f"{len(dataset.skipped)} files skipped")
+             f"{len(dataset.skipped)} files skipped; {cache_summary(dataset.cache)}")
     return dataset
+
+
+def cache_summary(how: dict[str, str]) -> str:
+    """How the decoded-image cache served a scan, in a few words."""
+    values = set(how.values())
+    if values == {"hit"}:
+        return "decoded images read from the cache (hit)"
+    if values <= {"hit", "built"}:
+        return "images decoded into the cache (a next run reads them from there)"
+    if values == {"off"}:
+        return "images decoded into memory (no cache)"
+    return "images decoded into memory (the cache could not be used)"
 
 
 def _teacher(options: ConvertOptions, dataset: Dataset, sigmoid: bool,
@@ -281,10 +302,11 @@ def _convert_model(model_path: Path, calibration_dir: Path, options: ConvertOpti
     mean, std = (options.mean, options.std) if options.mean is not None else (0.0, 1.0)
     preprocess = PreprocessConfig(resize=options.resize, mean=mean, std=std)
     dataset = scan(calibration_dir, input_size=(size, size), channels=channels, seed=options.train.seed,
-                   split=options.split, preprocess=preprocess, progress=obs.decoding)
+                   split=options.split, preprocess=preprocess, progress=obs.decoding, cache=options.image_cache(),
+                   warn=lambda message: obs.step(f"warning: {message}"))
     # Every calibration image is used for evaluation: the model was trained elsewhere, on other data.
     everything = [s for part in ("train", "val", "test") for s in dataset.samples[part]]
-    images = np.concatenate([dataset.images[p] for p in ("train", "val", "test")])
+    images = concat([dataset.images[p] for p in ("train", "val", "test")])
     dataset.samples["test"], dataset.images["test"] = everything, images
     dataset.test_source = "calibration"
     outputs = int(np.prod(model.output_shape[1:]))
@@ -352,7 +374,8 @@ def _baseline(data_dir: Path, dataset: Dataset, options: ConvertOptions, obs: Co
     """Train the seed CNN on the same split: the number every report compares against."""
     obs.step("training the seed-cnn baseline")
     small = scan(data_dir, input_size=(64, 64), channels=options.channels, seed=options.train.seed,
-                 split=options.split, preprocess=PreprocessConfig(resize=options.resize, mean=0.0, std=1.0))
+                 split=options.split, preprocess=PreprocessConfig(resize=options.resize, mean=0.0, std=1.0),
+                 extra=options.extra_data, cache=options.image_cache())
     k = len(small.classes)
     sigmoid = uses_sigmoid("seed-cnn", k)
     model = create_model("seed-cnn", options.updated(arch="seed-cnn", input_size=64).model_spec(k))
@@ -449,7 +472,7 @@ def export_and_verify(
     norm = _normalizer(dataset)
     float_bytes = len(to_tflite(model, mode="none"))
     _save_keras(model, out / "model.keras")
-    float_probs = evaluate.float_probabilities(model, norm(dataset.images["test"]), sigmoid=sigmoid)
+    float_probs = evaluate.float_probabilities(model, dataset.images["test"], sigmoid=sigmoid, normalize=norm)
     manifest = manifest_for(options, dataset, sigmoid, external=external)
     if teacher is not None:
         manifest["provenance"]["teacher"] = {k: teacher.get(k) for k in ("path", "arch", "weight", "split_checked")}
@@ -476,8 +499,9 @@ def export_and_verify(
     write_model(model_path, flat, manifest, classes)
     atomic_write_text(out / "labels.txt", format_labels(classes))
 
-    result = _report(options, dataset, model, metrics, key, passed, len(flat), float_bytes, baseline, history,
-                     timing, external)
+    result = _report(options, dataset, model, metrics, key, passed, model_path.stat().st_size, float_bytes, baseline,
+                     history, timing, external)
+    result["int8_graph_bytes"] = len(flat)  # the network alone, what float_tflite_bytes also counts
     if ptq is not None:
         result["ptq"] = ptq
         result["qat"] = {"epochs": options.qat_epochs, "history": details}
@@ -592,7 +616,7 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
             tflite_bytes: int, float_bytes: int, baseline: dict[str, Any] | None, history: dict[str, Any] | None,
             timing: dict[str, float], external: str | None) -> dict[str, Any]:
     settings = {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "extra_data" else v)
-                for k, v in options.flat().items()}
+                for k, v in options.flat().items() if applies(k, options)}
     drop = metrics["drop_points"]
     failures = gate_failures(metrics, options, dataset, trained=history is not None)
     fix = ("Try more --qat-epochs, or --calibration-samples higher." if options.qat else
@@ -647,9 +671,33 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
         "history": history,
         "settings": settings,
         "dataset_fingerprint": dataset.fingerprint,
+        "image_cache": dict(dataset.cache),
         "timing": {"train_s": round(timing["train_s"], 1),
                    "total_s": round(time.perf_counter() - timing["started"], 1)},
     }
+
+
+_FAMILY_OPTIONS = {"mobilenet": ("alpha", "weights", "train.fine_tune_epochs", "train.fine_tune_layers"),
+                   "compact": ("width", "depth", "separable")}
+_ONLY_WITH = {"teacher_weight": "teacher", "qat_epochs": "qat", "int8_tune_epochs": "int8-tune",
+              "labels": "external", "mean": "external", "std": "external"}
+
+
+def applies(name: str, options: ConvertOptions) -> bool:
+    """Whether the setting ``name`` (report.json's flat name) meant anything for this run: a compact-cnn has no
+    alpha, ImageNet weights or fine-tuning stage; the teacher's weight needs a teacher; and so on."""
+    family = architecture(options.arch).family if options.arch in ARCHITECTURES else None
+    for owner, names in _FAMILY_OPTIONS.items():
+        if name in names and family != owner:
+            return False
+    needs = _ONLY_WITH.get(name)
+    if needs == "teacher":
+        return options.teacher is not None
+    if needs in ("qat", "int8-tune"):
+        return options.method == needs
+    if needs == "external":
+        return options.labels is not None or options.mean is not None
+    return True
 
 
 def final_path(path: Path) -> Path:
@@ -672,10 +720,11 @@ def advice(options: ConvertOptions, dataset: Dataset, metrics: dict[str, Any], b
     out: list[str] = []
     if options.recipe == "demo":  # synthetic shapes: nothing to advise
         return out
-    data, run = shlex.quote(str(final_path(dataset.root))), shlex.quote(str(final_path(options.out_dir)))
+    data = shlex.quote(str(final_path(dataset.root.absolute())))  # both absolute: one command, copied as it is
+    run = shlex.quote(str(final_path(options.out_dir.absolute())))
     scratch = options.arch in ("compact-cnn", "seed-cnn") or options.weights == "none"
     if baseline is not None and 100 * (baseline["float_top1"] - metrics["int8"]["top1"]) > per_image:
-        out.append(f"the seed-cnn baseline (the tutorial CNN, trained on the same split) scored "
+        out.append(f"the baseline (the tutorial CNN, --arch seed-cnn, trained on the same split) scored "
                    f"{100 * baseline['float_top1']:.1f}% on the test split, more than this {options.arch}'s "
                    f"{100 * metrics['int8']['top1']:.1f}% int8: transfer learning usually beats both "
                    f"(edgecls convert {data} --out {run}-transfer {TRANSFER}), or take the baseline itself "

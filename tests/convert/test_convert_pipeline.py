@@ -281,7 +281,7 @@ def test_a_model_that_always_gives_one_answer_is_flagged(shapes, tmp_path):
     assert "LEARNED NOTHING" in said and "warning: the float model's top-1 (33.3%) is no better" in said
     first = (out / "report.md").read_text().splitlines()[2]
     assert first.startswith("**Parity gate passed, but the model learned nothing**") and "PASSED" not in first
-    assert "one of the 42 test images is 2.38 points" in first
+    assert "the test split has 42 images, so each image the model gets right or wrong moves top-1 by 2.38" in first
     from edgecls.convert.pipeline import guessing_warning
 
     assert "lower --learning-rate" in guessing_warning(0.255, report["majority_class"], trained=True)
