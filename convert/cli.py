@@ -330,6 +330,9 @@ def _on_ctrl_c(take: Callable[[], bool], message: str, observer: RichObserver) -
             raise KeyboardInterrupt
         observer.console.print(message)
 
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # ignored at start (a background job): it stays so, as
+        yield                                                # for edgecls run (docs/device.md)
+        return
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         yield

@@ -18,6 +18,7 @@ from .cache import ImageStore, rows_of
 from .data import Dataset
 from .distributed import STRATEGIES, make_strategy
 from .models import base_model
+from .staging import check_room, saved_bytes
 
 __all__ = ["STRATEGIES", "make_strategy"]  # and the rest below; the strategies live in .distributed
 OPTIMIZERS = ("adam", "sgd")
@@ -480,6 +481,9 @@ def _callbacks(config: TrainConfig, stage: str, epochs: int, checkpoint_dir: Pat
             if loss < self.best:
                 self.best, self.best_epoch = loss, epoch
                 checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                # a disk that fills during an epoch: one error line now, not a write failing inside HDF5, which
+                # cannot recover from it (the process crashes at exit: h5py/h5py#914)
+                check_room(checkpoint_dir, 2 * saved_bytes(self.model.count_params()), "a training checkpoint")
                 tmp = checkpoint_dir / f".best-{stage}.tmp.weights.h5"
                 self.model.save_weights(tmp)
                 os.replace(tmp, self.checkpoint_path)
