@@ -15,12 +15,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from .errors import CameraError, EdgeclsError, ImageError
-from .sources import FrameSource
+from .sources import NOT_READY, FrameSource
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +37,14 @@ class Frame:
     color: str
     input: np.ndarray | None = field(default=None, repr=False)  # the model input, when prepared in this thread
     preprocess_ms: float = 0.0
+    outputs: Any = field(default=None, repr=False)  # what a sensor that runs the network computed for this frame
 
 
 @dataclass(frozen=True, slots=True)
 class StreamEvent:
     """Something worth telling about a running stream. ``kind``: source-lost, source-reopened, source-ended,
-    source-rewound, frame-skipped, or one a sink reports (sink-disconnected, sink-reconnected, sink-error)."""
+    source-rewound, source-progress (a slow step of the source: the AI Camera's firmware upload), frame-skipped, or
+    one a sink reports (sink-disconnected, sink-reconnected, sink-error)."""
 
     kind: str
     message: str
@@ -80,6 +82,7 @@ class Capture:
         self.reconnects = 0
         self.skipped = 0
         self.error: EdgeclsError | None = None
+        source.report = self._event
         self._slot: Frame | None = None
         self._ended = False
         self._stop = threading.Event()
@@ -177,6 +180,9 @@ class Capture:
                     return
                 continue
             captured = time.perf_counter()
+            outputs = source.frame_outputs() if source.computes_outputs and image is not None else None
+            if outputs is NOT_READY:  # the sensor's network has not run yet: nothing to classify
+                continue
             if image is None:
                 if self.loop and source.rewind():
                     self._event("source-rewound", f"{source.name}: started over")
@@ -188,7 +194,7 @@ class Capture:
                 frame = Frame(image, self.captured, time.time(), captured, source.color, prepared,
                               (time.perf_counter() - captured) * 1e3)
             else:
-                frame = Frame(image, self.captured, time.time(), captured, source.color)
+                frame = Frame(image, self.captured, time.time(), captured, source.color, outputs=outputs)
             self._work.append(time.perf_counter() - started)
             with self._cond:
                 if self._slot is not None:

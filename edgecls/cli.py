@@ -308,7 +308,9 @@ def run(
         typer.Option(
             "--source", "-s",
             help="picam, picam:N, a camera index or /dev/videoN, a video file, an rtsp:// or http:// URL, a GStreamer "
-            "pipeline, an image, a folder or glob of images, or demo (default: the profile's camera).",
+            "pipeline, an image, a folder or glob of images, or demo (default: the profile's camera); imx500 or "
+            "imx500:RPK runs the network on the AI Camera's sensor (MODEL: the run folder, its model.tflite or "
+            "the .rpk).",
         ),
     ] = None,
     profile: ProfileOpt = None,
@@ -401,16 +403,35 @@ def run(
         )
         # A delegate given on the command line replaces the profile's, with its device.
         profile_delegate = delegate is None and device is None
-        clf = _open_classifier(
-            model, labels=labels, threads=_first(threads, runtime.get("threads")),
-            backend=backend or BackendChoice(runtime.get("backend", "auto")),
-            delegate=delegate if not profile_delegate else runtime.get("delegate"),
-            device=device if not profile_delegate else runtime.get("device"),
-            delegate_option=delegate_option,
-            allow_cpu_fallback=allow_cpu_fallback or bool(runtime.get("allow_cpu_fallback", False)),
-        )
+        from .imx500 import is_imx500_source
+
+        if is_imx500_source(source):  # the network runs on the sensor: no interpreter, nothing for the CPU to tune
+            _refuse_cpu_options(threads=threads, backend=backend, delegate=delegate, device=device,
+                                delegate_option=delegate_option, allow_cpu_fallback=allow_cpu_fallback or None)
+            from .imx500 import SensorClassifier
+
+            clf = SensorClassifier.open(model, source=source, labels=labels)
+        else:
+            clf = _open_classifier(
+                model, labels=labels, threads=_first(threads, runtime.get("threads")),
+                backend=backend or BackendChoice(runtime.get("backend", "auto")),
+                delegate=delegate if not profile_delegate else runtime.get("delegate"),
+                device=device if not profile_delegate else runtime.get("device"),
+                delegate_option=delegate_option,
+                allow_cpu_fallback=allow_cpu_fallback or bool(runtime.get("allow_cpu_fallback", False)),
+            )
         code = run_stream(clf, options, out=sys.stdout, err=sys.stderr)
     raise typer.Exit(code=code)
+
+
+def _refuse_cpu_options(**given: Any) -> None:
+    """--source imx500 with options for a TFLite interpreter: an error, not silently ignored."""
+    named = [f"--{name.replace('_', '-')}" for name, value in given.items() if value]
+    if named:
+        from .errors import ConfigError
+
+        raise ConfigError(f"{', '.join(named)} set the TFLite interpreter on the CPU; with --source imx500 the network "
+                          "runs on the AI Camera's sensor: leave them out")
 
 
 def _first(*values: Any) -> Any:
@@ -450,6 +471,7 @@ def profiles(
     for p in found:
         runtime = p.runtime
         accel = f"edgetpu {runtime.get('device', '')}".strip() if runtime.get("delegate") == "edgetpu" else "cpu"
+        accel = "imx500 sensor" if p.camera["source"].partition(":")[0] == "imx500" else accel
         typer.echo(f"{p.name:<{width}}  {p.camera['source']:<11} {accel:<14} {p.description}")
 
 
@@ -687,6 +709,9 @@ def _register_host_commands() -> None:
     app.command("convert", rich_help_panel=HOST, epilog=CONVERT_EXAMPLES)(convert)
     app.command("tune", rich_help_panel=HOST, epilog=TUNE_EXAMPLES)(tune)
     app.add_typer(cache_app, name="cache", rich_help_panel=HOST)
+    from .convert.cli_export import export_app
+
+    app.add_typer(export_app, name="export", rich_help_panel=HOST)
 
 
 _register_host_commands()

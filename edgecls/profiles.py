@@ -19,6 +19,8 @@ from .errors import ConfigError
 from .sources import PICAMERA_FORMATS
 
 PROFILE_PATH_ENV = "EDGECLS_PROFILE_PATH"
+# What an AI Camera (source imx500) profile may set of picamera2's: the main stream the results carry, and controls.
+IMX500_CAMERA_KEYS = {"main_size", "main_format", "buffer_count", "controls"}
 BACKENDS = ("auto", "ai_edge_litert", "tflite_runtime", "tensorflow")
 
 
@@ -169,12 +171,22 @@ def validate(data: dict[str, Any], *, origin: str) -> None:
         raise ConfigError(f"profile {origin}: runtime.device is an Edge TPU setting; it needs runtime.delegate = 'edgetpu'")
     camera = data["camera"]
     picam = camera["source"] == "picam" or camera["source"].startswith("picam:")
+    imx500 = camera["source"] == "imx500" or camera["source"].startswith("imx500:")
     picam_keys = {"main_size", "main_format", "lores_size", "lores_format", "buffer_count", "sensor_mode", "controls"}
-    if not picam and picam_keys & set(camera):
-        extra = ", ".join(sorted(picam_keys & set(camera)))
-        raise ConfigError(f"profile {origin}: camera.{extra} only apply to a picam source (source is {camera['source']!r})")
-    if picam and {"width", "height"} & set(camera):
-        raise ConfigError(f"profile {origin}: a picam source takes camera.main_size, not width/height")
+    allowed = picam_keys if picam else IMX500_CAMERA_KEYS if imx500 else set()
+    if (picam_keys - allowed) & set(camera):
+        extra = ", ".join(sorted((picam_keys - allowed) & set(camera)))
+        where = "a picam source" + (" (the AI Camera's network sees the sensor's own crop)" if imx500 else "")
+        raise ConfigError(f"profile {origin}: camera.{extra} only apply to {where} (source is {camera['source']!r})")
+    if (picam or imx500) and {"width", "height"} & set(camera):
+        raise ConfigError(f"profile {origin}: camera source {camera['source']!r} takes camera.main_size, not "
+                          "width/height")
+    if imx500 and camera.get("main_format") == "YUV420":
+        raise ConfigError(f"profile {origin}: the AI Camera's camera.main_format is one of the RGB formats "
+                          f"(RGB888, BGR888, XRGB8888, XBGR8888); received 'YUV420'")
+    if imx500 and runtime:
+        raise ConfigError(f"profile {origin}: runtime.{sorted(runtime)[0]} sets the TFLite interpreter on the CPU; the "
+                          "AI Camera (source imx500) runs the network on its sensor: leave [runtime] empty")
     if camera.get("lores_size") and camera.get("main_size"):
         if camera["lores_size"][0] > camera["main_size"][0] or camera["lores_size"][1] > camera["main_size"][1]:
             raise ConfigError(f"profile {origin}: camera.lores_size must not be larger than camera.main_size")
@@ -247,7 +259,7 @@ class Profile:
     def source_options(self) -> dict[str, Any]:
         """Keyword arguments for `edgecls.sources.parse_source` (camera size, frame rate, picamera2 settings)."""
         cam = self.camera
-        if cam["source"] == "picam" or cam["source"].startswith("picam:"):
+        if cam["source"].partition(":")[0] in ("picam", "imx500"):  # picamera2's settings (the AI Camera's too)
             picam = {k: cam[k] for k in ("main_format", "lores_format", "buffer_count", "sensor_mode", "controls") if k in cam}
             for key in ("main_size", "lores_size"):
                 if key in cam:

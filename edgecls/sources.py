@@ -30,13 +30,19 @@ log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mjpeg", ".mjpg", ".mpg", ".mpeg", ".ts", ".h264")
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 SOURCE_FORMS = (
-    "picam | picam:N (Raspberry Pi camera), N or /dev/videoN (USB camera), a video file, an rtsp:// or http:// URL, "
-    "a GStreamer pipeline ('... ! appsink'), an image, a folder or glob of images, or demo"
+    "picam | picam:N (Raspberry Pi camera), imx500 | imx500:RPK (the AI Camera, which runs the network itself), N or "
+    "/dev/videoN (USB camera), a video file, an rtsp:// or http:// URL, a GStreamer pipeline ('... ! appsink'), an "
+    "image, a folder or glob of images, or demo"
 )
 PICAMERA2_HINT = (
     "picamera2 comes from Raspberry Pi OS packages, not pip: sudo apt install python3-picamera2, and make the venv "
     "with system site packages (python3 -m venv --system-site-packages .venv)"
 )
+
+
+# What `FrameSource.frame_outputs` returns for a frame that came before the sensor's network had run: the stream
+# skips such a frame, it is never classified.
+NOT_READY = object()
 
 
 class FrameSource:
@@ -45,11 +51,18 @@ class FrameSource:
     ``read()`` returns the next uint8 frame, or None at the end of the stream; it raises CameraError when the
     device fails (a live source is then reopened by the stream with backoff) and ImageError for one bad item
     (skipped and reported). ``rewind()`` starts a finite source over (for ``--loop``).
+
+    A sensor that runs the network itself (the AI Camera, `edgecls.imx500`) sets ``computes_outputs``: after each
+    ``read()``, ``frame_outputs()`` gives what the network made of that frame, or NOT_READY. ``report(kind,
+    message)``, set by the capture that runs the source, tells the stream's consumer of a slow step (a firmware
+    upload).
     """
 
     name: str = "source"
     color: str = "rgb"
     live: bool = False
+    computes_outputs: bool = False
+    report: Callable[[str, str], None] | None = None
 
     def open(self) -> None:
         """Acquire the device or file; raises CameraError with the reason and the fix."""
@@ -63,6 +76,10 @@ class FrameSource:
 
     def close(self) -> None:
         """Release the device; safe to call twice."""
+
+    def frame_outputs(self) -> Any:
+        """What the source computed for the frame ``read()`` returned last (see ``computes_outputs``); None here."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "color": self.color, "live": self.live}
@@ -610,6 +627,11 @@ def parse_source(
         raise ConfigError(f"empty --source; expected {SOURCE_FORMS}")
     if text == "demo" or text.startswith("demo:"):
         return DemoSource(fps=_number(text[5:], "demo fps") if text.startswith("demo:") else (fps or 30.0))
+    if text == "imx500" or text.startswith("imx500:"):
+        raise ConfigError(
+            f"--source {text}: the AI Camera runs its network itself, so it comes with its classifier: "
+            "edgecls run RUN --source imx500, or edgecls.Stream(RUN, source='imx500')"
+        )
     if text == "picam" or text.startswith("picam:"):
         index = int(_number(text[6:], "picam camera number")) if text.startswith("picam:") else 0
         options = dict(picamera or {})
@@ -651,6 +673,7 @@ def _number(text: str, what: str) -> float:
 
 __all__ = [
     "FrameSource",
+    "NOT_READY",
     "OpenCVSource",
     "ImageFilesSource",
     "DemoSource",

@@ -29,6 +29,7 @@ import numpy as np
 from .capture import END, Capture, Frame, StreamEvent
 from .classifier import Classifier
 from .errors import ConfigError, EdgeclsError
+from .imx500 import SensorClassifier, is_imx500_source
 from .postprocess import Prediction
 from .preprocess import PreprocessConfig
 from .smoothing import Decision, Smoother, Smoothing
@@ -42,7 +43,9 @@ LATENCY_PARTS = ("capture_to_start_ms", "preprocess_ms", "invoke_ms", "postproce
 @dataclass(frozen=True, slots=True)
 class Latency:
     """Where the time of one result went, in milliseconds: waiting from capture until inference started,
-    preprocessing, the interpreter, postprocessing (ranking and smoothing), and ``total_ms`` from capture to result."""
+    preprocessing, the interpreter, postprocessing (ranking and smoothing), and ``total_ms`` from capture to result.
+    On the AI Camera, ``preprocess_ms`` and ``invoke_ms`` are the sensor's DSP and network times from the frame's KPI
+    (spent before the frame reached the CPU, and added to ``total_ms``)."""
 
     capture_to_start_ms: float
     preprocess_ms: float
@@ -116,7 +119,9 @@ class Stream:
     """Classify a stream of frames with a model; see the module docstring for the ways to consume it.
 
     ``model``: a .tflite path (opened with ``labels``, ``num_threads``, ``delegate``, ``device``, ``backend``,
-    ``preprocess`` as in `Classifier`) or a ready `Classifier` (not closed by the stream). ``source``: a
+    ``preprocess`` as in `Classifier`) or a ready `Classifier` (not closed by the stream); with ``source="imx500"``
+    (the AI Camera, which runs the network itself) a run folder, its model.tflite or a .rpk, or a ready
+    `edgecls.imx500.SensorClassifier`. ``source``: a
     ``--source`` text (see `edgecls.sources.parse_source`; ``source_options`` go to it) or a `FrameSource`.
     ``top_k``/``threshold``: the ranked predictions of each result. ``smoothing``: the decision's `Smoothing`.
     ``fps``: classify at most this many frames per second. ``max_frames``/``duration``: stop after that many
@@ -132,7 +137,7 @@ class Stream:
 
     def __init__(
         self,
-        model: str | os.PathLike[str] | Classifier,
+        model: str | os.PathLike[str] | Classifier | SensorClassifier,
         *,
         source: str | int | FrameSource,
         labels: str | os.PathLike[str] | Sequence[str] | None = None,
@@ -162,21 +167,32 @@ class Stream:
             raise ConfigError(f"max_frames must be at least 1 (received {max_frames})")
         if top_k < 1:
             raise ConfigError(f"top_k must be at least 1 (received {top_k})")
-        if isinstance(model, Classifier):
+        self.classifier: Classifier | SensorClassifier
+        if isinstance(model, (Classifier, SensorClassifier)):
             self.classifier, self._owns_classifier = model, False
+        elif is_imx500_source(source):  # the network runs on the sensor: no interpreter on the CPU
+            self.classifier, self._owns_classifier = SensorClassifier.open(model, source=source, labels=labels), True
         else:
             self.classifier = Classifier(
                 model, labels=labels, num_threads=num_threads, delegate=delegate, device=device, backend=backend,
                 preprocess=preprocess, delegate_options=delegate_options, allow_cpu_fallback=allow_cpu_fallback,
             )
             self._owns_classifier = True
-        spec = self.classifier.input_spec
         if isinstance(source, FrameSource):
             self.source = source
+        elif isinstance(self.classifier, SensorClassifier):
+            self.source = self.classifier.make_source(str(source), **(source_options or {}))
         else:
+            if is_imx500_source(source):
+                raise ConfigError(f"--source {source} runs the network on the AI Camera's sensor, not the TFLite model "
+                                  f"{self.classifier.path}: give the run folder or its .rpk")
+            spec = self.classifier.input_spec
             self.source = parse_source(
                 source, model_size=(spec.width, spec.height), grayscale=spec.channels == 1, **(source_options or {})
             )
+        if self.source.computes_outputs != isinstance(self.classifier, SensorClassifier):
+            raise ConfigError(f"{self.classifier.path} and the source {self.source.name} do not go together: a "
+                              "network on the AI Camera's sensor needs its imx500 source, and that source a network")
         self.top_k, self.threshold = top_k, threshold
         self.smoothing = smoothing or Smoothing()
         self.fps, self.max_frames, self.duration = fps, max_frames, duration
@@ -184,12 +200,11 @@ class Stream:
         self.keep_frames = keep_frames
         # Preparing a file's next frame in the capture thread overlaps it with inference, but only pays when the
         # interpreter leaves a core free: when its threads take every core, the extra work stalls them instead.
-        preprocessor = self.classifier.preprocessor
-        prefetch = self.classifier.num_threads < (os.cpu_count() or 1)
-        self._capture = Capture(
-            self.source, loop=loop, on_event=self._emit,
-            prepare=(lambda image, color: preprocessor.to_array(image, color=color)) if prefetch else None,
-        )
+        prepare = None
+        if isinstance(self.classifier, Classifier) and self.classifier.num_threads < (os.cpu_count() or 1):
+            preprocessor = self.classifier.preprocessor
+            prepare = lambda image, color: preprocessor.to_array(image, color=color)
+        self._capture = Capture(self.source, loop=loop, on_event=self._emit, prepare=prepare)
         self._results: collections.deque[StreamResult] = collections.deque()
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -398,7 +413,10 @@ class Stream:
     def _classify(self, frame: Frame, smoother: Smoother) -> StreamResult:
         clf = self.classifier
         start = time.perf_counter()
-        if frame.input is not None:  # prepared by the capture thread while the previous frame was classified
+        on_sensor = frame.outputs is not None
+        if on_sensor:  # the AI Camera ran the network: rank what it computed for this frame
+            predictions = clf.classify_outputs(frame.outputs, top_k=self.top_k, threshold=self.threshold)
+        elif frame.input is not None:  # prepared by the capture thread while the previous frame was classified
             predictions = clf.classify_input(frame.input, top_k=self.top_k, threshold=self.threshold)
         else:
             predictions = clf.classify(frame.image, top_k=self.top_k, threshold=self.threshold, color=frame.color)
@@ -411,12 +429,15 @@ class Stream:
         end = time.perf_counter()
         pre, invoke = (timing.preprocess_ms, timing.invoke_ms) if timing else (0.0, 0.0)
         prepared_ms = frame.preprocess_ms
+        # On the sensor, preprocessing (its DSP) and the network ran before the frame reached the CPU: they are
+        # added to the total, and the CPU's own time is all postprocessing.
+        host_ms = (end - start) * 1e3
         latency = Latency(
             capture_to_start_ms=(start - frame.captured) * 1e3,
             preprocess_ms=prepared_ms + pre,
             invoke_ms=invoke,
-            postprocess_ms=max(0.0, (end - start) * 1e3 - pre - invoke),
-            total_ms=(end - frame.captured) * 1e3,
+            postprocess_ms=host_ms if on_sensor else max(0.0, host_ms - pre - invoke),
+            total_ms=(end - frame.captured) * 1e3 + (pre + invoke if on_sensor else 0.0),
         )
         return StreamResult(
             frame.sequence, frame.timestamp, time.time(), predictions, decision, latency,
