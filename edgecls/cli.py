@@ -385,7 +385,11 @@ def run(
 
                 raise ConfigError("no --source given; pass --source (e.g. picam, 0, video.mp4) or --profile NAME")
             source = prof.camera["source"]
-        use_profile_camera = prof is not None and source == prof.camera["source"]
+        from .imx500 import is_imx500_source
+
+        # the profile's camera settings apply to its camera (the AI Camera's with any network: imx500:RPK)
+        use_profile_camera = prof is not None and (source == prof.camera["source"] or (
+            is_imx500_source(source) and is_imx500_source(prof.camera["source"])))
         options = RunOptions(
             source=source, top_k=top_k, threshold=threshold, sinks=list(sink or []), json_lines=json_out, quiet=quiet,
             on_change=on_change, fps=fps, max_frames=max_frames, duration=duration, loop=loop,
@@ -403,8 +407,6 @@ def run(
         )
         # A delegate given on the command line replaces the profile's, with its device.
         profile_delegate = delegate is None and device is None
-        from .imx500 import is_imx500_source
-
         if is_imx500_source(source):  # the network runs on the sensor: no interpreter, nothing for the CPU to tune
             _refuse_cpu_options(threads=threads, backend=backend, delegate=delegate, device=device,
                                 delegate_option=delegate_option, allow_cpu_fallback=allow_cpu_fallback or None)

@@ -1,7 +1,8 @@
 """`edgecls deploy`: one archive with everything a device needs to classify at boot.
 
 The bundle (``edgecls-<profile>/`` inside a .tar.gz) holds the model (and its Edge TPU build when one sits beside
-it), its labels, the device profile, the boot configuration lines and the tool that puts them in place, a systemd
+it; for the AI Camera, the run's ``imx500/packerOut.zip``, from which ``install.sh`` makes the sensor's
+``network.rpk`` with Raspberry Pi's ``imx500-package``), its labels, the device profile, the boot configuration lines and the tool that puts them in place, a systemd
 unit that runs `edgecls run` at boot and restarts it on failure, an install script for the device, the edgecls wheel
 (built from this checkout, or given), optionally the device's dependency wheels for an install with no internet,
 a README and ``SHA256SUMS``. The archive is written atomically.
@@ -40,10 +41,16 @@ from .metadata import check_model_file
 from .profiles import Profile
 from .dashboard import is_loopback
 from .hass import Discovery, require_mqtt_sink, run_args
+from .imx500 import FOLDER as IMX500_FOLDER
+from .imx500 import LABELS as IMX500_LABELS
+from .imx500 import PACKAGE as IMX500_PACKAGE
+from .imx500 import RPK as IMX500_RPK
 from .mqtt import MQTT_PASSWORD_ENV, mask_url, split_mqtt_password
 from .sinks import check_sink_spec, has_control_chars
 
 SERVICE_NAME = "edgecls.service"
+# The AI Camera's packages, in Raspberry Pi's archive only: the sensor's firmware and imx500-package.
+IMX500_PACKAGES = "imx500-all imx500-tools"
 # The service's working directory (StateDirectory=edgecls); relative sink paths land here.
 STATE_DIR = "/var/lib/edgecls"
 ENV_FILE = "/etc/edgecls/edgecls.env"  # root-only (0600): the secrets the service reads
@@ -246,7 +253,10 @@ def build_bundle(
     what its pip should install instead. ``wheelhouse`` (bookworm or trixie) adds the aarch64 wheels of every
     dependency, so that the device needs no internet. ``discovery`` has the service announce the camera to Home
     Assistant (``--mqtt-discovery``, as ``extra_args`` may also say); ``install.sh --uninstall`` then takes its
-    retained configs off the broker, with the sinks' retained status (`edgecls mqtt-clear`)."""
+    retained configs off the broker, with the sinks' retained status (`edgecls mqtt-clear`).
+
+    For an AI Camera profile (camera source imx500) ``model`` is the run folder or its model.tflite, and the run's
+    ``imx500/packerOut.zip`` and ``imx500/labels.txt`` go into the bundle."""
     check_prefix(prefix)
     check_user(user)
     sinks = [check_arg("--sink", s) for s in sinks or []]
@@ -277,6 +287,10 @@ def build_bundle(
         raise ConfigError(f"the bundle is a .tar.gz archive; name it so (received {out_path.name})")
     if wheelhouse is not None and wheelhouse not in WHEELHOUSE_TARGETS:
         raise ConfigError(f"--wheelhouse {wheelhouse!r}: expected one of {', '.join(WHEELHOUSE_TARGETS)}")
+    imx500 = is_imx500_profile(profile)
+    sensor_files = _imx500_files(Path(model), profile) if imx500 else {}
+    if imx500 and Path(model).is_dir():
+        model = Path(model) / "model.tflite"
     info = check_model_file(model)
     cpu_model, tpu_model = info.path, compiled_sibling(info.path)
     if info.has_edgetpu_op():  # given the Edge TPU build itself
@@ -301,11 +315,13 @@ def build_bundle(
         if not edgetpu:
             raise ConfigError(f"{info.path} only runs on the Edge TPU, and profile {profile.name} does not use one")
         warnings.append("no CPU model in the bundle: --allow-cpu-fallback will not be possible on the device")
-    labels = _labels(cpu_model if "model.tflite" in files else info.path)
+    # the AI Camera's labels are those written with its package (imx500/labels.txt); the model's are not used there
+    labels = None if imx500 else _labels(cpu_model if "model.tflite" in files else info.path)
     if labels:
         files["labels.txt"] = format_labels(labels).encode("utf-8")
-    else:
+    elif not imx500:
         warnings.append("the model carries no labels and none sit beside it: results will show class indices")
+    files.update(sensor_files)
 
     # MQTT passwords stay out of the bundle: the unit names the user only, install.sh takes the password.
     public_sinks, mqtt_user = [], False
@@ -351,7 +367,7 @@ def build_bundle(
         except ValueError as exc:
             raise ConfigError(f"profile {profile.name}: boot.config: {exc}") from None
         files["edgecls_bootconfig.py"] = Path(__file__).with_name("bootconfig.py").read_bytes()
-    args = _run_args(prefix, model_name, labels is not None, public_sinks, extra)
+    args = _run_args(prefix, model_name, labels is not None, public_sinks, extra, imx500=imx500)
     clear = _clear_args([public for public, kind in zip(public_sinks, kinds) if kind == "mqtt"], discovery,
                         retained="--mqtt-retain" in extra)
     files[SERVICE_NAME] = service_unit(profile, prefix=prefix, user=user, args=args).encode("utf-8")
@@ -385,7 +401,8 @@ def build_bundle(
     now = int(time.time())
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for folder in [root] + ([f"{root}/wheels"] if any(n.startswith("wheels/") for n in files) else []):
+        folders = [f"{root}/{sub}" for sub in ("wheels", IMX500_FOLDER) if any(n.startswith(sub + "/") for n in files)]
+        for folder in [root, *folders]:
             item = tarfile.TarInfo(folder)
             item.type, item.mode, item.mtime = tarfile.DIRTYPE, 0o755, now
             tar.addfile(item)
@@ -403,9 +420,36 @@ def _labels(model: Path) -> list[str] | None:
     return list(found.names) if found else None
 
 
-def _run_args(prefix: str, model_name: str, labels: bool, sinks: list[str], extra: list[str]) -> list[str]:
+def is_imx500_profile(profile: Profile) -> bool:
+    """Whether the profile's camera is the AI Camera, which runs the network on its sensor."""
+    return str(profile.camera["source"]).partition(":")[0] == "imx500"
+
+
+def _imx500_files(model: Path, profile: Profile) -> dict[str, bytes]:
+    """The run's IMX500 package and labels, under imx500/ in the bundle; a ConfigError naming the fix without them."""
+    run = model if model.is_dir() else model.parent
+    package, labels = run / IMX500_FOLDER / IMX500_PACKAGE, run / IMX500_FOLDER / IMX500_LABELS
+    if not package.is_file():
+        raise ConfigError(
+            f"profile {profile.name} runs the network on the AI Camera's sensor, and {package} is missing: make it with "
+            f"edgecls export imx500 {run} (or convert with --target imx500)"
+        )
+    if not labels.is_file():
+        raise ConfigError(f"{labels} is missing: the IMX500 package of {run} needs the labels written with it "
+                          f"(edgecls export imx500 {run} writes both)")
+    from .labels import read_labels_file
+
+    read_labels_file(labels)  # a LabelsError now, not on the device
+    return {f"{IMX500_FOLDER}/{IMX500_PACKAGE}": package.read_bytes(), f"{IMX500_FOLDER}/{IMX500_LABELS}": labels.read_bytes()}
+
+
+def _run_args(prefix: str, model_name: str, labels: bool, sinks: list[str], extra: list[str], *,
+              imx500: bool = False) -> list[str]:
     args = [f"{prefix}/venv/bin/edgecls", "run", f"{prefix}/{model_name}", "--profile", f"{prefix}/profile.toml"]
-    if labels:
+    if imx500:  # the .rpk that install.sh made from the bundle's packerOut.zip, and the labels written with it
+        args += ["--source", f"imx500:{prefix}/{IMX500_FOLDER}/{IMX500_RPK}",
+                 "--labels", f"{prefix}/{IMX500_FOLDER}/{IMX500_LABELS}"]
+    elif labels:
         args += ["--labels", f"{prefix}/labels.txt"]
     for sink in sinks:
         args += ["--sink", sink]
@@ -484,7 +528,8 @@ def install_script(
     check_prefix(prefix)
     check_user(user)
     check_arg("--pip-spec", pip_spec)
-    picam = profile.camera["source"].startswith("picam")
+    imx500 = is_imx500_profile(profile)
+    picam = profile.camera["source"].startswith("picam") or imx500
     edgetpu = profile.runtime.get("delegate") == "edgetpu"
     pci = edgetpu and str(profile.runtime.get("device", "")).startswith("pci")
     boot = profile.data.get("boot", {})
@@ -505,6 +550,8 @@ def install_script(
         "PICAM": "1" if picam else "0",
         "EDGETPU": "1" if edgetpu else "0",
         "EDGETPU_PACKAGES": "libedgetpu1-std" + (" gasket-dkms" if pci else ""),
+        "IMX500": "1" if imx500 else "0",
+        "IMX500_PACKAGES": IMX500_PACKAGES,
         "SERVICE_GROUPS": "video plugdev" + (" apex" if pci else ""),
         "MQTT_USER": "1" if mqtt_user else "0",
         "PASSWORD_ENV": MQTT_PASSWORD_ENV,
@@ -526,7 +573,8 @@ _INSTALL_SH = r"""#!/usr/bin/env bash
 #   sudo ./install.sh --uninstall [--dry-run]     (also clears the service's retained MQTT messages)
 # It checks the system first (64-bit ARM or x86-64, Python >= 3.10 with venv), then installs edgecls in a venv that
 # sees the system's packages (picamera2), the model and profile beside it, the boot configuration lines (only those
-# not already there), and the systemd service, which it starts unless a reboot is needed first.
+# not already there), and the systemd service, which it starts unless a reboot is needed first. For the AI Camera it
+# installs imx500-all and imx500-tools and makes the sensor's network.rpk from packerOut.zip with imx500-package.
 # --pip-spec SPEC (or EDGECLS_PIP_SPEC) installs SPEC from your own index instead of the bundled wheel.
 # --mqtt-password-file FILE (or EDGECLS_MQTT_PASSWORD) stores the MQTT password in a root-only (0600) file.
 set -euo pipefail
@@ -656,6 +704,13 @@ elif [ -n "${EDGECLS_MQTT_PASSWORD:-}" ]; then
   PASSWORD="$EDGECLS_MQTT_PASSWORD"
 fi
 case "$PASSWORD" in *[[:cntrl:]]*) fail "the MQTT password holds control characters" ;; esac
+if [ "$IMX500" = 1 ]; then
+  case "$(uname -m)" in
+    aarch64|arm64) ;;
+    *) fail "profile $PROFILE is for the Raspberry Pi AI Camera, whose packages ($IMX500_PACKAGES, from Raspberry Pi's \
+archive) exist for Raspberry Pi OS on a Raspberry Pi only; this is $(uname -m)" ;;
+  esac
+fi
 if [ "$EDGETPU" = 1 ] && ! ldconfig -p 2>/dev/null | grep -q "libedgetpu.so.1"; then
   echo "install.sh: libedgetpu.so.1 is not installed. Add the Coral apt repository" \
     "(https://coral.ai/software/#debian-packages), then: sudo apt-get install $EDGETPU_PACKAGES" >&2
@@ -663,6 +718,7 @@ if [ "$EDGETPU" = 1 ] && ! ldconfig -p 2>/dev/null | grep -q "libedgetpu.so.1"; 
 fi
 
 # ---- system packages ----------------------------------------------------------------------------------------------
+APT_UPDATED=0
 if [ "$PICAM" = 1 ] && ! python3 -c "import picamera2" 2>/dev/null; then
   case "$(uname -m)" in
     aarch64|arm64)
@@ -672,6 +728,7 @@ if [ "$PICAM" = 1 ] && ! python3 -c "import picamera2" 2>/dev/null; then
           "which this system's apt sources do not name" >&2
       fi
       run apt-get update
+      APT_UPDATED=1
       run apt-get install -y python3-picamera2 ;;
     *)
       # Raspberry Pi OS ships picamera2 for its boards (64-bit ARM) only: there is no such package to install here.
@@ -679,6 +736,22 @@ if [ "$PICAM" = 1 ] && ! python3 -c "import picamera2" 2>/dev/null; then
         "Raspberry Pi only; this is $(uname -m), so python3-picamera2 is not installed and the service will not" \
         "find that camera here (a USB camera: the profile linux-usb-camera)" >&2 ;;
   esac
+fi
+
+# The AI Camera: the sensor's firmware (imx500-all) and imx500-package (imx500-tools), from Raspberry Pi's archive.
+# The firmware is loaded when the camera is probed at boot: newly installed, it needs a reboot.
+IMX500_FIRMWARE_NEW=0
+if [ "$IMX500" = 1 ]; then
+  MISSING=()
+  for pkg in $IMX500_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || MISSING+=("$pkg")
+  done
+  if [ "${#MISSING[@]}" -gt 0 ]; then
+    [ "$APT_UPDATED" = 1 ] || run apt-get update
+    run apt-get install -y "${MISSING[@]}" || fail "${MISSING[*]} could not be installed: they come from Raspberry \
+Pi's archive (archive.raspberrypi.com), which Raspberry Pi OS has in its apt sources"
+    case " ${MISSING[*]} " in *" imx500-all "*) IMX500_FIRMWARE_NEW=1 ;; esac
+  fi
 fi
 
 # numpy: the venv uses the system's numpy when there is one, so that system modules built against it (picamera2's
@@ -722,9 +795,41 @@ else
   run "$PREFIX/venv/bin/pip" install --disable-pip-version-check --force-reinstall --no-deps --no-index \
     "$HERE/wheels/$WHEEL"
 fi
+if [ "$IMX500" = 1 ]; then run install -d -m 755 "$PREFIX/imx500"; fi
 for f in "${INSTALL_FILES[@]}"; do
   run install -m 644 "$HERE/$f" "$PREFIX/$f"
 done
+
+# ---- the AI Camera's network: imx500-package makes network.rpk from packerOut.zip, here on the device ------------
+# Again only when the bundle brings another packerOut.zip (its checksum is kept beside the .rpk); the new .rpk is
+# made in a folder of its own and renamed into place, so a failure leaves the old one as it was.
+if [ "$IMX500" = 1 ]; then
+  RPK="$PREFIX/imx500/network.rpk"
+  PACKAGE_SUM="$(sha256sum "$HERE/imx500/packerOut.zip" | cut -d' ' -f1)"
+  if [ -f "$RPK" ] && [ "$(cat "$RPK.sha256" 2>/dev/null || true)" = "$PACKAGE_SUM" ]; then
+    say "the AI Camera's network $RPK is up to date (made from this packerOut.zip)"
+  else
+    if [ "$DRY_RUN" = 0 ]; then
+      command -v imx500-package >/dev/null 2>&1 \
+        || fail "imx500-package is missing although imx500-tools was installed: sudo apt-get install --reinstall imx500-tools"
+      WORK="$(mktemp -d "$PREFIX/imx500/.package.XXXXXX")"
+    else
+      WORK="$PREFIX/imx500/.package.XXXXXX"
+    fi
+    run imx500-package -i "$PREFIX/imx500/packerOut.zip" -o "$WORK" \
+      || { rm -rf "$WORK"; fail "imx500-package could not make the network from $PREFIX/imx500/packerOut.zip (its \
+output is above)"; }
+    if [ "$DRY_RUN" = 0 ] && [ ! -s "$WORK/network.rpk" ]; then
+      rm -rf "$WORK"
+      fail "imx500-package made no network.rpk from $PREFIX/imx500/packerOut.zip (its output is above)"
+    fi
+    run install -m 644 "$WORK/network.rpk" "$RPK.new"
+    run mv -f "$RPK.new" "$RPK"
+    echo "+ write $RPK.sha256 (the checksum of the packerOut.zip it was made from)"
+    [ "$DRY_RUN" = 1 ] || echo "$PACKAGE_SUM" > "$RPK.sha256"
+    run rm -rf "$WORK"
+  fi
+fi
 if [ "$HERE" != "$PREFIX" ]; then run install -m 755 "$HERE/install.sh" "$PREFIX/install.sh"; fi
 run install -d -m 750 -o "$SERVICE_USER" -g "$(id -gn "$SERVICE_USER" 2>/dev/null || echo "$SERVICE_USER")" "$STATE_DIR"
 
@@ -746,6 +851,8 @@ fi
 
 # ---- boot configuration -------------------------------------------------------------------------------------------
 NEED_REBOOT=0
+REBOOT_WHY=""
+reboot_to() { NEED_REBOOT=1; REBOOT_WHY="${REBOOT_WHY:+$REBOOT_WHY and to }$1"; }
 if [ "$BOOT_CONFIG" = 1 ] && [ -n "$BOOT_FILE" ]; then
   if [ ! -f "$BOOT_FILE" ]; then
     echo "install.sh: $BOOT_FILE not found; add the lines in config.txt.fragment to the boot configuration" \
@@ -756,11 +863,13 @@ if [ "$BOOT_CONFIG" = 1 ] && [ -n "$BOOT_FILE" ]; then
       "${DRY_FLAG[@]}" || rc=$?
     case "$rc" in
       0|11) ;;
-      10) NEED_REBOOT=1 ;;
+      10) reboot_to "apply the boot configuration ($BOOT_FILE.edgecls-backup holds the old one)" ;;
       *) fail "could not update $BOOT_FILE (nothing else is changed by this step)" ;;
     esac
   fi
 fi
+
+if [ "$IMX500_FIRMWARE_NEW" = 1 ]; then reboot_to "load the AI Camera's firmware (imx500-all was just installed)"; fi
 
 # ---- the service --------------------------------------------------------------------------------------------------
 run install -m 644 "$HERE/$SERVICE" "/etc/systemd/system/$SERVICE"
@@ -768,8 +877,7 @@ if systemd_running; then
   run systemctl daemon-reload
   run systemctl enable "$SERVICE"
   if [ "$NEED_REBOOT" = 1 ]; then
-    finish "installed and enabled; reboot to apply the boot configuration ($BOOT_FILE.edgecls-backup holds the" \
-      "old one): the service starts then"
+    finish "installed and enabled; reboot to $REBOOT_WHY: the service starts then"
   elif [ "$START" = 1 ]; then
     run systemctl restart "$SERVICE"
     finish "installed and started; follow it with: journalctl -u $SERVICE -f"
@@ -804,6 +912,9 @@ def _readme(profile: Profile, prefix: str, files: list[str], wheelhouse: str | N
         f"in {prefix}, the boot configuration lines of config.txt.fragment that are not already in effect, and",
         f"enables and starts {SERVICE_NAME} (logs: journalctl -u {SERVICE_NAME} -f). The service runs as its own",
         f"user in {STATE_DIR}; an MQTT password goes into {ENV_FILE} (root only) with --mqtt-password-file.",
+        *([f"For the AI Camera it installs {IMX500_PACKAGES} from Raspberry Pi's archive (a first install of the",
+           "firmware needs a reboot) and makes imx500/network.rpk from imx500/packerOut.zip with imx500-package,",
+           "again only when the package changes."] if is_imx500_profile(profile) else []),
         "",
         "Files:",
         *[f"  {name}" for name in files],

@@ -424,3 +424,86 @@ def test_ai_camera_profile_mistakes_are_precise_errors(edit, message):
         parse_profile(text, origin="x.toml")
     with pytest.raises(ConfigError, match=r"runtime.threads sets the TFLite interpreter on the CPU"):
         parse_profile(text.replace(edit, "") + "threads = 2\n", origin="x.toml")
+
+
+# -- deploy: the bundle, and install.sh's plan (tests/emulated_pi.py runs it on an emulated Raspberry Pi OS) ----------
+
+
+def fake_bin(folder: Path, **scripts: str) -> dict[str, str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, body in scripts.items():
+        (folder / name).write_text("#!/bin/sh\n" + body)
+        (folder / name).chmod(0o755)
+    return {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}"}
+
+
+def ai_camera_bundle(run: Path, tmp_path: Path, profile: str = "rpi5-ai-camera") -> Path:
+    import tarfile
+
+    from edgecls.deploy import build_bundle
+    from edgecls.profiles import load_profile
+
+    out = tmp_path / "ai.tar.gz"
+    build_bundle(run, load_profile(profile), out, pip_spec="edgecls[camera]", sinks=["jsonl:results.jsonl"])
+    with tarfile.open(out, "r:gz") as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    return tmp_path / "x" / f"edgecls-{profile}"
+
+
+def test_the_ai_camera_bundle_carries_the_package_and_the_service_runs_the_rpk(coral, tmp_path):
+    run = make_run(tmp_path / "run", coral)
+    root = ai_camera_bundle(run, tmp_path)
+    assert (root / "imx500" / "packerOut.zip").read_bytes() == (run / "imx500" / "packerOut.zip").read_bytes()
+    assert (root / "imx500" / "labels.txt").read_text().splitlines() == LABELS
+    assert not (root / "imx500" / "network.rpk").exists()  # made on the device, by imx500-package
+    sums = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=root, capture_output=True,
+                          text=True, check=False)
+    assert sums.returncode == 0 and "imx500/packerOut.zip: OK" in sums.stdout
+    unit = (root / "edgecls.service").read_text()
+    assert ("ExecStart=/opt/edgecls/venv/bin/edgecls run /opt/edgecls/model.tflite --profile /opt/edgecls/profile.toml"
+            " --source imx500:/opt/edgecls/imx500/network.rpk --labels /opt/edgecls/imx500/labels.txt") in unit
+    assert "imx500-package" in (root / "README.txt").read_text()
+
+
+def test_an_ai_camera_bundle_needs_the_runs_imx500_package(coral, tmp_path):
+    from edgecls.deploy import build_bundle
+    from edgecls.profiles import load_profile
+
+    run = make_run(tmp_path / "run", coral)
+    (run / "imx500" / "packerOut.zip").unlink()
+    with pytest.raises(ConfigError, match=r"packerOut.zip is missing: make it with edgecls export imx500"):
+        build_bundle(run, load_profile("rpi5-ai-camera"), tmp_path / "b.tar.gz", pip_spec="edgecls")
+    assert not (tmp_path / "b.tar.gz").exists()
+
+
+def test_install_plans_the_ai_camera_packages_and_the_rpk_on_a_pi(coral, tmp_path):
+    root = ai_camera_bundle(make_run(tmp_path / "run", coral), tmp_path)
+    no_picamera = 'case "$*" in *picamera2*) exit 1;; esac\nexec "$REAL_PYTHON" "$@"\n'
+    plans = {}
+    for state, dpkg in (("fresh", "exit 1\n"), ("installed", "printf 'install ok installed'\n")):
+        env = fake_bin(tmp_path / f"bin-{state}", uname="echo aarch64\n", python3=no_picamera, **{"dpkg-query": dpkg})
+        env["REAL_PYTHON"] = sys.executable
+        done = subprocess.run(["bash", str(root / "install.sh"), "--dry-run", "--no-start"], capture_output=True,
+                              text=True, env=env, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        plans[state] = done.stdout
+    fresh = plans["fresh"].splitlines()
+    steps = [line for line in fresh if line.startswith("+ ")]
+    assert "+ apt-get install -y python3-picamera2" in steps and steps.count("+ apt-get update") == 1
+    assert "+ apt-get install -y imx500-all imx500-tools" in steps
+    package = "+ imx500-package -i /opt/edgecls/imx500/packerOut.zip -o /opt/edgecls/imx500/.package.XXXXXX"
+    assert steps.index("+ install -d -m 755 /opt/edgecls/imx500") < steps.index(
+        f"+ install -m 644 {root}/imx500/packerOut.zip /opt/edgecls/imx500/packerOut.zip") < steps.index(package)
+    assert steps[steps.index(package) + 1:steps.index(package) + 3] == [
+        "+ install -m 644 /opt/edgecls/imx500/.package.XXXXXX/network.rpk /opt/edgecls/imx500/network.rpk.new",
+        "+ mv -f /opt/edgecls/imx500/network.rpk.new /opt/edgecls/imx500/network.rpk"]
+    assert "imx500-all imx500-tools" not in plans["installed"] and package in plans["installed"]
+
+
+def test_install_refuses_the_ai_camera_off_a_pi(coral, tmp_path):
+    root = ai_camera_bundle(make_run(tmp_path / "run", coral), tmp_path, profile="rpi-zero-2w-ai-camera")
+    env = fake_bin(tmp_path / "bin", uname="echo x86_64\n")
+    done = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True, env=env,
+                          timeout=60, check=False)
+    assert done.returncode == 1 and "exist for Raspberry Pi OS on a Raspberry Pi only; this is x86_64" in done.stderr
+    assert "+ " not in done.stdout  # before any step
