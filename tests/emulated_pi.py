@@ -18,6 +18,15 @@ environment: on the camera until SIGTERM, and on a video of the cat; the results
 documents for the photo, and reach the broker; ``edgecls doctor`` runs. A JSON report (timings, the versions pip
 chose) goes to --report.
 
+Then the Raspberry Pi AI Camera (IMX500), whose packages only Raspberry Pi's archive has: ``imx500-all`` and
+``imx500-tools`` are STUB packages, clearly named, built here with dpkg-deb and served from a local apt repository in
+the root (the stub ``imx500-package`` turns the stand-in packerOut.zip into the stand-in network.rpk), and picamera2
+is replaced by the stand-in of tests/picamera2_standin (IMX500 and Picamera2 as picamera2's source behaves). A run
+with an imx500/ package is deployed with profile rpi5-ai-camera over the first install: install.sh must install the
+two packages with apt-get, make /opt/edgecls/imx500/network.rpk with imx500-package, and a second install.sh must
+change nothing (the packages and the .rpk are there); the unit's ExecStart must name the .rpk and classify with the
+network's outputs, the bundle's labels and the on-sensor times.
+
 What cannot run here: systemd as PID 1 (the unit is parsed and its ExecStart run by this script) and a real camera.
 Needs root, debootstrap, qemu-user-static and binfmt-support (``.ci/run`` installs them), and the network for
 Debian's and PyPI's packages.
@@ -42,6 +51,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+STANDIN = HERE / "picamera2_standin"  # the picamera2 stand-in with an AI Camera, and its network files
 SHARED = Path(os.environ.get("EDGECLS_SHARED_DATA", ROOT.parent / "shared" / "data"))
 CORAL = SHARED / "coral"
 MODEL = "mobilenet_v2_1.0_224_quant.tflite"
@@ -200,7 +210,7 @@ def host_problem() -> str | None:
     """Why this host cannot run the emulation (None when it can)."""
     if os.geteuid() != 0:
         return "needs root (debootstrap, chroot and mount namespaces)"
-    for tool in ("debootstrap", "unshare", "chroot", "update-binfmts"):
+    for tool in ("debootstrap", "unshare", "chroot", "update-binfmts", "dpkg-deb"):
         if shutil.which(tool) is None:
             return f"{tool} is missing: apt-get install debootstrap qemu-user-static binfmt-support"
     if not (Path("/usr/bin/qemu-aarch64-static").exists() or Path("/usr/libexec/qemu-binfmt/aarch64-binfmt-P").exists()):
@@ -309,6 +319,95 @@ def prepare_root(root: Path) -> None:
     shutil.copy("/etc/resolv.conf", resolv)
     ca = Path(os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE") or "/etc/ssl/certs/ca-certificates.crt")
     shutil.copy(ca, root / "etc/ssl/host-ca.crt")
+
+
+# -- the AI Camera: stub packages of Raspberry Pi's archive, the picamera2 stand-in, a run with an IMX500 package ------
+
+AI_LABELS = ["daisy", "dandelion", "rose", "sunflower"]
+AI_OUTPUTS = [[20, 30, 200, 6]]  # the stand-in network's raw uint8 scores: rose, 200/256
+AI_KPI_US = [4100, 900]  # its on-sensor DNN and DSP times
+STUB_LOG = "/var/log/edgecls-stub-imx500-package.log"
+IMX500_PACKAGE_STUB = f"""#!/bin/sh
+# STUB of Raspberry Pi's imx500-package (package imx500-tools) for tests/emulated_pi.py: NOT the real tool.
+# As the real one: imx500-package -i packerOut.zip -o DIR writes DIR/network.rpk (here the stand-in's format).
+set -e
+echo "$*" >> {STUB_LOG}
+while getopts "i:o:" opt; do case "$opt" in i) IN="$OPTARG" ;; o) OUT="$OPTARG" ;; *) exit 2 ;; esac; done
+[ -f "$IN" ] || {{ echo "imx500-package: no such file $IN" >&2; exit 1; }}
+exec python3 -c 'import sys, standin_rpk; print("stub: wrote", standin_rpk.package(sys.argv[1], sys.argv[2]))' \\
+  "$IN" "$OUT"
+"""
+
+
+def build_stub_repository(repo: Path) -> None:
+    """imx500-all and imx500-tools as STUB .deb packages in a flat apt repository at ``repo``."""
+    import hashlib
+
+    repo.mkdir(parents=True, exist_ok=True)
+    packages = {
+        "imx500-all": {"usr/share/doc/imx500-all/STUB": "STUB of Raspberry Pi's imx500-all (IMX500 firmware and "
+                                                         "models) for tests/emulated_pi.py\n"},
+        "imx500-tools": {"usr/bin/imx500-package": IMX500_PACKAGE_STUB},
+    }
+    index = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, files in packages.items():
+            pkg = Path(tmp) / name
+            (pkg / "DEBIAN").mkdir(parents=True)
+            (pkg / "DEBIAN/control").write_text(
+                f"Package: {name}\nVersion: 0.0.0~edgecls.stub\nArchitecture: all\nMaintainer: edgecls tests "
+                f"<tests@edgecls.invalid>\nDescription: STUB of Raspberry Pi's {name} for the emulated Raspberry Pi "
+                "OS test\n NOT the real package: it exists for tests/emulated_pi.py only.\n")
+            for path, text in files.items():
+                target = pkg / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text)
+                target.chmod(0o755 if "/bin/" in path else 0o644)
+            deb = repo / f"{name}_0.0.0~edgecls.stub_all.deb"
+            subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(pkg), str(deb)], check=True,
+                           capture_output=True)
+            control = subprocess.run(["dpkg-deb", "-f", str(deb)], check=True, capture_output=True, text=True).stdout
+            data = deb.read_bytes()
+            index.append(control.rstrip("\n") + f"\nFilename: ./{deb.name}\nSize: {len(data)}\n"
+                         f"SHA256: {hashlib.sha256(data).hexdigest()}\n")
+    (repo / "Packages").write_text("\n".join(index))
+    packages_file = (repo / "Packages").read_bytes()
+    (repo / "Release").write_text(  # unsigned: the source says [trusted=yes]
+        "Origin: edgecls-stub\nLabel: STUB of archive.raspberrypi.com for tests/emulated_pi.py\nSuite: stub\n"
+        f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S UTC', time.gmtime())}\nArchitectures: all arm64\nSHA256:\n"
+        f" {hashlib.sha256(packages_file).hexdigest()} {len(packages_file)} Packages\n")
+
+
+def prepare_ai_camera(root: Path) -> None:
+    """The root as a Raspberry Pi OS with an AI Camera attached, as far as the test can make it: the picamera2
+    stand-in (replacing the lores stub) and the stub packages in an apt source, not yet installed."""
+    dist = root / "usr/lib/python3/dist-packages"
+    shutil.rmtree(dist / "picamera2")
+    shutil.copytree(STANDIN / "picamera2", dist / "picamera2", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(STANDIN / "standin_rpk.py", dist / "standin_rpk.py")
+    build_stub_repository(root / "srv/edgecls-stub-apt")
+    (root / "etc/apt/sources.list.d/edgecls-stub-raspberrypi.list").write_text(
+        "# STUB of archive.raspberrypi.com for tests/emulated_pi.py: imx500-all and imx500-tools only\n"
+        "deb [trusted=yes] file:/srv/edgecls-stub-apt ./\n")
+
+
+def make_ai_camera_run(folder: Path) -> Path:
+    """A run as `edgecls export imx500` leaves it: model.tflite (the Coral MobileNet with a center-crop manifest),
+    imx500/packerOut.zip (the stand-in's) and imx500/labels.txt."""
+    sys.path.insert(0, str(STANDIN))
+    try:
+        import standin_rpk
+    finally:
+        sys.path.remove(str(STANDIN))
+    from edgecls.manifest import embed_manifest
+
+    (folder / "imx500").mkdir(parents=True)
+    manifest = {"preprocess": {"resize": "center-crop"}, "output": {"activation": "probabilities"}}
+    (folder / "model.tflite").write_bytes(embed_manifest((CORAL / MODEL).read_bytes(), manifest))
+    standin_rpk.write_package(folder / "imx500/packerOut.zip", outputs=AI_OUTPUTS, kpi_us=AI_KPI_US,
+                              progress="none", not_ready_frames=5)
+    (folder / "imx500/labels.txt").write_text("\n".join(AI_LABELS) + "\n")
+    return folder
 
 
 def make_video(path: Path, frames: int = 6) -> None:
@@ -603,6 +702,67 @@ def emulate(suite: str, work: Path, cache: Path | None, wheelhouse: bool) -> dic
         check((rootfs / "boot/firmware/config.txt").read_text() == CONFIG_TXT, "a second install changed config.txt")
         check(environment_file(env_file.read_text()).get("EDGECLS_MQTT_PASSWORD") == SECRET,
               "a second install without --mqtt-password-file lost the stored password")
+
+        # -- the AI Camera: its bundle over this install, its packages from the (stub) archive, its .rpk -------------
+        prepare_ai_camera(rootfs)
+        ai_run = make_ai_camera_run(work / "ai-run")
+        ai_bundle = work / "edgecls-rpi5-ai-camera.tar.gz"
+        made = subprocess.run([sys.executable, "-m", "edgecls", "deploy", str(ai_run), "--profile", "rpi5-ai-camera",
+                               "--out", str(ai_bundle), *sinks, *(["--wheelhouse", suite] if wheelhouse else [])],
+                              capture_output=True, text=True, timeout=1800, check=False)
+        check(made.returncode == 0, f"edgecls deploy --profile rpi5-ai-camera failed:\n{made.stderr}")
+        shutil.copy(ai_bundle, rootfs / "root" / ai_bundle.name)
+        unpacked = root.run(["tar", "xzf", f"/root/{ai_bundle.name}", "-C", "/root"])
+        check(unpacked.returncode == 0, f"tar failed in the root: {unpacked.stderr}")
+        start = time.monotonic()
+        log(f"{suite}: the AI Camera bundle: sudo ./install.sh (imx500-all, imx500-tools, imx500-package)")
+        ai = root.run(["bash", "/root/edgecls-rpi5-ai-camera/install.sh"])
+        report["timings_s"]["ai_camera_install"] = round(time.monotonic() - start, 1)
+        out = ai.stdout + ai.stderr
+        check(ai.returncode == 0, f"install.sh of the AI Camera bundle failed ({ai.returncode}):\n{out}")
+        check("+ apt-get install -y imx500-all imx500-tools" in out, f"install.sh did not install the packages:\n{out}")
+        check("+ imx500-package -i /opt/edgecls/imx500/packerOut.zip -o /opt/edgecls/imx500/.package." in out,
+              f"install.sh did not run imx500-package:\n{out}")
+        installed_pkgs = root.run(["dpkg-query", "-W", "-f", "${Package} ${Version}\\n", "imx500-all",
+                                   "imx500-tools"])
+        check(installed_pkgs.stdout.split() == ["imx500-all", "0.0.0~edgecls.stub", "imx500-tools",
+                                                "0.0.0~edgecls.stub"], f"the stub packages: {installed_pkgs.stdout}")
+        rpk = rootfs / "opt/edgecls/imx500/network.rpk"
+        check(rpk.is_file() and stat.S_IMODE(rpk.stat().st_mode) == 0o644, f"no readable {rpk} after install.sh")
+        check(not list(rpk.parent.glob(".package.*")) and not rpk.with_name("network.rpk.new").exists(),
+              f"install.sh left its work files in {rpk.parent}: {sorted(p.name for p in rpk.parent.iterdir())}")
+        packaged = (rootfs / STUB_LOG.lstrip("/")).read_text().splitlines()
+        check(len(packaged) == 1, f"imx500-package ran {len(packaged)} times: {packaged}")
+        start = time.monotonic()
+        ai_again = root.run(["bash", "/root/edgecls-rpi5-ai-camera/install.sh"])
+        report["timings_s"]["ai_camera_reinstall"] = round(time.monotonic() - start, 1)
+        out = ai_again.stdout + ai_again.stderr
+        check(ai_again.returncode == 0, f"install.sh of the AI Camera bundle a second time failed:\n{out}")
+        check("imx500-all" not in out and "+ imx500-package" not in out and "is up to date" in out,
+              f"a second install must leave the packages and the .rpk as they are:\n{out}")
+        check(len((rootfs / STUB_LOG.lstrip("/")).read_text().splitlines()) == 1, "imx500-package ran again")
+        ai_unit = parse_unit((rootfs / "etc/systemd/system/edgecls.service").read_text())
+        ai_argv = exec_argv(ai_unit["ExecStart"][0])
+        check("imx500:/opt/edgecls/imx500/network.rpk" in ai_argv, f"the service does not start with the .rpk: {ai_argv}")
+        before, mqtt_before = len(results(sink_file)), len(broker.messages) if broker else 0
+        log(f"{suite}: the AI Camera unit's ExecStart as {user}: {' '.join(ai_argv)}")
+        service = as_service(["--max-frames", "4"], ai_argv)
+        output, _ = service.communicate(timeout=900)
+        got = results(sink_file)[before:]
+        check(service.returncode == 0 and len(got) == 4, f"the AI Camera service wrote {len(got)} results (exit "
+                                                         f"{service.returncode}):\n{output}")
+        check(all(r["predictions"][0]["label"] == "rose" and r["predictions"][0]["score"] == 0.78125
+                  and r["latency_ms"]["invoke"] == 4.1 and r["latency_ms"]["preprocess"] == 0.9 for r in got),
+              f"the AI Camera's results must be the network's outputs with the bundle's labels: {got}")
+        report["ai_camera"] = {"top1": got[0]["predictions"][0], "latency_ms": got[0]["latency_ms"],
+                               "packages": installed_pkgs.stdout.split(), "service_output": output.splitlines()[-6:]}
+        if broker:
+            deadline = time.monotonic() + 20
+            while len(broker.messages) < mqtt_before + 4 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            sent = [m.get("decision", {}).get("label") for m in broker.messages[mqtt_before:]]
+            check(sent == ["rose"] * 4, f"the broker received {sent} from the AI Camera's service")
+
         removed = root.run(["bash", "/opt/edgecls/install.sh", "--uninstall"])
         check(removed.returncode == 0, f"install.sh --uninstall failed:\n{removed.stdout}\n{removed.stderr}")
         gone = [p for p in ("opt/edgecls", "etc/systemd/system/edgecls.service", str(wants.relative_to(rootfs)),

@@ -1,7 +1,8 @@
 """The deploy bundle on an emulated Raspberry Pi OS: Debian 12 (bookworm, Python 3.11, numpy 1.24) arm64 under
 qemu-user. tests/emulated_pi.py builds the root with debootstrap, installs the bundle with its own install.sh and
-defaults, and runs the installed unit's ExecStart as its user (see its docstring). Trixie is run by hand
-(python tests/emulated_pi.py --suite trixie); both are in the README's support table.
+defaults, and runs the installed unit's ExecStart as its user (see its docstring); then the AI Camera bundle with
+stub packages for imx500-all and imx500-tools and the picamera2 stand-in of tests/picamera2_standin. Trixie is run
+by hand (python tests/emulated_pi.py --suite trixie); both are in the README's support table.
 
 The run takes 8-14 minutes, much of it waiting on Debian's and PyPI's servers, so when this test is among those
 collected, conftest starts it in the background as the session begins (`start_in_background`) and the test collects
@@ -82,4 +83,9 @@ def test_bookworm_installs_the_bundle_and_its_service_classifies(tmp_path):
     assert report["system_python"] == "3.11" and report["system_numpy"].startswith("1.")
     assert report["video_top1"]["label"] == "Egyptian cat"
     assert report["venv_versions"]["edgecls"] and report["venv_versions"]["ai-edge-litert"]
+    # the AI Camera bundle: its stub packages installed by apt-get, the .rpk made by the stub imx500-package, the
+    # service classifying with the stand-in sensor's outputs and on-sensor times
+    ai = report["ai_camera"]
+    assert ai["packages"] == ["imx500-all", "0.0.0~edgecls.stub", "imx500-tools", "0.0.0~edgecls.stub"]
+    assert ai["top1"]["label"] == "rose" and ai["latency_ms"]["invoke"] == 4.1
     print(json.dumps({k: report[k] for k in ("timings_s", "venv_versions")}, indent=2))

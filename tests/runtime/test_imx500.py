@@ -507,3 +507,48 @@ def test_install_refuses_the_ai_camera_off_a_pi(coral, tmp_path):
                           timeout=60, check=False)
     assert done.returncode == 1 and "exist for Raspberry Pi OS on a Raspberry Pi only; this is x86_64" in done.stderr
     assert "+ " not in done.stdout  # before any step
+
+
+def test_install_makes_the_rpk_once_per_package_and_replaces_it_whole(coral, tmp_path):
+    """install.sh's packaging step itself, run (not planned) with a stand-in imx500-package in a folder of the
+    test's: the .rpk is made, a second run leaves it (the package is the same), a new package replaces it, and an
+    imx500-package that fails keeps the old .rpk and leaves no work folder. (The whole install.sh runs as root on the
+    emulated Raspberry Pi OS, tests/emulated_pi.py.)"""
+    run = make_run(tmp_path / "run", coral, rpk=False)
+    root = ai_camera_bundle(run, tmp_path)
+    text = (root / "install.sh").read_text()
+    helpers = text[text.index("say() {"):text.index("systemd_running()")]
+    step = re.search(r"\n(# ---- the AI Camera's network.*?\nfi\n)", text, re.DOTALL).group(1)
+    prefix = tmp_path / "opt"
+    (prefix / "imx500").mkdir(parents=True)
+    calls = tmp_path / "calls.txt"
+    tool = ('echo "$*" >> "$CALLS"\n[ -z "$FAIL" ] || { echo "imx500-package: failed" >&2; exit 3; }\n'
+            'while getopts "i:o:" o; do case "$o" in i) IN="$OPTARG";; o) OUT="$OPTARG";; esac; done\n'
+            f'exec "{sys.executable}" -c "import sys, standin_rpk; standin_rpk.package(sys.argv[1], sys.argv[2])" '
+            '"$IN" "$OUT"\n')
+    env = fake_bin(tmp_path / "bin", **{"imx500-package": tool})
+    env.update(PYTHONPATH=str(STANDIN), CALLS=str(calls))
+    script = tmp_path / "step.sh"
+    script.write_text(f"set -euo pipefail\nDRY_RUN=0\nIMX500=1\nHERE={root}\nPREFIX={prefix}\n{helpers}{step}")
+
+    def install(package: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+        (root / "imx500" / "packerOut.zip").write_bytes(package.read_bytes())  # what the bundle brings
+        (prefix / "imx500" / "packerOut.zip").write_bytes(package.read_bytes())  # what install.sh put in place
+        return subprocess.run(["bash", str(script)], capture_output=True, text=True, env={**env, **extra},
+                              timeout=120, check=False)
+
+    rpk = prefix / "imx500" / "network.rpk"
+    first = install(run / "imx500" / "packerOut.zip")
+    assert first.returncode == 0, first.stderr
+    assert rpk_module().read_rpk(rpk)["outputs"] == OUTPUTS and oct(rpk.stat().st_mode)[-3:] == "644"
+    again = install(run / "imx500" / "packerOut.zip")
+    assert again.returncode == 0 and "is up to date" in again.stdout and "+ imx500-package" not in again.stdout
+    assert len(calls.read_text().splitlines()) == 1
+    other = rpk_module().write_package(tmp_path / "other.zip", outputs=[[1, 2, 3, 250]])
+    assert install(other).returncode == 0 and rpk_module().read_rpk(rpk)["outputs"] == [[1, 2, 3, 250]]
+    failed = install(rpk_module().write_package(tmp_path / "third.zip", outputs=[[9, 9, 9, 9]]), FAIL="1")
+    assert failed.returncode == 1 and "imx500-package could not make the network" in failed.stderr
+    assert rpk_module().read_rpk(rpk)["outputs"] == [[1, 2, 3, 250]]  # the old network, whole
+    assert sorted(p.name for p in (prefix / "imx500").iterdir()) == ["network.rpk", "network.rpk.sha256",
+                                                                     "packerOut.zip"]
+    assert len(calls.read_text().splitlines()) == 3
