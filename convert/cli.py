@@ -74,6 +74,7 @@ class ClassWeights(str, Enum):
 class Target(str, Enum):
     cpu = "cpu"
     edgetpu = "edgetpu"
+    imx500 = "imx500"
 
 
 DATA, MODEL, TRAIN, EXPORT, GATE, EXTERNAL = ("Data", "Model", "Training", "Int8 export", "Parity gate and report",
@@ -117,7 +118,7 @@ def convert(
     separable: Annotated[bool, typer.Option(help="compact-cnn: depthwise-separable blocks.", rich_help_panel=MODEL)] = True,
     dropout: Annotated[float, typer.Option(help="Dropout before the classifier.", rich_help_panel=MODEL)] = 0.2,
     target: Annotated[
-        Target, typer.Option(help="edgetpu: Edge-TPU-friendly build, pre-flight, and edgetpu_compiler when installed.", rich_help_panel=MODEL)
+        Target, typer.Option(help="edgetpu: Edge-TPU-friendly build, pre-flight, and edgetpu_compiler when installed. imx500: also the Raspberry Pi AI Camera's package (RUN/imx500/, its own parity gate; needs Java 17, the toolchain is installed on first use).", rich_help_panel=MODEL)
     ] = Target.cpu,
     split: Annotated[str, typer.Option(help="train,val,test percentages.", rich_help_panel=DATA)] = "70,15,15",
     extra_data: Annotated[Optional[list[Path]], typer.Option("--extra-data", help="More class folders for training only, e.g. frames from edgecls run --collect sorted by a person (repeatable).", rich_help_panel=DATA)] = None,
@@ -297,6 +298,10 @@ def _summary(observer: RichObserver, report: dict[str, Any], out: Path, demo: bo
     sample = next((p for p in sorted((out / "demo_data").rglob("*.png"))), None) if demo else None
     hint = f" {sample}" if sample else " IMAGE"
     console.print(f"Try it: edgecls classify {out / 'model.tflite'}{hint}", soft_wrap=True)
+    if report.get("imx500"):
+        from .imx500 import summary_line
+
+        console.print(summary_line(report["imx500"]), soft_wrap=True)
     tpu = report.get("edgetpu")
     if tpu:
         check = tpu["preflight"]

@@ -22,7 +22,7 @@ from .tflite_export import IO_TYPES, QUANT_MODES
 from .training import TrainConfig
 
 COLORS = ("rgb", "grayscale")
-TARGETS = ("cpu", "edgetpu")
+TARGETS = ("cpu", "edgetpu", "imx500")
 
 
 def _path(value: Any) -> Path | None:
@@ -40,13 +40,17 @@ class ModelOptions:
     depth: int = 4
     separable: bool = True
     dropout: float = 0.2
-    target: str = "cpu"  # "edgetpu": Edge-TPU-friendly build, pre-flight, and edgetpu_compiler when installed
+    target: str = "cpu"  # "edgetpu": Edge-TPU-friendly build, pre-flight, and edgetpu_compiler when installed;
+    # "imx500": the Raspberry Pi AI Camera's package too (edgecls.convert.imx500)
 
     def __post_init__(self) -> None:
         if self.color not in COLORS:
             raise ConfigError(f"--color {self.color!r} is not one of {', '.join(COLORS)}")
         if self.target not in TARGETS:
             raise ConfigError(f"--target {self.target!r} is not one of {', '.join(TARGETS)}")
+        if self.target == "imx500" and self.color != "rgb":
+            raise ConfigError(f"--target imx500 needs --color rgb (received --color {self.color}): the AI Camera's "
+                              "sensor gives the network its RGB image")
         object.__setattr__(self, "alpha", resolve_alpha(self.arch, self.alpha, str(self.weights)))
 
 

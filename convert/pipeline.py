@@ -191,6 +191,9 @@ def _convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertO
     after training (None)."""
     obs = observer or QuietObserver()
     started = time.perf_counter()
+    if options.target == "imx500" and worker.chief:  # its layers, Java and its toolchain: before training
+        from .imx500_run import preflight
+        preflight(options, obs)
     dataset = prepare_data(data_dir, options, obs)
     sigmoid = uses_sigmoid(options.arch, len(dataset.classes))
     teacher, teacher_info = _teacher(options, dataset, sigmoid, obs)
@@ -515,6 +518,9 @@ def export_and_verify(
     if options.target == "edgetpu":
         obs.step("Edge TPU: pre-flight, then edgetpu_compiler if installed")
         result["edgetpu"] = edgetpu_step(model_path, manifest, classes)
+    if options.target == "imx500":  # RUN/imx500/ and the report's "imx500" section (edgecls.convert.imx500)
+        from .imx500_run import add_to_convert
+        add_to_convert(result, model, dataset, options, obs, sigmoid=sigmoid, float_probs=float_probs)
     obs.step("writing the report")
     reporting.write_json(out / "report.json", result)
     atomic_write_text(out / "report.md", reporting.markdown(result))

@@ -58,7 +58,7 @@ def recipe(arch: str, options: dict[str, Any], data: str | os.PathLike[str] | No
             side, gray = look_at(Path(data))
             if size is None and side is not None:
                 size = fills["input_size"] = input_size_for(side)
-            if gray:
+            if gray and options.get("target") != "imx500":  # the AI Camera's sensor gives RGB
                 fills["color"] = "grayscale"  # a third of the input work, and nothing to learn from
         name = "compact-small" if size is not None and int(size) <= SMALL_INPUT else "compact"
     if name is None:

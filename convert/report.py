@@ -87,6 +87,12 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def _imx500_lines(section: dict[str, Any] | None) -> list[str]:
+    from .imx500 import markdown_lines
+
+    return markdown_lines(section)
+
+
 def _teacher_lines(teacher: dict[str, Any] | None) -> list[str]:
     if not teacher:
         return []
@@ -206,6 +212,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"- parameters: {report['model']['params']:,}",
         *_int8_method(report),
         *_teacher_lines(report.get("teacher")),
+        *_imx500_lines(report.get("imx500")),
         "",
         "## Data",
         "",
