@@ -158,7 +158,7 @@ def find_network(
 
 def _find_rpk(path: Path, folder: Path) -> Path:
     candidates = [folder / FOLDER / RPK, folder / RPK]
-    found = next((c for c in candidates if c.exists()), None)
+    found = next((c for c in candidates if os.path.lexists(c)), None)  # a broken link: _check_rpk says so
     if found is not None:
         return found
     package = folder / FOLDER / PACKAGE

@@ -340,6 +340,14 @@ def test_the_network_is_found_from_the_run_its_model_or_the_rpk(coral, tmp_path)
     (run / "imx500" / "network.rpk").write_bytes(b"")
     with pytest.raises(ModelError, match="is empty; make it again with imx500-package"):
         find_network(run)
+    (run / "imx500" / "network.rpk").unlink()
+    os.mkfifo(run / "imx500" / "network.rpk")  # a reader would block on it for ever
+    with pytest.raises(ModelError, match="is not a regular file"):
+        find_network(run)
+    (run / "imx500" / "network.rpk").unlink()
+    (run / "imx500" / "network.rpk").symlink_to(run / "imx500" / "network.rpk")  # a loop
+    with pytest.raises(ModelError, match=r"cannot read the IMX500 network .* \(a symlink loop\)"):
+        find_network(run)
 
 
 @pytest.mark.parametrize(("resize", "intrinsics", "crop"), [
