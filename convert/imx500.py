@@ -47,7 +47,7 @@ WORKER = Path(__file__).with_name("imx500_worker.py")
 LAYERS = frozenset({"InputLayer", "Rescaling", "Conv2D", "DepthwiseConv2D", "BatchNormalization", "ReLU", "Activation",
                     "Dense", "Dropout", "GlobalAveragePooling2D", "MaxPooling2D", "Flatten", "Add", "Multiply",
                     "ZeroPadding2D"})
-ACTIVATIONS = frozenset({"relu", "relu6", "softmax", "sigmoid", "hard_sigmoid", "hard_swish", "linear"})
+ACTIVATIONS = frozenset({"relu", "relu6", "softmax", "sigmoid", "hard_sigmoid", "hard_swish", "hard_silu", "linear"})
 REBUILD_TOLERANCE = 1e-4  # largest difference of the tf.keras rebuild's probabilities from the Keras 3 model's
 
 Progress = Callable[[str], None]
