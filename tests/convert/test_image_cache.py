@@ -294,3 +294,20 @@ def test_the_input_pipeline_streams_from_the_cache_with_labels_in_step(tmp_path:
     for images, y in shard.take(5):
         assert len(images) == 7
         assert np.array_equal(images.numpy()[:, 0, 0, 0], 40.0 * np.argmax(y.numpy(), axis=1))
+
+
+def test_training_sees_the_same_batches_from_the_cache_as_from_memory(photos: Path, tmp_path: Path) -> None:
+    """The same seed gives the same shuffled batches, image for image, whether the split is an array in memory (as
+    before the cache, and with --no-cache) or rows read from the cache: the cache changes where the pixels come
+    from, not what a model learns from."""
+    tensorflow_or_skip()
+    from edgecls.convert.training import TrainConfig, input_pipeline, targets
+
+    in_memory = _scan(photos, None)
+    cached = _scan(photos, ImageCache(tmp_path / "cache"))
+    config = TrainConfig(augment=0.0, batch_size=5, seed=4)
+    y = targets(in_memory.labels("train"), 3, False)
+    for epoch_a, epoch_b in zip(*(input_pipeline(d.images["train"], y, config, train=True).repeat(2)
+                                  for d in (in_memory, cached))):
+        assert np.array_equal(epoch_a[0].numpy(), epoch_b[0].numpy())
+        assert np.array_equal(epoch_a[1].numpy(), epoch_b[1].numpy())
