@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecls.errors import ConversionError
+from edgecls.errors import ConversionError, WriteError
 from edgecls.fsutil import atomic_write_text
 from edgecls.labels import format_labels
 
@@ -123,12 +123,8 @@ def export(model: Any, job: Imx500Job, run_dir: Path, progress: Progress | None 
     toolchain = ensure_env(say)
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    _remove_stale_stages(run_dir)
-    stage = Path(tempfile.mkdtemp(prefix=f".{FOLDER}.new-{os.getpid()}-", dir=run_dir))
+    stage = new_stage(run_dir)
     try:
-        mask = os.umask(0)
-        os.umask(mask)
-        stage.chmod(0o777 & ~mask)  # mkdtemp makes it 0700; the folder gets the run's usual permissions
         with tempfile.TemporaryDirectory(prefix="edgecls-imx500-") as scratch:
             work = Path(scratch)
             _write_job(model, job, work, steps=("float", "quantize"))
@@ -166,7 +162,7 @@ def export(model: Any, job: Imx500Job, run_dir: Path, progress: Progress | None 
         atomic_write_text(stage / "imx500.json", json.dumps(section, indent=2) + "\n")
         _swap_in(stage, run_dir / FOLDER)
     except OSError as exc:
-        raise ConversionError(f"cannot write {run_dir / FOLDER} ({exc.strerror or exc}); is the disk full?") from None
+        raise WriteError(f"cannot write {run_dir / FOLDER} ({exc.strerror or exc}); is the disk full?") from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return section
@@ -391,13 +387,36 @@ def markdown_lines(section: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def new_stage(run_dir: Path) -> Path:
+    """A hidden folder in ``run_dir`` to build RUN/imx500 in (what killed exports left is removed first); a
+    WriteError naming the folder when it cannot be made."""
+    _remove_stale_stages(run_dir)
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=f".{FOLDER}.new-{os.getpid()}-", dir=run_dir))
+        mask = os.umask(0)
+        os.umask(mask)
+        stage.chmod(0o777 & ~mask)  # mkdtemp makes it 0700; the folder gets the run's usual permissions
+    except OSError as exc:
+        raise WriteError(f"cannot write {run_dir / FOLDER} ({exc.strerror or exc}); check the run folder and its "
+                         "permissions") from None
+    return stage
+
+
+def _remove(path: Path) -> None:
+    """Remove a folder, or a link (never what it points to)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _swap_in(stage: Path, target: Path) -> None:
     """Rename the finished ``stage`` to ``target``, the old ``target`` moved aside first and removed after, so that
     ``target`` is always a whole export, the old or the new; a rename that fails puts the old one back."""
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    moved = target.exists()
+    moved = target.exists() or target.is_symlink()
     if moved:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
         os.rename(target, old)
     try:
         os.rename(stage, target)
@@ -406,7 +425,7 @@ def _swap_in(stage: Path, target: Path) -> None:
             os.rename(old, target)
         raise
     if moved:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
 
 
 def _remove_stale_stages(run_dir: Path) -> None:
@@ -414,7 +433,7 @@ def _remove_stale_stages(run_dir: Path) -> None:
     for path in [*run_dir.glob(f".{FOLDER}.new-*"), *run_dir.glob(f".{FOLDER}.old-*")]:
         found = re.match(rf"\.{FOLDER}\.(?:new|old)-(\d+)", path.name)
         if found and not _alive(int(found.group(1))):
-            shutil.rmtree(path, ignore_errors=True)
+            _remove(path)
 
 
 def _alive(pid: int) -> bool:

@@ -271,7 +271,7 @@ def _create(where: Path, state: EnvState, pins: Sequence[str], say: Progress, *,
     with the lock held (its descriptor ``lock`` is handed to pip and venv), so any sibling build folder left is a
     killed install's: removed first."""
     for stale in where.parent.glob(f".{where.name}.new-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        _remove(stale)
     python, version = find_python()
     free = shutil.disk_usage(where.parent).free
     if pins and free < ENV_BYTES:
@@ -294,7 +294,7 @@ def _create(where: Path, state: EnvState, pins: Sequence[str], say: Progress, *,
         if where.exists() or where.is_symlink():
             old = where.with_name(f".{where.name}.new-old-{os.getpid()}")  # named like a build: removed if left
             os.rename(where, old)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
         os.rename(build, where)
     except OSError as exc:
         raise ConversionError(f"cannot create the IMX500 toolchain environment in {where} ({exc.strerror or exc}); "
@@ -303,6 +303,14 @@ def _create(where: Path, state: EnvState, pins: Sequence[str], say: Progress, *,
         if build.exists():
             shutil.rmtree(build, ignore_errors=True)
     say(f"the IMX500 toolchain environment is ready in {where}")
+
+
+def _remove(path: Path) -> None:
+    """Remove a folder, or a link (never what it points to)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _run_logged(command: list[str], build: Path, say: Progress, *, lock: int, what: str) -> None:
