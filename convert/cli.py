@@ -124,7 +124,7 @@ def convert(
     extra_data: Annotated[Optional[list[Path]], typer.Option("--extra-data", help="More class folders for training only, e.g. frames from edgecls run --collect sorted by a person (repeatable).", rich_help_panel=DATA)] = None,
     seed: Annotated[int, typer.Option(help="Seed for the split, weight initialisation, shuffling and augmentation.", rich_help_panel=DATA)] = 0,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where decoded images are kept between runs (default: $EDGECLS_CACHE_DIR, else ~/.cache/edgecls/data; `edgecls cache` lists and clears it).", rich_help_panel=DATA, show_default=False)] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Decode the images into memory for this run only (memory then grows with the number of images).", rich_help_panel=DATA)] = False,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Keep decoded images on disk between runs; --no-cache decodes them into memory for this run only (memory then grows with the number of images).", rich_help_panel=DATA)] = True,
     resize: Annotated[Resize, typer.Option(help="How the device fits frames to the input.", rich_help_panel=DATA)] = Resize.squash,
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs (the head, for transfer models).", rich_help_panel=TRAIN)] = 40,
     fine_tune_epochs: Annotated[int, typer.Option(min=0, help="Transfer models: fine-tuning epochs.", rich_help_panel=TRAIN)] = 15,
@@ -187,7 +187,7 @@ def convert(
             "baseline": baseline, "labels": labels, "mean": mean, "std": std, "target": target.value,
             "int8_method": method, "qat_epochs": qat_epochs, "int8_tune_epochs": int8_tune_epochs,
             "deterministic": deterministic, "teacher": teacher, "teacher_weight": teacher_weight,
-            "cache": not no_cache, "cache_dir": cache_dir,
+            "cache": cache, "cache_dir": cache_dir,
         }
         from . import api
         from .progress import RichObserver
@@ -199,8 +199,6 @@ def convert(
         given = {k: v for k, v in values.items() if _given(ctx, k)}
         if method != DEFAULT_INT8_METHOD:
             given["int8_method"] = method
-        if no_cache:
-            given["cache"] = False
         if demo:
             result = _with_early_stop(lambda request: api.demo(out, stop_request=request, **common, **given),
                                       observer)
@@ -445,7 +443,7 @@ def tune(
     split: Annotated[str, typer.Option(help="train,val,test percentages.")] = "70,15,15",
     seed: Annotated[int, typer.Option(help="Seed of the sampler, the split and each trial's training.")] = 0,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where decoded images are kept between runs (see edgecls convert).", show_default=False)] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Decode the images into memory for this run only.")] = False,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Keep decoded images on disk between runs (see edgecls convert).")] = True,
 ) -> None:
     """Search hyperparameters for the most accurate int8 model within a latency and size budget (Optuna).
 
@@ -479,7 +477,7 @@ def tune(
         base = ConvertOptions.create(out, arch=arch.value, color=color.value, weights=weights, resize=resize.value,
                                      io=io.value, calibration_samples=calibration_samples, max_drop=max_drop,
                                      min_agreement=min_agreement, split=_parse_split(split), seed=seed,
-                                     cache=not no_cache, cache_dir=cache_dir)
+                                     cache=cache, cache_dir=cache_dir)
         options = TuneOptions(base=base, trials=trials, budget_ms=budget_ms, max_size_kb=max_size_kb,
                               timeout_min=timeout, seed=seed, max_epochs=max_epochs, latency_factor=factor,
                               profile=profile, bench_threads=bench_threads, input_sizes=sizes)

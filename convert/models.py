@@ -252,8 +252,8 @@ def weights_alpha(weights: str) -> float | None:
 def resolve_alpha(arch: str, alpha: float | None, weights: str) -> float | None:
     """The width multiplier a MobileNet is built with: ``alpha`` when given (ConfigError when the weights file names
     another), else the one the weights file names, else the architecture's default. None for other families."""
-    entry = architecture(arch)
-    if entry.family != "mobilenet":
+    entry = ARCHITECTURES.get(arch)
+    if entry is None or entry.family != "mobilenet":  # not a MobileNet, or a model trained elsewhere (--calibration)
         return alpha
     named = weights_alpha(weights)
     if alpha is not None and named is not None and abs(alpha - named) > 1e-9:
