@@ -61,7 +61,7 @@ def rpk_module():  # type: ignore[no-untyped-def]
 
 
 def make_run(folder: Path, coral: Path, *, resize: str | None = "center-crop", labels: list[str] | None = LABELS,
-             rpk: bool = True, **network) -> Path:  # type: ignore[no-untyped-def]
+             rpk: bool = True, manifest_labels: list[str] | None = None, **network) -> Path:  # type: ignore[no-untyped-def]
     """A run folder as convert --target imx500 and imx500-package leave it: model.tflite (only its manifest is read:
     the resize mode), imx500/packerOut.zip, imx500/labels.txt and (made on the Pi) imx500/network.rpk."""
     from edgecls.manifest import embed_manifest
@@ -69,7 +69,7 @@ def make_run(folder: Path, coral: Path, *, resize: str | None = "center-crop", l
     folder.mkdir(parents=True)
     manifest = {"output": {"activation": "probabilities"}, **({"preprocess": {"resize": resize}} if resize else {})}
     base = (coral / "mobilenet_v1_0.25_128_quant.tflite").read_bytes()
-    (folder / "model.tflite").write_bytes(embed_manifest(base, manifest, labels=["m0", "m1", "m2", "m3"]))
+    (folder / "model.tflite").write_bytes(embed_manifest(base, manifest, labels=manifest_labels))
     network.setdefault("outputs", OUTPUTS)
     rpk_module().write_package(folder / "imx500" / "packerOut.zip", **network)
     if labels is not None:
@@ -335,6 +335,8 @@ def test_the_network_is_found_from_the_run_its_model_or_the_rpk(coral, tmp_path)
     other = rpk_module().write_rpk(tmp_path / "elsewhere" / "other.rpk")
     assert find_network(run, source=f"imx500:{other}").rpk == other
     (run / "imx500" / "labels.txt").unlink()  # then the manifest's
+    assert find_network(run).labels is None
+    run = make_run(tmp_path / "run2", coral, labels=None, manifest_labels=["m0", "m1", "m2", "m3"])
     assert find_network(run).labels == ("m0", "m1", "m2", "m3")
     assert find_network(run, labels=["a", "b", "c", "d"]).labels_source == "labels argument"
     (run / "imx500" / "network.rpk").write_bytes(b"")
@@ -383,6 +385,17 @@ def test_labels_that_do_not_fit_are_a_labels_error(cam, coral, tmp_path):
     with (edgecls.Stream(str(run), source="imx500", max_frames=1, source_options={"fps": 200}) as stream,
           pytest.raises(LabelsError, match="have 2 entries but the IMX500 network")):
         list(stream)
+
+
+def test_without_labels_in_the_run_the_networks_intrinsics_give_them(cam, coral, tmp_path):
+    import edgecls
+
+    intrinsics = {"task": "classification", "classes": {"labels": ["w", "x", "y", "z"]}}
+    run = make_run(tmp_path / "run", coral, labels=None, intrinsics=intrinsics)
+    with edgecls.Stream(str(run), source="imx500", max_frames=2, source_options={"fps": 200}) as stream:
+        results = list(stream)
+    assert all(r.predictions[0].label in {"w", "x", "y"} and r.decision.label in {"w", "x", "y"} for r in results)
+    assert stream.classifier.labels.source.endswith("(network intrinsics)")
 
 
 def test_a_two_class_sigmoid_network_scores_both_classes(cam, coral, tmp_path):
