@@ -91,7 +91,9 @@ def test_limits_loop_and_fps_cap(coral, cat_video):
     with capped as s:
         results = list(s)
     gaps = np.diff([r.result_time for r in results])
-    assert len(results) == 6 and np.median(gaps) >= 0.045  # at most 20 a second (fewer where invoke is slow)
+    # at most 20 a second over the run (fewer where invoke is slow; a slow frame may be followed by a quick one, as
+    # the cap keeps to its schedule, so the whole span is what is bounded, not each gap)
+    assert len(results) == 6 and gaps.sum() >= 5 * 0.05 * 0.9
     assert results[0].frame is None
     timed = stream(coral, "demo", fps=20, duration=0.6, keep_frames=False)
     start = time.monotonic()
