@@ -91,9 +91,11 @@ def test_limits_loop_and_fps_cap(coral, cat_video):
     with capped as s:
         results = list(s)
     gaps = np.diff([r.result_time for r in results])
-    # at most 20 a second over the run (fewer where invoke is slow; a slow frame may be followed by a quick one, as
-    # the cap keeps to its schedule, so the whole span is what is bounded, not each gap)
-    assert len(results) == 6 and gaps.sum() >= 5 * 0.05 * 0.9
+    # at most 20 a second over the run (fewer where invoke is slow). The cap keeps to its schedule and catches up by
+    # at most one interval, so a slow frame may be followed by a quick one: not each gap but the span is bounded,
+    # the sixth frame starting at least three intervals after the first, whose own inference the span leaves out
+    first_ms = results[0].latency.total_ms
+    assert len(results) == 6 and gaps.sum() >= 3 * 0.05 - first_ms / 1000 - 0.005, (gaps, first_ms)
     assert results[0].frame is None
     timed = stream(coral, "demo", fps=20, duration=0.6, keep_frames=False)
     start = time.monotonic()
