@@ -216,7 +216,10 @@ def _probe_python(candidate: Path) -> tuple[Path, str] | None:
 
 def _clean_env() -> dict[str, str]:
     """This process's environment without what would make another Python read this one's packages."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")}
+    # ... nor pick another Keras: tf-keras or the QAT toolkit set TF_USE_LEGACY_KERAS=1 in this process, and the
+    # toolchain's TensorFlow 2.15 then looks for a tf_keras package it does not have ("Keras cannot be imported")
+    dropped = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP", "TF_USE_LEGACY_KERAS", "KERAS_BACKEND")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env["PYTHONNOUSERSITE"] = "1"
     return env
 
