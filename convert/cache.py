@@ -143,6 +143,11 @@ class ImageStore:
     def __repr__(self) -> str:
         return f"ImageStore(shape={self.shape}, files={[str(f.path) for f in self._files]})"
 
+    def hold(self, lock: Path) -> None:
+        """Keep a shared lock on the entry's lock file while this store (or one made from it) lives."""
+        for file in self._files:
+            file.share(lock)
+
     def subset(self, index: Any) -> "ImageStore":
         """The store of the rows ``index`` picks (a slice or an array of ints), read later, when asked."""
         return ImageStore(self._files, self._rows[index], self._image_shape)
@@ -189,6 +194,18 @@ class ImageStore:
                 raise DataError(f"the image cache file {file.path} is shorter than its index says; "
                                 "clear it with `edgecls cache clear` and run again")
             done += n
+
+
+def cache_summary(how: dict[str, str]) -> str:
+    """How the cache served a scan's listings (`Dataset.cache`, report.json's ``image_cache``), in a few words."""
+    values = set(how.values())
+    if values == {"hit"}:
+        return "decoded images read from the cache (hit)"
+    if values <= {"hit", "built"}:
+        return "images decoded into the cache (a next run reads them from there)"
+    if values == {"off"}:
+        return "images decoded into memory (no cache)"
+    return "images decoded into memory (the cache could not be used)"
 
 
 def concat(parts: Sequence[Any]) -> Any:
@@ -296,7 +313,7 @@ class ImageCache:
                                          items, shape, decode, workers, tick, warn)
                     how = "built"
                 store = self._store(entry, shape, found[0])  # open before the lock goes: eviction cannot take it
-        store._files[0].share(self.directory / f"{key}.lock")  # held while the store lives: eviction passes it by
+        store.hold(self.directory / f"{key}.lock")  # while the store lives: eviction passes the entry by
         if how == "built":
             self._evict(keep=key, family=family)
         else:

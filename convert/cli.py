@@ -277,12 +277,10 @@ def _summary(observer: RichObserver, report: dict[str, Any], out: Path, demo: bo
     if report.get("baseline"):
         console.print(f"baseline (the tutorial CNN, --arch seed-cnn, same split): float top-1 "
                       f"{100 * report['baseline']['float_top1']:.1f}%")
-    cache = set((report.get("image_cache") or {}).values())
-    if cache:
-        console.print("images: " + ("read from the decoded-image cache (hit)" if cache == {"hit"} else
-                                    "decoded into the cache for the next run" if cache <= {"hit", "built"} else
-                                    "decoded into memory (no cache)" if cache == {"off"} else
-                                    "decoded into memory (the cache could not be used)"), soft_wrap=True)
+    if report.get("image_cache"):
+        from .cache import cache_summary
+
+        console.print(cache_summary(report["image_cache"]), soft_wrap=True)
     if report.get("teacher"):
         console.print(f"teacher (distilled from): float top-1 {100 * report['teacher']['test_top1']:.1f}%")
     stopped = (report.get("history") or {}).get("stopped_early")

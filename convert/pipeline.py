@@ -30,7 +30,7 @@ from edgecls.manifest import embed_manifest
 from edgecls.preprocess import PreprocessConfig
 
 from . import distributed, evaluate, report as reporting
-from .cache import concat
+from .cache import cache_summary, concat
 from .data import Dataset, scan, stratified_sample
 from .int8methods import DEFAULT_INT8_METHOD, INT8_METHODS, Int8Context, check_supported, int8_method
 from .models import ARCHITECTURES, architecture, create_model, uses_sigmoid
@@ -250,18 +250,6 @@ def prepare_data(data_dir: Path, options: ConvertOptions, obs: ConvertObserver) 
     obs.step(f"{len(dataset.classes)} classes {list(dataset.classes)}; split {dataset.split_sizes()}{added}; "
              f"{len(dataset.skipped)} files skipped; {cache_summary(dataset.cache)}")
     return dataset
-
-
-def cache_summary(how: dict[str, str]) -> str:
-    """How the decoded-image cache served a scan, in a few words."""
-    values = set(how.values())
-    if values == {"hit"}:
-        return "decoded images read from the cache (hit)"
-    if values <= {"hit", "built"}:
-        return "images decoded into the cache (a next run reads them from there)"
-    if values == {"off"}:
-        return "images decoded into memory (no cache)"
-    return "images decoded into memory (the cache could not be used)"
 
 
 def _teacher(options: ConvertOptions, dataset: Dataset, sigmoid: bool,
