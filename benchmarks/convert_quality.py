@@ -92,7 +92,7 @@ def run(name: str, args: list[str], out_root: Path, seed: int = 0, extra: list[s
     )
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", wrapper, str(peak_file), *cmd], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+                          stderr=subprocess.STDOUT, text=True, check=False)
     wall = time.perf_counter() - t0
     peak_mb = int(peak_file.read_text()) / 1024 if peak_file.exists() else float("nan")
     (out_root / f"{name}.log").write_text(proc.stdout)
@@ -102,7 +102,7 @@ def run(name: str, args: list[str], out_root: Path, seed: int = 0, extra: list[s
     latency = None
     if (out / "model.tflite").is_file():  # the int8 model's latency on this CPU, as `edgecls bench` measures it
         bench = subprocess.run([str(edgecls), "bench", str(out / "model.tflite"), "--threads", "2", "--json"],
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, check=False)
         if bench.returncode == 0:
             latency = json.loads(bench.stdout)
     return {

@@ -112,7 +112,7 @@ print("RESULT " + json.dumps(result), flush=True)
 
 def measure(what: str, data: Path, cache: Path, steps: int = 0) -> dict:
     out = subprocess.run([sys.executable, "-c", CHILD, what, str(data), str(cache), str(steps), str(V2_WEIGHTS)],
-                         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, check=False)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])

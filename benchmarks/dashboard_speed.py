@@ -29,8 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stream_speed import MODEL, write_video  # noqa: E402
-
+from stream_speed import MODEL, write_video
 
 # what a page takes, read in another process and thrown away
 VIEWER = '''
@@ -103,9 +102,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         video = write_video(Path(tmp) / "video.avi", 300, "MJPG")
         for run in range(args.runs):
-            for condition in rates:
-                rates[condition].append(rate(video, args.seconds, args.threads, condition, chromium))
-                print(f"run {run + 1} {condition}: {rates[condition][-1]:.1f} results/s", flush=True)
+            for condition, measured in rates.items():
+                measured.append(rate(video, args.seconds, args.threads, condition, chromium))
+                print(f"run {run + 1} {condition}: {measured[-1]:.1f} results/s", flush=True)
     medians = {k: statistics.median(v) for k, v in rates.items()}
     summary = {"model": MODEL.name, "threads": args.threads, "seconds": args.seconds, "runs": rates,
                "median_per_s": medians, **{f"{k}_vs_bare": medians[k] / medians["bare"] for k in ("sink", "viewer", "browser")}}

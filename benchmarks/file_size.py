@@ -50,9 +50,9 @@ def breakdown(flat: bytes) -> dict[str, int]:
 
 def measure(run: Path) -> dict[str, object]:
     import keras
-
     from edgecls.convert.compact import compact
     from edgecls.convert.tflite_export import to_tflite
+
     from edgecls.metadata import flatbuffer_bytes
 
     written = flatbuffer_bytes((run / "model.tflite").read_bytes())

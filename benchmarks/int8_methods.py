@@ -34,10 +34,10 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
-
     from edgecls.convert import evaluate, int8tune
     from edgecls.convert.data import scan, stratified_sample
     from edgecls.convert.tflite_export import to_tflite
+
     from edgecls.preprocess import PreprocessConfig
 
     report = json.loads((args.run / "report.json").read_text())

@@ -40,16 +40,14 @@ def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     import keras
-
     from edgecls.convert import evaluate, qat
     from edgecls.convert.data import scan, stratified_sample
     from edgecls.convert.models import ModelSpec, create_model
     from edgecls.convert.tflite_export import to_tflite
-    from edgecls.convert.training import TrainConfig, make_strategy, train
+    from edgecls.convert.training import TrainConfig, deterministic, make_strategy, train
+
     from edgecls.demo import write_demo_dataset
     from edgecls.preprocess import PreprocessConfig
-
-    from edgecls.convert.training import deterministic
 
     deterministic()
     keras.utils.set_random_seed(args.seed)
@@ -110,7 +108,7 @@ def main() -> int:
     lost = float_top1 - ptq
     recovered = (qat_top1 - ptq) / lost if lost > 0 else float("nan")
     result = {
-        "test_images": int(len(test_y)),
+        "test_images": len(test_y),
         "hostile": hostile,
         "float_top1": float_top1,
         "ptq_int8_top1": ptq,

@@ -17,10 +17,11 @@ import dataclasses
 import os
 import sys
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from edgecls.errors import ConfigError
 
@@ -55,7 +56,7 @@ class ConvertResult:
     report: Mapping[str, Any] = dataclasses.field(repr=False, compare=False)
 
     @classmethod
-    def from_report(cls, report: dict[str, Any], out_dir: Path) -> "ConvertResult":
+    def from_report(cls, report: dict[str, Any], out_dir: Path) -> ConvertResult:
         key = "int8" if report["quantization"]["mode"] == "int8" else "tflite"
         compiled = (report.get("edgetpu") or {}).get("compiled_model")
         return cls(
@@ -103,7 +104,7 @@ class WorkerResult:
                 "wrote the run")
 
 
-def _result(report: dict[str, Any], out: str | os.PathLike[str]) -> "ConvertResult | WorkerResult":
+def _result(report: dict[str, Any], out: str | os.PathLike[str]) -> ConvertResult | WorkerResult:
     worker = report.get("worker")
     if worker is not None:
         return WorkerResult(worker["task_type"], worker["task_index"], worker["num_workers"])
@@ -230,7 +231,7 @@ def training_device() -> str:
 
 def train(data: str | os.PathLike[str], out: str | os.PathLike[str], *, arch: str = "compact-cnn",
           overwrite: bool = False, progress: Any = True, stop_request: Any = None, verbose: bool = False,
-          **options: Any) -> "ConvertResult | WorkerResult":
+          **options: Any) -> ConvertResult | WorkerResult:
     """Train ``arch`` on ``data`` (a folder of class folders, or train/ val/ [test/]), export it to int8 TFLite,
     verify it against the float model on the held-out images and write the run to ``out`` (built beside it and
     swapped in whole; ``overwrite`` replaces an earlier run there).
@@ -303,5 +304,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["ConvertResult", "train", "quantize", "demo", "options_from", "import_tensorflow"]
+__all__ = ["ConvertResult", "demo", "import_tensorflow", "options_from", "quantize", "train"]
 

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -138,7 +139,7 @@ def channel_errors(model: Any, representative: np.ndarray) -> list[tuple[_Target
     def error_sum(t: _Target, x: np.ndarray) -> np.ndarray:
         return np.asarray(_conv(t.conv, x, deltas[id(t.conv)])).sum(axis=(0, 1, 2), dtype=np.float64)
 
-    positions = lambda t: len(representative) * int(np.prod(t.conv.output.shape[1:3]))  # noqa: E731
+    positions = lambda t: len(representative) * int(np.prod(t.conv.output.shape[1:3]))
     return [(t, (total / positions(t)).astype(np.float32))
             for t, total in sum_over_inputs(model, representative, error_sum)]
 

@@ -29,9 +29,10 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -120,7 +121,7 @@ class ImageStore:
         self._row_bytes = int(np.prod(self._image_shape))
 
     @classmethod
-    def open(cls, path: Path, shape: tuple[int, ...], rows: np.ndarray) -> "ImageStore":
+    def open(cls, path: Path, shape: tuple[int, ...], rows: np.ndarray) -> ImageStore:
         """The rows ``rows`` of the .npy file ``path`` (written by this module)."""
         rows = np.asarray(rows, dtype=np.int64)
         return cls([_OpenFile(path)], np.stack([np.zeros_like(rows), rows], axis=1), shape)
@@ -148,7 +149,7 @@ class ImageStore:
         for file in self._files:
             file.share(lock)
 
-    def subset(self, index: Any) -> "ImageStore":
+    def subset(self, index: Any) -> ImageStore:
         """The store of the rows ``index`` picks (a slice or an array of ints), read later, when asked."""
         return ImageStore(self._files, self._rows[index], self._image_shape)
 
@@ -531,7 +532,7 @@ def _read_entry(entry: Path, key: str, shape: tuple[int, int, int], count: int
 def _npy_header(shape: tuple[int, ...]) -> bytes:
     """A .npy format 1.0 header for a C-order uint8 array of ``shape``, padded to HEADER_BYTES, so the file is also
     a plain numpy file (np.load(path, mmap_mode="r") reads it)."""
-    text = "{'descr': '|u1', 'fortran_order': False, 'shape': %r, }" % (tuple(shape),)
+    text = f"{{'descr': '|u1', 'fortran_order': False, 'shape': {tuple(shape)!r}, }}"
     body = text.encode("latin1")
     pad = HEADER_BYTES - 10 - len(body) - 1
     if pad < 0:
@@ -546,14 +547,14 @@ class _Lock:
         self.path = path
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
 
-    def _hold(self, mode: int) -> "_Held":
+    def _hold(self, mode: int) -> _Held:
         fcntl.flock(self.fd, mode)
         return _Held(self)
 
-    def shared(self) -> "_Held":
+    def shared(self) -> _Held:
         return self._hold(fcntl.LOCK_SH)
 
-    def exclusive(self) -> "_Held":
+    def exclusive(self) -> _Held:
         return self._hold(fcntl.LOCK_EX)
 
     def try_exclusive(self) -> bool:
@@ -578,7 +579,7 @@ class _Held:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         fcntl.flock(self.lock.fd, fcntl.LOCK_UN)
 
 

@@ -6,9 +6,10 @@ Importing this module is cheap (Typer and the two registries); TensorFlow loads 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 # The choices come from the registries: a new architecture or int8 method shows up here by itself.
 Arch = Enum("Arch", {name.replace("-", "_"): name for name in ARCHITECTURES}, type=str)  # type: ignore[misc]
 Int8MethodChoice = Enum("Int8MethodChoice", {n.replace("-", "_"): n for n in INT8_METHODS}, type=str)  # type: ignore[misc]
+DEFAULT_METHOD_CHOICE = Int8MethodChoice[DEFAULT_INT8_METHOD.replace("-", "_")]  # type: ignore[misc]
 
 
 class Color(str, Enum):
@@ -96,7 +98,7 @@ _METHODS_HELP = "; ".join(f"{m.name}: {m.summary}" for m in INT8_METHODS.values(
 def convert(
     ctx: typer.Context,
     source: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Argument(help="Dataset folder (DATA/<class>/*.jpg, or train/ val/ and optionally test/), or a "
                        ".keras/.h5/SavedModel to quantise with --calibration.", show_default=False),
     ] = None,
@@ -104,14 +106,14 @@ def convert(
     demo: Annotated[bool, typer.Option("--demo", help="Generate a shapes dataset and run the whole job on it; other "
                                        "flags given override the demo's settings.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a finished run in --out (the whole folder).")] = False,
-    calibration: Annotated[Optional[Path], typer.Option(help="Images (class folders) to calibrate and verify an external model.", rich_help_panel=EXTERNAL)] = None,
-    labels: Annotated[Optional[Path], typer.Option(help="Label file for an external model (default: calibration folder names).", rich_help_panel=EXTERNAL)] = None,
-    mean: Annotated[Optional[float], typer.Option(help="External model: the mean it subtracts from pixels.", rich_help_panel=EXTERNAL)] = None,
-    std: Annotated[Optional[float], typer.Option(help="External model: the std it divides pixels by.", rich_help_panel=EXTERNAL)] = None,
+    calibration: Annotated[Path | None, typer.Option(help="Images (class folders) to calibrate and verify an external model.", rich_help_panel=EXTERNAL)] = None,
+    labels: Annotated[Path | None, typer.Option(help="Label file for an external model (default: calibration folder names).", rich_help_panel=EXTERNAL)] = None,
+    mean: Annotated[float | None, typer.Option(help="External model: the mean it subtracts from pixels.", rich_help_panel=EXTERNAL)] = None,
+    std: Annotated[float | None, typer.Option(help="External model: the std it divides pixels by.", rich_help_panel=EXTERNAL)] = None,
     arch: Annotated[Arch, typer.Option(help="Architecture.", rich_help_panel=MODEL)] = Arch.compact_cnn,  # type: ignore[attr-defined]
-    input_size: Annotated[Optional[int], typer.Option(min=16, help="Square input size (default per architecture).", rich_help_panel=MODEL)] = None,
+    input_size: Annotated[int | None, typer.Option(min=16, help="Square input size (default per architecture).", rich_help_panel=MODEL)] = None,
     color: Annotated[Color, typer.Option(help="Model colour input; grayscale is a third of the input work.", rich_help_panel=MODEL)] = Color.rgb,
-    alpha: Annotated[Optional[float], typer.Option(help="MobileNet width multiplier (default: what a --weights file names, else 0.25 for mobilenet_v1, 1.0 for the others).", rich_help_panel=MODEL, show_default=False)] = None,
+    alpha: Annotated[float | None, typer.Option(help="MobileNet width multiplier (default: what a --weights file names, else 0.25 for mobilenet_v1, 1.0 for the others).", rich_help_panel=MODEL, show_default=False)] = None,
     weights: Annotated[str, typer.Option(help="MobileNet weights: imagenet, none, or a local .h5/.keras file.", rich_help_panel=MODEL)] = "imagenet",
     width: Annotated[int, typer.Option(help="compact-cnn: filters of the first stage.", rich_help_panel=MODEL)] = 32,
     depth: Annotated[int, typer.Option(help="compact-cnn: number of stages.", rich_help_panel=MODEL)] = 4,
@@ -121,9 +123,9 @@ def convert(
         Target, typer.Option(help="edgetpu: Edge-TPU-friendly build, pre-flight, and edgetpu_compiler when installed. imx500: also the Raspberry Pi AI Camera's package (RUN/imx500/, its own parity gate; needs Java 17, the toolchain is installed on first use).", rich_help_panel=MODEL)
     ] = Target.cpu,
     split: Annotated[str, typer.Option(help="train,val,test percentages.", rich_help_panel=DATA)] = "70,15,15",
-    extra_data: Annotated[Optional[list[Path]], typer.Option("--extra-data", help="More class folders for training only, e.g. frames from edgecls run --collect sorted by a person (repeatable).", rich_help_panel=DATA)] = None,
+    extra_data: Annotated[list[Path] | None, typer.Option("--extra-data", help="More class folders for training only, e.g. frames from edgecls run --collect sorted by a person (repeatable).", rich_help_panel=DATA)] = None,
     seed: Annotated[int, typer.Option(help="Seed for the split, weight initialisation, shuffling and augmentation.", rich_help_panel=DATA)] = 0,
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where decoded images are kept between runs (default: $EDGECLS_CACHE_DIR, else ~/.cache/edgecls/data; `edgecls cache` lists and clears it).", rich_help_panel=DATA, show_default=False)] = None,
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Where decoded images are kept between runs (default: $EDGECLS_CACHE_DIR, else ~/.cache/edgecls/data; `edgecls cache` lists and clears it).", rich_help_panel=DATA, show_default=False)] = None,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Keep decoded images on disk between runs; --no-cache decodes them into memory for this run only (memory then grows with the number of images).", rich_help_panel=DATA)] = True,
     resize: Annotated[Resize, typer.Option(help="How the device fits frames to the input.", rich_help_panel=DATA)] = Resize.squash,
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs (the head, for transfer models).", rich_help_panel=TRAIN)] = 40,
@@ -141,7 +143,7 @@ def convert(
     class_weights: Annotated[ClassWeights, typer.Option(help="'auto' weighs classes by inverse frequency.", rich_help_panel=TRAIN)] = ClassWeights.none,
     strategy: Annotated[Strategy, typer.Option(help="tf.distribute strategy (multi-worker reads TF_CONFIG).", rich_help_panel=TRAIN)] = Strategy.default,
     teacher: Annotated[
-        Optional[Path], typer.Option(help="Distil from this model: an earlier convert output folder (same data, split "
+        Path | None, typer.Option(help="Distil from this model: an earlier convert output folder (same data, split "
                                      "and seed) or a .keras file; the training targets blend in its probabilities.", rich_help_panel=TRAIN)
     ] = None,
     teacher_weight: Annotated[float, typer.Option(help="With --teacher: the teacher's share of the targets, in (0, 1].", rich_help_panel=TRAIN)] = 0.7,
@@ -153,13 +155,13 @@ def convert(
     calibration_samples: Annotated[int, typer.Option(min=1, help="Representative images for int8 calibration.", rich_help_panel=EXPORT)] = 300,
     int8_method: Annotated[
         Int8MethodChoice, typer.Option("--int8-method", help=f"How the float model is fitted to int8. {_METHODS_HELP}.", rich_help_panel=EXPORT)  # type: ignore[valid-type]
-    ] = Int8MethodChoice[DEFAULT_INT8_METHOD.replace("-", "_")],  # type: ignore[misc]
+    ] = DEFAULT_METHOD_CHOICE,  # type: ignore[misc]
     int8_tune_epochs: Annotated[int, typer.Option(min=1, help="Epochs of --int8-method int8-tune over the training images.", rich_help_panel=EXPORT)] = 16,
     qat_epochs: Annotated[int, typer.Option(min=1, help="Epochs of --int8-method qat.", rich_help_panel=EXPORT)] = 5,
     # The three switches the int8 method replaced, kept working for existing scripts (not shown in --help).
     qat: Annotated[bool, typer.Option("--qat", hidden=True)] = False,
     int8_tune: Annotated[bool, typer.Option("--int8-tune", hidden=True)] = False,
-    bias_correction: Annotated[Optional[bool], typer.Option("--bias-correction/--no-bias-correction", hidden=True)] = None,
+    bias_correction: Annotated[bool | None, typer.Option("--bias-correction/--no-bias-correction", hidden=True)] = None,
     max_drop: Annotated[float, typer.Option(min=0.0, help="Largest allowed top-1 drop of the quantised model, in points.", rich_help_panel=GATE)] = 1.0,
     min_agreement: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Smallest share of test images on which the quantised and the float "
@@ -231,7 +233,7 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
-def _int8_method(chosen: str, *, qat: bool, int8_tune: bool, bias_correction: Optional[bool]) -> str:
+def _int8_method(chosen: str, *, qat: bool, int8_tune: bool, bias_correction: bool | None) -> str:
     """--int8-method, or what the old switches (--qat, --int8-tune, --no-bias-correction) meant."""
     from edgecls.errors import ConfigError
 
@@ -421,12 +423,12 @@ def tune(
     out: Annotated[Path, typer.Option("--out", help="Study, trials, table, plot and the chosen model.")] = Path("edgecls-tune"),
     arch: Annotated[Arch, typer.Option(help="Architecture to search.")] = Arch.compact_cnn,  # type: ignore[attr-defined]
     trials: Annotated[int, typer.Option(min=1, help="Trials in the study (finished ones count when resuming).")] = 20,
-    budget_ms: Annotated[Optional[float], typer.Option(min=0.0, help="Largest p90 latency (edgecls bench, x profile factor).")] = None,
-    max_size_kb: Annotated[Optional[float], typer.Option(min=0.0, help="Largest int8 model file.")] = None,
-    timeout: Annotated[Optional[float], typer.Option(min=0.1, help="Stop starting trials after this many minutes.")] = None,
-    profile: Annotated[Optional[str], typer.Option(help="Device profile whose latency_factor scales the latency.")] = None,
+    budget_ms: Annotated[float | None, typer.Option(min=0.0, help="Largest p90 latency (edgecls bench, x profile factor).")] = None,
+    max_size_kb: Annotated[float | None, typer.Option(min=0.0, help="Largest int8 model file.")] = None,
+    timeout: Annotated[float | None, typer.Option(min=0.1, help="Stop starting trials after this many minutes.")] = None,
+    profile: Annotated[str | None, typer.Option(help="Device profile whose latency_factor scales the latency.")] = None,
     max_epochs: Annotated[int, typer.Option(min=1, help="Most epochs a trial may train.")] = 30,
-    input_sizes: Annotated[Optional[str], typer.Option(help="Comma-separated input sizes to search (default per arch).")] = None,
+    input_sizes: Annotated[str | None, typer.Option(help="Comma-separated input sizes to search (default per arch).")] = None,
     bench_threads: Annotated[int, typer.Option(min=1, help="Interpreter threads for the latency measurement.")] = 1,
     color: Annotated[Color, typer.Option(help="Model colour input.")] = Color.rgb,
     weights: Annotated[str, typer.Option(help="MobileNet weights: imagenet, none, or a local .h5/.keras file.")] = "imagenet",
@@ -440,7 +442,7 @@ def tune(
     ] = 0.9,
     split: Annotated[str, typer.Option(help="train,val,test percentages.")] = "70,15,15",
     seed: Annotated[int, typer.Option(help="Seed of the sampler, the split and each trial's training.")] = 0,
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Where decoded images are kept between runs (see edgecls convert).", show_default=False)] = None,
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Where decoded images are kept between runs (see edgecls convert).", show_default=False)] = None,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Keep decoded images on disk between runs (see edgecls convert).")] = True,
 ) -> None:
     """Search hyperparameters for the most accurate int8 model within a latency and size budget (Optuna).
@@ -509,7 +511,7 @@ CACHE_DIR_OPTION = typer.Option("--cache-dir", help="The cache folder (default: 
                                 "~/.cache/edgecls/data).", show_default=False)
 
 
-def _image_cache(cache_dir: Optional[Path]) -> Any:
+def _image_cache(cache_dir: Path | None) -> Any:
     from .cache import ImageCache, default_cache_dir, default_max_bytes
 
     return ImageCache(cache_dir or default_cache_dir(), default_max_bytes())
@@ -517,7 +519,7 @@ def _image_cache(cache_dir: Optional[Path]) -> Any:
 
 @cache_app.command("list")
 def cache_list(
-    cache_dir: Annotated[Optional[Path], CACHE_DIR_OPTION] = None,
+    cache_dir: Annotated[Path | None, CACHE_DIR_OPTION] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per entry.")] = False,
 ) -> None:
     """The cached datasets, least recently used first: folder, input size, images, size on disk, last use."""
@@ -543,9 +545,9 @@ def cache_list(
 
 @cache_app.command("clear")
 def cache_clear(
-    keys: Annotated[Optional[list[str]], typer.Argument(help="Entries to remove (from `edgecls cache list`); "
+    keys: Annotated[list[str] | None, typer.Argument(help="Entries to remove (from `edgecls cache list`); "
                                                         "none: all of them.", show_default=False)] = None,
-    cache_dir: Annotated[Optional[Path], CACHE_DIR_OPTION] = None,
+    cache_dir: Annotated[Path | None, CACHE_DIR_OPTION] = None,
 ) -> None:
     """Remove cached datasets (all, or the KEYS given) and what killed runs left; entries in use are kept."""
     with project_errors():

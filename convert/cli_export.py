@@ -5,7 +5,7 @@ AI Camera. A thin layer over edgecls.convert.imx500_run; importing it is cheap (
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,12 +23,12 @@ export_app = typer.Typer(
 def export_imx500(
     run_dir: Annotated[Path, typer.Argument(help="The --out folder of an edgecls convert (report.json, model.keras).",
                                             exists=True, file_okay=False, show_default=False)],
-    data: Annotated[Optional[Path], typer.Option(help="The dataset folder the run was trained on, when it is no longer "
+    data: Annotated[Path | None, typer.Option(help="The dataset folder the run was trained on, when it is no longer "
                                                  "where the run says (its split is made again with the run's seed).",
                                                  show_default=False)] = None,
-    max_drop: Annotated[Optional[float], typer.Option(min=0.0, help="Largest allowed top-1 drop of the IMX500 model, in "
+    max_drop: Annotated[float | None, typer.Option(min=0.0, help="Largest allowed top-1 drop of the IMX500 model, in "
                                                       "points (default: the run's).", show_default=False)] = None,
-    min_agreement: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Smallest top-1 agreement with the "
+    min_agreement: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Smallest top-1 agreement with the "
                                                            "float model (default: the run's).",
                                                            show_default=False)] = None,
 ) -> None:

@@ -78,13 +78,13 @@ def _sharing_builder_class(builder: type) -> type:
             self._vectors: dict[tuple[str, tuple[int, ...], bytes], int] = {}
             self._strings: dict[Any, int] = {}
 
-        def CreateNumpyVector(self, x: Any) -> int:  # noqa: N802 (flatbuffers' name)
+        def CreateNumpyVector(self, x: Any) -> int:
             key = (x.dtype.str, x.shape, x.tobytes())
             if key not in self._vectors:
                 self._vectors[key] = super().CreateNumpyVector(x)
             return self._vectors[key]
 
-        def CreateString(self, s: Any, *args: Any, **kwargs: Any) -> int:  # noqa: N802
+        def CreateString(self, s: Any, *args: Any, **kwargs: Any) -> int:
             if s not in self._strings:
                 self._strings[s] = super().CreateString(s, *args, **kwargs)
             return self._strings[s]
@@ -98,7 +98,7 @@ class _AlignedBuffer:
     def __init__(self, buffer: Any, schema: Any) -> None:
         self.buffer, self.schema = buffer, schema
 
-    def Pack(self, builder: Any) -> int:  # noqa: N802 (the object API's name)
+    def Pack(self, builder: Any) -> int:
         b, s = self.buffer, self.schema
         data = None
         if b.data is not None and len(b.data):

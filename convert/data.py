@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -211,7 +212,7 @@ def scan(
         prefix = str(root_path) + os.sep
         for sample, h in zip(samples, hashes):
             where = str(sample.path)
-            digest.update(f"{name}/{where[len(prefix):] if where.startswith(prefix) else where}:{h}\n".encode())
+            digest.update(f"{name}/{where.removeprefix(prefix)}:{h}\n".encode())
         decoded[name] = (samples, images)
     extra_samples, extra_images = decoded.pop("~extra", ([], None))
 
@@ -472,8 +473,8 @@ def _stratified_split(labels: list[int], split: Sequence[float], seed: int) -> d
         idx = np.flatnonzero(labels_a == label)
         rng.shuffle(idx)
         n = len(idx)
-        n_val = max(1, int(round(n * split[1])))
-        n_test = max(1, int(round(n * split[2])))
+        n_val = max(1, round(n * split[1]))
+        n_test = max(1, round(n * split[2]))
         n_train = n - n_val - n_test
         parts["train"].extend(idx[:n_train])
         parts["val"].extend(idx[n_train : n_train + n_val])
@@ -489,7 +490,7 @@ def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     picked = []
     for label in np.unique(labels):
         idx = np.flatnonzero(labels == label)
-        take = max(1, int(round(n * len(idx) / len(labels))))
+        take = max(1, round(n * len(idx) / len(labels)))
         picked.extend(rng.choice(idx, size=min(take, len(idx)), replace=False))
     return rng.permutation(np.asarray(picked))
 

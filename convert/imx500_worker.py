@@ -206,7 +206,7 @@ def main(argv: list[str]) -> int:
         result = run(job, job_dir)
     except WorkerError as exc:
         result = {"error": str(exc)}
-    except Exception as exc:  # noqa: BLE001 - reported to the host, which names the log
+    except Exception as exc:  # reported to the host, which names the log
         result = {"error": f"{type(exc).__name__}: {str(exc)[:500]}", "traceback": traceback.format_exc()}
     tmp = job_dir / "result.json.tmp"
     tmp.write_text(json.dumps(result), encoding="utf-8")

@@ -7,8 +7,9 @@ and the method's own module load only when it runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from edgecls.errors import ConfigError
 
@@ -53,7 +54,7 @@ def _int8_tune(ctx: Int8Context) -> tuple[bytes, dict[str, Any]]:
     obs.step(f"int8 tuning: rounding with error compensation, then {opts.int8_tune_epochs} epochs of fine-tuning "
              f"against the float model on {len(images)} training images")
     obs.stage("int8-tune", opts.int8_tune_epochs)
-    on_epoch = lambda e, n, kl: obs.epoch("int8-tune", e, n, {"kl": kl})  # noqa: E731
+    on_epoch = lambda e, n, kl: obs.epoch("int8-tune", e, n, {"kl": kl})
     return int8tune.export_tuned(ctx.model, ctx.calibration, images, io_type=opts.io, normalize=ctx.normalize,
                                  epochs=opts.int8_tune_epochs, seed=opts.train.seed, on_epoch=on_epoch)
 

@@ -26,7 +26,8 @@ import contextlib
 import logging
 import time
 import types
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -294,7 +295,7 @@ def tuned_for_int8(
                     on_epoch(epoch + 1, epochs, losses[-1])
         summary = {"rounded_layers": rounded, "tuned_parameters": int(sum(np.prod(v.shape) for v in variables)),
                    "tuned_kernels": len(convs),
-                   "images": int(len(images)), "epochs": epochs, "kl_first_epoch": losses[0] if losses else None,
+                   "images": len(images), "epochs": epochs, "kl_first_epoch": losses[0] if losses else None,
                    "kl_last_epoch": losses[-1] if losses else None,
                    "seconds": round(time.perf_counter() - started, 1)}
         log.debug("int8 tuning: %s", summary)

@@ -7,10 +7,10 @@ resize and colour order on the device. Only ops that quantise fully to int8 and 
 from __future__ import annotations
 
 import math
-
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edgecls.errors import ConfigError, ConversionError
 
@@ -25,7 +25,7 @@ class Architecture:
     --arch choices, tune's search space and quantisation-aware training's support are all read from here."""
 
     name: str
-    build: Callable[["ModelSpec"], Any]
+    build: Callable[[ModelSpec], Any]
     input_size: int  # the default square input
     tune_sizes: tuple[int, ...]  # input sizes `edgecls tune` searches by default
     family: str  # "seed" (the tutorial CNN), "compact" (our CNN: width, depth, separable), "mobilenet" (transfer)

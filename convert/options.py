@@ -149,11 +149,11 @@ class ConvertOptions:
                               "TPU runs only 8-bit models")
 
     @classmethod
-    def create(cls, out_dir: str | Path, **options: Any) -> "ConvertOptions":
+    def create(cls, out_dir: str | Path, **options: Any) -> ConvertOptions:
         """Options for a run into ``out_dir`` from flat names (``arch=``, ``epochs=``, ``max_drop=``...)."""
         return cls(out_dir=Path(out_dir)).updated(**options)
 
-    def updated(self, **options: Any) -> "ConvertOptions":
+    def updated(self, **options: Any) -> ConvertOptions:
         """A copy with the flat-named ``options`` changed, each in its group; an unknown name is a ConfigError
         that names the closest one."""
         by_group: dict[str, dict[str, Any]] = {}

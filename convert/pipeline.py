@@ -16,9 +16,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -29,16 +30,29 @@ from edgecls.labels import format_labels, read_labels_file
 from edgecls.manifest import embed_manifest
 from edgecls.preprocess import PreprocessConfig
 
-from . import distributed, evaluate, report as reporting
+from . import distributed, evaluate
+from . import report as reporting
 from .cache import cache_summary, concat
 from .data import Dataset, scan, stratified_sample
 from .int8methods import DEFAULT_INT8_METHOD, INT8_METHODS, Int8Context, check_supported, int8_method
 from .models import ARCHITECTURES, architecture, create_model, uses_sigmoid
 from .options import ConvertOptions
-from .staging import (MIN_RUN_BYTES, RoomWatch, check_room, claim, held_signals, release, remove_stale_stages,
-                      run_bytes, saved_bytes, stage_prefix, write_failure)
+from .staging import (
+    MIN_RUN_BYTES,
+    RoomWatch,
+    check_room,
+    claim,
+    held_signals,
+    release,
+    remove_stale_stages,
+    run_bytes,
+    saved_bytes,
+    stage_prefix,
+    write_failure,
+)
 from .tflite_export import to_tflite
 from .training import StopRequest, TrainingObserver, deterministic, make_strategy, train
+
 
 class ConvertObserver(TrainingObserver, Protocol):
     """Progress events for whoever displays them (the CLI)."""
@@ -539,7 +553,7 @@ def edgetpu_step(model_path: Path, manifest: dict[str, Any], classes: list[str])
         return result
     with tempfile.TemporaryDirectory(dir=model_path.parent, prefix=".edgetpu.") as tmp:
         try:
-            proc = subprocess.run(edgetpu.compile_command(model_path, tmp), capture_output=True, text=True, timeout=600)
+            proc = subprocess.run(edgetpu.compile_command(model_path, tmp), capture_output=True, text=True, timeout=600, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             result["compiler"] = {"succeeded": False, "error": f"edgetpu_compiler could not run ({exc})"}
             return result
@@ -589,10 +603,10 @@ def manifest_for(options: ConvertOptions, dataset: Dataset, sigmoid: bool, exter
 
 
 def _provenance(options: ConvertOptions, dataset: Dataset, external: str | None) -> dict[str, Any]:
+    import uuid
+
     import keras
     import tensorflow as tf
-
-    import uuid
 
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

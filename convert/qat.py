@@ -83,7 +83,7 @@ def _layers(model: Any) -> list[Any]:
 def _copy_weights(source: Any, twin: Any, arch: str) -> None:
     """Copy layer by layer (not model.get_weights(): frozen layers put their weights in another order)."""
     src, dst = _layers(source), _layers(twin)
-    shapes = lambda layers: [[w.shape for w in layer.get_weights()] for layer in layers]  # noqa: E731
+    shapes = lambda layers: [[w.shape for w in layer.get_weights()] for layer in layers]
     if shapes(src) != shapes(dst):
         raise ConversionError(f"cannot rebuild {arch} with tf_keras for --qat: the layers do not line up")
     for a, b in zip(src, dst):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from edgecls.fsutil import atomic_write_bytes, atomic_write_text
 
@@ -97,9 +98,9 @@ def _teacher_lines(teacher: dict[str, Any] | None) -> list[str]:
     if not teacher:
         return []
     lines = ["", "## Distillation", "",
-             f"- trained towards {teacher['weight']:g} x the probabilities of `{teacher['path']}` "
+             (f"- trained towards {teacher['weight']:g} x the probabilities of `{teacher['path']}` "
              f"({teacher.get('arch') or 'architecture unknown'}) + {1 - teacher['weight']:g} x the labels; its "
-             "top-1 in the accuracy table is on the held-out split seen at this model's input size"]
+             "top-1 in the accuracy table is on the held-out split seen at this model's input size")]
     if teacher["split_checked"]:
         lines.append("- the teacher was trained on this dataset with the same split: it has not seen the held-out images")
     else:
@@ -115,9 +116,9 @@ def _int8_method(report: dict[str, Any]) -> list[str]:
     if q["mode"] != "int8" or report.get("qat"):
         return []
     if tuning:
-        return [f"- int8 weights: error-compensating rounding on {tuning['rounded_layers']} conv layers, then "
+        return [(f"- int8 weights: error-compensating rounding on {tuning['rounded_layers']} conv layers, then "
                 f"fine-tuned with it for {tuning['epochs']} epochs on {tuning['images']} training images (KL to the "
-                f"float model {tuning['kl_first_epoch']:.4f} -> {tuning['kl_last_epoch']:.4f}, {tuning['seconds']:.0f} s)"]
+                f"float model {tuning['kl_first_epoch']:.4f} -> {tuning['kl_last_epoch']:.4f}, {tuning['seconds']:.0f} s)")]
     lines = ["- int8 weights: rounded to nearest" + (", conv biases corrected for the rounding error"
                                                     if q.get("bias_correction") else "")]
     if report["agreement"] < AGREEMENT_HINT:
@@ -131,8 +132,8 @@ def _kept_lines(history: dict[str, Any] | None) -> list[str]:
     if history is None or kept is None or history.get("stopped_early"):  # the stop note already names the epoch
         return []
     stage, loss, accuracy = history["stages"][-1]["name"], history["val_loss"], history["val_accuracy"]
-    return [f"The model is the weights of epoch {kept} of {len(loss)} ({stage} stage, lowest validation loss "
-            f"{loss[kept - 1]:.4f}, validation accuracy {_pct(accuracy[kept - 1])}).", ""]
+    return [(f"The model is the weights of epoch {kept} of {len(loss)} ({stage} stage, lowest validation loss "
+            f"{loss[kept - 1]:.4f}, validation accuracy {_pct(accuracy[kept - 1])})."), ""]
 
 
 def _per_epoch(history: dict[str, Any] | None) -> str:
@@ -177,8 +178,8 @@ def markdown(report: dict[str, Any]) -> str:
     if stopped:
         best = f"epoch {stopped['best_epoch']}, the lowest validation loss" if stopped["best_epoch"] else "the last epoch"
         skipped = f"; the {', '.join(stopped['skipped_stages'])} stage was skipped" if stopped["skipped_stages"] else ""
-        lines += [f"> Training was stopped early by the user in the {stopped['stage']} stage, at epoch "
-                  f"{stopped['epoch']} of {stopped['epochs']}{skipped}. The model is the weights of {best}.", ""]
+        lines += [(f"> Training was stopped early by the user in the {stopped['stage']} stage, at epoch "
+                  f"{stopped['epoch']} of {stopped['epochs']}{skipped}. The model is the weights of {best}."), ""]
     lines += ["## Accuracy on the held-out split", "", "| model | top-1 |" + (" top-5 |" if "top5" in f else ""),
               "|---|---|" + ("---|" if "top5" in f else "")]
     rows = [("float (Keras)", f), (f"{q} TFLite (edgecls runtime)", t)]
@@ -191,9 +192,9 @@ def markdown(report: dict[str, Any]) -> str:
     if teacher:
         lines.append(f"| teacher, distilled from (float) | {_pct(teacher['test_top1'])} |" + (" |" if "top5" in f else ""))
     if baseline:
-        lines += ["", "The baseline is the textbook CNN (one 3x3 convolution, max pooling, a dense layer; `--arch "
+        lines += ["", ("The baseline is the textbook CNN (one 3x3 convolution, max pooling, a dense layer; `--arch "
                   "seed-cnn`) trained on the same split at 64 px: a yardstick, so a model that does not beat it is "
-                  "easy to spot (`--no-baseline` skips it)."]
+                  "easy to spot (`--no-baseline` skips it).")]
     lines += ["", "Per class (quantised model):", "", "| class | precision | recall | support |", "|---|---|---|---|"]
     for name, m in t["per_class"].items():
         lines.append(f"| {name} | {_pct(m['precision'])} | {_pct(m['recall'])} | {m['support']} |")
@@ -206,9 +207,9 @@ def markdown(report: dict[str, Any]) -> str:
         *_kept_lines(report.get("history")),
         "## Sizes",
         "",
-        f"- {q} model: {report['int8_bytes'] / 1024:.1f} KiB on disk (model.tflite with its metadata and labels); "
+        (f"- {q} model: {report['int8_bytes'] / 1024:.1f} KiB on disk (model.tflite with its metadata and labels); "
         f"its network {_graph(report) / 1024:.1f} KiB, {_graph(report) / max(1, report['float_tflite_bytes']):.2f}x "
-        f"the float TFLite network ({report['float_tflite_bytes'] / 1024:.1f} KiB)",
+        f"the float TFLite network ({report['float_tflite_bytes'] / 1024:.1f} KiB)"),
         f"- parameters: {report['model']['params']:,}",
         *_int8_method(report),
         *_teacher_lines(report.get("teacher")),

@@ -19,9 +19,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -83,11 +84,11 @@ class TuneOptions:
 class TuneObserver(Protocol):
     def step(self, message: str) -> None: ...
 
-    def trial_done(self, record: "TrialRecord", best: "TrialRecord | None", done: int, total: int) -> None: ...
+    def trial_done(self, record: TrialRecord, best: TrialRecord | None, done: int, total: int) -> None: ...
 
 
 class QuietTuneObserver(QuietObserver):
-    def trial_done(self, record: "TrialRecord", best: "TrialRecord | None", done: int, total: int) -> None:
+    def trial_done(self, record: TrialRecord, best: TrialRecord | None, done: int, total: int) -> None:
         pass
 
 
@@ -488,8 +489,8 @@ def markdown(summary: dict[str, Any], records: list[TrialRecord], front: list[Tr
     lines = [
         f"# edgecls tune: {summary['arch']}",
         "",
-        f"Budgets: latency {budgets['budget_ms'] or 'none'} ms (p90 here x {budgets['latency_factor']:g}), "
-        f"size {budgets['max_size_kb'] or 'none'} KB. Accuracy is int8 top-1 on the validation split.",
+        (f"Budgets: latency {budgets['budget_ms'] or 'none'} ms (p90 here x {budgets['latency_factor']:g}), "
+        f"size {budgets['max_size_kb'] or 'none'} KB. Accuracy is int8 top-1 on the validation split."),
         "",
         "| trial | state | int8 val top-1 | float val top-1 | latency ms | size KB | feasible | Pareto | params |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -573,4 +574,4 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-__all__ = ["TuneOptions", "TrialRecord", "TuneError", "tune", "pareto_front", "choose", "open_study", "suggest"]
+__all__ = ["TrialRecord", "TuneError", "TuneOptions", "choose", "open_study", "pareto_front", "suggest", "tune"]

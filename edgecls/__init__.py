@@ -47,10 +47,13 @@ _LAZY = {
     "ConfigError": "edgecls.errors",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", *_LAZY]  # noqa: PLE0604 - the lazily imported names, all strings
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .bench import benchmark
+    from .capture import StreamEvent
     from .classifier import Classifier, Timing
+    from .edgetpu import preflight
     from .errors import (
         BackendError,
         CameraError,
@@ -61,19 +64,16 @@ if TYPE_CHECKING:  # pragma: no cover
         ImageError,
         LabelsError,
         ModelError,
+        SinkError,
     )
-    from .capture import StreamEvent
-    from .errors import SinkError
     from .images import read_image
-    from .bench import benchmark
-    from .edgetpu import preflight
+    from .postprocess import Prediction
+    from .preprocess import InputSpec, PreprocessConfig
     from .profiles import Profile, load_profile
     from .sinks import parse_sink
     from .smoothing import Decision, Smoothing
     from .sources import FrameSource, parse_source
     from .stream import Latency, Stream, StreamResult, StreamStats
-    from .postprocess import Prediction
-    from .preprocess import InputSpec, PreprocessConfig
 
 
 def __getattr__(name: str) -> Any:

@@ -32,7 +32,7 @@ class Summary:
     max: float
 
     @classmethod
-    def of(cls, values: np.ndarray) -> "Summary":
+    def of(cls, values: np.ndarray) -> Summary:
         p50, p90, p99 = (float(np.percentile(values, p)) for p in PERCENTILES)
         return cls(p50, p90, p99, float(values.mean()), float(values.min()), float(values.max()))
 

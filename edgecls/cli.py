@@ -10,7 +10,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -41,17 +41,17 @@ class BackendChoice(str, Enum):
 
 ModelArg = Annotated[Path, typer.Argument(help="Path to a .tflite model.", show_default=False, readable=False)]
 LabelsOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--labels", readable=False, help="Label file (one a line, or 'id label'); default: from the model."),
 ]
-ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="Interpreter threads (default: cores, max 4).")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="Interpreter threads (default: cores, max 4).")]
 BackendOpt = Annotated[BackendChoice, typer.Option("--backend", help="Interpreter backend.")]
 DelegateOpt = Annotated[
-    Optional[str], typer.Option("--delegate", help="'edgetpu' or the path of a TFLite delegate library.")
+    str | None, typer.Option("--delegate", help="'edgetpu' or the path of a TFLite delegate library.")
 ]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="Edge TPU device: usb, usb:N or pci:N.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="Edge TPU device: usb, usb:N or pci:N.")]
 DelegateOptionOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--delegate-option", help="KEY=VALUE option for the delegate library (repeatable)."),
 ]
 FallbackOpt = Annotated[
@@ -87,12 +87,12 @@ def _main(
 def _open_classifier(
     model: Path,
     *,
-    labels: Optional[Path] = None,
-    threads: Optional[int] = None,
+    labels: Path | None = None,
+    threads: int | None = None,
     backend: BackendChoice = BackendChoice.auto,
-    delegate: Optional[str] = None,
-    device: Optional[str] = None,
-    delegate_option: Optional[list[str]] = None,
+    delegate: str | None = None,
+    device: str | None = None,
+    delegate_option: list[str] | None = None,
     allow_cpu_fallback: bool = False,
 ) -> Any:
     from .classifier import Classifier
@@ -106,7 +106,7 @@ def _open_classifier(
     return clf  # a CPU fallback was logged as a warning (on stderr, see _main)
 
 
-def parse_key_values(items: Optional[list[str]], option: str) -> dict[str, str]:
+def parse_key_values(items: list[str] | None, option: str) -> dict[str, str]:
     """``["k=v", ...]`` from a repeatable option into a dict; a malformed item is a ConfigError naming the option."""
     from .errors import ConfigError
 
@@ -145,7 +145,7 @@ def info(
     typer.echo(_format_info(facts))
 
 
-def _describe_compiled(model: Path, labels: Optional[Path], not_a_classifier: str | None = None) -> dict[str, Any]:
+def _describe_compiled(model: Path, labels: Path | None, not_a_classifier: str | None = None) -> dict[str, Any]:
     """`info` from the flatbuffer alone: for an Edge TPU build (its one op runs only on the Edge TPU), or for a model
     that is not an image classifier (``not_a_classifier``: why), with every input and output listed."""
     from collections import Counter
@@ -295,7 +295,7 @@ def classify(
 
 
 ProfileOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--profile", help="A device profile (see `edgecls profiles`) or a .toml path; flags override it."),
 ]
 
@@ -304,7 +304,7 @@ ProfileOpt = Annotated[
 def run(
     model: ModelArg,
     source: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--source", "-s",
             help="picam, picam:N, a camera index or /dev/videoN, a video file, an rtsp:// or http:// URL, a GStreamer "
@@ -318,30 +318,30 @@ def run(
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Predictions per result.")] = 3,
     threshold: ThresholdOpt = 0.0,
     threads: ThreadsOpt = None,
-    backend: Annotated[Optional[BackendChoice], typer.Option("--backend", help="Interpreter backend \\[default: auto].")] = None,
+    backend: Annotated[BackendChoice | None, typer.Option("--backend", help="Interpreter backend \\[default: auto].")] = None,
     delegate: DelegateOpt = None,
     device: DeviceOpt = None,
     delegate_option: DelegateOptionOpt = None,
     allow_cpu_fallback: FallbackOpt = False,
     sink: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option("--sink", help="Also send results to jsonl:PATH, mqtt://\\[user:pass@]host[:port]/topic, "
                      "video:PATH or preview:[HOST:]PORT (repeatable)."),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per result on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Nothing on stdout (sinks only).")] = False,
     on_change: Annotated[bool, typer.Option("--on-change", help="Emit only when the decided label changes.")] = False,
-    fps: Annotated[Optional[float], typer.Option("--fps", min=0.01, help="Classify at most this many frames/s.")] = None,
-    max_frames: Annotated[Optional[int], typer.Option("--max-frames", min=1, help="Stop after N results.")] = None,
-    duration: Annotated[Optional[float], typer.Option("--duration", min=0.01, help="Stop after S seconds.")] = None,
+    fps: Annotated[float | None, typer.Option("--fps", min=0.01, help="Classify at most this many frames/s.")] = None,
+    max_frames: Annotated[int | None, typer.Option("--max-frames", min=1, help="Stop after N results.")] = None,
+    duration: Annotated[float | None, typer.Option("--duration", min=0.01, help="Stop after S seconds.")] = None,
     loop: Annotated[bool, typer.Option("--loop", help="Start a video file or image folder over at its end.")] = False,
-    ema: Annotated[Optional[float], typer.Option("--ema", min=0.01, max=1.0, help="Moving-average weight of the newest frame (1: off) \\[default: 1].")] = None,
-    hold: Annotated[Optional[int], typer.Option("--hold", min=1, help="Frames a new label must lead before the decision switches \\[default: 1].")] = None,
-    margin: Annotated[Optional[float], typer.Option("--margin", min=0.01, max=1.0, help="...or lead by this much to switch at once.")] = None,
-    min_score: Annotated[Optional[float], typer.Option("--min-score", min=0.0, max=1.0, help="Below this, no decision \\[default: 0].")] = None,
-    width: Annotated[Optional[int], typer.Option("--width", min=16, help="Camera frame width to ask for.")] = None,
-    height: Annotated[Optional[int], typer.Option("--height", min=16, help="Camera frame height to ask for.")] = None,
-    camera_fps: Annotated[Optional[float], typer.Option("--camera-fps", min=1, help="Camera frame rate to ask for.")] = None,
+    ema: Annotated[float | None, typer.Option("--ema", min=0.01, max=1.0, help="Moving-average weight of the newest frame (1: off) \\[default: 1].")] = None,
+    hold: Annotated[int | None, typer.Option("--hold", min=1, help="Frames a new label must lead before the decision switches \\[default: 1].")] = None,
+    margin: Annotated[float | None, typer.Option("--margin", min=0.01, max=1.0, help="...or lead by this much to switch at once.")] = None,
+    min_score: Annotated[float | None, typer.Option("--min-score", min=0.0, max=1.0, help="Below this, no decision \\[default: 0].")] = None,
+    width: Annotated[int | None, typer.Option("--width", min=16, help="Camera frame width to ask for.")] = None,
+    height: Annotated[int | None, typer.Option("--height", min=16, help="Camera frame height to ask for.")] = None,
+    camera_fps: Annotated[float | None, typer.Option("--camera-fps", min=1, help="Camera frame rate to ask for.")] = None,
     mqtt_qos: Annotated[int, typer.Option("--mqtt-qos", min=0, max=2, help="MQTT quality of service.")] = 0,
     mqtt_retain: Annotated[bool, typer.Option("--mqtt-retain", help="Publish MQTT results as retained.")] = False,
     mqtt_discovery: Annotated[
@@ -351,19 +351,19 @@ def run(
         str, typer.Option("--mqtt-discovery-prefix", help="Home Assistant's discovery prefix.")
     ] = "homeassistant",
     mqtt_discovery_node_id: Annotated[
-        Optional[str], typer.Option("--mqtt-discovery-node-id", help="The device's id in Home Assistant (default: from the topic, one per topic).", show_default=False)
+        str | None, typer.Option("--mqtt-discovery-node-id", help="The device's id in Home Assistant (default: from the topic, one per topic).", show_default=False)
     ] = None,
     stats_every: Annotated[
-        Optional[float], typer.Option("--stats-every", min=0.1, help="A JSON line of live statistics on stderr every S seconds.")
+        float | None, typer.Option("--stats-every", min=0.1, help="A JSON line of live statistics on stderr every S seconds.")
     ] = None,
     preview_token: Annotated[
-        Optional[str], typer.Option("--preview-token", envvar="EDGECLS_PREVIEW_TOKEN", show_envvar=True, help="Token the dashboard (preview:HOST:PORT) asks for when it listens beyond 127.0.0.1.", show_default=False)
+        str | None, typer.Option("--preview-token", envvar="EDGECLS_PREVIEW_TOKEN", show_envvar=True, help="Token the dashboard (preview:HOST:PORT) asks for when it listens beyond 127.0.0.1.", show_default=False)
     ] = None,
     preview_host: Annotated[
-        Optional[list[str]], typer.Option("--preview-host", help="Another name the dashboard answers to, e.g. raspberrypi.local (it answers to localhost, its addresses and the HOST of preview:HOST:PORT; other Host headers get 403, against DNS rebinding); repeatable.", show_default=False)
+        list[str] | None, typer.Option("--preview-host", help="Another name the dashboard answers to, e.g. raspberrypi.local (it answers to localhost, its addresses and the HOST of preview:HOST:PORT; other Host headers get 403, against DNS rebinding); repeatable.", show_default=False)
     ] = None,
     collect: Annotated[
-        Optional[Path], typer.Option("--collect", help="Keep the frames worth a look (unsure, label changes, a sample) in DIR/<predicted label>/ with JSON sidecars, for relabelling and convert --extra-data.", rich_help_panel="Field data")
+        Path | None, typer.Option("--collect", help="Keep the frames worth a look (unsure, label changes, a sample) in DIR/<predicted label>/ with JSON sidecars, for relabelling and convert --extra-data.", rich_help_panel="Field data")
     ] = None,
     collect_below: Annotated[float, typer.Option("--collect-below", min=0.0, max=1.0, help="Unsure: top score under this.", rich_help_panel="Field data")] = 0.6,
     collect_margin: Annotated[float, typer.Option("--collect-margin", min=0.0, max=1.0, help="Unsure: the top two within this.", rich_help_panel="Field data")] = 0.1,
@@ -441,7 +441,7 @@ def _first(*values: Any) -> Any:
     return next((v for v in values if v is not None), None)
 
 
-def _load_profile(name: Optional[str]) -> Any:
+def _load_profile(name: str | None) -> Any:
     if name is None:
         return None
     from .profiles import load_profile
@@ -451,7 +451,7 @@ def _load_profile(name: Optional[str]) -> Any:
 
 @app.command(rich_help_panel=SHIP, epilog=examples('edgecls profiles', 'edgecls profiles rpi5'))
 def profiles(
-    name: Annotated[Optional[str], typer.Argument(help="Show this profile in full (TOML) and its boot lines.")] = None,
+    name: Annotated[str | None, typer.Argument(help="Show this profile in full (TOML) and its boot lines.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """List the device profiles (bundled and in EDGECLS_PROFILE_PATH), or show one."""
@@ -540,10 +540,10 @@ def bench(
     runs: Annotated[int, typer.Option("--runs", min=1, help="Timed classifications.")] = 200,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed classifications first.")] = 20,
     image: Annotated[
-        Optional[Path], typer.Option("--image", help="Classify this image (default: a random 640x480 camera frame).")
+        Path | None, typer.Option("--image", help="Classify this image (default: a random 640x480 camera frame).")
     ] = None,
     budget_ms: Annotated[
-        Optional[float], typer.Option("--budget-ms", min=0.0, help="Exit code 3 when p90 latency is over this.")
+        float | None, typer.Option("--budget-ms", min=0.0, help="Exit code 3 when p90 latency is over this.")
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -610,21 +610,21 @@ def deploy(
     profile: Annotated[str, typer.Option("--profile", help="Device profile name or .toml path.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The bundle to write (.tar.gz).")],
     sink: Annotated[
-        Optional[list[str]], typer.Option("--sink", help="Result sinks for the service (repeatable, as for run).")
+        list[str] | None, typer.Option("--sink", help="Result sinks for the service (repeatable, as for run).")
     ] = None,
     prefix: Annotated[str, typer.Option("--prefix", help="Install folder on the device.")] = "/opt/edgecls",
     user: Annotated[str, typer.Option("--user", help="System user the service runs as (created if missing).")] = "edgecls",
     wheel: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--wheel", help="The edgecls wheel to bundle (default: built from this checkout)."),
     ] = None,
     wheelhouse: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--wheelhouse", help="Also bundle every dependency's aarch64 wheel for an offline device: "
                      "bookworm (Python 3.11) or trixie (Python 3.13)."),
     ] = None,
     pip_spec: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--pip-spec", help="Have the device's pip install this from your own index instead of the wheel."),
     ] = None,
     mqtt_discovery: Annotated[
@@ -634,7 +634,7 @@ def deploy(
         str, typer.Option("--mqtt-discovery-prefix", help="Home Assistant's discovery prefix.")
     ] = "homeassistant",
     mqtt_discovery_node_id: Annotated[
-        Optional[str], typer.Option("--mqtt-discovery-node-id", help="The device's id in Home Assistant (default: from the topic, one per topic).", show_default=False)
+        str | None, typer.Option("--mqtt-discovery-node-id", help="The device's id in Home Assistant (default: from the topic, one per topic).", show_default=False)
     ] = None,
 ) -> None:
     """Bundle a model for a device: model (+ Edge TPU build), labels, profile, boot lines, systemd unit, install script
@@ -667,7 +667,7 @@ def mqtt_clear(
         str, typer.Option("--mqtt-discovery-prefix", help="Home Assistant's discovery prefix, as the run had it.")
     ] = "homeassistant",
     mqtt_discovery_node_id: Annotated[
-        Optional[str], typer.Option("--mqtt-discovery-node-id", help="The device's id in Home Assistant, as the run had it.", show_default=False)
+        str | None, typer.Option("--mqtt-discovery-node-id", help="The device's id in Home Assistant, as the run had it.", show_default=False)
     ] = None,
     mqtt_retain: Annotated[bool, typer.Option("--mqtt-retain", help="Also the last result (a run with --mqtt-retain).")] = False,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for each broker.")] = 5.0,

@@ -33,19 +33,19 @@ from typing import Any
 
 from . import __version__
 from .bootconfig import plan_edit
+from .dashboard import is_loopback
 from .delegates import compiled_sibling, cpu_sibling
 from .errors import ConfigError, WriteError
 from .fsutil import atomic_write_bytes, os_reason
-from .labels import format_labels, labels_for_file
-from .metadata import check_model_file
-from .profiles import Profile
-from .dashboard import is_loopback
 from .hass import Discovery, require_mqtt_sink, run_args
 from .imx500 import FOLDER as IMX500_FOLDER
 from .imx500 import LABELS as IMX500_LABELS
 from .imx500 import PACKAGE as IMX500_PACKAGE
 from .imx500 import RPK as IMX500_RPK
+from .labels import format_labels, labels_for_file
+from .metadata import check_model_file
 from .mqtt import MQTT_PASSWORD_ENV, mask_url, split_mqtt_password
+from .profiles import Profile
 from .sinks import check_sink_spec, has_control_chars
 
 SERVICE_NAME = "edgecls.service"
@@ -185,7 +185,7 @@ def _build_wheel(root: Path | None, cache: Path | None, scratch: Path | None) ->
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
         command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(out), str(src)]
-        done = subprocess.run(command, capture_output=True, text=True)
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
         wheels = sorted(out.glob("edgecls-*.whl"))
         if done.returncode != 0 or not wheels:
             tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
@@ -223,7 +223,7 @@ def download_wheelhouse(wheel: Path, extras: list[str], target: str, into: Path)
     requirement = f"{wheel}[{','.join(extras)}]" if extras else str(wheel)
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest", str(into),
                "--python-version", spec["python"], *platforms, "--constraint", str(constraints), requirement]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     constraints.unlink()
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]

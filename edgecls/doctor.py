@@ -11,9 +11,10 @@ import importlib
 import os
 import platform
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
 
@@ -70,8 +71,6 @@ def is_raspberry_pi(root: Path) -> str | None:
 def _python() -> list[Finding]:
     version = platform.python_version()
     detail = f"Python {version} on {platform.system()} {platform.machine()}"
-    if sys.version_info < (3, 10):
-        return [Finding("python", FAIL, detail, "edgecls needs Python 3.10 or newer")]
     return [Finding("python", OK, detail)]
 
 

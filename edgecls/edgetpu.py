@@ -15,9 +15,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .flatbuffer import Graph, OperatorInfo, read_graph
 from .metadata import EDGETPU_CUSTOM_OP, check_model_file
@@ -146,9 +147,9 @@ def _model_problems(graph: Graph) -> list[str]:
 
 def _boundary_op(op: OperatorInfo, graph: Graph) -> str | None:
     """A float<->int8 conversion at the graph edge: it runs on the CPU without cutting the graph."""
-    if op.name == "QUANTIZE" and op.inputs and op.inputs[0] in graph.inputs:
-        if graph.tensors[op.inputs[0]].dtype not in QUANTIZED_TYPES:
-            return "float input is quantised on the CPU before the Edge TPU (convert with --io int8 or uint8 to avoid it)"
+    if (op.name == "QUANTIZE" and op.inputs and op.inputs[0] in graph.inputs
+            and graph.tensors[op.inputs[0]].dtype not in QUANTIZED_TYPES):
+        return "float input is quantised on the CPU before the Edge TPU (convert with --io int8 or uint8 to avoid it)"
     if op.name == "DEQUANTIZE" and op.outputs and op.outputs[0] in graph.outputs:
         return "the output is dequantised to float on the CPU after the Edge TPU (convert with --io int8 or uint8)"
     return None

@@ -6,7 +6,6 @@ single line and library users can show it as is.
 
 from __future__ import annotations
 
-
 # Exit codes of the command line (docs/device.md lists them): 0 done; 1 an error (one "error:" line); 2 a usage
 # error (Typer's); 3 the command ran and its verdict is negative: a failed parity gate (convert), a model that will
 # not map to the accelerator (check), a latency over the budget (bench); 130 interrupted.

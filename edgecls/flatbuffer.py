@@ -24,7 +24,7 @@ class _Truncated(Exception):
 
 
 class _Table:
-    __slots__ = ("buf", "pos", "vtable", "vsize")
+    __slots__ = ("buf", "pos", "vsize", "vtable")
 
     def __init__(self, buf: mmap.mmap | bytes, pos: int) -> None:
         self.buf, self.pos = buf, _check(buf, pos, 4)
@@ -60,14 +60,14 @@ class _Table:
         _check(self.buf, at + 4, length * item_size)
         return at + 4, length
 
-    def tables(self, index: int) -> list["_Table"]:
+    def tables(self, index: int) -> list[_Table]:
         vec = self.vector(index, 4)
         if vec is None:
             return []
         start, length = vec
         return [_Table(self.buf, start + 4 * i + struct.unpack_from("<I", self.buf, start + 4 * i)[0]) for i in range(length)]
 
-    def table(self, index: int) -> "_Table | None":
+    def table(self, index: int) -> _Table | None:
         at = self._target(index)
         return None if at is None else _Table(self.buf, at)
 

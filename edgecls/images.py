@@ -6,8 +6,8 @@ import glob
 import os
 import stat
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 

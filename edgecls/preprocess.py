@@ -12,8 +12,9 @@ computed once and cached.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +84,7 @@ class PreprocessConfig:
             raise ConfigError(f"pad_value must be a pixel value 0..255 (received {self.pad_value})")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "PreprocessConfig":
+    def from_dict(cls, values: dict[str, Any]) -> PreprocessConfig:
         """Build from a manifest or profile section; unknown keys are an error, not silently ignored."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ConfigError
 from .sources import PICAMERA_FORMATS
@@ -185,11 +186,11 @@ def validate(data: dict[str, Any], *, origin: str) -> None:
         raise ConfigError(f"profile {origin}: the AI Camera's camera.main_format is one of the RGB formats "
                           f"(RGB888, BGR888, XRGB8888, XBGR8888); received 'YUV420'")
     if imx500 and runtime:
-        raise ConfigError(f"profile {origin}: runtime.{sorted(runtime)[0]} sets the TFLite interpreter on the CPU; the "
+        raise ConfigError(f"profile {origin}: runtime.{min(runtime)} sets the TFLite interpreter on the CPU; the "
                           "AI Camera (source imx500) runs the network on its sensor: leave [runtime] empty")
-    if camera.get("lores_size") and camera.get("main_size"):
-        if camera["lores_size"][0] > camera["main_size"][0] or camera["lores_size"][1] > camera["main_size"][1]:
-            raise ConfigError(f"profile {origin}: camera.lores_size must not be larger than camera.main_size")
+    lores, main = camera.get("lores_size"), camera.get("main_size")
+    if lores and main and (lores[0] > main[0] or lores[1] > main[1]):
+        raise ConfigError(f"profile {origin}: camera.lores_size must not be larger than camera.main_size")
 
 
 def _validate(data: Any, schema: dict[str, Any], origin: str, prefix: str) -> None:

@@ -12,9 +12,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, ClassVar, Protocol
 
 from .capture import StreamEvent
 from .dashboard import Dashboard as PreviewSink  # the preview: sink is the live dashboard
@@ -69,7 +69,8 @@ class JsonlSink:
         self.on_change = on_change
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", encoding="utf-8", buffering=1)  # line-buffered: one write per line
+            # line-buffered: one write per line; the sink holds the file until close()
+            self._fh = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
         except OSError as exc:
             raise SinkError(f"cannot open {self.path} for appending ({exc.strerror}); check the path and permissions") from None
 
@@ -166,7 +167,7 @@ class VideoSink:
     half-written file under the final name.
     """
 
-    FOURCC = {".avi": "MJPG", ".mp4": "mp4v", ".mkv": "MJPG"}
+    FOURCC: ClassVar[dict[str, str]] = {".avi": "MJPG", ".mp4": "mp4v", ".mkv": "MJPG"}
 
     def __init__(self, path: str | os.PathLike[str], *, fps: float = 30.0) -> None:
         self.path = Path(path)
@@ -229,7 +230,7 @@ def check_sink_spec(spec: str) -> str:
             raise ConfigError(f"video sink {rest}: the file must end in {', '.join(VideoSink.FOURCC)}")
         return kind
     if kind == "preview":
-        host, _, port = rest.rpartition(":")
+        _host, _, port = rest.rpartition(":")
         if not (port or "8080").isdigit() or not 0 <= int(port or 8080) < 65536:  # 0: any free port
             raise ConfigError(f"preview sink {spec!r}: the port must be a number, e.g. preview:8080")
         return kind

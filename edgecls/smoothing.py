@@ -9,8 +9,8 @@ Pure numpy and no model: a robot should not flip its behaviour because one frame
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

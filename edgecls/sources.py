@@ -11,13 +11,15 @@ types after ``--source``; see `parse_source`.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
 import re
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -84,7 +86,7 @@ class FrameSource:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "color": self.color, "live": self.live}
 
-    def __enter__(self) -> "FrameSource":
+    def __enter__(self) -> FrameSource:
         self.open()
         return self
 
@@ -456,18 +458,15 @@ class PicameraSource(FrameSource):
         if camera is not None:
             try:
                 _quietly(getattr(camera, "cancel_all_and_flush", lambda: None))
-                camera.stop()
-            except Exception:  # a camera that is gone cannot be stopped; it is still closed
-                pass
+                _quietly(camera.stop)  # a camera that is gone cannot be stopped; it is still closed
             finally:
                 _quietly(camera.close)
 
 
 def _quietly(fn: Callable[[], Any]) -> None:
-    try:
+    # closing a failed camera: there is nothing more to tell than the failure already reported
+    with contextlib.suppress(Exception):
         fn()
-    except Exception:  # closing a failed camera: there is nothing more to tell than the failure already reported
-        pass
 
 
 def _is_timeout(exc: BaseException) -> bool:
@@ -672,13 +671,13 @@ def _number(text: str, what: str) -> float:
 
 
 __all__ = [
-    "FrameSource",
     "NOT_READY",
-    "OpenCVSource",
-    "ImageFilesSource",
-    "DemoSource",
-    "PicameraSource",
     "PICAMERA_FORMATS",
+    "DemoSource",
+    "FrameSource",
+    "ImageFilesSource",
+    "OpenCVSource",
+    "PicameraSource",
     "lores_size_for",
     "parse_source",
 ]

@@ -21,8 +21,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -221,7 +222,7 @@ class Stream:
 
     # -- lifetime -----------------------------------------------------------------------------------------------
 
-    def start(self) -> "Stream":
+    def start(self) -> Stream:
         """Open the source (CameraError if it cannot be opened) and start capturing and classifying."""
         if self._closed:
             raise ConfigError("this stream is closed; make a new Stream")
@@ -254,7 +255,7 @@ class Stream:
         if self._owns_classifier and worker_done:
             self.classifier.close()
 
-    def __enter__(self) -> "Stream":
+    def __enter__(self) -> Stream:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

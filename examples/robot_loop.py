@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import ClassVar
 
 import edgecls
 
@@ -19,7 +20,7 @@ import edgecls
 class Robot:
     """Stand-in for real actuators: maps a decided label to a behaviour and logs transitions."""
 
-    BEHAVIOURS = {"person": "stop", "stop sign": "stop", "circle": "turn left", "square": "turn right"}
+    BEHAVIOURS: ClassVar[dict[str, str]] = {"person": "stop", "stop sign": "stop", "circle": "turn left", "square": "turn right"}
 
     def __init__(self) -> None:
         self.behaviour = "cruise"

@@ -162,7 +162,7 @@ class Mosquitto:
         )
         self.process = None
 
-    def start(self) -> "Mosquitto":
+    def start(self) -> Mosquitto:
         import shutil
         import socket
         import subprocess
@@ -257,7 +257,7 @@ def ctrl_c_when(args: list[str], trigger, timeout: float = 240.0) -> tuple[int, 
 
     proc = subprocess.Popen([sys.executable, "-m", "edgecls", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=ROOT, env={**os.environ, "COLUMNS": "200"},
-                            preexec_fn=as_from_a_terminal)
+                            preexec_fn=as_from_a_terminal)  # noqa: PLW1509 - one signal() call before exec
     try:
         seen = []
         deadline = time.monotonic() + timeout

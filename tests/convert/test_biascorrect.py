@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import tensorflow_or_skip
 
 pytestmark = pytest.mark.slow  # trains or converts real models
@@ -69,7 +68,6 @@ def _run(flat: bytes, images: np.ndarray) -> np.ndarray:
 
 def test_the_kernel_model_matches_the_converters_int8_weights():
     from ai_edge_litert.interpreter import Interpreter
-
     from edgecls.convert.biascorrect import _targets, quantize_kernel
     from edgecls.convert.tflite_export import to_tflite
 
@@ -86,7 +84,7 @@ def test_the_kernel_model_matches_the_converters_int8_weights():
             shape = [1] * 4
             shape[axis] = -1
             stored[tuple(t["shape"])] = q * scales.reshape(shape)
-    (container, targets), = _targets(model)
+    (_container, targets), = _targets(model)
     assert [t.conv.name for t in targets] == ["c1", "dw", "c3"]
     import keras
 
@@ -132,7 +130,6 @@ def test_nested_base_and_unfoldable_convs():
     """A MobileNet-style nested base is corrected through the tensors that feed it; a conv whose output is read
     twice (no BatchNorm folding possible) and has no bias is left alone."""
     import keras
-
     from edgecls.convert.biascorrect import _targets, channel_errors
 
     layers = keras.layers

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import tensorflow_or_skip
+
 from edgecls import Classifier
 from edgecls.flatbuffer import verify_model
 from edgecls.metadata import flatbuffer_bytes

@@ -8,22 +8,20 @@ import io
 import json
 
 import pytest
-
 from conftest import convert, one_error_line
 
 pytestmark = pytest.mark.slow
 
 # TINY (conftest) as keyword arguments: what a notebook user would type
-TINY_KW = dict(input_size=32, width=8, depth=2, epochs=3, baseline=False, calibration_samples=20, max_drop=100,
-               min_agreement=0, patience=3, batch_size=8)
+TINY_KW = {"input_size": 32, "width": 8, "depth": 2, "epochs": 3, "baseline": False, "calibration_samples": 20, "max_drop": 100,
+               "min_agreement": 0, "patience": 3, "batch_size": 8}
 
 
 @pytest.fixture(scope="module")
 def api_run(shapes, tmp_path_factory):
-    from rich.console import Console
-
     from edgecls.convert import train
     from edgecls.convert.progress import RichObserver
+    from rich.console import Console
 
     out = tmp_path_factory.mktemp("api") / "run"
     buffer = io.StringIO()
@@ -97,6 +95,7 @@ def test_quantize_a_keras_model_from_elsewhere_with_string_paths(api_run, shapes
 
 def test_options_are_checked_before_any_work(shapes, tmp_path):
     from edgecls.convert import train
+
     from edgecls.errors import ConfigError, EdgeclsError
 
     with pytest.raises(ConfigError, match="unknown option 'learnig_rate' \\(did you mean 'learning_rate'\\?\\)"):
@@ -110,6 +109,7 @@ def test_options_are_checked_before_any_work(shapes, tmp_path):
 
 def test_a_second_run_into_the_same_folder_needs_overwrite(api_run, shapes):
     from edgecls.convert import train
+
     from edgecls.errors import ConfigError
 
     _, out, _ = api_run
@@ -119,9 +119,9 @@ def test_a_second_run_into_the_same_folder_needs_overwrite(api_run, shapes):
 
 def test_option_names_cover_the_command_line():
     import typer.main
+    from edgecls.convert import OPTION_NAMES
 
     from edgecls.cli import app
-    from edgecls.convert import OPTION_NAMES
 
     command = typer.main.get_command(app).commands["convert"]  # type: ignore[attr-defined]
     flags = {p.name for p in command.params if type(p).__name__ == "TyperOption" and not p.hidden}

@@ -6,9 +6,9 @@ import shutil
 
 import numpy as np
 import pytest
+from edgecls.convert.data import scan, stratified_sample
 from PIL import Image
 
-from edgecls.convert.data import scan, stratified_sample
 from edgecls.demo import write_demo_dataset
 from edgecls.errors import DataError
 
@@ -28,7 +28,7 @@ def test_classes_sorted_and_stratified_seeded_split(shapes):
         assert ds.images[split].shape[1:] == (16, 16, 3) and ds.images[split].dtype == np.uint8
     again = scan(shapes, input_size=(16, 16), channels=3, seed=1)
     other = scan(shapes, input_size=(16, 16), channels=3, seed=2)
-    names = lambda d: [s.path.name for s in d.samples["test"]]  # noqa: E731
+    names = lambda d: [s.path.name for s in d.samples["test"]]
     assert names(again) == names(ds) and names(other) != names(ds)
     assert ds.fingerprint == again.fingerprint and ds.imbalance() == 1.0
     all_paths = [s.path for split in ("train", "val", "test") for s in ds.samples[split]]
@@ -82,7 +82,7 @@ def test_presplit_without_test_uses_val(tmp_path, shapes):
     (root / "test" / "circle").mkdir(parents=True)
     (root / "test" / "star").mkdir(parents=True)
     for cls in ("circle", "star"):
-        shutil.copy(sorted((shapes / cls).iterdir())[-1], root / "test" / cls / "t.png")
+        shutil.copy(max((shapes / cls).iterdir()), root / "test" / cls / "t.png")
     ds = scan(root, input_size=(16, 16), channels=3)
     assert ds.test_source == "test" and ds.split_sizes()["test"] == 2
     (root / "val" / "square").mkdir()

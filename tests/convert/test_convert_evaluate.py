@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from edgecls.convert.evaluate import compare, confusion, per_class, summarize, topk_accuracy
 
 

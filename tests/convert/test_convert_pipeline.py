@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import IN_CI, TINY, WEIGHTS, convert, one_error_line, require, tensorflow_or_skip
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import IN_CI, TINY, WEIGHTS, convert, one_error_line, require, tensorflow_or_skip
 from edgecls import Classifier
 from edgecls.cli import app
 
@@ -85,7 +85,7 @@ def test_exported_model_is_static_int8_with_manifest(compact_run):
 
 
 def test_classify_needs_no_other_flag(compact_run, shapes):
-    image = sorted((shapes / "stripes").iterdir())[0]
+    image = min((shapes / "stripes").iterdir())
     result = runner.invoke(app, ["classify", str(compact_run / "model.tflite"), str(image), "--json"])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
@@ -112,7 +112,7 @@ def test_seed_cnn_binary_sigmoid_end_to_end(shapes, tmp_path):
     with Classifier(out / "model.tflite") as clf:
         assert clf.output_spec.size == 1 and clf.output_spec.num_classes == 2  # one sigmoid unit
         assert clf.model_info.manifest["output"]["head"] == "sigmoid"
-    image = sorted((data / "stripes").iterdir())[0]
+    image = min((data / "stripes").iterdir())
     cli = runner.invoke(app, ["classify", str(out / "model.tflite"), str(image), "--json"])
     preds = json.loads(cli.stdout)["predictions"]
     assert sorted(p["label"] for p in preds) == ["circle", "stripes"]
@@ -314,7 +314,6 @@ def test_transfer_learning_from_the_shared_mobilenet_weights(flowers, tmp_path):
     # The bottom of the base is frozen in both stages: it must still hold the ImageNet weights from the file.
     import h5py
     import keras
-
     from edgecls.convert.models import base_model
 
     model = keras.models.load_model(out / "model.keras", compile=False)
@@ -348,7 +347,6 @@ def test_a_frozen_mobilenet_v2_trains_its_head_on_features_computed_once(flowers
     assert report["settings"]["alpha"] == 1.0 and report["history"]["stages"][0]["on_features"] is True
     assert len(report["history"]["loss"]) == 3
     import keras
-
     from edgecls.convert.models import base_model
 
     model = keras.models.load_model(out / "model.keras", compile=False)
@@ -393,8 +391,8 @@ def test_bad_datasets_are_one_line_errors(tmp_path, shapes):
 
 def test_an_op_without_int8_kernel_is_named():
     import keras
-
     from edgecls.convert.tflite_export import to_tflite
+
     from edgecls.errors import ConversionError
 
     inputs = keras.Input((8, 8, 3))
@@ -440,6 +438,7 @@ def test_mixup_blends_training_batches_only(shapes):
 
 def test_training_settings_out_of_range_say_which_and_why():
     from edgecls.convert.training import TrainConfig
+
     from edgecls.errors import ConfigError
 
     with pytest.raises(ConfigError, match="optimizer 'rmsprop' is not one of adam, sgd"):
@@ -451,7 +450,6 @@ def test_training_settings_out_of_range_say_which_and_why():
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_weight_decay_shrinks_kernels_only(optimizer):
     import keras
-
     from edgecls.convert.models import ModelSpec, create_model
     from edgecls.convert.training import compile_model
 
@@ -475,7 +473,6 @@ def test_training_ends_with_the_weights_of_the_kept_epoch(shapes, tmp_path):
     """The stage records which epoch's weights it ended with, and the model evaluates to that epoch's validation
     loss: the lowest over the last third of the stage, which early stopping watches."""
     import keras
-
     from edgecls.convert.data import scan
     from edgecls.convert.models import ModelSpec, create_model
     from edgecls.convert.training import TrainConfig, make_datasets, make_strategy, train
@@ -497,7 +494,6 @@ def test_mobilenet_from_random_weights_trains_as_one_ordinary_network():
     """With --weights none nothing is frozen and BatchNorm learns its statistics (a frozen, inference-mode
     BatchNorm on random weights never learns: the bug this test keeps out)."""
     import keras
-
     from edgecls.convert.models import ModelSpec, base_model, create_model
     from edgecls.convert.training import compile_model
 

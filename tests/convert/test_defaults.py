@@ -7,7 +7,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from edgecls.convert.models import stride_plan
 from edgecls.convert.options import ConvertOptions
 from edgecls.convert.pipeline import advice
@@ -124,9 +123,8 @@ def test_the_command_line_defaults_are_the_options_defaults():
 
 
 def test_the_compact_recipe_sizes_the_input_and_colour_from_the_images(tmp_path):
-    from PIL import Image
-
     from edgecls.convert.recipes import input_size_for, look_at, recipe
+    from PIL import Image
 
     def images(root, size, mode, count=6):
         for cls in ("a", "b"):

@@ -7,8 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import TINY, convert, one_error_line, tensorflow_or_skip
+
 from edgecls import Classifier
 
 pytestmark = pytest.mark.slow  # trains or converts real models
@@ -49,7 +49,6 @@ def test_training_targets_blend_the_teachers_probabilities_for_the_same_batch(sh
     """With augmentation off the batch is the raw images: the targets must be 0.7 x what the teacher predicts for
     exactly those images (resized to its 48 px input) + 0.3 x the one-hot labels. Validation keeps the labels."""
     import tensorflow as tf
-
     from edgecls.convert.data import scan
     from edgecls.convert.distill import load_teacher
     from edgecls.convert.training import TrainConfig, make_datasets

@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import TINY, convert, one_error_line, tensorflow_or_skip
 
 EPOCH_LINE = re.compile(r"^\s+train\s+\d+/\d+\s+loss .*$", re.MULTILINE)
@@ -116,6 +115,7 @@ def test_mirrored_strategy_trains_to_the_end(shapes, tmp_path):
 ])
 def test_a_bad_tf_config_is_one_clear_error(monkeypatch, config, words):
     from edgecls.convert.distributed import cluster_spec
+
     from edgecls.errors import ConfigError
 
     if config is None:

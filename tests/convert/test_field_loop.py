@@ -8,7 +8,6 @@ import json
 import shutil
 
 import pytest
-
 from conftest import TINY, convert, invoke, one_error_line, tensorflow_or_skip
 
 pytestmark = pytest.mark.slow

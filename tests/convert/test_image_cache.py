@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT, tensorflow_or_skip
-
 from edgecls.convert import data as data_module
 from edgecls.convert.cache import ImageCache, ImageStore
 from edgecls.convert.data import scan
@@ -80,14 +79,14 @@ def test_a_second_run_decodes_nothing_and_gets_the_same_images(photos: Path, tmp
 def test_a_changed_dataset_is_decoded_again_and_its_old_entry_goes(photos: Path, tmp_path: Path) -> None:
     cache = ImageCache(tmp_path / "cache")
     first = _scan(photos, cache).fingerprint  # (the dataset goes at once: an entry in use is never removed)
-    changed = photos / "circle" / sorted(os.listdir(photos / "circle"))[0]
-    changed.write_bytes((photos / "stripes" / sorted(os.listdir(photos / "stripes"))[0]).read_bytes())
+    changed = photos / "circle" / min(os.listdir(photos / "circle"))
+    changed.write_bytes((photos / "stripes" / min(os.listdir(photos / "stripes"))).read_bytes())
     after = _scan(photos, cache)
     assert after.cache == {"all": "built"} and after.fingerprint != first
     _same(_scan(photos, None), after)
     assert len(cache.entries()) == 1  # the entry of the old listing was replaced, not kept beside it
     del after
-    (photos / "square" / "extra.png").write_bytes((photos / "square" / sorted(os.listdir(photos / "square"))[0])
+    (photos / "square" / "extra.png").write_bytes((photos / "square" / min(os.listdir(photos / "square")))
                                                   .read_bytes())
     assert _scan(photos, cache).cache == {"all": "built"}  # a new file
     assert _scan(photos, cache, size=24).cache == {"all": "built"}  # another input size is another entry
@@ -180,7 +179,7 @@ def mount_point(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def _mount(mount_point, *args: str) -> Path:  # type: ignore[no-untyped-def]
     point, mounted = mount_point
-    done = subprocess.run(["mount", *args, str(point)], capture_output=True, text=True)
+    done = subprocess.run(["mount", *args, str(point)], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         pytest.skip(f"cannot mount here: {done.stderr.strip()}")
     mounted.append(point)
@@ -214,7 +213,7 @@ def test_a_read_only_cache_folder_falls_back_with_one_warning(photos: Path, tmp_
     source = tmp_path / "ro-source"
     source.mkdir()
     point = _mount(mount_point, "--bind", str(source))
-    done = subprocess.run(["mount", "-o", "remount,bind,ro", str(point)], capture_output=True, text=True)
+    done = subprocess.run(["mount", "-o", "remount,bind,ro", str(point)], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         pytest.skip(f"cannot remount read-only here: {done.stderr.strip()}")
     warnings: list[str] = []
@@ -270,10 +269,9 @@ def test_the_input_pipeline_streams_from_the_cache_with_labels_in_step(tmp_path:
     """Images whose every pixel is 40 x their label: after shuffling, batching and sharding, each image still comes
     with its own label."""
     tensorflow_or_skip()
-    from PIL import Image
-
     from edgecls.convert.cache import rows_of
     from edgecls.convert.training import TrainConfig, input_pipeline, targets
+    from PIL import Image
 
     root = tmp_path / "flat"
     for label in range(3):

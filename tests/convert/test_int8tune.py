@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import tensorflow_or_skip
 from test_biascorrect import _images, _model, _run
 
@@ -19,7 +18,6 @@ def _tf():
 
 def test_gptq_kernels_are_on_the_converters_grid_and_cut_the_output_error():
     import keras
-
     from edgecls.convert.biascorrect import _conv, quantize_kernel
     from edgecls.convert.int8tune import gptq_kernel, hessians
 
@@ -59,7 +57,6 @@ def test_tuning_brings_a_real_mobilenet_closer_to_float_than_bias_correction(flo
     """The shared ImageNet MobileNet V1 0.25 (its BatchNorms fold into kernels whose channels differ 10,000-fold in
     scale, the case that needs this) with a fixed random 10-class head, on real flower photos."""
     import keras
-
     from conftest import WEIGHTS, require
     from edgecls.convert.int8tune import tuned_for_int8
     from edgecls.convert.tflite_export import to_tflite

@@ -5,9 +5,7 @@ dependency (.ci/run installs it): skipped where absent, required under CI."""
 
 from __future__ import annotations
 
-
 import pytest
-
 from conftest import IN_CI, TINY, convert, tensorflow_or_skip
 
 pytestmark = pytest.mark.slow

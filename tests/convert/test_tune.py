@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import IN_CI, ctrl_c_when, tensorflow_or_skip
 from typer.testing import CliRunner
 
-from conftest import IN_CI, ctrl_c_when, tensorflow_or_skip
 from edgecls.cli import app
 
 pytestmark = pytest.mark.slow  # trains or converts real models

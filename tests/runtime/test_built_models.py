@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from model_factory import SPECS, sample
 
 from edgecls import Classifier
-from model_factory import SPECS, sample
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import BACKEND, IN_CI, ROOT
+
 from edgecls import Classifier
 from edgecls.errors import ConfigError, DelegateError, ModelError
 
@@ -142,7 +142,7 @@ def edgecls(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     import os
 
     return subprocess.run([sys.executable, "-m", "edgecls", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, check=False)
 
 
 def test_cli_delegate_errors_and_fallback(noop_delegate, models, coral):

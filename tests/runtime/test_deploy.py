@@ -23,7 +23,7 @@ from edgecls.profiles import load_profile
 
 def edgecls(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "edgecls", *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, check=False)
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +68,7 @@ def test_edgetpu_bundle_contents(pair, tmp_path, bundle, wheel):
                      "edgecls_bootconfig.py", "edgecls.service", "install.sh", "README.txt", "bundle.json",
                      "SHA256SUMS", f"wheels/{wheel.name}"}
     assert (root / "wheels" / wheel.name).read_bytes() == wheel.read_bytes()
-    sums = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=root, capture_output=True, text=True)
+    sums = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=root, capture_output=True, text=True, check=False)
     assert sums.returncode == 0 and sums.stdout.count(": OK") == len(names) - 1, sums.stdout
     assert (root / "model.tflite").read_bytes() == pair.read_bytes()
     assert (root / "model_edgetpu.tflite").read_bytes() == pair.with_name("net_edgetpu.tflite").read_bytes()
@@ -94,8 +94,8 @@ def test_install_script_syntax_and_dry_run(pair, tmp_path, bundle, wheel):
     bundle(pair, "rpi5-coral-pcie", out)
     root = extract(out, tmp_path / "x")
     script = root / "install.sh"
-    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
-    dry = subprocess.run(["bash", str(script), "--dry-run", "--no-start"], capture_output=True, text=True, timeout=60)
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True, check=False).returncode == 0
+    dry = subprocess.run(["bash", str(script), "--dry-run", "--no-start"], capture_output=True, text=True, timeout=60, check=False)
     assert dry.returncode == 0, dry.stderr
     steps = dry.stdout
     assert "+ python3 -m venv --system-site-packages /opt/edgecls/venv" in steps  # picamera2 comes from the OS
@@ -110,7 +110,7 @@ def test_install_script_syntax_and_dry_run(pair, tmp_path, bundle, wheel):
     # it ends saying that nothing was changed (it used to end "installed and enabled")
     assert steps.splitlines()[-1] == "install.sh: dry run: nothing was changed (the + lines are the steps it would take)"
     assert "installed and" not in steps
-    bad = subprocess.run(["bash", str(script), "--bogus"], capture_output=True, text=True)
+    bad = subprocess.run(["bash", str(script), "--bogus"], capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "unknown option --bogus" in bad.stderr
 
 
@@ -125,12 +125,12 @@ def test_systemd_unit_verifies(pair, tmp_path, bundle):
     out = tmp_path / "b.tar.gz"
     bundle(pair, "rpi5", out, prefix=str(prefix), user="nobody", sinks=["jsonl:/var/log/x 1.jsonl"])
     root = extract(out, tmp_path / "x")
-    result = subprocess.run([analyze, "verify", str(root / "edgecls.service")], capture_output=True, text=True)
+    result = subprocess.run([analyze, "verify", str(root / "edgecls.service")], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert '"jsonl:/var/log/x 1.jsonl"' in (root / "edgecls.service").read_text()  # quoted for systemd
     broken = root / "broken.service"
     broken.write_text((root / "edgecls.service").read_text().replace(f"ExecStart={prefix}", "ExecStart=relative"))
-    assert subprocess.run([analyze, "verify", str(broken)], capture_output=True).returncode != 0
+    assert subprocess.run([analyze, "verify", str(broken)], capture_output=True, check=False).returncode != 0
 
 
 def test_cpu_profile_leaves_the_edgetpu_build_out(pair, tmp_path, bundle):
@@ -220,14 +220,14 @@ def test_shell_text_in_values_is_never_run(pair, tmp_path, bundle):
     bundle(pair, "rpi5", tmp_path / "b.tar.gz", pip_spec=spec, sinks=[f"jsonl:/tmp/$(touch {canary}).jsonl"])
     root = extract(tmp_path / "b.tar.gz", tmp_path / "x")
     dry = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True, timeout=60,
-                         cwd=tmp_path)
+                         cwd=tmp_path, check=False)
     assert dry.returncode == 0, dry.stderr
     assert f"pip install --upgrade --disable-pip-version-check --constraint /opt/edgecls/constraints.txt {spec}" in (
         dry.stdout) or f"--disable-pip-version-check {spec}" in dry.stdout
     for how in (["--pip-spec", f"$(touch {canary})"], []):
         env = {**os.environ, "EDGECLS_PIP_SPEC": f"`touch {canary}`"}
         again = subprocess.run(["bash", str(root / "install.sh"), "--dry-run", *how], capture_output=True, text=True,
-                               timeout=60, env=env)
+                               timeout=60, env=env, check=False)
         assert again.returncode == 0, again.stderr
     assert not canary.exists()
     unit = (root / "edgecls.service").read_text()
@@ -244,12 +244,12 @@ def test_the_mqtt_password_stays_out_of_the_bundle(pair, tmp_path, bundle):
             assert secret.encode() not in path.read_bytes(), path
     unit = (root / "edgecls.service").read_text()
     assert "--sink mqtt://pi@broker.local/robot/vision" in unit and "EnvironmentFile=-/etc/edgecls/edgecls.env" in unit
-    dry = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True, timeout=60)
+    dry = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True, timeout=60, check=False)
     assert "names a user but no password was given" in dry.stderr
     secret_file = tmp_path / "pw"
     secret_file.write_text(secret + "\n")
     dry = subprocess.run(["bash", str(root / "install.sh"), "--dry-run", "--mqtt-password-file", str(secret_file)],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, check=False)
     assert dry.returncode == 0 and "+ write /etc/edgecls/edgecls.env (root only, mode 0600)" in dry.stdout
     assert secret not in dry.stdout + dry.stderr
 
@@ -276,7 +276,7 @@ def test_install_checks_the_system_before_it_changes_anything(pair, tmp_path, bu
     env = fake_bin(tmp_path / "bin", name, script)
     env["REAL_PYTHON"] = shutil.which("python3") or sys.executable
     done = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True, env=env,
-                          timeout=60)
+                          timeout=60, check=False)
     assert done.returncode == 1 and message in done.stderr, done.stderr
     assert "+ " not in done.stdout  # no step was even planned
 
@@ -287,7 +287,7 @@ def test_a_damaged_bundle_is_refused(pair, tmp_path, bundle):
     with open(root / "model.tflite", "r+b") as f:
         f.seek(1000)
         f.write(b"\xff\xff")
-    done = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1 and "do not match SHA256SUMS" in done.stderr and "+ " not in done.stdout
 
 
@@ -295,7 +295,7 @@ def test_uninstall_dry_run(pair, tmp_path, bundle):
     bundle(pair, "rpi5", tmp_path / "b.tar.gz")
     root = extract(tmp_path / "b.tar.gz", tmp_path / "x")
     done = subprocess.run(["bash", str(root / "install.sh"), "--uninstall", "--dry-run"], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert "+ rm -f /etc/systemd/system/edgecls.service" in done.stdout and "+ rm -rf /opt/edgecls" in done.stdout
     assert "+ pip" not in done.stdout and "uninstalled" not in done.stdout
@@ -320,7 +320,7 @@ def test_picamera2_is_planned_on_a_pi_and_not_on_x86_64(pair, tmp_path, bundle):
         env = fake_bin(folder, "uname", f"echo {arch}\n")
         env = {**env, **fake_bin(folder, "python3", no_picamera), "REAL_PYTHON": real_python}
         done = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True,
-                              env=env, timeout=60)
+                              env=env, timeout=60, check=False)
         assert done.returncode == 0, done.stderr
         plans[arch] = done
     assert "+ apt-get install -y python3-picamera2" in plans["aarch64"].stdout
@@ -330,7 +330,7 @@ def test_picamera2_is_planned_on_a_pi_and_not_on_x86_64(pair, tmp_path, bundle):
     if os.uname().machine == "x86_64":  # and with this machine's own uname
         done = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True,
                               timeout=60, env={**os.environ, **fake_bin(tmp_path / "bin-real", "python3", no_picamera),
-                                               "REAL_PYTHON": real_python})
+                                               "REAL_PYTHON": real_python}, check=False)
         assert done.returncode == 0 and "python3-picamera2 is not installed" in done.stderr, done.stderr
         assert "apt-get" not in done.stdout
 
@@ -340,7 +340,7 @@ def test_a_usb_camera_profile_plans_no_picamera2(pair, tmp_path, bundle):
     root = extract(tmp_path / "b.tar.gz", tmp_path / "x")
     env = fake_bin(tmp_path / "bin", "uname", "echo aarch64\n")
     done = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True, env=env,
-                          timeout=60)
+                          timeout=60, check=False)
     assert done.returncode == 0 and "picamera2" not in done.stdout + done.stderr
 
 
@@ -381,7 +381,7 @@ def test_discovery_options_reach_the_unit_and_the_uninstall(pair, tmp_path, bund
     assert ('--sink "mqtt://pi@broker.local/%%2Fhome/cam" --quiet --stats-every 60 --mqtt-discovery '
             "--mqtt-discovery-prefix ha --mqtt-discovery-node-id porch") in unit
     dry = subprocess.run(["bash", str(root / "install.sh"), "--uninstall", "--dry-run"], capture_output=True,
-                         text=True, timeout=60)
+                         text=True, timeout=60, check=False)
     assert dry.returncode == 0, dry.stderr
     assert ("+ /opt/edgecls/venv/bin/edgecls mqtt-clear --sink mqtt://pi@broker.local/%2Fhome/cam --mqtt-discovery "
             "--mqtt-discovery-prefix ha --mqtt-discovery-node-id porch --timeout 5") in dry.stdout
@@ -465,7 +465,7 @@ def test_uninstall_clears_the_retained_status_and_discovery_configs(pair, tmp_pa
         env = installed_for_uninstall(tmp_path, prefix)
 
         done = subprocess.run(["bash", str(root / "install.sh"), "--uninstall"], capture_output=True, text=True,
-                              env=env, timeout=120)
+                              env=env, timeout=120, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "cleared 3 retained topic(s) on 127.0.0.1" in done.stdout and "warning" not in done.stderr, done.stderr
         assert done.stdout.splitlines()[-1].startswith("install.sh: uninstalled;")
@@ -476,7 +476,7 @@ def test_uninstall_clears_the_retained_status_and_discovery_configs(pair, tmp_pa
 
         broker.stop()
         again = subprocess.run(["bash", str(root / "install.sh"), "--uninstall"], capture_output=True, text=True,
-                               env=env, timeout=120)
+                               env=env, timeout=120, check=False)
         assert again.returncode == 0, again.stdout + again.stderr
         assert f"error: could not connect to MQTT broker 127.0.0.1:{broker.port}" in again.stderr
         assert "warning: the service's retained MQTT messages" in again.stderr and "the uninstall goes on" in again.stderr

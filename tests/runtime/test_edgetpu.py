@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import tensorflow_or_skip
+
 from edgecls.edgetpu import parse_compiler_log, preflight
 from edgecls.errors import ModelError
 
@@ -34,7 +34,7 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def edgecls(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "edgecls", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, check=False)
 
 
 @pytest.mark.parametrize("name", CORAL_CPU_MODELS)
@@ -192,6 +192,7 @@ cat <<'OUT'
 
 def test_convert_edgetpu_step(cases, tmp_path, monkeypatch):
     from edgecls.convert.pipeline import edgetpu_step
+
     from edgecls.metadata import check_model_file
 
     model = tmp_path / "model.tflite"

@@ -23,7 +23,7 @@ import pytest
 from conftest import IN_CI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: emulated_pi.py
-import emulated_pi  # noqa: E402
+import emulated_pi
 
 SCRIPT = Path(emulated_pi.__file__)
 TIMEOUT_S = 2700
@@ -34,7 +34,7 @@ def command(report_path: Path) -> tuple[list[str] | None, str | None]:
     """The command that runs the emulated Pi, or why it cannot run here."""
     prefix: list[str] = []
     if os.geteuid() != 0:
-        if shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0:
+        if shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], capture_output=True, check=False).returncode == 0:
             prefix = ["sudo", "-n", "--preserve-env=CI,EDGECLS_SHARED_DATA,PIP_CERT"]
         else:
             return None, "the emulated Raspberry Pi OS needs root (debootstrap, chroot, mount namespaces)"
@@ -75,7 +75,7 @@ def test_bookworm_installs_the_bundle_and_its_service_classifies(tmp_path):
             if IN_CI:
                 pytest.fail(f"{why}; CI=true requires it")
             pytest.skip(why)
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
         output, returncode = done.stdout + done.stderr, done.returncode
     assert Path(report_path).is_file(), output[-4000:]  # type: ignore[arg-type]
     report = json.loads(Path(report_path).read_text())  # type: ignore[arg-type]

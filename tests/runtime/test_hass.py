@@ -121,7 +121,7 @@ def test_a_camera_appears_in_home_assistant_through_a_real_broker(coral, mosquit
     assert render(label["value_template"], result_json) == "Egyptian cat"
     attributes = json.loads(render(label["json_attributes_template"], result_json))
     assert attributes["score"] == result_json["decision"]["score"] > 0.5
-    assert [p["label"] for p in attributes["top_k"]][0] == "Egyptian cat"
+    assert next(p["label"] for p in attributes["top_k"]) == "Egyptian cat"
     # the run has ended: the online sensor reads the retained status, which Home Assistant shows as off
     assert status == online["payload_off"].encode() == label["payload_not_available"].encode()
 

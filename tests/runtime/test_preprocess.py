@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import needs_opencv
 
 from edgecls.errors import ConfigError, ImageError

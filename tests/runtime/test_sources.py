@@ -6,11 +6,12 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
+from typing import ClassVar
 
 import numpy as np
 import pytest
+from conftest import needs_opencv, write_video
 
-from conftest import write_video, needs_opencv
 from edgecls.errors import CameraError, ConfigError
 from edgecls.preprocess import InputSpec, Preprocessor
 from edgecls.sources import (
@@ -132,7 +133,7 @@ class Picamera2StandIn:
     pending capture deadlocks (here: raises) unless `cancel_all_and_flush()` came first; the constructor can fail.
     Frames are in the layout picamera2 documents for each format, YUV420 with the stride padding kept."""
 
-    instances: list["Picamera2StandIn"] = []
+    instances: ClassVar[list[Picamera2StandIn]] = []
     platform = "PISP"  # a Pi 5
     stalled = False  # set on the class: captures then block
     fail_constructor: Exception | None = None
