@@ -50,11 +50,11 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]  # noqa: PLE0604 - the lazily imported names, all strings
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .bench import benchmark
-    from .capture import StreamEvent
-    from .classifier import Classifier, Timing
-    from .edgetpu import preflight
-    from .errors import (
+    from edgecls.bench import benchmark
+    from edgecls.capture import StreamEvent
+    from edgecls.classifier import Classifier, Timing
+    from edgecls.edgetpu import preflight
+    from edgecls.errors import (
         BackendError,
         CameraError,
         ConfigError,
@@ -66,14 +66,14 @@ if TYPE_CHECKING:  # pragma: no cover
         ModelError,
         SinkError,
     )
-    from .images import read_image
-    from .postprocess import Prediction
-    from .preprocess import InputSpec, PreprocessConfig
-    from .profiles import Profile, load_profile
-    from .sinks import parse_sink
-    from .smoothing import Decision, Smoothing
-    from .sources import FrameSource, parse_source
-    from .stream import Latency, Stream, StreamResult, StreamStats
+    from edgecls.images import read_image
+    from edgecls.postprocess import Prediction
+    from edgecls.preprocess import InputSpec, PreprocessConfig
+    from edgecls.profiles import Profile, load_profile
+    from edgecls.sinks import parse_sink
+    from edgecls.smoothing import Decision, Smoothing
+    from edgecls.sources import FrameSource, parse_source
+    from edgecls.stream import Latency, Stream, StreamResult, StreamStats
 
 
 def __getattr__(name: str) -> Any:

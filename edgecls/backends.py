@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BackendError
+from edgecls.errors import BackendError
 
 log = logging.getLogger(__name__)
 

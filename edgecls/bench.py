@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .classifier import Classifier
-from .errors import ConfigError
+from edgecls.classifier import Classifier
+from edgecls.errors import ConfigError
 
 PERCENTILES = (50, 90, 99)
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CameraError, EdgeclsError, ImageError
-from .sources import NOT_READY, FrameSource
+from edgecls.errors import CameraError, EdgeclsError, ImageError
+from edgecls.sources import NOT_READY, FrameSource
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
 
-from .errors import DataError
+from edgecls.errors import DataError
 
 MAX_BYTES = 128  # a folder name's length in UTF-8 bytes: under the 143 of eCryptfs, well under the usual 255
 UNLABELLED = "%unlabelled"

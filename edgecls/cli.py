@@ -14,10 +14,10 @@ from typing import Annotated, Any
 
 import typer
 
-from . import __version__
-from .cli_common import error, examples, interrupted, project_errors, setup_logging
-from .errors import EXIT_VERDICT, EdgeclsError
-from .nativelog import quiet_native_stderr
+from edgecls import __version__
+from edgecls.cli_common import error, examples, interrupted, project_errors, setup_logging
+from edgecls.errors import EXIT_VERDICT, EdgeclsError
+from edgecls.nativelog import quiet_native_stderr
 
 app = typer.Typer(
     name="edgecls",
@@ -95,7 +95,7 @@ def _open_classifier(
     delegate_option: list[str] | None = None,
     allow_cpu_fallback: bool = False,
 ) -> Any:
-    from .classifier import Classifier
+    from edgecls.classifier import Classifier
 
     with quiet_native_stderr():
         clf = Classifier(
@@ -108,7 +108,7 @@ def _open_classifier(
 
 def parse_key_values(items: list[str] | None, option: str) -> dict[str, str]:
     """``["k=v", ...]`` from a repeatable option into a dict; a malformed item is a ConfigError naming the option."""
-    from .errors import ConfigError
+    from edgecls.errors import ConfigError
 
     result = {}
     for item in items or []:
@@ -127,8 +127,8 @@ def info(
     json_out: JsonOpt = False,
 ) -> None:
     """Show a model's input, outputs, labels (and where they came from), backend, ops and metadata."""
-    from .errors import NotAClassifierError
-    from .metadata import check_model_file
+    from edgecls.errors import NotAClassifierError
+    from edgecls.metadata import check_model_file
 
     with project_errors():
         if check_model_file(model).has_edgetpu_op():
@@ -150,11 +150,11 @@ def _describe_compiled(model: Path, labels: Path | None, not_a_classifier: str |
     that is not an image classifier (``not_a_classifier``: why), with every input and output listed."""
     from collections import Counter
 
-    from .delegates import cpu_sibling
-    from .flatbuffer import read_graph
-    from .labels import labels_for_file
-    from .metadata import check_model_file
-    from .postprocess import OutputSpec
+    from edgecls.delegates import cpu_sibling
+    from edgecls.flatbuffer import read_graph
+    from edgecls.labels import labels_for_file
+    from edgecls.metadata import check_model_file
+    from edgecls.postprocess import OutputSpec
 
     info = check_model_file(model)
     graph = read_graph(info.path)
@@ -256,7 +256,7 @@ def classify(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Classify image files; a bad image is reported and the batch goes on (exit code 1 if any failed)."""
-    from .images import expand_image_paths
+    from edgecls.images import expand_image_paths
 
     with project_errors():
         clf = _open_classifier(
@@ -372,7 +372,7 @@ def run(
     collect_max: Annotated[str, typer.Option("--collect-max", help="Frames (500) or size (200MB) to keep; the oldest go first.", rich_help_panel="Field data")] = "1000",
 ) -> None:
     """Classify a live camera, video or stream; Ctrl-C or SIGTERM stops it cleanly with every sink flushed."""
-    from .cli_run import RunOptions, run_stream
+    from edgecls.cli_run import RunOptions, run_stream
 
     with project_errors():
         prof = _load_profile(profile)
@@ -381,11 +381,11 @@ def run(
         camera = prof.source_options() if prof else {}
         if source is None:
             if prof is None:
-                from .errors import ConfigError
+                from edgecls.errors import ConfigError
 
                 raise ConfigError("no --source given; pass --source (e.g. picam, 0, video.mp4) or --profile NAME")
             source = prof.camera["source"]
-        from .imx500 import is_imx500_source
+        from edgecls.imx500 import is_imx500_source
 
         # the profile's camera settings apply to its camera (the AI Camera's with any network: imx500:RPK)
         use_profile_camera = prof is not None and (source == prof.camera["source"] or (
@@ -410,7 +410,7 @@ def run(
         if is_imx500_source(source):  # the network runs on the sensor: no interpreter, nothing for the CPU to tune
             _refuse_cpu_options(threads=threads, backend=backend, delegate=delegate, device=device,
                                 delegate_option=delegate_option, allow_cpu_fallback=allow_cpu_fallback or None)
-            from .imx500 import SensorClassifier
+            from edgecls.imx500 import SensorClassifier
 
             clf = SensorClassifier.open(model, source=source, labels=labels)
         else:
@@ -430,7 +430,7 @@ def _refuse_cpu_options(**given: Any) -> None:
     """--source imx500 with options for a TFLite interpreter: an error, not silently ignored."""
     named = [f"--{name.replace('_', '-')}" for name, value in given.items() if value]
     if named:
-        from .errors import ConfigError
+        from edgecls.errors import ConfigError
 
         raise ConfigError(f"{', '.join(named)} set the TFLite interpreter on the CPU; with --source imx500 the network "
                           "runs on the AI Camera's sensor: leave them out")
@@ -444,7 +444,7 @@ def _first(*values: Any) -> Any:
 def _load_profile(name: str | None) -> Any:
     if name is None:
         return None
-    from .profiles import load_profile
+    from edgecls.profiles import load_profile
 
     return load_profile(name)
 
@@ -455,7 +455,7 @@ def profiles(
     json_out: JsonOpt = False,
 ) -> None:
     """List the device profiles (bundled and in EDGECLS_PROFILE_PATH), or show one."""
-    from .profiles import list_profiles, load_profile
+    from edgecls.profiles import list_profiles, load_profile
 
     with project_errors():
         if name is not None:
@@ -491,7 +491,7 @@ def check(
 
     Exit code 0 when every op maps to the target, 3 when some will not, 1 on an error.
     """
-    from .edgetpu import preflight
+    from edgecls.edgetpu import preflight
 
     with project_errors():
         report = preflight(model)
@@ -548,7 +548,7 @@ def bench(
     json_out: JsonOpt = False,
 ) -> None:
     """Measure latency (p50/p90/p99, split into preprocess, invoke, postprocess) and throughput on this machine."""
-    from .bench import benchmark
+    from edgecls.bench import benchmark
 
     with project_errors():
         clf = _open_classifier(
@@ -558,7 +558,7 @@ def bench(
         with clf:
             frame = None
             if image is not None:
-                from .images import read_image
+                from edgecls.images import read_image
 
                 frame = read_image(image)
             result = benchmark(clf, runs=runs, warmup=warmup, frame=frame, budget_ms=budget_ms)
@@ -589,7 +589,7 @@ def doctor(json_out: JsonOpt = False) -> None:
     Python, interpreter backends, numpy, OpenCV, picamera2, the Edge TPU runtime and devices, cameras. Exit code 1
     if something needed is broken.
     """
-    from .doctor import FAIL, diagnose
+    from edgecls.doctor import FAIL, diagnose
 
     findings = diagnose()
     if json_out:
@@ -639,9 +639,9 @@ def deploy(
 ) -> None:
     """Bundle a model for a device: model (+ Edge TPU build), labels, profile, boot lines, systemd unit, install script
     and the edgecls wheel. An MQTT password in a --sink URL is left out: the device's install.sh takes it."""
-    from .deploy import build_bundle
-    from .hass import discovery_for
-    from .profiles import load_profile
+    from edgecls.deploy import build_bundle
+    from edgecls.hass import discovery_for
+    from edgecls.profiles import load_profile
 
     with project_errors():
         discovery = discovery_for(mqtt_discovery, prefix=mqtt_discovery_prefix, node_id=mqtt_discovery_node_id)
@@ -674,8 +674,8 @@ def mqtt_clear(
 ) -> None:
     """Take off the broker what `edgecls run` left retained there: its TOPIC/status message and, with --mqtt-discovery,
     the Home Assistant configs. `install.sh --uninstall` runs it. Exit code 1 when a broker could not be cleared."""
-    from .hass import discovery_for
-    from .mqtt import clear_retained, parse_mqtt_url
+    from edgecls.hass import discovery_for
+    from edgecls.mqtt import clear_retained, parse_mqtt_url
 
     with project_errors():
         discovery = discovery_for(mqtt_discovery, prefix=mqtt_discovery_prefix, node_id=mqtt_discovery_node_id)
@@ -696,7 +696,7 @@ def mqtt_clear(
 
 
 def _collect_policy(below: float, margin: float, sample: float, every: float, most: str) -> Any:
-    from .collect import CollectPolicy, parse_max
+    from edgecls.collect import CollectPolicy, parse_max
 
     max_files, max_bytes = parse_max(most)
     return CollectPolicy(below=below, margin=margin, sample=sample, every_s=every, max_files=max_files,
@@ -706,12 +706,12 @@ def _collect_policy(below: float, margin: float, sample: float, every: float, mo
 def _register_host_commands() -> None:
     """The workstation's commands, from `edgecls.convert.cli` (cheap to import: TensorFlow loads only when one runs,
     and where it is not installed the command says which extra to install)."""
-    from .convert.cli import CONVERT_EXAMPLES, TUNE_EXAMPLES, cache_app, convert, tune
+    from edgecls.convert.cli import CONVERT_EXAMPLES, TUNE_EXAMPLES, cache_app, convert, tune
 
     app.command("convert", rich_help_panel=HOST, epilog=CONVERT_EXAMPLES)(convert)
     app.command("tune", rich_help_panel=HOST, epilog=TUNE_EXAMPLES)(tune)
     app.add_typer(cache_app, name="cache", rich_help_panel=HOST)
-    from .convert.cli_export import export_app
+    from edgecls.convert.cli_export import export_app
 
     app.add_typer(export_app, name="export", rich_help_panel=HOST)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from .errors import EdgeclsError
+from edgecls.errors import EdgeclsError
 
 LOG_ENV = "EDGECLS_LOG"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .capture import StreamEvent
-from .classifier import Classifier
-from .collect import Collector
-from .errors import EdgeclsError
-from .sinks import MqttSink, PreviewSink, Sink, SinkGroup, TextSink, format_line, parse_sink
-from .smoothing import Smoothing
-from .stream import Stream, StreamStats
+from edgecls.capture import StreamEvent
+from edgecls.classifier import Classifier
+from edgecls.collect import Collector
+from edgecls.errors import EdgeclsError
+from edgecls.sinks import MqttSink, PreviewSink, Sink, SinkGroup, TextSink, format_line, parse_sink
+from edgecls.smoothing import Smoothing
+from edgecls.stream import Stream, StreamStats
 
 LIVE_REFRESH_S = 0.1
 # What stops a run cleanly (the stream stopped, every sink flushed and closed, the summary on stderr, exit code 0):
@@ -131,7 +131,7 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
 def _make_sinks(options: RunOptions, on_event: Any, say: Any, model_name: str | None = None,
                 stats: Any = None) -> list[Sink]:
     sinks: list[Sink] = []
-    from .hass import discovery_for, require_mqtt_sink
+    from edgecls.hass import discovery_for, require_mqtt_sink
 
     discovery = discovery_for(options.mqtt_discovery is not None, prefix=options.mqtt_discovery or "homeassistant",
                               node_id=options.mqtt_discovery_node_id, model=model_name)

@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from .dashboard_http import Connections, Server, make_handler
-from .errors import ConfigError, SinkError
-from .stream import StreamResult
+from edgecls.dashboard_http import Connections, Server, make_handler
+from edgecls.errors import ConfigError, SinkError
+from edgecls.stream import StreamResult
 
 TOKEN_ENV = "EDGECLS_PREVIEW_TOKEN"
 COOKIE = "edgecls_token"
@@ -301,14 +301,14 @@ def encode_jpeg(result: StreamResult, quality: int) -> bytes:
     except ImportError:
         cv2 = None
     if cv2 is not None:
-        from .drawing import annotate
+        from edgecls.drawing import annotate
 
         ok, data = cv2.imencode(".jpg", annotate(result), [cv2.IMWRITE_JPEG_QUALITY, quality])
         if ok:
             return data.tobytes()
     from PIL import Image
 
-    from .collect import to_rgb
+    from edgecls.collect import to_rgb
 
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(to_rgb(result.frame, result.color))).save(buffer, "JPEG", quality=quality)  # type: ignore[arg-type]

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 if TYPE_CHECKING:
-    from .dashboard import Dashboard
+    from edgecls.dashboard import Dashboard
 
 log = logging.getLogger("edgecls.dashboard")
 

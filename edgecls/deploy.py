@@ -31,22 +31,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .bootconfig import plan_edit
-from .dashboard import is_loopback
-from .delegates import compiled_sibling, cpu_sibling
-from .errors import ConfigError, WriteError
-from .fsutil import atomic_write_bytes, os_reason
-from .hass import Discovery, require_mqtt_sink, run_args
-from .imx500 import FOLDER as IMX500_FOLDER
-from .imx500 import LABELS as IMX500_LABELS
-from .imx500 import PACKAGE as IMX500_PACKAGE
-from .imx500 import RPK as IMX500_RPK
-from .labels import format_labels, labels_for_file
-from .metadata import check_model_file
-from .mqtt import MQTT_PASSWORD_ENV, mask_url, split_mqtt_password
-from .profiles import Profile
-from .sinks import check_sink_spec, has_control_chars
+from edgecls import __version__
+from edgecls.bootconfig import plan_edit
+from edgecls.dashboard import is_loopback
+from edgecls.delegates import compiled_sibling, cpu_sibling
+from edgecls.errors import ConfigError, WriteError
+from edgecls.fsutil import atomic_write_bytes, os_reason
+from edgecls.hass import Discovery, require_mqtt_sink, run_args
+from edgecls.imx500 import FOLDER as IMX500_FOLDER
+from edgecls.imx500 import LABELS as IMX500_LABELS
+from edgecls.imx500 import PACKAGE as IMX500_PACKAGE
+from edgecls.imx500 import RPK as IMX500_RPK
+from edgecls.labels import format_labels, labels_for_file
+from edgecls.metadata import check_model_file
+from edgecls.mqtt import MQTT_PASSWORD_ENV, mask_url, split_mqtt_password
+from edgecls.profiles import Profile
+from edgecls.sinks import check_sink_spec, has_control_chars
 
 SERVICE_NAME = "edgecls.service"
 # The AI Camera's packages, in Raspberry Pi's archive only: the sensor's firmware and imx500-package.
@@ -437,7 +437,7 @@ def _imx500_files(model: Path, profile: Profile) -> dict[str, bytes]:
     if not labels.is_file():
         raise ConfigError(f"{labels} is missing: the IMX500 package of {run} needs the labels written with it "
                           f"(edgecls export imx500 {run} writes both)")
-    from .labels import read_labels_file
+    from edgecls.labels import read_labels_file
 
     read_labels_file(labels)  # a LabelsError now, not on the device
     return {f"{IMX500_FOLDER}/{IMX500_PACKAGE}": package.read_bytes(), f"{IMX500_FOLDER}/{IMX500_LABELS}": labels.read_bytes()}

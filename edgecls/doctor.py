@@ -75,7 +75,7 @@ def _python() -> list[Finding]:
 
 
 def _backends() -> list[Finding]:
-    from .backends import available_backends
+    from edgecls.backends import available_backends
 
     found = available_backends()
     usable = [name for name, version in found.items() if not version.startswith("not available")]
@@ -157,7 +157,7 @@ def _picamera2(root: Path) -> list[Finding]:
 
 
 def _libedgetpu() -> list[Finding]:
-    from .delegates import LIBRARY_ENV, edgetpu_library
+    from edgecls.delegates import LIBRARY_ENV, edgetpu_library
 
     try:
         library = edgetpu_library()
@@ -247,7 +247,7 @@ def _imx500_toolchain() -> list[Finding]:
     """The host side of the Raspberry Pi AI Camera: the IMX500 toolchain's environment that `edgecls export imx500`
     creates on first use (read from its marker file; nothing is imported from it)."""
     try:
-        from .convert.imx500_env import env_state
+        from edgecls.convert.imx500_env import env_state
     except ImportError as exc:  # an install without the converter's modules
         return [Finding("imx500 toolchain", INFO, f"not available ({exc})")]
     state = env_state()

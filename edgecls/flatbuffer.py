@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError
-from .tflite_schema import builtin_name, tensor_type_name
+from edgecls.errors import ModelError
+from edgecls.tflite_schema import builtin_name, tensor_type_name
 
 
 class _Truncated(Exception):

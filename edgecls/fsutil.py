@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import WriteError
+from edgecls.errors import WriteError
 
 
 def os_reason(exc: OSError) -> str:

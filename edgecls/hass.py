@@ -26,8 +26,8 @@ import json
 import re
 from dataclasses import dataclass
 
-from . import __version__
-from .errors import ConfigError
+from edgecls import __version__
+from edgecls.errors import ConfigError
 
 DEFAULT_PREFIX = "homeassistant"
 _ID = re.compile(r"[^A-Za-z0-9_-]+")

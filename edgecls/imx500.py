@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CameraError, ConfigError, LabelsError, ModelError, NotAClassifierError
-from .labels import Labels, read_labels_file
-from .postprocess import ACTIVATIONS, OutputSpec, Postprocessor, Prediction, predictions
-from .postprocess import top_k as rank
-from .preprocess import RESIZE_MODES
-from .sources import NOT_READY, PICAMERA_FORMATS, FrameSource
+from edgecls.errors import CameraError, ConfigError, LabelsError, ModelError, NotAClassifierError
+from edgecls.labels import Labels, read_labels_file
+from edgecls.postprocess import ACTIVATIONS, OutputSpec, Postprocessor, Prediction, predictions
+from edgecls.postprocess import top_k as rank
+from edgecls.preprocess import RESIZE_MODES
+from edgecls.sources import NOT_READY, PICAMERA_FORMATS, FrameSource
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def find_network(
                                       run / "model.tflite") if m is not None and m.is_file()), None)
     manifest: dict[str, Any] = {}
     if manifest_file is not None:
-        from .metadata import check_model_file
+        from edgecls.metadata import check_model_file
 
         manifest = check_model_file(manifest_file).manifest or {}
     names, origin = _network_labels(labels, [rpk.with_name(LABELS), folder / FOLDER / LABELS, run / FOLDER / LABELS],
@@ -180,7 +180,7 @@ def _check_rpk(rpk: Path) -> None:
     except FileNotFoundError:
         raise ModelError(f"IMX500 network not found: {rpk} (a .rpk made by imx500-package on the Raspberry Pi)") from None
     except OSError as exc:
-        from .fsutil import os_reason
+        from edgecls.fsutil import os_reason
 
         raise ModelError(f"cannot read the IMX500 network {rpk} ({os_reason(exc)})") from None
     if not stat.S_ISREG(st.st_mode):
@@ -296,7 +296,7 @@ class SensorClassifier:
         t0 = time.perf_counter()
         scores = self._scores_of(outputs)
         ranked = predictions(rank(scores, top_k, threshold), self.labels.names if self.labels else None)
-        from .classifier import Timing
+        from edgecls.classifier import Timing
 
         self.last_timing = Timing(outputs.dsp_ms, outputs.dnn_ms, (time.perf_counter() - t0) * 1e3)
         return ranked

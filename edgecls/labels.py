@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import LabelsError
-from .metadata import ModelFileInfo
+from edgecls.errors import LabelsError
+from edgecls.metadata import ModelFileInfo
 
 _ID_LINE = re.compile(r"^\s*(\d+)(?:\s*[:,]\s*|\s+)(\S.*?)\s*$")
 IMAGENET_WITH_BACKGROUND = 1001
@@ -76,7 +76,7 @@ def read_labels_file(path: str | os.PathLike[str]) -> list[str] | dict[int, str]
     """Read and parse a label file, with a clear error when it is missing or not text."""
     import stat
 
-    from .fsutil import os_reason
+    from edgecls.fsutil import os_reason
 
     p = Path(path)
     try:
@@ -146,10 +146,10 @@ def find_labels(
 def labels_for_file(info: ModelFileInfo, labels: str | os.PathLike[str] | None = None) -> Labels | None:
     """The labels of a model read without an interpreter (e.g. an Edge TPU build no CPU can run): from the file,
     or from the CPU model beside an ``*_edgetpu.tflite`` (the compiler drops appended files)."""
-    from .delegates import cpu_sibling
-    from .flatbuffer import read_graph
-    from .metadata import check_model_file
-    from .postprocess import OutputSpec
+    from edgecls.delegates import cpu_sibling
+    from edgecls.flatbuffer import read_graph
+    from edgecls.metadata import check_model_file
+    from edgecls.postprocess import OutputSpec
 
     graph = read_graph(info.path)
     output = graph.tensors[graph.outputs[0]]

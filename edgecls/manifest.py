@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .labels import format_labels
-from .metadata import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, embed_files
+from edgecls.labels import format_labels
+from edgecls.metadata import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, embed_files
 
 
 def embed_manifest(model: bytes, manifest: dict[str, Any], *, labels: list[str] | None = None) -> bytes:

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError
-from .flatbuffer import ModelStructure, verify_model
-from .fsutil import os_reason
+from edgecls.errors import ModelError
+from edgecls.flatbuffer import ModelStructure, verify_model
+from edgecls.fsutil import os_reason
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from .capture import StreamEvent
-from .errors import ConfigError, SinkError
+from edgecls.capture import StreamEvent
+from edgecls.errors import ConfigError, SinkError
 
 if TYPE_CHECKING:
-    from .stream import StreamResult
+    from edgecls.stream import StreamResult
 
 log = logging.getLogger(__name__)
 
@@ -450,7 +450,7 @@ class MqttSink:
             return
         client.publish(self.status_topic, "online", qos=1, retain=True)
         if self.discovery is not None:
-            from .hass import birth_topic
+            from edgecls.hass import birth_topic
 
             self._publish_discovery(client)
             client.subscribe(birth_topic(self.discovery), qos=1)
@@ -473,7 +473,7 @@ class MqttSink:
             self._publish_discovery(client)
 
     def _publish_discovery(self, client: Any) -> None:
-        from .hass import discovery_messages
+        from edgecls.hass import discovery_messages
 
         for topic, payload in discovery_messages(self.discovery, self.topic, self.status_topic):
             client.publish(topic, payload, qos=1, retain=True)
@@ -532,7 +532,7 @@ def retained_topics(topic: str, *, discovery: Any = None, results: bool = False)
     published retained (``results``)."""
     topics = []
     if discovery is not None:
-        from .hass import discovery_messages
+        from edgecls.hass import discovery_messages
 
         topics += [config for config, _ in discovery_messages(discovery, topic, status_topic_for(topic))]
     topics.append(status_topic_for(topic))

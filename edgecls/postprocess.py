@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError
+from edgecls.errors import ConfigError
 
 ACTIVATIONS = ("auto", "probabilities", "logits")
 

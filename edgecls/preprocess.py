@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, ImageError
+from edgecls.errors import ConfigError, ImageError
 
 RESIZE_MODES = ("squash", "center-crop", "letterbox")
 INTERPOLATIONS = ("bilinear", "nearest", "area")

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .sources import PICAMERA_FORMATS
+from edgecls.errors import ConfigError
+from edgecls.sources import PICAMERA_FORMATS
 
 PROFILE_PATH_ENV = "EDGECLS_PROFILE_PATH"
 # What an AI Camera (source imx500) profile may set of picamera2's: the main stream the results carry, and controls.
@@ -102,7 +102,7 @@ def _table(value: Any) -> str | None:
 
 
 def _device(value: Any) -> str | None:
-    from .delegates import DEVICE_FORMS, check_device
+    from edgecls.delegates import DEVICE_FORMS, check_device
 
     if not isinstance(value, str):
         return DEVICE_FORMS
@@ -270,7 +270,7 @@ class Profile:
 
     def stream_options(self) -> dict[str, Any]:
         """Keyword arguments for `edgecls.Stream`: ``Stream(model, **profile.stream_options())``; override any."""
-        from .smoothing import Smoothing
+        from edgecls.smoothing import Smoothing
 
         runtime, smooth = self.runtime, self.smoothing
         return {

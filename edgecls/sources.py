@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CameraError, ConfigError
-from .images import IMAGE_SUFFIXES, expand_image_paths, read_image
-from .nativelog import quiet_native_stderr
+from edgecls.errors import CameraError, ConfigError
+from edgecls.images import IMAGE_SUFFIXES, expand_image_paths, read_image
+from edgecls.nativelog import quiet_native_stderr
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ class DemoSource(FrameSource):
         self._next_at = 0.0
 
     def open(self) -> None:
-        from .demo import demo_frames
+        from edgecls.demo import demo_frames
 
         self._frames = demo_frames(height=self.height, width=self.width, seed=self.seed)
         self._next_at = time.monotonic()

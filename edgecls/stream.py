@@ -27,14 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from .capture import END, Capture, Frame, StreamEvent
-from .classifier import Classifier
-from .errors import ConfigError, EdgeclsError
-from .imx500 import SensorClassifier, is_imx500_source
-from .postprocess import Prediction
-from .preprocess import PreprocessConfig
-from .smoothing import Decision, Smoother, Smoothing
-from .sources import FrameSource, parse_source
+from edgecls.capture import END, Capture, Frame, StreamEvent
+from edgecls.classifier import Classifier
+from edgecls.errors import ConfigError, EdgeclsError
+from edgecls.imx500 import SensorClassifier, is_imx500_source
+from edgecls.postprocess import Prediction
+from edgecls.preprocess import PreprocessConfig
+from edgecls.smoothing import Decision, Smoother, Smoothing
+from edgecls.sources import FrameSource, parse_source
 
 log = logging.getLogger(__name__)
 
