@@ -70,7 +70,7 @@ what, data, cache_dir, steps = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(
 from edgecls.convert.api import import_tensorflow
 from edgecls.convert.cache import ImageCache
 from edgecls.convert.data import scan
-from edgecls.preprocess import PreprocessConfig
+from edgecls.model.preprocess import PreprocessConfig
 
 size = 160 if what == "v2" else 96
 cache = None if what == "nocache" else ImageCache(Path(cache_dir))

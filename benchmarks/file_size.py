@@ -53,7 +53,7 @@ def measure(run: Path) -> dict[str, object]:
     from edgecls.convert.compact import compact
     from edgecls.convert.tflite_export import to_tflite
 
-    from edgecls.metadata import flatbuffer_bytes
+    from edgecls.model.metadata import flatbuffer_bytes
 
     written = flatbuffer_bytes((run / "model.tflite").read_bytes())
     model = keras.models.load_model(run / "model.keras", compile=False)

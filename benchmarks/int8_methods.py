@@ -38,7 +38,7 @@ def main() -> int:
     from edgecls.convert.data import scan, stratified_sample
     from edgecls.convert.tflite_export import to_tflite
 
-    from edgecls.preprocess import PreprocessConfig
+    from edgecls.model.preprocess import PreprocessConfig
 
     report = json.loads((args.run / "report.json").read_text())
     settings = report["settings"]

@@ -47,7 +47,7 @@ def main() -> int:
     from edgecls.convert.training import TrainConfig, deterministic, make_strategy, train
 
     from edgecls.demo import write_demo_dataset
-    from edgecls.preprocess import PreprocessConfig
+    from edgecls.model.preprocess import PreprocessConfig
 
     deterministic()
     keras.utils.set_random_seed(args.seed)

@@ -1,6 +1,6 @@
 """Datasets for training: scan folder-per-class or pre-split folders, decode once, split stratified, report.
 
-Images are decoded and resized by the device runtime's own code (edgecls.images + edgecls.preprocess), so the float
+Images are decoded and resized by the device runtime's own code (edgecls.model.images + edgecls.model.preprocess), so the float
 model trains on, and the int8 model is evaluated on, exactly the pixels the device will feed. Unreadable files are
 skipped and listed, never a crash.
 """
@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from edgecls.errors import DataError
-from edgecls.images import IMAGE_SUFFIXES, decode_image
-from edgecls.preprocess import InputSpec, PreprocessConfig, Preprocessor
+from edgecls.model.images import IMAGE_SUFFIXES, decode_image
+from edgecls.model.preprocess import InputSpec, PreprocessConfig, Preprocessor
 
 from .cache import ImageCache, Item, concat, decode_in_memory, rows_of
 

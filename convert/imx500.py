@@ -35,7 +35,7 @@ import numpy as np
 
 from edgecls.errors import ConversionError, WriteError
 from edgecls.fsutil import atomic_write_text
-from edgecls.labels import format_labels
+from edgecls.model.labels import format_labels
 
 from .imx500_env import Toolchain, check_java, ensure_env, worker_env
 from .models import ARCHITECTURES, ModelSpec, create_model
@@ -381,7 +381,7 @@ def markdown_lines(section: dict[str, Any] | None) -> list[str]:
          "`imx500-package -i packerOut.zip -o DIR` writes network.rpk"),
         (f"- calibration: {section['calibration_images']} training images; the tf.keras rebuild is within "
          f"{section['rebuild_max_difference']:.1g} of the Keras 3 model"),
-        ("- measured with the device preprocessing (edgecls.preprocess); on the camera the sensor's ISP crops and "
+        ("- measured with the device preprocessing (edgecls.model.preprocess); on the camera the sensor's ISP crops and "
          "resizes the frame to the input instead"),
     ]
     return lines

@@ -121,7 +121,7 @@ def _data_root(run: Path, data: Path | None) -> Path:
         if not Path(data).is_dir():
             raise DataError(f"--data {data}: no such folder; give the dataset folder the run was trained on")
         return Path(data)
-    from edgecls.metadata import check_model_file
+    from edgecls.model.metadata import check_model_file
 
     tflite = run / "model.tflite"
     manifest = (check_model_file(tflite).manifest or {}) if tflite.is_file() else {}
@@ -135,7 +135,7 @@ def _data_root(run: Path, data: Path | None) -> Path:
 
 def _rescan(root: Path, report: dict[str, Any], settings: dict[str, Any], spec: ModelSpec) -> Any:
     """The run's dataset, split as it was (same seed, split, extra data), checked by its fingerprint."""
-    from edgecls.preprocess import PreprocessConfig
+    from edgecls.model.preprocess import PreprocessConfig
 
     from .cache import ImageCache, default_cache_dir, default_max_bytes
     from .data import scan

@@ -57,7 +57,7 @@ class ModelOptions:
 @dataclass(frozen=True)
 class DataOptions:
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    resize: str = "squash"  # how the device fits frames to the input (edgecls.preprocess)
+    resize: str = "squash"  # how the device fits frames to the input (edgecls.model.preprocess)
     # a model trained elsewhere (convert_model): its labels and the normalisation it expects of 0..255 pixels
     labels: Path | None = None
     mean: float | None = None

@@ -26,9 +26,9 @@ import numpy as np
 from edgecls import __version__
 from edgecls.errors import ConfigError, WriteError
 from edgecls.fsutil import atomic_write_bytes, atomic_write_text
-from edgecls.labels import format_labels, read_labels_file
-from edgecls.manifest import embed_manifest
-from edgecls.preprocess import PreprocessConfig
+from edgecls.model.labels import format_labels, read_labels_file
+from edgecls.model.manifest import embed_manifest
+from edgecls.model.preprocess import PreprocessConfig
 
 from . import distributed, evaluate
 from . import report as reporting
@@ -159,7 +159,7 @@ def _swap_in(stage: Path, out: Path) -> None:
 def _relocate(stage: Path, out: Path) -> None:
     """Rewrite the staging folder's path to the final one where a run recorded it (reports, the model manifests:
     the demo's data lives inside the run)."""
-    from edgecls.metadata import MANIFEST_NAME, check_model_file, embed_files
+    from edgecls.model.metadata import MANIFEST_NAME, check_model_file, embed_files
 
     old, new = str(stage), str(out)
     for name in ("report.json", "report.md"):
@@ -248,7 +248,7 @@ def _check_room(model: Any, options: ConvertOptions, *, training: bool) -> int:
 
 def prepare_data(data_dir: Path, options: ConvertOptions, obs: ConvertObserver) -> Dataset:
     """Stage 1: seed everything from ``options.train.seed``, then decode and split the dataset at the model's input
-    size (the device's own preprocessing, see edgecls.preprocess)."""
+    size (the device's own preprocessing, see edgecls.model.preprocess)."""
     import keras
 
     keras.utils.set_random_seed(options.train.seed)  # weight init, dropout and shuffling follow --seed

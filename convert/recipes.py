@@ -81,7 +81,7 @@ def look_at(data: Path, most: int = 200) -> tuple[int | None, bool]:
     over the class folders), and whether every one of them is grayscale; (None, False) when none can be read."""
     from PIL import Image
 
-    from edgecls.images import IMAGE_SUFFIXES
+    from edgecls.model.images import IMAGE_SUFFIXES
 
     if not data.is_dir():
         return None, False

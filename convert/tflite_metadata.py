@@ -5,7 +5,7 @@ range), the output scores, and the labels as an associated file of the output te
 
 The metadata is a flatbuffer of the TFLite metadata schema (file identifier "M001", written here with the
 `flatbuffers` builder, field by field as the schema declares them), stored in a model buffer named
-"TFLITE_METADATA"; the associated files themselves go in the zip appended to the model (`edgecls.manifest`), beside
+"TFLITE_METADATA"; the associated files themselves go in the zip appended to the model (`edgecls.model.manifest`), beside
 our own manifest, uncompressed, as that schema's readers require.
 """
 

@@ -163,7 +163,7 @@ class _Data:
 
     def get(self, size: int) -> Dataset:
         if size not in self._cache:
-            from edgecls.preprocess import PreprocessConfig
+            from edgecls.model.preprocess import PreprocessConfig
 
             base = self.options.base
             self.observer.step(f"decoding {self.root} at {size}x{size}")
@@ -355,7 +355,7 @@ class _PruningObserver:
 def measure_latency(model_path: Path, options: TuneOptions) -> float:
     """p90 latency of the int8 model with edgecls's own bench, times the profile's latency factor."""
     from edgecls.bench import benchmark
-    from edgecls.classifier import Classifier
+    from edgecls.model.classifier import Classifier
     from edgecls.nativelog import quiet_native_stderr
 
     with quiet_native_stderr():

@@ -15,12 +15,12 @@ __version__ = "0.1.0"
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _LAZY = {
-    "Classifier": "edgecls.classifier",
-    "Timing": "edgecls.classifier",
-    "Prediction": "edgecls.postprocess",
-    "PreprocessConfig": "edgecls.preprocess",
-    "InputSpec": "edgecls.preprocess",
-    "read_image": "edgecls.images",
+    "Classifier": "edgecls.model.classifier",
+    "Timing": "edgecls.model.classifier",
+    "Prediction": "edgecls.model.postprocess",
+    "PreprocessConfig": "edgecls.model.preprocess",
+    "InputSpec": "edgecls.model.preprocess",
+    "read_image": "edgecls.model.images",
     "Stream": "edgecls.stream",
     "StreamResult": "edgecls.stream",
     "StreamStats": "edgecls.stream",
@@ -52,7 +52,7 @@ __all__ = ["__version__", *_LAZY]  # noqa: PLE0604 - the lazily imported names, 
 if TYPE_CHECKING:  # pragma: no cover
     from edgecls.bench import benchmark
     from edgecls.capture import StreamEvent
-    from edgecls.classifier import Classifier, Timing
+    from edgecls.model.classifier import Classifier, Timing
     from edgecls.edgetpu import preflight
     from edgecls.errors import (
         BackendError,
@@ -66,9 +66,9 @@ if TYPE_CHECKING:  # pragma: no cover
         ModelError,
         SinkError,
     )
-    from edgecls.images import read_image
-    from edgecls.postprocess import Prediction
-    from edgecls.preprocess import InputSpec, PreprocessConfig
+    from edgecls.model.images import read_image
+    from edgecls.model.postprocess import Prediction
+    from edgecls.model.preprocess import InputSpec, PreprocessConfig
     from edgecls.profiles import Profile, load_profile
     from edgecls.sinks import parse_sink
     from edgecls.smoothing import Decision, Smoothing

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecls.classifier import Classifier
+from edgecls.model.classifier import Classifier
 from edgecls.errors import ConfigError
 
 PERCENTILES = (50, 90, 99)

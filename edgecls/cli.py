@@ -95,7 +95,7 @@ def _open_classifier(
     delegate_option: list[str] | None = None,
     allow_cpu_fallback: bool = False,
 ) -> Any:
-    from edgecls.classifier import Classifier
+    from edgecls.model.classifier import Classifier
 
     with quiet_native_stderr():
         clf = Classifier(
@@ -128,7 +128,7 @@ def info(
 ) -> None:
     """Show a model's input, outputs, labels (and where they came from), backend, ops and metadata."""
     from edgecls.errors import NotAClassifierError
-    from edgecls.metadata import check_model_file
+    from edgecls.model.metadata import check_model_file
 
     with project_errors():
         if check_model_file(model).has_edgetpu_op():
@@ -150,11 +150,11 @@ def _describe_compiled(model: Path, labels: Path | None, not_a_classifier: str |
     that is not an image classifier (``not_a_classifier``: why), with every input and output listed."""
     from collections import Counter
 
-    from edgecls.delegates import cpu_sibling
-    from edgecls.flatbuffer import read_graph
-    from edgecls.labels import labels_for_file
-    from edgecls.metadata import check_model_file
-    from edgecls.postprocess import OutputSpec
+    from edgecls.model.delegates import cpu_sibling
+    from edgecls.model.flatbuffer import read_graph
+    from edgecls.model.labels import labels_for_file
+    from edgecls.model.metadata import check_model_file
+    from edgecls.model.postprocess import OutputSpec
 
     info = check_model_file(model)
     graph = read_graph(info.path)
@@ -256,7 +256,7 @@ def classify(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Classify image files; a bad image is reported and the batch goes on (exit code 1 if any failed)."""
-    from edgecls.images import expand_image_paths
+    from edgecls.model.images import expand_image_paths
 
     with project_errors():
         clf = _open_classifier(
@@ -558,7 +558,7 @@ def bench(
         with clf:
             frame = None
             if image is not None:
-                from edgecls.images import read_image
+                from edgecls.model.images import read_image
 
                 frame = read_image(image)
             result = benchmark(clf, runs=runs, warmup=warmup, frame=frame, budget_ms=budget_ms)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from edgecls.capture import StreamEvent
-from edgecls.classifier import Classifier
+from edgecls.model.classifier import Classifier
 from edgecls.collect import Collector
 from edgecls.errors import EdgeclsError
 from edgecls.sinks import MqttSink, PreviewSink, Sink, SinkGroup, TextSink, format_line, parse_sink

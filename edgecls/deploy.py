@@ -34,7 +34,7 @@ from typing import Any
 from edgecls import __version__
 from edgecls.bootconfig import plan_edit
 from edgecls.dashboard import is_loopback
-from edgecls.delegates import compiled_sibling, cpu_sibling
+from edgecls.model.delegates import compiled_sibling, cpu_sibling
 from edgecls.errors import ConfigError, WriteError
 from edgecls.fsutil import atomic_write_bytes, os_reason
 from edgecls.hass import Discovery, require_mqtt_sink, run_args
@@ -42,8 +42,8 @@ from edgecls.imx500 import FOLDER as IMX500_FOLDER
 from edgecls.imx500 import LABELS as IMX500_LABELS
 from edgecls.imx500 import PACKAGE as IMX500_PACKAGE
 from edgecls.imx500 import RPK as IMX500_RPK
-from edgecls.labels import format_labels, labels_for_file
-from edgecls.metadata import check_model_file
+from edgecls.model.labels import format_labels, labels_for_file
+from edgecls.model.metadata import check_model_file
 from edgecls.mqtt import MQTT_PASSWORD_ENV, mask_url, split_mqtt_password
 from edgecls.profiles import Profile
 from edgecls.sinks import check_sink_spec, has_control_chars
@@ -437,7 +437,7 @@ def _imx500_files(model: Path, profile: Profile) -> dict[str, bytes]:
     if not labels.is_file():
         raise ConfigError(f"{labels} is missing: the IMX500 package of {run} needs the labels written with it "
                           f"(edgecls export imx500 {run} writes both)")
-    from edgecls.labels import read_labels_file
+    from edgecls.model.labels import read_labels_file
 
     read_labels_file(labels)  # a LabelsError now, not on the device
     return {f"{IMX500_FOLDER}/{IMX500_PACKAGE}": package.read_bytes(), f"{IMX500_FOLDER}/{IMX500_LABELS}": labels.read_bytes()}

@@ -75,7 +75,7 @@ def _python() -> list[Finding]:
 
 
 def _backends() -> list[Finding]:
-    from edgecls.backends import available_backends
+    from edgecls.model.backends import available_backends
 
     found = available_backends()
     usable = [name for name, version in found.items() if not version.startswith("not available")]
@@ -157,7 +157,7 @@ def _picamera2(root: Path) -> list[Finding]:
 
 
 def _libedgetpu() -> list[Finding]:
-    from edgecls.delegates import LIBRARY_ENV, edgetpu_library
+    from edgecls.model.delegates import LIBRARY_ENV, edgetpu_library
 
     try:
         library = edgetpu_library()

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecls.flatbuffer import Graph, OperatorInfo, read_graph
-from edgecls.metadata import EDGETPU_CUSTOM_OP, check_model_file
+from edgecls.model.flatbuffer import Graph, OperatorInfo, read_graph
+from edgecls.model.metadata import EDGETPU_CUSTOM_OP, check_model_file
 
 SUPPORTED_OPS_URL = "https://coral.ai/docs/edgetpu/models-intro/#supported-operations"
 QUANTIZED_TYPES = ("int8", "uint8")

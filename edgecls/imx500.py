@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 
 from edgecls.errors import CameraError, ConfigError, LabelsError, ModelError, NotAClassifierError
-from edgecls.labels import Labels, read_labels_file
-from edgecls.postprocess import ACTIVATIONS, OutputSpec, Postprocessor, Prediction, predictions
-from edgecls.postprocess import top_k as rank
-from edgecls.preprocess import RESIZE_MODES
+from edgecls.model.labels import Labels, read_labels_file
+from edgecls.model.postprocess import ACTIVATIONS, OutputSpec, Postprocessor, Prediction, predictions
+from edgecls.model.postprocess import top_k as rank
+from edgecls.model.preprocess import RESIZE_MODES
 from edgecls.sources import NOT_READY, PICAMERA_FORMATS, FrameSource
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def find_network(
                                       run / "model.tflite") if m is not None and m.is_file()), None)
     manifest: dict[str, Any] = {}
     if manifest_file is not None:
-        from edgecls.metadata import check_model_file
+        from edgecls.model.metadata import check_model_file
 
         manifest = check_model_file(manifest_file).manifest or {}
     names, origin = _network_labels(labels, [rpk.with_name(LABELS), folder / FOLDER / LABELS, run / FOLDER / LABELS],
@@ -296,7 +296,7 @@ class SensorClassifier:
         t0 = time.perf_counter()
         scores = self._scores_of(outputs)
         ranked = predictions(rank(scores, top_k, threshold), self.labels.names if self.labels else None)
-        from edgecls.classifier import Timing
+        from edgecls.model.classifier import Timing
 
         self.last_timing = Timing(outputs.dsp_ms, outputs.dnn_ms, (time.perf_counter() - t0) * 1e3)
         return ranked

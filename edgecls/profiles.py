@@ -102,7 +102,7 @@ def _table(value: Any) -> str | None:
 
 
 def _device(value: Any) -> str | None:
-    from edgecls.delegates import DEVICE_FORMS, check_device
+    from edgecls.model.delegates import DEVICE_FORMS, check_device
 
     if not isinstance(value, str):
         return DEVICE_FORMS

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgecls.errors import CameraError, ConfigError
-from edgecls.images import IMAGE_SUFFIXES, expand_image_paths, read_image
+from edgecls.model.images import IMAGE_SUFFIXES, expand_image_paths, read_image
 from edgecls.nativelog import quiet_native_stderr
 
 log = logging.getLogger(__name__)

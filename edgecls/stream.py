@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 
 from edgecls.capture import END, Capture, Frame, StreamEvent
-from edgecls.classifier import Classifier
+from edgecls.model.classifier import Classifier
 from edgecls.errors import ConfigError, EdgeclsError
 from edgecls.imx500 import SensorClassifier, is_imx500_source
-from edgecls.postprocess import Prediction
-from edgecls.preprocess import PreprocessConfig
+from edgecls.model.postprocess import Prediction
+from edgecls.model.preprocess import PreprocessConfig
 from edgecls.smoothing import Decision, Smoother, Smoothing
 from edgecls.sources import FrameSource, parse_source
 

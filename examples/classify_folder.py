@@ -10,7 +10,7 @@ import collections
 import sys
 
 import edgecls
-from edgecls.images import expand_image_paths
+from edgecls.model.images import expand_image_paths
 
 
 def main() -> int:

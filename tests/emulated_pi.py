@@ -399,7 +399,7 @@ def make_ai_camera_run(folder: Path) -> Path:
         import standin_rpk
     finally:
         sys.path.remove(str(STANDIN))
-    from edgecls.manifest import embed_manifest
+    from edgecls.model.manifest import embed_manifest
 
     (folder / "imx500").mkdir(parents=True)
     manifest = {"preprocess": {"resize": "center-crop"}, "output": {"activation": "probabilities"}}

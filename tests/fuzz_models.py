@@ -94,7 +94,7 @@ def _graph_edit(flat: bytes, field: int, *, length: int | None = None, first: in
     """The model with one vector of the first subgraph edited: ``field`` 1 inputs, 2 outputs, 3 operators; its
     ``length`` set, or its ``first`` item replaced; with ``op_field``, the first operator's inputs (1) or outputs (2)."""
     sys.path.insert(0, str(HERE.parent))
-    from edgecls.flatbuffer import _Table
+    from edgecls.model.flatbuffer import _Table
 
     model = _Table(flat, struct.unpack_from("<I", flat, 0)[0])
     table = model.tables(2)[0]
@@ -112,7 +112,7 @@ def _graph_edit(flat: bytes, field: int, *, length: int | None = None, first: in
 
 def _output_scale(flat: bytes, value: float) -> bytes:
     """The model with its output tensor's quantisation scale set to ``value`` (NaN, 0, negative)."""
-    from edgecls.flatbuffer import _Table
+    from edgecls.model.flatbuffer import _Table
 
     subgraph = _Table(flat, struct.unpack_from("<I", flat, 0)[0]).tables(2)[0]
     output = subgraph.numbers(2, "i")[0]

@@ -105,7 +105,7 @@ def test_the_wheel_holds_one_top_level_package(tmp_path):
     top_level = next(n for n in names if n.endswith("top_level.txt"))
     assert zipfile.ZipFile(wheel).read(top_level).decode().split() == ["edgecls"]
     assert {"edgecls/convert/api.py", "edgecls/convert/pipeline.py", "edgecls/firmware_configs/rpi5.toml",
-            "edgecls/firmware_configs/README.md", "edgecls/manifest.py"} <= set(names)
+            "edgecls/firmware_configs/README.md", "edgecls/model/manifest.py"} <= set(names)
 
 
 def test_a_users_own_convert_module_does_not_shadow_the_converter(tmp_path):

@@ -7,8 +7,8 @@ import pytest
 from conftest import tensorflow_or_skip
 
 from edgecls import Classifier
-from edgecls.flatbuffer import verify_model
-from edgecls.metadata import flatbuffer_bytes
+from edgecls.model.flatbuffer import verify_model
+from edgecls.model.metadata import flatbuffer_bytes
 
 pytestmark = pytest.mark.slow  # trains or converts real models
 

@@ -131,7 +131,7 @@ def test_class_names_that_look_like_ids_round_trip(tmp_path):
     """Folders named `1 apple`, `2 banana`: labels.txt reads back as those names (it used to read as id lines
     and fail), and `classify --labels labels.txt` and deploy accept it."""
     from edgecls import Classifier
-    from edgecls.labels import read_labels_file
+    from edgecls.model.labels import read_labels_file
 
     data = dataset(tmp_path / "fruit", ("1 apple", "2 banana"))
     out = tmp_path / "run"

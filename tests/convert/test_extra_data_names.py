@@ -16,7 +16,7 @@ from PIL import Image
 from edgecls.classfolders import UNLABELLED, folder_name
 from edgecls.collect import Collector, CollectPolicy
 from edgecls.errors import DataError
-from edgecls.postprocess import Prediction
+from edgecls.model.postprocess import Prediction
 from edgecls.smoothing import Decision
 from edgecls.stream import Latency, StreamResult
 

@@ -327,7 +327,7 @@ def test_the_tf_keras_rebuild_matches_the_keras_3_model_on_real_images(arch, siz
     from edgecls.convert.models import ModelSpec, create_model
     from PIL import Image
 
-    from edgecls.images import read_image
+    from edgecls.model.images import read_image
 
     spec = ModelSpec(num_classes=5, input_size=size, weights="none", **extra)
     model = create_model(arch, spec)

@@ -50,7 +50,7 @@ def test_quantised_input_matches_the_models_own_quantisation(built_models, backe
 
 
 def test_manifest_preprocessing_is_applied(built_models, tmp_path, backend):
-    from edgecls.manifest import embed_manifest
+    from edgecls.model.manifest import embed_manifest
 
     path = tmp_path / "with_manifest.tflite"
     labels = ["dark", "dim", "bright", "white"]

@@ -23,7 +23,7 @@ from PIL import Image
 from edgecls.classfolders import MAX_BYTES, UNLABELLED, class_of_folder
 from edgecls.collect import LOCK_NAME, MARKER, Collector, CollectPolicy, folder_name, parse_max, to_rgb
 from edgecls.errors import ConfigError, SinkError
-from edgecls.postprocess import Prediction
+from edgecls.model.postprocess import Prediction
 from edgecls.smoothing import Decision
 from edgecls.stream import Latency, StreamResult
 

@@ -7,7 +7,7 @@ import pytest
 
 from edgecls import Classifier
 from edgecls.errors import DelegateError, ImageError, LabelsError, ModelError
-from edgecls.images import read_image
+from edgecls.model.images import read_image
 
 # (model, image, expected index, top-k it must be in, minimum score): libcoral's model test cases
 EXPECTATIONS = [
@@ -52,7 +52,7 @@ def test_frames_in_bgr_rgba_and_gray_and_the_same_result_as_files(coral, backend
 
 
 def test_resize_modes_change_little_on_a_centered_subject(coral, backend):
-    from edgecls.preprocess import PreprocessConfig
+    from edgecls.model.preprocess import PreprocessConfig
 
     model = coral / "mobilenet_v2_1.0_224_quant.tflite"
     for mode in ("center-crop", "letterbox"):

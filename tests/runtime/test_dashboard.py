@@ -24,7 +24,7 @@ from PIL import Image
 
 from edgecls.dashboard import Dashboard
 from edgecls.errors import ConfigError
-from edgecls.postprocess import Prediction
+from edgecls.model.postprocess import Prediction
 from edgecls.smoothing import Decision
 from edgecls.stream import Latency, StreamResult
 

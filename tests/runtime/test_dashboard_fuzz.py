@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgecls.dashboard import Dashboard
-from edgecls.postprocess import Prediction
+from edgecls.model.postprocess import Prediction
 from edgecls.smoothing import Decision
 from edgecls.stream import Latency, StreamResult
 

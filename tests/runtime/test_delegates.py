@@ -162,8 +162,8 @@ def test_cli_delegate_errors_and_fallback(noop_delegate, models, coral):
 
 def test_runtime_version_mismatch_is_named(coral):
     """libedgetpu reports a model compiled for a newer runtime when the interpreter prepares the custom op."""
-    from edgecls.delegates import LoadedDelegate, interpreter_error
-    from edgecls.metadata import check_model_file
+    from edgecls.model.delegates import LoadedDelegate, interpreter_error
+    from edgecls.model.metadata import check_model_file
 
     info = check_model_file(coral / "mobilenet_v1_0.25_128_quant_edgetpu.tflite")
     message = ("Internal: Unsupported data type in custom op handler: 0Node number 0 (edgetpu-custom-op) failed to "

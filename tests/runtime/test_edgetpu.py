@@ -193,7 +193,7 @@ cat <<'OUT'
 def test_convert_edgetpu_step(cases, tmp_path, monkeypatch):
     from edgecls.convert.pipeline import edgetpu_step
 
-    from edgecls.metadata import check_model_file
+    from edgecls.model.metadata import check_model_file
 
     model = tmp_path / "model.tflite"
     model.write_bytes(cases["ok"].read_bytes())

@@ -121,7 +121,7 @@ def test_huge_images_are_reduced_or_refused_within_bounded_memory(coral, tmp_pat
     Image.new("L", (9000, 9000), 200).save(jpg, quality=50)
     code = (
         "import sys\n"
-        "from edgecls.classifier import Classifier\n"
+        "from edgecls.model.classifier import Classifier\n"
         "from edgecls.errors import ImageError\n"
         f"clf = Classifier({str(coral / MODEL)!r})\n"
         f"try:\n    clf.classify({str(png)!r})\nexcept ImageError as e:\n    print('refused:', e)\n"
@@ -141,7 +141,7 @@ def test_a_float_tiff_is_converted_not_black(tmp_path):
     from PIL import Image
 
     from edgecls.errors import ImageError
-    from edgecls.images import read_image
+    from edgecls.model.images import read_image
 
     ramp = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (32, 1))
     Image.fromarray(ramp, mode="F").save(tmp_path / "ramp.tif")

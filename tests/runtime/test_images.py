@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from edgecls.errors import ImageError
-from edgecls.images import expand_image_paths, read_image
+from edgecls.model.images import expand_image_paths, read_image
 
 
 def test_exif_orientation_is_applied(tmp_path):

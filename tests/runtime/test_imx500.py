@@ -64,7 +64,7 @@ def make_run(folder: Path, coral: Path, *, resize: str | None = "center-crop", l
              rpk: bool = True, manifest_labels: list[str] | None = None, **network) -> Path:  # type: ignore[no-untyped-def]
     """A run folder as convert --target imx500 and imx500-package leave it: model.tflite (only its manifest is read:
     the resize mode), imx500/packerOut.zip, imx500/labels.txt and (made on the Pi) imx500/network.rpk."""
-    from edgecls.manifest import embed_manifest
+    from edgecls.model.manifest import embed_manifest
 
     folder.mkdir(parents=True)
     manifest = {"output": {"activation": "probabilities"}, **({"preprocess": {"resize": resize}} if resize else {})}

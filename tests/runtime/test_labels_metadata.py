@@ -7,9 +7,9 @@ import zipfile
 import pytest
 
 from edgecls.errors import LabelsError, ModelError
-from edgecls.labels import find_labels, fit_labels, parse_labels, read_labels_file
-from edgecls.manifest import embed_manifest
-from edgecls.metadata import MANIFEST_NAME, check_model_file, flatbuffer_bytes
+from edgecls.model.labels import find_labels, fit_labels, parse_labels, read_labels_file
+from edgecls.model.manifest import embed_manifest
+from edgecls.model.metadata import MANIFEST_NAME, check_model_file, flatbuffer_bytes
 
 
 def test_plain_and_coral_id_label_files():
@@ -103,7 +103,7 @@ def test_directory_and_broken_manifest(tmp_path, coral):
         check_model_file(tmp_path)
     bad = tmp_path / "bad.tflite"
     raw = flatbuffer_bytes((coral / "mobilenet_v1_0.25_128_quant.tflite").read_bytes())
-    from edgecls.metadata import embed_files
+    from edgecls.model.metadata import embed_files
 
     bad.write_bytes(embed_files(raw, {MANIFEST_NAME: b"{not json"}))
     with pytest.raises(ModelError, match="not valid JSON"):
@@ -149,7 +149,7 @@ def test_a_metadata_warning_is_given_once_per_file_and_again_for_a_changed_one(c
     import os
 
     model = _damaged_metadata(coral, tmp_path / "damaged.tflite")
-    with caplog.at_level("WARNING", logger="edgecls.metadata"):
+    with caplog.at_level("WARNING", logger="edgecls.model.metadata"):
         for _ in range(3):
             assert "labels.txt" not in check_model_file(model).associated_files
         assert len(caplog.records) == 1

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from edgecls.errors import ConfigError
-from edgecls.postprocess import OutputSpec, Postprocessor, predictions, top_k
+from edgecls.model.postprocess import OutputSpec, Postprocessor, predictions, top_k
 
 
 def test_quantised_softmax_is_dequantised_and_ranked_on_raw_values():

@@ -7,7 +7,7 @@ import pytest
 from conftest import needs_opencv
 
 from edgecls.errors import ConfigError, ImageError
-from edgecls.preprocess import InputSpec, PreprocessConfig, Preprocessor, build_lut, dequantize, quantize
+from edgecls.model.preprocess import InputSpec, PreprocessConfig, Preprocessor, build_lut, dequantize, quantize
 
 CORAL_SPEC = InputSpec(224, 224, 3, "uint8", scale=1 / 128, zero_point=128)
 ENGINES = [pytest.param("opencv", marks=needs_opencv), "pillow"]

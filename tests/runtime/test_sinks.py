@@ -17,7 +17,7 @@ from conftest import needs_opencv, needs_paho
 
 from edgecls.errors import ConfigError, SinkError
 from edgecls.mqtt import check_topic
-from edgecls.postprocess import Prediction
+from edgecls.model.postprocess import Prediction
 from edgecls.sinks import JsonlSink, MqttSink, PreviewSink, TextSink, VideoSink, parse_mqtt_url, parse_sink
 from edgecls.smoothing import Decision
 from edgecls.stream import Latency, StreamResult

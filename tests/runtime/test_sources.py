@@ -13,7 +13,7 @@ import pytest
 from conftest import needs_opencv, write_video
 
 from edgecls.errors import CameraError, ConfigError
-from edgecls.preprocess import InputSpec, Preprocessor
+from edgecls.model.preprocess import InputSpec, Preprocessor
 from edgecls.sources import (
     DemoSource,
     ImageFilesSource,

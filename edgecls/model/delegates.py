@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecls.backends import Backend
+from edgecls.model.backends import Backend
 from edgecls.errors import ConfigError, DelegateError, ModelError
-from edgecls.metadata import EDGETPU_CUSTOM_OP, ModelFileInfo
+from edgecls.model.metadata import EDGETPU_CUSTOM_OP, ModelFileInfo
 
 EDGETPU_LIBRARIES = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}
 LIBRARY_ENV = "EDGECLS_EDGETPU_LIBRARY"
@@ -71,7 +71,7 @@ def sibling_mismatch(cpu: Any, compiled: Any) -> str | None:
 
     Models edgecls writes carry a run id in their manifest: both must have the same one. Other pairs (Coral's) must
     at least agree on the input and output tensors (shape, type, quantisation), which the compiler keeps."""
-    from edgecls.flatbuffer import read_graph
+    from edgecls.model.flatbuffer import read_graph
 
     ids = [((info.manifest or {}).get("provenance") or {}).get("run_id") for info in (cpu, compiled)]
     if ids[0] and ids[1]:

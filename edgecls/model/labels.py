@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgecls.errors import LabelsError
-from edgecls.metadata import ModelFileInfo
+from edgecls.model.metadata import ModelFileInfo
 
 _ID_LINE = re.compile(r"^\s*(\d+)(?:\s*[:,]\s*|\s+)(\S.*?)\s*$")
 IMAGENET_WITH_BACKGROUND = 1001
@@ -146,10 +146,10 @@ def find_labels(
 def labels_for_file(info: ModelFileInfo, labels: str | os.PathLike[str] | None = None) -> Labels | None:
     """The labels of a model read without an interpreter (e.g. an Edge TPU build no CPU can run): from the file,
     or from the CPU model beside an ``*_edgetpu.tflite`` (the compiler drops appended files)."""
-    from edgecls.delegates import cpu_sibling
-    from edgecls.flatbuffer import read_graph
-    from edgecls.metadata import check_model_file
-    from edgecls.postprocess import OutputSpec
+    from edgecls.model.delegates import cpu_sibling
+    from edgecls.model.flatbuffer import read_graph
+    from edgecls.model.metadata import check_model_file
+    from edgecls.model.postprocess import OutputSpec
 
     graph = read_graph(info.path)
     output = graph.tensors[graph.outputs[0]]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecls.errors import ModelError
-from edgecls.flatbuffer import ModelStructure, verify_model
+from edgecls.model.flatbuffer import ModelStructure, verify_model
 from edgecls.fsutil import os_reason
 
 log = logging.getLogger(__name__)

@@ -13,15 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from edgecls import delegates
-from edgecls.backends import Backend, op_counts, resolve_backend
+from edgecls.model import delegates
+from edgecls.model.backends import Backend, op_counts, resolve_backend
 from edgecls.errors import ConfigError, DelegateError, ModelError, NotAClassifierError
-from edgecls.images import read_image
-from edgecls.labels import Labels, find_labels
-from edgecls.metadata import ModelFileInfo, check_model_file
+from edgecls.model.images import read_image
+from edgecls.model.labels import Labels, find_labels
+from edgecls.model.metadata import ModelFileInfo, check_model_file
 from edgecls.nativelog import quiet_native_stderr
-from edgecls.postprocess import OutputSpec, Postprocessor, Prediction, predictions
-from edgecls.preprocess import InputSpec, PreprocessConfig, Preprocessor
+from edgecls.model.postprocess import OutputSpec, Postprocessor, Prediction, predictions
+from edgecls.model.preprocess import InputSpec, PreprocessConfig, Preprocessor
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +341,7 @@ def classifier_problem(inputs: list[list[int]], outputs: list[list[int]],
 
 
 def _op_names(info: ModelFileInfo) -> set[str]:
-    from edgecls.tflite_schema import builtin_name
+    from edgecls.model.tflite_schema import builtin_name
 
     codes = info.structure.operator_codes if info.structure else ()
     return {code.custom_code or builtin_name(code.builtin_code) for code in codes}

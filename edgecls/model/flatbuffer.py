@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecls.errors import ModelError
-from edgecls.tflite_schema import builtin_name, tensor_type_name
+from edgecls.model.tflite_schema import builtin_name, tensor_type_name
 
 
 class _Truncated(Exception):

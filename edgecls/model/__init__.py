@@ -1,0 +1,1 @@
+"""The model: one .tflite file, its labels and metadata, preprocessing and scores."""
