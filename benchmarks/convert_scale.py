@@ -37,7 +37,7 @@ def make_dataset(root: Path, total: int, *, pool: int, size: int = 160, seed: in
     import numpy as np
     from PIL import Image
 
-    from edgecls.demo import DEMO_CLASSES, render
+    from edgecls.live.demo import DEMO_CLASSES, render
 
     done = root / ".complete"
     if done.exists():

@@ -45,7 +45,7 @@ drain(sys.argv[1] + "stream.mjpg")
 
 def rate(video: Path, seconds: float, threads: int, condition: str, chromium: str | None) -> float:
     from edgecls.dashboard import Dashboard
-    from edgecls.stream import Stream
+    from edgecls.live.stream import Stream
 
     browser = None
     with Stream(str(MODEL), source=str(video), loop=True, num_threads=threads,

@@ -46,7 +46,7 @@ def main() -> int:
     from edgecls.convert.tflite_export import to_tflite
     from edgecls.convert.training import TrainConfig, deterministic, make_strategy, train
 
-    from edgecls.demo import write_demo_dataset
+    from edgecls.live.demo import write_demo_dataset
     from edgecls.model.preprocess import PreprocessConfig
 
     deterministic()

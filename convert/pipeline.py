@@ -785,7 +785,7 @@ def guessing_warning(top1: float, majority: dict[str, Any], *, trained: bool) ->
 
 def write_demo_data(out_dir: Path, *, per_class: int = 300, seed: int = 0) -> Path:
     """The demo dataset for `edgecls convert --demo`, written under OUT_DIR/demo_data (kept, to try classify on)."""
-    from edgecls.demo import write_demo_dataset
+    from edgecls.live.demo import write_demo_dataset
 
     target = out_dir / "demo_data"
     if target.exists():

@@ -21,15 +21,15 @@ _LAZY = {
     "PreprocessConfig": "edgecls.model.preprocess",
     "InputSpec": "edgecls.model.preprocess",
     "read_image": "edgecls.model.images",
-    "Stream": "edgecls.stream",
-    "StreamResult": "edgecls.stream",
-    "StreamStats": "edgecls.stream",
-    "Latency": "edgecls.stream",
-    "StreamEvent": "edgecls.capture",
-    "Smoothing": "edgecls.smoothing",
-    "Decision": "edgecls.smoothing",
-    "FrameSource": "edgecls.sources",
-    "parse_source": "edgecls.sources",
+    "Stream": "edgecls.live.stream",
+    "StreamResult": "edgecls.live.stream",
+    "StreamStats": "edgecls.live.stream",
+    "Latency": "edgecls.live.stream",
+    "StreamEvent": "edgecls.live.capture",
+    "Smoothing": "edgecls.live.smoothing",
+    "Decision": "edgecls.live.smoothing",
+    "FrameSource": "edgecls.live.sources",
+    "parse_source": "edgecls.live.sources",
     "parse_sink": "edgecls.sinks",
     "load_profile": "edgecls.profiles",
     "Profile": "edgecls.profiles",
@@ -51,7 +51,7 @@ __all__ = ["__version__", *_LAZY]  # noqa: PLE0604 - the lazily imported names, 
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgecls.bench import benchmark
-    from edgecls.capture import StreamEvent
+    from edgecls.live.capture import StreamEvent
     from edgecls.model.classifier import Classifier, Timing
     from edgecls.edgetpu import preflight
     from edgecls.errors import (
@@ -71,9 +71,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgecls.model.preprocess import InputSpec, PreprocessConfig
     from edgecls.profiles import Profile, load_profile
     from edgecls.sinks import parse_sink
-    from edgecls.smoothing import Decision, Smoothing
-    from edgecls.sources import FrameSource, parse_source
-    from edgecls.stream import Latency, Stream, StreamResult, StreamStats
+    from edgecls.live.smoothing import Decision, Smoothing
+    from edgecls.live.sources import FrameSource, parse_source
+    from edgecls.live.stream import Latency, Stream, StreamResult, StreamStats
 
 
 def __getattr__(name: str) -> Any:

@@ -385,7 +385,7 @@ def run(
 
                 raise ConfigError("no --source given; pass --source (e.g. picam, 0, video.mp4) or --profile NAME")
             source = prof.camera["source"]
-        from edgecls.imx500 import is_imx500_source
+        from edgecls.live.imx500 import is_imx500_source
 
         # the profile's camera settings apply to its camera (the AI Camera's with any network: imx500:RPK)
         use_profile_camera = prof is not None and (source == prof.camera["source"] or (
@@ -410,7 +410,7 @@ def run(
         if is_imx500_source(source):  # the network runs on the sensor: no interpreter, nothing for the CPU to tune
             _refuse_cpu_options(threads=threads, backend=backend, delegate=delegate, device=device,
                                 delegate_option=delegate_option, allow_cpu_fallback=allow_cpu_fallback or None)
-            from edgecls.imx500 import SensorClassifier
+            from edgecls.live.imx500 import SensorClassifier
 
             clf = SensorClassifier.open(model, source=source, labels=labels)
         else:

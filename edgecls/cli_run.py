@@ -2,7 +2,7 @@
 SIGTERM or SIGHUP, or when the reader of its stdout goes away.
 
 This is command-line code (it writes to the terminal and installs signal handlers); the library it drives,
-`edgecls.stream.Stream`, does neither.
+`edgecls.live.stream.Stream`, does neither.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from edgecls.capture import StreamEvent
+from edgecls.live.capture import StreamEvent
 from edgecls.model.classifier import Classifier
 from edgecls.collect import Collector
 from edgecls.errors import EdgeclsError
 from edgecls.sinks import MqttSink, PreviewSink, Sink, SinkGroup, TextSink, format_line, parse_sink
-from edgecls.smoothing import Smoothing
-from edgecls.stream import Stream, StreamStats
+from edgecls.live.smoothing import Smoothing
+from edgecls.live.stream import Stream, StreamStats
 
 LIVE_REFRESH_S = 0.1
 # What stops a run cleanly (the stream stopped, every sink flushed and closed, the summary on stderr, exit code 0):

@@ -42,7 +42,7 @@ import numpy as np
 from edgecls.classfolders import folder_name
 from edgecls.errors import ConfigError, SinkError
 from edgecls.fsutil import os_reason
-from edgecls.stream import StreamResult
+from edgecls.live.stream import StreamResult
 
 __all__ = ["LOCK_NAME", "MARKER", "REASONS", "CollectPolicy", "Collector", "folder_name", "parse_max", "to_rgb"]
 
@@ -117,7 +117,7 @@ class CollectPolicy:
 def to_rgb(frame: np.ndarray, color: str) -> np.ndarray:
     """An RGB (or single-channel gray) uint8 image from a frame in a source's ``color`` order."""
     if color == "yuv420":
-        from edgecls.sources import yuv420_to_rgb
+        from edgecls.live.sources import yuv420_to_rgb
 
         return yuv420_to_rgb(frame)
     if frame.ndim == 2 or frame.shape[2] == 1:

@@ -40,7 +40,7 @@ import numpy as np
 
 from edgecls.dashboard_http import Connections, Server, make_handler
 from edgecls.errors import ConfigError, SinkError
-from edgecls.stream import StreamResult
+from edgecls.live.stream import StreamResult
 
 TOKEN_ENV = "EDGECLS_PREVIEW_TOKEN"
 COOKIE = "edgecls_token"

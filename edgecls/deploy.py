@@ -38,10 +38,10 @@ from edgecls.model.delegates import compiled_sibling, cpu_sibling
 from edgecls.errors import ConfigError, WriteError
 from edgecls.fsutil import atomic_write_bytes, os_reason
 from edgecls.hass import Discovery, require_mqtt_sink, run_args
-from edgecls.imx500 import FOLDER as IMX500_FOLDER
-from edgecls.imx500 import LABELS as IMX500_LABELS
-from edgecls.imx500 import PACKAGE as IMX500_PACKAGE
-from edgecls.imx500 import RPK as IMX500_RPK
+from edgecls.live.imx500 import FOLDER as IMX500_FOLDER
+from edgecls.live.imx500 import LABELS as IMX500_LABELS
+from edgecls.live.imx500 import PACKAGE as IMX500_PACKAGE
+from edgecls.live.imx500 import RPK as IMX500_RPK
 from edgecls.model.labels import format_labels, labels_for_file
 from edgecls.model.metadata import check_model_file
 from edgecls.mqtt import MQTT_PASSWORD_ENV, mask_url, split_mqtt_password

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgecls.stream import StreamResult
+from edgecls.live.stream import StreamResult
 
 
 def annotate(result: StreamResult) -> np.ndarray:

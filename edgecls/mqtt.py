@@ -23,11 +23,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from edgecls.capture import StreamEvent
+from edgecls.live.capture import StreamEvent
 from edgecls.errors import ConfigError, SinkError
 
 if TYPE_CHECKING:
-    from edgecls.stream import StreamResult
+    from edgecls.live.stream import StreamResult
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecls.errors import ConfigError
-from edgecls.sources import PICAMERA_FORMATS
+from edgecls.live.sources import PICAMERA_FORMATS
 
 PROFILE_PATH_ENV = "EDGECLS_PROFILE_PATH"
 # What an AI Camera (source imx500) profile may set of picamera2's: the main stream the results carry, and controls.
@@ -258,7 +258,7 @@ class Profile:
         return float(value) if value is not None else None
 
     def source_options(self) -> dict[str, Any]:
-        """Keyword arguments for `edgecls.sources.parse_source` (camera size, frame rate, picamera2 settings)."""
+        """Keyword arguments for `edgecls.live.sources.parse_source` (camera size, frame rate, picamera2 settings)."""
         cam = self.camera
         if cam["source"].partition(":")[0] in ("picam", "imx500"):  # picamera2's settings (the AI Camera's too)
             picam = {k: cam[k] for k in ("main_format", "lores_format", "buffer_count", "sensor_mode", "controls") if k in cam}
@@ -270,7 +270,7 @@ class Profile:
 
     def stream_options(self) -> dict[str, Any]:
         """Keyword arguments for `edgecls.Stream`: ``Stream(model, **profile.stream_options())``; override any."""
-        from edgecls.smoothing import Smoothing
+        from edgecls.live.smoothing import Smoothing
 
         runtime, smooth = self.runtime, self.smoothing
         return {

@@ -16,12 +16,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from edgecls.capture import StreamEvent
+from edgecls.live.capture import StreamEvent
 from edgecls.dashboard import Dashboard as PreviewSink  # the preview: sink is the live dashboard
 from edgecls.drawing import annotate
 from edgecls.errors import ConfigError, EdgeclsError, SinkError
 from edgecls.mqtt import MQTT_PASSWORD_ENV, MqttSink, mask_url, parse_mqtt_url, split_mqtt_password  # noqa: F401 (importable here too)
-from edgecls.stream import StreamResult
+from edgecls.live.stream import StreamResult
 
 log = logging.getLogger(__name__)
 

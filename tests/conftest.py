@@ -215,7 +215,7 @@ TINY = ["--input-size", "32", "--width", "8", "--depth", "2", "--epochs", "3", "
 @pytest.fixture(scope="session")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small generated dataset: 3 classes of 14 images, 32 px."""
-    from edgecls.demo import write_demo_dataset
+    from edgecls.live.demo import write_demo_dataset
 
     return write_demo_dataset(tmp_path_factory.mktemp("data") / "shapes", per_class=14, size=32,
                               classes=("circle", "square", "stripes"))

@@ -122,7 +122,7 @@ dtoverlay=dwc2,dr_mode=host
 [all]
 """
 
-# The picamera2 stand-in. It answers the calls edgecls makes (see edgecls/sources.py PicameraSource) with the
+# The picamera2 stand-in. It answers the calls edgecls makes (see edgecls/live/sources.py PicameraSource) with the
 # layouts picamera2 documents, and, like picamera2 on Raspberry Pi OS, imports a module built against the system's
 # numpy: if the venv's numpy shadowed the system one, this import is what breaks.
 PICAMERA2_STUB = '''"""STUB of picamera2 for the emulated Raspberry Pi OS test (tests/emulated_pi.py): NOT the real library.

@@ -9,7 +9,7 @@ import pytest
 from edgecls.convert.data import scan, stratified_sample
 from PIL import Image
 
-from edgecls.demo import write_demo_dataset
+from edgecls.live.demo import write_demo_dataset
 from edgecls.errors import DataError
 
 

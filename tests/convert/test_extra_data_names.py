@@ -17,8 +17,8 @@ from edgecls.classfolders import UNLABELLED, folder_name
 from edgecls.collect import Collector, CollectPolicy
 from edgecls.errors import DataError
 from edgecls.model.postprocess import Prediction
-from edgecls.smoothing import Decision
-from edgecls.stream import Latency, StreamResult
+from edgecls.live.smoothing import Decision
+from edgecls.live.stream import Latency, StreamResult
 
 CLASSES = [
     "dog's", "cat", "Cat", "CAT", "Egyptian cat", "a/b", "..", ".", ".hidden", "a\x00b", "bell\x07", "new\nline",

@@ -24,7 +24,7 @@ def first_model(shapes, tmp_path_factory):
 
 
 def test_collect_relabel_convert(first_model, shapes, tmp_path):
-    from edgecls.demo import write_demo_dataset
+    from edgecls.live.demo import write_demo_dataset
 
     # the camera: new frames of the same classes, at another size, named so that their order is their sequence
     raw = write_demo_dataset(tmp_path / "raw", per_class=8, size=48, seed=11, classes=CLASSES)

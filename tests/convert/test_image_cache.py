@@ -24,7 +24,7 @@ from edgecls.convert.data import scan
 @pytest.fixture()
 def photos(tmp_path: Path) -> Path:
     """3 classes of 14 generated 48 px images."""
-    from edgecls.demo import write_demo_dataset
+    from edgecls.live.demo import write_demo_dataset
 
     return write_demo_dataset(tmp_path / "photos", per_class=14, size=48, classes=("circle", "square", "stripes"))
 

@@ -24,8 +24,8 @@ from edgecls.classfolders import MAX_BYTES, UNLABELLED, class_of_folder
 from edgecls.collect import LOCK_NAME, MARKER, Collector, CollectPolicy, folder_name, parse_max, to_rgb
 from edgecls.errors import ConfigError, SinkError
 from edgecls.model.postprocess import Prediction
-from edgecls.smoothing import Decision
-from edgecls.stream import Latency, StreamResult
+from edgecls.live.smoothing import Decision
+from edgecls.live.stream import Latency, StreamResult
 
 KEEP_ALL = {"every_s": 0.0, "sample": 0.0}
 

@@ -25,8 +25,8 @@ from PIL import Image
 from edgecls.dashboard import Dashboard
 from edgecls.errors import ConfigError
 from edgecls.model.postprocess import Prediction
-from edgecls.smoothing import Decision
-from edgecls.stream import Latency, StreamResult
+from edgecls.live.smoothing import Decision
+from edgecls.live.stream import Latency, StreamResult
 
 MODEL = "mobilenet_v2_1.0_224_quant.tflite"
 
@@ -197,7 +197,7 @@ def test_the_dashboard_works_without_opencv(coral, tmp_path):
             "import io, time, urllib.request\n"
             "from PIL import Image\n"
             "from edgecls import Classifier\n"
-            "from edgecls.stream import Stream\n"
+            "from edgecls.live.stream import Stream\n"
             "from edgecls.dashboard import Dashboard\n"
             "board = Dashboard(0)\n"
             f"with Stream({str(coral / MODEL)!r}, source={str(coral / 'cat.bmp')!r}, keep_frames=True) as s:\n"

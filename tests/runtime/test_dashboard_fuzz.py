@@ -26,8 +26,8 @@ import numpy as np
 
 from edgecls.dashboard import Dashboard
 from edgecls.model.postprocess import Prediction
-from edgecls.smoothing import Decision
-from edgecls.stream import Latency, StreamResult
+from edgecls.live.smoothing import Decision
+from edgecls.live.stream import Latency, StreamResult
 
 SEED = int(os.environ.get("EDGECLS_FUZZ_SEED", "33"))
 CASES = int(os.environ.get("EDGECLS_FUZZ_CASES", "320"))  # more for a longer run by hand

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from edgecls.errors import CameraError, ConfigError, LabelsError, ModelError, NotAClassifierError
-from edgecls.imx500 import IMX500Source, SensorClassifier, crop_for, find_network, roi_for
-from edgecls.smoothing import Smoother, Smoothing
+from edgecls.live.imx500 import IMX500Source, SensorClassifier, crop_for, find_network, roi_for
+from edgecls.live.smoothing import Smoother, Smoothing
 
 STANDIN = Path(__file__).resolve().parents[1] / "picamera2_standin"
 LABELS = ["daisy", "dandelion", "rose", "sunflower"]
@@ -307,7 +307,7 @@ def test_a_network_that_is_not_a_classifier_is_refused(cam, coral, tmp_path):
 
 def test_networks_and_sources_that_do_not_go_together(cam, coral, tmp_path):
     import edgecls
-    from edgecls.sources import DemoSource, parse_source
+    from edgecls.live.sources import DemoSource, parse_source
 
     run = make_run(tmp_path / "run", coral)
     with pytest.raises(ConfigError, match="not the TFLite model"):
@@ -408,7 +408,7 @@ def test_a_two_class_sigmoid_network_scores_both_classes(cam, coral, tmp_path):
 
 
 def test_importing_edgecls_never_imports_picamera2():
-    code = ("import sys, edgecls, edgecls.stream, edgecls.imx500, edgecls.cli; "
+    code = ("import sys, edgecls, edgecls.live.stream, edgecls.live.imx500, edgecls.cli; "
             "assert not any(m.startswith('picamera2') for m in sys.modules), sorted(sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(STANDIN)}  # even where picamera2 is importable
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,

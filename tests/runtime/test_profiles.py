@@ -13,7 +13,7 @@ import pytest
 
 from edgecls.errors import ConfigError
 from edgecls.profiles import list_profiles, load_profile, parse_profile
-from edgecls.sources import OpenCVSource, PicameraSource, parse_source
+from edgecls.live.sources import OpenCVSource, PicameraSource, parse_source
 
 REQUIRED = {"rpi5", "rpi4", "rpi3b-plus", "rpi-zero-2w", "rpi4-coral-usb", "rpi5-coral-pcie", "coral-dev-board",
             "linux-usb-camera"}

@@ -19,8 +19,8 @@ from edgecls.errors import ConfigError, SinkError
 from edgecls.mqtt import check_topic
 from edgecls.model.postprocess import Prediction
 from edgecls.sinks import JsonlSink, MqttSink, PreviewSink, TextSink, VideoSink, parse_mqtt_url, parse_sink
-from edgecls.smoothing import Decision
-from edgecls.stream import Latency, StreamResult
+from edgecls.live.smoothing import Decision
+from edgecls.live.stream import Latency, StreamResult
 
 # (tests that need OpenCV are marked needs_opencv)
 

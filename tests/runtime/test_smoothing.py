@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgecls.errors import ConfigError
-from edgecls.smoothing import Smoother, Smoothing
+from edgecls.live.smoothing import Smoother, Smoothing
 
 CAT, DOG = [0.9, 0.1], [0.1, 0.9]
 

@@ -14,7 +14,7 @@ from conftest import needs_opencv, write_video
 
 from edgecls.errors import CameraError, ConfigError
 from edgecls.model.preprocess import InputSpec, Preprocessor
-from edgecls.sources import (
+from edgecls.live.sources import (
     DemoSource,
     ImageFilesSource,
     OpenCVSource,
@@ -266,7 +266,7 @@ def test_picamera_adapter_uses_a_two_stream_configuration(fmt, color, lores):
     ("VC4", "RGB888", (224, 224), (640, 480), (320, 240)),
 ])
 def test_picamera_lores_is_aligned_up_keeping_the_aspect_ratio(platform, fmt, model, main, want):
-    from edgecls.sources import lores_size_for
+    from edgecls.live.sources import lores_size_for
 
     Picamera2StandIn.platform = platform
     source = PicameraSource(0, lores_size=lores_size_for(model, main), lores_format=fmt, main_size=main,
@@ -309,7 +309,7 @@ def test_picamera_yuv_uses_the_colour_matrix_the_camera_reports(main, green):
 def test_a_stalled_picamera_times_out_and_the_stream_reopens_it():
     """Frames stop (a loose ribbon cable): the capture times out instead of hanging, the pending capture is
     cancelled before stop() (which would deadlock behind it), and the stream reopens the camera."""
-    from edgecls.capture import Capture
+    from edgecls.live.capture import Capture
 
     source = PicameraSource(0, lores_size=(128, 96), main_size=(640, 480), frame_timeout=0.1,
                             camera_factory=Picamera2StandIn)

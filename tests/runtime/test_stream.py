@@ -16,7 +16,7 @@ from conftest import BACKEND
 
 from edgecls import Smoothing, Stream
 from edgecls.errors import CameraError, EdgeclsError
-from edgecls.sources import FrameSource
+from edgecls.live.sources import FrameSource
 
 # (tests that need OpenCV are marked needs_opencv)
 

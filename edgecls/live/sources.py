@@ -54,7 +54,7 @@ class FrameSource:
     device fails (a live source is then reopened by the stream with backoff) and ImageError for one bad item
     (skipped and reported). ``rewind()`` starts a finite source over (for ``--loop``).
 
-    A sensor that runs the network itself (the AI Camera, `edgecls.imx500`) sets ``computes_outputs``: after each
+    A sensor that runs the network itself (the AI Camera, `edgecls.live.imx500`) sets ``computes_outputs``: after each
     ``read()``, ``frame_outputs()`` gives what the network made of that frame, or NOT_READY. ``report(kind,
     message)``, set by the capture that runs the source, tells the stream's consumer of a slow step (a firmware
     upload).
@@ -284,7 +284,7 @@ class DemoSource(FrameSource):
         self._next_at = 0.0
 
     def open(self) -> None:
-        from edgecls.demo import demo_frames
+        from edgecls.live.demo import demo_frames
 
         self._frames = demo_frames(height=self.height, width=self.width, seed=self.seed)
         self._next_at = time.monotonic()

@@ -35,7 +35,7 @@ from edgecls.model.labels import Labels, read_labels_file
 from edgecls.model.postprocess import ACTIVATIONS, OutputSpec, Postprocessor, Prediction, predictions
 from edgecls.model.postprocess import top_k as rank
 from edgecls.model.preprocess import RESIZE_MODES
-from edgecls.sources import NOT_READY, PICAMERA_FORMATS, FrameSource
+from edgecls.live.sources import NOT_READY, PICAMERA_FORMATS, FrameSource
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ class SensorClassifier:
         **_: Any,
     ) -> IMX500Source:
         """The camera that runs this network (``spec`` is the ``--source`` text; the other arguments are
-        `edgecls.sources.parse_source`'s: ``width``/``height`` size the main stream, ``picamera`` holds a profile's
+        `edgecls.live.sources.parse_source`'s: ``width``/``height`` size the main stream, ``picamera`` holds a profile's
         ``main_size``, ``main_format``, ``buffer_count`` and ``controls``)."""
         if not is_imx500_source(spec):
             raise ConfigError(f"the IMX500 network {self.path} runs on the AI Camera's sensor; its source is imx500 "

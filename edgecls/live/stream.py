@@ -5,7 +5,7 @@
             if result.decision.changed:
                 robot.react(result.decision.label)
 
-Capture runs in its own thread (see `edgecls.capture`), inference in another, so capture of frame N+1 overlaps
+Capture runs in its own thread (see `edgecls.live.capture`), inference in another, so capture of frame N+1 overlaps
 inference of frame N. Results reach the consumer by iteration (``for``/``async for``), by a callback
 (``on_result``, called in the inference thread) or by polling (`Stream.latest`, never blocking). Errors in either
 thread are raised as project exceptions in the consumer's thread. The library never prints, exits or installs
@@ -27,14 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from edgecls.capture import END, Capture, Frame, StreamEvent
+from edgecls.live.capture import END, Capture, Frame, StreamEvent
 from edgecls.model.classifier import Classifier
 from edgecls.errors import ConfigError, EdgeclsError
-from edgecls.imx500 import SensorClassifier, is_imx500_source
+from edgecls.live.imx500 import SensorClassifier, is_imx500_source
 from edgecls.model.postprocess import Prediction
 from edgecls.model.preprocess import PreprocessConfig
-from edgecls.smoothing import Decision, Smoother, Smoothing
-from edgecls.sources import FrameSource, parse_source
+from edgecls.live.smoothing import Decision, Smoother, Smoothing
+from edgecls.live.sources import FrameSource, parse_source
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +122,8 @@ class Stream:
     ``model``: a .tflite path (opened with ``labels``, ``num_threads``, ``delegate``, ``device``, ``backend``,
     ``preprocess`` as in `Classifier`) or a ready `Classifier` (not closed by the stream); with ``source="imx500"``
     (the AI Camera, which runs the network itself) a run folder, its model.tflite or a .rpk, or a ready
-    `edgecls.imx500.SensorClassifier`. ``source``: a
-    ``--source`` text (see `edgecls.sources.parse_source`; ``source_options`` go to it) or a `FrameSource`.
+    `edgecls.live.imx500.SensorClassifier`. ``source``: a
+    ``--source`` text (see `edgecls.live.sources.parse_source`; ``source_options`` go to it) or a `FrameSource`.
     ``top_k``/``threshold``: the ranked predictions of each result. ``smoothing``: the decision's `Smoothing`.
     ``fps``: classify at most this many frames per second. ``max_frames``/``duration``: stop after that many
     results or seconds. ``loop``: start a file over at its end. ``on_result``/``on_event``: callbacks from the

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgecls.errors import CameraError, EdgeclsError, ImageError
-from edgecls.sources import NOT_READY, FrameSource
+from edgecls.live.sources import NOT_READY, FrameSource
 
 log = logging.getLogger(__name__)
 

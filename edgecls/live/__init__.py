@@ -1,0 +1,1 @@
+"""Frames over time: sources, capture, the stream and its smoothing."""
