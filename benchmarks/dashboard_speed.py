@@ -44,7 +44,7 @@ drain(sys.argv[1] + "stream.mjpg")
 
 
 def rate(video: Path, seconds: float, threads: int, condition: str, chromium: str | None) -> float:
-    from edgecls.dashboard import Dashboard
+    from edgecls.sinks.dashboard import Dashboard
     from edgecls.live.stream import Stream
 
     browser = None

@@ -252,9 +252,9 @@ def scan(
 
 def _extra_samples(roots: list[Path], classes: list[str]) -> tuple[list[Sample], list[Skipped]]:
     """The images of the --extra-data folders, labelled by their class folder: one named as a class, or as `edgecls
-    run --collect` names a class's folder (edgecls.classfolders, which reads `dog's`, `a%2Fb` or a cut name back).
+    run --collect` names a class's folder (edgecls.sinks.classfolders, which reads `dog's`, `a%2Fb` or a cut name back).
     Links that lead out of a folder are not followed; they and unreadable entries are named once in the skipped list."""
-    from edgecls.classfolders import class_of_folder
+    from edgecls.sinks.classfolders import class_of_folder
 
     samples: list[Sample] = []
     skipped: list[Skipped] = []

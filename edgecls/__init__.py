@@ -30,7 +30,7 @@ _LAZY = {
     "Decision": "edgecls.live.smoothing",
     "FrameSource": "edgecls.live.sources",
     "parse_source": "edgecls.live.sources",
-    "parse_sink": "edgecls.sinks",
+    "parse_sink": "edgecls.sinks.base",
     "load_profile": "edgecls.profiles",
     "Profile": "edgecls.profiles",
     "preflight": "edgecls.edgetpu",
@@ -70,7 +70,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgecls.model.postprocess import Prediction
     from edgecls.model.preprocess import InputSpec, PreprocessConfig
     from edgecls.profiles import Profile, load_profile
-    from edgecls.sinks import parse_sink
+    from edgecls.sinks.base import parse_sink
     from edgecls.live.smoothing import Decision, Smoothing
     from edgecls.live.sources import FrameSource, parse_source
     from edgecls.live.stream import Latency, Stream, StreamResult, StreamStats

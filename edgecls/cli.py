@@ -640,7 +640,7 @@ def deploy(
     """Bundle a model for a device: model (+ Edge TPU build), labels, profile, boot lines, systemd unit, install script
     and the edgecls wheel. An MQTT password in a --sink URL is left out: the device's install.sh takes it."""
     from edgecls.deploy import build_bundle
-    from edgecls.hass import discovery_for
+    from edgecls.sinks.hass import discovery_for
     from edgecls.profiles import load_profile
 
     with project_errors():
@@ -674,8 +674,8 @@ def mqtt_clear(
 ) -> None:
     """Take off the broker what `edgecls run` left retained there: its TOPIC/status message and, with --mqtt-discovery,
     the Home Assistant configs. `install.sh --uninstall` runs it. Exit code 1 when a broker could not be cleared."""
-    from edgecls.hass import discovery_for
-    from edgecls.mqtt import clear_retained, parse_mqtt_url
+    from edgecls.sinks.hass import discovery_for
+    from edgecls.sinks.mqtt import clear_retained, parse_mqtt_url
 
     with project_errors():
         discovery = discovery_for(mqtt_discovery, prefix=mqtt_discovery_prefix, node_id=mqtt_discovery_node_id)
@@ -696,7 +696,7 @@ def mqtt_clear(
 
 
 def _collect_policy(below: float, margin: float, sample: float, every: float, most: str) -> Any:
-    from edgecls.collect import CollectPolicy, parse_max
+    from edgecls.sinks.collect import CollectPolicy, parse_max
 
     max_files, max_bytes = parse_max(most)
     return CollectPolicy(below=below, margin=margin, sample=sample, every_s=every, max_files=max_files,

@@ -21,9 +21,9 @@ from typing import Any, TextIO
 
 from edgecls.live.capture import StreamEvent
 from edgecls.model.classifier import Classifier
-from edgecls.collect import Collector
+from edgecls.sinks.collect import Collector
 from edgecls.errors import EdgeclsError
-from edgecls.sinks import MqttSink, PreviewSink, Sink, SinkGroup, TextSink, format_line, parse_sink
+from edgecls.sinks.base import MqttSink, PreviewSink, Sink, SinkGroup, TextSink, format_line, parse_sink
 from edgecls.live.smoothing import Smoothing
 from edgecls.live.stream import Stream, StreamStats
 
@@ -57,12 +57,12 @@ class RunOptions:
     picamera: dict[str, Any] | None = None
     mqtt_qos: int = 0
     mqtt_retain: bool = False
-    mqtt_discovery: str | None = None  # Home Assistant MQTT discovery under this prefix (edgecls.hass)
+    mqtt_discovery: str | None = None  # Home Assistant MQTT discovery under this prefix (edgecls.sinks.hass)
     mqtt_discovery_node_id: str | None = None  # the device's id in Home Assistant (default: from the topic)
-    collect: str | None = None  # keep the frames worth a look here (edgecls.collect)
+    collect: str | None = None  # keep the frames worth a look here (edgecls.sinks.collect)
     preview_token: str | None = None  # the dashboard's token, needed when it listens beyond 127.0.0.1
     preview_hosts: tuple[str, ...] = ()  # more names the dashboard answers to (Host header)
-    collect_policy: Any = None  # edgecls.collect.CollectPolicy
+    collect_policy: Any = None  # edgecls.sinks.collect.CollectPolicy
     stats_every: float | None = None
 
 
@@ -131,7 +131,7 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
 def _make_sinks(options: RunOptions, on_event: Any, say: Any, model_name: str | None = None,
                 stats: Any = None) -> list[Sink]:
     sinks: list[Sink] = []
-    from edgecls.hass import discovery_for, require_mqtt_sink
+    from edgecls.sinks.hass import discovery_for, require_mqtt_sink
 
     discovery = discovery_for(options.mqtt_discovery is not None, prefix=options.mqtt_discovery or "homeassistant",
                               node_id=options.mqtt_discovery_node_id, model=model_name)

@@ -33,20 +33,20 @@ from typing import Any
 
 from edgecls import __version__
 from edgecls.bootconfig import plan_edit
-from edgecls.dashboard import is_loopback
+from edgecls.sinks.dashboard import is_loopback
 from edgecls.model.delegates import compiled_sibling, cpu_sibling
 from edgecls.errors import ConfigError, WriteError
 from edgecls.fsutil import atomic_write_bytes, os_reason
-from edgecls.hass import Discovery, require_mqtt_sink, run_args
+from edgecls.sinks.hass import Discovery, require_mqtt_sink, run_args
 from edgecls.live.imx500 import FOLDER as IMX500_FOLDER
 from edgecls.live.imx500 import LABELS as IMX500_LABELS
 from edgecls.live.imx500 import PACKAGE as IMX500_PACKAGE
 from edgecls.live.imx500 import RPK as IMX500_RPK
 from edgecls.model.labels import format_labels, labels_for_file
 from edgecls.model.metadata import check_model_file
-from edgecls.mqtt import MQTT_PASSWORD_ENV, mask_url, split_mqtt_password
+from edgecls.sinks.mqtt import MQTT_PASSWORD_ENV, mask_url, split_mqtt_password
 from edgecls.profiles import Profile
-from edgecls.sinks import check_sink_spec, has_control_chars
+from edgecls.sinks.base import check_sink_spec, has_control_chars
 
 SERVICE_NAME = "edgecls.service"
 # The AI Camera's packages, in Raspberry Pi's archive only: the sensor's firmware and imx500-package.

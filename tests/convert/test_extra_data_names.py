@@ -1,5 +1,5 @@
 """`convert --extra-data DIR`, the listing only (no training, no TensorFlow): the class folders `run --collect` writes
-read back as their classes (the same mapping, edgecls.classfolders), plain class-name folders still do, and the walk
+read back as their classes (the same mapping, edgecls.sinks.classfolders), plain class-name folders still do, and the walk
 never follows a link out of DIR, names what it cannot read once, and never raises a traceback."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 from edgecls.convert.data import _extra_samples, scan
 from PIL import Image
 
-from edgecls.classfolders import UNLABELLED, folder_name
-from edgecls.collect import Collector, CollectPolicy
+from edgecls.sinks.classfolders import UNLABELLED, folder_name
+from edgecls.sinks.collect import Collector, CollectPolicy
 from edgecls.errors import DataError
 from edgecls.model.postprocess import Prediction
 from edgecls.live.smoothing import Decision

@@ -20,8 +20,8 @@ import pytest
 from conftest import ROOT, one_error_line
 from PIL import Image
 
-from edgecls.classfolders import MAX_BYTES, UNLABELLED, class_of_folder
-from edgecls.collect import LOCK_NAME, MARKER, Collector, CollectPolicy, folder_name, parse_max, to_rgb
+from edgecls.sinks.classfolders import MAX_BYTES, UNLABELLED, class_of_folder
+from edgecls.sinks.collect import LOCK_NAME, MARKER, Collector, CollectPolicy, folder_name, parse_max, to_rgb
 from edgecls.errors import ConfigError, SinkError
 from edgecls.model.postprocess import Prediction
 from edgecls.live.smoothing import Decision
@@ -344,9 +344,9 @@ def test_a_linked_lock_file_is_refused_and_its_target_left_alone(tmp_path):
 
 # --- one collector per folder ----------------------------------------------------------------------------------------
 
-HOLD = ("import sys\nfrom edgecls.collect import Collector\nc = Collector(sys.argv[1])\nprint('holding', flush=True)\n"
+HOLD = ("import sys\nfrom edgecls.sinks.collect import Collector\nc = Collector(sys.argv[1])\nprint('holding', flush=True)\n"
         "sys.stdin.read()\n")
-TRY = ("import sys\nfrom edgecls.collect import Collector\nfrom edgecls.errors import SinkError\n"
+TRY = ("import sys\nfrom edgecls.sinks.collect import Collector\nfrom edgecls.errors import SinkError\n"
        "try:\n    Collector(sys.argv[1]).close()\nexcept SinkError as exc:\n    print(exc)\n    sys.exit(1)\n")
 
 

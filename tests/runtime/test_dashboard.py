@@ -22,7 +22,7 @@ import pytest
 from conftest import IN_CI
 from PIL import Image
 
-from edgecls.dashboard import Dashboard
+from edgecls.sinks.dashboard import Dashboard
 from edgecls.errors import ConfigError
 from edgecls.model.postprocess import Prediction
 from edgecls.live.smoothing import Decision
@@ -198,7 +198,7 @@ def test_the_dashboard_works_without_opencv(coral, tmp_path):
             "from PIL import Image\n"
             "from edgecls import Classifier\n"
             "from edgecls.live.stream import Stream\n"
-            "from edgecls.dashboard import Dashboard\n"
+            "from edgecls.sinks.dashboard import Dashboard\n"
             "board = Dashboard(0)\n"
             f"with Stream({str(coral / MODEL)!r}, source={str(coral / 'cat.bmp')!r}, keep_frames=True) as s:\n"
             "    for r in s: board.write(r)\n"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgecls.dashboard import Dashboard
+from edgecls.sinks.dashboard import Dashboard
 from edgecls.model.postprocess import Prediction
 from edgecls.live.smoothing import Decision
 from edgecls.live.stream import Latency, StreamResult

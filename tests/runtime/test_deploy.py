@@ -371,7 +371,7 @@ def test_deploy_cli_refuses_a_bad_topic_in_one_line(pair, tmp_path):
 
 
 def test_discovery_options_reach_the_unit_and_the_uninstall(pair, tmp_path, bundle):
-    from edgecls.hass import Discovery
+    from edgecls.sinks.hass import Discovery
 
     made = bundle(pair, "rpi5", tmp_path / "b.tar.gz", sinks=["mqtt://pi:pw@broker.local/%2Fhome/cam"],
                   discovery=Discovery(prefix="ha", node_id="porch"))

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from edgecls.cli import app
 from edgecls.errors import ConfigError
-from edgecls.hass import Discovery, discovery_messages, node_id_for
+from edgecls.sinks.hass import Discovery, discovery_messages, node_id_for
 
 MODEL = "mobilenet_v2_1.0_224_quant.tflite"
 runner = CliRunner()
@@ -130,7 +130,7 @@ def test_a_camera_appears_in_home_assistant_through_a_real_broker(coral, mosquit
 def test_home_assistant_starting_again_gets_the_configs_again(mosquitto):
     import paho.mqtt.client as mqtt
 
-    from edgecls.sinks import MqttSink
+    from edgecls.sinks.base import MqttSink
 
     port = mosquitto.port
     config_topic = "homeassistant/sensor/edgecls_cam/label/config"

@@ -16,9 +16,9 @@ import pytest
 from conftest import needs_opencv, needs_paho
 
 from edgecls.errors import ConfigError, SinkError
-from edgecls.mqtt import check_topic
+from edgecls.sinks.mqtt import check_topic
 from edgecls.model.postprocess import Prediction
-from edgecls.sinks import JsonlSink, MqttSink, PreviewSink, TextSink, VideoSink, parse_mqtt_url, parse_sink
+from edgecls.sinks.base import JsonlSink, MqttSink, PreviewSink, TextSink, VideoSink, parse_mqtt_url, parse_sink
 from edgecls.live.smoothing import Decision
 from edgecls.live.stream import Latency, StreamResult
 
@@ -288,7 +288,7 @@ def test_mqtt_delivers_everything_made_after_an_outage(mosquitto):
 def test_a_failing_sink_is_reported_once_and_the_others_go_on(tmp_path):
     """`jsonl:/dev/full` (a full disk) fails every write: one sink-error event, every failure counted, and the
     other sink still gets every result."""
-    from edgecls.sinks import SinkGroup
+    from edgecls.sinks.base import SinkGroup
 
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full on this system")
@@ -304,7 +304,7 @@ def test_a_failing_sink_is_reported_once_and_the_others_go_on(tmp_path):
 
 
 def test_a_password_never_appears_in_messages():
-    from edgecls.sinks import check_sink_spec, mask_url, split_mqtt_password
+    from edgecls.sinks.base import check_sink_spec, mask_url, split_mqtt_password
 
     assert mask_url("mqtt://pi:hunter2@broker:1884/t") == "mqtt://pi:***@broker:1884/t"
     assert mask_url("mqtt://pi@broker/t") == "mqtt://pi@broker/t" and mask_url("jsonl:x") == "jsonl:x"
@@ -612,7 +612,7 @@ def retained(port: int, *filters: str, wait: float = 1.0) -> dict[str, bytes]:
 
 @needs_paho
 def test_clear_retained_takes_the_status_and_a_retained_result_off_a_real_broker(mosquitto):
-    from edgecls.mqtt import clear_retained
+    from edgecls.sinks.mqtt import clear_retained
 
     url = f"mqtt://127.0.0.1:{mosquitto.port}/robot/vision"
     sink = MqttSink(url, qos=1, retain=True)

@@ -3,7 +3,7 @@
 A `Collector` is a sink. Of the results it is given it keeps the frames where the model was unsure (the top score
 under ``below``, or the top two within ``margin``), where the decided label changed, and a small random ``sample``
 of the rest, at most one every ``every_s`` seconds. Each goes under ``DIR/<class folder>/`` (the predicted label as
-`edgecls.classfolders.folder_name` writes it, which `edgecls convert --extra-data` reads back) as a JPEG named
+`edgecls.sinks.classfolders.folder_name` writes it, which `edgecls convert --extra-data` reads back) as a JPEG named
 ``DATE-TIME-SEQUENCE.jpg`` with a JSON sidecar of the same name (scores, decision, times, model, frame sequence, why
 it was kept, and the `MARKER` field), so that a person can move the wrong ones to the right class folder and hand
 the folder to ``edgecls convert --extra-data DIR``.
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecls.classfolders import folder_name
+from edgecls.sinks.classfolders import folder_name
 from edgecls.errors import ConfigError, SinkError
 from edgecls.fsutil import os_reason
 from edgecls.live.stream import StreamResult

@@ -1,4 +1,4 @@
-"""The live dashboard's HTTP side (edgecls.dashboard is the dashboard itself): a threading server whose connections
+"""The live dashboard's HTTP side (edgecls.sinks.dashboard is the dashboard itself): a threading server whose connections
 are bounded and timed, and the request handler with its guards.
 
 A request passes these, in order, before it is served:
@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 if TYPE_CHECKING:
-    from edgecls.dashboard import Dashboard
+    from edgecls.sinks.dashboard import Dashboard
 
-log = logging.getLogger("edgecls.dashboard")
+log = logging.getLogger("edgecls.sinks.dashboard")
 
 PAGE = Path(__file__).with_name("dashboard.html")
 PAGE_PATHS = ("/", "/index.html")

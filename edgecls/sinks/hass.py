@@ -14,9 +14,9 @@ The device gets two entities:
   that topic says "online".
 
 The device's node id is one per results topic (`node_id_for`), or the one given. `edgecls mqtt-clear` (which
-``install.sh --uninstall`` runs) takes the configs off the broker again (edgecls.mqtt.clear_retained).
+``install.sh --uninstall`` runs) takes the configs off the broker again (edgecls.sinks.mqtt.clear_retained).
 
-Pure functions over plain data: `MqttSink` (edgecls.mqtt) does the publishing.
+Pure functions over plain data: `MqttSink` (edgecls.sinks.mqtt) does the publishing.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ TOKEN``.
 It answers only requests whose Host header names it (localhost, its loopback and bound addresses, the name it was
 bound to and the names in ``hosts``, ``--preview-host``), so a page on another name that DNS rebinding pointed here
 reads nothing; cross-origin browser requests, requests without the token and slow or vanished clients hold no slot
-(edgecls.dashboard_http has the HTTP side and its guards).
+(edgecls.sinks.dashboard_http has the HTTP side and its guards).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecls.dashboard_http import Connections, Server, make_handler
+from edgecls.sinks.dashboard_http import Connections, Server, make_handler
 from edgecls.errors import ConfigError, SinkError
 from edgecls.live.stream import StreamResult
 
@@ -301,14 +301,14 @@ def encode_jpeg(result: StreamResult, quality: int) -> bytes:
     except ImportError:
         cv2 = None
     if cv2 is not None:
-        from edgecls.drawing import annotate
+        from edgecls.sinks.drawing import annotate
 
         ok, data = cv2.imencode(".jpg", annotate(result), [cv2.IMWRITE_JPEG_QUALITY, quality])
         if ok:
             return data.tobytes()
     from PIL import Image
 
-    from edgecls.collect import to_rgb
+    from edgecls.sinks.collect import to_rgb
 
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(to_rgb(result.frame, result.color))).save(buffer, "JPEG", quality=quality)  # type: ignore[arg-type]

@@ -1,5 +1,5 @@
 """The MQTT sink (``mqtt[s]://[user[:pass]@]host[:port]/topic``): results as JSON on a topic through paho-mqtt, a
-retained ``<topic>/status``, Home Assistant discovery (edgecls.hass), and `clear_retained`, which takes what a run
+retained ``<topic>/status``, Home Assistant discovery (edgecls.sinks.hass), and `clear_retained`, which takes what a run
 left retained off the broker again (``edgecls mqtt-clear``, ``install.sh --uninstall``).
 
 Topics are checked before anything connects (`check_topic`): a topic no broker takes (NUL, control characters,
@@ -214,7 +214,7 @@ class MqttSink:
     handed to paho at a time, so its own queue never overflows. The client retries the broker every
     ``reconnect_s`` seconds at most; ``<topic>/status`` holds a retained "online", and "offline" as the last will.
     ``on_event`` hears of disconnects, reconnects and problems (each reason once). ``discovery``
-    (edgecls.hass.Discovery) publishes Home Assistant MQTT discovery configs, retained, on every connection and
+    (edgecls.sinks.hass.Discovery) publishes Home Assistant MQTT discovery configs, retained, on every connection and
     whenever Home Assistant announces that it started.
 
     Counters: `written` (results given to it, after ``on_change``), `sent` (published; for QoS 1 and 2,
@@ -450,7 +450,7 @@ class MqttSink:
             return
         client.publish(self.status_topic, "online", qos=1, retain=True)
         if self.discovery is not None:
-            from edgecls.hass import birth_topic
+            from edgecls.sinks.hass import birth_topic
 
             self._publish_discovery(client)
             client.subscribe(birth_topic(self.discovery), qos=1)
@@ -473,7 +473,7 @@ class MqttSink:
             self._publish_discovery(client)
 
     def _publish_discovery(self, client: Any) -> None:
-        from edgecls.hass import discovery_messages
+        from edgecls.sinks.hass import discovery_messages
 
         for topic, payload in discovery_messages(self.discovery, self.topic, self.status_topic):
             client.publish(topic, payload, qos=1, retain=True)
@@ -527,12 +527,12 @@ class MqttSink:
 
 def retained_topics(topic: str, *, discovery: Any = None, results: bool = False) -> list[str]:
     """The topics on which a sink publishing on ``topic`` leaves retained messages, in the order to clear them:
-    the Home Assistant discovery configs of ``discovery`` (edgecls.hass.Discovery; the entities go first, so Home
+    the Home Assistant discovery configs of ``discovery`` (edgecls.sinks.hass.Discovery; the entities go first, so Home
     Assistant never reads an empty state), its ``<topic>/status``, and ``topic`` itself when the results were
     published retained (``results``)."""
     topics = []
     if discovery is not None:
-        from edgecls.hass import discovery_messages
+        from edgecls.sinks.hass import discovery_messages
 
         topics += [config for config, _ in discovery_messages(discovery, topic, status_topic_for(topic))]
     topics.append(status_topic_for(topic))

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from edgecls.live.capture import StreamEvent
-from edgecls.dashboard import Dashboard as PreviewSink  # the preview: sink is the live dashboard
-from edgecls.drawing import annotate
+from edgecls.sinks.dashboard import Dashboard as PreviewSink  # the preview: sink is the live dashboard
+from edgecls.sinks.drawing import annotate
 from edgecls.errors import ConfigError, EdgeclsError, SinkError
-from edgecls.mqtt import MQTT_PASSWORD_ENV, MqttSink, mask_url, parse_mqtt_url, split_mqtt_password  # noqa: F401 (importable here too)
+from edgecls.sinks.mqtt import MQTT_PASSWORD_ENV, MqttSink, mask_url, parse_mqtt_url, split_mqtt_password  # noqa: F401 (importable here too)
 from edgecls.live.stream import StreamResult
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def _import_cv2_for(what: str) -> Any:
     return cv2
 
 
-# -- the annotated video file (the live dashboard is edgecls.dashboard) ---------------------------------------------
+# -- the annotated video file (the live dashboard is edgecls.sinks.dashboard) ---------------------------------------------
 
 
 class VideoSink:
@@ -250,7 +250,7 @@ def parse_sink(
     preview_hosts: Iterable[str] = (),
     stats: Callable[[], Any] | None = None,
 ) -> Sink:
-    """Build the sink a ``--sink`` text names (see SINK_FORMS); ``discovery`` (edgecls.hass.Discovery) goes to
+    """Build the sink a ``--sink`` text names (see SINK_FORMS); ``discovery`` (edgecls.sinks.hass.Discovery) goes to
     MQTT sinks, ``preview_token``, ``preview_hosts`` (more names it answers to) and ``stats`` (the stream's
     `Stream.stats`) to the dashboard."""
     kind = check_sink_spec(spec)
