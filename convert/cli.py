@@ -462,7 +462,7 @@ def tune(
 
         factor = 1.0
         if profile:
-            from edgecls.profiles import load_profile
+            from edgecls.device.profiles import load_profile
 
             prof = load_profile(profile)
             if prof.latency_factor is None:

@@ -541,8 +541,7 @@ def edgetpu_step(model_path: Path, manifest: dict[str, Any], classes: list[str])
     import subprocess
     import tempfile
 
-    from edgecls import edgetpu
-
+    from edgecls.device import edgetpu
     check = edgetpu.preflight(model_path)
     result: dict[str, Any] = {"preflight": check.to_dict(), "compiler": None, "compiled_model": None,
                               "command": " ".join(edgetpu.compile_command(model_path.name, "."))}

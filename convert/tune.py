@@ -7,7 +7,7 @@ and a SQLite study store (``OUT/study.db``) that a second run resumes; KerasTune
 ties trials to its own Keras model-building loop.
 
 Each trial trains a model, exports it to int8 exactly as `edgecls convert` does, and measures what the device would
-get: int8 top-1 on the validation split (through `edgecls.Classifier`), latency with `edgecls.bench` on this machine
+get: int8 top-1 on the validation split (through `edgecls.Classifier`), latency with `edgecls.device.bench` on this machine
 (times a device profile's ``latency_factor``), and file size. A trial over a budget is infeasible. The test split is
 never looked at during the search; the chosen trial (the most accurate feasible one) is exported and verified on it,
 with the same artifacts and parity report as `edgecls convert`.
@@ -354,7 +354,7 @@ class _PruningObserver:
 
 def measure_latency(model_path: Path, options: TuneOptions) -> float:
     """p90 latency of the int8 model with edgecls's own bench, times the profile's latency factor."""
-    from edgecls.bench import benchmark
+    from edgecls.device.bench import benchmark
     from edgecls.model.classifier import Classifier
     from edgecls.nativelog import quiet_native_stderr
 

@@ -31,10 +31,10 @@ _LAZY = {
     "FrameSource": "edgecls.live.sources",
     "parse_source": "edgecls.live.sources",
     "parse_sink": "edgecls.sinks.base",
-    "load_profile": "edgecls.profiles",
-    "Profile": "edgecls.profiles",
-    "preflight": "edgecls.edgetpu",
-    "benchmark": "edgecls.bench",
+    "load_profile": "edgecls.device.profiles",
+    "Profile": "edgecls.device.profiles",
+    "preflight": "edgecls.device.edgetpu",
+    "benchmark": "edgecls.device.bench",
     "SinkError": "edgecls.errors",
     "EdgeclsError": "edgecls.errors",
     "ModelError": "edgecls.errors",
@@ -50,10 +50,10 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]  # noqa: PLE0604 - the lazily imported names, all strings
 
 if TYPE_CHECKING:  # pragma: no cover
-    from edgecls.bench import benchmark
+    from edgecls.device.bench import benchmark
     from edgecls.live.capture import StreamEvent
     from edgecls.model.classifier import Classifier, Timing
-    from edgecls.edgetpu import preflight
+    from edgecls.device.edgetpu import preflight
     from edgecls.errors import (
         BackendError,
         CameraError,
@@ -69,7 +69,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgecls.model.images import read_image
     from edgecls.model.postprocess import Prediction
     from edgecls.model.preprocess import InputSpec, PreprocessConfig
-    from edgecls.profiles import Profile, load_profile
+    from edgecls.device.profiles import Profile, load_profile
     from edgecls.sinks.base import parse_sink
     from edgecls.live.smoothing import Decision, Smoothing
     from edgecls.live.sources import FrameSource, parse_source

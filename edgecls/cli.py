@@ -444,7 +444,7 @@ def _first(*values: Any) -> Any:
 def _load_profile(name: str | None) -> Any:
     if name is None:
         return None
-    from edgecls.profiles import load_profile
+    from edgecls.device.profiles import load_profile
 
     return load_profile(name)
 
@@ -455,7 +455,7 @@ def profiles(
     json_out: JsonOpt = False,
 ) -> None:
     """List the device profiles (bundled and in EDGECLS_PROFILE_PATH), or show one."""
-    from edgecls.profiles import list_profiles, load_profile
+    from edgecls.device.profiles import list_profiles, load_profile
 
     with project_errors():
         if name is not None:
@@ -491,7 +491,7 @@ def check(
 
     Exit code 0 when every op maps to the target, 3 when some will not, 1 on an error.
     """
-    from edgecls.edgetpu import preflight
+    from edgecls.device.edgetpu import preflight
 
     with project_errors():
         report = preflight(model)
@@ -548,7 +548,7 @@ def bench(
     json_out: JsonOpt = False,
 ) -> None:
     """Measure latency (p50/p90/p99, split into preprocess, invoke, postprocess) and throughput on this machine."""
-    from edgecls.bench import benchmark
+    from edgecls.device.bench import benchmark
 
     with project_errors():
         clf = _open_classifier(
@@ -589,7 +589,7 @@ def doctor(json_out: JsonOpt = False) -> None:
     Python, interpreter backends, numpy, OpenCV, picamera2, the Edge TPU runtime and devices, cameras. Exit code 1
     if something needed is broken.
     """
-    from edgecls.doctor import FAIL, diagnose
+    from edgecls.device.doctor import FAIL, diagnose
 
     findings = diagnose()
     if json_out:
@@ -639,9 +639,9 @@ def deploy(
 ) -> None:
     """Bundle a model for a device: model (+ Edge TPU build), labels, profile, boot lines, systemd unit, install script
     and the edgecls wheel. An MQTT password in a --sink URL is left out: the device's install.sh takes it."""
-    from edgecls.deploy import build_bundle
+    from edgecls.device.deploy import build_bundle
     from edgecls.sinks.hass import discovery_for
-    from edgecls.profiles import load_profile
+    from edgecls.device.profiles import load_profile
 
     with project_errors():
         discovery = discovery_for(mqtt_discovery, prefix=mqtt_discovery_prefix, node_id=mqtt_discovery_node_id)

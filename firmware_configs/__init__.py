@@ -1,1 +1,1 @@
-"""Device profiles bundled with edgecls: one TOML file per target board (see README.md and edgecls.profiles)."""
+"""Device profiles bundled with edgecls: one TOML file per target board (see README.md and edgecls.device.profiles)."""

@@ -97,7 +97,7 @@ def test_the_wheel_holds_one_top_level_package(tmp_path):
     """`pip wheel .` (what `edgecls deploy` bundles): edgecls alone, with the converter and the profiles inside."""
     import zipfile
 
-    from edgecls.deploy import build_wheel
+    from edgecls.device.deploy import build_wheel
 
     wheel = build_wheel(ROOT, cache=tmp_path)
     names = zipfile.ZipFile(wheel).namelist()

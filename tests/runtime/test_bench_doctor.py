@@ -13,8 +13,8 @@ import pytest
 from conftest import BACKEND
 
 from edgecls import Classifier
-from edgecls.bench import benchmark
-from edgecls.doctor import diagnose
+from edgecls.device.bench import benchmark
+from edgecls.device.doctor import diagnose
 
 
 def edgecls(*args: str) -> subprocess.CompletedProcess[str]:

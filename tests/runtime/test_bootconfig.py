@@ -1,4 +1,4 @@
-"""The boot-configuration tool a deploy bundle runs on the device (edgecls/bootconfig.py, shipped as
+"""The boot-configuration tool a deploy bundle runs on the device (edgecls/device/bootconfig.py, shipped as
 edgecls_bootconfig.py): idempotent, under [all], between markers, with a backup, and a reboot only when a line was
 really added. It runs here as install.sh runs it: a file of its own, with no site packages (-I -S)."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecls.bootconfig import effective_lines, plan_edit, plan_removal
+from edgecls.device.bootconfig import effective_lines, plan_edit, plan_removal
 
 TOOL = Path(__file__).resolve().parents[2] / "edgecls" / "bootconfig.py"
 

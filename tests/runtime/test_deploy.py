@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from edgecls.deploy import build_bundle, build_wheel, bundle_contents
+from edgecls.device.deploy import build_bundle, build_wheel, bundle_contents
 from edgecls.errors import ConfigError
-from edgecls.profiles import load_profile
+from edgecls.device.profiles import load_profile
 
 
 def edgecls(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -437,8 +437,7 @@ def test_uninstall_clears_the_retained_status_and_discovery_configs(pair, tmp_pa
     run later, and goes on. (``mosquitto``: the broker's skip rules; this test starts one that wants a password.)"""
     from conftest import Mosquitto
 
-    from edgecls import deploy
-
+    from edgecls.device import deploy
     secret = 's3cret$`"\\pw'
     (tmp_path / "broker").mkdir()
     broker = Mosquitto(tmp_path / "broker", users={"pi": secret}).start()

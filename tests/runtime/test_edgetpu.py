@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import tensorflow_or_skip
 
-from edgecls.edgetpu import parse_compiler_log, preflight
+from edgecls.device.edgetpu import parse_compiler_log, preflight
 from edgecls.errors import ModelError
 
 CORAL_CPU_MODELS = [

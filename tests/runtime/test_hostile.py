@@ -243,7 +243,7 @@ def test_drawing_sinks_without_opencv_say_which_extra(coral, tmp_path, sink):
 
 
 def test_bench_names_the_processor_not_the_x86_model_number():
-    from edgecls.bench import cpu_model_from
+    from edgecls.device.bench import cpu_model_from
 
     x86 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 2\nmodel name\t: AMD EPYC 7B13\n"
     pi = ("processor\t: 0\nBogoMIPS\t: 108.00\nCPU part\t: 0xd08\n\nHardware\t: BCM2835\n"

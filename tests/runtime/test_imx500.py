@@ -420,7 +420,7 @@ def test_importing_edgecls_never_imports_picamera2():
 
 
 def test_the_ai_camera_profiles_reach_the_source(coral, tmp_path):
-    from edgecls.profiles import load_profile
+    from edgecls.device.profiles import load_profile
 
     run = make_run(tmp_path / "run", coral)
     for name, size, buffers in (("rpi5-ai-camera", (1024, 768), 8), ("rpi-zero-2w-ai-camera", (640, 480), 4)):
@@ -438,7 +438,7 @@ def test_the_ai_camera_profiles_reach_the_source(coral, tmp_path):
     ('main_format = "YUV420"', "main_format is one of the RGB formats"),
 ])
 def test_ai_camera_profile_mistakes_are_precise_errors(edit, message):
-    from edgecls.profiles import parse_profile
+    from edgecls.device.profiles import parse_profile
 
     text = f'name = "x"\ndescription = "x"\nboard = "x"\n[camera]\nsource = "imx500"\n{edit}\n[runtime]\n'
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -461,8 +461,8 @@ def fake_bin(folder: Path, **scripts: str) -> dict[str, str]:
 def ai_camera_bundle(run: Path, tmp_path: Path, profile: str = "rpi5-ai-camera") -> Path:
     import tarfile
 
-    from edgecls.deploy import build_bundle
-    from edgecls.profiles import load_profile
+    from edgecls.device.deploy import build_bundle
+    from edgecls.device.profiles import load_profile
 
     out = tmp_path / "ai.tar.gz"
     build_bundle(run, load_profile(profile), out, pip_spec="edgecls[camera]", sinks=["jsonl:results.jsonl"])
@@ -487,8 +487,8 @@ def test_the_ai_camera_bundle_carries_the_package_and_the_service_runs_the_rpk(c
 
 
 def test_an_ai_camera_bundle_needs_the_runs_imx500_package(coral, tmp_path):
-    from edgecls.deploy import build_bundle
-    from edgecls.profiles import load_profile
+    from edgecls.device.deploy import build_bundle
+    from edgecls.device.profiles import load_profile
 
     run = make_run(tmp_path / "run", coral)
     (run / "imx500" / "packerOut.zip").unlink()

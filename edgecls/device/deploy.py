@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecls import __version__
-from edgecls.bootconfig import plan_edit
+from edgecls.device.bootconfig import plan_edit
 from edgecls.sinks.dashboard import is_loopback
 from edgecls.model.delegates import compiled_sibling, cpu_sibling
 from edgecls.errors import ConfigError, WriteError
@@ -45,7 +45,7 @@ from edgecls.live.imx500 import RPK as IMX500_RPK
 from edgecls.model.labels import format_labels, labels_for_file
 from edgecls.model.metadata import check_model_file
 from edgecls.sinks.mqtt import MQTT_PASSWORD_ENV, mask_url, split_mqtt_password
-from edgecls.profiles import Profile
+from edgecls.device.profiles import Profile
 from edgecls.sinks.base import check_sink_spec, has_control_chars
 
 SERVICE_NAME = "edgecls.service"

@@ -1,0 +1,1 @@
+"""The board: profiles, the Edge TPU, deploy bundles, boot config, bench and doctor."""
