@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from edgecls.cli_common import examples, project_errors, verbose
+from edgecls.cli.common import examples, project_errors, verbose
 from edgecls.errors import EXIT_VERDICT
 
 from .int8methods import DEFAULT_INT8_METHOD, INT8_METHODS
@@ -353,7 +353,7 @@ def _ends_on_termination(out: Path) -> Iterator[None]:
     import signal
     import threading
 
-    from edgecls.cli_common import error
+    from edgecls.cli.common import error
 
     received: list[int] = []
     ending: list[bool] = []

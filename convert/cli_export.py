@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from edgecls.cli_common import error, examples, project_errors, verbose
+from edgecls.cli.common import error, examples, project_errors, verbose
 from edgecls.errors import EXIT_VERDICT
 
 export_app = typer.Typer(

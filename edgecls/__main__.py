@@ -9,7 +9,7 @@ through with the interpreter's exit status forced to -SIGINT (CPython marks a Ke
 later). So, from here on, a SIGINT that lands inside an import or such an ``exec`` waits for it to finish: it is sent
 again a moment later, and raised where the program can handle it.
 
-A SIGINT that was ignored when the process started stays ignored: neither this module nor `run` (edgecls.cli_run)
+A SIGINT that was ignored when the process started stays ignored: neither this module nor `run` (edgecls.cli.run)
 installs a handler for it. A non-interactive shell starts `cmd &` that way, so that a Ctrl-C at the terminal is not
 for it; such a run stops on SIGTERM (docs/device.md, "Stopping").
 """
@@ -48,7 +48,7 @@ def console() -> None:
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
     try:
-        from edgecls.cli import main
+        from edgecls.cli.app import main
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         sys.exit(130)

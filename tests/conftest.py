@@ -225,7 +225,7 @@ def invoke(*args):  # type: ignore[no-untyped-def]
     """Run the edgecls command line in-process; every argument is turned into a string."""
     from typer.testing import CliRunner
 
-    from edgecls.cli import app
+    from edgecls.cli.app import app
 
     return CliRunner().invoke(app, [str(a) for a in args])
 

@@ -212,7 +212,7 @@ def worker() -> None:
     """Read one JSON request per stdin line ({path, command}); answer one JSON line per request."""
     from typer.testing import CliRunner
 
-    from edgecls.cli import app
+    from edgecls.cli.app import app
 
     runner = CliRunner()
     for line in sys.stdin:

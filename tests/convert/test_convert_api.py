@@ -121,7 +121,7 @@ def test_option_names_cover_the_command_line():
     import typer.main
     from edgecls.convert import OPTION_NAMES
 
-    from edgecls.cli import app
+    from edgecls.cli.app import app
 
     command = typer.main.get_command(app).commands["convert"]  # type: ignore[attr-defined]
     flags = {p.name for p in command.params if type(p).__name__ == "TyperOption" and not p.hidden}

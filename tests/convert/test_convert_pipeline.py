@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from edgecls import Classifier
-from edgecls.cli import app
+from edgecls.cli.app import app
 
 pytestmark = pytest.mark.slow  # trains or converts real models
 

@@ -110,7 +110,7 @@ def test_the_command_line_defaults_are_the_options_defaults():
     the options take when a flag is left out."""
     import typer
 
-    from edgecls.cli import app
+    from edgecls.cli.app import app
 
     command = typer.main.get_command(app).commands["convert"]
     defaults = {k.removeprefix("train."): v for k, v in ConvertOptions.create("run").flat().items()}

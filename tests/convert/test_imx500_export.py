@@ -243,7 +243,7 @@ def test_export_command_exit_codes(tmp_path, monkeypatch):
     from edgecls.convert import imx500_run
     from typer.testing import CliRunner
 
-    from edgecls.cli import app
+    from edgecls.cli.app import app
 
     failing = {"imx500_top1": 0.5, "float_top1": 0.9, "drop_points": 40.0, "agreement": 0.5, "passed": False,
                "gate_message": "IMX500 top-1 is 40.00 points below float, more than --max-drop 1.00",

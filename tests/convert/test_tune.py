@@ -10,7 +10,7 @@ import pytest
 from conftest import IN_CI, ctrl_c_when, tensorflow_or_skip
 from typer.testing import CliRunner
 
-from edgecls.cli import app
+from edgecls.cli.app import app
 
 pytestmark = pytest.mark.slow  # trains or converts real models
 

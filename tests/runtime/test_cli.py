@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from edgecls.cli import app
+from edgecls.cli.app import app
 
 runner = CliRunner()
 MODEL = "mobilenet_v2_1.0_224_quant.tflite"
@@ -137,7 +137,7 @@ def test_version():
 
 
 def test_info_ends_the_label_list_with_dots_only_where_more_follow(coral):
-    from edgecls.cli import _format_info
+    from edgecls.cli.app import _format_info
 
     facts = json.loads(run("info", coral / MODEL, "--json").stdout)
     shown = run("info", coral / MODEL).stdout

@@ -17,7 +17,7 @@ from children import PATIENCE_S, Lines, edgecls, end, wait_for_lines
 from conftest import needs_opencv
 from typer.testing import CliRunner
 
-from edgecls.cli import app
+from edgecls.cli.app import app
 
 # (tests that need OpenCV are marked needs_opencv)
 runner = CliRunner()

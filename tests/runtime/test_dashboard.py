@@ -523,7 +523,7 @@ def test_a_token_a_cookie_or_url_cannot_carry_is_refused_at_start(token):
 def test_the_command_line_refuses_a_bad_token_or_name_in_one_line(coral):
     from typer.testing import CliRunner
 
-    from edgecls.cli import app
+    from edgecls.cli.app import app
 
     runner = CliRunner()
     for extra, message in [(["--preview-token", "bad;token-x"], "error: the preview token cannot be used: it holds"),

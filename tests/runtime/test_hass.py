@@ -12,7 +12,7 @@ import pytest
 from conftest import needs_paho
 from typer.testing import CliRunner
 
-from edgecls.cli import app
+from edgecls.cli.app import app
 from edgecls.errors import ConfigError
 from edgecls.sinks.hass import Discovery, discovery_messages, node_id_for
 

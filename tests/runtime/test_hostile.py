@@ -12,7 +12,7 @@ import pytest
 from conftest import needs_opencv
 from typer.testing import CliRunner
 
-from edgecls.cli import app
+from edgecls.cli.app import app
 
 runner = CliRunner()
 MODEL = "mobilenet_v1_0.25_128_quant.tflite"
@@ -236,7 +236,7 @@ def test_drawing_sinks_without_opencv_say_which_extra(coral, tmp_path, sink):
     code = ("import sys; sys.modules['cv2'] = None\n"  # what `import cv2` meets where OpenCV is not installed
             f"sys.argv = ['edgecls', 'run', {str(coral / MODEL)!r}, '--source', {str(coral / 'cat.bmp')!r}, '-q', "
             f"'--sink', {sink!r}]\n"
-            "from edgecls.cli import main; main()\n")
+            "from edgecls.cli.app import main; main()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
     assert proc.returncode == 1
     assert "pip install 'edgecls[camera]'" in one_error_line(proc)

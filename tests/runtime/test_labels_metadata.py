@@ -135,7 +135,7 @@ def test_a_damaged_metadata_zip_is_reported_once(coral, tmp_path):
     """`edgecls info` reads the file, then its classifier reads it again: one warning, not two (and no labels)."""
     from typer.testing import CliRunner
 
-    from edgecls.cli import app
+    from edgecls.cli.app import app
 
     model = _damaged_metadata(coral, tmp_path / "damaged.tflite")
     result = CliRunner().invoke(app, ["info", str(model)])

@@ -44,5 +44,5 @@ def test_the_runtime_package_has_no_tensorflow_import_statement():
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_cli_help_is_quick_to_import():
-    modules = imported_after("import edgecls.cli")
+    modules = imported_after("import edgecls.cli.app")
     assert "numpy" not in modules and "cv2" not in modules

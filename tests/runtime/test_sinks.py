@@ -480,7 +480,7 @@ def run_once(coral, url: str, *extra: str):  # type: ignore[no-untyped-def]
     """`edgecls run` over one image into ``url`` (in-process): exit code, the error lines, the whole stderr."""
     from typer.testing import CliRunner
 
-    from edgecls.cli import app
+    from edgecls.cli.app import app
 
     done = CliRunner().invoke(app, ["run", str(coral / MODEL), "--source", str(coral / "cat.bmp"), "-q",
                                     "--mqtt-qos", "1", "--sink", url, *extra])
@@ -557,7 +557,7 @@ def test_messages_the_broker_rejects_fail_the_run_without_a_flood_of_lines(coral
     try:
         from typer.testing import CliRunner
 
-        from edgecls.cli import app
+        from edgecls.cli.app import app
 
         done = CliRunner().invoke(app, ["run", str(coral / MODEL), "--source", str(coral / "cat.bmp"), "--loop",
                                         "--duration", "4", "-q", "--mqtt-qos", "1",

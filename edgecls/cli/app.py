@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from edgecls import __version__
-from edgecls.cli_common import error, examples, interrupted, project_errors, setup_logging
+from edgecls.cli.common import error, examples, interrupted, project_errors, setup_logging
 from edgecls.errors import EXIT_VERDICT, EdgeclsError
 from edgecls.nativelog import quiet_native_stderr
 
@@ -372,7 +372,7 @@ def run(
     collect_max: Annotated[str, typer.Option("--collect-max", help="Frames (500) or size (200MB) to keep; the oldest go first.", rich_help_panel="Field data")] = "1000",
 ) -> None:
     """Classify a live camera, video or stream; Ctrl-C or SIGTERM stops it cleanly with every sink flushed."""
-    from edgecls.cli_run import RunOptions, run_stream
+    from edgecls.cli.run import RunOptions, run_stream
 
     with project_errors():
         prof = _load_profile(profile)

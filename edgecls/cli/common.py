@@ -1,7 +1,7 @@
 """What every `edgecls` command shares, the runtime's and the converter's alike: one error line instead of a
 traceback, the exit code of an interrupt, and where log lines go and how many (``-v``, ``EDGECLS_LOG``).
 
-`edgecls.cli` and `edgecls.convert.cli` both import this module; neither imports the other's helpers.
+`edgecls.cli.app` and `edgecls.convert.cli` both import this module; neither imports the other's helpers.
 """
 
 from __future__ import annotations
