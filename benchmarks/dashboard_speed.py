@@ -44,8 +44,8 @@ drain(sys.argv[1] + "stream.mjpg")
 
 
 def rate(video: Path, seconds: float, threads: int, condition: str, chromium: str | None) -> float:
-    from edgecls.sinks.dashboard import Dashboard
     from edgecls.live.stream import Stream
+    from edgecls.sinks.dashboard import Dashboard
 
     browser = None
     with Stream(str(MODEL), source=str(video), loop=True, num_threads=threads,

@@ -14,6 +14,11 @@ way (its console scripts would still name the temporary folder).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgecls.device.doctor import Finding
+
 import contextlib
 import fcntl
 import json
@@ -359,3 +364,15 @@ def pip_event(line: str) -> str | None:
     if text.startswith("Successfully installed"):
         return f"installed {len(text.split()) - 2} packages"
     return None
+
+
+def doctor_check() -> list[Finding]:
+    """`edgecls doctor`'s line for the host side of the Raspberry Pi AI Camera: the toolchain's environment that
+    `edgecls export imx500` creates on first use (read from its marker file; nothing is imported from it)."""
+    from edgecls.device.doctor import INFO, OK, Finding
+
+    state = env_state()
+    if state.ready:
+        return [Finding("imx500 toolchain", OK, f"{state.path}: {state.detail}")]
+    fix = "edgecls export imx500 RUN creates it (host only; needs Java 17)" if state.status == "absent" else None
+    return [Finding("imx500 toolchain", INFO, f"{state.path}: {state.detail}", fix)]

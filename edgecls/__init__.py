@@ -51,9 +51,8 @@ __all__ = ["__version__", *_LAZY]  # noqa: PLE0604 - the lazily imported names, 
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgecls.device.bench import benchmark
-    from edgecls.live.capture import StreamEvent
-    from edgecls.model.classifier import Classifier, Timing
     from edgecls.device.edgetpu import preflight
+    from edgecls.device.profiles import Profile, load_profile
     from edgecls.errors import (
         BackendError,
         CameraError,
@@ -66,14 +65,15 @@ if TYPE_CHECKING:  # pragma: no cover
         ModelError,
         SinkError,
     )
-    from edgecls.model.images import read_image
-    from edgecls.model.postprocess import Prediction
-    from edgecls.model.preprocess import InputSpec, PreprocessConfig
-    from edgecls.device.profiles import Profile, load_profile
-    from edgecls.sinks.base import parse_sink
+    from edgecls.live.capture import StreamEvent
     from edgecls.live.smoothing import Decision, Smoothing
     from edgecls.live.sources import FrameSource, parse_source
     from edgecls.live.stream import Latency, Stream, StreamResult, StreamStats
+    from edgecls.model.classifier import Classifier, Timing
+    from edgecls.model.images import read_image
+    from edgecls.model.postprocess import Prediction
+    from edgecls.model.preprocess import InputSpec, PreprocessConfig
+    from edgecls.sinks.base import parse_sink
 
 
 def __getattr__(name: str) -> Any:

@@ -35,8 +35,13 @@ PACKAGES = {"edgecls": ROOT / "edgecls", "edgecls.convert": ROOT / "convert",
 def _modules() -> dict[str, Path]:
     found = {}
     for package, folder in PACKAGES.items():
-        for path in folder.glob("*.py"):
-            found[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+        for path in folder.rglob("*.py"):
+            if "__pycache__" in path.parts or (path.parent != folder and not (path.parent / "__init__.py").exists()):
+                continue
+            parts = path.relative_to(folder).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join((package, *parts))] = path
     return found
 
 
@@ -91,6 +96,42 @@ def test_no_two_modules_import_each_other_directly_or_in_a_loop():
                     seen.add(nxt)
                     stack.append((nxt, path + [nxt]))
     assert not loops, loops
+
+
+# -- the house in wings: each floor imports only the floors below it ------------------------------------------------
+
+FLOORS = ["model", "live", "sinks", "device", "convert", "cli"]  # bottom to top; edgecls/*.py below them all
+
+
+def floor(module: str) -> int:
+    """-1 for the root modules (errors, fsutil, nativelog), then the wing's place in FLOORS; the converter's own
+    command-line modules sit with the CLI, edgecls/__main__ and edgecls/__init__ above everything (the entry point
+    and the lazy public names)."""
+    parts = module.split(".")
+    if module in ("edgecls", "edgecls.__main__"):
+        return len(FLOORS)
+    if parts[1:2] == ["convert"]:
+        return FLOORS.index("cli") if parts[-1] in ("cli", "cli_export") else FLOORS.index("convert")
+    return FLOORS.index(parts[1]) if len(parts) > 2 and parts[1] in FLOORS else -1
+
+
+def test_every_wing_imports_only_the_floors_below_it():
+    graph = import_graph()
+    wings = {p.name for p in (ROOT / "edgecls").iterdir() if (p / "__init__.py").is_file()}
+    assert wings == set(FLOORS) - {"convert"}, "a new subpackage of edgecls/ needs its floor in FLOORS"
+    assert any(name.startswith("edgecls.sinks.") for name in graph)  # the walk reaches into the wings
+    upward = [f"{a} -> {b}" for a, targets in graph.items() for b in targets
+              if floor(b) > floor(a) and not a.startswith(b + ".")]
+    assert not upward, upward
+
+
+def test_every_subpackage_is_in_the_wheel():
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"edgecls." + ".".join(p.parent.relative_to(ROOT / "edgecls").parts) for p in (ROOT / "edgecls").rglob("__init__.py")
+             if "__pycache__" not in p.parts}
+    assert {f.rstrip(".") for f in found} <= listed
 
 
 def test_the_wheel_holds_one_top_level_package(tmp_path):

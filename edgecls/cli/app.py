@@ -589,9 +589,10 @@ def doctor(json_out: JsonOpt = False) -> None:
     Python, interpreter backends, numpy, OpenCV, picamera2, the Edge TPU runtime and devices, cameras. Exit code 1
     if something needed is broken.
     """
+    from edgecls.convert.imx500_env import doctor_check
     from edgecls.device.doctor import FAIL, diagnose
 
-    findings = diagnose()
+    findings = diagnose(extra=[doctor_check])
     if json_out:
         typer.echo(json.dumps([f.to_dict() for f in findings], indent=2))
     else:
@@ -640,8 +641,8 @@ def deploy(
     """Bundle a model for a device: model (+ Edge TPU build), labels, profile, boot lines, systemd unit, install script
     and the edgecls wheel. An MQTT password in a --sink URL is left out: the device's install.sh takes it."""
     from edgecls.device.deploy import build_bundle
-    from edgecls.sinks.hass import discovery_for
     from edgecls.device.profiles import load_profile
+    from edgecls.sinks.hass import discovery_for
 
     with project_errors():
         discovery = discovery_for(mqtt_discovery, prefix=mqtt_discovery_prefix, node_id=mqtt_discovery_node_id)

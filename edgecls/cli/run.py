@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from edgecls.live.capture import StreamEvent
-from edgecls.model.classifier import Classifier
-from edgecls.sinks.collect import Collector
 from edgecls.errors import EdgeclsError
-from edgecls.sinks.base import MqttSink, PreviewSink, Sink, SinkGroup, TextSink, format_line, parse_sink
+from edgecls.live.capture import StreamEvent
 from edgecls.live.smoothing import Smoothing
 from edgecls.live.stream import Stream, StreamStats
+from edgecls.model.classifier import Classifier
+from edgecls.sinks.base import MqttSink, PreviewSink, Sink, SinkGroup, TextSink, format_line, parse_sink
+from edgecls.sinks.collect import Collector
 
 LIVE_REFRESH_S = 0.1
 # What stops a run cleanly (the stream stopped, every sink flushed and closed, the summary on stderr, exit code 0):

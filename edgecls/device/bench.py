@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from edgecls.model.classifier import Classifier
 from edgecls.errors import ConfigError
+from edgecls.model.classifier import Classifier
 
 PERCENTILES = (50, 90, 99)
 

@@ -33,20 +33,20 @@ from typing import Any
 
 from edgecls import __version__
 from edgecls.device.bootconfig import plan_edit
-from edgecls.sinks.dashboard import is_loopback
-from edgecls.model.delegates import compiled_sibling, cpu_sibling
+from edgecls.device.profiles import Profile
 from edgecls.errors import ConfigError, WriteError
 from edgecls.fsutil import atomic_write_bytes, os_reason
-from edgecls.sinks.hass import Discovery, require_mqtt_sink, run_args
 from edgecls.live.imx500 import FOLDER as IMX500_FOLDER
 from edgecls.live.imx500 import LABELS as IMX500_LABELS
 from edgecls.live.imx500 import PACKAGE as IMX500_PACKAGE
 from edgecls.live.imx500 import RPK as IMX500_RPK
+from edgecls.model.delegates import compiled_sibling, cpu_sibling
 from edgecls.model.labels import format_labels, labels_for_file
 from edgecls.model.metadata import check_model_file
-from edgecls.sinks.mqtt import MQTT_PASSWORD_ENV, mask_url, split_mqtt_password
-from edgecls.device.profiles import Profile
 from edgecls.sinks.base import check_sink_spec, has_control_chars
+from edgecls.sinks.dashboard import is_loopback
+from edgecls.sinks.hass import Discovery, require_mqtt_sink, run_args
+from edgecls.sinks.mqtt import MQTT_PASSWORD_ENV, mask_url, split_mqtt_password
 
 SERVICE_NAME = "edgecls.service"
 # The AI Camera's packages, in Raspberry Pi's archive only: the sensor's firmware and imx500-package.
@@ -119,7 +119,7 @@ def check_arg(what: str, value: str) -> str:
 
 def source_root() -> Path | None:
     """The checkout this edgecls runs from (None when it is an installed package)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     pyproject = root / "pyproject.toml"
     return root if pyproject.is_file() and 'name = "edgecls"' in pyproject.read_text(encoding="utf-8") else None
 

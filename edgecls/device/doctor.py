@@ -11,7 +11,7 @@ import importlib
 import os
 import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,9 @@ class Finding:
         return asdict(self)
 
 
-def diagnose(root: str | os.PathLike[str] = "/") -> list[Finding]:
-    """Run every check; never raises (a check that crashes becomes a warning naming it)."""
+def diagnose(root: str | os.PathLike[str] = "/", extra: Sequence[Callable[[], list[Finding]]] = ()) -> list[Finding]:
+    """Run every check, then ``extra`` ones (the CLI adds the host converter's); never raises (a check that crashes
+    becomes a warning naming it)."""
     base = Path(root)
     checks: list[Callable[[], list[Finding]]] = [
         _python,
@@ -46,7 +47,7 @@ def diagnose(root: str | os.PathLike[str] = "/") -> list[Finding]:
         _libedgetpu,
         lambda: _edgetpu_devices(base),
         lambda: _cameras(base),
-        _imx500_toolchain,
+        *extra,
     ]
     findings: list[Finding] = []
     for check in checks:
@@ -241,20 +242,6 @@ def _cameras(root: Path) -> list[Finding]:
             )
         )
     return findings
-
-
-def _imx500_toolchain() -> list[Finding]:
-    """The host side of the Raspberry Pi AI Camera: the IMX500 toolchain's environment that `edgecls export imx500`
-    creates on first use (read from its marker file; nothing is imported from it)."""
-    try:
-        from edgecls.convert.imx500_env import env_state
-    except ImportError as exc:  # an install without the converter's modules
-        return [Finding("imx500 toolchain", INFO, f"not available ({exc})")]
-    state = env_state()
-    if state.ready:
-        return [Finding("imx500 toolchain", OK, f"{state.path}: {state.detail}")]
-    fix = "edgecls export imx500 RUN creates it (host only; needs Java 17)" if state.status == "absent" else None
-    return [Finding("imx500 toolchain", INFO, f"{state.path}: {state.detail}", fix)]
 
 
 def _read(path: Path) -> str | None:

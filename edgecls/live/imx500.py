@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 
 from edgecls.errors import CameraError, ConfigError, LabelsError, ModelError, NotAClassifierError
+from edgecls.live.sources import NOT_READY, PICAMERA_FORMATS, FrameSource
 from edgecls.model.labels import Labels, read_labels_file
 from edgecls.model.postprocess import ACTIVATIONS, OutputSpec, Postprocessor, Prediction, predictions
 from edgecls.model.postprocess import top_k as rank
 from edgecls.model.preprocess import RESIZE_MODES
-from edgecls.live.sources import NOT_READY, PICAMERA_FORMATS, FrameSource
 
 log = logging.getLogger(__name__)
 

@@ -27,14 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from edgecls.live.capture import END, Capture, Frame, StreamEvent
-from edgecls.model.classifier import Classifier
 from edgecls.errors import ConfigError, EdgeclsError
+from edgecls.live.capture import END, Capture, Frame, StreamEvent
 from edgecls.live.imx500 import SensorClassifier, is_imx500_source
-from edgecls.model.postprocess import Prediction
-from edgecls.model.preprocess import PreprocessConfig
 from edgecls.live.smoothing import Decision, Smoother, Smoothing
 from edgecls.live.sources import FrameSource, parse_source
+from edgecls.model.classifier import Classifier
+from edgecls.model.postprocess import Prediction
+from edgecls.model.preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
 

@@ -13,15 +13,15 @@ from typing import Any
 
 import numpy as np
 
+from edgecls.errors import ConfigError, DelegateError, ModelError, NotAClassifierError
 from edgecls.model import delegates
 from edgecls.model.backends import Backend, op_counts, resolve_backend
-from edgecls.errors import ConfigError, DelegateError, ModelError, NotAClassifierError
 from edgecls.model.images import read_image
 from edgecls.model.labels import Labels, find_labels
 from edgecls.model.metadata import ModelFileInfo, check_model_file
-from edgecls.nativelog import quiet_native_stderr
 from edgecls.model.postprocess import OutputSpec, Postprocessor, Prediction, predictions
 from edgecls.model.preprocess import InputSpec, PreprocessConfig, Preprocessor
+from edgecls.nativelog import quiet_native_stderr
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecls.model.backends import Backend
 from edgecls.errors import ConfigError, DelegateError, ModelError
+from edgecls.model.backends import Backend
 from edgecls.model.metadata import EDGETPU_CUSTOM_OP, ModelFileInfo
 
 EDGETPU_LIBRARIES = {"Linux": "libedgetpu.so.1", "Darwin": "libedgetpu.1.dylib", "Windows": "edgetpu.dll"}

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from edgecls.errors import ModelError
-from edgecls.model.flatbuffer import ModelStructure, verify_model
 from edgecls.fsutil import os_reason
+from edgecls.model.flatbuffer import ModelStructure, verify_model
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from edgecls.errors import ConfigError, EdgeclsError, SinkError
 from edgecls.live.capture import StreamEvent
+from edgecls.live.stream import StreamResult
 from edgecls.sinks.dashboard import Dashboard as PreviewSink  # the preview: sink is the live dashboard
 from edgecls.sinks.drawing import annotate
-from edgecls.errors import ConfigError, EdgeclsError, SinkError
 from edgecls.sinks.mqtt import MQTT_PASSWORD_ENV, MqttSink, mask_url, parse_mqtt_url, split_mqtt_password  # noqa: F401 (importable here too)
-from edgecls.live.stream import StreamResult
 
 log = logging.getLogger(__name__)
 

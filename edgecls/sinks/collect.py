@@ -39,10 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecls.sinks.classfolders import folder_name
 from edgecls.errors import ConfigError, SinkError
 from edgecls.fsutil import os_reason
 from edgecls.live.stream import StreamResult
+from edgecls.sinks.classfolders import folder_name
 
 __all__ = ["LOCK_NAME", "MARKER", "REASONS", "CollectPolicy", "Collector", "folder_name", "parse_max", "to_rgb"]
 

@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from edgecls.sinks.dashboard_http import Connections, Server, make_handler
 from edgecls.errors import ConfigError, SinkError
 from edgecls.live.stream import StreamResult
+from edgecls.sinks.dashboard_http import Connections, Server, make_handler
 
 TOKEN_ENV = "EDGECLS_PREVIEW_TOKEN"
 COOKIE = "edgecls_token"

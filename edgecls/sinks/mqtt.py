@@ -23,8 +23,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from edgecls.live.capture import StreamEvent
 from edgecls.errors import ConfigError, SinkError
+from edgecls.live.capture import StreamEvent
 
 if TYPE_CHECKING:
     from edgecls.live.stream import StreamResult

@@ -9,8 +9,8 @@ import pytest
 from edgecls.convert.data import scan, stratified_sample
 from PIL import Image
 
-from edgecls.live.demo import write_demo_dataset
 from edgecls.errors import DataError
+from edgecls.live.demo import write_demo_dataset
 
 
 @pytest.fixture()

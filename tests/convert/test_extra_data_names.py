@@ -13,12 +13,12 @@ import pytest
 from edgecls.convert.data import _extra_samples, scan
 from PIL import Image
 
-from edgecls.sinks.classfolders import UNLABELLED, folder_name
-from edgecls.sinks.collect import Collector, CollectPolicy
 from edgecls.errors import DataError
-from edgecls.model.postprocess import Prediction
 from edgecls.live.smoothing import Decision
 from edgecls.live.stream import Latency, StreamResult
+from edgecls.model.postprocess import Prediction
+from edgecls.sinks.classfolders import UNLABELLED, folder_name
+from edgecls.sinks.collect import Collector, CollectPolicy
 
 CLASSES = [
     "dog's", "cat", "Cat", "CAT", "Egyptian cat", "a/b", "..", ".", ".hidden", "a\x00b", "bell\x07", "new\nline",

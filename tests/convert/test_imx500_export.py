@@ -139,16 +139,17 @@ def test_doctor_shows_the_state_without_importing_tensorflow(tmp_path, monkeypat
     from edgecls.device.doctor import diagnose
 
     monkeypatch.setenv(imx500_env.ENV_VAR, str(tmp_path / "env"))
-    finding = next(f for f in diagnose(tmp_path) if f.check == "imx500 toolchain")
+    finding = next(f for f in diagnose(tmp_path, extra=[imx500_env.doctor_check]) if f.check == "imx500 toolchain")
     assert finding.status == "info" and "not created yet" in finding.detail and "Java 17" in finding.fix
     (tmp_path / "env").mkdir()
-    finding = next(f for f in diagnose(tmp_path) if f.check == "imx500 toolchain")
+    finding = next(f for f in diagnose(tmp_path, extra=[imx500_env.doctor_check]) if f.check == "imx500 toolchain")
     assert "did not finish" in finding.detail
     fake_program(tmp_path / "env" / "bin", "python", "exit 0\n")
     (tmp_path / "env" / imx500_env.MARKER).write_text(json.dumps({"pins": list(imx500_env.PINS), "python": "3.11.7"}))
-    finding = next(f for f in diagnose(tmp_path) if f.check == "imx500 toolchain")
+    finding = next(f for f in diagnose(tmp_path, extra=[imx500_env.doctor_check]) if f.check == "imx500 toolchain")
     assert finding.status == "ok" and "Python 3.11.7" in finding.detail and "imx500-converter" in finding.detail
-    code = "import sys, edgecls.device.doctor as d; d.diagnose(); print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    code = ("import sys, edgecls.device.doctor as d, edgecls.convert.imx500_env as e; d.diagnose(extra=[e.doctor_check]); "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code],
                          capture_output=True, text=True, check=True, env={**os.environ, imx500_env.ENV_VAR: str(tmp_path)})
     assert out.stdout.split() == ["False", "False"]

@@ -12,7 +12,7 @@ import pytest
 
 from edgecls.device.bootconfig import effective_lines, plan_edit, plan_removal
 
-TOOL = Path(__file__).resolve().parents[2] / "edgecls" / "bootconfig.py"
+TOOL = Path(__file__).resolve().parents[2] / "edgecls" / "device" / "bootconfig.py"
 
 # The shape of Raspberry Pi OS's default config.txt: camera_auto_detect already on, model filters before [all].
 PI_OS = """# http://rptl.io/configtxt

@@ -22,11 +22,11 @@ import pytest
 from conftest import IN_CI
 from PIL import Image
 
-from edgecls.sinks.dashboard import Dashboard
 from edgecls.errors import ConfigError
-from edgecls.model.postprocess import Prediction
 from edgecls.live.smoothing import Decision
 from edgecls.live.stream import Latency, StreamResult
+from edgecls.model.postprocess import Prediction
+from edgecls.sinks.dashboard import Dashboard
 
 MODEL = "mobilenet_v2_1.0_224_quant.tflite"
 

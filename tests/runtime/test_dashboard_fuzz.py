@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgecls.sinks.dashboard import Dashboard
-from edgecls.model.postprocess import Prediction
 from edgecls.live.smoothing import Decision
 from edgecls.live.stream import Latency, StreamResult
+from edgecls.model.postprocess import Prediction
+from edgecls.sinks.dashboard import Dashboard
 
 SEED = int(os.environ.get("EDGECLS_FUZZ_SEED", "33"))
 CASES = int(os.environ.get("EDGECLS_FUZZ_CASES", "320"))  # more for a longer run by hand

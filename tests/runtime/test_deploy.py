@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from edgecls.device.deploy import build_bundle, build_wheel, bundle_contents
-from edgecls.errors import ConfigError
 from edgecls.device.profiles import load_profile
+from edgecls.errors import ConfigError
 
 
 def edgecls(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edgecls.errors import ConfigError
 from edgecls.device.profiles import list_profiles, load_profile, parse_profile
+from edgecls.errors import ConfigError
 from edgecls.live.sources import OpenCVSource, PicameraSource, parse_source
 
 REQUIRED = {"rpi5", "rpi4", "rpi3b-plus", "rpi-zero-2w", "rpi4-coral-usb", "rpi5-coral-pcie", "coral-dev-board",

@@ -16,11 +16,11 @@ import pytest
 from conftest import needs_opencv, needs_paho
 
 from edgecls.errors import ConfigError, SinkError
-from edgecls.sinks.mqtt import check_topic
-from edgecls.model.postprocess import Prediction
-from edgecls.sinks.base import JsonlSink, MqttSink, PreviewSink, TextSink, VideoSink, parse_mqtt_url, parse_sink
 from edgecls.live.smoothing import Decision
 from edgecls.live.stream import Latency, StreamResult
+from edgecls.model.postprocess import Prediction
+from edgecls.sinks.base import JsonlSink, MqttSink, PreviewSink, TextSink, VideoSink, parse_mqtt_url, parse_sink
+from edgecls.sinks.mqtt import check_topic
 
 # (tests that need OpenCV are marked needs_opencv)
 

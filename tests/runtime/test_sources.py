@@ -13,7 +13,6 @@ import pytest
 from conftest import needs_opencv, write_video
 
 from edgecls.errors import CameraError, ConfigError
-from edgecls.model.preprocess import InputSpec, Preprocessor
 from edgecls.live.sources import (
     DemoSource,
     ImageFilesSource,
@@ -22,6 +21,7 @@ from edgecls.live.sources import (
     lores_size_for,
     parse_source,
 )
+from edgecls.model.preprocess import InputSpec, Preprocessor
 
 # (tests that need OpenCV are marked needs_opencv)
 
