@@ -52,7 +52,7 @@ def make_dataset(root: Path, total: int, *, pool: int, size: int = 160, seed: in
         for i in range(per_class):
             image = sources[i % pool]
             dy, dx = rng.integers(0, 17, size=2)
-            Image.fromarray(image[dy:dy + size, dx:dx + size]).save(folder / f"{label}_{i:06d}.jpg", quality=90)
+            Image.fromarray(image[dy : dy + size, dx : dx + size]).save(folder / f"{label}_{i:06d}.jpg", quality=90)
     done.write_text("ok")
     return root
 
@@ -111,8 +111,14 @@ print("RESULT " + json.dumps(result), flush=True)
 
 
 def measure(what: str, data: Path, cache: Path, steps: int = 0) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, what, str(data), str(cache), str(steps), str(V2_WEIGHTS)],
-                         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, what, str(data), str(cache), str(steps), str(V2_WEIGHTS)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        check=False,
+    )
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -148,8 +154,11 @@ def main() -> None:
         row["cache_mb"] = round(sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) / 1024**2)
         rows.append(row)
         shutil.rmtree(cache, ignore_errors=True)
-    result = {"machine": f"{os.cpu_count()} cores", "rows": rows,
-              "command": "python benchmarks/convert_scale.py " + " ".join(sys.argv[1:])}
+    result = {
+        "machine": f"{os.cpu_count()} cores",
+        "rows": rows,
+        "command": "python benchmarks/convert_scale.py " + " ".join(sys.argv[1:]),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stream_speed import MODEL, write_video
 
 # what a page takes, read in another process and thrown away
-VIEWER = '''
+VIEWER = """
 import sys, threading, urllib.request
 def drain(url):
     with urllib.request.urlopen(url) as r:
@@ -40,7 +40,7 @@ def drain(url):
             pass
 threading.Thread(target=drain, args=(sys.argv[1] + "events?max_rate=15",), daemon=True).start()
 drain(sys.argv[1] + "stream.mjpg")
-'''
+"""
 
 
 def rate(video: Path, seconds: float, threads: int, condition: str, chromium: str | None) -> float:
@@ -48,8 +48,9 @@ def rate(video: Path, seconds: float, threads: int, condition: str, chromium: st
     from edgecls.sinks.dashboard import Dashboard
 
     browser = None
-    with Stream(str(MODEL), source=str(video), loop=True, num_threads=threads,
-                keep_frames=condition != "bare") as stream:
+    with Stream(
+        str(MODEL), source=str(video), loop=True, num_threads=threads, keep_frames=condition != "bare"
+    ) as stream:
         board = Dashboard(0, stats=stream.stats) if condition != "bare" else None
         warm_until = time.monotonic() + 3.0
         count, started, watched = 0, None, False
@@ -62,12 +63,25 @@ def rate(video: Path, seconds: float, threads: int, condition: str, chromium: st
                 if started is None:
                     if condition == "browser" and browser is None:
                         browser = subprocess.Popen(
-                            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                             f"--user-data-dir={profile}", "--remote-debugging-port=0", board.url],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            [
+                                chromium,
+                                "--headless",
+                                "--no-sandbox",
+                                "--disable-gpu",
+                                "--no-first-run",
+                                f"--user-data-dir={profile}",
+                                "--remote-debugging-port=0",
+                                board.url,
+                            ],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        )
                     elif condition == "viewer" and browser is None:
-                        browser = subprocess.Popen([sys.executable, "-c", VIEWER, board.url],
-                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        browser = subprocess.Popen(
+                            [sys.executable, "-c", VIEWER, board.url],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        )
                     watching = condition not in ("browser", "viewer") or board.video_viewers > 0
                     if now >= warm_until and watching:
                         started, count = now, 0
@@ -106,8 +120,14 @@ def main() -> None:
                 measured.append(rate(video, args.seconds, args.threads, condition, chromium))
                 print(f"run {run + 1} {condition}: {measured[-1]:.1f} results/s", flush=True)
     medians = {k: statistics.median(v) for k, v in rates.items()}
-    summary = {"model": MODEL.name, "threads": args.threads, "seconds": args.seconds, "runs": rates,
-               "median_per_s": medians, **{f"{k}_vs_bare": medians[k] / medians["bare"] for k in ("sink", "viewer", "browser")}}
+    summary = {
+        "model": MODEL.name,
+        "threads": args.threads,
+        "seconds": args.seconds,
+        "runs": rates,
+        "median_per_s": medians,
+        **{f"{k}_vs_bare": medians[k] / medians["bare"] for k in ("sink", "viewer", "browser")},
+    }
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=1))
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1) + "\n")

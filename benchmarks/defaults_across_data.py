@@ -50,11 +50,19 @@ def write_digits(out: Path, per_class: int, seed: int = 0) -> Path:
         for n in range(per_class):
             canvas = Image.new("L", (56, 56), 0)
             font = ImageFont.load_default(size=rng.randint(26, 40))
-            ImageDraw.Draw(canvas).text((28 + rng.uniform(-5, 5), 28 + rng.uniform(-5, 5)), str(digit), fill=255,
-                                        font=font, anchor="mm", stroke_width=rng.randint(0, 2), stroke_fill=255)
+            ImageDraw.Draw(canvas).text(
+                (28 + rng.uniform(-5, 5), 28 + rng.uniform(-5, 5)),
+                str(digit),
+                fill=255,
+                font=font,
+                anchor="mm",
+                stroke_width=rng.randint(0, 2),
+                stroke_fill=255,
+            )
             canvas = canvas.rotate(rng.uniform(-15, 15), resample=Image.BILINEAR)
-            canvas = canvas.transform((56, 56), Image.AFFINE, (1, rng.uniform(-0.3, 0.3), 0, 0, 1, 0),
-                                      resample=Image.BILINEAR)
+            canvas = canvas.transform(
+                (56, 56), Image.AFFINE, (1, rng.uniform(-0.3, 0.3), 0, 0, 1, 0), resample=Image.BILINEAR
+            )
             if rng.random() < 0.5:
                 canvas = canvas.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
             image = np.asarray(canvas.resize((28, 28), Image.BILINEAR), dtype=np.float32)
@@ -68,7 +76,7 @@ def write_binary(out: Path, flowers: Path, train: int = 125, val: int = 40) -> P
     for cls in ("daisy", "dandelion"):
         files = sorted((flowers / cls).iterdir())
         random.Random(cls).shuffle(files)
-        for split, chosen in (("train", files[:train]), ("val", files[train:train + val])):
+        for split, chosen in (("train", files[:train]), ("val", files[train : train + val])):
             (out / split / cls).mkdir(parents=True, exist_ok=True)
             for f in chosen:
                 shutil.copy(f, out / split / cls / f.name)
@@ -100,12 +108,19 @@ def convert(data: Path, out: Path, args: list[str], seed: int) -> dict:
         return {"error": done.stderr[-2000:], "wall_s": round(wall, 1)}
     report = json.loads((out / "report.json").read_text())
     key = "int8" if "int8" in report else "tflite"
-    return {"float_top1": report["float"]["top1"], "int8_top1": report[key]["top1"],
-            "baseline_top1": (report.get("baseline") or {}).get("float_top1"), "passed": report["passed"],
-            "agreement": report["agreement"], "recipe": report["settings"].get("recipe"),
-            "epochs_run": len((report.get("history") or {}).get("loss", [])),
-            "train_s": round(report["timing"]["train_s"], 1),
-            "warnings": report.get("warnings", []), "wall_s": round(wall, 1), "exit_code": done.returncode}
+    return {
+        "float_top1": report["float"]["top1"],
+        "int8_top1": report[key]["top1"],
+        "baseline_top1": (report.get("baseline") or {}).get("float_top1"),
+        "passed": report["passed"],
+        "agreement": report["agreement"],
+        "recipe": report["settings"].get("recipe"),
+        "epochs_run": len((report.get("history") or {}).get("loss", [])),
+        "train_s": round(report["timing"]["train_s"], 1),
+        "warnings": report.get("warnings", []),
+        "wall_s": round(wall, 1),
+        "exit_code": done.returncode,
+    }
 
 
 def main() -> None:
@@ -124,8 +139,12 @@ def main() -> None:
         for run in args.runs:
             for seed in args.seeds:
                 key = f"{name}/{run}/seed{seed}"
-                results[key] = convert(data, args.out / "runs" / name / run / f"seed{seed}",
-                                       [*RUNS[run], *EXTRA.get((name, run), []), *args.extra.split()], seed)
+                results[key] = convert(
+                    data,
+                    args.out / "runs" / name / run / f"seed{seed}",
+                    [*RUNS[run], *EXTRA.get((name, run), []), *args.extra.split()],
+                    seed,
+                )
                 args.out.mkdir(parents=True, exist_ok=True)
                 results_path.write_text(json.dumps(results, indent=2) + "\n")
                 print(key, results[key], flush=True)
@@ -136,9 +155,11 @@ def main() -> None:
             if rows:
                 mean = lambda field, rows=rows: sum(r[field] for r in rows if r[field] is not None) / len(rows)
                 base = [r["baseline_top1"] for r in rows if r["baseline_top1"] is not None]
-                print(f"| {name} | {run} | {100 * mean('int8_top1'):.1f}% | "
-                      + (f"{100 * sum(base) / len(base):.1f}%" if base else "-")
-                      + f" | {mean('wall_s') / 60:.1f} min | {len(rows)} |")
+                print(
+                    f"| {name} | {run} | {100 * mean('int8_top1'):.1f}% | "
+                    + (f"{100 * sum(base) / len(base):.1f}%" if base else "-")
+                    + f" | {mean('wall_s') / 60:.1f} min | {len(rows)} |"
+                )
 
 
 if __name__ == "__main__":

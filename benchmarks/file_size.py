@@ -82,9 +82,11 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         w, c = r["int8_as_written"], r["int8_compacted"]
-        print(f"| {r['run']} | {w['file']:,} | {w['weights']:,} | {w['quantisation']:,} | {w['names']:,} | "
-              f"{w['graph_and_padding']:,} | {c['file']:,} (q {c['quantisation']:,}, names {c['names']:,}) | "
-              f"{r['ratio_as_written_vs_raw_float']:.4f} | {r['ratio_compacted']:.4f} |")
+        print(
+            f"| {r['run']} | {w['file']:,} | {w['weights']:,} | {w['quantisation']:,} | {w['names']:,} | "
+            f"{w['graph_and_padding']:,} | {c['file']:,} (q {c['quantisation']:,}, names {c['names']:,}) | "
+            f"{r['ratio_as_written_vs_raw_float']:.4f} | {r['ratio_compacted']:.4f} |"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

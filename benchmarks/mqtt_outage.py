@@ -62,8 +62,25 @@ def run_once(work: Path, duration: float, down: float | None, outage: float, sto
     for name in ("cat.bmp", "owl.jpg", "hot_dog.jpg", "dragonfly.bmp"):
         (images / name).write_bytes((CORAL / name).read_bytes())
     jsonl = work / f"all-{int(time.time() * 1000)}.jsonl"
-    cmd = [sys.executable, "-m", "edgecls", "run", str(MODEL), "--source", str(images), "--loop", "--fps", "200",
-           "-q", "--mqtt-qos", "1", "--sink", f"mqtt://127.0.0.1:{broker.port}/{topic}", "--sink", f"jsonl:{jsonl}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgecls",
+        "run",
+        str(MODEL),
+        "--source",
+        str(images),
+        "--loop",
+        "--fps",
+        "200",
+        "-q",
+        "--mqtt-qos",
+        "1",
+        "--sink",
+        f"mqtt://127.0.0.1:{broker.port}/{topic}",
+        "--sink",
+        f"jsonl:{jsonl}",
+    ]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines: list[tuple[float, str]] = []
     reader = threading.Thread(target=lambda: [lines.append((time.time(), ln.rstrip())) for ln in proc.stderr])
@@ -92,8 +109,13 @@ def run_once(work: Path, duration: float, down: float | None, outage: float, sto
     broker.stop()
     made = [json.loads(line) for line in jsonl.read_text().splitlines()]
     arrived = set(recorder.sequences)
-    out = {"made": len(made), "arrived": len(arrived & {r["sequence"] for r in made}), "exit_s": round(exit_s, 2),
-           "rc": proc.returncode, "stderr": [ln for _, ln in lines]}
+    out = {
+        "made": len(made),
+        "arrived": len(arrived & {r["sequence"] for r in made}),
+        "exit_s": round(exit_s, 2),
+        "rc": proc.returncode,
+        "stderr": [ln for _, ln in lines],
+    }
     if back_at is not None:
         after = [r["sequence"] for r in made if r["result_time"] >= back_at]
         out["made_after_broker_back"] = len(after)

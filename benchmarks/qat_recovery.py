@@ -53,8 +53,13 @@ def main() -> int:
     keras.utils.set_random_seed(args.seed)
     work = Path(tempfile.mkdtemp(prefix="qat_recovery."))
     data_dir = write_demo_dataset(work / "shapes", per_class=args.per_class, size=64, seed=args.seed)
-    dataset = scan(data_dir, input_size=(64, 64), channels=3, seed=args.seed,
-                   preprocess=PreprocessConfig(resize="squash", mean=0.0, std=1.0))
+    dataset = scan(
+        data_dir,
+        input_size=(64, 64),
+        channels=3,
+        seed=args.seed,
+        preprocess=PreprocessConfig(resize="squash", mean=0.0, std=1.0),
+    )
     # Uncapped ReLU: scaling a channel by S > 0 then commutes with the activation.
     spec = ModelSpec(num_classes=len(dataset.classes), input_size=64, width=24, depth=3, dropout=0.2, relu_cap=None)
     model = create_model("compact-cnn", spec)
@@ -86,8 +91,9 @@ def main() -> int:
 
     control = keras.models.clone_model(model)
     control.set_weights(model.get_weights())
-    control.compile(optimizer=keras.optimizers.Adam(3e-4), loss=keras.losses.CategoricalCrossentropy(),
-                    metrics=["accuracy"])
+    control.compile(
+        optimizer=keras.optimizers.Adam(3e-4), loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"]
+    )
     train_ds, val_ds = make_datasets(dataset, TrainConfig(batch_size=32, augment=0.5, seed=args.seed), False)
     control.fit(train_ds, validation_data=val_ds, epochs=args.qat_epochs, verbose=0)
     control_float = evaluate.topk_accuracy(test_y, control.predict(test_x, verbose=0), 1)
@@ -101,8 +107,17 @@ def main() -> int:
         def epoch(self, stage: str, epoch: int, epochs: int, logs: dict[str, float]) -> None:
             print(f"  qat {epoch}/{epochs} val_acc {logs.get('val_accuracy', float('nan')):.3f}", flush=True)
 
-    qat.finetune(qmodel, dataset, epochs=args.qat_epochs, learning_rate=3e-4, batch_size=32, sigmoid=False,
-                 augment=0.5, seed=args.seed, observer=Quiet())
+    qat.finetune(
+        qmodel,
+        dataset,
+        epochs=args.qat_epochs,
+        learning_rate=3e-4,
+        batch_size=32,
+        sigmoid=False,
+        augment=0.5,
+        seed=args.seed,
+        observer=Quiet(),
+    )
     qat_top1 = int8_top1(qat.to_int8(qmodel, io_type="int8", representative=calib), "qat")
     qat_s = time.perf_counter() - t1
     lost = float_top1 - ptq
@@ -121,11 +136,15 @@ def main() -> int:
         "train_s": round(train_s, 1),
         "qat_s": round(qat_s, 1),
     }
-    print(f"float {100 * float_top1:.1f}% | post-training int8 {100 * ptq:.1f}% (drop {result['ptq_drop_points']:.1f} pt)"
-          f" | QAT int8 {100 * qat_top1:.1f}% (drop {result['qat_drop_points']:.1f} pt) | recovered "
-          f"{100 * recovered:.0f}% of the loss | {len(test_y)} test images | QAT {qat_s:.0f} s")
-    print(f"control, {args.qat_epochs} more float epochs then post-training int8: float {100 * control_float:.1f}%, "
-          f"int8 {100 * control_ptq:.1f}% (drop {100 * (control_float - control_ptq):.1f} pt)")
+    print(
+        f"float {100 * float_top1:.1f}% | post-training int8 {100 * ptq:.1f}% (drop {result['ptq_drop_points']:.1f} pt)"
+        f" | QAT int8 {100 * qat_top1:.1f}% (drop {result['qat_drop_points']:.1f} pt) | recovered "
+        f"{100 * recovered:.0f}% of the loss | {len(test_y)} test images | QAT {qat_s:.0f} s"
+    )
+    print(
+        f"control, {args.qat_epochs} more float epochs then post-training int8: float {100 * control_float:.1f}%, "
+        f"int8 {100 * control_ptq:.1f}% (drop {100 * (control_float - control_ptq):.1f} pt)"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0

@@ -140,9 +140,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "threads": args.threads,
         "median_ms": loop,
-        "ratio_to_invoke": {
-            mode: {k: v / times["invoke"] for k, v in times.items()} for mode, times in loop.items()
-        },
+        "ratio_to_invoke": {mode: {k: v / times["invoke"] for k, v in times.items()} for mode, times in loop.items()},
         **proc,
     }
     print(f"median per frame (ms), {args.threads} threads, 640x480 RGB frame -> {MODEL.name}")

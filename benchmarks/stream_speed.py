@@ -71,8 +71,9 @@ def stream_run(video: Path, threads: int, frames: int | None = None, loop: bool 
 
     stamps, totals, invokes = [], [], []
     # edgecls run's defaults: top 3, no smoothing, no frames kept (no drawing sink)
-    with Stream(MODEL, source=str(video), num_threads=threads, top_k=3, keep_frames=False, loop=loop,
-                max_frames=frames) as stream:
+    with Stream(
+        MODEL, source=str(video), num_threads=threads, top_k=3, keep_frames=False, loop=loop, max_frames=frames
+    ) as stream:
         for result in stream:
             stamps.append(time.perf_counter())
             totals.append(result.latency.total_ms)
@@ -94,7 +95,9 @@ def cli_run(video: Path, threads: int) -> dict[str, float]:
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "edgecls", "run", str(MODEL), "--source", str(video), "--threads", str(threads), "-q"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     wall = time.perf_counter() - start
     match = re.search(r"done: (\d+) frames in ([\d.]+) s", proc.stderr)
@@ -114,8 +117,14 @@ def leak_check(video: Path, threads: int, frames: int) -> dict[str, float]:
 
     fds_before, threads_before = len(os.listdir("/proc/self/fd")), threading.active_count()
     samples: list[tuple[int, float]] = []
-    with Stream(MODEL, source=str(video), num_threads=threads, loop=True, max_frames=frames,
-                smoothing=Smoothing(alpha=0.5, hold=3)) as stream:
+    with Stream(
+        MODEL,
+        source=str(video),
+        num_threads=threads,
+        loop=True,
+        max_frames=frames,
+        smoothing=Smoothing(alpha=0.5, hold=3),
+    ) as stream:
         for n, _ in enumerate(stream, 1):
             if n % 500 == 0:
                 samples.append((n, rss_mb()))
@@ -170,17 +179,25 @@ def main() -> None:
         "leak": leak,
     }
     print(f"bare invoke:           {invoke_ms:.2f} ms = {bare_fps:.1f} /s ({args.threads} threads)")
-    print(f"stream steady state:   {best['steady_fps']:.1f} /s = {report['throughput_ratio']:.3f}x bare "
-          "(runs: " + ", ".join(f"{r['steady_fps']:.1f}" for r in stream_runs) + ")")
-    print(f"capture->result:       median {best['latency_median_ms']:.2f} ms (budget {invoke_ms + 5:.2f}), "
-          f"p95 {best['latency_p95_ms']:.2f}; invoke inside the stream {best['invoke_median_ms']:.2f} ms")
+    print(
+        f"stream steady state:   {best['steady_fps']:.1f} /s = {report['throughput_ratio']:.3f}x bare "
+        "(runs: " + ", ".join(f"{r['steady_fps']:.1f}" for r in stream_runs) + ")"
+    )
+    print(
+        f"capture->result:       median {best['latency_median_ms']:.2f} ms (budget {invoke_ms + 5:.2f}), "
+        f"p95 {best['latency_p95_ms']:.2f}; invoke inside the stream {best['invoke_median_ms']:.2f} ms"
+    )
     print("parts p50/p95:         " + ", ".join(f"{k} {v['p50']}/{v['p95']}" for k, v in best["parts_ms"].items()))
-    print(f"edgecls run -q:        {cli['frames']} frames, {cli['stream_fps']:.1f} /s in the stream, "
-          f"{cli['process_wall_s']:.2f} s for the whole process")
+    print(
+        f"edgecls run -q:        {cli['frames']} frames, {cli['stream_fps']:.1f} /s in the stream, "
+        f"{cli['process_wall_s']:.2f} s for the whole process"
+    )
     if leak:
-        print(f"{leak['frames']} frames:          RSS {leak['rss_after_1000_mb']:.1f} -> {leak['rss_end_mb']:.1f} MB "
-              f"(growth {leak['rss_growth_mb']:+.2f} MB after warm-up), threads {leak['threads_before']} -> "
-              f"{leak['threads_after']}, fds {leak['fds_before']} -> {leak['fds_after']}")
+        print(
+            f"{leak['frames']} frames:          RSS {leak['rss_after_1000_mb']:.1f} -> {leak['rss_end_mb']:.1f} MB "
+            f"(growth {leak['rss_growth_mb']:+.2f} MB after warm-up), threads {leak['threads_before']} -> "
+            f"{leak['threads_after']}, fds {leak['fds_before']} -> {leak['fds_after']}"
+        )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

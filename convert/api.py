@@ -61,14 +61,23 @@ class ConvertResult:
         compiled = (report.get("edgetpu") or {}).get("compiled_model")
         return cls(
             schema_version=int(report.get("schema_version", REPORT_SCHEMA_VERSION)),
-            passed=bool(report["passed"]), learned_nothing=bool(report.get("learned_nothing")),
-            arch=report["model"]["arch"], classes=tuple(report["classes"]),
-            float_top1=float(report["float"]["top1"]), int8_top1=float(report[key]["top1"]),
-            agreement=float(report["agreement"]), drop_points=float(report["drop_points"]),
-            gate_message=report.get("gate_message"), warnings=tuple(report.get("warnings") or ()),
-            out_dir=out_dir, model_path=out_dir / "model.tflite", keras_path=out_dir / "model.keras",
-            labels_path=out_dir / "labels.txt", report_path=out_dir / "report.json",
-            report_md_path=out_dir / "report.md", confusion_matrix_path=out_dir / "confusion_matrix.png",
+            passed=bool(report["passed"]),
+            learned_nothing=bool(report.get("learned_nothing")),
+            arch=report["model"]["arch"],
+            classes=tuple(report["classes"]),
+            float_top1=float(report["float"]["top1"]),
+            int8_top1=float(report[key]["top1"]),
+            agreement=float(report["agreement"]),
+            drop_points=float(report["drop_points"]),
+            gate_message=report.get("gate_message"),
+            warnings=tuple(report.get("warnings") or ()),
+            out_dir=out_dir,
+            model_path=out_dir / "model.tflite",
+            keras_path=out_dir / "model.keras",
+            labels_path=out_dir / "labels.txt",
+            report_path=out_dir / "report.json",
+            report_md_path=out_dir / "report.md",
+            confusion_matrix_path=out_dir / "confusion_matrix.png",
             training_curves_path=out_dir / "training_curves.png",
             edgetpu_model_path=out_dir / compiled if compiled else None,
             report=MappingProxyType(report),
@@ -81,9 +90,11 @@ class ConvertResult:
         return "passed, but the model learned nothing" if self.learned_nothing else "passed"
 
     def __str__(self) -> str:
-        return (f"{self.arch}: float top-1 {100 * self.float_top1:.1f}%, int8 top-1 {100 * self.int8_top1:.1f}% "
-                f"(drop {self.drop_points:.2f} pt, agreement {100 * self.agreement:.1f}%); parity gate "
-                f"{self.verdict}; model {self.model_path}")
+        return (
+            f"{self.arch}: float top-1 {100 * self.float_top1:.1f}%, int8 top-1 {100 * self.int8_top1:.1f}% "
+            f"(drop {self.drop_points:.2f} pt, agreement {100 * self.agreement:.1f}%); parity gate "
+            f"{self.verdict}; model {self.model_path}"
+        )
 
     def _repr_markdown_(self) -> str:  # how a notebook shows a result left at the end of a cell
         return self.report_md_path.read_text(encoding="utf-8") if self.report_md_path.is_file() else str(self)
@@ -100,8 +111,10 @@ class WorkerResult:
     passed: bool = True  # nothing of its own to fail: the chief's result has the verdict
 
     def __str__(self) -> str:
-        return (f"{self.task_type} {self.task_index} of {self.num_workers} workers: trained its shard; the chief "
-                "wrote the run")
+        return (
+            f"{self.task_type} {self.task_index} of {self.num_workers} workers: trained its shard; the chief "
+            "wrote the run"
+        )
 
 
 def _result(report: dict[str, Any], out: str | os.PathLike[str]) -> ConvertResult | WorkerResult:
@@ -180,8 +193,14 @@ def import_tensorflow(command: str = "convert", *, verbose: bool = False) -> Any
     return tensorflow
 
 
-def preflight(out: str | os.PathLike[str], *, overwrite: bool, options: Mapping[str, Any],
-              data: str | os.PathLike[str] | None = None, model: str | os.PathLike[str] | None = None) -> None:
+def preflight(
+    out: str | os.PathLike[str],
+    *,
+    overwrite: bool,
+    options: Mapping[str, Any],
+    data: str | os.PathLike[str] | None = None,
+    model: str | os.PathLike[str] | None = None,
+) -> None:
     """What can be checked before TensorFlow loads (seconds), so that a typo is one error at once: the data folder,
     the model file, and whether ``out`` can take the run."""
     from edgecls.errors import DataError
@@ -209,8 +228,9 @@ def check_paths(opts: Any) -> None:
         if not Path(folder).is_dir():
             raise DataError(f"--extra-data {folder}: not a folder; expected EXTRA_DIR/<class>/*.jpg")
     if opts.teacher is not None and not Path(opts.teacher).exists():
-        raise ConfigError(f"--teacher {opts.teacher}: not found; give an earlier convert output folder or a .keras "
-                          "file")
+        raise ConfigError(
+            f"--teacher {opts.teacher}: not found; give an earlier convert output folder or a .keras file"
+        )
 
 
 def training_device() -> str:
@@ -229,9 +249,17 @@ def training_device() -> str:
     return f"training on the CPU, {os.cpu_count()} cores; no GPU found (TensorFlow {tf.__version__})"
 
 
-def train(data: str | os.PathLike[str], out: str | os.PathLike[str], *, arch: str = "compact-cnn",
-          overwrite: bool = False, progress: Any = True, stop_request: Any = None, verbose: bool = False,
-          **options: Any) -> ConvertResult | WorkerResult:
+def train(
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    arch: str = "compact-cnn",
+    overwrite: bool = False,
+    progress: Any = True,
+    stop_request: Any = None,
+    verbose: bool = False,
+    **options: Any,
+) -> ConvertResult | WorkerResult:
     """Train ``arch`` on ``data`` (a folder of class folders, or train/ val/ [test/]), export it to int8 TFLite,
     verify it against the float model on the held-out images and write the run to ``out`` (built beside it and
     swapped in whole; ``overwrite`` replaces an earlier run there).
@@ -255,14 +283,25 @@ def train(data: str | os.PathLike[str], out: str | os.PathLike[str], *, arch: st
     obs = _observer(progress)
     obs.step(training_device())
     if filled:
-        obs.step(f"the {name} recipe (docs/convert.md) sets " + ", ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in filled.items()) + "; a flag you give wins")
+        obs.step(
+            f"the {name} recipe (docs/convert.md) sets "
+            + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in filled.items())
+            + "; a flag you give wins"
+        )
     report = convert_dataset(Path(data), opts, obs, stop_request, overwrite=overwrite)
     return _result(report, out)
 
 
-def quantize(model: str | os.PathLike[str], calibration: str | os.PathLike[str], out: str | os.PathLike[str], *,
-             overwrite: bool = False, progress: Any = True, verbose: bool = False, **options: Any) -> ConvertResult:
+def quantize(
+    model: str | os.PathLike[str],
+    calibration: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    progress: Any = True,
+    verbose: bool = False,
+    **options: Any,
+) -> ConvertResult:
     """Quantise a Keras model trained elsewhere (.keras, .h5 or a SavedModel folder) to int8 with ``calibration``
     (class folders whose names are the model's classes, or pass ``labels=``), verify it on every calibration image
     and write the run to ``out``. ``mean``/``std``: the normalisation the model expects of 0..255 pixels, when it
@@ -277,8 +316,16 @@ def quantize(model: str | os.PathLike[str], calibration: str | os.PathLike[str],
     return ConvertResult.from_report(report, Path(out).absolute())
 
 
-def demo(out: str | os.PathLike[str], *, overwrite: bool = False, progress: Any = True, stop_request: Any = None,
-         verbose: bool = False, seed: int = 0, **options: Any) -> ConvertResult:
+def demo(
+    out: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    progress: Any = True,
+    stop_request: Any = None,
+    verbose: bool = False,
+    seed: int = 0,
+    **options: Any,
+) -> ConvertResult:
     """`edgecls convert --demo`: write a generated dataset of shapes into ``out``/demo_data, then `train` on it
     with settings that finish in about 2 minutes on a laptop CPU; ``options`` override those settings."""
     from .pipeline import convert_dataset, demo_options, staged_output, write_demo_data
@@ -305,4 +352,3 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["ConvertResult", "demo", "import_tensorflow", "options_from", "quantize", "train"]
-

@@ -83,8 +83,12 @@ def _targets(model: Any) -> list[tuple[Any, list[_Target]]]:
 def _only_reader(container: Any, layer: Any) -> Any:
     """The single layer that reads ``layer``'s output inside ``container``; None when there are several or the
     output also leaves the container (the converter cannot fold a BatchNorm into such a conv)."""
-    readers = [other for other in container.layers for node in getattr(other, "_inbound_nodes", [])
-               if any(parent.operation is layer for parent in node.parent_nodes)]
+    readers = [
+        other
+        for other in container.layers
+        for node in getattr(other, "_inbound_nodes", [])
+        if any(parent.operation is layer for parent in node.parent_nodes)
+    ]
     if len(readers) != 1 or any(t._keras_history[0] is layer for t in container.outputs):
         return None
     return readers[0]
@@ -101,8 +105,9 @@ def _container_inputs(model: Any, container: Any, images: np.ndarray) -> np.ndar
     return feeder.predict(images, batch_size=_BATCH, verbose=0)
 
 
-def sum_over_inputs(model: Any, representative: np.ndarray, fn: Callable[[_Target, np.ndarray], Any],
-                    max_batch: int = _BATCH) -> list[tuple[_Target, Any]]:
+def sum_over_inputs(
+    model: Any, representative: np.ndarray, fn: Callable[[_Target, np.ndarray], Any], max_batch: int = _BATCH
+) -> list[tuple[_Target, Any]]:
     """Per target, the sum over batches of ``fn(target, x)``, where ``x`` is a batch of what the target's conv
     receives when ``model`` sees ``representative`` (float32 model inputs)."""
     import keras
@@ -140,15 +145,20 @@ def channel_errors(model: Any, representative: np.ndarray) -> list[tuple[_Target
         return np.asarray(_conv(t.conv, x, deltas[id(t.conv)])).sum(axis=(0, 1, 2), dtype=np.float64)
 
     positions = lambda t: len(representative) * int(np.prod(t.conv.output.shape[1:3]))
-    return [(t, (total / positions(t)).astype(np.float32))
-            for t, total in sum_over_inputs(model, representative, error_sum)]
+    return [
+        (t, (total / positions(t)).astype(np.float32)) for t, total in sum_over_inputs(model, representative, error_sum)
+    ]
 
 
 def _conv(layer: Any, x: np.ndarray, kernel: np.ndarray) -> Any:
     import keras
 
-    args = {"strides": layer.strides, "padding": layer.padding, "data_format": "channels_last",
-            "dilation_rate": layer.dilation_rate}
+    args = {
+        "strides": layer.strides,
+        "padding": layer.padding,
+        "data_format": "channels_last",
+        "dilation_rate": layer.dilation_rate,
+    }
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         return keras.ops.depthwise_conv(x, kernel, **args)
     return keras.ops.conv(x, kernel, **args)

@@ -192,8 +192,10 @@ class ImageStore:
         while done < len(view):
             n = os.preadv(file.fd, [view[done:]], offset + done)
             if n <= 0:
-                raise DataError(f"the image cache file {file.path} is shorter than its index says; "
-                                "clear it with `edgecls cache clear` and run again")
+                raise DataError(
+                    f"the image cache file {file.path} is shorter than its index says; "
+                    "clear it with `edgecls cache clear` and run again"
+                )
             done += n
 
 
@@ -266,31 +268,68 @@ class ImageCache:
     directory: Path
     max_bytes: int = DEFAULT_MAX_BYTES
 
-    def decode(self, name: str, root: Path, items: Sequence[Item], *, shape: tuple[int, int, int],
-               settings: dict[str, Any], decode: DecodeFn, workers: int,
-               tick: Callable[[], None], warn: Callable[[str], None]) -> Decoded:
+    def decode(
+        self,
+        name: str,
+        root: Path,
+        items: Sequence[Item],
+        *,
+        shape: tuple[int, int, int],
+        settings: dict[str, Any],
+        decode: DecodeFn,
+        workers: int,
+        tick: Callable[[], None],
+        warn: Callable[[str], None],
+    ) -> Decoded:
         """The listing's decoded images: from the entry when there is a valid one, else decoded into a new entry
         (another run decoding the same listing is waited for). A cache folder that cannot be written, or a disk
         that fills up, decodes into memory instead, after one ``warn``."""
-        family = _digest({"format": CACHE_FORMAT, "name": name, "root": str(root.resolve()), "shape": shape,
-                          "settings": settings, "version": __version__})
+        family = _digest(
+            {
+                "format": CACHE_FORMAT,
+                "name": name,
+                "root": str(root.resolve()),
+                "shape": shape,
+                "settings": settings,
+                "version": __version__,
+            }
+        )
         prefix = str(root) + os.sep
-        key = _digest({"family": family, "files": [(_relative(i.path, prefix), i.label, i.size, i.mtime_ns)
-                                                   for i in items]})
+        key = _digest(
+            {"family": family, "files": [(_relative(i.path, prefix), i.label, i.size, i.mtime_ns) for i in items]}
+        )
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             lock = _Lock(self.directory / f"{key}.lock")
         except OSError as exc:
-            return _fallback(f"the image cache {self.directory} cannot be used ({_reason(exc)})", items, shape,
-                             decode, workers, tick, warn)
+            return _fallback(
+                f"the image cache {self.directory} cannot be used ({_reason(exc)})",
+                items,
+                shape,
+                decode,
+                workers,
+                tick,
+                warn,
+            )
         try:
             return self._decode_locked(lock, key, family, name, root, items, shape, decode, workers, tick, warn)
         finally:
             lock.release()
 
-    def _decode_locked(self, lock: _Lock, key: str, family: str, name: str, root: Path, items: Sequence[Item],
-                       shape: tuple[int, int, int], decode: DecodeFn, workers: int, tick: Callable[[], None],
-                       warn: Callable[[str], None]) -> Decoded:
+    def _decode_locked(
+        self,
+        lock: _Lock,
+        key: str,
+        family: str,
+        name: str,
+        root: Path,
+        items: Sequence[Item],
+        shape: tuple[int, int, int],
+        decode: DecodeFn,
+        workers: int,
+        tick: Callable[[], None],
+        warn: Callable[[str], None],
+    ) -> Decoded:
         entry = self.directory / key
         how = "hit"
         with lock.shared():
@@ -303,15 +342,29 @@ class ImageCache:
                     needed = len(items) * int(np.prod(shape)) + HEADER_BYTES
                     free = _free_bytes(self.directory)
                     if free is not None and free < needed + 1024**2:
-                        return _fallback(f"the image cache {self.directory} has {free / 1024**2:.1f} MB free and the "
-                                         f"images need {needed / 1024**2:.1f} MB", items, shape, decode, workers,
-                                         tick, warn)
+                        return _fallback(
+                            f"the image cache {self.directory} has {free / 1024**2:.1f} MB free and the "
+                            f"images need {needed / 1024**2:.1f} MB",
+                            items,
+                            shape,
+                            decode,
+                            workers,
+                            tick,
+                            warn,
+                        )
                     try:
                         found = _build(entry, key, family, name, root, items, shape, decode, workers, tick)
                     except OSError as exc:
                         _remove(entry.with_name(f".{key}.tmp"))
-                        return _fallback(f"the image cache {self.directory} could not be written ({_reason(exc)})",
-                                         items, shape, decode, workers, tick, warn)
+                        return _fallback(
+                            f"the image cache {self.directory} could not be written ({_reason(exc)})",
+                            items,
+                            shape,
+                            decode,
+                            workers,
+                            tick,
+                            warn,
+                        )
                     how = "built"
                 store = self._store(entry, shape, found[0])  # open before the lock goes: eviction cannot take it
         store.hold(self.directory / f"{key}.lock")  # while the store lives: eviction passes the entry by
@@ -343,9 +396,19 @@ class ImageCache:
                 used = (entry / USED).stat().st_mtime if (entry / USED).exists() else entry.stat().st_mtime
             except (OSError, ValueError):
                 continue
-            found.append({"key": entry.name, "root": index.get("root"), "name": index.get("name"),
-                          "images": len(index.get("kept", [])), "bytes": size, "shape": index.get("shape"),
-                          "last_used": used, "created": index.get("created"), "family": index.get("family")})
+            found.append(
+                {
+                    "key": entry.name,
+                    "root": index.get("root"),
+                    "name": index.get("name"),
+                    "images": len(index.get("kept", [])),
+                    "bytes": size,
+                    "shape": index.get("shape"),
+                    "last_used": used,
+                    "created": index.get("created"),
+                    "family": index.get("family"),
+                }
+            )
         return found
 
     def clear(self, keys: Sequence[str] = ()) -> tuple[int, int, list[str]]:
@@ -413,8 +476,18 @@ class ImageCache:
                     lock.release()
 
 
-def _build(entry: Path, key: str, family: str, name: str, root: Path, items: Sequence[Item],
-           shape: tuple[int, int, int], decode: DecodeFn, workers: int, tick: Callable[[], None]) -> tuple[list[int], list[str], list[list[Any]]]:
+def _build(
+    entry: Path,
+    key: str,
+    family: str,
+    name: str,
+    root: Path,
+    items: Sequence[Item],
+    shape: tuple[int, int, int],
+    decode: DecodeFn,
+    workers: int,
+    tick: Callable[[], None],
+) -> tuple[list[int], list[str], list[list[Any]]]:
     """Decode ``items`` into ``.KEY.tmp`` with pwrite (nothing accumulates in memory), write the index last, then
     rename the folder to ``KEY``: an entry exists whole or not at all."""
     tmp = entry.with_name(f".{key}.tmp")
@@ -448,10 +521,21 @@ def _build(entry: Path, key: str, family: str, name: str, root: Path, items: Seq
     finally:
         os.close(fd)
     kept = sorted(hashes)
-    index = {"format": CACHE_FORMAT, "key": key, "family": family, "root": str(root.resolve()),
-             "name": name, "shape": list(shape), "count": len(items), "kept": kept,
-             "hashes": [hashes[i] for i in kept], "failed": failed, "created": time.time(),
-             "files": [_relative(i.path, str(root) + os.sep) for i in items], "edgecls": __version__}
+    index = {
+        "format": CACHE_FORMAT,
+        "key": key,
+        "family": family,
+        "root": str(root.resolve()),
+        "name": name,
+        "shape": list(shape),
+        "count": len(items),
+        "kept": kept,
+        "hashes": [hashes[i] for i in kept],
+        "failed": failed,
+        "created": time.time(),
+        "files": [_relative(i.path, str(root) + os.sep) for i in items],
+        "edgecls": __version__,
+    }
     with open(tmp / INDEX, "w", encoding="utf-8") as fh:
         json.dump(index, fh)
         fh.flush()
@@ -488,8 +572,14 @@ def _decode_each(items: Sequence[Item], decode: DecodeFn, workers: int) -> Itera
             yield done_position, future.result()
 
 
-def decode_in_memory(items: Sequence[Item], shape: tuple[int, int, int], decode: DecodeFn, workers: int,
-                     tick: Callable[[], None], cache: str = "off") -> Decoded:
+def decode_in_memory(
+    items: Sequence[Item],
+    shape: tuple[int, int, int],
+    decode: DecodeFn,
+    workers: int,
+    tick: Callable[[], None],
+    cache: str = "off",
+) -> Decoded:
     """Decode ``items`` into one array in memory (no cache: memory grows with the number of images)."""
     arrays, kept, hashes, failed = [], [], [], []
     for position, result in _decode_each(items, decode, workers):
@@ -504,14 +594,22 @@ def decode_in_memory(items: Sequence[Item], shape: tuple[int, int, int], decode:
     return Decoded(stacked, tuple(kept), tuple(hashes), tuple(failed), cache)
 
 
-def _fallback(why: str, items: Sequence[Item], shape: tuple[int, int, int], decode: DecodeFn, workers: int,
-              tick: Callable[[], None], warn: Callable[[str], None]) -> Decoded:
+def _fallback(
+    why: str,
+    items: Sequence[Item],
+    shape: tuple[int, int, int],
+    decode: DecodeFn,
+    workers: int,
+    tick: Callable[[], None],
+    warn: Callable[[str], None],
+) -> Decoded:
     warn(f"{why}; decoding into memory for this run (--cache-dir DIR chooses another folder)")
     return decode_in_memory(items, shape, decode, workers, tick, cache=f"fallback: {why}")
 
 
-def _read_entry(entry: Path, key: str, shape: tuple[int, int, int], count: int
-                ) -> tuple[list[int], list[str], list[list[Any]]] | None:
+def _read_entry(
+    entry: Path, key: str, shape: tuple[int, int, int], count: int
+) -> tuple[list[int], list[str], list[list[Any]]] | None:
     """The entry's (kept rows, hashes, failures) when it is complete and belongs to ``key``; else None."""
     try:
         if entry.is_symlink() or not entry.is_dir():
@@ -520,10 +618,15 @@ def _read_entry(entry: Path, key: str, shape: tuple[int, int, int], count: int
         size = (entry / IMAGES).stat().st_size
     except (OSError, ValueError):
         return None
-    ok = (isinstance(index, dict) and index.get("format") == CACHE_FORMAT and index.get("key") == key
-          and index.get("shape") == list(shape) and index.get("count") == count
-          and size == HEADER_BYTES + count * int(np.prod(shape))
-          and len(index.get("kept", [])) == len(index.get("hashes", [])))
+    ok = (
+        isinstance(index, dict)
+        and index.get("format") == CACHE_FORMAT
+        and index.get("key") == key
+        and index.get("shape") == list(shape)
+        and index.get("count") == count
+        and size == HEADER_BYTES + count * int(np.prod(shape))
+        and len(index.get("kept", [])) == len(index.get("hashes", []))
+    )
     if not ok:
         return None
     return list(index["kept"]), list(index["hashes"]), list(index.get("failed", []))
@@ -590,7 +693,7 @@ def _digest(value: Any) -> str:
 def _relative(path: Path, prefix: str) -> str:
     """``path`` under the folder ``prefix`` (which ends in a separator), or the whole absolute path."""
     text = str(path)
-    return text[len(prefix):] if text.startswith(prefix) else os.path.abspath(text)
+    return text[len(prefix) :] if text.startswith(prefix) else os.path.abspath(text)
 
 
 def _reason(exc: OSError) -> str:

@@ -79,8 +79,14 @@ class Target(str, Enum):
     imx500 = "imx500"
 
 
-DATA, MODEL, TRAIN, EXPORT, GATE, EXTERNAL = ("Data", "Model", "Training", "Int8 export", "Parity gate and report",
-                                              "A model trained elsewhere (--calibration)")
+DATA, MODEL, TRAIN, EXPORT, GATE, EXTERNAL = (
+    "Data",
+    "Model",
+    "Training",
+    "Int8 export",
+    "Parity gate and report",
+    "A model trained elsewhere (--calibration)",
+)
 CONVERT_EXAMPLES = examples(
     "edgecls convert --demo --out demo-run",
     "edgecls convert photos/ --out run",
@@ -99,75 +105,230 @@ def convert(
     ctx: typer.Context,
     source: Annotated[
         Path | None,
-        typer.Argument(help="Dataset folder (DATA/<class>/*.jpg, or train/ val/ and optionally test/), or a "
-                       ".keras/.h5/SavedModel to quantise with --calibration.", show_default=False),
+        typer.Argument(
+            help="Dataset folder (DATA/<class>/*.jpg, or train/ val/ and optionally test/), or a "
+            ".keras/.h5/SavedModel to quantise with --calibration.",
+            show_default=False,
+        ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="Output folder for model.tflite, report and plots.")] = Path("edgecls-out"),
-    demo: Annotated[bool, typer.Option("--demo", help="Generate a shapes dataset and run the whole job on it; other "
-                                       "flags given override the demo's settings.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a finished run in --out (the whole folder).")] = False,
-    calibration: Annotated[Path | None, typer.Option(help="Images (class folders) to calibrate and verify an external model.", rich_help_panel=EXTERNAL)] = None,
-    labels: Annotated[Path | None, typer.Option(help="Label file for an external model (default: calibration folder names).", rich_help_panel=EXTERNAL)] = None,
-    mean: Annotated[float | None, typer.Option(help="External model: the mean it subtracts from pixels.", rich_help_panel=EXTERNAL)] = None,
-    std: Annotated[float | None, typer.Option(help="External model: the std it divides pixels by.", rich_help_panel=EXTERNAL)] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output folder for model.tflite, report and plots.")] = Path(
+        "edgecls-out"
+    ),
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help="Generate a shapes dataset and run the whole job on it; other "
+            "flags given override the demo's settings.",
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a finished run in --out (the whole folder).")
+    ] = False,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            help="Images (class folders) to calibrate and verify an external model.", rich_help_panel=EXTERNAL
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="Label file for an external model (default: calibration folder names).", rich_help_panel=EXTERNAL
+        ),
+    ] = None,
+    mean: Annotated[
+        float | None, typer.Option(help="External model: the mean it subtracts from pixels.", rich_help_panel=EXTERNAL)
+    ] = None,
+    std: Annotated[
+        float | None, typer.Option(help="External model: the std it divides pixels by.", rich_help_panel=EXTERNAL)
+    ] = None,
     arch: Annotated[Arch, typer.Option(help="Architecture.", rich_help_panel=MODEL)] = Arch.compact_cnn,  # type: ignore[attr-defined]
-    input_size: Annotated[int | None, typer.Option(min=16, help="Square input size (default per architecture).", rich_help_panel=MODEL)] = None,
-    color: Annotated[Color, typer.Option(help="Model colour input; grayscale is a third of the input work.", rich_help_panel=MODEL)] = Color.rgb,
-    alpha: Annotated[float | None, typer.Option(help="MobileNet width multiplier (default: what a --weights file names, else 0.25 for mobilenet_v1, 1.0 for the others).", rich_help_panel=MODEL, show_default=False)] = None,
-    weights: Annotated[str, typer.Option(help="MobileNet weights: imagenet, none, or a local .h5/.keras file.", rich_help_panel=MODEL)] = "imagenet",
+    input_size: Annotated[
+        int | None, typer.Option(min=16, help="Square input size (default per architecture).", rich_help_panel=MODEL)
+    ] = None,
+    color: Annotated[
+        Color, typer.Option(help="Model colour input; grayscale is a third of the input work.", rich_help_panel=MODEL)
+    ] = Color.rgb,
+    alpha: Annotated[
+        float | None,
+        typer.Option(
+            help="MobileNet width multiplier (default: what a --weights file names, else 0.25 for mobilenet_v1, 1.0 for the others).",
+            rich_help_panel=MODEL,
+            show_default=False,
+        ),
+    ] = None,
+    weights: Annotated[
+        str, typer.Option(help="MobileNet weights: imagenet, none, or a local .h5/.keras file.", rich_help_panel=MODEL)
+    ] = "imagenet",
     width: Annotated[int, typer.Option(help="compact-cnn: filters of the first stage.", rich_help_panel=MODEL)] = 32,
     depth: Annotated[int, typer.Option(help="compact-cnn: number of stages.", rich_help_panel=MODEL)] = 4,
-    separable: Annotated[bool, typer.Option(help="compact-cnn: depthwise-separable blocks.", rich_help_panel=MODEL)] = True,
+    separable: Annotated[
+        bool, typer.Option(help="compact-cnn: depthwise-separable blocks.", rich_help_panel=MODEL)
+    ] = True,
     dropout: Annotated[float, typer.Option(help="Dropout before the classifier.", rich_help_panel=MODEL)] = 0.2,
     target: Annotated[
-        Target, typer.Option(help="edgetpu: Edge-TPU-friendly build, pre-flight, and edgetpu_compiler when installed. imx500: also the Raspberry Pi AI Camera's package (RUN/imx500/, its own parity gate; needs Java 17, the toolchain is installed on first use).", rich_help_panel=MODEL)
+        Target,
+        typer.Option(
+            help="edgetpu: Edge-TPU-friendly build, pre-flight, and edgetpu_compiler when installed. imx500: also the Raspberry Pi AI Camera's package (RUN/imx500/, its own parity gate; needs Java 17, the toolchain is installed on first use).",
+            rich_help_panel=MODEL,
+        ),
     ] = Target.cpu,
     split: Annotated[str, typer.Option(help="train,val,test percentages.", rich_help_panel=DATA)] = "70,15,15",
-    extra_data: Annotated[list[Path] | None, typer.Option("--extra-data", help="More class folders for training only, e.g. frames from edgecls run --collect sorted by a person (repeatable).", rich_help_panel=DATA)] = None,
-    seed: Annotated[int, typer.Option(help="Seed for the split, weight initialisation, shuffling and augmentation.", rich_help_panel=DATA)] = 0,
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Where decoded images are kept between runs (default: $EDGECLS_CACHE_DIR, else ~/.cache/edgecls/data; `edgecls cache` lists and clears it).", rich_help_panel=DATA, show_default=False)] = None,
-    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Keep decoded images on disk between runs; --no-cache decodes them into memory for this run only (memory then grows with the number of images).", rich_help_panel=DATA)] = True,
-    resize: Annotated[Resize, typer.Option(help="How the device fits frames to the input.", rich_help_panel=DATA)] = Resize.squash,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs (the head, for transfer models).", rich_help_panel=TRAIN)] = 40,
-    fine_tune_epochs: Annotated[int, typer.Option(min=0, help="Transfer models: fine-tuning epochs.", rich_help_panel=TRAIN)] = 15,
-    fine_tune_layers: Annotated[int, typer.Option(min=0, help="Transfer models: top base layers to unfreeze.", rich_help_panel=TRAIN)] = 30,
-    batch_size: Annotated[int, typer.Option(min=1, rich_help_panel=TRAIN)] = 32,
-    learning_rate: Annotated[float, typer.Option(help="Learning rate (fine-tuning uses a tenth).", rich_help_panel=TRAIN)] = 1e-3,
-    optimizer: Annotated[Optimizer, typer.Option(help="adam, or sgd with Nesterov momentum 0.9 (about 10x the learning rate; keep adam for transfer models, whose fine-tuning collapsed with sgd).", rich_help_panel=TRAIN)] = Optimizer.adam,
-    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.99, rich_help_panel=TRAIN)] = 0.0,
-    augment: Annotated[float, typer.Option(min=0.0, max=3.0, help="Augmentation strength (0 = off).", rich_help_panel=TRAIN)] = 1.0,
-    mixup: Annotated[float, typer.Option(min=0.0, max=10.0, help="MixUp strength, the Beta(a, a) alpha (0 = off; try 0.2).", rich_help_panel=TRAIN)] = 0.0,
-    flip: Annotated[Flip, typer.Option(help="Mirror training images left-right: auto does for photos, not for grayscale images of 32 px or less (a mirrored digit is not the same digit).", rich_help_panel=TRAIN)] = Flip.auto,
-    weight_decay: Annotated[float, typer.Option(min=0.0, max=0.99, help="Decoupled weight decay of kernels (0 = none; with Adam, AdamW).", rich_help_panel=TRAIN)] = 0.0,
-    patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience in epochs.", rich_help_panel=TRAIN)] = 8,
-    class_weights: Annotated[ClassWeights, typer.Option(help="'auto' weighs classes by inverse frequency.", rich_help_panel=TRAIN)] = ClassWeights.none,
-    strategy: Annotated[Strategy, typer.Option(help="tf.distribute strategy (multi-worker reads TF_CONFIG).", rich_help_panel=TRAIN)] = Strategy.default,
-    teacher: Annotated[
-        Path | None, typer.Option(help="Distil from this model: an earlier convert output folder (same data, split "
-                                     "and seed) or a .keras file; the training targets blend in its probabilities.", rich_help_panel=TRAIN)
+    extra_data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--extra-data",
+            help="More class folders for training only, e.g. frames from edgecls run --collect sorted by a person (repeatable).",
+            rich_help_panel=DATA,
+        ),
     ] = None,
-    teacher_weight: Annotated[float, typer.Option(help="With --teacher: the teacher's share of the targets, in (0, 1].", rich_help_panel=TRAIN)] = 0.7,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="Seed for the split, weight initialisation, shuffling and augmentation.", rich_help_panel=DATA
+        ),
+    ] = 0,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir",
+            help="Where decoded images are kept between runs (default: $EDGECLS_CACHE_DIR, else ~/.cache/edgecls/data; `edgecls cache` lists and clears it).",
+            rich_help_panel=DATA,
+            show_default=False,
+        ),
+    ] = None,
+    cache: Annotated[
+        bool,
+        typer.Option(
+            "--cache/--no-cache",
+            help="Keep decoded images on disk between runs; --no-cache decodes them into memory for this run only (memory then grows with the number of images).",
+            rich_help_panel=DATA,
+        ),
+    ] = True,
+    resize: Annotated[
+        Resize, typer.Option(help="How the device fits frames to the input.", rich_help_panel=DATA)
+    ] = Resize.squash,
+    epochs: Annotated[
+        int, typer.Option(min=1, help="Training epochs (the head, for transfer models).", rich_help_panel=TRAIN)
+    ] = 40,
+    fine_tune_epochs: Annotated[
+        int, typer.Option(min=0, help="Transfer models: fine-tuning epochs.", rich_help_panel=TRAIN)
+    ] = 15,
+    fine_tune_layers: Annotated[
+        int, typer.Option(min=0, help="Transfer models: top base layers to unfreeze.", rich_help_panel=TRAIN)
+    ] = 30,
+    batch_size: Annotated[int, typer.Option(min=1, rich_help_panel=TRAIN)] = 32,
+    learning_rate: Annotated[
+        float, typer.Option(help="Learning rate (fine-tuning uses a tenth).", rich_help_panel=TRAIN)
+    ] = 1e-3,
+    optimizer: Annotated[
+        Optimizer,
+        typer.Option(
+            help="adam, or sgd with Nesterov momentum 0.9 (about 10x the learning rate; keep adam for transfer models, whose fine-tuning collapsed with sgd).",
+            rich_help_panel=TRAIN,
+        ),
+    ] = Optimizer.adam,
+    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.99, rich_help_panel=TRAIN)] = 0.0,
+    augment: Annotated[
+        float, typer.Option(min=0.0, max=3.0, help="Augmentation strength (0 = off).", rich_help_panel=TRAIN)
+    ] = 1.0,
+    mixup: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=10.0, help="MixUp strength, the Beta(a, a) alpha (0 = off; try 0.2).", rich_help_panel=TRAIN
+        ),
+    ] = 0.0,
+    flip: Annotated[
+        Flip,
+        typer.Option(
+            help="Mirror training images left-right: auto does for photos, not for grayscale images of 32 px or less (a mirrored digit is not the same digit).",
+            rich_help_panel=TRAIN,
+        ),
+    ] = Flip.auto,
+    weight_decay: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.99,
+            help="Decoupled weight decay of kernels (0 = none; with Adam, AdamW).",
+            rich_help_panel=TRAIN,
+        ),
+    ] = 0.0,
+    patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience in epochs.", rich_help_panel=TRAIN)] = 8,
+    class_weights: Annotated[
+        ClassWeights, typer.Option(help="'auto' weighs classes by inverse frequency.", rich_help_panel=TRAIN)
+    ] = ClassWeights.none,
+    strategy: Annotated[
+        Strategy, typer.Option(help="tf.distribute strategy (multi-worker reads TF_CONFIG).", rich_help_panel=TRAIN)
+    ] = Strategy.default,
+    teacher: Annotated[
+        Path | None,
+        typer.Option(
+            help="Distil from this model: an earlier convert output folder (same data, split "
+            "and seed) or a .keras file; the training targets blend in its probabilities.",
+            rich_help_panel=TRAIN,
+        ),
+    ] = None,
+    teacher_weight: Annotated[
+        float,
+        typer.Option(help="With --teacher: the teacher's share of the targets, in (0, 1].", rich_help_panel=TRAIN),
+    ] = 0.7,
     deterministic: Annotated[
-        bool, typer.Option("--deterministic", help="Deterministic TensorFlow ops: --seed reproduces the model exactly (slower).", rich_help_panel=TRAIN)
+        bool,
+        typer.Option(
+            "--deterministic",
+            help="Deterministic TensorFlow ops: --seed reproduces the model exactly (slower).",
+            rich_help_panel=TRAIN,
+        ),
     ] = False,
-    quant: Annotated[Quant, typer.Option(help="Quantisation of the exported model.", rich_help_panel=EXPORT)] = Quant.int8,
-    io: Annotated[IoType, typer.Option("--io", help="int8 models: input/output type (uint8 is what MediaPipe and other runtimes take).", rich_help_panel=EXPORT)] = IoType.uint8,
-    calibration_samples: Annotated[int, typer.Option(min=1, help="Representative images for int8 calibration.", rich_help_panel=EXPORT)] = 300,
+    quant: Annotated[
+        Quant, typer.Option(help="Quantisation of the exported model.", rich_help_panel=EXPORT)
+    ] = Quant.int8,
+    io: Annotated[
+        IoType,
+        typer.Option(
+            "--io",
+            help="int8 models: input/output type (uint8 is what MediaPipe and other runtimes take).",
+            rich_help_panel=EXPORT,
+        ),
+    ] = IoType.uint8,
+    calibration_samples: Annotated[
+        int, typer.Option(min=1, help="Representative images for int8 calibration.", rich_help_panel=EXPORT)
+    ] = 300,
     int8_method: Annotated[
-        Int8MethodChoice, typer.Option("--int8-method", help=f"How the float model is fitted to int8. {_METHODS_HELP}.", rich_help_panel=EXPORT)  # type: ignore[valid-type]
+        Int8MethodChoice,
+        typer.Option(
+            "--int8-method", help=f"How the float model is fitted to int8. {_METHODS_HELP}.", rich_help_panel=EXPORT
+        ),  # type: ignore[valid-type]
     ] = DEFAULT_METHOD_CHOICE,  # type: ignore[misc]
-    int8_tune_epochs: Annotated[int, typer.Option(min=1, help="Epochs of --int8-method int8-tune over the training images.", rich_help_panel=EXPORT)] = 16,
+    int8_tune_epochs: Annotated[
+        int,
+        typer.Option(min=1, help="Epochs of --int8-method int8-tune over the training images.", rich_help_panel=EXPORT),
+    ] = 16,
     qat_epochs: Annotated[int, typer.Option(min=1, help="Epochs of --int8-method qat.", rich_help_panel=EXPORT)] = 5,
     # The three switches the int8 method replaced, kept working for existing scripts (not shown in --help).
     qat: Annotated[bool, typer.Option("--qat", hidden=True)] = False,
     int8_tune: Annotated[bool, typer.Option("--int8-tune", hidden=True)] = False,
     bias_correction: Annotated[bool | None, typer.Option("--bias-correction/--no-bias-correction", hidden=True)] = None,
-    max_drop: Annotated[float, typer.Option(min=0.0, help="Largest allowed top-1 drop of the quantised model, in points.", rich_help_panel=GATE)] = 1.0,
+    max_drop: Annotated[
+        float,
+        typer.Option(
+            min=0.0, help="Largest allowed top-1 drop of the quantised model, in points.", rich_help_panel=GATE
+        ),
+    ] = 1.0,
     min_agreement: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Smallest share of test images on which the quantised and the float "
-                            "model agree on the top-1 class.", rich_help_panel=GATE)
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Smallest share of test images on which the quantised and the float model agree on the top-1 class.",
+            rich_help_panel=GATE,
+        ),
     ] = 0.9,
-    baseline: Annotated[bool, typer.Option(help="Also train the seed-cnn baseline to compare against.", rich_help_panel=GATE)] = True,
+    baseline: Annotated[
+        bool, typer.Option(help="Also train the seed-cnn baseline to compare against.", rich_help_panel=GATE)
+    ] = True,
 ) -> None:
     """Train a compact CNN or MobileNet transfer model, export it as a verified int8 TFLite model, and report.
 
@@ -178,18 +339,51 @@ def convert(
     with _native_log(), project_errors(), _ends_on_termination(out):
         method = _int8_method(int8_method.value, qat=qat, int8_tune=int8_tune, bias_correction=bias_correction)
         values = {
-            "input_size": input_size, "color": color.value, "alpha": alpha, "weights": weights, "width": width,
-            "depth": depth, "separable": separable, "dropout": dropout, "epochs": epochs,
-            "fine_tune_epochs": fine_tune_epochs, "fine_tune_layers": fine_tune_layers, "batch_size": batch_size,
-            "learning_rate": learning_rate, "label_smoothing": label_smoothing, "augment": augment, "mixup": mixup, "flip": flip.value,
-            "weight_decay": weight_decay, "optimizer": optimizer.value, "patience": patience,
-            "class_weights": class_weights is ClassWeights.auto, "seed": seed, "strategy": strategy.value,
-            "arch": arch.value, "split": _parse_split(split), "extra_data": tuple(extra_data or ()), "resize": resize.value, "quant": quant.value, "io": io.value,
-            "calibration_samples": calibration_samples, "max_drop": max_drop, "min_agreement": min_agreement,
-            "baseline": baseline, "labels": labels, "mean": mean, "std": std, "target": target.value,
-            "int8_method": method, "qat_epochs": qat_epochs, "int8_tune_epochs": int8_tune_epochs,
-            "deterministic": deterministic, "teacher": teacher, "teacher_weight": teacher_weight,
-            "cache": cache, "cache_dir": cache_dir,
+            "input_size": input_size,
+            "color": color.value,
+            "alpha": alpha,
+            "weights": weights,
+            "width": width,
+            "depth": depth,
+            "separable": separable,
+            "dropout": dropout,
+            "epochs": epochs,
+            "fine_tune_epochs": fine_tune_epochs,
+            "fine_tune_layers": fine_tune_layers,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "label_smoothing": label_smoothing,
+            "augment": augment,
+            "mixup": mixup,
+            "flip": flip.value,
+            "weight_decay": weight_decay,
+            "optimizer": optimizer.value,
+            "patience": patience,
+            "class_weights": class_weights is ClassWeights.auto,
+            "seed": seed,
+            "strategy": strategy.value,
+            "arch": arch.value,
+            "split": _parse_split(split),
+            "extra_data": tuple(extra_data or ()),
+            "resize": resize.value,
+            "quant": quant.value,
+            "io": io.value,
+            "calibration_samples": calibration_samples,
+            "max_drop": max_drop,
+            "min_agreement": min_agreement,
+            "baseline": baseline,
+            "labels": labels,
+            "mean": mean,
+            "std": std,
+            "target": target.value,
+            "int8_method": method,
+            "qat_epochs": qat_epochs,
+            "int8_tune_epochs": int8_tune_epochs,
+            "deterministic": deterministic,
+            "teacher": teacher,
+            "teacher_weight": teacher_weight,
+            "cache": cache,
+            "cache_dir": cache_dir,
         }
         from . import api
         from .progress import RichObserver
@@ -202,15 +396,15 @@ def convert(
         if method != DEFAULT_INT8_METHOD:
             given["int8_method"] = method
         if demo:
-            result = _with_early_stop(lambda request: api.demo(out, stop_request=request, **common, **given),
-                                      observer)
+            result = _with_early_stop(lambda request: api.demo(out, stop_request=request, **common, **given), observer)
         elif source is None:
             raise typer.BadParameter("give a dataset folder (or a model with --calibration), or use --demo")
         elif calibration is not None:
             result = api.quantize(source, calibration, out, **common, **values)
         else:
-            result = _with_early_stop(lambda request: api.train(source, out, stop_request=request, **common, **given),
-                                      observer)
+            result = _with_early_stop(
+                lambda request: api.train(source, out, stop_request=request, **common, **given), observer
+            )
         if isinstance(result, api.WorkerResult):
             observer.console.print(str(result))
             return
@@ -261,9 +455,13 @@ def _parse_split(text: str) -> tuple[float, float, float]:
 def _summary(observer: RichObserver, report: dict[str, Any], out: Path, demo: bool) -> None:
     key = "int8" if report["quantization"]["mode"] == "int8" else "tflite"
     console = observer.console
-    verdict = ("[red]FAILED[/]" if not report["passed"] else
-               "[yellow]passed, but the model LEARNED NOTHING (see the warning)[/]" if report.get("learned_nothing")
-               else "[green]passed[/]")
+    verdict = (
+        "[red]FAILED[/]"
+        if not report["passed"]
+        else "[yellow]passed, but the model LEARNED NOTHING (see the warning)[/]"
+        if report.get("learned_nothing")
+        else "[green]passed[/]"
+    )
     console.print(
         f"\n[bold]{report['model']['arch']}[/]: float top-1 {100 * report['float']['top1']:.1f}%, "
         f"{report['quantization']['mode']} top-1 {100 * report[key]['top1']:.1f}% "
@@ -274,11 +472,16 @@ def _summary(observer: RichObserver, report: dict[str, Any], out: Path, demo: bo
         console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     if report.get("ptq"):
         ptq = report["ptq"]
-        console.print(f"post-training int8 before QAT: top-1 {100 * ptq['int8_top1']:.1f}% (drop {ptq['drop_points']:.2f} pt, "
-                      f"agreement {100 * ptq['agreement']:.1f}%)", soft_wrap=True)
+        console.print(
+            f"post-training int8 before QAT: top-1 {100 * ptq['int8_top1']:.1f}% (drop {ptq['drop_points']:.2f} pt, "
+            f"agreement {100 * ptq['agreement']:.1f}%)",
+            soft_wrap=True,
+        )
     if report.get("baseline"):
-        console.print(f"baseline (the tutorial CNN, --arch seed-cnn, same split): float top-1 "
-                      f"{100 * report['baseline']['float_top1']:.1f}%")
+        console.print(
+            f"baseline (the tutorial CNN, --arch seed-cnn, same split): float top-1 "
+            f"{100 * report['baseline']['float_top1']:.1f}%"
+        )
     if report.get("image_cache"):
         from .cache import cache_summary
 
@@ -287,10 +490,15 @@ def _summary(observer: RichObserver, report: dict[str, Any], out: Path, demo: bo
         console.print(f"teacher (distilled from): float top-1 {100 * report['teacher']['test_top1']:.1f}%")
     stopped = (report.get("history") or {}).get("stopped_early")
     if stopped:
-        console.print(f"training was stopped early ({stopped['stage']} epoch {stopped['epoch']} of {stopped['epochs']})")
+        console.print(
+            f"training was stopped early ({stopped['stage']} epoch {stopped['epoch']} of {stopped['epochs']})"
+        )
     graph = report.get("int8_graph_bytes") or report["int8_bytes"]
-    console.print(f"{report['int8_bytes'] / 1024:.1f} KiB model ({graph / report['float_tflite_bytes']:.2f}x the float "
-                  f"network), {report['timing']['total_s']:.0f} s. Report: {out / 'report.md'}", soft_wrap=True)
+    console.print(
+        f"{report['int8_bytes'] / 1024:.1f} KiB model ({graph / report['float_tflite_bytes']:.2f}x the float "
+        f"network), {report['timing']['total_s']:.0f} s. Report: {out / 'report.md'}",
+        soft_wrap=True,
+    )
     if report["skipped"]:
         console.print(f"{len(report['skipped'])} files skipped (listed in the report)")
     sample = next((p for p in sorted((out / "demo_data").rglob("*.png"))), None) if demo else None
@@ -311,12 +519,18 @@ def _summary(observer: RichObserver, report: dict[str, Any], out: Path, demo: bo
         )
         compiled = tpu.get("compiler")
         if compiled is None:
-            console.print(f"edgetpu_compiler is not installed here; on an x86-64 Linux machine run, in {out}: "
-                          f"[bold]{tpu['command']}[/]", soft_wrap=True)
+            console.print(
+                f"edgetpu_compiler is not installed here; on an x86-64 Linux machine run, in {out}: "
+                f"[bold]{tpu['command']}[/]",
+                soft_wrap=True,
+            )
         elif tpu.get("compiled_model"):
-            console.print(f"compiled: {out / tpu['compiled_model']} ({compiled['edgetpu_ops']} ops on the Edge TPU, "
-                          f"{compiled['cpu_ops']} on the CPU; on-chip memory {compiled['on_chip_memory']}, off-chip "
-                          f"{compiled['off_chip_memory']})", soft_wrap=True)
+            console.print(
+                f"compiled: {out / tpu['compiled_model']} ({compiled['edgetpu_ops']} ops on the Edge TPU, "
+                f"{compiled['cpu_ops']} on the CPU; on-chip memory {compiled['on_chip_memory']}, off-chip "
+                f"{compiled['off_chip_memory']})",
+                soft_wrap=True,
+            )
         else:
             console.print(f"[red]edgetpu_compiler failed[/]: {compiled.get('error')}", soft_wrap=True)
 
@@ -334,7 +548,7 @@ def _on_ctrl_c(take: Callable[[], bool], message: str, observer: RichObserver) -
         observer.console.print(message)
 
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # ignored at start (a background job): it stays so, as
-        yield                                                # for edgecls run (docs/device.md)
+        yield  # for edgecls run (docs/device.md)
         return
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
@@ -372,8 +586,10 @@ def _ends_on_termination(out: Path) -> Iterator[None]:
 
     def end() -> None:
         ending.append(True)
-        error(f"terminated by {signal.Signals(received[0]).name}; {out} keeps a whole run or none (the unfinished "
-              "run was removed)")
+        error(
+            f"terminated by {signal.Signals(received[0]).name}; {out} keeps a whole run or none (the unfinished "
+            "run was removed)"
+        )
         raise typer.Exit(code=128 + received[0])
 
     try:
@@ -413,37 +629,64 @@ def _with_early_stop(work: Any, observer: RichObserver) -> Any:
     from .training import StopRequest
 
     request = StopRequest()
-    with _on_ctrl_c(request.request, "stopping training after this batch; the best weights so far will be exported "
-                    "and verified (Ctrl-C again to abort)", observer):
+    with _on_ctrl_c(
+        request.request,
+        "stopping training after this batch; the best weights so far will be exported "
+        "and verified (Ctrl-C again to abort)",
+        observer,
+    ):
         return work(request)
 
 
 def tune(
-    data: Annotated[Path, typer.Argument(help="Dataset folder (DATA/<class>/*.jpg or train/ val/ and optionally test/).")],
-    out: Annotated[Path, typer.Option("--out", help="Study, trials, table, plot and the chosen model.")] = Path("edgecls-tune"),
+    data: Annotated[
+        Path, typer.Argument(help="Dataset folder (DATA/<class>/*.jpg or train/ val/ and optionally test/).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Study, trials, table, plot and the chosen model.")] = Path(
+        "edgecls-tune"
+    ),
     arch: Annotated[Arch, typer.Option(help="Architecture to search.")] = Arch.compact_cnn,  # type: ignore[attr-defined]
     trials: Annotated[int, typer.Option(min=1, help="Trials in the study (finished ones count when resuming).")] = 20,
-    budget_ms: Annotated[float | None, typer.Option(min=0.0, help="Largest p90 latency (edgecls bench, x profile factor).")] = None,
+    budget_ms: Annotated[
+        float | None, typer.Option(min=0.0, help="Largest p90 latency (edgecls bench, x profile factor).")
+    ] = None,
     max_size_kb: Annotated[float | None, typer.Option(min=0.0, help="Largest int8 model file.")] = None,
-    timeout: Annotated[float | None, typer.Option(min=0.1, help="Stop starting trials after this many minutes.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(min=0.1, help="Stop starting trials after this many minutes.")
+    ] = None,
     profile: Annotated[str | None, typer.Option(help="Device profile whose latency_factor scales the latency.")] = None,
     max_epochs: Annotated[int, typer.Option(min=1, help="Most epochs a trial may train.")] = 30,
-    input_sizes: Annotated[str | None, typer.Option(help="Comma-separated input sizes to search (default per arch).")] = None,
+    input_sizes: Annotated[
+        str | None, typer.Option(help="Comma-separated input sizes to search (default per arch).")
+    ] = None,
     bench_threads: Annotated[int, typer.Option(min=1, help="Interpreter threads for the latency measurement.")] = 1,
     color: Annotated[Color, typer.Option(help="Model colour input.")] = Color.rgb,
-    weights: Annotated[str, typer.Option(help="MobileNet weights: imagenet, none, or a local .h5/.keras file.")] = "imagenet",
+    weights: Annotated[
+        str, typer.Option(help="MobileNet weights: imagenet, none, or a local .h5/.keras file.")
+    ] = "imagenet",
     resize: Annotated[Resize, typer.Option(help="How the device fits frames to the input.")] = Resize.squash,
     io: Annotated[IoType, typer.Option("--io", help="int8 model input/output type.")] = IoType.int8,
     calibration_samples: Annotated[int, typer.Option(min=1, help="Representative images for int8 calibration.")] = 300,
     max_drop: Annotated[float, typer.Option(min=0.0, help="Parity gate of the exported model, in points.")] = 1.0,
     min_agreement: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Parity gate: the least share of test images on which int8 and "
-                            "float agree on the top-1 class.")
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Parity gate: the least share of test images on which int8 and float agree on the top-1 class.",
+        ),
     ] = 0.9,
     split: Annotated[str, typer.Option(help="train,val,test percentages.")] = "70,15,15",
     seed: Annotated[int, typer.Option(help="Seed of the sampler, the split and each trial's training.")] = 0,
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Where decoded images are kept between runs (see edgecls convert).", show_default=False)] = None,
-    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Keep decoded images on disk between runs (see edgecls convert).")] = True,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir", help="Where decoded images are kept between runs (see edgecls convert).", show_default=False
+        ),
+    ] = None,
+    cache: Annotated[
+        bool, typer.Option("--cache/--no-cache", help="Keep decoded images on disk between runs (see edgecls convert).")
+    ] = True,
 ) -> None:
     """Search hyperparameters for the most accurate int8 model within a latency and size budget (Optuna).
 
@@ -473,19 +716,45 @@ def tune(
             try:
                 sizes = tuple(int(s) for s in input_sizes.split(",") if s.strip())
             except ValueError:
-                raise typer.BadParameter(f"--input-sizes expects numbers like 64,96 (received {input_sizes!r})") from None
-        base = ConvertOptions.create(out, arch=arch.value, color=color.value, weights=weights, resize=resize.value,
-                                     io=io.value, calibration_samples=calibration_samples, max_drop=max_drop,
-                                     min_agreement=min_agreement, split=_parse_split(split), seed=seed,
-                                     cache=cache, cache_dir=cache_dir)
-        options = TuneOptions(base=base, trials=trials, budget_ms=budget_ms, max_size_kb=max_size_kb,
-                              timeout_min=timeout, seed=seed, max_epochs=max_epochs, latency_factor=factor,
-                              profile=profile, bench_threads=bench_threads, input_sizes=sizes)
+                raise typer.BadParameter(
+                    f"--input-sizes expects numbers like 64,96 (received {input_sizes!r})"
+                ) from None
+        base = ConvertOptions.create(
+            out,
+            arch=arch.value,
+            color=color.value,
+            weights=weights,
+            resize=resize.value,
+            io=io.value,
+            calibration_samples=calibration_samples,
+            max_drop=max_drop,
+            min_agreement=min_agreement,
+            split=_parse_split(split),
+            seed=seed,
+            cache=cache,
+            cache_dir=cache_dir,
+        )
+        options = TuneOptions(
+            base=base,
+            trials=trials,
+            budget_ms=budget_ms,
+            max_size_kb=max_size_kb,
+            timeout_min=timeout,
+            seed=seed,
+            max_epochs=max_epochs,
+            latency_factor=factor,
+            profile=profile,
+            bench_threads=bench_threads,
+            input_sizes=sizes,
+        )
         try:
             summary = _with_ctrl_c_flag(lambda stop: run_tune(data, options, observer, should_stop=stop), observer)
         except KeyboardInterrupt:
-            observer.console.print(f"interrupted: the finished trials are kept in {out / 'study.db'}; run the same "
-                                   "command again to resume", soft_wrap=True)
+            observer.console.print(
+                f"interrupted: the finished trials are kept in {out / 'study.db'}; run the same "
+                "command again to resume",
+                soft_wrap=True,
+            )
             raise typer.Exit(code=130) from None
     chosen = summary["chosen"]
     report = summary["report"]
@@ -496,19 +765,27 @@ def tune(
         f"(agreement {100 * report['agreement']:.1f}%). Pareto front: trials {summary['pareto_front']}.",
         soft_wrap=True,
     )
-    observer.console.print(f"Table: {out / 'tuning.md'}; plot: {out / 'pareto.png'}; model: {out / 'model.tflite'}",
-                           soft_wrap=True)
+    observer.console.print(
+        f"Table: {out / 'tuning.md'}; plot: {out / 'pareto.png'}; model: {out / 'model.tflite'}", soft_wrap=True
+    )
     if not report["passed"]:
         typer.echo(f"error: {report['gate_message']}", err=True)
         raise typer.Exit(code=EXIT_VERDICT)
 
 
-cache_app = typer.Typer(help="The decoded-image cache that convert and tune keep between runs: list or clear it.",
-                        no_args_is_help=True, add_completion=False,
-                        epilog=examples("edgecls cache list", "edgecls cache clear",
-                                        "edgecls cache list --cache-dir /data/edgecls-cache --json"))
-CACHE_DIR_OPTION = typer.Option("--cache-dir", help="The cache folder (default: $EDGECLS_CACHE_DIR, else "
-                                "~/.cache/edgecls/data).", show_default=False)
+cache_app = typer.Typer(
+    help="The decoded-image cache that convert and tune keep between runs: list or clear it.",
+    no_args_is_help=True,
+    add_completion=False,
+    epilog=examples(
+        "edgecls cache list", "edgecls cache clear", "edgecls cache list --cache-dir /data/edgecls-cache --json"
+    ),
+)
+CACHE_DIR_OPTION = typer.Option(
+    "--cache-dir",
+    help="The cache folder (default: $EDGECLS_CACHE_DIR, else ~/.cache/edgecls/data).",
+    show_default=False,
+)
 
 
 def _image_cache(cache_dir: Path | None) -> Any:
@@ -534,24 +811,32 @@ def cache_list(
             typer.echo(json.dumps(entry))
         return
     total = sum(e["bytes"] for e in entries)
-    typer.echo(f"{cache.directory}: {len(entries)} entries, {total / 1024**2:.1f} MiB of at most "
-               f"{cache.max_bytes / 1024**3:.0f} GiB (EDGECLS_CACHE_MAX_GB)")
+    typer.echo(
+        f"{cache.directory}: {len(entries)} entries, {total / 1024**2:.1f} MiB of at most "
+        f"{cache.max_bytes / 1024**3:.0f} GiB (EDGECLS_CACHE_MAX_GB)"
+    )
     for e in entries:
         shape = "x".join(str(v) for v in e["shape"] or [])
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["last_used"]))
-        typer.echo(f"  {e['key']}  {e['root']} ({e['name']}), {shape}, {e['images']} images, "
-                   f"{e['bytes'] / 1024**2:.1f} MiB, last used {used}")
+        typer.echo(
+            f"  {e['key']}  {e['root']} ({e['name']}), {shape}, {e['images']} images, "
+            f"{e['bytes'] / 1024**2:.1f} MiB, last used {used}"
+        )
 
 
 @cache_app.command("clear")
 def cache_clear(
-    keys: Annotated[list[str] | None, typer.Argument(help="Entries to remove (from `edgecls cache list`); "
-                                                        "none: all of them.", show_default=False)] = None,
+    keys: Annotated[
+        list[str] | None,
+        typer.Argument(help="Entries to remove (from `edgecls cache list`); none: all of them.", show_default=False),
+    ] = None,
     cache_dir: Annotated[Path | None, CACHE_DIR_OPTION] = None,
 ) -> None:
     """Remove cached datasets (all, or the KEYS given) and what killed runs left; entries in use are kept."""
     with project_errors():
         cache = _image_cache(cache_dir)
         removed, freed, busy = cache.clear(keys or ())
-    typer.echo(f"removed {removed} entries ({freed / 1024**2:.1f} MiB) from {cache.directory}"
-               + (f"; {len(busy)} in use by a running convert kept" if busy else ""))
+    typer.echo(
+        f"removed {removed} entries ({freed / 1024**2:.1f} MiB) from {cache.directory}"
+        + (f"; {len(busy)} in use by a running convert kept" if busy else "")
+    )

@@ -166,7 +166,9 @@ def scan(
     folders are ignored."""
     root_path = Path(root)
     if not root_path.is_dir():
-        raise DataError(f"dataset folder not found: {root_path}; expected DATA_DIR/<class>/*.jpg or train/ val/ [test/]")
+        raise DataError(
+            f"dataset folder not found: {root_path}; expected DATA_DIR/<class>/*.jpg or train/ val/ [test/]"
+        )
     _check_split(split)
     subdirs = {p.name.lower(): p for p in root_path.iterdir() if p.is_dir()}
     presplit = "train" in subdirs and "val" in subdirs
@@ -201,12 +203,23 @@ def scan(
         if progress:
             progress(done[0], total)
 
-    roots = {"all": root_path, "~extra": extra_roots[0] if extra_roots else root_path,
-             **{name: subdirs[name] for name in SPLIT_NAMES if name in subdirs}}
+    roots = {
+        "all": root_path,
+        "~extra": extra_roots[0] if extra_roots else root_path,
+        **{name: subdirs[name] for name in SPLIT_NAMES if name in subdirs},
+    }
     for name in sorted(candidates):
         samples, images, bad, hashes, how[name] = _decode_all(
-            candidates[name], name=name, root=roots[name], input_size=input_size, channels=channels, config=config,
-            workers=workers, tick=tick, cache=cache, warn=warn or (lambda message: None),
+            candidates[name],
+            name=name,
+            root=roots[name],
+            input_size=input_size,
+            channels=channels,
+            config=config,
+            workers=workers,
+            tick=tick,
+            cache=cache,
+            warn=warn or (lambda message: None),
         )
         skipped.extend(bad)
         prefix = str(root_path) + os.sep
@@ -268,11 +281,17 @@ def _extra_samples(roots: list[Path], classes: list[str]) -> tuple[list[Sample],
             raise DataError(f"--extra-data {root}: {exc}") from None
         unknown = [folder for folder, files in folders.items() if files and named[folder] is None]
         if unknown:
-            raise DataError(f"--extra-data {root} has images in class folder(s) {unknown} that the data does not have "
-                            f"(classes: {classes}); move them into one of those folders, or add the class to the data")
+            raise DataError(
+                f"--extra-data {root} has images in class folder(s) {unknown} that the data does not have "
+                f"(classes: {classes}); move them into one of those folders, or add the class to the data"
+            )
         skipped.extend(bad)
-        samples += [Sample(path, classes.index(named[folder])) for folder, files in folders.items() for path in files
-                    if named[folder] is not None]
+        samples += [
+            Sample(path, classes.index(named[folder]))
+            for folder, files in folders.items()
+            for path in files
+            if named[folder] is not None
+        ]
     return samples, skipped
 
 
@@ -347,7 +366,9 @@ def _extra_stat(path: Path, root: Path, inside: Path, skipped: list[Skipped]) ->
         info = path.stat()
     except OSError as exc:
         link = path.is_symlink()
-        skipped.append(Skipped(str(path), "a symlink loop or broken link" if link else f"cannot be read ({exc.strerror})"))
+        skipped.append(
+            Skipped(str(path), "a symlink loop or broken link" if link else f"cannot be read ({exc.strerror})")
+        )
         return None
     if stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode):
         return info
@@ -407,9 +428,7 @@ def _check_counts(classes: list[str], samples: list[Sample], where: str, *, mini
     counts = np.bincount([s.label for s in samples], minlength=len(classes))
     few = {classes[i]: int(n) for i, n in enumerate(counts) if n < minimum}
     if few:
-        raise DataError(
-            f"too few readable images per class in {where}: {few}; each class needs at least {minimum}"
-        )
+        raise DataError(f"too few readable images per class in {where}: {few}; each class needs at least {minimum}")
 
 
 def _decode_all(
@@ -430,8 +449,9 @@ def _decode_all(
     h, w = input_size
     # A uint8 "model" whose input is the raw pixel: the table is the identity, so this is resize + colour only.
     spec = InputSpec(h, w, channels, "uint8", scale=1.0, zero_point=0)
-    identity = PreprocessConfig(resize=config.resize, interpolation=config.interpolation, mean=0.0, std=1.0,
-                                pad_value=config.pad_value)
+    identity = PreprocessConfig(
+        resize=config.resize, interpolation=config.interpolation, mean=0.0, std=1.0, pad_value=config.pad_value
+    )
     preprocessor = Preprocessor(spec, identity)
 
     def load(path: Path) -> tuple[np.ndarray, str]:
@@ -456,10 +476,10 @@ def _decode_all(
     if cache is None:
         result = decode_in_memory(listing, shape, load, threads, tick)
     else:
-        settings = {"resize": identity.resize, "interpolation": identity.interpolation,
-                    "pad_value": identity.pad_value}
-        result = cache.decode(name, root, listing, shape=shape, settings=settings, decode=load, workers=threads,
-                              tick=tick, warn=warn)
+        settings = {"resize": identity.resize, "interpolation": identity.interpolation, "pad_value": identity.pad_value}
+        result = cache.decode(
+            name, root, listing, shape=shape, settings=settings, decode=load, workers=threads, tick=tick, warn=warn
+        )
     kept = [samples[items[p][0]] for p in result.kept]
     skipped = unreadable + [Skipped(str(listing[p].path), reason) for p, reason in result.failed]
     return kept, result.images, skipped, list(result.hashes), result.cache
@@ -493,4 +513,3 @@ def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
         take = max(1, round(n * len(idx) / len(labels)))
         picked.extend(rng.choice(idx, size=min(take, len(idx)), replace=False))
     return rng.permutation(np.asarray(picked))
-

@@ -77,8 +77,10 @@ def model_file(path: Path) -> Path:
     if path.is_dir():
         candidate = path / "model.keras"
         if not candidate.is_file():
-            raise ConfigError(f"--teacher {path}: no model.keras in that folder; give an `edgecls convert` output "
-                              "folder or a .keras/.h5 file")
+            raise ConfigError(
+                f"--teacher {path}: no model.keras in that folder; give an `edgecls convert` output "
+                "folder or a .keras/.h5 file"
+            )
         return candidate
     if not path.is_file():
         raise ConfigError(f"--teacher {path}: not found; give an `edgecls convert` output folder or a .keras/.h5 file")
@@ -93,8 +95,9 @@ def load_teacher(path: Path, *, weight: float) -> Teacher:
     try:
         model = keras.models.load_model(file, compile=False)
     except Exception as exc:  # a corrupt or foreign file: one line, not a traceback
-        raise ConfigError(f"--teacher {file}: cannot load it as a Keras model ({type(exc).__name__}: "
-                          f"{str(exc)[:200]})") from None
+        raise ConfigError(
+            f"--teacher {file}: cannot load it as a Keras model ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
     model.trainable = False
     shape = model.input_shape
     if not isinstance(shape, tuple) or len(shape) != 4 or shape[1] is None or shape[3] not in (1, 3):
@@ -109,7 +112,9 @@ def load_teacher(path: Path, *, weight: float) -> Teacher:
     return Teacher(model=model, path=file, weight=weight, report=report)
 
 
-def check_teacher(teacher: Teacher, dataset: Any, *, split: tuple[float, float, float], sigmoid: bool) -> dict[str, Any]:
+def check_teacher(
+    teacher: Teacher, dataset: Any, *, split: tuple[float, float, float], sigmoid: bool
+) -> dict[str, Any]:
     """Refuse a teacher that cannot be used honestly on ``dataset``; return what the report records about it.
 
     The classes must match. When the teacher comes with its convert report, its data must be this dataset (the
@@ -120,19 +125,30 @@ def check_teacher(teacher: Teacher, dataset: Any, *, split: tuple[float, float, 
     expected = 1 if sigmoid else len(classes)
     usable = teacher.outputs == len(classes) or (len(classes) == 2 and teacher.outputs in (1, 2))
     if not usable:
-        raise ConfigError(f"--teacher {teacher.path} has {teacher.outputs} outputs but this dataset has "
-                          f"{len(classes)} classes; the teacher must be trained on the same classes")
-    info: dict[str, Any] = {"path": str(teacher.path), "weight": teacher.weight, "input_size": list(teacher.input_size),
-                            "outputs": teacher.outputs, "target_columns": expected, "split_checked": False}
+        raise ConfigError(
+            f"--teacher {teacher.path} has {teacher.outputs} outputs but this dataset has "
+            f"{len(classes)} classes; the teacher must be trained on the same classes"
+        )
+    info: dict[str, Any] = {
+        "path": str(teacher.path),
+        "weight": teacher.weight,
+        "input_size": list(teacher.input_size),
+        "outputs": teacher.outputs,
+        "target_columns": expected,
+        "split_checked": False,
+    }
     report = teacher.report
     if report is None:
-        info["note"] = ("the teacher has no convert report beside it, so its training split could not be checked; "
-                        "if it saw this run's test images, the test accuracy is optimistic")
+        info["note"] = (
+            "the teacher has no convert report beside it, so its training split could not be checked; "
+            "if it saw this run's test images, the test accuracy is optimistic"
+        )
         return info
     info["arch"] = report.get("model", {}).get("arch")
     if report.get("classes") != classes:
-        raise ConfigError(f"--teacher {teacher.path} was trained on classes {report.get('classes')}, this run has "
-                          f"{classes}")
+        raise ConfigError(
+            f"--teacher {teacher.path} was trained on classes {report.get('classes')}, this run has {classes}"
+        )
     settings = report.get("settings", {})
     problems = []
     if report.get("dataset_fingerprint") != dataset.fingerprint:
@@ -154,12 +170,13 @@ def check_teacher(teacher: Teacher, dataset: Any, *, split: tuple[float, float, 
     return info
 
 
-def teacher_accuracy(teacher: Teacher, images: np.ndarray, labels: np.ndarray, *, sigmoid: bool,
-                     batch_size: int = 64) -> float:
+def teacher_accuracy(
+    teacher: Teacher, images: np.ndarray, labels: np.ndarray, *, sigmoid: bool, batch_size: int = 64
+) -> float:
     """Top-1 of the teacher on ``images`` as it sees them in training: the student's pixels, resized to its input."""
     correct = 0
     for start in range(0, len(images), batch_size):
-        p = np.asarray(teacher.probabilities(images[start:start + batch_size], sigmoid=sigmoid))
+        p = np.asarray(teacher.probabilities(images[start : start + batch_size], sigmoid=sigmoid))
         predicted = (p[:, 0] >= 0.5).astype(np.int64) if sigmoid else p.argmax(axis=1)
-        correct += int((predicted == labels[start:start + batch_size]).sum())
+        correct += int((predicted == labels[start : start + batch_size]).sum())
     return correct / max(1, len(images))

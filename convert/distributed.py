@@ -32,6 +32,7 @@ from .cache import rows_of
 class TrainingError(EdgeclsError):
     """Distributed training could not go on (a worker stopped or cannot be reached)."""
 
+
 STRATEGIES = ("default", "mirrored", "multi-worker")
 
 
@@ -62,13 +63,16 @@ def make_strategy(name: str) -> Any:
         try:
             return tf.distribute.MultiWorkerMirroredStrategy()
         except (ValueError, RuntimeError) as exc:
-            raise ConfigError(f"--strategy multi-worker could not start: {exc}; check TF_CONFIG on every worker "
-                              "(see docs/convert.md)") from None
+            raise ConfigError(
+                f"--strategy multi-worker could not start: {exc}; check TF_CONFIG on every worker (see docs/convert.md)"
+            ) from None
     return tf.distribute.get_strategy()
 
 
-_EXAMPLE = ('\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\' '
-            "(index 1 on the second machine)")
+_EXAMPLE = (
+    '\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\' '
+    "(index 1 on the second machine)"
+)
 
 
 def cluster_spec() -> dict[str, Any]:
@@ -82,7 +86,9 @@ def cluster_spec() -> dict[str, Any]:
         kind, index = str(task["type"]), int(task["index"])
         members = cluster[kind]
     except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"TF_CONFIG is not a cluster and a task ({type(exc).__name__}: {exc}); e.g. {_EXAMPLE}") from None
+        raise ConfigError(
+            f"TF_CONFIG is not a cluster and a task ({type(exc).__name__}: {exc}); e.g. {_EXAMPLE}"
+        ) from None
     if not 0 <= index < len(members):
         raise ConfigError(f"TF_CONFIG: task {kind} {index} is not in the cluster ({len(members)} {kind} entries)")
     return config
@@ -123,12 +129,24 @@ def local_copy(model: Any, scratch: Path) -> Any:
 def lost_worker(exc: BaseException) -> TrainingError:
     """A collective that failed because another worker stopped or cannot be reached."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return TrainingError(f"multi-worker training stopped: another worker failed or cannot be reached ({first[:200]}); "
-                         "see that worker's own output, then start every worker again")
+    return TrainingError(
+        f"multi-worker training stopped: another worker failed or cannot be reached ({first[:200]}); "
+        "see that worker's own output, then start every worker again"
+    )
 
 
-def fit(model: Any, strategy: Any, *, make_train: Callable[[int, int, int], Any], val: tuple[np.ndarray, np.ndarray],
-        n_train: int, batch_size: int, epochs: int, callbacks: list[Any], sigmoid: bool) -> dict[str, list[float]]:
+def fit(
+    model: Any,
+    strategy: Any,
+    *,
+    make_train: Callable[[int, int, int], Any],
+    val: tuple[np.ndarray, np.ndarray],
+    n_train: int,
+    batch_size: int,
+    epochs: int,
+    callbacks: list[Any],
+    sigmoid: bool,
+) -> dict[str, list[float]]:
     """``model.fit`` under the multi-worker strategy: ``make_train(shard, shards, per_replica_batch)`` gives one
     input pipeline's endless training batches; ``val`` is the validation split (every worker scores its own part).
     Returns the History dict (loss, accuracy, val_loss, val_accuracy per epoch)."""
@@ -137,13 +155,16 @@ def fit(model: Any, strategy: Any, *, make_train: Callable[[int, int, int], Any]
 
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
-        raise ConfigError(f"--batch-size {batch_size} must be a multiple of the {replicas} replicas training together "
-                          "(the global batch is split evenly between them)")
+        raise ConfigError(
+            f"--batch-size {batch_size} must be a multiple of the {replicas} replicas training together "
+            "(the global batch is split evenly between them)"
+        )
     steps = max(1, n_train // batch_size)
 
     def pipeline(context: Any) -> Any:
-        return make_train(context.input_pipeline_id, context.num_input_pipelines,
-                          context.get_per_replica_batch_size(batch_size))
+        return make_train(
+            context.input_pipeline_id, context.num_input_pipelines, context.get_per_replica_batch_size(batch_size)
+        )
 
     batches = iter(strategy.distribute_datasets_from_function(pipeline))
 
@@ -161,8 +182,8 @@ def fit(model: Any, strategy: Any, *, make_train: Callable[[int, int, int], Any]
     def local_scores() -> Any:
         loss = correct = 0.0
         for start in range(0, len(x_val), 256):
-            x = tf.cast(x_val[start:start + 256], tf.float32)
-            y = y_val[start:start + 256]
+            x = tf.cast(x_val[start : start + 256], tf.float32)
+            y = y_val[start : start + 256]
             pred = model(x, training=False)
             loss += float(tf.reduce_sum(per_example_loss(y, pred)))
             if sigmoid:
@@ -183,16 +204,34 @@ def fit(model: Any, strategy: Any, *, make_train: Callable[[int, int, int], Any]
         return {"val_loss": loss / max(count, 1.0), "val_accuracy": correct / max(count, 1.0)}
 
     try:
-        return _epochs(model, keras.callbacks.CallbackList(callbacks, add_history=True, model=model, epochs=epochs,
-                                                           steps=steps, verbose=0),
-                       epochs=epochs, steps=steps, train_step=lambda: train_step(batches), validate=validate)
-    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
-            tf.errors.AbortedError) as exc:
+        return _epochs(
+            model,
+            keras.callbacks.CallbackList(
+                callbacks, add_history=True, model=model, epochs=epochs, steps=steps, verbose=0
+            ),
+            epochs=epochs,
+            steps=steps,
+            train_step=lambda: train_step(batches),
+            validate=validate,
+        )
+    except (
+        tf.errors.UnavailableError,
+        tf.errors.DeadlineExceededError,
+        tf.errors.CancelledError,
+        tf.errors.AbortedError,
+    ) as exc:
         raise lost_worker(exc) from None
 
 
-def _epochs(model: Any, callback_list: Any, *, epochs: int, steps: int, train_step: Callable[[], Any],
-            validate: Callable[[], dict[str, float]]) -> dict[str, list[float]]:
+def _epochs(
+    model: Any,
+    callback_list: Any,
+    *,
+    epochs: int,
+    steps: int,
+    train_step: Callable[[], Any],
+    validate: Callable[[], dict[str, float]],
+) -> dict[str, list[float]]:
     """The epochs, with the callbacks driven as ``Model.fit`` drives them."""
     model.stop_training = False
     callback_list.on_train_begin()

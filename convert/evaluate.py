@@ -13,13 +13,19 @@ from edgecls.errors import EdgeclsError
 from edgecls.nativelog import quiet_native_stderr
 
 
-def float_probabilities(model: Any, images: Any, *, sigmoid: bool, batch_size: int = 64,
-                        normalize: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+def float_probabilities(
+    model: Any,
+    images: Any,
+    *,
+    sigmoid: bool,
+    batch_size: int = 64,
+    normalize: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
     """Class probabilities (N x K) of the float Keras model on uint8 images already at input size (an array, or a
     cached `ImageStore`), ``normalize``d batch by batch, so memory holds one batch of floats, not the split."""
     rows = []
     for start in range(0, len(images), batch_size):
-        batch = np.asarray(images[start:start + batch_size])
+        batch = np.asarray(images[start : start + batch_size])
         batch = normalize(batch) if normalize is not None else batch.astype(np.float32)
         rows.append(np.asarray(model.predict_on_batch(batch)))
     out = np.concatenate(rows) if rows else np.zeros((0, *model.output_shape[1:]), np.float32)
@@ -81,7 +87,9 @@ def summarize(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> 
     return out
 
 
-def compare(labels: np.ndarray, float_probs: np.ndarray, int8_probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+def compare(
+    labels: np.ndarray, float_probs: np.ndarray, int8_probs: np.ndarray, classes: Sequence[str]
+) -> dict[str, Any]:
     """Both models' metrics, their top-1 agreement and the accuracy drop in percentage points."""
     f = summarize(labels, float_probs, classes)
     q = summarize(labels, int8_probs, classes)

@@ -44,9 +44,25 @@ FOLDER = "imx500"
 WORKER = Path(__file__).with_name("imx500_worker.py")
 # The Keras layers the rebuild and the IMX500 converter take (those of every registry architecture; Rescaling is
 # rewritten as tensor ops). Anything else is refused up front, by name.
-LAYERS = frozenset({"InputLayer", "Rescaling", "Conv2D", "DepthwiseConv2D", "BatchNormalization", "ReLU", "Activation",
-                    "Dense", "Dropout", "GlobalAveragePooling2D", "MaxPooling2D", "Flatten", "Add", "Multiply",
-                    "ZeroPadding2D"})
+LAYERS = frozenset(
+    {
+        "InputLayer",
+        "Rescaling",
+        "Conv2D",
+        "DepthwiseConv2D",
+        "BatchNormalization",
+        "ReLU",
+        "Activation",
+        "Dense",
+        "Dropout",
+        "GlobalAveragePooling2D",
+        "MaxPooling2D",
+        "Flatten",
+        "Add",
+        "Multiply",
+        "ZeroPadding2D",
+    }
+)
 ACTIVATIONS = frozenset({"relu", "relu6", "softmax", "sigmoid", "hard_sigmoid", "hard_swish", "hard_silu", "linear"})
 REBUILD_TOLERANCE = 1e-4  # largest difference of the tf.keras rebuild's probabilities from the Keras 3 model's
 
@@ -77,19 +93,25 @@ def check_model(model: Any, *, arch: str) -> None:
     architecture that is not edgecls's own (the export rebuilds it from the registry)."""
     channels = model.input_shape[-1]
     if channels != 3:
-        raise ConversionError(f"the IMX500 feeds the network the sensor's RGB image, and this {arch} takes {channels} "
-                              "channel(s); convert with --color rgb for the AI Camera")
+        raise ConversionError(
+            f"the IMX500 feeds the network the sensor's RGB image, and this {arch} takes {channels} "
+            "channel(s); convert with --color rgb for the AI Camera"
+        )
     for layer in _layers(model):
         kind = type(layer).__name__
         activation = getattr(layer, "activation", None)
         name = getattr(activation, "__name__", None) if kind == "Activation" else None
         if kind not in LAYERS or (name is not None and name not in ACTIVATIONS):
             what = f"{kind}({name})" if name else kind
-            raise ConversionError(f"the IMX500 export does not take layer {layer.name!r} ({what}) of {arch}; it takes "
-                                  f"{', '.join(sorted(LAYERS))} and the activations {', '.join(sorted(ACTIVATIONS))}")
+            raise ConversionError(
+                f"the IMX500 export does not take layer {layer.name!r} ({what}) of {arch}; it takes "
+                f"{', '.join(sorted(LAYERS))} and the activations {', '.join(sorted(ACTIVATIONS))}"
+            )
     if arch not in ARCHITECTURES:
-        raise ConversionError(f"the IMX500 export rebuilds edgecls's own architectures ({', '.join(ARCHITECTURES)}); "
-                              f"{arch!r} is not one of them: train it with edgecls convert --arch ...")
+        raise ConversionError(
+            f"the IMX500 export rebuilds edgecls's own architectures ({', '.join(ARCHITECTURES)}); "
+            f"{arch!r} is not one of them: train it with edgecls convert --arch ..."
+        )
 
 
 def check_architecture(arch: str, spec: ModelSpec) -> None:
@@ -132,28 +154,46 @@ def export(model: Any, job: Imx500Job, run_dir: Path, progress: Progress | None 
             rebuilt = _probabilities(np.load(work / "float.npy"), job.sigmoid)
             difference = float(np.max(np.abs(rebuilt - job.float_probs))) if len(rebuilt) else 0.0
             if difference > REBUILD_TOLERANCE:
-                raise ConversionError(f"the tf.keras rebuild of {job.arch} gives probabilities up to {difference:.2g} "
-                                      f"from the Keras 3 model's (at most {REBUILD_TOLERANCE:g}): the export would not "
-                                      "be this model; please report it")
+                raise ConversionError(
+                    f"the tf.keras rebuild of {job.arch} gives probabilities up to {difference:.2g} "
+                    f"from the Keras 3 model's (at most {REBUILD_TOLERANCE:g}): the export would not "
+                    "be this model; please report it"
+                )
             quantized = _probabilities(np.load(work / "quantized.npy"), job.sigmoid)
             converted = _run_converter(toolchain, work / "model_mct.keras", work / "out", say)
             section = {
-                **parity(job.test_labels, job.float_probs, quantized, job.classes, max_drop=job.max_drop,
-                         min_agreement=job.min_agreement),
+                **parity(
+                    job.test_labels,
+                    job.float_probs,
+                    quantized,
+                    job.classes,
+                    max_drop=job.max_drop,
+                    min_agreement=job.min_agreement,
+                ),
                 "memory": memory_use(converted["memory_report"]),
                 "rebuild_max_difference": difference,
                 "calibration_images": len(job.calibration),
-                "input": {"width": job.spec.input_size, "height": job.spec.input_size, "color": "rgb",
-                          "pixels": "uint8 0..255; the scaling is inside the network"},
+                "input": {
+                    "width": job.spec.input_size,
+                    "height": job.spec.input_size,
+                    "color": "rgb",
+                    "pixels": "uint8 0..255; the scaling is inside the network",
+                },
                 "output": {"head": "sigmoid" if job.sigmoid else "softmax", "scale": converted["output_scale"]},
                 "package_bytes": (work / "out" / "packerOut.zip").stat().st_size,
                 "versions": result.get("versions", {}),
-                "files": {"package": f"{FOLDER}/packerOut.zip", "labels": f"{FOLDER}/labels.txt",
-                          "memory_report": f"{FOLDER}/memory_report.json"},
+                "files": {
+                    "package": f"{FOLDER}/packerOut.zip",
+                    "labels": f"{FOLDER}/labels.txt",
+                    "memory_report": f"{FOLDER}/memory_report.json",
+                },
                 "seconds": {**result.get("seconds", {}), "convert": converted["seconds"]},
             }
-            for name, target in (("packerOut.zip", "packerOut.zip"), (converted["report_name"], "memory_report.json"),
-                                 ("dnnParams.xml", "dnnParams.xml")):
+            for name, target in (
+                ("packerOut.zip", "packerOut.zip"),
+                (converted["report_name"], "memory_report.json"),
+                ("dnnParams.xml", "dnnParams.xml"),
+            ):
                 if (work / "out" / name).is_file():
                     shutil.copyfile(work / "out" / name, stage / target)
             shutil.copyfile(work / "model_mct.keras", stage / "model_mct.keras")
@@ -175,16 +215,25 @@ def _probabilities(out: np.ndarray, sigmoid: bool) -> np.ndarray:
     return out
 
 
-def rebuild_outputs(model: Any, *, arch: str, spec: ModelSpec, images: np.ndarray,
-                    progress: Progress | None = None) -> np.ndarray:
+def rebuild_outputs(
+    model: Any, *, arch: str, spec: ModelSpec, images: np.ndarray, progress: Progress | None = None
+) -> np.ndarray:
     """The raw outputs of ``model``'s tf.keras rebuild (the IMX500 form: Rescaling as tensor ops) on uint8
     ``images``, computed in the toolchain's environment: what the export checks against the Keras 3 model."""
     say = progress or (lambda message: None)
     check_model(model, arch=arch)
     toolchain = ensure_env(say)
     empty = np.zeros((0, *images.shape[1:]), np.uint8)
-    job = Imx500Job(arch=arch, spec=spec, classes=(), sigmoid=False, calibration=empty, test_images=images,
-                    test_labels=np.zeros(len(images), np.int64), float_probs=empty)
+    job = Imx500Job(
+        arch=arch,
+        spec=spec,
+        classes=(),
+        sigmoid=False,
+        calibration=empty,
+        test_images=images,
+        test_labels=np.zeros(len(images), np.int64),
+        float_probs=empty,
+    )
     with tempfile.TemporaryDirectory(prefix="edgecls-imx500-") as scratch:
         work = Path(scratch)
         _write_job(model, job, work, steps=("float",))
@@ -207,8 +256,14 @@ def _write_job(model: Any, job: Imx500Job, work: Path, *, steps: Sequence[str]) 
     np.save(work / "calibration.npy", np.asarray(job.calibration, dtype=np.uint8))
     np.save(work / "test.npy", np.asarray(job.test_images, dtype=np.uint8))
     spec = {**asdict(job.spec), "weights": "none"}  # the weights come from weights.npz, never from a download
-    description = {"arch": job.arch, "spec": spec, "layers": layers, "steps": list(steps),
-                   "models_py": models.__file__, "errors_py": errors.__file__}
+    description = {
+        "arch": job.arch,
+        "spec": spec,
+        "layers": layers,
+        "steps": list(steps),
+        "models_py": models.__file__,
+        "errors_py": errors.__file__,
+    }
     (work / "job.json").write_text(json.dumps(description), encoding="utf-8")
 
 
@@ -220,11 +275,14 @@ def _run_worker(toolchain: Toolchain, work: Path, say: Progress) -> dict[str, An
     try:
         result = json.loads((work / "result.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        raise ConversionError("the IMX500 quantisation step ended without a result (killed? out of memory?): "
-                              f"{_last_lines(log)}") from None
+        raise ConversionError(
+            f"the IMX500 quantisation step ended without a result (killed? out of memory?): {_last_lines(log)}"
+        ) from None
     if "error" in result:
-        raise ConversionError(f"the IMX500 quantisation step failed: {result['error']}"
-                              + (f"; the log is in {_keep_log(log)}" if result.get("traceback") else ""))
+        raise ConversionError(
+            f"the IMX500 quantisation step failed: {result['error']}"
+            + (f"; the log is in {_keep_log(log)}" if result.get("traceback") else "")
+        )
     return result
 
 
@@ -240,21 +298,26 @@ def _run_converter(toolchain: Toolchain, keras_file: Path, out: Path, say: Progr
         errors = [line.split("ERROR", 1)[1].strip(" :") for line in text.splitlines() if " ERROR " in line]
         reason = "; ".join(errors[-3:]) or _last_lines(log)
         raise ConversionError(f"imxconv-tf did not convert the network: {reason}; the log is in {_keep_log(log)}")
-    return {"memory_report": json.loads(report.read_text(encoding="utf-8")), "report_name": report.name,
-            "output_scale": _output_scale(out / "dnnParams.xml"), "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "memory_report": json.loads(report.read_text(encoding="utf-8")),
+        "report_name": report.name,
+        "output_scale": _output_scale(out / "dnnParams.xml"),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def _run(command: list[str], log_path: Path, say: Progress, prefix: str | None) -> Path:
     """Run ``command`` with its output in ``log_path``; lines starting with ``prefix`` go to ``say`` as well. A
     non-zero exit is left to the caller, which knows what the output means."""
     with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=worker_env(),
-                                cwd=log_path.parent)
+        proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=worker_env(), cwd=log_path.parent
+        )
         try:
             for line in proc.stdout or ():
                 log.write(line)
                 if prefix and line.startswith(prefix):
-                    say(line[len(prefix):].strip())
+                    say(line[len(prefix) :].strip())
             proc.wait()
         except BaseException:  # Ctrl-C, SIGTERM: the child goes with the export
             proc.kill()
@@ -311,13 +374,21 @@ def memory_use(report: dict[str, Any]) -> dict[str, Any]:
         "model_bytes": parse_size(memory["Model Memory Physical Size"]),
         "runtime_bytes": parse_size(memory["Runtime Memory Physical Size"]),
         "input_persistent": bool(memory.get("Input Persistent", False)),
-        "input_persistence_bytes": (parse_size(network["Input Persistence Cost"])
-                                    if network.get("Input Persistence Cost") else None),
+        "input_persistence_bytes": (
+            parse_size(network["Input Persistence Cost"]) if network.get("Input Persistence Cost") else None
+        ),
     }
 
 
-def parity(labels: np.ndarray, float_probs: np.ndarray, quantized_probs: np.ndarray, classes: Sequence[str], *,
-           max_drop: float, min_agreement: float) -> dict[str, Any]:
+def parity(
+    labels: np.ndarray,
+    float_probs: np.ndarray,
+    quantized_probs: np.ndarray,
+    classes: Sequence[str],
+    *,
+    max_drop: float,
+    min_agreement: float,
+) -> dict[str, Any]:
     """The IMX500 parity gate: the quantised model's top-1 against the float model's on the same held-out images, as
     convert gates int8 (a drop of at most ``max_drop`` points, top-1 agreement of at least ``min_agreement``)."""
     from .evaluate import compare
@@ -325,16 +396,26 @@ def parity(labels: np.ndarray, float_probs: np.ndarray, quantized_probs: np.ndar
     metrics = compare(labels, float_probs, quantized_probs, list(classes))
     failures = []
     if metrics["drop_points"] > max_drop:
-        failures.append(f"IMX500 top-1 is {metrics['drop_points']:.2f} points below float, more than --max-drop "
-                        f"{max_drop:.2f}")
+        failures.append(
+            f"IMX500 top-1 is {metrics['drop_points']:.2f} points below float, more than --max-drop {max_drop:.2f}"
+        )
     if metrics["agreement"] < min_agreement:
-        failures.append(f"the IMX500 model and the float model agree on the top-1 class of "
-                        f"{100 * metrics['agreement']:.1f}% of the test images, under --min-agreement "
-                        f"{100 * min_agreement:.0f}%")
-    return {"float_top1": metrics["float"]["top1"], "imx500_top1": metrics["int8"]["top1"],
-            "agreement": metrics["agreement"], "drop_points": metrics["drop_points"], "test_images": len(labels),
-            "max_drop": max_drop, "min_agreement": min_agreement, "passed": not failures,
-            "gate_message": "; ".join(failures) or None}
+        failures.append(
+            f"the IMX500 model and the float model agree on the top-1 class of "
+            f"{100 * metrics['agreement']:.1f}% of the test images, under --min-agreement "
+            f"{100 * min_agreement:.0f}%"
+        )
+    return {
+        "float_top1": metrics["float"]["top1"],
+        "imx500_top1": metrics["int8"]["top1"],
+        "agreement": metrics["agreement"],
+        "drop_points": metrics["drop_points"],
+        "test_images": len(labels),
+        "max_drop": max_drop,
+        "min_agreement": min_agreement,
+        "passed": not failures,
+        "gate_message": "; ".join(failures) or None,
+    }
 
 
 def verdict(section: dict[str, Any]) -> str | None:
@@ -342,18 +423,23 @@ def verdict(section: dict[str, Any]) -> str | None:
     it is."""
     problems = [section["gate_message"]] if section.get("gate_message") else []
     if not section["memory"]["fits"]:
-        problems.append(f"the network needs {section['memory']['used_bytes'] / 1024**2:.2f} MiB of the IMX500's "
-                        f"{section['memory']['available_bytes'] / 1024**2:.2f} MiB: a smaller --input-size or --alpha")
+        problems.append(
+            f"the network needs {section['memory']['used_bytes'] / 1024**2:.2f} MiB of the IMX500's "
+            f"{section['memory']['available_bytes'] / 1024**2:.2f} MiB: a smaller --input-size or --alpha"
+        )
     return "; ".join(problems) or None
 
 
 def summary_line(section: dict[str, Any]) -> str:
     """One line for the command line: the IMX500 model's top-1, drop, agreement, memory."""
     memory = section["memory"]
-    return (f"IMX500: top-1 {100 * section['imx500_top1']:.1f}% (drop {section['drop_points']:.2f} pt, agreement "
-            f"{100 * section['agreement']:.1f}%), {memory['used_bytes'] / 1024:.0f} KiB = {100 * memory['share']:.0f}% "
-            f"of the {memory['available_bytes'] / 1024**2:.0f} MB on-chip memory - "
-            + ("passed" if verdict(section) is None else "FAILED") + f"; package {section['files']['package']}")
+    return (
+        f"IMX500: top-1 {100 * section['imx500_top1']:.1f}% (drop {section['drop_points']:.2f} pt, agreement "
+        f"{100 * section['agreement']:.1f}%), {memory['used_bytes'] / 1024:.0f} KiB = {100 * memory['share']:.0f}% "
+        f"of the {memory['available_bytes'] / 1024**2:.0f} MB on-chip memory - "
+        + ("passed" if verdict(section) is None else "FAILED")
+        + f"; package {section['files']['package']}"
+    )
 
 
 def markdown_lines(section: dict[str, Any] | None) -> list[str]:
@@ -362,27 +448,41 @@ def markdown_lines(section: dict[str, Any] | None) -> list[str]:
         return []
     memory = section["memory"]
     problem = verdict(section)
-    gate = (f"**IMX500 parity gate {'PASSED' if problem is None else 'FAILED'}**: the IMX500-quantised model (MCT "
-            f"post-training quantisation, its fake-quant Keras model) top-1 {100 * section['imx500_top1']:.1f}% vs "
-            f"float {100 * section['float_top1']:.1f}% on the same {section['test_images']} held-out images (drop "
-            f"{section['drop_points']:.2f} points, allowed {section['max_drop']:.2f}); top-1 agreement "
-            f"{100 * section['agreement']:.1f}% (at least {100 * section['min_agreement']:.0f}%).")
+    gate = (
+        f"**IMX500 parity gate {'PASSED' if problem is None else 'FAILED'}**: the IMX500-quantised model (MCT "
+        f"post-training quantisation, its fake-quant Keras model) top-1 {100 * section['imx500_top1']:.1f}% vs "
+        f"float {100 * section['float_top1']:.1f}% on the same {section['test_images']} held-out images (drop "
+        f"{section['drop_points']:.2f} points, allowed {section['max_drop']:.2f}); top-1 agreement "
+        f"{100 * section['agreement']:.1f}% (at least {100 * section['min_agreement']:.0f}%)."
+    )
     lines = ["", "## Raspberry Pi AI Camera (IMX500)", "", gate, ""]
     if problem:
         lines += [f"> {problem}", ""]
-    persistence = (f", of which {memory['input_persistence_bytes'] / 1024:.0f} KiB keeps the input image "
-                   "(imxconv-tf --no-input-persistency frees it)" if memory.get("input_persistence_bytes") else "")
+    persistence = (
+        f", of which {memory['input_persistence_bytes'] / 1024:.0f} KiB keeps the input image "
+        "(imxconv-tf --no-input-persistency frees it)"
+        if memory.get("input_persistence_bytes")
+        else ""
+    )
     fits = "" if memory["fits"] else " - DOES NOT FIT"
     lines += [
-        (f"- on-chip memory: {memory['used_bytes'] / 1024:.0f} KiB of {memory['available_bytes'] / 1024**2:.2f} MiB "
-         f"({100 * memory['share']:.1f}%; weights {memory['model_bytes'] / 1024:.0f} KiB, activations "
-         f"{memory['runtime_bytes'] / 1024:.0f} KiB{persistence}){fits}"),
-        (f"- package: `{section['files']['package']}` ({section['package_bytes'] / 1024:.0f} KiB); on the Pi: "
-         "`imx500-package -i packerOut.zip -o DIR` writes network.rpk"),
-        (f"- calibration: {section['calibration_images']} training images; the tf.keras rebuild is within "
-         f"{section['rebuild_max_difference']:.1g} of the Keras 3 model"),
-        ("- measured with the device preprocessing (edgecls.model.preprocess); on the camera the sensor's ISP crops and "
-         "resizes the frame to the input instead"),
+        (
+            f"- on-chip memory: {memory['used_bytes'] / 1024:.0f} KiB of {memory['available_bytes'] / 1024**2:.2f} MiB "
+            f"({100 * memory['share']:.1f}%; weights {memory['model_bytes'] / 1024:.0f} KiB, activations "
+            f"{memory['runtime_bytes'] / 1024:.0f} KiB{persistence}){fits}"
+        ),
+        (
+            f"- package: `{section['files']['package']}` ({section['package_bytes'] / 1024:.0f} KiB); on the Pi: "
+            "`imx500-package -i packerOut.zip -o DIR` writes network.rpk"
+        ),
+        (
+            f"- calibration: {section['calibration_images']} training images; the tf.keras rebuild is within "
+            f"{section['rebuild_max_difference']:.1g} of the Keras 3 model"
+        ),
+        (
+            "- measured with the device preprocessing (edgecls.model.preprocess); on the camera the sensor's ISP crops and "
+            "resizes the frame to the input instead"
+        ),
     ]
     return lines
 
@@ -397,8 +497,9 @@ def new_stage(run_dir: Path) -> Path:
         os.umask(mask)
         stage.chmod(0o777 & ~mask)  # mkdtemp makes it 0700; the folder gets the run's usual permissions
     except OSError as exc:
-        raise WriteError(f"cannot write {run_dir / FOLDER} ({exc.strerror or exc}); check the run folder and its "
-                         "permissions") from None
+        raise WriteError(
+            f"cannot write {run_dir / FOLDER} ({exc.strerror or exc}); check the run folder and its permissions"
+        ) from None
     return stage
 
 

@@ -107,13 +107,15 @@ def env_state(path: Path | None = None, *, pins: Sequence[str] = PINS) -> EnvSta
     try:
         marker = json.loads((where / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return EnvState(where, "incomplete", detail="an install that did not finish (no marker); the next IMX500 "
-                        "export rebuilds it")
+        return EnvState(
+            where, "incomplete", detail="an install that did not finish (no marker); the next IMX500 export rebuilds it"
+        )
     if not isinstance(marker, dict) or list(marker.get("pins") or []) != list(pins):
         return EnvState(where, "outdated", detail="made with other versions; the next IMX500 export rebuilds it")
     if not _python_of(where).exists():
-        return EnvState(where, "incomplete", detail=f"{_python_of(where)} is missing; the next IMX500 export "
-                        "rebuilds it")
+        return EnvState(
+            where, "incomplete", detail=f"{_python_of(where)} is missing; the next IMX500 export rebuilds it"
+        )
     version = str(marker.get("python", "?"))
     return EnvState(where, "ready", python=version, detail=f"Python {version}, " + ", ".join(pins[:1] + pins[3:4]))
 
@@ -154,11 +156,14 @@ def check_java() -> int:
     """The Java major version; ConversionError naming the fix when there is no Java 17 or newer."""
     major = java_major()
     if major is None:
-        raise ConversionError(f"the IMX500 converter (imxconv-tf) runs on Java {JAVA_MAJOR}, and no working `java` is "
-                              f"on PATH; {JAVA_FIX}")
+        raise ConversionError(
+            f"the IMX500 converter (imxconv-tf) runs on Java {JAVA_MAJOR}, and no working `java` is on PATH; {JAVA_FIX}"
+        )
     if major < JAVA_MAJOR:
-        raise ConversionError(f"the IMX500 converter (imxconv-tf) runs on Java {JAVA_MAJOR}, and the `java` on PATH "
-                              f"is Java {major}; {JAVA_FIX}")
+        raise ConversionError(
+            f"the IMX500 converter (imxconv-tf) runs on Java {JAVA_MAJOR}, and the `java` on PATH "
+            f"is Java {major}; {JAVA_FIX}"
+        )
     return major
 
 
@@ -197,19 +202,24 @@ def find_python() -> tuple[Path, str]:
         if probe is not None:
             return probe
         tried.append(str(candidate))
-    where = (f"${PYTHON_VAR}={os.environ[PYTHON_VAR]} is not a Python 3.10/3.11 with venv" if os.environ.get(PYTHON_VAR)
-             else "none found: looked for python3.11 and python3.10 on PATH and under ~/.pyenv/versions")
-    raise ConversionError(f"the IMX500 toolchain (uni-tensorflow) needs Python 3.10 or 3.11 to make its environment, "
-                          f"{where}; install one (Debian 12: sudo apt install python3.11-venv; or pyenv install 3.11) "
-                          f"or set {PYTHON_VAR} to one")
+    where = (
+        f"${PYTHON_VAR}={os.environ[PYTHON_VAR]} is not a Python 3.10/3.11 with venv"
+        if os.environ.get(PYTHON_VAR)
+        else "none found: looked for python3.11 and python3.10 on PATH and under ~/.pyenv/versions"
+    )
+    raise ConversionError(
+        f"the IMX500 toolchain (uni-tensorflow) needs Python 3.10 or 3.11 to make its environment, "
+        f"{where}; install one (Debian 12: sudo apt install python3.11-venv; or pyenv install 3.11) "
+        f"or set {PYTHON_VAR} to one"
+    )
 
 
 def _probe_python(candidate: Path) -> tuple[Path, str] | None:
-    code = ("import sys, venv, ensurepip; print(sys.executable); "
-            "print('.'.join(map(str, sys.version_info[:3])))")
+    code = "import sys, venv, ensurepip; print(sys.executable); print('.'.join(map(str, sys.version_info[:3])))"
     try:
-        proc = subprocess.run([str(candidate), "-c", code], check=False, capture_output=True, text=True,
-                              timeout=60, env=_clean_env())
+        proc = subprocess.run(
+            [str(candidate), "-c", code], check=False, capture_output=True, text=True, timeout=60, env=_clean_env()
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     lines = proc.stdout.split()
@@ -234,8 +244,7 @@ def worker_env() -> dict[str, str]:
     return {**_clean_env(), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
 
-def ensure_env(progress: Progress | None = None, *, path: Path | None = None,
-               pins: Sequence[str] = PINS) -> Toolchain:
+def ensure_env(progress: Progress | None = None, *, path: Path | None = None, pins: Sequence[str] = PINS) -> Toolchain:
     """The toolchain environment, created first when it is absent, incomplete or outdated (a few minutes and about
     2.3 GB, from PyPI). ``progress`` gets a short line per step of pip. Two processes asking at once create it once
     (a lock beside it). Raises ConversionError naming the fix (no suitable Python, no room, pip failed)."""
@@ -263,8 +272,10 @@ def _locked(where: Path, say: Progress) -> Iterator[int]:
         where.parent.mkdir(parents=True, exist_ok=True)
         lock_path.touch()
     except OSError as exc:
-        raise ConversionError(f"cannot create the IMX500 toolchain environment in {where.parent} ({exc.strerror}); "
-                              f"set {ENV_VAR} to a writable folder") from None
+        raise ConversionError(
+            f"cannot create the IMX500 toolchain environment in {where.parent} ({exc.strerror}); "
+            f"set {ENV_VAR} to a writable folder"
+        ) from None
     with open(lock_path, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -283,20 +294,32 @@ def _create(where: Path, state: EnvState, pins: Sequence[str], say: Progress, *,
     python, version = find_python()
     free = shutil.disk_usage(where.parent).free
     if pins and free < ENV_BYTES:
-        raise ConversionError(f"the IMX500 toolchain environment needs about {ENV_BYTES / 1024**3:.0f} GB free in "
-                              f"{where.parent} ({free / 1024**3:.1f} GB free); free some space, or set {ENV_VAR} to "
-                              "a folder on another disk")
-    why = {"absent": "", "incomplete": " (the one there did not finish installing)",
-           "outdated": " (the one there has other versions)"}.get(state.status, "")
-    say(f"creating the IMX500 toolchain environment in {where}{why}: Python {version}, {', '.join(pins) or 'no packages'}"
-        " (once; a few minutes and about 2.3 GB)")
+        raise ConversionError(
+            f"the IMX500 toolchain environment needs about {ENV_BYTES / 1024**3:.0f} GB free in "
+            f"{where.parent} ({free / 1024**3:.1f} GB free); free some space, or set {ENV_VAR} to "
+            "a folder on another disk"
+        )
+    why = {
+        "absent": "",
+        "incomplete": " (the one there did not finish installing)",
+        "outdated": " (the one there has other versions)",
+    }.get(state.status, "")
+    say(
+        f"creating the IMX500 toolchain environment in {where}{why}: Python {version}, {', '.join(pins) or 'no packages'}"
+        " (once; a few minutes and about 2.3 GB)"
+    )
     build = Path(tempfile.mkdtemp(prefix=f".{where.name}.new-", dir=where.parent))
     try:
         build.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700
         _run_logged([str(python), "-m", "venv", str(build)], build, say, lock=lock, what="python -m venv")
         if pins:
-            _run_logged([str(_python_of(build)), "-m", "pip", "install", "--progress-bar", "off", *pins], build, say,
-                        lock=lock, what="pip install")
+            _run_logged(
+                [str(_python_of(build)), "-m", "pip", "install", "--progress-bar", "off", *pins],
+                build,
+                say,
+                lock=lock,
+                what="pip install",
+            )
         marker = {"pins": list(pins), "python": version, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (build / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         if where.exists() or where.is_symlink():
@@ -305,8 +328,10 @@ def _create(where: Path, state: EnvState, pins: Sequence[str], say: Progress, *,
             _remove(old)
         os.rename(build, where)
     except OSError as exc:
-        raise ConversionError(f"cannot create the IMX500 toolchain environment in {where} ({exc.strerror or exc}); "
-                              f"is the disk full? set {ENV_VAR} to another folder") from None
+        raise ConversionError(
+            f"cannot create the IMX500 toolchain environment in {where} ({exc.strerror or exc}); "
+            f"is the disk full? set {ENV_VAR} to another folder"
+        ) from None
     finally:
         if build.exists():
             shutil.rmtree(build, ignore_errors=True)
@@ -327,8 +352,9 @@ def _run_logged(command: list[str], build: Path, say: Progress, *, lock: int, wh
     log_path = build.parent / f"{build.name.split('.new-')[0].lstrip('.')}.log"
     tail: list[str] = []
     with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=_clean_env(), pass_fds=(lock,))
+        proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_clean_env(), pass_fds=(lock,)
+        )
         try:
             for line in proc.stdout or ():
                 log.write(line)
@@ -343,11 +369,15 @@ def _run_logged(command: list[str], build: Path, say: Progress, *, lock: int, wh
             raise
     if code != 0:
         reason = next((line for line in reversed(tail) if line.startswith("ERROR")), tail[-1] if tail else "")
-        hint = (" (no network? PyPI must be reachable for the first IMX500 export)"
-                if re.search(r"No matching distribution|Could not find a version|connection|resolve", reason, re.IGNORECASE)
-                else "")
-        raise ConversionError(f"creating the IMX500 toolchain environment failed: {what} exited with code {code}: "
-                              f"{reason.strip()[:300]}{hint}; the whole output is in {log_path}")
+        hint = (
+            " (no network? PyPI must be reachable for the first IMX500 export)"
+            if re.search(r"No matching distribution|Could not find a version|connection|resolve", reason, re.IGNORECASE)
+            else ""
+        )
+        raise ConversionError(
+            f"creating the IMX500 toolchain environment failed: {what} exited with code {code}: "
+            f"{reason.strip()[:300]}{hint}; the whole output is in {log_path}"
+        )
 
 
 def pip_event(line: str) -> str | None:

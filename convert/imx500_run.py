@@ -32,8 +32,13 @@ def spec_from_settings(settings: dict[str, Any], *, arch: str, num_classes: int)
     values = {k: settings[k] for k in _SPEC_SETTINGS if settings.get(k) is not None}
     values.setdefault("input_size", architecture(arch).input_size)
     channels = 1 if settings.get("color") == "grayscale" else 3
-    return ModelSpec(num_classes=num_classes, channels=channels, weights="none",
-                     edgetpu=settings.get("target") == "edgetpu", **values)
+    return ModelSpec(
+        num_classes=num_classes,
+        channels=channels,
+        weights="none",
+        edgetpu=settings.get("target") == "edgetpu",
+        **values,
+    )
 
 
 def preflight(options: Any, observer: Any) -> None:
@@ -42,18 +47,34 @@ def preflight(options: Any, observer: Any) -> None:
     _preflight(options.arch, options.model_spec(3, weights="none"), observer.step)
 
 
-def add_to_convert(result: dict[str, Any], model: Any, dataset: Any, options: Any, observer: Any, *, sigmoid: bool,
-                   float_probs: np.ndarray) -> None:
+def add_to_convert(
+    result: dict[str, Any],
+    model: Any,
+    dataset: Any,
+    options: Any,
+    observer: Any,
+    *,
+    sigmoid: bool,
+    float_probs: np.ndarray,
+) -> None:
     """The end of `edgecls convert --target imx500`: export into the run being written, put the "imx500" section
     into ``result`` (the report); a failed IMX500 gate fails the run's verdict too."""
     from .data import stratified_sample
 
     observer.step("Raspberry Pi AI Camera (IMX500): quantising with MCT, converting with imxconv-tf")
     idx = stratified_sample(dataset.labels("train"), options.calibration_samples, options.train.seed)
-    job = Imx500Job(arch=options.arch, spec=options.model_spec(len(dataset.classes), weights="none"),
-                    classes=tuple(dataset.classes), sigmoid=sigmoid, calibration=np.asarray(dataset.images["train"][idx]),
-                    test_images=np.asarray(dataset.images["test"][:]), test_labels=dataset.labels("test"),
-                    float_probs=float_probs, max_drop=options.max_drop, min_agreement=options.min_agreement)
+    job = Imx500Job(
+        arch=options.arch,
+        spec=options.model_spec(len(dataset.classes), weights="none"),
+        classes=tuple(dataset.classes),
+        sigmoid=sigmoid,
+        calibration=np.asarray(dataset.images["train"][idx]),
+        test_images=np.asarray(dataset.images["test"][:]),
+        test_labels=dataset.labels("test"),
+        float_probs=float_probs,
+        max_drop=options.max_drop,
+        min_agreement=options.min_agreement,
+    )
     section = export(model, job, options.out_dir, observer.step)
     result["imx500"] = section
     problem = verdict(section)
@@ -62,8 +83,14 @@ def add_to_convert(result: dict[str, Any], model: Any, dataset: Any, options: An
         result["gate_message"] = " ".join(filter(None, [result.get("gate_message"), f"IMX500: {problem}."]))
 
 
-def export_run(run_dir: Path, *, data: Path | None = None, max_drop: float | None = None,
-               min_agreement: float | None = None, progress: Progress | None = None) -> dict[str, Any]:
+def export_run(
+    run_dir: Path,
+    *,
+    data: Path | None = None,
+    max_drop: float | None = None,
+    min_agreement: float | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Export the finished run in ``run_dir`` for the IMX500 (RUN/imx500/, staged and swapped in) and add the
     "imx500" section to its report; returns the section. ``data``: the dataset folder, when it is no longer where the
     run was trained from. The gate's limits default to the run's own."""
@@ -72,8 +99,10 @@ def export_run(run_dir: Path, *, data: Path | None = None, max_drop: float | Non
     report = _read_report(run)
     settings, arch, classes = report.get("settings") or {}, report["model"]["arch"], list(report["classes"])
     if report["model"].get("source_model"):
-        raise ConfigError(f"{run} quantised a model trained elsewhere ({report['model']['source_model']}); the IMX500 "
-                          "export rebuilds edgecls's own architectures: train one with edgecls convert DATA")
+        raise ConfigError(
+            f"{run} quantised a model trained elsewhere ({report['model']['source_model']}); the IMX500 "
+            "export rebuilds edgecls's own architectures: train one with edgecls convert DATA"
+        )
     spec = spec_from_settings(settings, arch=arch, num_classes=len(classes))
     _preflight(arch, spec, say)  # before TensorFlow and the images: the layers, Java, the toolchain
     root = _data_root(run, data)
@@ -88,13 +117,21 @@ def export_run(run_dir: Path, *, data: Path | None = None, max_drop: float | Non
     float_probs = float_probabilities(model, dataset.images["test"], sigmoid=sigmoid)
     from .data import stratified_sample
 
-    idx = stratified_sample(dataset.labels("train"), int(settings.get("calibration_samples") or 300),
-                            int(settings.get("train.seed") or 0))
-    job = Imx500Job(arch=arch, spec=spec, classes=tuple(classes), sigmoid=sigmoid,
-                    calibration=np.asarray(dataset.images["train"][idx]),
-                    test_images=np.asarray(dataset.images["test"][:]), test_labels=dataset.labels("test"),
-                    float_probs=float_probs, max_drop=report.get("max_drop", 1.0) if max_drop is None else max_drop,
-                    min_agreement=(report.get("min_agreement", 0.9) if min_agreement is None else min_agreement))
+    idx = stratified_sample(
+        dataset.labels("train"), int(settings.get("calibration_samples") or 300), int(settings.get("train.seed") or 0)
+    )
+    job = Imx500Job(
+        arch=arch,
+        spec=spec,
+        classes=tuple(classes),
+        sigmoid=sigmoid,
+        calibration=np.asarray(dataset.images["train"][idx]),
+        test_images=np.asarray(dataset.images["test"][:]),
+        test_labels=dataset.labels("test"),
+        float_probs=float_probs,
+        max_drop=report.get("max_drop", 1.0) if max_drop is None else max_drop,
+        min_agreement=(report.get("min_agreement", 0.9) if min_agreement is None else min_agreement),
+    )
     section = export(model, job, run, say)
     report["imx500"] = section
     _write_report(run, report)
@@ -104,14 +141,17 @@ def export_run(run_dir: Path, *, data: Path | None = None, max_drop: float | Non
 def _read_report(run: Path) -> dict[str, Any]:
     path = run / "report.json"
     if not path.is_file() or not (run / "model.keras").is_file():
-        raise ConfigError(f"{run} is not a finished edgecls run (it needs report.json and model.keras); give the --out "
-                          "folder of an edgecls convert")
+        raise ConfigError(
+            f"{run} is not a finished edgecls run (it needs report.json and model.keras); give the --out "
+            "folder of an edgecls convert"
+        )
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
         _ = report["model"]["arch"], report["classes"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{path} cannot be read as an edgecls report ({type(exc).__name__}: {exc}); convert the "
-                          "run again") from None
+        raise ConfigError(
+            f"{path} cannot be read as an edgecls report ({type(exc).__name__}: {exc}); convert the run again"
+        ) from None
     return report
 
 
@@ -128,8 +168,10 @@ def _data_root(run: Path, data: Path | None) -> Path:
     root = ((manifest.get("provenance") or {}).get("dataset") or {}).get("root")
     if not root or not Path(root).is_dir():
         where = f"it was trained from {root}, which is not there now" if root else "its model.tflite does not say"
-        raise DataError(f"{run}: the IMX500 export calibrates and checks on the run's own images, and {where}; give "
-                        "the dataset folder with --data")
+        raise DataError(
+            f"{run}: the IMX500 export calibrates and checks on the run's own images, and {where}; give "
+            "the dataset folder with --data"
+        )
     return Path(root)
 
 
@@ -143,17 +185,27 @@ def _rescan(root: Path, report: dict[str, Any], settings: dict[str, Any], spec: 
     cache = None
     if settings.get("cache", True):
         cache = ImageCache(Path(settings.get("cache_dir") or default_cache_dir()), default_max_bytes())
-    dataset = scan(root, input_size=(spec.input_size, spec.input_size), channels=spec.channels,
-                   seed=int(settings.get("train.seed") or 0), split=tuple(settings.get("split") or (0.7, 0.15, 0.15)),
-                   preprocess=PreprocessConfig(resize=settings.get("resize") or "squash", mean=0.0, std=1.0),
-                   extra=[Path(p) for p in settings.get("extra_data") or ()], cache=cache)
+    dataset = scan(
+        root,
+        input_size=(spec.input_size, spec.input_size),
+        channels=spec.channels,
+        seed=int(settings.get("train.seed") or 0),
+        split=tuple(settings.get("split") or (0.7, 0.15, 0.15)),
+        preprocess=PreprocessConfig(resize=settings.get("resize") or "squash", mean=0.0, std=1.0),
+        extra=[Path(p) for p in settings.get("extra_data") or ()],
+        cache=cache,
+    )
     expected = report.get("dataset_fingerprint")
     if expected and dataset.fingerprint != expected:
-        raise DataError(f"{root} is not the data the run was trained on (its files changed since); give the run's "
-                        "own dataset with --data, or convert again")
+        raise DataError(
+            f"{root} is not the data the run was trained on (its files changed since); give the run's "
+            "own dataset with --data, or convert again"
+        )
     if list(dataset.classes) != list(report["classes"]):
-        raise DataError(f"{root} has the classes {list(dataset.classes)}, the run {report['classes']}; give the run's "
-                        "own dataset with --data")
+        raise DataError(
+            f"{root} has the classes {list(dataset.classes)}, the run {report['classes']}; give the run's "
+            "own dataset with --data"
+        )
     return dataset
 
 

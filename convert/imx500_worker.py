@@ -132,22 +132,28 @@ def rebuild(job: dict[str, Any], job_dir: Path) -> Any:
     targets = weighted_layers(model)
     sources = job["layers"]
     if len(targets) != len(sources):
-        raise WorkerError(f"the rebuilt {job['arch']} has {len(targets)} layers with weights, the trained model "
-                          f"{len(sources)}: the run's settings do not describe its model.keras")
+        raise WorkerError(
+            f"the rebuilt {job['arch']} has {len(targets)} layers with weights, the trained model "
+            f"{len(sources)}: the run's settings do not describe its model.keras"
+        )
     with np.load(job_dir / "weights.npz") as stored:
         for layer, source in zip(targets, sources):
             arrays = [stored[key] for key in source["keys"]]
             shapes = [tuple(w.shape) for w in layer.get_weights()]
             if type(layer).__name__ != source["class"] or shapes != [a.shape for a in arrays]:
-                raise WorkerError(f"layer {source['name']!r} ({source['class']}, {[a.shape for a in arrays]}) does not "
-                                  f"match the rebuilt {layer.name!r} ({type(layer).__name__}, {shapes})")
+                raise WorkerError(
+                    f"layer {source['name']!r} ({source['class']}, {[a.shape for a in arrays]}) does not "
+                    f"match the rebuilt {layer.name!r} ({type(layer).__name__}, {shapes})"
+                )
             layer.set_weights(arrays)
     return model
 
 
 def predict(model: Any, images: np.ndarray) -> np.ndarray:
-    rows = [np.asarray(model(images[i:i + BATCH].astype(np.float32), training=False))
-            for i in range(0, len(images), BATCH)]
+    rows = [
+        np.asarray(model(images[i : i + BATCH].astype(np.float32), training=False))
+        for i in range(0, len(images), BATCH)
+    ]
     return np.concatenate(rows) if rows else np.zeros((0, *model.output_shape[1:]), np.float32)
 
 
@@ -159,11 +165,10 @@ def quantize(model: Any, job_dir: Path) -> Any:
 
     def representative() -> Iterator[list[np.ndarray]]:
         for start in range(0, len(calibration), BATCH):
-            yield [calibration[start:start + BATCH].astype(np.float32)]
+            yield [calibration[start : start + BATCH].astype(np.float32)]
 
     tpc = mct.get_target_platform_capabilities("tensorflow", "imx500", target_platform_version="v1")
-    quantized, _ = mct.ptq.keras_post_training_quantization(model, representative,
-                                                            target_platform_capabilities=tpc)
+    quantized, _ = mct.ptq.keras_post_training_quantization(model, representative, target_platform_capabilities=tpc)
     return quantized
 
 
@@ -174,9 +179,15 @@ def run(job: dict[str, Any], job_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     from importlib.metadata import version
 
-    result: dict[str, Any] = {"versions": {"imx500_converter": version("imx500-converter"), "mct": mct.__version__,
-                                           "tensorflow": tf.__version__, "python": sys.version.split()[0]},
-                              "seconds": {}}
+    result: dict[str, Any] = {
+        "versions": {
+            "imx500_converter": version("imx500-converter"),
+            "mct": mct.__version__,
+            "tensorflow": tf.__version__,
+            "python": sys.version.split()[0],
+        },
+        "seconds": {},
+    }
     say(f"rebuilding {job['arch']} in tf.keras (TensorFlow {tf.__version__})")
     model = rebuild(job, job_dir)
     result["layers"] = [type(layer).__name__ for layer in all_layers(model)]
@@ -186,8 +197,10 @@ def run(job: dict[str, Any], job_dir: Path) -> dict[str, Any]:
     result["seconds"]["rebuild"] = round(time.perf_counter() - started, 1)
     if "quantize" in job["steps"]:
         t = time.perf_counter()
-        say(f"quantising for the IMX500 (MCT {mct.__version__}, post-training, "
-            f"{len(np.load(job_dir / 'calibration.npy', mmap_mode='r'))} calibration images)")
+        say(
+            f"quantising for the IMX500 (MCT {mct.__version__}, post-training, "
+            f"{len(np.load(job_dir / 'calibration.npy', mmap_mode='r'))} calibration images)"
+        )
         quantized = quantize(model, job_dir)
         result["seconds"]["quantize"] = round(time.perf_counter() - t, 1)
         say(f"running the IMX500-quantised model on {len(test)} held-out images")

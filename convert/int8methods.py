@@ -42,8 +42,9 @@ def _post_training(ctx: Int8Context, *, bias_correction: bool) -> tuple[bytes, N
     from .tflite_export import to_tflite
 
     opts = ctx.options
-    return to_tflite(ctx.model, mode="int8", io_type=opts.io, representative=ctx.calibration,
-                     bias_correction=bias_correction), None
+    return to_tflite(
+        ctx.model, mode="int8", io_type=opts.io, representative=ctx.calibration, bias_correction=bias_correction
+    ), None
 
 
 def _int8_tune(ctx: Int8Context) -> tuple[bytes, dict[str, Any]]:
@@ -51,12 +52,22 @@ def _int8_tune(ctx: Int8Context) -> tuple[bytes, dict[str, Any]]:
 
     opts, obs = ctx.options, ctx.observer
     images = int8tune.tuning_images(ctx.dataset.images["train"], ctx.dataset.labels("train"), opts.train.seed)
-    obs.step(f"int8 tuning: rounding with error compensation, then {opts.int8_tune_epochs} epochs of fine-tuning "
-             f"against the float model on {len(images)} training images")
+    obs.step(
+        f"int8 tuning: rounding with error compensation, then {opts.int8_tune_epochs} epochs of fine-tuning "
+        f"against the float model on {len(images)} training images"
+    )
     obs.stage("int8-tune", opts.int8_tune_epochs)
     on_epoch = lambda e, n, kl: obs.epoch("int8-tune", e, n, {"kl": kl})
-    return int8tune.export_tuned(ctx.model, ctx.calibration, images, io_type=opts.io, normalize=ctx.normalize,
-                                 epochs=opts.int8_tune_epochs, seed=opts.train.seed, on_epoch=on_epoch)
+    return int8tune.export_tuned(
+        ctx.model,
+        ctx.calibration,
+        images,
+        io_type=opts.io,
+        normalize=ctx.normalize,
+        epochs=opts.int8_tune_epochs,
+        seed=opts.train.seed,
+        on_epoch=on_epoch,
+    )
 
 
 def _qat(ctx: Int8Context) -> tuple[bytes, dict[str, Any]]:
@@ -67,23 +78,52 @@ def _qat(ctx: Int8Context) -> tuple[bytes, dict[str, Any]]:
     spec = opts.model_spec(len(ctx.dataset.classes), weights="none")
     obs.step(f"quantisation-aware fine-tuning, {opts.qat_epochs} epochs")
     qmodel = qat.qat_model(ctx.model, opts.arch, spec)
-    history = qat.finetune(qmodel, ctx.dataset, epochs=opts.qat_epochs, learning_rate=opts.train.learning_rate / 10,
-                           batch_size=opts.train.batch_size, sigmoid=ctx.sigmoid, augment=opts.train.augment,
-                           seed=opts.train.seed, observer=obs)
+    history = qat.finetune(
+        qmodel,
+        ctx.dataset,
+        epochs=opts.qat_epochs,
+        learning_rate=opts.train.learning_rate / 10,
+        batch_size=opts.train.batch_size,
+        sigmoid=ctx.sigmoid,
+        augment=opts.train.augment,
+        seed=opts.train.seed,
+        observer=obs,
+    )
     obs.step("exporting: int8 TFLite from the quantisation-aware model")
     return qat.to_int8(qmodel, io_type=opts.io, representative=ctx.calibration), history
 
 
-INT8_METHODS: dict[str, Int8Method] = {m.name: m for m in (
-    Int8Method("ptq", "post-training quantisation from the calibration images, nothing more",
-               lambda ctx: _post_training(ctx, bias_correction=False)),
-    Int8Method("bias-correction", "post-training quantisation, then conv biases corrected for the mean error of "
-               "weight rounding (seconds; the default)", lambda ctx: _post_training(ctx, bias_correction=True)),
-    Int8Method("int8-tune", "error-compensating rounding, then fine-tuning the int8 weights to match the float "
-               "model (a few minutes; for fine-tuned MobileNets)", _int8_tune, trains=True),
-    Int8Method("qat", "quantisation-aware fine-tuning with fake quantisation, then export (needs the qat extra)",
-               _qat, extra="qat", trains=True, compare_with_ptq=True),
-)}
+INT8_METHODS: dict[str, Int8Method] = {
+    m.name: m
+    for m in (
+        Int8Method(
+            "ptq",
+            "post-training quantisation from the calibration images, nothing more",
+            lambda ctx: _post_training(ctx, bias_correction=False),
+        ),
+        Int8Method(
+            "bias-correction",
+            "post-training quantisation, then conv biases corrected for the mean error of "
+            "weight rounding (seconds; the default)",
+            lambda ctx: _post_training(ctx, bias_correction=True),
+        ),
+        Int8Method(
+            "int8-tune",
+            "error-compensating rounding, then fine-tuning the int8 weights to match the float "
+            "model (a few minutes; for fine-tuned MobileNets)",
+            _int8_tune,
+            trains=True,
+        ),
+        Int8Method(
+            "qat",
+            "quantisation-aware fine-tuning with fake quantisation, then export (needs the qat extra)",
+            _qat,
+            extra="qat",
+            trains=True,
+            compare_with_ptq=True,
+        ),
+    )
+}
 DEFAULT_INT8_METHOD = "bias-correction"
 
 
@@ -101,6 +141,8 @@ def check_supported(method: Int8Method, arch: str) -> None:
     from .models import QAT_ARCHS
 
     if arch not in QAT_ARCHS:
-        raise ConfigError(f"--int8-method qat supports --arch {', '.join(QAT_ARCHS)} (received {arch}): "
-                          "MobileNetV3's hard-swish and squeeze-excite blocks are not in the toolkit's registry")
+        raise ConfigError(
+            f"--int8-method qat supports --arch {', '.join(QAT_ARCHS)} (received {arch}): "
+            "MobileNetV3's hard-swish and squeeze-excite blocks are not in the toolkit's registry"
+        )
     qat.import_toolkit()

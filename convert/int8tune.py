@@ -64,7 +64,7 @@ def gptq_rows(weights: np.ndarray, scales: np.ndarray, hessian: np.ndarray, damp
             q = np.clip(np.round(rest[:, i] / s[rows]), -127, 127)
             levels[rows, keep[i]] = q
             err = (rest[:, i] - q * s[rows]) / upper[i, i]
-            rest[:, i + 1:] -= np.outer(err, upper[i, i + 1:])
+            rest[:, i + 1 :] -= np.outer(err, upper[i, i + 1 :])
     return levels
 
 
@@ -78,8 +78,9 @@ def gptq_kernel(kernel: np.ndarray, fold: np.ndarray, depthwise: bool, hessian: 
     scales = np.abs(folded).max(axis=1) / 127.0
     scales = np.where(scales > 0, scales, 1.0)
     if depthwise:  # output channel c * multiplier + j reads input channel c alone
-        levels = np.concatenate([gptq_rows(folded[r : r + 1], scales[r : r + 1], hessian[r // cout])
-                                 for r in range(folded.shape[0])])
+        levels = np.concatenate(
+            [gptq_rows(folded[r : r + 1], scales[r : r + 1], hessian[r // cout]) for r in range(folded.shape[0])]
+        )
     else:
         levels = gptq_rows(folded, scales, hessian)
     grid = levels * scales[:, None] / np.where(fold != 0, fold, 1.0)[:, None]
@@ -92,8 +93,13 @@ def _patches(layer: Any, x: np.ndarray) -> np.ndarray:
     kh, kw = layer.kernel_size
     if (kh, kw) == (1, 1) and tuple(layer.strides) == (1, 1):
         return x
-    return tf.image.extract_patches(x, sizes=[1, kh, kw, 1], strides=[1, *layer.strides, 1],
-                                    rates=[1, *layer.dilation_rate, 1], padding=layer.padding.upper()).numpy()
+    return tf.image.extract_patches(
+        x,
+        sizes=[1, kh, kw, 1],
+        strides=[1, *layer.strides, 1],
+        rates=[1, *layer.dilation_rate, 1],
+        padding=layer.padding.upper(),
+    ).numpy()
 
 
 def hessians(model: Any, calibration: np.ndarray) -> list[tuple[Any, np.ndarray]]:
@@ -131,8 +137,10 @@ def _tunable(model: Any) -> list[Any]:
     for layer in _leaves(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             found += [v for v in (layer.gamma, layer.beta) if v is not None]
-        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)) \
-                and layer.use_bias:
+        elif (
+            isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense))
+            and layer.use_bias
+        ):
             found.append(layer.bias)
     return found
 
@@ -169,8 +177,12 @@ def _fake_quantised_relu6(model: Any) -> list[tuple[Any, Callable[..., Any]]]:
 def _convs(model: Any) -> list[Any]:
     import keras
 
-    return [layer for layer in _leaves(model) if isinstance(layer, keras.layers.DepthwiseConv2D)
-            or (type(layer) is keras.layers.Conv2D and layer.groups == 1 and layer.data_format == "channels_last")]
+    return [
+        layer
+        for layer in _leaves(model)
+        if isinstance(layer, keras.layers.DepthwiseConv2D)
+        or (type(layer) is keras.layers.Conv2D and layer.groups == 1 and layer.data_format == "channels_last")
+    ]
 
 
 def _fake_quantised_kernels(convs: list[Any]) -> list[tuple[Any, Callable[..., Any]]]:
@@ -215,8 +227,9 @@ def tuning_images(images: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarr
     return images[stratified_sample(labels, min(MAX_IMAGES, len(labels)), seed + 1)]
 
 
-def export_tuned(model: Any, calibration: np.ndarray, images: np.ndarray, *, io_type: str = "int8",
-                 **tuning: Any) -> tuple[bytes, dict[str, Any]]:
+def export_tuned(
+    model: Any, calibration: np.ndarray, images: np.ndarray, *, io_type: str = "int8", **tuning: Any
+) -> tuple[bytes, dict[str, Any]]:
     """Full-int8 TFLite bytes of ``model`` tuned as `tuned_for_int8` does (``tuning``: its keyword arguments), and
     the tuning summary; ``model`` is unchanged afterwards."""
     from .tflite_export import to_tflite
@@ -251,8 +264,9 @@ def tuned_for_int8(
     started = time.perf_counter()
     saved = [(v, np.array(v)) for v in model.weights]
     try:
-        teacher = np.concatenate([np.asarray(model.predict(norm(images[i : i + 64]), verbose=0))
-                                  for i in range(0, len(images), 64)])
+        teacher = np.concatenate(
+            [np.asarray(model.predict(norm(images[i : i + 64]), verbose=0)) for i in range(0, len(images), 64)]
+        )
         rounded = 0
         for target, hessian in hessians(model, calibration):
             kernel = np.asarray(target.conv.kernel)
@@ -266,8 +280,9 @@ def tuned_for_int8(
         steps = max(1, epochs * -(-len(images) // batch_size))
         optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps))
         if kernels:
-            kernel_optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(kernel_learning_rate,
-                                                                                             steps))
+            kernel_optimizer = keras.optimizers.Adam(
+                keras.optimizers.schedules.CosineDecay(kernel_learning_rate, steps)
+            )
 
         @tf.function
         def step(x: Any, p: Any) -> Any:
@@ -293,11 +308,16 @@ def tuned_for_int8(
                 losses.append(total / len(images))
                 if on_epoch is not None:
                     on_epoch(epoch + 1, epochs, losses[-1])
-        summary = {"rounded_layers": rounded, "tuned_parameters": int(sum(np.prod(v.shape) for v in variables)),
-                   "tuned_kernels": len(convs),
-                   "images": len(images), "epochs": epochs, "kl_first_epoch": losses[0] if losses else None,
-                   "kl_last_epoch": losses[-1] if losses else None,
-                   "seconds": round(time.perf_counter() - started, 1)}
+        summary = {
+            "rounded_layers": rounded,
+            "tuned_parameters": int(sum(np.prod(v.shape) for v in variables)),
+            "tuned_kernels": len(convs),
+            "images": len(images),
+            "epochs": epochs,
+            "kl_first_epoch": losses[0] if losses else None,
+            "kl_last_epoch": losses[-1] if losses else None,
+            "seconds": round(time.perf_counter() - started, 1),
+        }
         log.debug("int8 tuning: %s", summary)
         yield summary
     finally:

@@ -65,6 +65,7 @@ class ModelSpec:
 
 def register(name: str, **facts: Any) -> Callable[[Callable[[ModelSpec], Any]], Callable[[ModelSpec], Any]]:
     """Add a builder to the registry with its `Architecture` facts (input_size, tune_sizes, family, ...)."""
+
     def wrap(fn: Callable[[ModelSpec], Any]) -> Callable[[ModelSpec], Any]:
         ARCHITECTURES[name] = Architecture(name=name, build=fn, summary=(fn.__doc__ or "").split("\n")[0], **facts)
         return fn
@@ -168,7 +169,9 @@ def compact_cnn(spec: ModelSpec) -> Any:
     keras = _keras()
     layers = keras.layers
     if spec.depth < 1 or spec.width < 4:
-        raise ConfigError(f"compact-cnn needs depth >= 1 and width >= 4 (received depth {spec.depth}, width {spec.width})")
+        raise ConfigError(
+            f"compact-cnn needs depth >= 1 and width >= 4 (received depth {spec.depth}, width {spec.width})"
+        )
     inputs = keras.Input((spec.input_size, spec.input_size, spec.channels), name="image")
     x = layers.Rescaling(1.0 / 255, name="normalize")(inputs)
 
@@ -209,13 +212,20 @@ def _mobilenet(name: str, spec: ModelSpec) -> Any:
     x = inputs
     if spec.channels == 1:  # ImageNet weights expect three channels: repeat the gray one inside the model
         x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
-    common: dict[str, Any] = {"input_shape": (size, size, 3), "include_top": False, "weights": weights, "alpha": spec.alpha}
+    common: dict[str, Any] = {
+        "input_shape": (size, size, 3),
+        "include_top": False,
+        "weights": weights,
+        "alpha": spec.alpha,
+    }
     try:
         if name == "mobilenet_v3_small":
             if spec.flat:  # the base's layers inline in this model (what the quantisation toolkit can wrap)
                 common["input_tensor"] = x
             base = keras.applications.MobileNetV3Small(
-                include_preprocessing=True, minimalistic=spec.edgetpu, **common  # no hard-swish or SE on the Edge TPU
+                include_preprocessing=True,
+                minimalistic=spec.edgetpu,
+                **common,  # no hard-swish or SE on the Edge TPU
             )
         else:
             x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="normalize")(x)  # what these weights were trained on
@@ -257,8 +267,10 @@ def resolve_alpha(arch: str, alpha: float | None, weights: str) -> float | None:
         return alpha
     named = weights_alpha(weights)
     if alpha is not None and named is not None and abs(alpha - named) > 1e-9:
-        raise ConfigError(f"--weights {weights} holds {arch} alpha {named} weights, but --alpha {alpha} was given; "
-                          f"leave --alpha out, or give the {arch} alpha {alpha} weights")
+        raise ConfigError(
+            f"--weights {weights} holds {arch} alpha {named} weights, but --alpha {alpha} was given; "
+            f"leave --alpha out, or give the {arch} alpha {alpha} weights"
+        )
     chosen = alpha if alpha is not None else named if named is not None else entry.default_alpha
     if chosen not in entry.alphas:
         raise ConfigError(f"{arch} supports --alpha {', '.join(map(str, entry.alphas))} (received {chosen})")
@@ -276,23 +288,42 @@ def _resolve_weights(weights: str) -> str | None:
     return str(path)
 
 
-@register("mobilenet_v1", input_size=128, tune_sizes=(96, 128, 160), family="mobilenet", alphas=(0.25, 0.5, 0.75, 1.0),
-          default_alpha=0.25)
+@register(
+    "mobilenet_v1",
+    input_size=128,
+    tune_sizes=(96, 128, 160),
+    family="mobilenet",
+    alphas=(0.25, 0.5, 0.75, 1.0),
+    default_alpha=0.25,
+)
 def mobilenet_v1(spec: ModelSpec) -> Any:
     """MobileNet V1 (ImageNet weights), frozen then fine-tuned."""
     return _mobilenet("mobilenet_v1", spec)
 
 
-@register("mobilenet_v2", input_size=128, tune_sizes=(96, 128, 160), family="mobilenet",
-          alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4), default_alpha=1.0)
+@register(
+    "mobilenet_v2",
+    input_size=128,
+    tune_sizes=(96, 128, 160),
+    family="mobilenet",
+    alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
+    default_alpha=1.0,
+)
 def mobilenet_v2(spec: ModelSpec) -> Any:
     """MobileNet V2 (ImageNet weights), frozen then fine-tuned."""
     return _mobilenet("mobilenet_v2", spec)
 
 
 # MobileNetV3's hard-swish and squeeze-excite blocks are not in the quantisation toolkit's registry: no QAT.
-@register("mobilenet_v3_small", input_size=128, tune_sizes=(96, 128, 160), family="mobilenet", alphas=(0.75, 1.0),
-          default_alpha=1.0, qat=False)
+@register(
+    "mobilenet_v3_small",
+    input_size=128,
+    tune_sizes=(96, 128, 160),
+    family="mobilenet",
+    alphas=(0.75, 1.0),
+    default_alpha=1.0,
+    qat=False,
+)
 def mobilenet_v3_small(spec: ModelSpec) -> Any:
     """MobileNet V3 small (ImageNet weights; minimalistic for the Edge TPU), frozen then fine-tuned."""
     return _mobilenet("mobilenet_v3_small", spec)

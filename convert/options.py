@@ -49,8 +49,10 @@ class ModelOptions:
         if self.target not in TARGETS:
             raise ConfigError(f"--target {self.target!r} is not one of {', '.join(TARGETS)}")
         if self.target == "imx500" and self.color != "rgb":
-            raise ConfigError(f"--target imx500 needs --color rgb (received --color {self.color}): the AI Camera's "
-                              "sensor gives the network its RGB image")
+            raise ConfigError(
+                f"--target imx500 needs --color rgb (received --color {self.color}): the AI Camera's "
+                "sensor gives the network its RGB image"
+            )
         object.__setattr__(self, "alpha", resolve_alpha(self.arch, self.alpha, str(self.weights)))
 
 
@@ -102,8 +104,10 @@ class ExportOptions:
             raise ConfigError(f"--io {self.io!r} is not one of {', '.join(IO_TYPES)}")
         method = int8_method(self.int8_method)
         if self.quant != "int8" and method.name != DEFAULT_INT8_METHOD:
-            raise ConfigError(f"--int8-method {method.name} fits a full int8 model; it needs --quant int8 "
-                              f"(received --quant {self.quant})")
+            raise ConfigError(
+                f"--int8-method {method.name} fits a full int8 model; it needs --quant int8 "
+                f"(received --quant {self.quant})"
+            )
         for name in ("calibration_samples", "qat_epochs", "int8_tune_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (received {getattr(self, name)})")
@@ -122,8 +126,14 @@ class GateOptions:
             raise ConfigError(f"--min-agreement must be between 0 and 1 (received {self.min_agreement})")
 
 
-GROUPS: dict[str, type] = {"model": ModelOptions, "data": DataOptions, "train": TrainConfig,
-                           "distill": DistillOptions, "export": ExportOptions, "gate": GateOptions}
+GROUPS: dict[str, type] = {
+    "model": ModelOptions,
+    "data": DataOptions,
+    "train": TrainConfig,
+    "distill": DistillOptions,
+    "export": ExportOptions,
+    "gate": GateOptions,
+}
 _GROUP_OF = {f.name: group for group, cls in GROUPS.items() for f in dataclasses.fields(cls)}
 
 
@@ -145,8 +155,10 @@ class ConvertOptions:
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", Path(self.out_dir))
         if self.model.target == "edgetpu" and self.export.quant != "int8":
-            raise ConfigError(f"--target edgetpu needs --quant int8 (received --quant {self.export.quant}): the Edge "
-                              "TPU runs only 8-bit models")
+            raise ConfigError(
+                f"--target edgetpu needs --quant int8 (received --quant {self.export.quant}): the Edge "
+                "TPU runs only 8-bit models"
+            )
 
     @classmethod
     def create(cls, out_dir: str | Path, **options: Any) -> ConvertOptions:
@@ -222,10 +234,18 @@ class ConvertOptions:
     def model_spec(self, num_classes: int, **overrides: Any) -> ModelSpec:
         """The one place a ModelSpec is made from the options (``overrides``: e.g. weights="none")."""
         m = self.model
-        spec = ModelSpec(num_classes=num_classes, input_size=self.size(), channels=self.channels, dropout=m.dropout,
-                         width=m.width, depth=m.depth, separable=m.separable, weights=m.weights,
-                         **({"alpha": m.alpha} if m.alpha is not None else {}),
-                         edgetpu=m.target == "edgetpu")
+        spec = ModelSpec(
+            num_classes=num_classes,
+            input_size=self.size(),
+            channels=self.channels,
+            dropout=m.dropout,
+            width=m.width,
+            depth=m.depth,
+            separable=m.separable,
+            weights=m.weights,
+            **({"alpha": m.alpha} if m.alpha is not None else {}),
+            edgetpu=m.target == "edgetpu",
+        )
         return dataclasses.replace(spec, **overrides)
 
 

@@ -91,8 +91,10 @@ def check_out_dir(out_dir: Path, *, overwrite: bool = False) -> None:
             if not any((out / name).exists() for name in RUN_MARKERS):
                 raise ConfigError(f"--out {out} holds other files, not an edgecls run; give an empty or a new folder")
             if not overwrite:
-                raise ConfigError(f"--out {out} already holds a finished run; pass --overwrite to replace it (the "
-                                  "whole folder), or give another --out")
+                raise ConfigError(
+                    f"--out {out} already holds a finished run; pass --overwrite to replace it (the "
+                    "whole folder), or give another --out"
+                )
 
 
 @contextlib.contextmanager
@@ -113,7 +115,9 @@ def staged_output(out_dir: Path, *, overwrite: bool = False) -> Iterator[Path]:
         check_room(out.parent, MIN_RUN_BYTES, "a run")
         stage = Path(tempfile.mkdtemp(prefix=stage_prefix(out), dir=out.parent))
     except OSError as exc:
-        raise WriteError(f"cannot make the run folder {out} ({exc.strerror or exc}); check the path and permissions") from None
+        raise WriteError(
+            f"cannot make the run folder {out} ({exc.strerror or exc}); check the path and permissions"
+        ) from None
     _STAGES.add(stage)
     try:
         umask = os.umask(0)
@@ -170,12 +174,23 @@ def _relocate(stage: Path, out: Path) -> None:
         info = check_model_file(path)
         raw = info.associated_files.get(MANIFEST_NAME, b"")
         if old.encode() in raw:
-            atomic_write_bytes(path, embed_files(path.read_bytes(), {MANIFEST_NAME: raw.replace(
-                json.dumps(old)[1:-1].encode(), json.dumps(new)[1:-1].encode())}))
+            atomic_write_bytes(
+                path,
+                embed_files(
+                    path.read_bytes(),
+                    {MANIFEST_NAME: raw.replace(json.dumps(old)[1:-1].encode(), json.dumps(new)[1:-1].encode())},
+                ),
+            )
 
 
-def convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertObserver | None = None,
-                    stop_request: StopRequest | None = None, *, overwrite: bool = False) -> dict[str, Any]:
+def convert_dataset(
+    data_dir: Path,
+    options: ConvertOptions,
+    observer: ConvertObserver | None = None,
+    stop_request: StopRequest | None = None,
+    *,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Train ``options.arch`` on a folder-per-class (or pre-split) dataset, export, verify and report.
     ``stop_request`` lets the caller end training early and still get the exported, verified model (see
     edgecls.convert.training.StopRequest); the seed-cnn baseline is then skipped. The run is built beside
@@ -188,18 +203,29 @@ def convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertOb
         obs = observer or QuietObserver()
         obs.step(f"{worker.describe()}: training with the cluster; the chief writes the run")
         with tempfile.TemporaryDirectory(prefix="edgecls-worker-") as scratch:
-            _convert_dataset(Path(data_dir), replace(options, out_dir=Path(scratch)), observer, None, strategy,
-                             worker)
-        return {"worker": {"task_type": worker.task_type, "task_index": worker.task_index,
-                           "num_workers": worker.num_workers, "out_dir": None}}
+            _convert_dataset(Path(data_dir), replace(options, out_dir=Path(scratch)), observer, None, strategy, worker)
+        return {
+            "worker": {
+                "task_type": worker.task_type,
+                "task_index": worker.task_index,
+                "num_workers": worker.num_workers,
+                "out_dir": None,
+            }
+        }
     with staged_output(options.out_dir, overwrite=overwrite) as stage:
-        return _convert_dataset(Path(data_dir), replace(options, out_dir=stage), observer, stop_request, strategy,
-                                worker)
+        return _convert_dataset(
+            Path(data_dir), replace(options, out_dir=stage), observer, stop_request, strategy, worker
+        )
 
 
-def _convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertObserver | None,
-                     stop_request: StopRequest | None, strategy: Any,
-                     worker: distributed.WorkerRole) -> dict[str, Any] | None:
+def _convert_dataset(
+    data_dir: Path,
+    options: ConvertOptions,
+    observer: ConvertObserver | None,
+    stop_request: StopRequest | None,
+    strategy: Any,
+    worker: distributed.WorkerRole,
+) -> dict[str, Any] | None:
     """The stages, in order: prepare the data, build the model, train, then `export_and_verify` (export with the
     chosen int8 method, verify through the runtime, gate, write the run). A worker that is not the chief stops
     after training (None)."""
@@ -207,6 +233,7 @@ def _convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertO
     started = time.perf_counter()
     if options.target == "imx500" and worker.chief:  # its layers, Java and its toolchain: before training
         from .imx500_run import preflight
+
         preflight(options, obs)
     dataset = prepare_data(data_dir, options, obs)
     sigmoid = uses_sigmoid(options.arch, len(dataset.classes))
@@ -215,8 +242,17 @@ def _convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertO
         model = create_model(options.arch, options.model_spec(len(dataset.classes)))
     obs = RoomWatch(obs, options.out_dir, _check_room(model, options, training=True))
     t_train = time.perf_counter()
-    history = train(model, dataset, options.train, sigmoid=sigmoid, checkpoint_dir=options.out_dir / "checkpoints",
-                    strategy=strategy, observer=obs, teacher=teacher, stop_request=stop_request)
+    history = train(
+        model,
+        dataset,
+        options.train,
+        sigmoid=sigmoid,
+        checkpoint_dir=options.out_dir / "checkpoints",
+        strategy=strategy,
+        observer=obs,
+        teacher=teacher,
+        stop_request=stop_request,
+    )
     train_s = time.perf_counter() - t_train
     if not worker.chief:
         return None
@@ -225,12 +261,23 @@ def _convert_dataset(data_dir: Path, options: ConvertOptions, observer: ConvertO
     stopped = history.get("stopped_early")
     if stopped:
         best = f"the weights of epoch {stopped['best_epoch']}" if stopped["best_epoch"] else "the last weights"
-        obs.step(f"training stopped early at {stopped['stage']} epoch {stopped['epoch']} of {stopped['epochs']}; "
-                 f"exporting {best} (lowest validation loss)")
+        obs.step(
+            f"training stopped early at {stopped['stage']} epoch {stopped['epoch']} of {stopped['epochs']}; "
+            f"exporting {best} (lowest validation loss)"
+        )
     wants_baseline = options.baseline and options.arch != "seed-cnn" and not stopped
     baseline = _baseline(data_dir, dataset, options, obs) if wants_baseline else None
-    return export_and_verify(model, dataset, options, obs, sigmoid=sigmoid, history=history, baseline=baseline,
-                             timing={"train_s": train_s, "started": started}, teacher=teacher_info)
+    return export_and_verify(
+        model,
+        dataset,
+        options,
+        obs,
+        sigmoid=sigmoid,
+        history=history,
+        baseline=baseline,
+        timing={"train_s": train_s, "started": started},
+        teacher=teacher_info,
+    )
 
 
 def _check_room(model: Any, options: ConvertOptions, *, training: bool) -> int:
@@ -238,11 +285,16 @@ def _check_room(model: Any, options: ConvertOptions, *, training: bool) -> int:
     staging.run_bytes), rather than with a failed write at their end. Returns what the run writes besides the
     checkpoints it keeps, with one being written: what `RoomWatch` wants free between epochs."""
     params = int(model.count_params())
-    facts = {"edgetpu": options.target == "edgetpu",
-             "baseline": training and options.baseline and options.arch != "seed-cnn"}
+    facts = {
+        "edgetpu": options.target == "edgetpu",
+        "baseline": training and options.baseline and options.arch != "seed-cnn",
+    }
     baseline = ", and the seed-cnn baseline's 100 MiB: --no-baseline skips it" if facts["baseline"] else ""
-    check_room(options.out_dir, run_bytes(params, checkpoints=2 if training else 0, **facts),
-               f"this run (a model of {params:,} parameters{baseline})")
+    check_room(
+        options.out_dir,
+        run_bytes(params, checkpoints=2 if training else 0, **facts),
+        f"this run (a model of {params:,} parameters{baseline})",
+    )
     return run_bytes(params, checkpoints=0, **facts) + saved_bytes(params)
 
 
@@ -257,17 +309,31 @@ def prepare_data(data_dir: Path, options: ConvertOptions, obs: ConvertObserver) 
     size = options.size()
     preprocess = PreprocessConfig(resize=options.resize, mean=0.0, std=1.0)
     obs.step(f"reading {final_path(Path(data_dir))}")
-    dataset = scan(data_dir, input_size=(size, size), channels=options.channels, seed=options.train.seed,
-                   split=options.split, preprocess=preprocess, progress=obs.decoding, extra=options.extra_data,
-                   cache=options.image_cache(), warn=lambda message: obs.step(f"warning: {message}"))
-    added = f"; {sum(dataset.extra.values())} images from --extra-data in train {dataset.extra}" if dataset.extra else ""
-    obs.step(f"{len(dataset.classes)} classes {list(dataset.classes)}; split {dataset.split_sizes()}{added}; "
-             f"{len(dataset.skipped)} files skipped; {cache_summary(dataset.cache)}")
+    dataset = scan(
+        data_dir,
+        input_size=(size, size),
+        channels=options.channels,
+        seed=options.train.seed,
+        split=options.split,
+        preprocess=preprocess,
+        progress=obs.decoding,
+        extra=options.extra_data,
+        cache=options.image_cache(),
+        warn=lambda message: obs.step(f"warning: {message}"),
+    )
+    added = (
+        f"; {sum(dataset.extra.values())} images from --extra-data in train {dataset.extra}" if dataset.extra else ""
+    )
+    obs.step(
+        f"{len(dataset.classes)} classes {list(dataset.classes)}; split {dataset.split_sizes()}{added}; "
+        f"{len(dataset.skipped)} files skipped; {cache_summary(dataset.cache)}"
+    )
     return dataset
 
 
-def _teacher(options: ConvertOptions, dataset: Dataset, sigmoid: bool,
-             obs: ConvertObserver) -> tuple[Any, dict[str, Any] | None]:
+def _teacher(
+    options: ConvertOptions, dataset: Dataset, sigmoid: bool, obs: ConvertObserver
+) -> tuple[Any, dict[str, Any] | None]:
     """The --teacher to distil from, checked against this run's data and split, and its test top-1 as the student
     will see its images (for the report); (None, None) without --teacher."""
     if options.teacher is None:
@@ -276,24 +342,34 @@ def _teacher(options: ConvertOptions, dataset: Dataset, sigmoid: bool,
 
     teacher = distill.load_teacher(options.teacher, weight=options.teacher_weight)
     info = distill.check_teacher(teacher, dataset, split=options.split, sigmoid=sigmoid)
-    info["test_top1"] = distill.teacher_accuracy(teacher, dataset.images["test"], dataset.labels("test"),
-                                                 sigmoid=sigmoid)
-    obs.step(f"distilling from {teacher.path} (weight {teacher.weight:g}; it scores {100 * info['test_top1']:.1f}% on "
-             f"the {dataset.test_source} split at this input size)"
-             + ("" if info["split_checked"] else f"; note: {info['note']}"))
+    info["test_top1"] = distill.teacher_accuracy(
+        teacher, dataset.images["test"], dataset.labels("test"), sigmoid=sigmoid
+    )
+    obs.step(
+        f"distilling from {teacher.path} (weight {teacher.weight:g}; it scores {100 * info['test_top1']:.1f}% on "
+        f"the {dataset.test_source} split at this input size)"
+        + ("" if info["split_checked"] else f"; note: {info['note']}")
+    )
     return teacher, info
 
 
-def convert_model(model_path: Path, calibration_dir: Path, options: ConvertOptions,
-                  observer: ConvertObserver | None = None, *, overwrite: bool = False) -> dict[str, Any]:
+def convert_model(
+    model_path: Path,
+    calibration_dir: Path,
+    options: ConvertOptions,
+    observer: ConvertObserver | None = None,
+    *,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Quantise and verify a Keras model trained elsewhere (.keras, .h5 or a SavedModel folder); the output folder
     is staged and swapped in whole as in `convert_dataset`."""
     with staged_output(options.out_dir, overwrite=overwrite) as stage:
         return _convert_model(Path(model_path), Path(calibration_dir), replace(options, out_dir=stage), observer)
 
 
-def _convert_model(model_path: Path, calibration_dir: Path, options: ConvertOptions,
-                   observer: ConvertObserver | None) -> dict[str, Any]:
+def _convert_model(
+    model_path: Path, calibration_dir: Path, options: ConvertOptions, observer: ConvertObserver | None
+) -> dict[str, Any]:
     obs = observer or QuietObserver()
     started = time.perf_counter()
     if options.teacher is not None:
@@ -306,9 +382,17 @@ def _convert_model(model_path: Path, calibration_dir: Path, options: ConvertOpti
     size, channels = int(shape[1]), int(shape[3])
     mean, std = (options.mean, options.std) if options.mean is not None else (0.0, 1.0)
     preprocess = PreprocessConfig(resize=options.resize, mean=mean, std=std)
-    dataset = scan(calibration_dir, input_size=(size, size), channels=channels, seed=options.train.seed,
-                   split=options.split, preprocess=preprocess, progress=obs.decoding, cache=options.image_cache(),
-                   warn=lambda message: obs.step(f"warning: {message}"))
+    dataset = scan(
+        calibration_dir,
+        input_size=(size, size),
+        channels=channels,
+        seed=options.train.seed,
+        split=options.split,
+        preprocess=preprocess,
+        progress=obs.decoding,
+        cache=options.image_cache(),
+        warn=lambda message: obs.step(f"warning: {message}"),
+    )
     # Every calibration image is used for evaluation: the model was trained elsewhere, on other data.
     everything = [s for part in ("train", "val", "test") for s in dataset.samples[part]]
     images = concat([dataset.images[p] for p in ("train", "val", "test")])
@@ -320,8 +404,17 @@ def _convert_model(model_path: Path, calibration_dir: Path, options: ConvertOpti
     sigmoid = outputs == 1
     opts = options.updated(input_size=size, color="grayscale" if channels == 1 else "rgb", arch=model.name)
     _check_room(model, opts, training=False)
-    return export_and_verify(model, dataset, opts, obs, sigmoid=sigmoid, history=None, baseline=None,
-                             timing={"train_s": 0.0, "started": started}, external=str(model_path))
+    return export_and_verify(
+        model,
+        dataset,
+        opts,
+        obs,
+        sigmoid=sigmoid,
+        history=None,
+        baseline=None,
+        timing={"train_s": 0.0, "started": started},
+        external=str(model_path),
+    )
 
 
 def load_external_model(path: Path) -> Any:
@@ -378,23 +471,40 @@ def _external_labels(labels: Path | None, dataset: Dataset, outputs: int) -> lis
 def _baseline(data_dir: Path, dataset: Dataset, options: ConvertOptions, obs: ConvertObserver) -> dict[str, Any]:
     """Train the seed CNN on the same split: the number every report compares against."""
     obs.step("training the seed-cnn baseline")
-    small = scan(data_dir, input_size=(64, 64), channels=options.channels, seed=options.train.seed,
-                 split=options.split, preprocess=PreprocessConfig(resize=options.resize, mean=0.0, std=1.0),
-                 extra=options.extra_data, cache=options.image_cache())
+    small = scan(
+        data_dir,
+        input_size=(64, 64),
+        channels=options.channels,
+        seed=options.train.seed,
+        split=options.split,
+        preprocess=PreprocessConfig(resize=options.resize, mean=0.0, std=1.0),
+        extra=options.extra_data,
+        cache=options.image_cache(),
+    )
     k = len(small.classes)
     sigmoid = uses_sigmoid("seed-cnn", k)
     model = create_model("seed-cnn", options.updated(arch="seed-cnn", input_size=64).model_spec(k))
     config = replace(options.train, epochs=min(options.train.epochs, 15), fine_tune_epochs=0, augment=0.0)
     started = time.perf_counter()
-    train(model, small, config, sigmoid=sigmoid, checkpoint_dir=options.out_dir / "checkpoints" / "baseline",
-          strategy=make_strategy("default"))
+    train(
+        model,
+        small,
+        config,
+        sigmoid=sigmoid,
+        checkpoint_dir=options.out_dir / "checkpoints" / "baseline",
+        strategy=make_strategy("default"),
+    )
     probs = evaluate.float_probabilities(model, small.images["test"], sigmoid=sigmoid)
-    return {"arch": "seed-cnn", "float_top1": evaluate.topk_accuracy(small.labels("test"), probs, 1),
-            "train_s": round(time.perf_counter() - started, 1)}
+    return {
+        "arch": "seed-cnn",
+        "float_top1": evaluate.topk_accuracy(small.labels("test"), probs, 1),
+        "train_s": round(time.perf_counter() - started, 1),
+    }
 
 
-def export(model: Any, dataset: Dataset, options: ConvertOptions, obs: ConvertObserver, *,
-           sigmoid: bool) -> tuple[bytes, Any]:
+def export(
+    model: Any, dataset: Dataset, options: ConvertOptions, obs: ConvertObserver, *, sigmoid: bool
+) -> tuple[bytes, Any]:
     """Stage 4: the TFLite bytes of ``model`` as ``options.quant`` asks, full int8 by the chosen `--int8-method`
     (see int8methods.INT8_METHODS), with what the method reports (None for most). The float model is unchanged."""
     ctx = _int8_context(model, dataset, options, obs, sigmoid)
@@ -410,12 +520,20 @@ def _normalizer(dataset: Dataset) -> Any:
     return lambda x: (x.astype(np.float32) - float(cfg.mean or 0.0)) / float(cfg.std or 1.0)
 
 
-def _int8_context(model: Any, dataset: Dataset, options: ConvertOptions, obs: ConvertObserver,
-                  sigmoid: bool) -> Int8Context:
+def _int8_context(
+    model: Any, dataset: Dataset, options: ConvertOptions, obs: ConvertObserver, sigmoid: bool
+) -> Int8Context:
     norm = _normalizer(dataset)
     calib_idx = stratified_sample(dataset.labels("train"), options.calibration_samples, options.train.seed)
-    return Int8Context(model=model, dataset=dataset, options=options, observer=obs, sigmoid=sigmoid,
-                       calibration=norm(dataset.images["train"][calib_idx]), normalize=norm)
+    return Int8Context(
+        model=model,
+        dataset=dataset,
+        options=options,
+        observer=obs,
+        sigmoid=sigmoid,
+        calibration=norm(dataset.images["train"][calib_idx]),
+        normalize=norm,
+    )
 
 
 def write_model(path: Path, flat: bytes, manifest: dict[str, Any], classes: list[str]) -> None:
@@ -434,9 +552,13 @@ def standard_metadata(flat: bytes, manifest: dict[str, Any], classes: list[str])
         name=f"edgecls {provenance.get('arch') or 'classifier'}",
         description=f"Classifies an image as one of {len(classes)} classes ({shown}). Made by edgecls convert.",
         version=f"edgecls {__version__}, run {provenance['run_id'][:12]}",
-        width=size["width"], height=size["height"], color=size["color"], labels=tuple(classes),
+        width=size["width"],
+        height=size["height"],
+        color=size["color"],
+        labels=tuple(classes),
         scores=1 if manifest["output"]["head"] == "sigmoid" else len(classes),
-        mean=_floats(manifest["preprocess"].get("mean"), 0.0), std=_floats(manifest["preprocess"].get("std"), 1.0),
+        mean=_floats(manifest["preprocess"].get("mean"), 0.0),
+        std=_floats(manifest["preprocess"].get("std"), 1.0),
     )
     return with_metadata(flat, metadata_flatbuffer(description))
 
@@ -489,8 +611,12 @@ def export_and_verify(
         write_model(model_path, flat, manifest, classes)
         obs.step(f"verifying post-training int8 on {n_test} held-out images ({dataset.test_source} split)")
         metrics = verify(model_path, float_probs, dataset)
-        ptq = {"int8_top1": metrics["int8"]["top1"], "drop_points": metrics["drop_points"],
-               "agreement": metrics["agreement"], "int8_bytes": len(flat)}
+        ptq = {
+            "int8_top1": metrics["int8"]["top1"],
+            "drop_points": metrics["drop_points"],
+            "agreement": metrics["agreement"],
+            "int8_bytes": len(flat),
+        }
     flat, details = export(model, dataset, options, obs, sigmoid=sigmoid)
     # Written with a provisional manifest, evaluated through the runtime, then rewritten with the metrics.
     write_model(model_path, flat, manifest, classes)
@@ -499,20 +625,38 @@ def export_and_verify(
     metrics = verify(model_path, float_probs, dataset)
     key = "int8" if options.quant == "int8" else "tflite"
     passed = not gate_failures(metrics, options, dataset, trained=history is not None)
-    manifest["metrics"] = {"float_top1": metrics["float"]["top1"], f"{key}_top1": metrics["int8"]["top1"],
-                           "agreement": metrics["agreement"], "passed": passed}
+    manifest["metrics"] = {
+        "float_top1": metrics["float"]["top1"],
+        f"{key}_top1": metrics["int8"]["top1"],
+        "agreement": metrics["agreement"],
+        "passed": passed,
+    }
     write_model(model_path, flat, manifest, classes)
     atomic_write_text(out / "labels.txt", format_labels(classes))
 
-    result = _report(options, dataset, model, metrics, key, passed, model_path.stat().st_size, float_bytes, baseline,
-                     history, timing, external)
+    result = _report(
+        options,
+        dataset,
+        model,
+        metrics,
+        key,
+        passed,
+        model_path.stat().st_size,
+        float_bytes,
+        baseline,
+        history,
+        timing,
+        external,
+    )
     result["int8_graph_bytes"] = len(flat)  # the network alone, what float_tflite_bytes also counts
     if ptq is not None:
         result["ptq"] = ptq
         result["qat"] = {"epochs": options.qat_epochs, "history": details}
         if not passed and ptq["drop_points"] < metrics["drop_points"]:
-            result["gate_message"] += (f" Post-training int8 lost only {ptq['drop_points']:.2f} points on this model: "
-                                       "run without --int8-method qat.")
+            result["gate_message"] += (
+                f" Post-training int8 lost only {ptq['drop_points']:.2f} points on this model: "
+                "run without --int8-method qat."
+            )
     elif details is not None:
         result["int8_tuning"] = details
     if teacher is not None:
@@ -522,12 +666,17 @@ def export_and_verify(
         result["edgetpu"] = edgetpu_step(model_path, manifest, classes)
     if options.target == "imx500":  # RUN/imx500/ and the report's "imx500" section (edgecls.convert.imx500)
         from .imx500_run import add_to_convert
+
         add_to_convert(result, model, dataset, options, obs, sigmoid=sigmoid, float_probs=float_probs)
     obs.step("writing the report")
     reporting.write_json(out / "report.json", result)
     atomic_write_text(out / "report.md", reporting.markdown(result))
-    reporting.plot_confusion(out / "confusion_matrix.png", metrics["int8"]["confusion_matrix"], classes,
-                             f"{options.quant} model on the {dataset.test_source} split")
+    reporting.plot_confusion(
+        out / "confusion_matrix.png",
+        metrics["int8"]["confusion_matrix"],
+        classes,
+        f"{options.quant} model on the {dataset.test_source} split",
+    )
     reporting.plot_curves(out / "training_curves.png", history or {}, f"{options.arch} training")
     return result
 
@@ -542,17 +691,26 @@ def edgetpu_step(model_path: Path, manifest: dict[str, Any], classes: list[str])
     import tempfile
 
     from edgecls.device import edgetpu
+
     check = edgetpu.preflight(model_path)
-    result: dict[str, Any] = {"preflight": check.to_dict(), "compiler": None, "compiled_model": None,
-                              "command": " ".join(edgetpu.compile_command(model_path.name, "."))}
+    result: dict[str, Any] = {
+        "preflight": check.to_dict(),
+        "compiler": None,
+        "compiled_model": None,
+        "command": " ".join(edgetpu.compile_command(model_path.name, ".")),
+    }
     compiler = edgetpu.find_compiler()
     if compiler is None:
-        result["compile_note"] = ("edgetpu_compiler is not installed here (it exists for x86-64 Linux only); on such a "
-                                  f"machine run, in the output folder: {result['command']}")
+        result["compile_note"] = (
+            "edgetpu_compiler is not installed here (it exists for x86-64 Linux only); on such a "
+            f"machine run, in the output folder: {result['command']}"
+        )
         return result
     with tempfile.TemporaryDirectory(dir=model_path.parent, prefix=".edgetpu.") as tmp:
         try:
-            proc = subprocess.run(edgetpu.compile_command(model_path, tmp), capture_output=True, text=True, timeout=600, check=False)
+            proc = subprocess.run(
+                edgetpu.compile_command(model_path, tmp), capture_output=True, text=True, timeout=600, check=False
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             result["compiler"] = {"succeeded": False, "error": f"edgetpu_compiler could not run ({exc})"}
             return result
@@ -589,13 +747,22 @@ def manifest_for(options: ConvertOptions, dataset: Dataset, sigmoid: bool, exter
     size = options.size()
     return {
         "preprocess": dataset.preprocess.to_dict(),
-        "input": {"height": size, "width": size, "channels": options.channels, "color": options.color,
-                  "pixels": "raw 0..255; normalisation is inside the model" if external is None else "see preprocess"},
+        "input": {
+            "height": size,
+            "width": size,
+            "channels": options.channels,
+            "color": options.color,
+            "pixels": "raw 0..255; normalisation is inside the model" if external is None else "see preprocess",
+        },
         "output": {"activation": "probabilities", "head": "sigmoid" if sigmoid else "softmax"},
-        "quantization": {"mode": options.quant, "io": options.io if options.quant == "int8" else "float32",
-                         "calibration_samples": options.calibration_samples,
-                         "method": options.method, "bias_correction": options.corrects_biases,
-                         "int8_tune": options.int8_tune},
+        "quantization": {
+            "mode": options.quant,
+            "io": options.io if options.quant == "int8" else "float32",
+            "calibration_samples": options.calibration_samples,
+            "method": options.method,
+            "bias_correction": options.corrects_biases,
+            "int8_tune": options.int8_tune,
+        },
         "provenance": _provenance(options, dataset, external),
         "metrics": None,
     }
@@ -612,24 +779,54 @@ def _provenance(options: ConvertOptions, dataset: Dataset, external: str | None)
         "run_id": uuid.uuid4().hex,  # shared by model.tflite and its Edge TPU build: the pair is checked at load
         "arch": options.arch,
         "source_model": external,
-        "dataset": {"root": str(dataset.root), "fingerprint": dataset.fingerprint, "presplit": dataset.presplit,
-                    "split": list(options.split), "split_sizes": dataset.split_sizes(), "seed": dataset.seed},
-        "versions": {"edgecls": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-                     "numpy": np.__version__, "python": sys.version.split()[0], "platform": platform.platform()},
+        "dataset": {
+            "root": str(dataset.root),
+            "fingerprint": dataset.fingerprint,
+            "presplit": dataset.presplit,
+            "split": list(options.split),
+            "split_sizes": dataset.split_sizes(),
+            "seed": dataset.seed,
+        },
+        "versions": {
+            "edgecls": __version__,
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "numpy": np.__version__,
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+        },
     }
 
 
-def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict[str, Any], key: str, passed: bool,
-            tflite_bytes: int, float_bytes: int, baseline: dict[str, Any] | None, history: dict[str, Any] | None,
-            timing: dict[str, float], external: str | None) -> dict[str, Any]:
-    settings = {k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "extra_data" else v)
-                for k, v in options.flat().items() if applies(k, options)}
+def _report(
+    options: ConvertOptions,
+    dataset: Dataset,
+    model: Any,
+    metrics: dict[str, Any],
+    key: str,
+    passed: bool,
+    tflite_bytes: int,
+    float_bytes: int,
+    baseline: dict[str, Any] | None,
+    history: dict[str, Any] | None,
+    timing: dict[str, float],
+    external: str | None,
+) -> dict[str, Any]:
+    settings = {
+        k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "extra_data" else v)
+        for k, v in options.flat().items()
+        if applies(k, options)
+    }
     drop = metrics["drop_points"]
     failures = gate_failures(metrics, options, dataset, trained=history is not None)
-    fix = ("Try more --qat-epochs, or --calibration-samples higher." if options.qat else
-           "Try more --int8-tune-epochs." if options.int8_tune else
-           "Try --int8-method int8-tune (the int8 weights fitted to the float model, a few minutes), or "
-           "quantisation-aware training: --int8-method qat (pip install 'edgecls[qat]').")
+    fix = (
+        "Try more --qat-epochs, or --calibration-samples higher."
+        if options.qat
+        else "Try more --int8-tune-epochs."
+        if options.int8_tune
+        else "Try --int8-method int8-tune (the int8 weights fitted to the float model, a few minutes), or "
+        "quantisation-aware training: --int8-method qat (pip install 'edgecls[qat]')."
+    )
     message = "; ".join(failures) + f"; the artifacts are written but the model did not pass. {fix}"
     majority = majority_class(dataset.counts("test"))
     n_test = len(dataset.samples["test"])
@@ -637,18 +834,27 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
     nothing = learned_nothing(metrics, dataset)
     warnings = [guessing_warning(metrics["float"]["top1"], majority, trained=history is not None)] if nothing else []
     if per_image > options.max_drop:
-        warnings.append(f"the {dataset.test_source} split has {n_test} images, so one image is {per_image:.2f} points "
-                        f"of top-1, more than the --max-drop of {options.max_drop:.2f} the gate allows: it cannot "
-                        f"measure a drop that small (give it at least {int(100 / max(options.max_drop, 1e-9)) + 1} "
-                        "test images, e.g. a larger --split test share)")
+        warnings.append(
+            f"the {dataset.test_source} split has {n_test} images, so one image is {per_image:.2f} points "
+            f"of top-1, more than the --max-drop of {options.max_drop:.2f} the gate allows: it cannot "
+            f"measure a drop that small (give it at least {int(100 / max(options.max_drop, 1e-9)) + 1} "
+            "test images, e.g. a larger --split test share)"
+        )
     warnings += advice(options, dataset, metrics, baseline, per_image) if history is not None else []
-    notes = {"val": "the data has no test/ folder, so the held-out evaluation uses val/ (also used for early stopping)",
-             "calibration": "the model was trained elsewhere; every calibration image is also an evaluation image"}
+    notes = {
+        "val": "the data has no test/ folder, so the held-out evaluation uses val/ (also used for early stopping)",
+        "calibration": "the model was trained elsewhere; every calibration image is also an evaluation image",
+    }
     return {
         "schema_version": reporting.REPORT_SCHEMA_VERSION,
         "classes": list(dataset.classes),
-        "model": {"arch": options.arch, "input_size": options.size(), "color": options.color,
-                  "params": int(model.count_params()), "source_model": external},
+        "model": {
+            "arch": options.arch,
+            "input_size": options.size(),
+            "color": options.color,
+            "params": int(model.count_params()),
+            "source_model": external,
+        },
         "float": metrics["float"],
         key: metrics["int8"],
         "agreement": metrics["agreement"],
@@ -662,11 +868,17 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
         "gate_message": None if passed else message,
         "int8_bytes": tflite_bytes,
         "float_tflite_bytes": float_bytes,
-        "quantization": {"mode": options.quant, "io": options.io, "method": options.method,
-                         "bias_correction": options.corrects_biases, "int8_tune": options.int8_tune},
+        "quantization": {
+            "mode": options.quant,
+            "io": options.io,
+            "method": options.method,
+            "bias_correction": options.corrects_biases,
+            "int8_tune": options.int8_tune,
+        },
         "split_sizes": dataset.split_sizes(),
         "extra_data": {"folders": [str(p) for p in options.extra_data], "train_images": dataset.extra}
-                      if options.extra_data else None,
+        if options.extra_data
+        else None,
         "test_source": dataset.test_source,
         "test_note": notes.get(dataset.test_source),
         "class_counts": {"train": dataset.counts("train"), "test": dataset.counts("test")},
@@ -679,15 +891,25 @@ def _report(options: ConvertOptions, dataset: Dataset, model: Any, metrics: dict
         "settings": settings,
         "dataset_fingerprint": dataset.fingerprint,
         "image_cache": dict(dataset.cache),
-        "timing": {"train_s": round(timing["train_s"], 1),
-                   "total_s": round(time.perf_counter() - timing["started"], 1)},
+        "timing": {
+            "train_s": round(timing["train_s"], 1),
+            "total_s": round(time.perf_counter() - timing["started"], 1),
+        },
     }
 
 
-_FAMILY_OPTIONS = {"mobilenet": ("alpha", "weights", "train.fine_tune_epochs", "train.fine_tune_layers"),
-                   "compact": ("width", "depth", "separable")}
-_ONLY_WITH = {"teacher_weight": "teacher", "qat_epochs": "qat", "int8_tune_epochs": "int8-tune",
-              "labels": "external", "mean": "external", "std": "external"}
+_FAMILY_OPTIONS = {
+    "mobilenet": ("alpha", "weights", "train.fine_tune_epochs", "train.fine_tune_layers"),
+    "compact": ("width", "depth", "separable"),
+}
+_ONLY_WITH = {
+    "teacher_weight": "teacher",
+    "qat_epochs": "qat",
+    "int8_tune_epochs": "int8-tune",
+    "labels": "external",
+    "mean": "external",
+    "std": "external",
+}
 
 
 def applies(name: str, options: ConvertOptions) -> bool:
@@ -720,8 +942,13 @@ FEW_PER_CLASS = 300  # below this many training images per class, a model from s
 TRANSFER = "--arch mobilenet_v1 --alpha 0.25 --weights imagenet"
 
 
-def advice(options: ConvertOptions, dataset: Dataset, metrics: dict[str, Any], baseline: dict[str, Any] | None,
-           per_image: float) -> list[str]:
+def advice(
+    options: ConvertOptions,
+    dataset: Dataset,
+    metrics: dict[str, Any],
+    baseline: dict[str, Any] | None,
+    per_image: float,
+) -> list[str]:
     """What a user should know to do better: the textbook baseline beat the model (by more than one test image),
     or a model from scratch had few images per class (transfer learning is what such data needs)."""
     out: list[str] = []
@@ -731,16 +958,20 @@ def advice(options: ConvertOptions, dataset: Dataset, metrics: dict[str, Any], b
     run = shlex.quote(str(final_path(options.out_dir.absolute())))
     scratch = options.arch in ("compact-cnn", "seed-cnn") or options.weights == "none"
     if baseline is not None and 100 * (baseline["float_top1"] - metrics["int8"]["top1"]) > per_image:
-        out.append(f"the baseline (the tutorial CNN, --arch seed-cnn, trained on the same split) scored "
-                   f"{100 * baseline['float_top1']:.1f}% on the test split, more than this {options.arch}'s "
-                   f"{100 * metrics['int8']['top1']:.1f}% int8: transfer learning usually beats both "
-                   f"(edgecls convert {data} --out {run}-transfer {TRANSFER}), or take the baseline itself "
-                   f"(--arch seed-cnn)")
+        out.append(
+            f"the baseline (the tutorial CNN, --arch seed-cnn, trained on the same split) scored "
+            f"{100 * baseline['float_top1']:.1f}% on the test split, more than this {options.arch}'s "
+            f"{100 * metrics['int8']['top1']:.1f}% int8: transfer learning usually beats both "
+            f"(edgecls convert {data} --out {run}-transfer {TRANSFER}), or take the baseline itself "
+            f"(--arch seed-cnn)"
+        )
     fewest = min(dataset.counts("train").values(), default=0)
     if scratch and fewest < FEW_PER_CLASS:
-        out.append(f"{options.arch} learns from scratch here, and the smallest class has {fewest} training images: "
-                   f"with under {FEW_PER_CLASS} per class, a model from ImageNet weights often does better; compare "
-                   f"(edgecls convert {data} --out {run}-transfer {TRANSFER})")
+        out.append(
+            f"{options.arch} learns from scratch here, and the smallest class has {fewest} training images: "
+            f"with under {FEW_PER_CLASS} per class, a model from ImageNet weights often does better; compare "
+            f"(edgecls convert {data} --out {run}-transfer {TRANSFER})"
+        )
     return out
 
 
@@ -759,11 +990,15 @@ def gate_failures(metrics: dict[str, Any], options: ConvertOptions, dataset: Dat
     key = "int8" if options.quant == "int8" else "tflite"
     failures = []
     if metrics["drop_points"] > options.max_drop:
-        failures.append(f"{key} top-1 is {metrics['drop_points']:.2f} points below float, more than --max-drop "
-                        f"{options.max_drop:.2f}")
+        failures.append(
+            f"{key} top-1 is {metrics['drop_points']:.2f} points below float, more than --max-drop "
+            f"{options.max_drop:.2f}"
+        )
     if metrics["agreement"] < options.min_agreement:
-        failures.append(f"{key} and float agree on the top-1 class of {100 * metrics['agreement']:.1f}% of the test "
-                        f"images, under --min-agreement {100 * options.min_agreement:.0f}%")
+        failures.append(
+            f"{key} and float agree on the top-1 class of {100 * metrics['agreement']:.1f}% of the test "
+            f"images, under --min-agreement {100 * options.min_agreement:.0f}%"
+        )
     return failures
 
 
@@ -776,10 +1011,16 @@ def learned_nothing(metrics: dict[str, Any], dataset: Dataset) -> bool:
 def guessing_warning(top1: float, majority: dict[str, Any], *, trained: bool) -> str:
     """What to say when the float model is no better than always answering the most frequent class: a parity gate
     that passes on such a model proves only that int8 guesses the same way."""
-    advice = ("training did not learn the task: lower --learning-rate (a diverged run collapses onto one class), "
-              "train longer, or check the labels" if trained else "check that the model and the labels belong together")
-    return (f"the float model's top-1 ({100 * top1:.1f}%) is no better than always answering "
-            f"{majority['class']!r} ({100 * majority['top1']:.1f}% of the test images); {advice}")
+    advice = (
+        "training did not learn the task: lower --learning-rate (a diverged run collapses onto one class), "
+        "train longer, or check the labels"
+        if trained
+        else "check that the model and the labels belong together"
+    )
+    return (
+        f"the float model's top-1 ({100 * top1:.1f}%) is no better than always answering "
+        f"{majority['class']!r} ({100 * majority['top1']:.1f}% of the test images); {advice}"
+    )
 
 
 def write_demo_data(out_dir: Path, *, per_class: int = 300, seed: int = 0) -> Path:
@@ -794,6 +1035,17 @@ def write_demo_data(out_dir: Path, *, per_class: int = 300, seed: int = 0) -> Pa
 
 def demo_options(out_dir: Path) -> ConvertOptions:
     """Settings that train the demo in a few minutes on a laptop CPU."""
-    return ConvertOptions.create(out_dir, arch="compact-cnn", input_size=64, width=24, depth=3, deterministic=True,
-                                 epochs=30, batch_size=32, learning_rate=3e-3, patience=8, augment=0.5, recipe="demo")
-
+    return ConvertOptions.create(
+        out_dir,
+        arch="compact-cnn",
+        input_size=64,
+        width=24,
+        depth=3,
+        deterministic=True,
+        epochs=30,
+        batch_size=32,
+        learning_rate=3e-3,
+        patience=8,
+        augment=0.5,
+        recipe="demo",
+    )

@@ -35,21 +35,29 @@ class RichObserver:
 
         if self._progress is None:
             rate = TextColumn("{task.fields[rate]}")
-            self._progress = Progress("decoding images", BarColumn(), MofNCompleteColumn(), rate,
-                                      TimeRemainingColumn(), console=self.console, transient=True)
+            self._progress = Progress(
+                "decoding images",
+                BarColumn(),
+                MofNCompleteColumn(),
+                rate,
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
             self._progress.start()
             self._task = self._progress.add_task("decode", total=total, rate="")
         speed = self._progress.tasks[0].speed
-        self._progress.update(self._task, completed=done, total=total,
-                              rate=f"{speed:,.0f} images/s" if speed else "")
+        self._progress.update(self._task, completed=done, total=total, rate=f"{speed:,.0f} images/s" if speed else "")
         if done >= total:
             self._close_bar()
 
     def stage(self, name: str, epochs: int) -> None:
         self._close_bar()
         if name == "backbone features":
-            self.console.print("[bold cyan]>[/] running the frozen backbone once over the training and validation "
-                               "images (no augmentation: the head then trains on its features)")
+            self.console.print(
+                "[bold cyan]>[/] running the frozen backbone once over the training and validation "
+                "images (no augmentation: the head then trains on its features)"
+            )
             return
         if name == "int8-tune":
             self.console.print(f"[bold cyan]>[/] int8 tuning, {epochs} epochs (KL divergence to the float model)")
@@ -66,7 +74,8 @@ class RichObserver:
         self.console.print(
             f"  {stage} {epoch:3d}/{epochs}  loss {logs.get('loss', float('nan')):.4f}  "
             f"acc {logs.get('accuracy', float('nan')):.3f}  val_loss {logs.get('val_loss', float('nan')):.4f}  "
-            f"val_acc {logs.get('val_accuracy', float('nan')):.3f}{timing}", soft_wrap=True,
+            f"val_acc {logs.get('val_accuracy', float('nan')):.3f}{timing}",
+            soft_wrap=True,
         )
 
     def _close_bar(self) -> None:
@@ -84,8 +93,10 @@ class TuneObserver(RichObserver):
     def trial_done(self, record: Any, best: Any, done: int, total: int) -> None:
         if record.state == "complete":
             verdict = "[green]feasible[/]" if record.feasible else "[yellow]over budget[/]"
-            line = (f"int8 val top-1 {100 * record.accuracy:.1f}%, {record.latency_ms:.2f} ms, "
-                    f"{record.size_kb:.0f} KB, {verdict}")
+            line = (
+                f"int8 val top-1 {100 * record.accuracy:.1f}%, {record.latency_ms:.2f} ms, "
+                f"{record.size_kb:.0f} KB, {verdict}"
+            )
         else:
             line = f"[yellow]{record.state}[/]"
         best_line = f"; best so far: trial {best.number} ({100 * best.accuracy:.1f}%)" if best else ""

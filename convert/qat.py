@@ -21,9 +21,23 @@ from .tflite_export import run_converter, set_full_int8
 
 # Layers the toolkit's default registry quantises; the rest (Rescaling: the in-model normalisation) stay float in
 # training and are quantised by the converter from the calibration set, like any post-training op.
-_QUANTIZABLE = ("Conv2D", "DepthwiseConv2D", "Dense", "BatchNormalization", "ReLU", "Activation", "MaxPooling2D",
-                "AveragePooling2D", "GlobalAveragePooling2D", "Flatten", "Dropout", "Reshape", "Concatenate", "Add",
-                "ZeroPadding2D")
+_QUANTIZABLE = (
+    "Conv2D",
+    "DepthwiseConv2D",
+    "Dense",
+    "BatchNormalization",
+    "ReLU",
+    "Activation",
+    "MaxPooling2D",
+    "AveragePooling2D",
+    "GlobalAveragePooling2D",
+    "Flatten",
+    "Dropout",
+    "Reshape",
+    "Concatenate",
+    "Add",
+    "ZeroPadding2D",
+)
 
 
 def import_toolkit() -> tuple[Any, Any]:
@@ -90,8 +104,18 @@ def _copy_weights(source: Any, twin: Any, arch: str) -> None:
         b.set_weights(a.get_weights())
 
 
-def finetune(qmodel: Any, dataset: Dataset, *, epochs: int, learning_rate: float, batch_size: int, sigmoid: bool,
-             augment: float, seed: int, observer: Any) -> dict[str, list[float]]:
+def finetune(
+    qmodel: Any,
+    dataset: Dataset,
+    *,
+    epochs: int,
+    learning_rate: float,
+    batch_size: int,
+    sigmoid: bool,
+    augment: float,
+    seed: int,
+    observer: Any,
+) -> dict[str, list[float]]:
     """Fine-tune the fake-quantised model (tf.data pipeline as in training, augmentation included)."""
     import tf_keras
 

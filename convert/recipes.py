@@ -27,12 +27,24 @@ from typing import Any
 from .models import architecture
 
 TRANSFER: dict[str, Any] = {
-    "input_size": 160, "epochs": 8, "fine_tune_epochs": 40, "fine_tune_layers": 100, "patience": 10,
-    "learning_rate": 0.001, "augment": 0.7, "label_smoothing": 0.1, "calibration_samples": 500,
+    "input_size": 160,
+    "epochs": 8,
+    "fine_tune_epochs": 40,
+    "fine_tune_layers": 100,
+    "patience": 10,
+    "learning_rate": 0.001,
+    "augment": 0.7,
+    "label_smoothing": 0.1,
+    "calibration_samples": 500,
     "int8_method": "int8-tune",
 }
 COMPACT: dict[str, Any] = {
-    "width": 48, "dropout": 0.3, "learning_rate": 0.002, "label_smoothing": 0.1, "augment": 1.5, "epochs": 55,
+    "width": 48,
+    "dropout": 0.3,
+    "learning_rate": 0.002,
+    "label_smoothing": 0.1,
+    "augment": 1.5,
+    "epochs": 55,
     "patience": 15,
 }
 SMALL_INPUT = 32  # px: at or under this, images are glyphs rather than photos
@@ -42,8 +54,9 @@ COMPACT_SIZES = (128, 96, 64, 48)  # the input sizes compact-cnn's recipe picks 
 RECIPES: dict[str, dict[str, Any]] = {"transfer": TRANSFER, "compact": COMPACT, "compact-small": COMPACT_SMALL}
 
 
-def recipe(arch: str, options: dict[str, Any], data: str | os.PathLike[str] | None = None
-           ) -> tuple[str | None, dict[str, Any]]:
+def recipe(
+    arch: str, options: dict[str, Any], data: str | os.PathLike[str] | None = None
+) -> tuple[str | None, dict[str, Any]]:
     """The recipe's name and the values it sets that ``options`` (the user's) leave out; for compact-cnn the input
     size follows the images in ``data`` (`input_size_for`) when the user gives none, and the colour is
     grayscale when every image is."""

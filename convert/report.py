@@ -46,8 +46,15 @@ def plot_confusion(path: Path, matrix: Sequence[Sequence[int]], classes: Sequenc
     if k <= 20:
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center",
-                        color="white" if norm[i, j] > 0.5 else "black", fontsize=9)
+                ax.text(
+                    j,
+                    i,
+                    f"{int(m[i, j])}",
+                    ha="center",
+                    va="center",
+                    color="white" if norm[i, j] > 0.5 else "black",
+                    fontsize=9,
+                )
     atomic_write_bytes(path, _figure_bytes(fig))
     plt.close(fig)
 
@@ -97,12 +104,20 @@ def _imx500_lines(section: dict[str, Any] | None) -> list[str]:
 def _teacher_lines(teacher: dict[str, Any] | None) -> list[str]:
     if not teacher:
         return []
-    lines = ["", "## Distillation", "",
-             (f"- trained towards {teacher['weight']:g} x the probabilities of `{teacher['path']}` "
-             f"({teacher.get('arch') or 'architecture unknown'}) + {1 - teacher['weight']:g} x the labels; its "
-             "top-1 in the accuracy table is on the held-out split seen at this model's input size")]
+    lines = [
+        "",
+        "## Distillation",
+        "",
+        (
+            f"- trained towards {teacher['weight']:g} x the probabilities of `{teacher['path']}` "
+            f"({teacher.get('arch') or 'architecture unknown'}) + {1 - teacher['weight']:g} x the labels; its "
+            "top-1 in the accuracy table is on the held-out split seen at this model's input size"
+        ),
+    ]
     if teacher["split_checked"]:
-        lines.append("- the teacher was trained on this dataset with the same split: it has not seen the held-out images")
+        lines.append(
+            "- the teacher was trained on this dataset with the same split: it has not seen the held-out images"
+        )
     else:
         lines.append(f"- **{teacher['note']}**")
     return lines
@@ -116,14 +131,22 @@ def _int8_method(report: dict[str, Any]) -> list[str]:
     if q["mode"] != "int8" or report.get("qat"):
         return []
     if tuning:
-        return [(f"- int8 weights: error-compensating rounding on {tuning['rounded_layers']} conv layers, then "
+        return [
+            (
+                f"- int8 weights: error-compensating rounding on {tuning['rounded_layers']} conv layers, then "
                 f"fine-tuned with it for {tuning['epochs']} epochs on {tuning['images']} training images (KL to the "
-                f"float model {tuning['kl_first_epoch']:.4f} -> {tuning['kl_last_epoch']:.4f}, {tuning['seconds']:.0f} s)")]
-    lines = ["- int8 weights: rounded to nearest" + (", conv biases corrected for the rounding error"
-                                                    if q.get("bias_correction") else "")]
+                f"float model {tuning['kl_first_epoch']:.4f} -> {tuning['kl_last_epoch']:.4f}, {tuning['seconds']:.0f} s)"
+            )
+        ]
+    lines = [
+        "- int8 weights: rounded to nearest"
+        + (", conv biases corrected for the rounding error" if q.get("bias_correction") else "")
+    ]
     if report["agreement"] < AGREEMENT_HINT:
-        lines.append(f"- agreement is below {AGREEMENT_HINT:.0%}: `--int8-method int8-tune` fits the int8 weights to "
-                     "the float model (a flowers128 MobileNet went from 96.4% to 98.3%)")
+        lines.append(
+            f"- agreement is below {AGREEMENT_HINT:.0%}: `--int8-method int8-tune` fits the int8 weights to "
+            "the float model (a flowers128 MobileNet went from 96.4% to 98.3%)"
+        )
     return lines
 
 
@@ -132,8 +155,13 @@ def _kept_lines(history: dict[str, Any] | None) -> list[str]:
     if history is None or kept is None or history.get("stopped_early"):  # the stop note already names the epoch
         return []
     stage, loss, accuracy = history["stages"][-1]["name"], history["val_loss"], history["val_accuracy"]
-    return [(f"The model is the weights of epoch {kept} of {len(loss)} ({stage} stage, lowest validation loss "
-            f"{loss[kept - 1]:.4f}, validation accuracy {_pct(accuracy[kept - 1])})."), ""]
+    return [
+        (
+            f"The model is the weights of epoch {kept} of {len(loss)} ({stage} stage, lowest validation loss "
+            f"{loss[kept - 1]:.4f}, validation accuracy {_pct(accuracy[kept - 1])})."
+        ),
+        "",
+    ]
 
 
 def _per_epoch(history: dict[str, Any] | None) -> str:
@@ -155,17 +183,27 @@ def markdown(report: dict[str, Any]) -> str:
     key = "int8" if q == "int8" else "tflite"
     f, t = report["float"], report[key]
     # never PASSED above a warning that the model learned nothing: parity with a model that guesses proves nothing
-    verdict = ("FAILED" if not report["passed"] else
-               "passed, but the model learned nothing" if report.get("learned_nothing") else "PASSED")
+    verdict = (
+        "FAILED"
+        if not report["passed"]
+        else "passed, but the model learned nothing"
+        if report.get("learned_nothing")
+        else "PASSED"
+    )
     lines = [
         f"# edgecls convert report: {report['model']['arch']}",
         "",
         f"**Parity gate {verdict}**: {key} top-1 {_pct(t['top1'])} vs float {_pct(f['top1'])} "
         f"(drop {report['drop_points']:.2f} points, allowed {report['max_drop']:.2f}"
-        + (f"; the test split has {report['test_images']} images, so each image the model gets right or wrong "
-           f"moves top-1 by {report['points_per_image']:.2f} points" if report.get("test_images") else "")
+        + (
+            f"; the test split has {report['test_images']} images, so each image the model gets right or wrong "
+            f"moves top-1 by {report['points_per_image']:.2f} points"
+            if report.get("test_images")
+            else ""
+        )
         + f"); top-1 agreement {_pct(report['agreement'])}"
-        + (f" (at least {_pct(report['min_agreement'])})" if report.get("min_agreement") is not None else "") + ".",
+        + (f" (at least {_pct(report['min_agreement'])})" if report.get("min_agreement") is not None else "")
+        + ".",
         "",
     ]
     if not report["passed"]:
@@ -176,25 +214,45 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"> Note: {report['test_note']}", ""]
     stopped = (report.get("history") or {}).get("stopped_early")
     if stopped:
-        best = f"epoch {stopped['best_epoch']}, the lowest validation loss" if stopped["best_epoch"] else "the last epoch"
+        best = (
+            f"epoch {stopped['best_epoch']}, the lowest validation loss" if stopped["best_epoch"] else "the last epoch"
+        )
         skipped = f"; the {', '.join(stopped['skipped_stages'])} stage was skipped" if stopped["skipped_stages"] else ""
-        lines += [(f"> Training was stopped early by the user in the {stopped['stage']} stage, at epoch "
-                  f"{stopped['epoch']} of {stopped['epochs']}{skipped}. The model is the weights of {best}."), ""]
-    lines += ["## Accuracy on the held-out split", "", "| model | top-1 |" + (" top-5 |" if "top5" in f else ""),
-              "|---|---|" + ("---|" if "top5" in f else "")]
+        lines += [
+            (
+                f"> Training was stopped early by the user in the {stopped['stage']} stage, at epoch "
+                f"{stopped['epoch']} of {stopped['epochs']}{skipped}. The model is the weights of {best}."
+            ),
+            "",
+        ]
+    lines += [
+        "## Accuracy on the held-out split",
+        "",
+        "| model | top-1 |" + (" top-5 |" if "top5" in f else ""),
+        "|---|---|" + ("---|" if "top5" in f else ""),
+    ]
     rows = [("float (Keras)", f), (f"{q} TFLite (edgecls runtime)", t)]
     for name, m in rows:
         lines.append(f"| {name} | {_pct(m['top1'])} |" + (f" {_pct(m.get('top5'))} |" if "top5" in f else ""))
     baseline = report.get("baseline")
     if baseline:
-        lines.append(f"| baseline: the tutorial CNN (float) | {_pct(baseline['float_top1'])} |" + (" |" if "top5" in f else ""))
+        lines.append(
+            f"| baseline: the tutorial CNN (float) | {_pct(baseline['float_top1'])} |" + (" |" if "top5" in f else "")
+        )
     teacher = report.get("teacher")
     if teacher:
-        lines.append(f"| teacher, distilled from (float) | {_pct(teacher['test_top1'])} |" + (" |" if "top5" in f else ""))
+        lines.append(
+            f"| teacher, distilled from (float) | {_pct(teacher['test_top1'])} |" + (" |" if "top5" in f else "")
+        )
     if baseline:
-        lines += ["", ("The baseline is the textbook CNN (one 3x3 convolution, max pooling, a dense layer; `--arch "
-                  "seed-cnn`) trained on the same split at 64 px: a yardstick, so a model that does not beat it is "
-                  "easy to spot (`--no-baseline` skips it).")]
+        lines += [
+            "",
+            (
+                "The baseline is the textbook CNN (one 3x3 convolution, max pooling, a dense layer; `--arch "
+                "seed-cnn`) trained on the same split at 64 px: a yardstick, so a model that does not beat it is "
+                "easy to spot (`--no-baseline` skips it)."
+            ),
+        ]
     lines += ["", "Per class (quantised model):", "", "| class | precision | recall | support |", "|---|---|---|---|"]
     for name, m in t["per_class"].items():
         lines.append(f"| {name} | {_pct(m['precision'])} | {_pct(m['recall'])} | {m['support']} |")
@@ -207,9 +265,11 @@ def markdown(report: dict[str, Any]) -> str:
         *_kept_lines(report.get("history")),
         "## Sizes",
         "",
-        (f"- {q} model: {report['int8_bytes'] / 1024:.1f} KiB on disk (model.tflite with its metadata and labels); "
-        f"its network {_graph(report) / 1024:.1f} KiB, {_graph(report) / max(1, report['float_tflite_bytes']):.2f}x "
-        f"the float TFLite network ({report['float_tflite_bytes'] / 1024:.1f} KiB)"),
+        (
+            f"- {q} model: {report['int8_bytes'] / 1024:.1f} KiB on disk (model.tflite with its metadata and labels); "
+            f"its network {_graph(report) / 1024:.1f} KiB, {_graph(report) / max(1, report['float_tflite_bytes']):.2f}x "
+            f"the float TFLite network ({report['float_tflite_bytes'] / 1024:.1f} KiB)"
+        ),
         f"- parameters: {report['model']['params']:,}",
         *_int8_method(report),
         *_teacher_lines(report.get("teacher")),
@@ -219,19 +279,38 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"- classes ({len(report['classes'])}): {', '.join(report['classes'])}",
         "- split sizes: " + ", ".join(f"{k} {v}" for k, v in report["split_sizes"].items()),
-        *([f"- of the training images, {sum(report['extra_data']['train_images'].values())} came from --extra-data "
-           f"({', '.join(report['extra_data']['folders'])}): "
-           + ", ".join(f"{k} {v}" for k, v in report["extra_data"]["train_images"].items())]
-          if report.get("extra_data") else []),
+        *(
+            [
+                f"- of the training images, {sum(report['extra_data']['train_images'].values())} came from --extra-data "
+                f"({', '.join(report['extra_data']['folders'])}): "
+                + ", ".join(f"{k} {v}" for k, v in report["extra_data"]["train_images"].items())
+            ]
+            if report.get("extra_data")
+            else []
+        ),
         f"- training class imbalance (largest/smallest): {report['imbalance']:.2f}"
-        + (" - consider --class-weights auto" if report["imbalance"] > 1.5 and not report["settings"].get("class_weights") else ""),
+        + (
+            " - consider --class-weights auto"
+            if report["imbalance"] > 1.5 and not report["settings"].get("class_weights")
+            else ""
+        ),
         f"- skipped files: {len(report['skipped'])}",
     ]
     for item in report["skipped"][:20]:
         lines.append(f"  - `{item['path']}`: {item['reason']}")
     if len(report["skipped"]) > 20:
         lines.append(f"  - ... and {len(report['skipped']) - 20} more (see report.json)")
-    lines += ["", "## Settings", "", "```json", json.dumps(report["settings"], indent=2), "```", "",
-              f"Wall time {report['timing']['total_s']:.0f} s (training {report['timing']['train_s']:.0f} s"
-              + _per_epoch(report.get("history")) + ").", ""]
+    lines += [
+        "",
+        "## Settings",
+        "",
+        "```json",
+        json.dumps(report["settings"], indent=2),
+        "```",
+        "",
+        f"Wall time {report['timing']['total_s']:.0f} s (training {report['timing']['train_s']:.0f} s"
+        + _per_epoch(report.get("history"))
+        + ").",
+        "",
+    ]
     return "\n".join(lines)

@@ -62,8 +62,14 @@ def release(stage: Path) -> None:
 
 def _me() -> dict[str, Any]:
     pid = os.getpid()
-    return {"pid": pid, "started": process_start(pid), "host": socket.gethostname(), "boot": _boot_id(),
-            "pidns": _pid_namespace(), "by": "edgecls convert"}
+    return {
+        "pid": pid,
+        "started": process_start(pid),
+        "host": socket.gethostname(),
+        "boot": _boot_id(),
+        "pidns": _pid_namespace(),
+        "by": "edgecls convert",
+    }
 
 
 def _boot_id() -> str | None:
@@ -166,8 +172,7 @@ def remove_stale_stages(out: Path) -> list[Path]:
         with held_signals():
             shutil.rmtree(stage, ignore_errors=True)  # rmtree does not follow links inside it
         if not stage.exists():
-            log.info("removed %s, left by an edgecls run that ended before cleaning up (pid %s)", stage,
-                     record["pid"])
+            log.info("removed %s, left by an edgecls run that ended before cleaning up (pid %s)", stage, record["pid"])
             removed.append(stage)
     return removed
 
@@ -216,8 +221,10 @@ def check_room(folder: Path, need: int, what: str) -> None:
         return  # cannot tell: the writes themselves will say
     if free < need:
         where = folder.parent if folder.name.startswith(".") and ".new-" in folder.name else folder
-        raise WriteError(f"not enough free space in {where}: {what} needs about {size_text(need, up=True)} there "
-                         f"and {size_text(free)} is free; free some space, or give --out on a disk with room")
+        raise WriteError(
+            f"not enough free space in {where}: {what} needs about {size_text(need, up=True)} there "
+            f"and {size_text(free)} is free; free some space, or give --out on a disk with room"
+        )
 
 
 class RoomWatch:
@@ -263,8 +270,10 @@ def write_failure(exc: BaseException, stage: Path, out: Path) -> WriteError | No
         code = _errno(current, stage)
         inside = str(stage) in f"{getattr(current, 'filename', None) or ''} {current}"
         if code in _FULL or (code in _UNWRITABLE and inside):
-            return WriteError(f"cannot write the run beside {out} ({os.strerror(code)}); {out} is as it was: "
-                              f"{_FIX.get(code, _FIX[errno.ENOSPC])}")
+            return WriteError(
+                f"cannot write the run beside {out} ({os.strerror(code)}); {out} is as it was: "
+                f"{_FIX.get(code, _FIX[errno.ENOSPC])}"
+            )
         current = current.__cause__ or current.__context__
     return None
 
@@ -279,6 +288,10 @@ def _errno(exc: BaseException, stage: Path) -> int | None:
     return int(found.group(1)) if found and str(stage) in text else None
 
 
-_FIX = {errno.ENOSPC: "free some space, or give --out on a disk with room", errno.EROFS: "give --out on a writable disk",
-        errno.EACCES: "check the folder's permissions", errno.EPERM: "check the folder's permissions",
-        errno.EIO: "check the disk (its kernel log)"}
+_FIX = {
+    errno.ENOSPC: "free some space, or give --out on a disk with room",
+    errno.EROFS: "give --out on a writable disk",
+    errno.EACCES: "check the folder's permissions",
+    errno.EPERM: "check the folder's permissions",
+    errno.EIO: "check the disk (its kernel log)",
+}

@@ -88,8 +88,11 @@ def run_converter(converter: Any, mode: str, *, compacted: bool = True) -> bytes
     try:
         # The converter prints its SavedModel signature to stdout and its diagnostics to fd 2; the diagnostics
         # that matter come back in the exception, so both streams go to the debug log.
-        with contextlib.redirect_stdout(chatter), quiet_native_stderr(replay=False) as native, \
-                warnings.catch_warnings():
+        with (
+            contextlib.redirect_stdout(chatter),
+            quiet_native_stderr(replay=False) as native,
+            warnings.catch_warnings(),
+        ):
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
             flatbuffer = converter.convert()
     except Exception as exc:  # the converter raises many types; all mean the same to the user

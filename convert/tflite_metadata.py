@@ -90,11 +90,24 @@ def metadata_flatbuffer(model: ModelDescription) -> bytes:
     normalization = table([(0, "offset", mean), (1, "offset", std)], 2)
     unit = table([(0, "byte", _NORMALIZATION_OPTIONS), (1, "offset", normalization)], 2)
     low, high = min((0.0 - m) / d for m, d in zip(means, stds)), max((255.0 - m) / d for m, d in zip(means, stds))
-    input_name, input_text = b.CreateString("image"), b.CreateString(
-        f"A {model.width}x{model.height} {model.color.upper() if model.color == 'rgb' else model.color} image, "
-        "pixels 0..255" + ("; the model normalises them itself" if set(means) == {0.0} and set(stds) == {1.0} else ""))
-    input_tensor = table([(0, "offset", input_name), (1, "offset", input_text), (3, "offset", image_content),
-                          (4, "offset", offsets([unit])), (5, "offset", stats(low, high))], 7)
+    input_name, input_text = (
+        b.CreateString("image"),
+        b.CreateString(
+            f"A {model.width}x{model.height} {model.color.upper() if model.color == 'rgb' else model.color} image, "
+            "pixels 0..255"
+            + ("; the model normalises them itself" if set(means) == {0.0} and set(stds) == {1.0} else "")
+        ),
+    )
+    input_tensor = table(
+        [
+            (0, "offset", input_name),
+            (1, "offset", input_text),
+            (3, "offset", image_content),
+            (4, "offset", offsets([unit])),
+            (5, "offset", stats(low, high)),
+        ],
+        7,
+    )
 
     # the output scores: FeatureProperties, the labels file (name 0, description 1, type 2)
     files: list[int] = []
@@ -105,10 +118,17 @@ def metadata_flatbuffer(model: ModelDescription) -> bytes:
     features = b.EndObject()
     score_content = table([(0, "byte", _FEATURE_PROPERTIES), (1, "offset", features)], 3)
     output_name = b.CreateString("probability")
-    output_text = b.CreateString("The probability of each class." if model.scores > 1 else
-                                 f"The probability of class {model.labels[1] if len(model.labels) > 1 else 1}.")
-    output_fields = [(0, "offset", output_name), (1, "offset", output_text), (3, "offset", score_content),
-                     (5, "offset", stats(0.0, 1.0))]
+    output_text = b.CreateString(
+        "The probability of each class."
+        if model.scores > 1
+        else f"The probability of class {model.labels[1] if len(model.labels) > 1 else 1}."
+    )
+    output_fields = [
+        (0, "offset", output_name),
+        (1, "offset", output_text),
+        (3, "offset", score_content),
+        (5, "offset", stats(0.0, 1.0)),
+    ]
     if files:
         output_fields.append((6, "offset", offsets(files)))
     output_tensor = table(output_fields, 7)
@@ -117,12 +137,24 @@ def metadata_flatbuffer(model: ModelDescription) -> bytes:
     inputs, outputs = offsets([input_tensor]), offsets([output_tensor])
     subgraph = table([(2, "offset", inputs), (3, "offset", outputs)], 10)
     # ModelMetadata: name 0, description 1, version 2, subgraph_metadata 3, author 4, min_parser_version 7
-    name, description, version = (b.CreateString(model.name), b.CreateString(model.description),
-                                  b.CreateString(model.version))
+    name, description, version = (
+        b.CreateString(model.name),
+        b.CreateString(model.description),
+        b.CreateString(model.version),
+    )
     author, parser = b.CreateString("edgecls"), b.CreateString(MIN_PARSER_VERSION)
     subgraphs = offsets([subgraph])
-    root = table([(0, "offset", name), (1, "offset", description), (2, "offset", version), (3, "offset", subgraphs),
-                  (4, "offset", author), (7, "offset", parser)], 8)
+    root = table(
+        [
+            (0, "offset", name),
+            (1, "offset", description),
+            (2, "offset", version),
+            (3, "offset", subgraphs),
+            (4, "offset", author),
+            (7, "offset", parser),
+        ],
+        8,
+    )
     b.Finish(root, file_identifier=IDENTIFIER)
     return bytes(b.Output())
 

@@ -39,8 +39,12 @@ def held_back() -> Iterator[None]:
         yield
         return
     python_stderr = sys.stderr
-    direct = io.TextIOWrapper(io.FileIO(os.dup(saved), "w"), encoding=getattr(python_stderr, "encoding", None)
-                              or "utf-8", errors="backslashreplace", line_buffering=True)
+    direct = io.TextIOWrapper(
+        io.FileIO(os.dup(saved), "w"),
+        encoding=getattr(python_stderr, "encoding", None) or "utf-8",
+        errors="backslashreplace",
+        line_buffering=True,
+    )
     os.dup2(write_fd, 2)
     os.close(write_fd)
 

@@ -149,15 +149,31 @@ def make_datasets(dataset: Dataset, config: TrainConfig, sigmoid: bool, teacher:
     k = len(dataset.classes)
 
     def pipeline(split: str, train: bool) -> Any:
-        return input_pipeline(dataset.images[split], targets(dataset.labels(split), k, sigmoid), config,
-                              train=train, teacher=teacher, sigmoid=sigmoid)
+        return input_pipeline(
+            dataset.images[split],
+            targets(dataset.labels(split), k, sigmoid),
+            config,
+            train=train,
+            teacher=teacher,
+            sigmoid=sigmoid,
+        )
 
     return pipeline("train", True), pipeline("val", False)
 
 
-def input_pipeline(x: np.ndarray, y: np.ndarray, config: TrainConfig, *, train: bool, teacher: Any = None,
-                   sigmoid: bool = False, batch_size: int | None = None, seed: int | None = None,
-                   sample_weights: np.ndarray | None = None, endless: bool = False) -> Any:
+def input_pipeline(
+    x: np.ndarray,
+    y: np.ndarray,
+    config: TrainConfig,
+    *,
+    train: bool,
+    teacher: Any = None,
+    sigmoid: bool = False,
+    batch_size: int | None = None,
+    seed: int | None = None,
+    sample_weights: np.ndarray | None = None,
+    endless: bool = False,
+) -> Any:
     """One tf.data pipeline (see `make_datasets`); ``endless`` repeats it in full batches only (a multi-worker
     shard, whose steps per epoch are counted by the caller)."""
     import tensorflow as tf
@@ -187,8 +203,9 @@ def input_pipeline(x: np.ndarray, y: np.ndarray, config: TrainConfig, *, train: 
     return ds.prefetch(autotune)
 
 
-def _store_batches(x: ImageStore, y: np.ndarray, weights: np.ndarray | None, batch: int, *, train: bool, seed: int,
-                   endless: bool) -> Any:
+def _store_batches(
+    x: ImageStore, y: np.ndarray, weights: np.ndarray | None, batch: int, *, train: bool, seed: int, endless: bool
+) -> Any:
     """Batches read from the decoded-image cache: the shuffle, repeat and batching run over row numbers, and each
     batch's rows are read from disk (`ImageStore.take`) as the pipeline asks for them, a few batches ahead. Memory
     holds those batches, never the dataset."""
@@ -212,8 +229,16 @@ def _store_batches(x: ImageStore, y: np.ndarray, weights: np.ndarray | None, bat
     return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def compile_model(model: Any, *, learning_rate: float, sigmoid: bool, label_smoothing: float, decay_steps: int,
-                  weight_decay: float = 0.0, optimizer: str = "adam") -> None:
+def compile_model(
+    model: Any,
+    *,
+    learning_rate: float,
+    sigmoid: bool,
+    label_smoothing: float,
+    decay_steps: int,
+    weight_decay: float = 0.0,
+    optimizer: str = "adam",
+) -> None:
     """Adam (or SGD with Nesterov momentum 0.9) with a cosine learning-rate decay over the stage (to 1% of the
     start), so the last epochs refine; decoupled weight decay when ``weight_decay`` is set (AdamW for Adam; kernels
     only: not biases or BatchNorm)."""
@@ -300,59 +325,114 @@ def train(
     if multi_worker:
         k = len(dataset.classes)
         x_train, y_train = dataset.images["train"], targets(dataset.labels("train"), k, sigmoid)
-        w_train = None if weights is None else np.array([weights[int(i)] for i in dataset.labels("train")],
-                                                        dtype=np.float32)
+        w_train = (
+            None if weights is None else np.array([weights[int(i)] for i in dataset.labels("train")], dtype=np.float32)
+        )
         val_arrays = (dataset.images["val"], targets(dataset.labels("val"), k, sigmoid))
         stop_request = None  # one worker cannot end early alone: the others would wait for it at the next step
 
         def shard_pipeline(shard: int, shards: int, per_replica_batch: int) -> Any:
-            return input_pipeline(rows_of(x_train, slice(shard, None, shards)), y_train[shard::shards], config,
-                                  train=True, teacher=teacher, sigmoid=sigmoid, batch_size=per_replica_batch,
-                                  seed=config.seed + shard, endless=True,
-                                  sample_weights=None if w_train is None else w_train[shard::shards])
+            return input_pipeline(
+                rows_of(x_train, slice(shard, None, shards)),
+                y_train[shard::shards],
+                config,
+                train=True,
+                teacher=teacher,
+                sigmoid=sigmoid,
+                batch_size=per_replica_batch,
+                seed=config.seed + shard,
+                endless=True,
+                sample_weights=None if w_train is None else w_train[shard::shards],
+            )
+
         workers = distributed.role(strategy).num_workers
-        history_cluster = {"workers": workers, "replicas": strategy.num_replicas_in_sync,
-                           "global_batch": config.batch_size,
-                           "steps_per_epoch": max(1, len(x_train) // config.batch_size),
-                           "train_images_per_worker": [len(range(i, len(x_train), workers)) for i in range(workers)]}
+        history_cluster = {
+            "workers": workers,
+            "replicas": strategy.num_replicas_in_sync,
+            "global_batch": config.batch_size,
+            "steps_per_epoch": max(1, len(x_train) // config.batch_size),
+            "train_images_per_worker": [len(range(i, len(x_train), workers)) for i in range(workers)],
+        }
     else:
         train_ds, val_ds = make_datasets(dataset, config, sigmoid, teacher)
-    history: dict[str, Any] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [], "epoch_s": [],
-                               "stages": []}
+    history: dict[str, Any] = {
+        "loss": [],
+        "accuracy": [],
+        "val_loss": [],
+        "val_accuracy": [],
+        "epoch_s": [],
+        "stages": [],
+    }
     if multi_worker:
         history["cluster"] = history_cluster
     base = base_model(model)
     pretrained = base is not None and not base.trainable  # models.create_model freezes pretrained bases only
     stages = [("train", config.epochs, config.learning_rate)]
     if pretrained and config.fine_tune_epochs > 0 and config.fine_tune_layers > 0:
-        stages = [("head", config.epochs, config.learning_rate),
-                  ("fine-tune", config.fine_tune_epochs, config.learning_rate / 10)]
+        stages = [
+            ("head", config.epochs, config.learning_rate),
+            ("fine-tune", config.fine_tune_epochs, config.learning_rate / 10),
+        ]
     for index, (name, epochs, lr) in enumerate(stages):
         if name == "fine-tune":
             _unfreeze_top(base, config.fine_tune_layers)
         steps = epochs * max(1, -(-len(dataset.samples["train"]) // config.batch_size))
         with strategy.scope():
-            compile_model(model, learning_rate=lr, sigmoid=sigmoid, label_smoothing=config.label_smoothing,
-                          decay_steps=steps, weight_decay=config.weight_decay, optimizer=config.optimizer)
+            compile_model(
+                model,
+                learning_rate=lr,
+                sigmoid=sigmoid,
+                label_smoothing=config.label_smoothing,
+                decay_steps=steps,
+                weight_decay=config.weight_decay,
+                optimizer=config.optimizer,
+            )
         fit_model, fit_train, fit_val = model, None, None
         if pretrained and not base.trainable and not multi_worker and head_on_features(config, teacher):
             observer.stage("backbone features", 1)
             fit_model, fit_train, fit_val = _head_on_features(model, dataset, config, sigmoid)
-            compile_model(fit_model, learning_rate=lr, sigmoid=sigmoid, label_smoothing=config.label_smoothing,
-                          decay_steps=steps, weight_decay=config.weight_decay, optimizer=config.optimizer)
+            compile_model(
+                fit_model,
+                learning_rate=lr,
+                sigmoid=sigmoid,
+                label_smoothing=config.label_smoothing,
+                decay_steps=steps,
+                weight_decay=config.weight_decay,
+                optimizer=config.optimizer,
+            )
         observer.stage(name, epochs)
-        history["stages"].append({"name": name, "start_epoch": len(history["loss"]), "learning_rate": lr,
-                                  **({"on_features": True} if fit_train is not None else {})})
-        callbacks, best, early = _callbacks(config, name, epochs, checkpoint_dir, observer, should_stop,
-                                            stop_request)
+        history["stages"].append(
+            {
+                "name": name,
+                "start_epoch": len(history["loss"]),
+                "learning_rate": lr,
+                **({"on_features": True} if fit_train is not None else {}),
+            }
+        )
+        callbacks, best, early = _callbacks(config, name, epochs, checkpoint_dir, observer, should_stop, stop_request)
         if fit_train is not None:  # the frozen backbone ran once; the head trains on its features
             with stop_request.fitting() if stop_request is not None else contextlib.nullcontext():
-                fitted = fit_model.fit(fit_train, validation_data=fit_val, epochs=epochs, class_weight=weights,
-                                       shuffle=False, verbose=0, callbacks=callbacks).history
+                fitted = fit_model.fit(
+                    fit_train,
+                    validation_data=fit_val,
+                    epochs=epochs,
+                    class_weight=weights,
+                    shuffle=False,
+                    verbose=0,
+                    callbacks=callbacks,
+                ).history
         elif multi_worker:  # Keras's fit does not run under this strategy (see .distributed)
-            fitted = distributed.fit(model, strategy, make_train=shard_pipeline, val=val_arrays,
-                                     n_train=len(dataset.samples["train"]), batch_size=config.batch_size,
-                                     epochs=epochs, callbacks=callbacks, sigmoid=sigmoid)
+            fitted = distributed.fit(
+                model,
+                strategy,
+                make_train=shard_pipeline,
+                val=val_arrays,
+                n_train=len(dataset.samples["train"]),
+                batch_size=config.batch_size,
+                epochs=epochs,
+                callbacks=callbacks,
+                sigmoid=sigmoid,
+            )
         else:
             with stop_request.fitting() if stop_request is not None else contextlib.nullcontext():
                 fitted = model.fit(
@@ -375,7 +455,9 @@ def train(
         stage["kept_epoch"] = None if kept is None else stage["start_epoch"] + kept + 1
         if stopped:
             history["stopped_early"] = {
-                "stage": name, "epoch": len(fitted.get("loss", [])), "epochs": epochs,
+                "stage": name,
+                "epoch": len(fitted.get("loss", [])),
+                "epochs": epochs,
                 "best_epoch": None if best.best_epoch is None else best.best_epoch + 1,
                 "skipped_stages": [later[0] for later in stages[index + 1 :]],
             }
@@ -400,19 +482,22 @@ def _head_on_features(model: Any, dataset: Dataset, config: TrainConfig, sigmoid
     extractor = keras.Model(model.inputs, pool.output)
     head_input = keras.Input(tuple(pool.output.shape[1:]), name="features")
     x = head_input
-    for layer in model.layers[model.layers.index(pool) + 1:]:
+    for layer in model.layers[model.layers.index(pool) + 1 :]:
         x = layer(x)
     head = keras.Model(head_input, x, name=f"{model.name}_head")
     k = len(dataset.classes)
 
     def features(images: Any) -> np.ndarray:
-        rows = [np.asarray(extractor.predict_on_batch(np.asarray(images[i:i + 64], dtype=np.float32)))
-                for i in range(0, len(images), 64)]
+        rows = [
+            np.asarray(extractor.predict_on_batch(np.asarray(images[i : i + 64], dtype=np.float32)))
+            for i in range(0, len(images), 64)
+        ]
         return np.concatenate(rows) if rows else np.zeros((0, *pool.output.shape[1:]), np.float32)
 
     def pipeline(split: str, train: bool) -> Any:
-        ds = tf.data.Dataset.from_tensor_slices((features(dataset.images[split]),
-                                                 targets(dataset.labels(split), k, sigmoid)))
+        ds = tf.data.Dataset.from_tensor_slices(
+            (features(dataset.images[split]), targets(dataset.labels(split), k, sigmoid))
+        )
         if train:
             ds = ds.shuffle(len(dataset.samples[split]), seed=config.seed, reshuffle_each_iteration=True)
         return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
@@ -431,9 +516,15 @@ def _unfreeze_top(base: Any, n_layers: int) -> None:
             layer.trainable = False  # small fine-tuning sets wreck BatchNorm statistics
 
 
-def _callbacks(config: TrainConfig, stage: str, epochs: int, checkpoint_dir: Path, observer: TrainingObserver,
-               should_stop: Callable[[], bool] | None = None,
-               stop_request: StopRequest | None = None) -> tuple[list[Any], Any, Any]:
+def _callbacks(
+    config: TrainConfig,
+    stage: str,
+    epochs: int,
+    checkpoint_dir: Path,
+    observer: TrainingObserver,
+    should_stop: Callable[[], bool] | None = None,
+    stop_request: StopRequest | None = None,
+) -> tuple[list[Any], Any, Any]:
     """The stage's callbacks, and among them the best-weights checkpoint (its ``best_epoch`` and
     ``checkpoint_path``) and the early stopping whose best weights the stage ends with."""
     import keras
@@ -463,8 +554,10 @@ def _callbacks(config: TrainConfig, stage: str, epochs: int, checkpoint_dir: Pat
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             self.seconds.append(time.perf_counter() - self._start)
-            timing = {"epoch_s": self.seconds[-1],
-                      "eta_s": sum(self.seconds) / len(self.seconds) * (epochs - epoch - 1)}
+            timing = {
+                "epoch_s": self.seconds[-1],
+                "eta_s": sum(self.seconds) / len(self.seconds) * (epochs - epoch - 1),
+            }
             observer.epoch(stage, epoch + 1, epochs, {**{k: float(v) for k, v in (logs or {}).items()}, **timing})
 
     class AtomicCheckpoint(keras.callbacks.Callback):
@@ -494,15 +587,20 @@ def _callbacks(config: TrainConfig, stage: str, epochs: int, checkpoint_dir: Pat
     report.seconds = checkpoint.epoch_seconds  # the stage's epoch times, kept for the history
     # With cosine decay the best epochs come late: watch only the last third, so a noisy validation loss in the
     # middle of the schedule cannot stop training before the learning rate has come down.
-    early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True,
-                                          start_from_epoch=(2 * epochs) // 3)
-    return [
-        early,
+    early = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=config.patience, restore_best_weights=True, start_from_epoch=(2 * epochs) // 3
+    )
+    return (
+        [
+            early,
+            checkpoint,
+            report,
+            *([Stop()] if should_stop is not None else []),
+            *([EndEarly()] if stop_request is not None else []),
+        ],
         checkpoint,
-        report,
-        *([Stop()] if should_stop is not None else []),
-        *([EndEarly()] if stop_request is not None else []),
-    ], checkpoint, early
+        early,
+    )
 
 
 def stop_check(should_stop: Callable[[], bool] | None) -> None:

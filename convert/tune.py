@@ -141,12 +141,21 @@ def trial_options(options: TuneOptions, params: dict[str, Any], out_dir: Path, s
     fine_tune = base.train.fine_tune_epochs and max(1, epochs // 2)
     transfer = architecture(base.arch).transfer
     return base.updated(
-        out_dir=out_dir, input_size=int(params["input_size"]), dropout=float(params["dropout"]),
-        width=int(params.get("width", base.width)), depth=int(params.get("depth", base.depth)),
-        separable=bool(params.get("separable", base.separable)), alpha=params.get("alpha", base.alpha),
-        baseline=False, epochs=epochs, batch_size=int(params["batch_size"]),
-        learning_rate=float(params["learning_rate"]), augment=float(params["augment"]), patience=max(3, epochs // 3),
-        seed=seed, fine_tune_epochs=fine_tune if transfer else base.train.fine_tune_epochs,
+        out_dir=out_dir,
+        input_size=int(params["input_size"]),
+        dropout=float(params["dropout"]),
+        width=int(params.get("width", base.width)),
+        depth=int(params.get("depth", base.depth)),
+        separable=bool(params.get("separable", base.separable)),
+        alpha=params.get("alpha", base.alpha),
+        baseline=False,
+        epochs=epochs,
+        batch_size=int(params["batch_size"]),
+        learning_rate=float(params["learning_rate"]),
+        augment=float(params["augment"]),
+        patience=max(3, epochs // 3),
+        seed=seed,
+        fine_tune_epochs=fine_tune if transfer else base.train.fine_tune_epochs,
         fine_tune_layers=int(params.get("fine_tune_layers", base.train.fine_tune_layers)),
     )
 
@@ -168,9 +177,15 @@ class _Data:
             base = self.options.base
             self.observer.step(f"decoding {self.root} at {size}x{size}")
             self._cache[size] = scan(
-                self.root, input_size=(size, size), channels=base.channels, seed=self.options.seed, split=base.split,
-                preprocess=PreprocessConfig(resize=base.resize, mean=0.0, std=1.0), progress=self.observer.decoding,
-                cache=base.image_cache(), warn=lambda message: self.observer.step(f"warning: {message}"),
+                self.root,
+                input_size=(size, size),
+                channels=base.channels,
+                seed=self.options.seed,
+                split=base.split,
+                preprocess=PreprocessConfig(resize=base.resize, mean=0.0, std=1.0),
+                progress=self.observer.decoding,
+                cache=base.image_cache(),
+                warn=lambda message: self.observer.step(f"warning: {message}"),
             )
         return self._cache[size]
 
@@ -191,11 +206,23 @@ def open_study(options: TuneOptions, data_dir: Path) -> Any:
     storage = optuna.storages.RDBStorage(f"sqlite:///{options.out_dir / STUDY_FILE}")
     sampler = optuna.samplers.TPESampler(seed=options.seed, n_startup_trials=5)  # reads Trial.set_constraint
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=3)
-    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler, pruner=pruner,
-                                direction="maximize", load_if_exists=True)
-    settings = {"arch": options.base.arch, "data": str(Path(data_dir).resolve()), "seed": options.seed,
-                "budget_ms": options.budget_ms, "max_size_kb": options.max_size_kb,
-                "latency_factor": options.latency_factor, "color": options.base.color}
+    study = optuna.create_study(
+        study_name=STUDY_NAME,
+        storage=storage,
+        sampler=sampler,
+        pruner=pruner,
+        direction="maximize",
+        load_if_exists=True,
+    )
+    settings = {
+        "arch": options.base.arch,
+        "data": str(Path(data_dir).resolve()),
+        "seed": options.seed,
+        "budget_ms": options.budget_ms,
+        "max_size_kb": options.max_size_kb,
+        "latency_factor": options.latency_factor,
+        "color": options.base.color,
+    }
     saved = study.user_attrs.get("settings")
     if saved is None:
         study.set_user_attr("settings", settings)
@@ -213,8 +240,9 @@ def open_study(options: TuneOptions, data_dir: Path) -> Any:
     return study
 
 
-def tune(data_dir: Path, options: TuneOptions, observer: Any | None = None,
-         should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+def tune(
+    data_dir: Path, options: TuneOptions, observer: Any | None = None, should_stop: Callable[[], bool] | None = None
+) -> dict[str, Any]:
     """Run (or resume) the search, write the table and Pareto plot, and export the chosen trial.
 
     Returns the tuning summary (also written to OUT/tuning.json). KeyboardInterrupt keeps every finished trial in
@@ -228,7 +256,9 @@ def tune(data_dir: Path, options: TuneOptions, observer: Any | None = None,
     study = open_study(options, data_dir)
     data = _Data(Path(data_dir), options, obs)
     floor = _check_budgets_possible(options, data, obs)
-    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    finished = [
+        t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    ]
     remaining = options.trials - len(finished)
     if finished:
         obs.step(f"resuming: {len(finished)} of {options.trials} trials already done in {options.out_dir / STUDY_FILE}")
@@ -248,8 +278,14 @@ def tune(data_dir: Path, options: TuneOptions, observer: Any | None = None,
         optuna_log, quiet = logging.getLogger("optuna.study._optimize"), _InterruptedTrialLog()
         optuna_log.addFilter(quiet)
         try:
-            study.optimize(objective, n_trials=remaining, timeout=options.timeout_min * 60 if options.timeout_min else None,
-                           callbacks=[report], gc_after_trial=True, catch=(ConversionError,))
+            study.optimize(
+                objective,
+                n_trials=remaining,
+                timeout=options.timeout_min * 60 if options.timeout_min else None,
+                callbacks=[report],
+                gc_after_trial=True,
+                catch=(ConversionError,),
+            )
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -269,8 +305,9 @@ def tune(data_dir: Path, options: TuneOptions, observer: Any | None = None,
     return summary
 
 
-def _run_trial(trial: Any, options: TuneOptions, data: _Data, obs: Any, optuna: Any,
-               should_stop: Callable[[], bool] | None = None) -> float:
+def _run_trial(
+    trial: Any, options: TuneOptions, data: _Data, obs: Any, optuna: Any, should_stop: Callable[[], bool] | None = None
+) -> float:
     params = suggest(trial, options)
     obs.step(f"trial {trial.number}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(params.items())))
     trial_dir = options.out_dir / "trials" / f"{trial.number:04d}"
@@ -284,8 +321,16 @@ def _run_trial(trial: Any, options: TuneOptions, data: _Data, obs: Any, optuna: 
     model = create_model(opts.arch, opts.model_spec(len(dataset.classes)))
     pruning = _PruningObserver(trial, optuna)
     t0 = time.perf_counter()
-    history = train(model, dataset, opts.train, sigmoid=sigmoid, checkpoint_dir=trial_dir / "checkpoints",
-                    strategy=make_strategy("default"), observer=pruning, should_stop=should_stop)
+    history = train(
+        model,
+        dataset,
+        opts.train,
+        sigmoid=sigmoid,
+        checkpoint_dir=trial_dir / "checkpoints",
+        strategy=make_strategy("default"),
+        observer=pruning,
+        should_stop=should_stop,
+    )
     train_s = time.perf_counter() - t0
     trial_dir.mkdir(parents=True, exist_ok=True)
     model.save(trial_dir / "model.keras")
@@ -373,9 +418,19 @@ def _check_budgets_possible(options: TuneOptions, data: _Data, obs: Any) -> dict
     import tempfile
 
     arch = options.base.arch
-    smallest = {"learning_rate": 1e-3, "batch_size": 32, "epochs": 1, "dropout": 0.0, "augment": 0.0,
-                "input_size": min(options.sizes()), "width": 8, "depth": 1, "separable": True,
-                "alpha": min(a for a in architecture(arch).alphas or (0.25,) if a <= 1.0), "fine_tune_layers": 0}
+    smallest = {
+        "learning_rate": 1e-3,
+        "batch_size": 32,
+        "epochs": 1,
+        "dropout": 0.0,
+        "augment": 0.0,
+        "input_size": min(options.sizes()),
+        "width": 8,
+        "depth": 1,
+        "separable": True,
+        "alpha": min(a for a in architecture(arch).alphas or (0.25,) if a <= 1.0),
+        "fine_tune_layers": 0,
+    }
     classes = 2
     opts = trial_options(options, smallest, options.out_dir, options.seed)
     obs.step("measuring the smallest model in the search space against the budgets")
@@ -408,7 +463,9 @@ def _check_budgets_possible(options: TuneOptions, data: _Data, obs: Any) -> dict
 
 
 def _record(t: Any) -> TrialRecord:
-    state = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "fail", "RUNNING": "running"}.get(t.state.name, "other")
+    state = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "fail", "RUNNING": "running"}.get(
+        t.state.name, "other"
+    )
     attrs = t.user_attrs
     return TrialRecord(
         number=t.number,
@@ -457,12 +514,15 @@ def _no_feasible_message(options: TuneOptions, records: list[TrialRecord]) -> st
         parts.append(f"the fastest took {min(r.latency_ms for r in done):.3f} ms (--budget-ms {options.budget_ms:g})")
     if options.max_size_kb is not None:
         parts.append(f"the smallest was {min(r.size_kb for r in done):.1f} KB (--max-size-kb {options.max_size_kb:g})")
-    return (f"none of the {len(done)} finished trials met the budgets: {'; '.join(parts)}; the table is in "
-            f"{options.out_dir / 'tuning.md'}")
+    return (
+        f"none of the {len(done)} finished trials met the budgets: {'; '.join(parts)}; the table is in "
+        f"{options.out_dir / 'tuning.md'}"
+    )
 
 
-def _write_summary(options: TuneOptions, records: list[TrialRecord], floor: dict[str, float] | None,
-                   interrupted: bool) -> dict[str, Any]:
+def _write_summary(
+    options: TuneOptions, records: list[TrialRecord], floor: dict[str, float] | None, interrupted: bool
+) -> dict[str, Any]:
     front = pareto_front(records)
     best = choose(records)
     summary = {
@@ -470,9 +530,14 @@ def _write_summary(options: TuneOptions, records: list[TrialRecord], floor: dict
         "trials": [r.to_dict() for r in records],
         "pareto_front": [r.number for r in front],
         "chosen": best.to_dict() if best else None,
-        "budgets": {"budget_ms": options.budget_ms, "max_size_kb": options.max_size_kb,
-                    "latency_factor": options.latency_factor, "profile": options.profile,
-                    "bench_threads": options.bench_threads, "latency": "p90 of edgecls bench, ms"},
+        "budgets": {
+            "budget_ms": options.budget_ms,
+            "max_size_kb": options.max_size_kb,
+            "latency_factor": options.latency_factor,
+            "profile": options.profile,
+            "bench_threads": options.bench_threads,
+            "latency": "p90 of edgecls bench, ms",
+        },
         "smallest_model": floor,
         "interrupted": interrupted,
         "study": str(options.out_dir / STUDY_FILE),
@@ -483,14 +548,17 @@ def _write_summary(options: TuneOptions, records: list[TrialRecord], floor: dict
     return summary
 
 
-def markdown(summary: dict[str, Any], records: list[TrialRecord], front: list[TrialRecord],
-             best: TrialRecord | None) -> str:
+def markdown(
+    summary: dict[str, Any], records: list[TrialRecord], front: list[TrialRecord], best: TrialRecord | None
+) -> str:
     budgets = summary["budgets"]
     lines = [
         f"# edgecls tune: {summary['arch']}",
         "",
-        (f"Budgets: latency {budgets['budget_ms'] or 'none'} ms (p90 here x {budgets['latency_factor']:g}), "
-        f"size {budgets['max_size_kb'] or 'none'} KB. Accuracy is int8 top-1 on the validation split."),
+        (
+            f"Budgets: latency {budgets['budget_ms'] or 'none'} ms (p90 here x {budgets['latency_factor']:g}), "
+            f"size {budgets['max_size_kb'] or 'none'} KB. Accuracy is int8 top-1 on the validation split."
+        ),
         "",
         "| trial | state | int8 val top-1 | float val top-1 | latency ms | size KB | feasible | Pareto | params |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -503,8 +571,10 @@ def markdown(summary: dict[str, Any], records: list[TrialRecord], front: list[Tr
         size = f"{r.size_kb:.1f}" if r.size_kb is not None else "-"
         mark = "**chosen**" if best and r.number == best.number else ("yes" if r.number in on_front else "")
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(r.params.items()))
-        lines.append(f"| {r.number} | {r.state} | {acc} | {facc} | {lat} | {size} | {'yes' if r.feasible else 'no'} "
-                     f"| {mark} | {params} |")
+        lines.append(
+            f"| {r.number} | {r.state} | {acc} | {facc} | {lat} | {size} | {'yes' if r.feasible else 'no'} "
+            f"| {mark} | {params} |"
+        )
     if summary.get("interrupted"):
         lines += ["", "Interrupted: run the same command again to resume from the finished trials."]
     return "\n".join(lines) + "\n"
@@ -514,8 +584,9 @@ def _fmt(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def plot_pareto(path: Path, records: list[TrialRecord], front: list[TrialRecord], best: TrialRecord | None,
-                options: TuneOptions) -> None:
+def plot_pareto(
+    path: Path, records: list[TrialRecord], front: list[TrialRecord], best: TrialRecord | None, options: TuneOptions
+) -> None:
     import io
 
     import matplotlib
@@ -529,19 +600,35 @@ def plot_pareto(path: Path, records: list[TrialRecord], front: list[TrialRecord]
         sizes = np.array([r.size_kb for r in done])
         scale = 30 + 270 * (sizes - sizes.min()) / max(1e-9, sizes.max() - sizes.min())
         colors = ["tab:blue" if r.feasible else "tab:gray" for r in done]
-        ax.scatter([r.latency_ms for r in done], [100 * r.accuracy for r in done], s=scale, c=colors, alpha=0.6,
-                   edgecolors="none", label="trials (area: size)")
+        ax.scatter(
+            [r.latency_ms for r in done],
+            [100 * r.accuracy for r in done],
+            s=scale,
+            c=colors,
+            alpha=0.6,
+            edgecolors="none",
+            label="trials (area: size)",
+        )
         pf = sorted(front, key=lambda r: r.latency_ms)
-        ax.plot([r.latency_ms for r in pf], [100 * r.accuracy for r in pf], "-o", color="tab:orange", ms=4,
-                label="Pareto front")
+        ax.plot(
+            [r.latency_ms for r in pf],
+            [100 * r.accuracy for r in pf],
+            "-o",
+            color="tab:orange",
+            ms=4,
+            label="Pareto front",
+        )
         for r in done:
-            ax.annotate(str(r.number), (r.latency_ms, 100 * r.accuracy), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
+            ax.annotate(
+                str(r.number), (r.latency_ms, 100 * r.accuracy), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
         if best:
             ax.scatter([best.latency_ms], [100 * best.accuracy], marker="*", s=250, color="tab:red", label="chosen")
     if options.budget_ms is not None:
         ax.axvline(options.budget_ms, color="tab:red", linestyle="--", linewidth=1, label="latency budget")
-    ax.set_xlabel("p90 latency, ms" + (f" (x{options.latency_factor:g} for {options.profile})" if options.profile else ""))
+    ax.set_xlabel(
+        "p90 latency, ms" + (f" (x{options.latency_factor:g} for {options.profile})" if options.profile else "")
+    )
     ax.set_ylabel("int8 top-1 on validation, %")
     ax.set_title(f"edgecls tune: {options.base.arch}, {len(done)} finished trials")
     ax.grid(alpha=0.3)
@@ -562,8 +649,16 @@ def _export_chosen(best: TrialRecord, options: TuneOptions, data: _Data, obs: An
     dataset = data.get(opts.size())
     sigmoid = uses_sigmoid(opts.arch, len(dataset.classes))
     history = json.loads((trial_dir / "history.json").read_text())
-    return export_and_verify(model, dataset, opts, obs, sigmoid=sigmoid, history=history, baseline=None,
-                              timing={"train_s": best.train_s or 0.0, "started": time.perf_counter()})
+    return export_and_verify(
+        model,
+        dataset,
+        opts,
+        obs,
+        sigmoid=sigmoid,
+        history=history,
+        baseline=None,
+        timing={"train_s": best.train_s or 0.0, "started": time.perf_counter()},
+    )
 
 
 def _json_default(value: Any) -> Any:

@@ -1,6 +1,6 @@
 """Classify every image in a folder and print a per-label count: the smallest useful program on the library API.
 
-    python examples/classify_folder.py MODEL.tflite PHOTOS_DIR [--threshold 0.5]
+python examples/classify_folder.py MODEL.tflite PHOTOS_DIR [--threshold 0.5]
 """
 
 from __future__ import annotations

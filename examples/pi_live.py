@@ -45,8 +45,14 @@ def main() -> int:
             options.update(source=args.source, source_options=None)
         if args.threads:
             options["num_threads"] = args.threads
-        stream = edgecls.Stream(args.model, top_k=1, keep_frames=False, max_frames=args.max_frames,
-                                on_event=lambda e: print(f"[{e.kind}] {e.message}", file=sys.stderr), **options)
+        stream = edgecls.Stream(
+            args.model,
+            top_k=1,
+            keep_frames=False,
+            max_frames=args.max_frames,
+            on_event=lambda e: print(f"[{e.kind}] {e.message}", file=sys.stderr),
+            **options,
+        )
         mqtt = MqttSink(args.mqtt, on_change=True) if args.mqtt else None
     except edgecls.EdgeclsError as exc:
         print(f"error: {exc}", file=sys.stderr)

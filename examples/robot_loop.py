@@ -20,7 +20,12 @@ import edgecls
 class Robot:
     """Stand-in for real actuators: maps a decided label to a behaviour and logs transitions."""
 
-    BEHAVIOURS: ClassVar[dict[str, str]] = {"person": "stop", "stop sign": "stop", "circle": "turn left", "square": "turn right"}
+    BEHAVIOURS: ClassVar[dict[str, str]] = {
+        "person": "stop",
+        "stop sign": "stop",
+        "circle": "turn left",
+        "square": "turn right",
+    }
 
     def __init__(self) -> None:
         self.behaviour = "cruise"

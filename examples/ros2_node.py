@@ -27,8 +27,9 @@ class ClassifierNode(Node):
         rate = self.declare_parameter("publish_rate", 30.0).value
         self.only_changes = self.declare_parameter("only_changes", False).value
         self.publisher = self.create_publisher(String, "classification", 10)
-        self.stream = edgecls.Stream(model, source=source, top_k=3, keep_frames=False,
-                                     smoothing=edgecls.Smoothing(hold=int(hold)))
+        self.stream = edgecls.Stream(
+            model, source=source, top_k=3, keep_frames=False, smoothing=edgecls.Smoothing(hold=int(hold))
+        )
         self.stream.start()
         self.last_sequence = -1
         self.timer = self.create_timer(1.0 / float(rate), self.publish_latest)

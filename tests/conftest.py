@@ -61,10 +61,12 @@ def _importable(module: str) -> bool:
 # Under CI=true the full environment has every extra: there a missing one fails the test instead (the legacy
 # environment sets EDGECLS_TEST_BACKEND and may skip).
 EXTRAS_OPTIONAL = not IN_CI or BACKEND != "auto"
-needs_opencv = pytest.mark.skipif(EXTRAS_OPTIONAL and not _importable("cv2"),
-                                  reason="needs OpenCV, the 'camera' extra: pip install 'edgecls[camera]'")
-needs_paho = pytest.mark.skipif(EXTRAS_OPTIONAL and not _importable("paho"),
-                                reason="needs paho-mqtt, the 'mqtt' extra: pip install 'edgecls[mqtt]'")
+needs_opencv = pytest.mark.skipif(
+    EXTRAS_OPTIONAL and not _importable("cv2"), reason="needs OpenCV, the 'camera' extra: pip install 'edgecls[camera]'"
+)
+needs_paho = pytest.mark.skipif(
+    EXTRAS_OPTIONAL and not _importable("paho"), reason="needs paho-mqtt, the 'mqtt' extra: pip install 'edgecls[mqtt]'"
+)
 
 
 def tensorflow_or_skip():  # type: ignore[no-untyped-def]
@@ -152,7 +154,9 @@ class Mosquitto:
             passwords = workdir / "passwords"
             for n, (name, password) in enumerate(users.items()):
                 flags = ["-b"] + (["-c"] if n == 0 else [])
-                subprocess.run(["mosquitto_passwd", *flags, str(passwords), name, password], check=True, capture_output=True)
+                subprocess.run(
+                    ["mosquitto_passwd", *flags, str(passwords), name, password], check=True, capture_output=True
+                )
             access = f"allow_anonymous false\npassword_file {passwords}\n"
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\n{access}persistence true\n"
@@ -169,7 +173,9 @@ class Mosquitto:
         import time
 
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.process = subprocess.Popen([exe, "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [exe, "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -177,7 +183,9 @@ class Mosquitto:
                 return self
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError(f"mosquitto did not start on port {self.port}: {(self.workdir / 'mosquitto.log').read_text()}")
+        raise RuntimeError(
+            f"mosquitto did not start on port {self.port}: {(self.workdir / 'mosquitto.log').read_text()}"
+        )
 
     def stop(self) -> None:
         if self.process is not None:
@@ -208,8 +216,27 @@ def mosquitto(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 # A convert run that takes seconds: the point is the mechanics, not the accuracy.
 # Plumbing tests, not quality: a 3-epoch model on 6 test images, so the gate's drop and agreement are left open.
-TINY = ["--input-size", "32", "--width", "8", "--depth", "2", "--epochs", "3", "--no-baseline",
-        "--calibration-samples", "20", "--max-drop", "100", "--min-agreement", "0", "--patience", "3", "--batch-size", "8"]
+TINY = [
+    "--input-size",
+    "32",
+    "--width",
+    "8",
+    "--depth",
+    "2",
+    "--epochs",
+    "3",
+    "--no-baseline",
+    "--calibration-samples",
+    "20",
+    "--max-drop",
+    "100",
+    "--min-agreement",
+    "0",
+    "--patience",
+    "3",
+    "--batch-size",
+    "8",
+]
 
 
 @pytest.fixture(scope="session")
@@ -217,8 +244,9 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small generated dataset: 3 classes of 14 images, 32 px."""
     from edgecls.live.demo import write_demo_dataset
 
-    return write_demo_dataset(tmp_path_factory.mktemp("data") / "shapes", per_class=14, size=32,
-                              classes=("circle", "square", "stripes"))
+    return write_demo_dataset(
+        tmp_path_factory.mktemp("data") / "shapes", per_class=14, size=32, classes=("circle", "square", "stripes")
+    )
 
 
 def invoke(*args):  # type: ignore[no-untyped-def]
@@ -255,9 +283,15 @@ def ctrl_c_when(args: list[str], trigger, timeout: float = 240.0) -> tuple[int, 
     def as_from_a_terminal() -> None:  # a suite started as a background job hands its children an ignored SIGINT
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-    proc = subprocess.Popen([sys.executable, "-m", "edgecls", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env={**os.environ, "COLUMNS": "200"},
-                            preexec_fn=as_from_a_terminal)  # noqa: PLW1509 - one signal() call before exec
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgecls", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "200"},
+        preexec_fn=as_from_a_terminal,
+    )  # noqa: PLW1509 - one signal() call before exec
     try:
         seen = []
         deadline = time.monotonic() + timeout

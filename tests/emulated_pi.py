@@ -213,7 +213,9 @@ def host_problem() -> str | None:
     for tool in ("debootstrap", "unshare", "chroot", "update-binfmts", "dpkg-deb"):
         if shutil.which(tool) is None:
             return f"{tool} is missing: apt-get install debootstrap qemu-user-static binfmt-support"
-    if not (Path("/usr/bin/qemu-aarch64-static").exists() or Path("/usr/libexec/qemu-binfmt/aarch64-binfmt-P").exists()):
+    if not (
+        Path("/usr/bin/qemu-aarch64-static").exists() or Path("/usr/libexec/qemu-binfmt/aarch64-binfmt-P").exists()
+    ):
         return "qemu-user-static is missing: apt-get install qemu-user-static"
     if not (CORAL / MODEL).is_file():
         return f"the Coral test model is not at {CORAL / MODEL} (../shared/data)"
@@ -229,8 +231,10 @@ def ensure_binfmt() -> None:
         subprocess.run(["update-binfmts", "--enable", "qemu-aarch64"], check=True)
     text = entry.read_text()
     flags = re.search(r"^flags: *(\S*)", text, re.MULTILINE)
-    check("enabled" in text and flags is not None and "F" in flags.group(1),
-          f"binfmt qemu-aarch64 must be enabled with flag F (the interpreter opened at registration):\n{text}")
+    check(
+        "enabled" in text and flags is not None and "F" in flags.group(1),
+        f"binfmt qemu-aarch64 must be enabled with flag F (the interpreter opened at registration):\n{text}",
+    )
 
 
 def debian_mirror() -> str:
@@ -257,8 +261,19 @@ def build_root(suite: str, target: Path, cache: Path | None) -> float:
         if base.exists():
             shutil.rmtree(base)
         log(f"debootstrap {suite} arm64 into {base}")
-        subprocess.run(["debootstrap", "--arch=arm64", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-                        suite, str(base), debian_mirror()], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                "debootstrap",
+                "--arch=arm64",
+                "--variant=minbase",
+                f"--include={','.join(PACKAGES)}",
+                suite,
+                str(base),
+                debian_mirror(),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     if base != target:
         if target.exists():
             shutil.rmtree(target)
@@ -276,28 +291,56 @@ class Root:
 
     def _command(self, argv: list[str], user: str | None = None, groups: str | None = None) -> list[str]:
         r = shlex.quote(str(self.path))
-        mounts = (f"mount -t proc proc {r}/proc && mount --bind {r}/etc/edgecls-test-cpuinfo {r}/proc/cpuinfo && "
-                  f"mount -t sysfs -o ro sysfs {r}/sys && mount --rbind /dev {r}/dev && ")
+        mounts = (
+            f"mount -t proc proc {r}/proc && mount --bind {r}/etc/edgecls-test-cpuinfo {r}/proc/cpuinfo && "
+            f"mount -t sysfs -o ro sysfs {r}/sys && mount --rbind /dev {r}/dev && "
+        )
         spec = []
         if user:
             spec = [f"--userspec={user}"] + ([f"--groups={groups}"] if groups else [])
-        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                mounts + 'exec chroot "$@"', "sh", *spec, str(self.path), *argv]
+        return [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            mounts + 'exec chroot "$@"',
+            "sh",
+            *spec,
+            str(self.path),
+            *argv,
+        ]
 
-    def run(self, argv: list[str], *, env: dict[str, str] | None = None, user: str | None = None,
-            groups: str | None = None, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        user: str | None = None,
+        groups: str | None = None,
+        timeout: float = 1800,
+    ) -> subprocess.CompletedProcess[str]:
         full = ["env", "-i", *(f"{k}={v}" for k, v in (env or self.base_env()).items()), *argv]
-        return subprocess.run(self._command(full, user, groups), capture_output=True, text=True, timeout=timeout, check=False)
+        return subprocess.run(
+            self._command(full, user, groups), capture_output=True, text=True, timeout=timeout, check=False
+        )
 
     def popen(self, argv: list[str], *, user: str, groups: str | None) -> subprocess.Popen[str]:
-        return subprocess.Popen(self._command(argv, user, groups), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
+        return subprocess.Popen(
+            self._command(argv, user, groups), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
 
     @staticmethod
     def base_env() -> dict[str, str]:
-        return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
-                "LANG": "C.UTF-8", "PIP_CERT": "/etc/ssl/host-ca.crt", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-                "PIP_DEFAULT_TIMEOUT": "180"}
+        return {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": "/root",
+            "LANG": "C.UTF-8",
+            "PIP_CERT": "/etc/ssl/host-ca.crt",
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            "PIP_DEFAULT_TIMEOUT": "180",
+        }
 
 
 def prepare_root(root: Path) -> None:
@@ -345,8 +388,10 @@ def build_stub_repository(repo: Path) -> None:
 
     repo.mkdir(parents=True, exist_ok=True)
     packages = {
-        "imx500-all": {"usr/share/doc/imx500-all/STUB": "STUB of Raspberry Pi's imx500-all (IMX500 firmware and "
-                                                         "models) for tests/emulated_pi.py\n"},
+        "imx500-all": {
+            "usr/share/doc/imx500-all/STUB": "STUB of Raspberry Pi's imx500-all (IMX500 firmware and "
+            "models) for tests/emulated_pi.py\n"
+        },
         "imx500-tools": {"usr/bin/imx500-package": IMX500_PACKAGE_STUB},
     }
     index = []
@@ -357,25 +402,30 @@ def build_stub_repository(repo: Path) -> None:
             (pkg / "DEBIAN/control").write_text(
                 f"Package: {name}\nVersion: 0.0.0~edgecls.stub\nArchitecture: all\nMaintainer: edgecls tests "
                 f"<tests@edgecls.invalid>\nDescription: STUB of Raspberry Pi's {name} for the emulated Raspberry Pi "
-                "OS test\n NOT the real package: it exists for tests/emulated_pi.py only.\n")
+                "OS test\n NOT the real package: it exists for tests/emulated_pi.py only.\n"
+            )
             for path, text in files.items():
                 target = pkg / path
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(text)
                 target.chmod(0o755 if "/bin/" in path else 0o644)
             deb = repo / f"{name}_0.0.0~edgecls.stub_all.deb"
-            subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(pkg), str(deb)], check=True,
-                           capture_output=True)
+            subprocess.run(
+                ["dpkg-deb", "--root-owner-group", "--build", str(pkg), str(deb)], check=True, capture_output=True
+            )
             control = subprocess.run(["dpkg-deb", "-f", str(deb)], check=True, capture_output=True, text=True).stdout
             data = deb.read_bytes()
-            index.append(control.rstrip("\n") + f"\nFilename: ./{deb.name}\nSize: {len(data)}\n"
-                         f"SHA256: {hashlib.sha256(data).hexdigest()}\n")
+            index.append(
+                control.rstrip("\n") + f"\nFilename: ./{deb.name}\nSize: {len(data)}\n"
+                f"SHA256: {hashlib.sha256(data).hexdigest()}\n"
+            )
     (repo / "Packages").write_text("\n".join(index))
     packages_file = (repo / "Packages").read_bytes()
     (repo / "Release").write_text(  # unsigned: the source says [trusted=yes]
         "Origin: edgecls-stub\nLabel: STUB of archive.raspberrypi.com for tests/emulated_pi.py\nSuite: stub\n"
         f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S UTC', time.gmtime())}\nArchitectures: all arm64\nSHA256:\n"
-        f" {hashlib.sha256(packages_file).hexdigest()} {len(packages_file)} Packages\n")
+        f" {hashlib.sha256(packages_file).hexdigest()} {len(packages_file)} Packages\n"
+    )
 
 
 def prepare_ai_camera(root: Path) -> None:
@@ -388,7 +438,8 @@ def prepare_ai_camera(root: Path) -> None:
     build_stub_repository(root / "srv/edgecls-stub-apt")
     (root / "etc/apt/sources.list.d/edgecls-stub-raspberrypi.list").write_text(
         "# STUB of archive.raspberrypi.com for tests/emulated_pi.py: imx500-all and imx500-tools only\n"
-        "deb [trusted=yes] file:/srv/edgecls-stub-apt ./\n")
+        "deb [trusted=yes] file:/srv/edgecls-stub-apt ./\n"
+    )
 
 
 def make_ai_camera_run(folder: Path) -> Path:
@@ -404,8 +455,9 @@ def make_ai_camera_run(folder: Path) -> Path:
     (folder / "imx500").mkdir(parents=True)
     manifest = {"preprocess": {"resize": "center-crop"}, "output": {"activation": "probabilities"}}
     (folder / "model.tflite").write_bytes(embed_manifest((CORAL / MODEL).read_bytes(), manifest))
-    standin_rpk.write_package(folder / "imx500/packerOut.zip", outputs=AI_OUTPUTS, kpi_us=AI_KPI_US,
-                              progress="none", not_ready_frames=5)
+    standin_rpk.write_package(
+        folder / "imx500/packerOut.zip", outputs=AI_OUTPUTS, kpi_us=AI_KPI_US, progress="none", not_ready_frames=5
+    )
     (folder / "imx500/labels.txt").write_text("\n".join(AI_LABELS) + "\n")
     return folder
 
@@ -429,13 +481,19 @@ class Broker:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         passwords = folder / "passwords"
-        subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwords), user, password], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["mosquitto_passwd", "-c", "-b", str(passwords), user, password], check=True, capture_output=True
+        )
         config = folder / "mosquitto.conf"
-        config.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\n"
-                          f"log_dest file {folder}/mosquitto.log\nuser root\n")
-        self.process = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(config)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        config.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\n"
+            f"log_dest file {folder}/mosquitto.log\nuser root\n"
+        )
+        self.process = subprocess.Popen(
+            [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -513,8 +571,11 @@ def service_identity(root: Path, user: str) -> tuple[int, int, str, str]:
             break
     else:
         raise Failure(f"install.sh made no user {user}")
-    groups = [line.split(":")[2] for line in (root / "etc/group").read_text().splitlines()
-              if user in line.split(":")[3].split(",")]
+    groups = [
+        line.split(":")[2]
+        for line in (root / "etc/group").read_text().splitlines()
+        if user in line.split(":")[3].split(",")
+    ]
     return uid, gid, ",".join(groups), home
 
 
@@ -531,8 +592,9 @@ def emulate(suite: str, work: Path, cache: Path | None, wheelhouse: bool) -> dic
     report["timings_s"]["root"] = round(build_root(suite, rootfs, cache), 1)
     prepare_root(rootfs)
     root = Root(rootfs)
-    system_python = root.run(["python3", "-c", ("import sys, numpy; print('%d.%d' % sys.version_info[:2], "
-                              "numpy.__version__)")])
+    system_python = root.run(
+        ["python3", "-c", ("import sys, numpy; print('%d.%d' % sys.version_info[:2], numpy.__version__)")]
+    )
     check(system_python.returncode == 0, f"the root's python3 does not run: {system_python.stderr}")
     report["system_python"], report["system_numpy"] = system_python.stdout.split()
     log(f"{suite}: Python {report['system_python']}, numpy {report['system_numpy']} (system)")
@@ -545,10 +607,24 @@ def emulate(suite: str, work: Path, cache: Path | None, wheelhouse: bool) -> dic
         if broker:
             from urllib.parse import quote
 
-            sinks += ["--sink", f"mqtt://pi:{quote(SECRET, safe='')}@127.0.0.1:{broker.port}/edgecls/emulated",
-                      "--mqtt-discovery"]
-        command = [sys.executable, "-m", "edgecls", "deploy", str(CORAL / MODEL), "--profile", "rpi5",
-                   "--out", str(bundle), *sinks, *(["--wheelhouse", suite] if wheelhouse else [])]
+            sinks += [
+                "--sink",
+                f"mqtt://pi:{quote(SECRET, safe='')}@127.0.0.1:{broker.port}/edgecls/emulated",
+                "--mqtt-discovery",
+            ]
+        command = [
+            sys.executable,
+            "-m",
+            "edgecls",
+            "deploy",
+            str(CORAL / MODEL),
+            "--profile",
+            "rpi5",
+            "--out",
+            str(bundle),
+            *sinks,
+            *(["--wheelhouse", suite] if wheelhouse else []),
+        ]
         start = time.monotonic()
         made = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
         report["timings_s"]["deploy"] = round(time.monotonic() - start, 1)
@@ -569,12 +645,16 @@ def emulate(suite: str, work: Path, cache: Path | None, wheelhouse: bool) -> dic
         installed = root.run(["bash", "/root/edgecls-rpi5/install.sh", "--mqtt-password-file", "/root/mqtt-password"])
         report["timings_s"]["install"] = round(time.monotonic() - start, 1)
         report["install_output"] = (installed.stdout + installed.stderr).splitlines()[-40:]
-        check(installed.returncode == 0, f"install.sh failed ({installed.returncode}):\n{installed.stdout}\n"
-                                         f"{installed.stderr}")
+        check(
+            installed.returncode == 0,
+            f"install.sh failed ({installed.returncode}):\n{installed.stdout}\n{installed.stderr}",
+        )
         out = installed.stdout + installed.stderr
         check(SECRET not in out, "install.sh printed the MQTT password")
-        check(f"keeping the system's numpy {report['system_numpy']}" in out, f"install.sh did not say its numpy "
-                                                                             f"choice:\n{out}")
+        check(
+            f"keeping the system's numpy {report['system_numpy']}" in out,
+            f"install.sh did not say its numpy choice:\n{out}",
+        )
         check("was not started" in out, "install.sh should say it could not start the service in a chroot")
         wants = rootfs / "etc/systemd/system/multi-user.target.wants/edgecls.service"
         check(wants.is_symlink(), "edgecls.service is not enabled (no multi-user.target.wants link)")
@@ -586,21 +666,36 @@ def emulate(suite: str, work: Path, cache: Path | None, wheelhouse: bool) -> dic
         env_file = rootfs / "etc/edgecls/edgecls.env"
         st = env_file.stat()
         check(stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0, f"{env_file} must be root's, mode 0600")
-        check(environment_file(env_file.read_text()).get("EDGECLS_MQTT_PASSWORD") == SECRET,
-              "the EnvironmentFile does not hold the password as given")
-        leaks = [str(p.relative_to(rootfs)) for folder in ("opt/edgecls", "etc/systemd", "var/lib/edgecls")
-                 for p in (rootfs / folder).rglob("*")
-                 if p.is_file() and not p.is_symlink() and "venv" not in p.parts
-                 and SECRET.encode() in p.read_bytes()]
+        check(
+            environment_file(env_file.read_text()).get("EDGECLS_MQTT_PASSWORD") == SECRET,
+            "the EnvironmentFile does not hold the password as given",
+        )
+        leaks = [
+            str(p.relative_to(rootfs))
+            for folder in ("opt/edgecls", "etc/systemd", "var/lib/edgecls")
+            for p in (rootfs / folder).rglob("*")
+            if p.is_file() and not p.is_symlink() and "venv" not in p.parts and SECRET.encode() in p.read_bytes()
+        ]
         check(not leaks, f"the MQTT password is in {leaks}")
 
         # -- the installed venv: the system numpy, and the ABI canary ------------------------------------------------
         venv = rootfs / "opt/edgecls/venv"
-        probe = root.run(["/opt/edgecls/venv/bin/python", "-c",
-                          "import json, numpy, numexpr, cv2, ai_edge_litert, picamera2, importlib.metadata as m; "
-                          "print(json.dumps({{'numpy_file': numpy.__file__, 'picamera2_stub': picamera2.STUB, "
-                          "'versions': {{d.metadata['Name']: d.version for d in m.distributions(path=[{!r}])}}}}))".format(str(next((Path("/") / p.relative_to(rootfs)
-                                      for p in (venv / "lib").glob("python3*/site-packages")), "")))])
+        probe = root.run(
+            [
+                "/opt/edgecls/venv/bin/python",
+                "-c",
+                "import json, numpy, numexpr, cv2, ai_edge_litert, picamera2, importlib.metadata as m; "
+                "print(json.dumps({{'numpy_file': numpy.__file__, 'picamera2_stub': picamera2.STUB, "
+                "'versions': {{d.metadata['Name']: d.version for d in m.distributions(path=[{!r}])}}}}))".format(
+                    str(
+                        next(
+                            (Path("/") / p.relative_to(rootfs) for p in (venv / "lib").glob("python3*/site-packages")),
+                            "",
+                        )
+                    )
+                ),
+            ]
+        )
         check(probe.returncode == 0, f"the venv cannot import numpy, numexpr, cv2 and LiteRT together:\n{probe.stderr}")
         facts = json.loads(probe.stdout)
         check(facts["numpy_file"].startswith("/usr/lib/python3/"), f"the venv's numpy is not the system's: {facts}")
@@ -611,8 +706,13 @@ def emulate(suite: str, work: Path, cache: Path | None, wheelhouse: bool) -> dic
         unit = parse_unit((rootfs / "etc/systemd/system/edgecls.service").read_text())
         user, workdir = unit["User"][0], unit["WorkingDirectory"][0]
         uid, gid, groups, home = service_identity(rootfs, user)
-        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin", "LANG": "C.UTF-8", "HOME": home,
-               "USER": user, "LOGNAME": user}
+        env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin",
+            "LANG": "C.UTF-8",
+            "HOME": home,
+            "USER": user,
+            "LOGNAME": user,
+        }
         for item in unit.get("Environment", []):
             key, _, value = item.partition("=")
             env[key] = value
@@ -629,8 +729,10 @@ def emulate(suite: str, work: Path, cache: Path | None, wheelhouse: bool) -> dic
             env_copy.write_text("".join(f"{k}={v}\0" for k, v in env.items()))
             os.chown(env_copy, uid, gid)
             os.chmod(env_copy, 0o600)
-            code = ("import os, sys; f = sys.argv[1]; env = dict(kv.split('=', 1) for kv in open(f).read()"
-                    ".split('\\0') if kv); os.unlink(f); os.chdir(sys.argv[2]); os.execve(sys.argv[3], sys.argv[3:], env)")
+            code = (
+                "import os, sys; f = sys.argv[1]; env = dict(kv.split('=', 1) for kv in open(f).read()"
+                ".split('\\0') if kv); os.unlink(f); os.chdir(sys.argv[2]); os.execve(sys.argv[3], sys.argv[3:], env)"
+            )
             launcher = ["/usr/bin/python3", "-c", code, "/" + str(env_copy.relative_to(rootfs)), workdir]
             return root.popen([*launcher, *(program or argv), *extra], user=f"{uid}:{gid}", groups=groups)
 
@@ -652,8 +754,10 @@ def emulate(suite: str, work: Path, cache: Path | None, wheelhouse: bool) -> dic
         report["service_output"] = output.splitlines()[-15:]
         got = results(sink_file)
         check(len(got) >= 4, f"the service wrote {len(got)} results (exit {service.returncode}):\n{output}")
-        check(service.returncode == 0, f"the service did not stop cleanly on SIGTERM (exit {service.returncode}):"
-                                       f"\n{output}")
+        check(
+            service.returncode == 0,
+            f"the service did not stop cleanly on SIGTERM (exit {service.returncode}):\n{output}",
+        )
         top = [r["predictions"][0]["label"] for r in got]
         check(all(label in CAT_LABELS for label in top), f"the camera (the cat photo) was classified as {top}")
         report["camera_top1"] = sorted(set(top))
@@ -663,35 +767,45 @@ def emulate(suite: str, work: Path, cache: Path | None, wheelhouse: bool) -> dic
         denied = as_service(["--source", "/root/cat.mp4", "--max-frames", "3"])
         output, _ = denied.communicate(timeout=900)
         lines = output.strip().splitlines()
-        check(denied.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: cannot read the source"),
-              f"a source the service user may not read must give one error line (exit {denied.returncode}):\n{output}")
+        check(
+            denied.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: cannot read the source"),
+            f"a source the service user may not read must give one error line (exit {denied.returncode}):\n{output}",
+        )
         log(f"{suite}: the unit's ExecStart with --source /srv/cat.mp4 (OpenCV)")
         video = as_service(["--source", "/srv/cat.mp4", "--max-frames", "3"])
         output, _ = video.communicate(timeout=900)
         check(video.returncode == 0, f"the service command on a video failed ({video.returncode}):\n{output}")
         from_video = results(sink_file)[camera_count:]
         check(len(from_video) == 3, f"3 results expected from the video, found {len(from_video)}:\n{output}")
-        check(all(r["predictions"][0]["label"] == "Egyptian cat" for r in from_video),
-              f"cat.bmp must be an Egyptian cat (as Coral documents): {[r['predictions'][:2] for r in from_video]}")
+        check(
+            all(r["predictions"][0]["label"] == "Egyptian cat" for r in from_video),
+            f"cat.bmp must be an Egyptian cat (as Coral documents): {[r['predictions'][:2] for r in from_video]}",
+        )
         report["video_top1"] = from_video[0]["predictions"][0]
         if broker:
             deadline = time.monotonic() + 20
             while len(broker.messages) < camera_count + 3 and time.monotonic() < deadline:
                 time.sleep(0.2)
-            check(len(broker.messages) >= camera_count + 3,
-                  f"the broker received {len(broker.messages)} results of {camera_count + 3}")
+            check(
+                len(broker.messages) >= camera_count + 3,
+                f"the broker received {len(broker.messages)} results of {camera_count + 3}",
+            )
             report["mqtt_received"] = len(broker.messages)
             label_config = broker.discovery.get("homeassistant/sensor/edgecls_edgecls_emulated/label/config", {})
-            check(label_config.get("state_topic") == "edgecls/emulated",
-                  f"the service must announce itself to Home Assistant (--mqtt-discovery): {broker.discovery}")
+            check(
+                label_config.get("state_topic") == "edgecls/emulated",
+                f"the service must announce itself to Home Assistant (--mqtt-discovery): {broker.discovery}",
+            )
             report["mqtt_discovery"] = sorted(broker.discovery)
 
         doctor = as_service([], ["/opt/edgecls/venv/bin/edgecls", "doctor"])
         output, _ = doctor.communicate(timeout=600)
         report["doctor"] = output.splitlines()
         check("Traceback" not in output and doctor.returncode in (0, 1), f"edgecls doctor failed:\n{output}")
-        check(any("picamera2" in line and line.startswith("ok") for line in output.splitlines()),
-              f"doctor does not see picamera2:\n{output}")
+        check(
+            any("picamera2" in line and line.startswith("ok") for line in output.splitlines()),
+            f"doctor does not see picamera2:\n{output}",
+        )
 
         # -- install.sh again (how a new bundle is put in place), then --uninstall -------------------------------------
         start = time.monotonic()
@@ -699,16 +813,34 @@ def emulate(suite: str, work: Path, cache: Path | None, wheelhouse: bool) -> dic
         report["timings_s"]["reinstall"] = round(time.monotonic() - start, 1)
         check(again.returncode == 0, f"install.sh a second time failed:\n{again.stdout}\n{again.stderr}")
         check((rootfs / "boot/firmware/config.txt").read_text() == CONFIG_TXT, "a second install changed config.txt")
-        check(environment_file(env_file.read_text()).get("EDGECLS_MQTT_PASSWORD") == SECRET,
-              "a second install without --mqtt-password-file lost the stored password")
+        check(
+            environment_file(env_file.read_text()).get("EDGECLS_MQTT_PASSWORD") == SECRET,
+            "a second install without --mqtt-password-file lost the stored password",
+        )
 
         # -- the AI Camera: its bundle over this install, its packages from the (stub) archive, its .rpk -------------
         prepare_ai_camera(rootfs)
         ai_run = make_ai_camera_run(work / "ai-run")
         ai_bundle = work / "edgecls-rpi5-ai-camera.tar.gz"
-        made = subprocess.run([sys.executable, "-m", "edgecls", "deploy", str(ai_run), "--profile", "rpi5-ai-camera",
-                               "--out", str(ai_bundle), *sinks, *(["--wheelhouse", suite] if wheelhouse else [])],
-                              capture_output=True, text=True, timeout=1800, check=False)
+        made = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edgecls",
+                "deploy",
+                str(ai_run),
+                "--profile",
+                "rpi5-ai-camera",
+                "--out",
+                str(ai_bundle),
+                *sinks,
+                *(["--wheelhouse", suite] if wheelhouse else []),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
         check(made.returncode == 0, f"edgecls deploy --profile rpi5-ai-camera failed:\n{made.stderr}")
         shutil.copy(ai_bundle, rootfs / "root" / ai_bundle.name)
         unpacked = root.run(["tar", "xzf", f"/root/{ai_bundle.name}", "-C", "/root"])
@@ -720,16 +852,21 @@ def emulate(suite: str, work: Path, cache: Path | None, wheelhouse: bool) -> dic
         out = ai.stdout + ai.stderr
         check(ai.returncode == 0, f"install.sh of the AI Camera bundle failed ({ai.returncode}):\n{out}")
         check("+ apt-get install -y imx500-all imx500-tools" in out, f"install.sh did not install the packages:\n{out}")
-        check("+ imx500-package -i /opt/edgecls/imx500/packerOut.zip -o /opt/edgecls/imx500/.package." in out,
-              f"install.sh did not run imx500-package:\n{out}")
-        installed_pkgs = root.run(["dpkg-query", "-W", "-f", "${Package} ${Version}\\n", "imx500-all",
-                                   "imx500-tools"])
-        check(installed_pkgs.stdout.split() == ["imx500-all", "0.0.0~edgecls.stub", "imx500-tools",
-                                                "0.0.0~edgecls.stub"], f"the stub packages: {installed_pkgs.stdout}")
+        check(
+            "+ imx500-package -i /opt/edgecls/imx500/packerOut.zip -o /opt/edgecls/imx500/.package." in out,
+            f"install.sh did not run imx500-package:\n{out}",
+        )
+        installed_pkgs = root.run(["dpkg-query", "-W", "-f", "${Package} ${Version}\\n", "imx500-all", "imx500-tools"])
+        check(
+            installed_pkgs.stdout.split() == ["imx500-all", "0.0.0~edgecls.stub", "imx500-tools", "0.0.0~edgecls.stub"],
+            f"the stub packages: {installed_pkgs.stdout}",
+        )
         rpk = rootfs / "opt/edgecls/imx500/network.rpk"
         check(rpk.is_file() and stat.S_IMODE(rpk.stat().st_mode) == 0o644, f"no readable {rpk} after install.sh")
-        check(not list(rpk.parent.glob(".package.*")) and not rpk.with_name("network.rpk.new").exists(),
-              f"install.sh left its work files in {rpk.parent}: {sorted(p.name for p in rpk.parent.iterdir())}")
+        check(
+            not list(rpk.parent.glob(".package.*")) and not rpk.with_name("network.rpk.new").exists(),
+            f"install.sh left its work files in {rpk.parent}: {sorted(p.name for p in rpk.parent.iterdir())}",
+        )
         packaged = (rootfs / STUB_LOG.lstrip("/")).read_text().splitlines()
         check(len(packaged) == 1, f"imx500-package ran {len(packaged)} times: {packaged}")
         start = time.monotonic()
@@ -737,24 +874,41 @@ def emulate(suite: str, work: Path, cache: Path | None, wheelhouse: bool) -> dic
         report["timings_s"]["ai_camera_reinstall"] = round(time.monotonic() - start, 1)
         out = ai_again.stdout + ai_again.stderr
         check(ai_again.returncode == 0, f"install.sh of the AI Camera bundle a second time failed:\n{out}")
-        check("imx500-all" not in out and "+ imx500-package" not in out and "is up to date" in out,
-              f"a second install must leave the packages and the .rpk as they are:\n{out}")
+        check(
+            "imx500-all" not in out and "+ imx500-package" not in out and "is up to date" in out,
+            f"a second install must leave the packages and the .rpk as they are:\n{out}",
+        )
         check(len((rootfs / STUB_LOG.lstrip("/")).read_text().splitlines()) == 1, "imx500-package ran again")
         ai_unit = parse_unit((rootfs / "etc/systemd/system/edgecls.service").read_text())
         ai_argv = exec_argv(ai_unit["ExecStart"][0])
-        check("imx500:/opt/edgecls/imx500/network.rpk" in ai_argv, f"the service does not start with the .rpk: {ai_argv}")
+        check(
+            "imx500:/opt/edgecls/imx500/network.rpk" in ai_argv, f"the service does not start with the .rpk: {ai_argv}"
+        )
         before, mqtt_before = len(results(sink_file)), len(broker.messages) if broker else 0
         log(f"{suite}: the AI Camera unit's ExecStart as {user}: {' '.join(ai_argv)}")
         service = as_service(["--max-frames", "4"], ai_argv)
         output, _ = service.communicate(timeout=900)
         got = results(sink_file)[before:]
-        check(service.returncode == 0 and len(got) == 4, f"the AI Camera service wrote {len(got)} results (exit "
-                                                         f"{service.returncode}):\n{output}")
-        check(all(r["predictions"][0]["label"] == "rose" and r["predictions"][0]["score"] == 0.78125
-                  and r["latency_ms"]["invoke"] == 4.1 and r["latency_ms"]["preprocess"] == 0.9 for r in got),
-              f"the AI Camera's results must be the network's outputs with the bundle's labels: {got}")
-        report["ai_camera"] = {"top1": got[0]["predictions"][0], "latency_ms": got[0]["latency_ms"],
-                               "packages": installed_pkgs.stdout.split(), "service_output": output.splitlines()[-6:]}
+        check(
+            service.returncode == 0 and len(got) == 4,
+            f"the AI Camera service wrote {len(got)} results (exit {service.returncode}):\n{output}",
+        )
+        check(
+            all(
+                r["predictions"][0]["label"] == "rose"
+                and r["predictions"][0]["score"] == 0.78125
+                and r["latency_ms"]["invoke"] == 4.1
+                and r["latency_ms"]["preprocess"] == 0.9
+                for r in got
+            ),
+            f"the AI Camera's results must be the network's outputs with the bundle's labels: {got}",
+        )
+        report["ai_camera"] = {
+            "top1": got[0]["predictions"][0],
+            "latency_ms": got[0]["latency_ms"],
+            "packages": installed_pkgs.stdout.split(),
+            "service_output": output.splitlines()[-6:],
+        }
         if broker:
             deadline = time.monotonic() + 20
             while len(broker.messages) < mqtt_before + 4 and time.monotonic() < deadline:
@@ -764,12 +918,22 @@ def emulate(suite: str, work: Path, cache: Path | None, wheelhouse: bool) -> dic
 
         removed = root.run(["bash", "/opt/edgecls/install.sh", "--uninstall"])
         check(removed.returncode == 0, f"install.sh --uninstall failed:\n{removed.stdout}\n{removed.stderr}")
-        gone = [p for p in ("opt/edgecls", "etc/systemd/system/edgecls.service", str(wants.relative_to(rootfs)),
-                            "etc/edgecls/edgecls.env") if (rootfs / p).exists() or (rootfs / p).is_symlink()]
+        gone = [
+            p
+            for p in (
+                "opt/edgecls",
+                "etc/systemd/system/edgecls.service",
+                str(wants.relative_to(rootfs)),
+                "etc/edgecls/edgecls.env",
+            )
+            if (rootfs / p).exists() or (rootfs / p).is_symlink()
+        ]
         check(not gone, f"--uninstall left {gone}")
         if broker:  # the service's retained status and Home Assistant configs are off the broker
-            check("cleared 3 retained topic(s)" in removed.stdout, f"--uninstall did not clear the broker:\n"
-                                                                   f"{removed.stdout}\n{removed.stderr}")
+            check(
+                "cleared 3 retained topic(s)" in removed.stdout,
+                f"--uninstall did not clear the broker:\n{removed.stdout}\n{removed.stderr}",
+            )
             deadline = time.monotonic() + 10
             while broker.discovery and time.monotonic() < deadline:
                 time.sleep(0.2)

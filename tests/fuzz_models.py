@@ -62,8 +62,12 @@ def _labels_bomb() -> bytes:
     name = b"labels.txt"
     size = 1 << 30
     local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0, crc, len(body), size, len(name), 0) + name
-    central = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0, crc, len(body), size, len(name),
-                          0, 0, 0, 0, 0, 0) + name
+    central = (
+        struct.pack(
+            "<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0, crc, len(body), size, len(name), 0, 0, 0, 0, 0, 0
+        )
+        + name
+    )
     end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(central), len(local) + len(body), 0)
     return local + body + central + end
 
@@ -89,8 +93,9 @@ def _manifest(body: object) -> bytes:
     return json.dumps(body).encode() if not isinstance(body, bytes) else body
 
 
-def _graph_edit(flat: bytes, field: int, *, length: int | None = None, first: int | None = None,
-                op_field: int | None = None) -> bytes:
+def _graph_edit(
+    flat: bytes, field: int, *, length: int | None = None, first: int | None = None, op_field: int | None = None
+) -> bytes:
     """The model with one vector of the first subgraph edited: ``field`` 1 inputs, 2 outputs, 3 operators; its
     ``length`` set, or its ``first`` item replaced; with ``op_field``, the first operator's inputs (1) or outputs (2)."""
     sys.path.insert(0, str(HERE.parent))
@@ -217,13 +222,25 @@ def worker() -> None:
     runner = CliRunner()
     for line in sys.stdin:
         req = json.loads(line)
-        args = {"info": ["info", req["path"]], "classify": ["classify", req["path"], str(IMAGE)],
-                "check": ["check", req["path"]]}[req["command"]]
+        args = {
+            "info": ["info", req["path"]],
+            "classify": ["classify", req["path"], str(IMAGE)],
+            "check": ["check", req["path"]],
+        }[req["command"]]
         result = runner.invoke(app, args)
         out = (result.stdout or "") + (result.stderr or "")
         exc = result.exception if not isinstance(result.exception, SystemExit) else None
-        print(json.dumps({"code": result.exit_code, "traceback": "Traceback" in out or exc is not None,
-                          "exception": repr(exc)[:300] if exc else None, "tail": out[-300:]}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "code": result.exit_code,
+                    "traceback": "Traceback" in out or exc is not None,
+                    "exception": repr(exc)[:300] if exc else None,
+                    "tail": out[-300:],
+                }
+            ),
+            flush=True,
+        )
 
 
 class Pool:
@@ -235,8 +252,15 @@ class Pool:
 
     def _start(self) -> subprocess.Popen[str]:
         env = {**os.environ, "PYTHONPATH": str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        return subprocess.Popen([sys.executable, str(Path(__file__)), "--worker"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, bufsize=1)
+        return subprocess.Popen(
+            [sys.executable, str(Path(__file__)), "--worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            bufsize=1,
+        )
 
     def run(self, path: str, command: str) -> dict:
         import select
@@ -264,8 +288,13 @@ class Pool:
             self.proc.wait(10)
 
 
-def run_cases(count: int, seed: int, timeout: float = 20.0, commands: tuple[str, ...] = ("info", "classify", "check"),
-              workdir: Path | None = None) -> dict:
+def run_cases(
+    count: int,
+    seed: int,
+    timeout: float = 20.0,
+    commands: tuple[str, ...] = ("info", "classify", "check"),
+    workdir: Path | None = None,
+) -> dict:
     cases = make_cases(count, seed)
     bad: list[dict] = []
     tally = {"cases": len(cases), "runs": 0, "clean": 0, "exit_0": 0, "exit_1": 0, "exit_3": 0}
@@ -279,7 +308,7 @@ def run_cases(count: int, seed: int, timeout: float = 20.0, commands: tuple[str,
                 for command in commands:
                     r = pool.run(str(path), command)
                     tally["runs"] += 1
-                    fine = (r.get("code") in OK_CODES[command] and not r.get("traceback"))
+                    fine = r.get("code") in OK_CODES[command] and not r.get("traceback")
                     if fine:
                         tally["clean"] += 1
                         tally[f"exit_{r['code']}"] += 1

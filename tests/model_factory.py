@@ -174,8 +174,15 @@ def build_non_classifiers(out_dir: Path) -> dict[str, Path]:
     def detector():  # type: ignore[no-untyped-def]
         inputs = image_input()
         x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3)(inputs))
-        return keras.Model(inputs, [keras.layers.Reshape((10, 4))(keras.layers.Dense(40)(x)), keras.layers.Dense(10)(x),
-                                    keras.layers.Dense(10)(x), keras.layers.Dense(1)(x)])
+        return keras.Model(
+            inputs,
+            [
+                keras.layers.Reshape((10, 4))(keras.layers.Dense(40)(x)),
+                keras.layers.Dense(10)(x),
+                keras.layers.Dense(10)(x),
+                keras.layers.Dense(1)(x),
+            ],
+        )
 
     paths = {}
     for name, make in {"segmentation": segmentation, "pose": pose, "sequence": sequence, "detector": detector}.items():

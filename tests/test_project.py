@@ -28,8 +28,11 @@ def test_layout():
 
 # -- one package, no import circles -------------------------------------------------------------------------------
 
-PACKAGES = {"edgecls": ROOT / "edgecls", "edgecls.convert": ROOT / "convert",
-            "edgecls.firmware_configs": ROOT / "firmware_configs"}
+PACKAGES = {
+    "edgecls": ROOT / "edgecls",
+    "edgecls.convert": ROOT / "convert",
+    "edgecls.firmware_configs": ROOT / "firmware_configs",
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -54,8 +57,12 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-                       and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+        typing_only = {
+            id(n)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for n in ast.walk(node)
+        }
         package = name if path.stem == "__init__" else name.rsplit(".", 1)[0]
         for node in ast.walk(tree):
             if id(node) in typing_only:
@@ -120,8 +127,12 @@ def test_every_wing_imports_only_the_floors_below_it():
     wings = {p.name for p in (ROOT / "edgecls").iterdir() if (p / "__init__.py").is_file()}
     assert wings == set(FLOORS) - {"convert"}, "a new subpackage of edgecls/ needs its floor in FLOORS"
     assert any(name.startswith("edgecls.sinks.") for name in graph)  # the walk reaches into the wings
-    upward = [f"{a} -> {b}" for a, targets in graph.items() for b in targets
-              if floor(b) > floor(a) and not a.startswith(b + ".")]
+    upward = [
+        f"{a} -> {b}"
+        for a, targets in graph.items()
+        for b in targets
+        if floor(b) > floor(a) and not a.startswith(b + ".")
+    ]
     assert not upward, upward
 
 
@@ -129,8 +140,11 @@ def test_every_subpackage_is_in_the_wheel():
     import tomllib
 
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {"edgecls." + ".".join(p.parent.relative_to(ROOT / "edgecls").parts) for p in (ROOT / "edgecls").rglob("__init__.py")
-             if "__pycache__" not in p.parts}
+    found = {
+        "edgecls." + ".".join(p.parent.relative_to(ROOT / "edgecls").parts)
+        for p in (ROOT / "edgecls").rglob("__init__.py")
+        if "__pycache__" not in p.parts
+    }
     assert {f.rstrip(".") for f in found} <= listed
 
 
@@ -145,8 +159,13 @@ def test_the_wheel_holds_one_top_level_package(tmp_path):
     assert {n.split("/")[0] for n in names} == {"edgecls", wheel.name.split("-py3")[0] + ".dist-info"}
     top_level = next(n for n in names if n.endswith("top_level.txt"))
     assert zipfile.ZipFile(wheel).read(top_level).decode().split() == ["edgecls"]
-    assert {"edgecls/convert/api.py", "edgecls/convert/pipeline.py", "edgecls/firmware_configs/rpi5.toml",
-            "edgecls/firmware_configs/README.md", "edgecls/model/manifest.py"} <= set(names)
+    assert {
+        "edgecls/convert/api.py",
+        "edgecls/convert/pipeline.py",
+        "edgecls/firmware_configs/rpi5.toml",
+        "edgecls/firmware_configs/README.md",
+        "edgecls/model/manifest.py",
+    } <= set(names)
 
 
 def test_a_users_own_convert_module_does_not_shadow_the_converter(tmp_path):
@@ -157,8 +176,14 @@ def test_a_users_own_convert_module_does_not_shadow_the_converter(tmp_path):
     (tmp_path / "firmware_configs").mkdir()
     (tmp_path / "firmware_configs" / "__init__.py").write_text("raise SystemExit('shadowed profiles')\n")
     for args in (["convert", "--help"], ["profiles"]):
-        done = subprocess.run([sys.executable, "-m", "edgecls", *args], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=120, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "edgecls", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
     assert "rpi5" in done.stdout
 
@@ -207,8 +232,12 @@ def test_help_shows_every_option_text_and_an_example_for_each_command():
 
     group = typer.main.get_command(app)
     for name, command in group.commands.items():  # type: ignore[attr-defined]
-        shown = " ".join(CliRunner().invoke(app, [name, "--help"], terminal_width=2000, env={"COLUMNS": "2000"})
-                         .output.replace("│", " ").split())
+        shown = " ".join(
+            CliRunner()
+            .invoke(app, [name, "--help"], terminal_width=2000, env={"COLUMNS": "2000"})
+            .output.replace("│", " ")
+            .split()
+        )
         assert "Examples:" in shown and f"edgecls {name}" in shown.split("Examples:")[1], name
         for param in command.params:
             help_text = getattr(param, "help", None)

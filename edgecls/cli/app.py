@@ -28,8 +28,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-DEVICE, INSPECT, SHIP, HOST = ("Classify on the device", "Inspect and measure", "Deploy to a device",
-                               "Train and convert (workstation, TensorFlow)")
+DEVICE, INSPECT, SHIP, HOST = (
+    "Classify on the device",
+    "Inspect and measure",
+    "Deploy to a device",
+    "Train and convert (workstation, TensorFlow)",
+)
 
 
 class BackendChoice(str, Enum):
@@ -44,7 +48,9 @@ LabelsOpt = Annotated[
     Path | None,
     typer.Option("--labels", readable=False, help="Label file (one a line, or 'id label'); default: from the model."),
 ]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="Interpreter threads (default: cores, max 4).")]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", min=1, help="Interpreter threads (default: cores, max 4).")
+]
 BackendOpt = Annotated[BackendChoice, typer.Option("--backend", help="Interpreter backend.")]
 DelegateOpt = Annotated[
     str | None, typer.Option("--delegate", help="'edgetpu' or the path of a TFLite delegate library.")
@@ -56,7 +62,9 @@ DelegateOptionOpt = Annotated[
 ]
 FallbackOpt = Annotated[
     bool,
-    typer.Option("--allow-cpu-fallback", help="If the delegate cannot load, warn and run on the CPU instead of failing."),
+    typer.Option(
+        "--allow-cpu-fallback", help="If the delegate cannot load, warn and run on the CPU instead of failing."
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 ThresholdOpt = Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="Hide scores below this.")]
@@ -74,8 +82,13 @@ def _main(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = False,
     verbose: Annotated[
-        int, typer.Option("--verbose", "-v", count=True, help="More log lines on stderr: -v info, -vv debug "
-                          "(or set EDGECLS_LOG=debug|info|warning|error).")
+        int,
+        typer.Option(
+            "--verbose",
+            "-v",
+            count=True,
+            help="More log lines on stderr: -v info, -vv debug (or set EDGECLS_LOG=debug|info|warning|error).",
+        ),
     ] = 0,
 ) -> None:
     """Image classification from workstation to small devices."""
@@ -99,7 +112,12 @@ def _open_classifier(
 
     with quiet_native_stderr():
         clf = Classifier(
-            model, labels=labels, num_threads=threads, backend=backend.value, delegate=delegate, device=device,
+            model,
+            labels=labels,
+            num_threads=threads,
+            backend=backend.value,
+            delegate=delegate,
+            device=device,
             delegate_options=parse_key_values(delegate_option, "--delegate-option"),
             allow_cpu_fallback=allow_cpu_fallback,
         )
@@ -119,7 +137,9 @@ def parse_key_values(items: list[str] | None, option: str) -> dict[str, str]:
     return result
 
 
-@app.command(rich_help_panel=INSPECT, epilog=examples('edgecls info model.tflite', 'edgecls info model_edgetpu.tflite --json'))
+@app.command(
+    rich_help_panel=INSPECT, epilog=examples("edgecls info model.tflite", "edgecls info model_edgetpu.tflite --json")
+)
 def info(
     model: ModelArg,
     labels: LabelsOpt = None,
@@ -174,7 +194,9 @@ def _describe_compiled(model: Path, labels: Path | None, not_a_classifier: str |
             "size_bytes": info.size_bytes,
             "not_a_classifier": not_a_classifier,
             "inputs": [{"shape": list(graph.tensors[i].shape), "dtype": graph.tensors[i].dtype} for i in graph.inputs],
-            "outputs": [{"shape": list(graph.tensors[i].shape), "dtype": graph.tensors[i].dtype} for i in graph.outputs],
+            "outputs": [
+                {"shape": list(graph.tensors[i].shape), "dtype": graph.tensors[i].dtype} for i in graph.outputs
+            ],
             "ops": dict(Counter(op.name for op in graph.operators).most_common()),
             "metadata_files": sorted(info.associated_files),
             "manifest": info.manifest,
@@ -182,15 +204,27 @@ def _describe_compiled(model: Path, labels: Path | None, not_a_classifier: str |
     return {
         "path": str(info.path),
         "size_bytes": info.size_bytes,
-        "backend": {"name": "none", "version": "(compiled for the Edge TPU: run it with --delegate edgetpu)",
-                    "num_threads": 0},
+        "backend": {
+            "name": "none",
+            "version": "(compiled for the Edge TPU: run it with --delegate edgetpu)",
+            "num_threads": 0,
+        },
         "delegate": None,
         "compiled_for": "edgetpu",
         "cpu_model": str(cpu) if cpu else None,
-        "input": {"shape": list(inp.shape), "dtype": inp.dtype, "color": "grayscale" if channels == 1 else "rgb",
-                  "quantization": quant(inp)},
-        "output": {"size": size, "num_classes": classes, "dtype": out.dtype, "quantization": quant(out),
-                   "activation": manifest.get("output", {}).get("activation", "auto")},
+        "input": {
+            "shape": list(inp.shape),
+            "dtype": inp.dtype,
+            "color": "grayscale" if channels == 1 else "rgb",
+            "quantization": quant(inp),
+        },
+        "output": {
+            "size": size,
+            "num_classes": classes,
+            "dtype": out.dtype,
+            "quantization": quant(out),
+            "activation": manifest.get("output", {}).get("activation", "auto"),
+        },
         "labels": {"count": len(found), "source": found.source, "first": list(found.names[:5])} if found else None,
         "preprocess": dict(manifest.get("preprocess", {})),
         "ops": dict(Counter(op.name for op in graph.operators).most_common()),
@@ -201,14 +235,16 @@ def _describe_compiled(model: Path, labels: Path | None, not_a_classifier: str |
 
 def _format_info(facts: dict[str, Any]) -> str:
     if "not_a_classifier" in facts:
-        return "\n".join([
-            f"model     {facts['path']} ({facts['size_bytes'] / 1024:.1f} KiB)",
-            f"kind      NOT an image classifier: {facts['not_a_classifier']}; edgecls classify and run refuse it",
-            *(f"input     {t['shape']} {t['dtype']}" for t in facts["inputs"]),
-            *(f"output    {t['shape']} {t['dtype']}" for t in facts["outputs"]),
-            "ops       " + (", ".join(f"{name} x{n}" for name, n in facts["ops"].items()) or "unknown"),
-            "metadata  " + (", ".join(facts["metadata_files"]) or "none"),
-        ])
+        return "\n".join(
+            [
+                f"model     {facts['path']} ({facts['size_bytes'] / 1024:.1f} KiB)",
+                f"kind      NOT an image classifier: {facts['not_a_classifier']}; edgecls classify and run refuse it",
+                *(f"input     {t['shape']} {t['dtype']}" for t in facts["inputs"]),
+                *(f"output    {t['shape']} {t['dtype']}" for t in facts["outputs"]),
+                "ops       " + (", ".join(f"{name} x{n}" for name, n in facts["ops"].items()) or "unknown"),
+                "metadata  " + (", ".join(facts["metadata_files"]) or "none"),
+            ]
+        )
     inp, out = facts["input"], facts["output"]
     quant = inp["quantization"]
     q = f", scale {quant['scale']:.6g}, zero point {quant['zero_point']}" if quant else ""
@@ -240,7 +276,14 @@ def _labels_line(labels: dict[str, Any]) -> str:
     return f"{labels['count']} from {labels['source']}: {', '.join(labels['first'])}{more}"
 
 
-@app.command(rich_help_panel=DEVICE, epilog=examples('edgecls classify model.tflite photo.jpg', "edgecls classify model.tflite photos/ 'shots/*.png' --top-k 3 --json", 'edgecls classify model_edgetpu.tflite cat.jpg --delegate edgetpu'))
+@app.command(
+    rich_help_panel=DEVICE,
+    epilog=examples(
+        "edgecls classify model.tflite photo.jpg",
+        "edgecls classify model.tflite photos/ 'shots/*.png' --top-k 3 --json",
+        "edgecls classify model_edgetpu.tflite cat.jpg --delegate edgetpu",
+    ),
+)
 def classify(
     model: ModelArg,
     images: Annotated[list[str], typer.Argument(help="Image files, directories or glob patterns.", show_default=False)],
@@ -260,8 +303,14 @@ def classify(
 
     with project_errors():
         clf = _open_classifier(
-            model, labels=labels, threads=threads, backend=backend, delegate=delegate, device=device,
-            delegate_option=delegate_option, allow_cpu_fallback=allow_cpu_fallback,
+            model,
+            labels=labels,
+            threads=threads,
+            backend=backend,
+            delegate=delegate,
+            device=device,
+            delegate_option=delegate_option,
+            allow_cpu_fallback=allow_cpu_fallback,
         )
     failed = total = 0
     with clf:
@@ -300,13 +349,23 @@ ProfileOpt = Annotated[
 ]
 
 
-@app.command(rich_help_panel=DEVICE, epilog=examples('edgecls run model.tflite --source picam', 'edgecls run model.tflite --source 0 --sink jsonl:results.jsonl', 'edgecls run model.tflite --profile rpi5 --sink mqtt://broker.local/pi/vision --mqtt-discovery', 'edgecls run model.tflite --source clip.mp4 --sink preview:8080', 'edgecls run model.tflite --source picam --collect field/'))
+@app.command(
+    rich_help_panel=DEVICE,
+    epilog=examples(
+        "edgecls run model.tflite --source picam",
+        "edgecls run model.tflite --source 0 --sink jsonl:results.jsonl",
+        "edgecls run model.tflite --profile rpi5 --sink mqtt://broker.local/pi/vision --mqtt-discovery",
+        "edgecls run model.tflite --source clip.mp4 --sink preview:8080",
+        "edgecls run model.tflite --source picam --collect field/",
+    ),
+)
 def run(
     model: ModelArg,
     source: Annotated[
         str | None,
         typer.Option(
-            "--source", "-s",
+            "--source",
+            "-s",
             help="picam, picam:N, a camera index or /dev/videoN, a video file, an rtsp:// or http:// URL, a GStreamer "
             "pipeline, an image, a folder or glob of images, or demo (default: the profile's camera); imx500 or "
             "imx500:RPK runs the network on the AI Camera's sensor (MODEL: the run folder, its model.tflite or "
@@ -318,15 +377,20 @@ def run(
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Predictions per result.")] = 3,
     threshold: ThresholdOpt = 0.0,
     threads: ThreadsOpt = None,
-    backend: Annotated[BackendChoice | None, typer.Option("--backend", help="Interpreter backend \\[default: auto].")] = None,
+    backend: Annotated[
+        BackendChoice | None, typer.Option("--backend", help="Interpreter backend \\[default: auto].")
+    ] = None,
     delegate: DelegateOpt = None,
     device: DeviceOpt = None,
     delegate_option: DelegateOptionOpt = None,
     allow_cpu_fallback: FallbackOpt = False,
     sink: Annotated[
         list[str] | None,
-        typer.Option("--sink", help="Also send results to jsonl:PATH, mqtt://\\[user:pass@]host[:port]/topic, "
-                     "video:PATH or preview:[HOST:]PORT (repeatable)."),
+        typer.Option(
+            "--sink",
+            help="Also send results to jsonl:PATH, mqtt://\\[user:pass@]host[:port]/topic, "
+            "video:PATH or preview:[HOST:]PORT (repeatable).",
+        ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per result on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Nothing on stdout (sinks only).")] = False,
@@ -335,41 +399,113 @@ def run(
     max_frames: Annotated[int | None, typer.Option("--max-frames", min=1, help="Stop after N results.")] = None,
     duration: Annotated[float | None, typer.Option("--duration", min=0.01, help="Stop after S seconds.")] = None,
     loop: Annotated[bool, typer.Option("--loop", help="Start a video file or image folder over at its end.")] = False,
-    ema: Annotated[float | None, typer.Option("--ema", min=0.01, max=1.0, help="Moving-average weight of the newest frame (1: off) \\[default: 1].")] = None,
-    hold: Annotated[int | None, typer.Option("--hold", min=1, help="Frames a new label must lead before the decision switches \\[default: 1].")] = None,
-    margin: Annotated[float | None, typer.Option("--margin", min=0.01, max=1.0, help="...or lead by this much to switch at once.")] = None,
-    min_score: Annotated[float | None, typer.Option("--min-score", min=0.0, max=1.0, help="Below this, no decision \\[default: 0].")] = None,
+    ema: Annotated[
+        float | None,
+        typer.Option(
+            "--ema", min=0.01, max=1.0, help="Moving-average weight of the newest frame (1: off) \\[default: 1]."
+        ),
+    ] = None,
+    hold: Annotated[
+        int | None,
+        typer.Option("--hold", min=1, help="Frames a new label must lead before the decision switches \\[default: 1]."),
+    ] = None,
+    margin: Annotated[
+        float | None, typer.Option("--margin", min=0.01, max=1.0, help="...or lead by this much to switch at once.")
+    ] = None,
+    min_score: Annotated[
+        float | None, typer.Option("--min-score", min=0.0, max=1.0, help="Below this, no decision \\[default: 0].")
+    ] = None,
     width: Annotated[int | None, typer.Option("--width", min=16, help="Camera frame width to ask for.")] = None,
     height: Annotated[int | None, typer.Option("--height", min=16, help="Camera frame height to ask for.")] = None,
-    camera_fps: Annotated[float | None, typer.Option("--camera-fps", min=1, help="Camera frame rate to ask for.")] = None,
+    camera_fps: Annotated[
+        float | None, typer.Option("--camera-fps", min=1, help="Camera frame rate to ask for.")
+    ] = None,
     mqtt_qos: Annotated[int, typer.Option("--mqtt-qos", min=0, max=2, help="MQTT quality of service.")] = 0,
     mqtt_retain: Annotated[bool, typer.Option("--mqtt-retain", help="Publish MQTT results as retained.")] = False,
     mqtt_discovery: Annotated[
-        bool, typer.Option("--mqtt-discovery", help="Announce the camera to Home Assistant (MQTT discovery): a device with a label sensor and an online sensor.")
+        bool,
+        typer.Option(
+            "--mqtt-discovery",
+            help="Announce the camera to Home Assistant (MQTT discovery): a device with a label sensor and an online sensor.",
+        ),
     ] = False,
     mqtt_discovery_prefix: Annotated[
         str, typer.Option("--mqtt-discovery-prefix", help="Home Assistant's discovery prefix.")
     ] = "homeassistant",
     mqtt_discovery_node_id: Annotated[
-        str | None, typer.Option("--mqtt-discovery-node-id", help="The device's id in Home Assistant (default: from the topic, one per topic).", show_default=False)
+        str | None,
+        typer.Option(
+            "--mqtt-discovery-node-id",
+            help="The device's id in Home Assistant (default: from the topic, one per topic).",
+            show_default=False,
+        ),
     ] = None,
     stats_every: Annotated[
-        float | None, typer.Option("--stats-every", min=0.1, help="A JSON line of live statistics on stderr every S seconds.")
+        float | None,
+        typer.Option("--stats-every", min=0.1, help="A JSON line of live statistics on stderr every S seconds."),
     ] = None,
     preview_token: Annotated[
-        str | None, typer.Option("--preview-token", envvar="EDGECLS_PREVIEW_TOKEN", show_envvar=True, help="Token the dashboard (preview:HOST:PORT) asks for when it listens beyond 127.0.0.1.", show_default=False)
+        str | None,
+        typer.Option(
+            "--preview-token",
+            envvar="EDGECLS_PREVIEW_TOKEN",
+            show_envvar=True,
+            help="Token the dashboard (preview:HOST:PORT) asks for when it listens beyond 127.0.0.1.",
+            show_default=False,
+        ),
     ] = None,
     preview_host: Annotated[
-        list[str] | None, typer.Option("--preview-host", help="Another name the dashboard answers to, e.g. raspberrypi.local (it answers to localhost, its addresses and the HOST of preview:HOST:PORT; other Host headers get 403, against DNS rebinding); repeatable.", show_default=False)
+        list[str] | None,
+        typer.Option(
+            "--preview-host",
+            help="Another name the dashboard answers to, e.g. raspberrypi.local (it answers to localhost, its addresses and the HOST of preview:HOST:PORT; other Host headers get 403, against DNS rebinding); repeatable.",
+            show_default=False,
+        ),
     ] = None,
     collect: Annotated[
-        Path | None, typer.Option("--collect", help="Keep the frames worth a look (unsure, label changes, a sample) in DIR/<predicted label>/ with JSON sidecars, for relabelling and convert --extra-data.", rich_help_panel="Field data")
+        Path | None,
+        typer.Option(
+            "--collect",
+            help="Keep the frames worth a look (unsure, label changes, a sample) in DIR/<predicted label>/ with JSON sidecars, for relabelling and convert --extra-data.",
+            rich_help_panel="Field data",
+        ),
     ] = None,
-    collect_below: Annotated[float, typer.Option("--collect-below", min=0.0, max=1.0, help="Unsure: top score under this.", rich_help_panel="Field data")] = 0.6,
-    collect_margin: Annotated[float, typer.Option("--collect-margin", min=0.0, max=1.0, help="Unsure: the top two within this.", rich_help_panel="Field data")] = 0.1,
-    collect_sample: Annotated[float, typer.Option("--collect-sample", min=0.0, max=1.0, help="Share of the other frames kept at random.", rich_help_panel="Field data")] = 0.01,
-    collect_every: Annotated[float, typer.Option("--collect-every", min=0.0, help="At most one frame every S seconds.", rich_help_panel="Field data")] = 1.0,
-    collect_max: Annotated[str, typer.Option("--collect-max", help="Frames (500) or size (200MB) to keep; the oldest go first.", rich_help_panel="Field data")] = "1000",
+    collect_below: Annotated[
+        float,
+        typer.Option(
+            "--collect-below", min=0.0, max=1.0, help="Unsure: top score under this.", rich_help_panel="Field data"
+        ),
+    ] = 0.6,
+    collect_margin: Annotated[
+        float,
+        typer.Option(
+            "--collect-margin", min=0.0, max=1.0, help="Unsure: the top two within this.", rich_help_panel="Field data"
+        ),
+    ] = 0.1,
+    collect_sample: Annotated[
+        float,
+        typer.Option(
+            "--collect-sample",
+            min=0.0,
+            max=1.0,
+            help="Share of the other frames kept at random.",
+            rich_help_panel="Field data",
+        ),
+    ] = 0.01,
+    collect_every: Annotated[
+        float,
+        typer.Option(
+            "--collect-every", min=0.0, help="At most one frame every S seconds.", rich_help_panel="Field data"
+        ),
+    ] = 1.0,
+    collect_max: Annotated[
+        str,
+        typer.Option(
+            "--collect-max",
+            help="Frames (500) or size (200MB) to keep; the oldest go first.",
+            rich_help_panel="Field data",
+        ),
+    ] = "1000",
 ) -> None:
     """Classify a live camera, video or stream; Ctrl-C or SIGTERM stops it cleanly with every sink flushed."""
     from edgecls.cli.run import RunOptions, run_stream
@@ -388,34 +524,58 @@ def run(
         from edgecls.live.imx500 import is_imx500_source
 
         # the profile's camera settings apply to its camera (the AI Camera's with any network: imx500:RPK)
-        use_profile_camera = prof is not None and (source == prof.camera["source"] or (
-            is_imx500_source(source) and is_imx500_source(prof.camera["source"])))
+        use_profile_camera = prof is not None and (
+            source == prof.camera["source"] or (is_imx500_source(source) and is_imx500_source(prof.camera["source"]))
+        )
         options = RunOptions(
-            source=source, top_k=top_k, threshold=threshold, sinks=list(sink or []), json_lines=json_out, quiet=quiet,
-            on_change=on_change, fps=fps, max_frames=max_frames, duration=duration, loop=loop,
-            ema=_first(ema, smooth.get("ema"), 1.0), hold=_first(hold, smooth.get("hold"), 1),
-            margin=_first(margin, smooth.get("margin")), min_score=_first(min_score, smooth.get("min_score"), 0.0),
+            source=source,
+            top_k=top_k,
+            threshold=threshold,
+            sinks=list(sink or []),
+            json_lines=json_out,
+            quiet=quiet,
+            on_change=on_change,
+            fps=fps,
+            max_frames=max_frames,
+            duration=duration,
+            loop=loop,
+            ema=_first(ema, smooth.get("ema"), 1.0),
+            hold=_first(hold, smooth.get("hold"), 1),
+            margin=_first(margin, smooth.get("margin")),
+            min_score=_first(min_score, smooth.get("min_score"), 0.0),
             width=_first(width, camera.get("width") if use_profile_camera else None),
             height=_first(height, camera.get("height") if use_profile_camera else None),
             camera_fps=_first(camera_fps, camera.get("fps") if use_profile_camera else None),
             picamera=camera.get("picamera") if use_profile_camera else None,
-            mqtt_qos=mqtt_qos, mqtt_retain=mqtt_retain, stats_every=stats_every,
-            mqtt_discovery=mqtt_discovery_prefix if mqtt_discovery else None, mqtt_discovery_node_id=mqtt_discovery_node_id,
-            collect=str(collect) if collect is not None else None, preview_token=preview_token,
+            mqtt_qos=mqtt_qos,
+            mqtt_retain=mqtt_retain,
+            stats_every=stats_every,
+            mqtt_discovery=mqtt_discovery_prefix if mqtt_discovery else None,
+            mqtt_discovery_node_id=mqtt_discovery_node_id,
+            collect=str(collect) if collect is not None else None,
+            preview_token=preview_token,
             preview_hosts=tuple(preview_host or ()),
             collect_policy=_collect_policy(collect_below, collect_margin, collect_sample, collect_every, collect_max),
         )
         # A delegate given on the command line replaces the profile's, with its device.
         profile_delegate = delegate is None and device is None
         if is_imx500_source(source):  # the network runs on the sensor: no interpreter, nothing for the CPU to tune
-            _refuse_cpu_options(threads=threads, backend=backend, delegate=delegate, device=device,
-                                delegate_option=delegate_option, allow_cpu_fallback=allow_cpu_fallback or None)
+            _refuse_cpu_options(
+                threads=threads,
+                backend=backend,
+                delegate=delegate,
+                device=device,
+                delegate_option=delegate_option,
+                allow_cpu_fallback=allow_cpu_fallback or None,
+            )
             from edgecls.live.imx500 import SensorClassifier
 
             clf = SensorClassifier.open(model, source=source, labels=labels)
         else:
             clf = _open_classifier(
-                model, labels=labels, threads=_first(threads, runtime.get("threads")),
+                model,
+                labels=labels,
+                threads=_first(threads, runtime.get("threads")),
                 backend=backend or BackendChoice(runtime.get("backend", "auto")),
                 delegate=delegate if not profile_delegate else runtime.get("delegate"),
                 device=device if not profile_delegate else runtime.get("device"),
@@ -432,8 +592,10 @@ def _refuse_cpu_options(**given: Any) -> None:
     if named:
         from edgecls.errors import ConfigError
 
-        raise ConfigError(f"{', '.join(named)} set the TFLite interpreter on the CPU; with --source imx500 the network "
-                          "runs on the AI Camera's sensor: leave them out")
+        raise ConfigError(
+            f"{', '.join(named)} set the TFLite interpreter on the CPU; with --source imx500 the network "
+            "runs on the AI Camera's sensor: leave them out"
+        )
 
 
 def _first(*values: Any) -> Any:
@@ -449,7 +611,7 @@ def _load_profile(name: str | None) -> Any:
     return load_profile(name)
 
 
-@app.command(rich_help_panel=SHIP, epilog=examples('edgecls profiles', 'edgecls profiles rpi5'))
+@app.command(rich_help_panel=SHIP, epilog=examples("edgecls profiles", "edgecls profiles rpi5"))
 def profiles(
     name: Annotated[str | None, typer.Argument(help="Show this profile in full (TOML) and its boot lines.")] = None,
     json_out: JsonOpt = False,
@@ -463,7 +625,9 @@ def profiles(
             if json_out:
                 typer.echo(json.dumps({"name": prof.name, "path": str(prof.path), **prof.data}, indent=2))
             else:
-                typer.echo(f"# {prof.path}\n{prof.to_toml()}\n# boot configuration fragment:\n{prof.boot_fragment()}", nl=False)
+                typer.echo(
+                    f"# {prof.path}\n{prof.to_toml()}\n# boot configuration fragment:\n{prof.boot_fragment()}", nl=False
+                )
             return
         found = list_profiles()
     if json_out:
@@ -481,10 +645,12 @@ class CheckTarget(str, Enum):
     edgetpu = "edgetpu"
 
 
-@app.command(rich_help_panel=INSPECT, epilog=examples('edgecls check model.tflite --target edgetpu'))
+@app.command(rich_help_panel=INSPECT, epilog=examples("edgecls check model.tflite --target edgetpu"))
 def check(
     model: ModelArg,
-    target: Annotated[CheckTarget, typer.Option("--target", help="The accelerator to check against.")] = CheckTarget.edgetpu,
+    target: Annotated[
+        CheckTarget, typer.Option("--target", help="The accelerator to check against.")
+    ] = CheckTarget.edgetpu,
     json_out: JsonOpt = False,
 ) -> None:
     """Predict, without compiling, whether a model will run on an accelerator, and the first op that will not.
@@ -528,7 +694,10 @@ def _format_check(report: Any) -> str:
     return "\n".join(lines)
 
 
-@app.command(rich_help_panel=INSPECT, epilog=examples('edgecls bench model.tflite', 'edgecls bench model.tflite --threads 3 --budget-ms 50 --json'))
+@app.command(
+    rich_help_panel=INSPECT,
+    epilog=examples("edgecls bench model.tflite", "edgecls bench model.tflite --threads 3 --budget-ms 50 --json"),
+)
 def bench(
     model: ModelArg,
     threads: ThreadsOpt = None,
@@ -552,8 +721,13 @@ def bench(
 
     with project_errors():
         clf = _open_classifier(
-            model, threads=threads, backend=backend, delegate=delegate, device=device,
-            delegate_option=delegate_option, allow_cpu_fallback=allow_cpu_fallback,
+            model,
+            threads=threads,
+            backend=backend,
+            delegate=delegate,
+            device=device,
+            delegate_option=delegate_option,
+            allow_cpu_fallback=allow_cpu_fallback,
         )
         with clf:
             frame = None
@@ -582,7 +756,7 @@ def bench(
         raise typer.Exit(code=EXIT_VERDICT)
 
 
-@app.command(rich_help_panel=INSPECT, epilog=examples('edgecls doctor', 'edgecls doctor --json'))
+@app.command(rich_help_panel=INSPECT, epilog=examples("edgecls doctor", "edgecls doctor --json"))
 def doctor(json_out: JsonOpt = False) -> None:
     """Check this machine for running classifiers, and print the command that fixes each problem.
 
@@ -605,7 +779,13 @@ def doctor(json_out: JsonOpt = False) -> None:
         raise typer.Exit(code=1)
 
 
-@app.command(rich_help_panel=SHIP, epilog=examples('edgecls deploy model.tflite --profile rpi5 --out pi.tar.gz', 'edgecls deploy model.tflite --profile rpi4-coral-usb --out pi.tar.gz --sink mqtt://broker.local/pi/vision'))
+@app.command(
+    rich_help_panel=SHIP,
+    epilog=examples(
+        "edgecls deploy model.tflite --profile rpi5 --out pi.tar.gz",
+        "edgecls deploy model.tflite --profile rpi4-coral-usb --out pi.tar.gz --sink mqtt://broker.local/pi/vision",
+    ),
+)
 def deploy(
     model: ModelArg,
     profile: Annotated[str, typer.Option("--profile", help="Device profile name or .toml path.")],
@@ -614,15 +794,20 @@ def deploy(
         list[str] | None, typer.Option("--sink", help="Result sinks for the service (repeatable, as for run).")
     ] = None,
     prefix: Annotated[str, typer.Option("--prefix", help="Install folder on the device.")] = "/opt/edgecls",
-    user: Annotated[str, typer.Option("--user", help="System user the service runs as (created if missing).")] = "edgecls",
+    user: Annotated[
+        str, typer.Option("--user", help="System user the service runs as (created if missing).")
+    ] = "edgecls",
     wheel: Annotated[
         Path | None,
         typer.Option("--wheel", help="The edgecls wheel to bundle (default: built from this checkout)."),
     ] = None,
     wheelhouse: Annotated[
         str | None,
-        typer.Option("--wheelhouse", help="Also bundle every dependency's aarch64 wheel for an offline device: "
-                     "bookworm (Python 3.11) or trixie (Python 3.13)."),
+        typer.Option(
+            "--wheelhouse",
+            help="Also bundle every dependency's aarch64 wheel for an offline device: "
+            "bookworm (Python 3.11) or trixie (Python 3.13).",
+        ),
     ] = None,
     pip_spec: Annotated[
         str | None,
@@ -635,7 +820,12 @@ def deploy(
         str, typer.Option("--mqtt-discovery-prefix", help="Home Assistant's discovery prefix.")
     ] = "homeassistant",
     mqtt_discovery_node_id: Annotated[
-        str | None, typer.Option("--mqtt-discovery-node-id", help="The device's id in Home Assistant (default: from the topic, one per topic).", show_default=False)
+        str | None,
+        typer.Option(
+            "--mqtt-discovery-node-id",
+            help="The device's id in Home Assistant (default: from the topic, one per topic).",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     """Bundle a model for a device: model (+ Edge TPU build), labels, profile, boot lines, systemd unit, install script
@@ -647,8 +837,16 @@ def deploy(
     with project_errors():
         discovery = discovery_for(mqtt_discovery, prefix=mqtt_discovery_prefix, node_id=mqtt_discovery_node_id)
         bundle = build_bundle(
-            model, load_profile(profile), out, sinks=list(sink or []), prefix=prefix, user=user, pip_spec=pip_spec,
-            wheel=wheel, wheelhouse=wheelhouse, discovery=discovery,
+            model,
+            load_profile(profile),
+            out,
+            sinks=list(sink or []),
+            prefix=prefix,
+            user=user,
+            pip_spec=pip_spec,
+            wheel=wheel,
+            wheelhouse=wheelhouse,
+            discovery=discovery,
         )
     for warning in bundle.warnings:
         typer.echo(f"warning: {warning}", err=True)
@@ -656,21 +854,41 @@ def deploy(
     typer.echo(f"on the device: tar xzf {bundle.path.name} && cd {bundle.root} && sudo ./install.sh")
 
 
-@app.command("mqtt-clear", rich_help_panel=SHIP, epilog=examples('edgecls mqtt-clear --sink mqtt://broker.local/pi/vision --mqtt-discovery', 'edgecls mqtt-clear --sink mqtt://pi@broker.local/pi/vision --mqtt-retain'))
+@app.command(
+    "mqtt-clear",
+    rich_help_panel=SHIP,
+    epilog=examples(
+        "edgecls mqtt-clear --sink mqtt://broker.local/pi/vision --mqtt-discovery",
+        "edgecls mqtt-clear --sink mqtt://pi@broker.local/pi/vision --mqtt-retain",
+    ),
+)
 def mqtt_clear(
     sink: Annotated[
-        list[str], typer.Option("--sink", help="An MQTT sink of the run, mqtt://\\[user:pass@]host[:port]/topic (repeatable); a password may come from EDGECLS_MQTT_PASSWORD.", show_default=False)
+        list[str],
+        typer.Option(
+            "--sink",
+            help="An MQTT sink of the run, mqtt://\\[user:pass@]host[:port]/topic (repeatable); a password may come from EDGECLS_MQTT_PASSWORD.",
+            show_default=False,
+        ),
     ],
     mqtt_discovery: Annotated[
-        bool, typer.Option("--mqtt-discovery", help="Also the Home Assistant discovery configs (the device leaves Home Assistant).")
+        bool,
+        typer.Option(
+            "--mqtt-discovery", help="Also the Home Assistant discovery configs (the device leaves Home Assistant)."
+        ),
     ] = False,
     mqtt_discovery_prefix: Annotated[
         str, typer.Option("--mqtt-discovery-prefix", help="Home Assistant's discovery prefix, as the run had it.")
     ] = "homeassistant",
     mqtt_discovery_node_id: Annotated[
-        str | None, typer.Option("--mqtt-discovery-node-id", help="The device's id in Home Assistant, as the run had it.", show_default=False)
+        str | None,
+        typer.Option(
+            "--mqtt-discovery-node-id", help="The device's id in Home Assistant, as the run had it.", show_default=False
+        ),
     ] = None,
-    mqtt_retain: Annotated[bool, typer.Option("--mqtt-retain", help="Also the last result (a run with --mqtt-retain).")] = False,
+    mqtt_retain: Annotated[
+        bool, typer.Option("--mqtt-retain", help="Also the last result (a run with --mqtt-retain).")
+    ] = False,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for each broker.")] = 5.0,
 ) -> None:
     """Take off the broker what `edgecls run` left retained there: its TOPIC/status message and, with --mqtt-discovery,
@@ -700,8 +918,9 @@ def _collect_policy(below: float, margin: float, sample: float, every: float, mo
     from edgecls.sinks.collect import CollectPolicy, parse_max
 
     max_files, max_bytes = parse_max(most)
-    return CollectPolicy(below=below, margin=margin, sample=sample, every_s=every, max_files=max_files,
-                         max_bytes=max_bytes)
+    return CollectPolicy(
+        below=below, margin=margin, sample=sample, every_s=every, max_files=max_files, max_bytes=max_bytes
+    )
 
 
 def _register_host_commands() -> None:

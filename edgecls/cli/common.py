@@ -82,8 +82,11 @@ def setup_logging(verbose: int = 0) -> int:
     for old in [h for h in logger.handlers if getattr(h, "_edgecls_cli", False)]:
         logger.removeHandler(old)
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if level > logging.DEBUG
-                                           else "%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        logging.Formatter(
+            "%(levelname)s: %(message)s" if level > logging.DEBUG else "%(levelname)s %(name)s: %(message)s"
+        )
+    )
     handler._edgecls_cli = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     logger.setLevel(level)

@@ -85,12 +85,22 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
 
     smoothing = Smoothing(alpha=options.ema, hold=options.hold, margin=options.margin, min_score=options.min_score)
     stream = Stream(
-        clf, source=options.source, top_k=options.top_k, threshold=options.threshold, smoothing=smoothing,
-        fps=options.fps, max_frames=options.max_frames, duration=options.duration, loop=options.loop,
+        clf,
+        source=options.source,
+        top_k=options.top_k,
+        threshold=options.threshold,
+        smoothing=smoothing,
+        fps=options.fps,
+        max_frames=options.max_frames,
+        duration=options.duration,
+        loop=options.loop,
         on_event=on_event,
         keep_frames=options.collect is not None or any(s.startswith(("video:", "preview")) for s in options.sinks),
         source_options={
-            "width": options.width, "height": options.height, "fps": options.camera_fps, "picamera": options.picamera
+            "width": options.width,
+            "height": options.height,
+            "fps": options.camera_fps,
+            "picamera": options.picamera,
         },
     )
     sinks: list[Sink] = []
@@ -128,27 +138,41 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
     return 1 if failed or stats.frames_skipped or stream.error is not None else 0
 
 
-def _make_sinks(options: RunOptions, on_event: Any, say: Any, model_name: str | None = None,
-                stats: Any = None) -> list[Sink]:
+def _make_sinks(
+    options: RunOptions, on_event: Any, say: Any, model_name: str | None = None, stats: Any = None
+) -> list[Sink]:
     sinks: list[Sink] = []
     from edgecls.sinks.hass import discovery_for, require_mqtt_sink
 
-    discovery = discovery_for(options.mqtt_discovery is not None, prefix=options.mqtt_discovery or "homeassistant",
-                              node_id=options.mqtt_discovery_node_id, model=model_name)
+    discovery = discovery_for(
+        options.mqtt_discovery is not None,
+        prefix=options.mqtt_discovery or "homeassistant",
+        node_id=options.mqtt_discovery_node_id,
+        model=model_name,
+    )
     if discovery is not None:
         require_mqtt_sink(options.sinks, discovery)
     try:
         for spec in options.sinks:
             sink = parse_sink(
-                spec, on_change=options.on_change, qos=options.mqtt_qos, retain=options.mqtt_retain,
-                fps=options.fps or 30.0, on_event=on_event, discovery=discovery,
-                preview_token=options.preview_token, preview_hosts=options.preview_hosts, stats=stats,
+                spec,
+                on_change=options.on_change,
+                qos=options.mqtt_qos,
+                retain=options.mqtt_retain,
+                fps=options.fps or 30.0,
+                on_event=on_event,
+                discovery=discovery,
+                preview_token=options.preview_token,
+                preview_hosts=options.preview_hosts,
+                stats=stats,
             )
             sinks.append(sink)
             # a broker that refused the login or closed the connection has said so (a sink-error line) already
             if isinstance(sink, MqttSink) and not sink.wait_connected(2.0) and sink.last_error is None:
-                say(f"warning: MQTT broker {sink.host}:{sink.port} is not reachable yet; results are buffered "
-                    "and sent when it is")
+                say(
+                    f"warning: MQTT broker {sink.host}:{sink.port} is not reachable yet; results are buffered "
+                    "and sent when it is"
+                )
             if isinstance(sink, PreviewSink):
                 say(sink.announce())
         if options.collect is not None:
@@ -232,8 +256,10 @@ class _LiveLine:
         self._last = now
         stats = self.stream.stats()
         total = stats.latency_ms.get("total", {})
-        line = (f"{format_line(result)}  {stats.fps:.1f} fps, {stats.frames_dropped} dropped, "
-                f"p50 {total.get('p50', 0):.1f} ms")
+        line = (
+            f"{format_line(result)}  {stats.fps:.1f} fps, {stats.frames_dropped} dropped, "
+            f"p50 {total.get('p50', 0):.1f} ms"
+        )
         pad = " " * max(0, self._width - len(line))
         self._width = len(line)
         self.out.write("\r" + line + pad + ("\n" if changed else ""))

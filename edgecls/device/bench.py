@@ -151,7 +151,12 @@ def benchmark(
         "model_bytes": facts["size_bytes"],
     }
     return BenchResult(
-        str(clf.path), runs, warmup, (int(frame.shape[1]), int(frame.shape[0])), *parts,
-        Summary.of(times.sum(axis=1)), classifier, budget_ms,
+        str(clf.path),
+        runs,
+        warmup,
+        (int(frame.shape[1]), int(frame.shape[0])),
+        *parts,
+        Summary.of(times.sum(axis=1)),
+        classifier,
+        budget_ms,
     )
-

@@ -101,7 +101,9 @@ def plan_edit(text: str, lines: list[tuple[str, str]], *, profile: str) -> Edit:
     if new_text.strip() == text.strip():
         new_text = text
     newly = tuple(line for line, _ in missing if line not in held)
-    return Edit(new_text, tuple(line for line, _ in missing), newly, tuple(line for line, _ in wanted if line in present))
+    return Edit(
+        new_text, tuple(line for line, _ in missing), newly, tuple(line for line, _ in wanted if line in present)
+    )
 
 
 def plan_removal(text: str) -> Edit:
@@ -139,8 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=("apply", "remove"))
     parser.add_argument("file", type=Path)
     parser.add_argument("--profile", default="edgecls")
-    parser.add_argument("--line", action="append", nargs=2, default=[], metavar=("LINE", "COMMENT"),
-                        help="a line the board needs and the comment that says why (repeatable)")
+    parser.add_argument(
+        "--line",
+        action="append",
+        nargs=2,
+        default=[],
+        metavar=("LINE", "COMMENT"),
+        help="a line the board needs and the comment that says why (repeatable)",
+    )
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -150,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         if args.action == "apply":
-            edit = plan_edit(text, [(line, comment or "needed by edgecls") for line, comment in args.line],
-                             profile=args.profile)
+            edit = plan_edit(
+                text, [(line, comment or "needed by edgecls") for line, comment in args.line], profile=args.profile
+            )
         else:
             edit = plan_removal(text)
     except ValueError as exc:

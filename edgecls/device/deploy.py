@@ -57,9 +57,37 @@ ENV_FILE = "/etc/edgecls/edgecls.env"  # root-only (0600): the secrets the servi
 USER_PATTERN = r"[a-z_][a-z0-9_-]{0,31}"
 PREFIX_PATTERN = r"(/[A-Za-z0-9_][A-Za-z0-9._+-]*)+"
 # Folders an install prefix must not be: `install.sh --uninstall` removes the prefix.
-SYSTEM_DIRS = {"/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/media", "/mnt", "/opt", "/proc", "/root",
-               "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/usr/bin", "/usr/lib", "/usr/local", "/usr/local/bin",
-               "/usr/local/lib", "/usr/sbin", "/usr/share", "/var", "/var/lib", "/var/log", "/var/tmp"}
+SYSTEM_DIRS = {
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib64",
+    "/media",
+    "/mnt",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/usr/bin",
+    "/usr/lib",
+    "/usr/local",
+    "/usr/local/bin",
+    "/usr/local/lib",
+    "/usr/sbin",
+    "/usr/share",
+    "/var",
+    "/var/lib",
+    "/var/log",
+    "/var/tmp",
+}
 
 # `--wheelhouse TARGET`: the device's Python and the numpy its system packages (picamera2's companions) are built
 # against, as Raspberry Pi OS ships them (same as Debian's python3 and python3-numpy).
@@ -67,10 +95,19 @@ WHEELHOUSE_TARGETS: dict[str, dict[str, str]] = {
     "bookworm": {"python": "3.11", "numpy": "1.24.2", "os": "Raspberry Pi OS / Debian 12 (bookworm), 64-bit"},
     "trixie": {"python": "3.13", "numpy": "2.2.4", "os": "Raspberry Pi OS / Debian 13 (trixie), 64-bit"},
 }
-AARCH64_PLATFORMS = ("manylinux_2_36_aarch64", "manylinux_2_35_aarch64", "manylinux_2_34_aarch64",
-                     "manylinux_2_31_aarch64", "manylinux_2_28_aarch64", "manylinux_2_27_aarch64",
-                     "manylinux_2_26_aarch64", "manylinux_2_24_aarch64", "manylinux_2_17_aarch64",
-                     "manylinux2014_aarch64", "linux_aarch64")
+AARCH64_PLATFORMS = (
+    "manylinux_2_36_aarch64",
+    "manylinux_2_35_aarch64",
+    "manylinux_2_34_aarch64",
+    "manylinux_2_31_aarch64",
+    "manylinux_2_28_aarch64",
+    "manylinux_2_27_aarch64",
+    "manylinux_2_26_aarch64",
+    "manylinux_2_24_aarch64",
+    "manylinux_2_17_aarch64",
+    "manylinux2014_aarch64",
+    "linux_aarch64",
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +119,7 @@ class Bundle:
 
 
 # -- validation ----------------------------------------------------------------------------------------------------
+
 
 def check_user(user: str) -> str:
     if not re.fullmatch(USER_PATTERN, user):
@@ -104,8 +142,10 @@ def check_prefix(prefix: str) -> str:
             "(e.g. /opt/edgecls)"
         )
     if prefix in SYSTEM_DIRS:
-        raise ConfigError(f"--prefix {prefix} is a system folder (install.sh --uninstall removes the prefix); "
-                          f"use a folder of its own, e.g. {prefix.rstrip('/')}/edgecls")
+        raise ConfigError(
+            f"--prefix {prefix} is a system folder (install.sh --uninstall removes the prefix); "
+            f"use a folder of its own, e.g. {prefix.rstrip('/')}/edgecls"
+        )
     return prefix
 
 
@@ -117,6 +157,7 @@ def check_arg(what: str, value: str) -> str:
 
 # -- the edgecls wheel ---------------------------------------------------------------------------------------------
 
+
 def source_root() -> Path | None:
     """The checkout this edgecls runs from (None when it is an installed package)."""
     root = Path(__file__).resolve().parents[2]
@@ -127,8 +168,11 @@ def source_root() -> Path | None:
 def _source_files(root: Path) -> list[Path]:
     files = [root / name for name in ("pyproject.toml", "README.md", "LICENSE") if (root / name).is_file()]
     for package in ("edgecls", "convert", "firmware_configs"):
-        files += sorted(p for p in (root / package).rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                        and p.suffix not in (".pyc", ".pyo"))
+        files += sorted(
+            p
+            for p in (root / package).rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
+        )
     return files
 
 
@@ -140,8 +184,10 @@ def wheel_cache() -> Path:
         try:
             base = str(Path.home() / ".cache")
         except (RuntimeError, KeyError):
-            raise ConfigError("no wheel cache: this user has no home folder and XDG_CACHE_HOME is not set; set it to "
-                              "a writable folder") from None
+            raise ConfigError(
+                "no wheel cache: this user has no home folder and XDG_CACHE_HOME is not set; set it to "
+                "a writable folder"
+            ) from None
     return Path(base) / "edgecls" / "wheels"
 
 
@@ -221,8 +267,22 @@ def download_wheelhouse(wheel: Path, extras: list[str], target: str, into: Path)
     constraints.write_text(f"numpy=={spec['numpy']}\n")
     platforms = [arg for platform in AARCH64_PLATFORMS for arg in ("--platform", platform)]
     requirement = f"{wheel}[{','.join(extras)}]" if extras else str(wheel)
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest", str(into),
-               "--python-version", spec["python"], *platforms, "--constraint", str(constraints), requirement]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--only-binary=:all:",
+        "--dest",
+        str(into),
+        "--python-version",
+        spec["python"],
+        *platforms,
+        "--constraint",
+        str(constraints),
+        requirement,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     constraints.unlink()
     if done.returncode != 0:
@@ -232,6 +292,7 @@ def download_wheelhouse(wheel: Path, extras: list[str], target: str, into: Path)
 
 
 # -- the bundle ----------------------------------------------------------------------------------------------------
+
 
 def build_bundle(
     model: str | os.PathLike[str],
@@ -268,8 +329,10 @@ def build_bundle(
     for sink, kind in zip(sinks, kinds):
         host = sink.partition(":")[2].rpartition(":")[0]
         if kind == "preview" and host and not is_loopback(host):
-            raise ConfigError(f"--sink {sink}: a service's dashboard stays on 127.0.0.1 (it would need a token on the "
-                              "network); use preview:8080 and an SSH tunnel: ssh -L 8080:127.0.0.1:8080 pi@DEVICE")
+            raise ConfigError(
+                f"--sink {sink}: a service's dashboard stays on 127.0.0.1 (it would need a token on the "
+                "network); use preview:8080 and an SSH tunnel: ssh -L 8080:127.0.0.1:8080 pi@DEVICE"
+            )
     if discovery is not None:
         require_mqtt_sink(sinks, discovery)
     if pip_spec is not None:
@@ -347,8 +410,10 @@ def build_bundle(
             else:
                 wheel_path, problem = _build_wheel(None, None, Path(scratch))
                 if problem is not None:
-                    warnings.append(f"{problem}: the wheel was built in a temporary folder, not kept for the next "
-                                    "bundle (set XDG_CACHE_HOME to a writable folder to keep it)")
+                    warnings.append(
+                        f"{problem}: the wheel was built in a temporary folder, not kept for the next "
+                        "bundle (set XDG_CACHE_HOME to a writable folder to keep it)"
+                    )
             wheel_name = wheel_path.name
             files[f"wheels/{wheel_name}"] = wheel_path.read_bytes()
             if wheelhouse:
@@ -368,17 +433,28 @@ def build_bundle(
             raise ConfigError(f"profile {profile.name}: boot.config: {exc}") from None
         files["edgecls_bootconfig.py"] = Path(__file__).with_name("bootconfig.py").read_bytes()
     args = _run_args(prefix, model_name, labels is not None, public_sinks, extra, imx500=imx500)
-    clear = _clear_args([public for public, kind in zip(public_sinks, kinds) if kind == "mqtt"], discovery,
-                        retained="--mqtt-retain" in extra)
+    clear = _clear_args(
+        [public for public, kind in zip(public_sinks, kinds) if kind == "mqtt"],
+        discovery,
+        retained="--mqtt-retain" in extra,
+    )
     files[SERVICE_NAME] = service_unit(profile, prefix=prefix, user=user, args=args).encode("utf-8")
     installed = sorted(n for n in files if not n.startswith("wheels/") and n != SERVICE_NAME)
     files["install.sh"] = install_script(
-        profile, prefix=prefix, user=user, pip_spec=pip_spec or "", wheel=wheel_name, extras=extras,
-        wheelhouse=WHEELHOUSE_TARGETS[wheelhouse]["python"] if wheelhouse else "", mqtt_user=mqtt_user, mqtt_clear=clear,
+        profile,
+        prefix=prefix,
+        user=user,
+        pip_spec=pip_spec or "",
+        wheel=wheel_name,
+        extras=extras,
+        wheelhouse=WHEELHOUSE_TARGETS[wheelhouse]["python"] if wheelhouse else "",
+        mqtt_user=mqtt_user,
+        mqtt_clear=clear,
         files=[*installed, "README.txt", "bundle.json"],
     ).encode("utf-8")
-    files["README.txt"] = _readme(profile, prefix, sorted(files) + ["README.txt", "bundle.json", "SHA256SUMS"],
-                                  wheelhouse).encode("utf-8")
+    files["README.txt"] = _readme(
+        profile, prefix, sorted(files) + ["README.txt", "bundle.json", "SHA256SUMS"], wheelhouse
+    ).encode("utf-8")
     files["bundle.json"] = json.dumps(
         {
             "edgecls": __version__,
@@ -435,20 +511,30 @@ def _imx500_files(model: Path, profile: Profile) -> dict[str, bytes]:
             f"edgecls export imx500 {run} (or convert with --target imx500)"
         )
     if not labels.is_file():
-        raise ConfigError(f"{labels} is missing: the IMX500 package of {run} needs the labels written with it "
-                          f"(edgecls export imx500 {run} writes both)")
+        raise ConfigError(
+            f"{labels} is missing: the IMX500 package of {run} needs the labels written with it "
+            f"(edgecls export imx500 {run} writes both)"
+        )
     from edgecls.model.labels import read_labels_file
 
     read_labels_file(labels)  # a LabelsError now, not on the device
-    return {f"{IMX500_FOLDER}/{IMX500_PACKAGE}": package.read_bytes(), f"{IMX500_FOLDER}/{IMX500_LABELS}": labels.read_bytes()}
+    return {
+        f"{IMX500_FOLDER}/{IMX500_PACKAGE}": package.read_bytes(),
+        f"{IMX500_FOLDER}/{IMX500_LABELS}": labels.read_bytes(),
+    }
 
 
-def _run_args(prefix: str, model_name: str, labels: bool, sinks: list[str], extra: list[str], *,
-              imx500: bool = False) -> list[str]:
+def _run_args(
+    prefix: str, model_name: str, labels: bool, sinks: list[str], extra: list[str], *, imx500: bool = False
+) -> list[str]:
     args = [f"{prefix}/venv/bin/edgecls", "run", f"{prefix}/{model_name}", "--profile", f"{prefix}/profile.toml"]
     if imx500:  # the .rpk that install.sh made from the bundle's packerOut.zip, and the labels written with it
-        args += ["--source", f"imx500:{prefix}/{IMX500_FOLDER}/{IMX500_RPK}",
-                 "--labels", f"{prefix}/{IMX500_FOLDER}/{IMX500_LABELS}"]
+        args += [
+            "--source",
+            f"imx500:{prefix}/{IMX500_FOLDER}/{IMX500_RPK}",
+            "--labels",
+            f"{prefix}/{IMX500_FOLDER}/{IMX500_LABELS}",
+        ]
     elif labels:
         args += ["--labels", f"{prefix}/labels.txt"]
     for sink in sinks:
@@ -494,12 +580,12 @@ Wants=network-online.target
 Type=simple
 User={user}
 # The working directory is the service's own, writable by it; relative sink paths land here.
-StateDirectory={STATE_DIR.rsplit('/', 1)[1]}
+StateDirectory={STATE_DIR.rsplit("/", 1)[1]}
 WorkingDirectory={STATE_DIR}
 Environment=PYTHONUNBUFFERED=1
 # Secrets (the MQTT password) from a root-only file that install.sh writes; the unit holds none.
 EnvironmentFile=-{ENV_FILE}
-ExecStart={' '.join(systemd_quote(a) for a in args)}
+ExecStart={" ".join(systemd_quote(a) for a in args)}
 # edgecls run stops cleanly on SIGTERM, with every sink flushed.
 KillSignal=SIGTERM
 TimeoutStopSec=20
@@ -899,8 +985,14 @@ fi
 
 
 def _readme(profile: Profile, prefix: str, files: list[str], wheelhouse: str | None) -> str:
-    offline = (f"The wheels/ folder holds every dependency for {WHEELHOUSE_TARGETS[wheelhouse]['os']}: "
-               "the install needs no internet.") if wheelhouse else "pip fetches the dependencies from PyPI."
+    offline = (
+        (
+            f"The wheels/ folder holds every dependency for {WHEELHOUSE_TARGETS[wheelhouse]['os']}: "
+            "the install needs no internet."
+        )
+        if wheelhouse
+        else "pip fetches the dependencies from PyPI."
+    )
     lines = [
         f"edgecls deploy bundle for {profile.name}: {profile.description}",
         "",
@@ -912,9 +1004,15 @@ def _readme(profile: Profile, prefix: str, files: list[str], wheelhouse: str | N
         f"in {prefix}, the boot configuration lines of config.txt.fragment that are not already in effect, and",
         f"enables and starts {SERVICE_NAME} (logs: journalctl -u {SERVICE_NAME} -f). The service runs as its own",
         f"user in {STATE_DIR}; an MQTT password goes into {ENV_FILE} (root only) with --mqtt-password-file.",
-        *([f"For the AI Camera it installs {IMX500_PACKAGES} from Raspberry Pi's archive (a first install of the",
-           "firmware needs a reboot) and makes imx500/network.rpk from imx500/packerOut.zip with imx500-package,",
-           "again only when the package changes."] if is_imx500_profile(profile) else []),
+        *(
+            [
+                f"For the AI Camera it installs {IMX500_PACKAGES} from Raspberry Pi's archive (a first install of the",
+                "firmware needs a reboot) and makes imx500/network.rpk from imx500/packerOut.zip with imx500-package,",
+                "again only when the package changes.",
+            ]
+            if is_imx500_profile(profile)
+            else []
+        ),
         "",
         "Files:",
         *[f"  {name}" for name in files],

@@ -19,7 +19,10 @@ from typing import Any
 OK, WARN, FAIL, INFO = "ok", "warn", "fail", "info"
 
 # Edge TPU USB ids: before its firmware is loaded it enumerates as Global Unichip, afterwards as Google.
-EDGETPU_USB_IDS = {("1a6e", "089a"): "Coral USB Accelerator (firmware not loaded yet)", ("18d1", "9302"): "Coral USB Accelerator"}
+EDGETPU_USB_IDS = {
+    ("1a6e", "089a"): "Coral USB Accelerator (firmware not loaded yet)",
+    ("18d1", "9302"): "Coral USB Accelerator",
+}
 EDGETPU_PCI_IDS = {("0x1ac1", "0x089a"): "Coral PCIe/M.2 Accelerator"}
 
 
@@ -85,10 +88,14 @@ def _backends() -> list[Finding]:
         for name, version in found.items()
     ]
     if not usable:
-        findings.append(Finding("interpreter", FAIL, "no TFLite interpreter is importable", "pip install ai-edge-litert"))
+        findings.append(
+            Finding("interpreter", FAIL, "no TFLite interpreter is importable", "pip install ai-edge-litert")
+        )
     elif "ai_edge_litert" not in usable:
         fix = "pip install ai-edge-litert" if sys.version_info >= (3, 10) else None
-        findings.append(Finding("interpreter", WARN, f"using {usable[0]}; ai-edge-litert (with XNNPACK) is faster", fix))
+        findings.append(
+            Finding("interpreter", WARN, f"using {usable[0]}; ai-edge-litert (with XNNPACK) is faster", fix)
+        )
     else:
         findings.append(Finding("interpreter", OK, "ai-edge-litert will be used"))
     return findings
@@ -215,12 +222,16 @@ def _edgetpu_devices(root: Path) -> list[Finding]:
             )
         )
     if not found:
-        found.append(Finding("edgetpu", INFO, "no Edge TPU found (no Coral USB id, no Coral PCIe device, no /dev/apex_*)"))
+        found.append(
+            Finding("edgetpu", INFO, "no Edge TPU found (no Coral USB id, no Coral PCIe device, no /dev/apex_*)")
+        )
     return found
 
 
 def _cameras(root: Path) -> list[Finding]:
-    nodes = sorted((root / "dev").glob("video*"), key=lambda p: (len(p.name), p.name)) if (root / "dev").is_dir() else []
+    nodes = (
+        sorted((root / "dev").glob("video*"), key=lambda p: (len(p.name), p.name)) if (root / "dev").is_dir() else []
+    )
     if not nodes:
         pi = is_raspberry_pi(root)
         fix = (

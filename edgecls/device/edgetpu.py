@@ -91,7 +91,9 @@ def preflight(model: str | os.PathLike[str]) -> Preflight:
 
     problems = _model_problems(graph)
     if problems:
-        return Preflight(name, "fail", tuple(problems), tuple(OpVerdict(op.index, op.name, False) for op in graph.operators))
+        return Preflight(
+            name, "fail", tuple(problems), tuple(OpVerdict(op.index, op.name, False) for op in graph.operators)
+        )
 
     verdicts: list[OpVerdict] = []
     first: OpVerdict | None = None
@@ -103,7 +105,9 @@ def preflight(model: str | os.PathLike[str]) -> Preflight:
             notes.append(f"op {op.index} {op.name}: {boundary}")
             continue
         if first is not None:
-            verdicts.append(OpVerdict(op.index, op.name, False, f"after op {first.index} ({first.op}), which runs on the CPU"))
+            verdicts.append(
+                OpVerdict(op.index, op.name, False, f"after op {first.index} ({first.op}), which runs on the CPU")
+            )
             continue
         reason = _op_problem(op, graph)
         verdict = OpVerdict(op.index, op.name, reason is None, reason)
@@ -147,8 +151,12 @@ def _model_problems(graph: Graph) -> list[str]:
 
 def _boundary_op(op: OperatorInfo, graph: Graph) -> str | None:
     """A float<->int8 conversion at the graph edge: it runs on the CPU without cutting the graph."""
-    if (op.name == "QUANTIZE" and op.inputs and op.inputs[0] in graph.inputs
-            and graph.tensors[op.inputs[0]].dtype not in QUANTIZED_TYPES):
+    if (
+        op.name == "QUANTIZE"
+        and op.inputs
+        and op.inputs[0] in graph.inputs
+        and graph.tensors[op.inputs[0]].dtype not in QUANTIZED_TYPES
+    ):
         return "float input is quantised on the CPU before the Edge TPU (convert with --io int8 or uint8 to avoid it)"
     if op.name == "DEQUANTIZE" and op.outputs and op.outputs[0] in graph.outputs:
         return "the output is dequantised to float on the CPU after the Edge TPU (convert with --io int8 or uint8)"
@@ -171,9 +179,7 @@ def _op_problem(op: OperatorInfo, graph: Graph) -> str | None:
             return f"tensor {t.name!r} is {t.dtype}; the Edge TPU only works on 8-bit quantized tensors"
         big = [d for d in t.shape[:-3] if d > 1]
         if big and not t.constant:
-            return (
-                f"tensor {t.name!r} has shape {list(t.shape)}; only the 3 innermost dimensions may be larger than 1"
-            )
+            return f"tensor {t.name!r} has shape {list(t.shape)}; only the 3 innermost dimensions may be larger than 1"
     rule = SUPPORTED[op.name]
     return rule(op, graph) if rule else None
 

@@ -169,7 +169,9 @@ def validate(data: dict[str, Any], *, origin: str) -> None:
     _validate(data, SCHEMA, origin, "")
     runtime = data["runtime"]
     if runtime.get("device") and runtime.get("delegate") != "edgetpu":
-        raise ConfigError(f"profile {origin}: runtime.device is an Edge TPU setting; it needs runtime.delegate = 'edgetpu'")
+        raise ConfigError(
+            f"profile {origin}: runtime.device is an Edge TPU setting; it needs runtime.delegate = 'edgetpu'"
+        )
     camera = data["camera"]
     picam = camera["source"] == "picam" or camera["source"].startswith("picam:")
     imx500 = camera["source"] == "imx500" or camera["source"].startswith("imx500:")
@@ -180,14 +182,19 @@ def validate(data: dict[str, Any], *, origin: str) -> None:
         where = "a picam source" + (" (the AI Camera's network sees the sensor's own crop)" if imx500 else "")
         raise ConfigError(f"profile {origin}: camera.{extra} only apply to {where} (source is {camera['source']!r})")
     if (picam or imx500) and {"width", "height"} & set(camera):
-        raise ConfigError(f"profile {origin}: camera source {camera['source']!r} takes camera.main_size, not "
-                          "width/height")
+        raise ConfigError(
+            f"profile {origin}: camera source {camera['source']!r} takes camera.main_size, not width/height"
+        )
     if imx500 and camera.get("main_format") == "YUV420":
-        raise ConfigError(f"profile {origin}: the AI Camera's camera.main_format is one of the RGB formats "
-                          f"(RGB888, BGR888, XRGB8888, XBGR8888); received 'YUV420'")
+        raise ConfigError(
+            f"profile {origin}: the AI Camera's camera.main_format is one of the RGB formats "
+            f"(RGB888, BGR888, XRGB8888, XBGR8888); received 'YUV420'"
+        )
     if imx500 and runtime:
-        raise ConfigError(f"profile {origin}: runtime.{min(runtime)} sets the TFLite interpreter on the CPU; the "
-                          "AI Camera (source imx500) runs the network on its sensor: leave [runtime] empty")
+        raise ConfigError(
+            f"profile {origin}: runtime.{min(runtime)} sets the TFLite interpreter on the CPU; the "
+            "AI Camera (source imx500) runs the network on its sensor: leave [runtime] empty"
+        )
     lores, main = camera.get("lores_size"), camera.get("main_size")
     if lores and main and (lores[0] > main[0] or lores[1] > main[1]):
         raise ConfigError(f"profile {origin}: camera.lores_size must not be larger than camera.main_size")
@@ -261,7 +268,11 @@ class Profile:
         """Keyword arguments for `edgecls.live.sources.parse_source` (camera size, frame rate, picamera2 settings)."""
         cam = self.camera
         if cam["source"].partition(":")[0] in ("picam", "imx500"):  # picamera2's settings (the AI Camera's too)
-            picam = {k: cam[k] for k in ("main_format", "lores_format", "buffer_count", "sensor_mode", "controls") if k in cam}
+            picam = {
+                k: cam[k]
+                for k in ("main_format", "lores_format", "buffer_count", "sensor_mode", "controls")
+                if k in cam
+            }
             for key in ("main_size", "lores_size"):
                 if key in cam:
                     picam[key] = tuple(cam[key])
@@ -282,7 +293,9 @@ class Profile:
             "device": runtime.get("device"),
             "allow_cpu_fallback": bool(runtime.get("allow_cpu_fallback", False)),
             "smoothing": Smoothing(
-                alpha=smooth.get("ema", 1.0), hold=smooth.get("hold", 1), margin=smooth.get("margin"),
+                alpha=smooth.get("ema", 1.0),
+                hold=smooth.get("hold", 1),
+                margin=smooth.get("margin"),
                 min_score=smooth.get("min_score", 0.0),
             ),
         }

@@ -192,8 +192,15 @@ class Capture:
                 return
             if self.prepare is not None and not source.live:
                 prepared = self.prepare(image, source.color)
-                frame = Frame(image, self.captured, time.time(), captured, source.color, prepared,
-                              (time.perf_counter() - captured) * 1e3)
+                frame = Frame(
+                    image,
+                    self.captured,
+                    time.time(),
+                    captured,
+                    source.color,
+                    prepared,
+                    (time.perf_counter() - captured) * 1e3,
+                )
             else:
                 frame = Frame(image, self.captured, time.time(), captured, source.color, outputs=outputs)
             self._work.append(time.perf_counter() - started)

@@ -86,8 +86,12 @@ def _stripes(draw, rng: np.random.Generator, big: int, fg: tuple[int, int, int])
         ox, oy = c + dx * k, c + dy * k
         px, py = -dy * half, dx * half
         draw.polygon(
-            [(ox + px, oy + py), (ox - px, oy - py), (ox - px + dx * width, oy - py + dy * width),
-             (ox + px + dx * width, oy + py + dy * width)],
+            [
+                (ox + px, oy + py),
+                (ox - px, oy - py),
+                (ox - px + dx * width, oy - py + dy * width),
+                (ox + px + dx * width, oy + py + dy * width),
+            ],
             fill=fg,
         )
         k += period

@@ -61,7 +61,7 @@ def is_imx500_source(spec: object) -> bool:
 
 def rpk_of_source(spec: str) -> Path | None:
     """The network a ``imx500:PATH`` source names (None for a bare ``imx500``)."""
-    text = spec.strip()[len(SOURCE) + 1:]
+    text = spec.strip()[len(SOURCE) + 1 :]
     return Path(text) if text else None
 
 
@@ -74,8 +74,9 @@ def crop_for(resize: str | None, preserve_aspect_ratio: bool | None = None) -> s
     if resize is None:
         return "center" if preserve_aspect_ratio else "full"
     if resize not in RESIZE_MODES:
-        raise ConfigError(f"resize mode {resize!r} is not one the sensor can follow; expected one of "
-                          f"{', '.join(RESIZE_MODES)}")
+        raise ConfigError(
+            f"resize mode {resize!r} is not one the sensor can follow; expected one of {', '.join(RESIZE_MODES)}"
+        )
     return "full" if resize == "squash" else "center"
 
 
@@ -138,20 +139,28 @@ def find_network(
         rpk = _find_rpk(path, folder)
     _check_rpk(rpk)
     run = rpk.parent.parent if rpk.parent.name == FOLDER else rpk.parent
-    manifest_file = next((m for m in (path if path.suffix.lower() == ".tflite" else None, folder / "model.tflite",
-                                      run / "model.tflite") if m is not None and m.is_file()), None)
+    manifest_file = next(
+        (
+            m
+            for m in (path if path.suffix.lower() == ".tflite" else None, folder / "model.tflite", run / "model.tflite")
+            if m is not None and m.is_file()
+        ),
+        None,
+    )
     manifest: dict[str, Any] = {}
     if manifest_file is not None:
         from edgecls.model.metadata import check_model_file
 
         manifest = check_model_file(manifest_file).manifest or {}
-    names, origin = _network_labels(labels, [rpk.with_name(LABELS), folder / FOLDER / LABELS, run / FOLDER / LABELS],
-                                    manifest)
+    names, origin = _network_labels(
+        labels, [rpk.with_name(LABELS), folder / FOLDER / LABELS, run / FOLDER / LABELS], manifest
+    )
     resize = manifest.get("preprocess", {}).get("resize")
     activation = manifest.get("output", {}).get("activation")
     if activation is not None and activation not in ACTIVATIONS:
-        raise ModelError(f"{manifest_file}: the manifest's output activation {activation!r} is not one of "
-                         f"{', '.join(ACTIVATIONS)}")
+        raise ModelError(
+            f"{manifest_file}: the manifest's output activation {activation!r} is not one of {', '.join(ACTIVATIONS)}"
+        )
     crop_for(resize)  # an unknown resize mode is an error now, not at the first frame
     return SensorNetwork(rpk, names, origin, resize, activation, manifest_file if manifest else None)
 
@@ -162,9 +171,12 @@ def _find_rpk(path: Path, folder: Path) -> Path:
     if found is not None:
         return found
     package = folder / FOLDER / PACKAGE
-    made_from = (f"{package} is there: make the .rpk from it on the Raspberry Pi" if package.is_file() else
-                 f"the run's {FOLDER}/{PACKAGE} comes from edgecls convert --target imx500; the .rpk is made from it on "
-                 "the Raspberry Pi")
+    made_from = (
+        f"{package} is there: make the .rpk from it on the Raspberry Pi"
+        if package.is_file()
+        else f"the run's {FOLDER}/{PACKAGE} comes from edgecls convert --target imx500; the .rpk is made from it on "
+        "the Raspberry Pi"
+    )
     raise ModelError(
         f"no IMX500 network for {path}: looked for {' and '.join(str(c) for c in candidates)}. {made_from} with "
         f"sudo apt install imx500-tools && imx500-package -i {package} -o {folder / FOLDER} (edgecls deploy --profile "
@@ -178,7 +190,9 @@ def _check_rpk(rpk: Path) -> None:
     try:
         st = rpk.stat()
     except FileNotFoundError:
-        raise ModelError(f"IMX500 network not found: {rpk} (a .rpk made by imx500-package on the Raspberry Pi)") from None
+        raise ModelError(
+            f"IMX500 network not found: {rpk} (a .rpk made by imx500-package on the Raspberry Pi)"
+        ) from None
     except OSError as exc:
         from edgecls.fsutil import os_reason
 
@@ -241,9 +255,13 @@ class SensorClassifier:
         self.last_timing: Any = None
         self._post: Postprocessor | None = None
         self._scores: np.ndarray | None = None
-        log.info("%s: on the IMX500, labels from %s, trained with resize %s: sensor crop %s", self.path,
-                 self.labels.source if self.labels else "nowhere (class indices are shown)",
-                 network.resize or "unknown (no manifest)", self.crop or "from the network's intrinsics")
+        log.info(
+            "%s: on the IMX500, labels from %s, trained with resize %s: sensor crop %s",
+            self.path,
+            self.labels.source if self.labels else "nowhere (class indices are shown)",
+            network.resize or "unknown (no manifest)",
+            self.crop or "from the network's intrinsics",
+        )
 
     @classmethod
     def open(
@@ -270,8 +288,10 @@ class SensorClassifier:
         `edgecls.live.sources.parse_source`'s: ``width``/``height`` size the main stream, ``picamera`` holds a profile's
         ``main_size``, ``main_format``, ``buffer_count`` and ``controls``)."""
         if not is_imx500_source(spec):
-            raise ConfigError(f"the IMX500 network {self.path} runs on the AI Camera's sensor; its source is imx500 "
-                              f"(received --source {spec!r})")
+            raise ConfigError(
+                f"the IMX500 network {self.path} runs on the AI Camera's sensor; its source is imx500 "
+                f"(received --source {spec!r})"
+            )
         named = rpk_of_source(spec)
         if named is not None and named.resolve() != self.path.resolve():
             raise ConfigError(f"--source {spec} names another network than {self.path}; give one of them")
@@ -310,8 +330,11 @@ class SensorClassifier:
     def _scores_of(self, outputs: SensorOutputs) -> np.ndarray:
         if len(outputs.tensors) != 1:
             shapes = [list(t.shape) for t in outputs.tensors]
-            raise NotAClassifierError(self.path, f"it has {len(outputs.tensors)} output tensors {shapes} (an object "
-                                                 "detector has several); a classifier has one class-score vector")
+            raise NotAClassifierError(
+                self.path,
+                f"it has {len(outputs.tensors)} output tensors {shapes} (an object "
+                "detector has several); a classifier has one class-score vector",
+            )
         flat = np.asarray(outputs.tensors[0], dtype=np.float32).reshape(-1)
         if self._post is None or self._post.spec.size != flat.size:
             spec = OutputSpec(flat.size, "float32")  # one sigmoid unit scores two classes
@@ -325,14 +348,22 @@ class SensorClassifier:
         return self._scores
 
     def classify(self, image: Any, **_: Any) -> list[Prediction]:
-        raise ModelError(f"{self.path} runs on the AI Camera's sensor, which classifies its own frames: use "
-                         "--source imx500 (an image or another camera needs the model.tflite on the CPU)")
+        raise ModelError(
+            f"{self.path} runs on the AI Camera's sensor, which classifies its own frames: use "
+            "--source imx500 (an image or another camera needs the model.tflite on the CPU)"
+        )
 
     def describe(self) -> dict[str, Any]:
         net = self.network
-        return {"path": str(self.path), "accelerator": "imx500", "crop": self.crop, "resize": net.resize,
-                "activation": self.activation, "manifest": str(net.manifest_source) if net.manifest_source else None,
-                "labels": {"count": len(self.labels), "source": self.labels.source} if self.labels else None}
+        return {
+            "path": str(self.path),
+            "accelerator": "imx500",
+            "crop": self.crop,
+            "resize": net.resize,
+            "activation": self.activation,
+            "manifest": str(net.manifest_source) if net.manifest_source else None,
+            "labels": {"count": len(self.labels), "source": self.labels.source} if self.labels else None,
+        }
 
     def close(self) -> None:
         """Nothing to release: the network lives on the sensor (the camera is the source's)."""
@@ -382,8 +413,10 @@ class IMX500Source(FrameSource):
         if crop is not None and crop not in CROPS:
             raise ConfigError(f"IMX500 crop {crop!r} is not supported; expected one of {', '.join(CROPS)}")
         if main_format not in PICAMERA_FORMATS or main_format == "YUV420":
-            raise ConfigError(f"the AI Camera's main format must be one of RGB888, BGR888, XRGB8888, XBGR8888 "
-                              f"(received {main_format!r})")
+            raise ConfigError(
+                f"the AI Camera's main format must be one of RGB888, BGR888, XRGB8888, XBGR8888 "
+                f"(received {main_format!r})"
+            )
         if buffer_count < 2:
             raise ConfigError(f"buffer_count must be at least 2 (received {buffer_count})")
         self.rpk, self.fps = Path(rpk), fps
@@ -423,8 +456,10 @@ class IMX500Source(FrameSource):
             _release(imx500)
             if isinstance(exc, (ModelError, ConfigError)):
                 raise
-            raise CameraError(f"cannot open the AI Camera (camera {getattr(imx500, 'camera_num', '?')}) "
-                              f"({type(exc).__name__}: {exc}); is another program using it?") from None
+            raise CameraError(
+                f"cannot open the AI Camera (camera {getattr(imx500, 'camera_num', '?')}) "
+                f"({type(exc).__name__}: {exc}); is another program using it?"
+            ) from None
         self._imx500, self._camera = imx500, camera
         self.frames_not_ready, self._opened_at = 0, time.monotonic()
         self._seen_frame = self._ready = False
@@ -440,8 +475,9 @@ class IMX500Source(FrameSource):
         intrinsics = imx500.network_intrinsics
         task = getattr(intrinsics, "task", None) if intrinsics is not None else None
         if task not in (None, "classification"):
-            raise NotAClassifierError(self.rpk, f"its network intrinsics say the task is {task!r}; edgecls runs "
-                                                "image classifiers")
+            raise NotAClassifierError(
+                self.rpk, f"its network intrinsics say the task is {task!r}; edgecls runs image classifiers"
+            )
         if self._crop_asked is None:
             self.crop = crop_for(None, getattr(intrinsics, "preserve_aspect_ratio", None))
         if self.on_network is not None:
@@ -451,7 +487,8 @@ class IMX500Source(FrameSource):
         rate = self.fps or getattr(imx500.network_intrinsics, "inference_rate", None)
         controls = {**({"FrameRate": float(rate)} if rate else {}), **self.controls}
         config = camera.create_preview_configuration(
-            main={"size": self.main_size, "format": self.main_format}, controls=controls,
+            main={"size": self.main_size, "format": self.main_format},
+            controls=controls,
             buffer_count=self.buffer_count,
         )
         camera.configure(config)
@@ -467,8 +504,13 @@ class IMX500Source(FrameSource):
             else:
                 imx500.set_inference_roi_abs(roi_for("full", (1, 1)))
         self.roi = roi_for(self.crop, self.input_size or (1, 1))
-        log.info("%s: %s crop of the sensor, ROI %s, for an input of %s", self.name, self.crop, self.roi,
-                 self.input_size or "unknown size")
+        log.info(
+            "%s: %s crop of the sensor, ROI %s, for an input of %s",
+            self.name,
+            self.crop,
+            self.roi,
+            self.input_size or "unknown size",
+        )
 
     def close(self) -> None:
         progress, self._progress = self._progress, None
@@ -506,8 +548,9 @@ class IMX500Source(FrameSource):
             self._not_ready()
             return image
         dnn_ms, dsp_ms = kpi if kpi is not None else (0.0, 0.0)
-        self._outputs = SensorOutputs(tuple(np.asarray(t, dtype=np.float32) for t in tensors), float(dnn_ms),
-                                      float(dsp_ms))
+        self._outputs = SensorOutputs(
+            tuple(np.asarray(t, dtype=np.float32) for t in tensors), float(dnn_ms), float(dsp_ms)
+        )
         self._last_output_at = time.monotonic()
         if not self._ready:
             self._network_running()
@@ -525,8 +568,9 @@ class IMX500Source(FrameSource):
             if isinstance(exc, (TimeoutError, concurrent.futures.TimeoutError)):
                 with contextlib.suppress(Exception):
                     getattr(camera, "cancel_all_and_flush", lambda: None)()
-                raise CameraError(f"{self.name} delivered no frame for {timeout:.1f} s (a loose ribbon cable?); "
-                                  "reopening it") from None
+                raise CameraError(
+                    f"{self.name} delivered no frame for {timeout:.1f} s (a loose ribbon cable?); reopening it"
+                ) from None
             raise CameraError(f"{self.name} stopped delivering frames ({type(exc).__name__}: {exc})") from None
 
     def _not_ready(self) -> None:
@@ -540,24 +584,33 @@ class IMX500Source(FrameSource):
                 "imx500-package? is the firmware installed: sudo apt install imx500-all?); reopening it"
             )
         if self._ready and now - self._last_output_at > self.output_timeout:
-            raise CameraError(f"the AI Camera's network sent no outputs for {now - self._last_output_at:.1f} s; "
-                              "reopening it")
+            raise CameraError(
+                f"the AI Camera's network sent no outputs for {now - self._last_output_at:.1f} s; reopening it"
+            )
 
     def _network_running(self) -> None:
         self._ready = True
         if self._progress is not None:
             self._progress.stop()
         took = time.monotonic() - self._opened_at
-        message = (f"the network runs on the sensor: first outputs after {took:.1f} s "
-                   f"({self.frames_not_ready} frame(s) without them skipped)")
+        message = (
+            f"the network runs on the sensor: first outputs after {took:.1f} s "
+            f"({self.frames_not_ready} frame(s) without them skipped)"
+        )
         log.info("%s: %s", self.name, message)
         if self.report is not None and (self.frames_not_ready or took > 2.0):
             self.report("source-progress", f"{self.name}: {message}")
 
     def describe(self) -> dict[str, Any]:
         facts = super().describe()
-        facts.update(rpk=str(self.rpk), crop=self.crop, roi=self.roi, input_size=self.input_size,
-                     main_size=list(self.main_size), frames_not_ready=self.frames_not_ready)
+        facts.update(
+            rpk=str(self.rpk),
+            crop=self.crop,
+            roi=self.roi,
+            input_size=self.input_size,
+            main_size=list(self.main_size),
+            frames_not_ready=self.frames_not_ready,
+        )
         return facts
 
 
@@ -576,8 +629,11 @@ class _FirmwareProgress:
             return None
         kind = getattr(imx500, "fw_progress", None)
         if kind is None or int(kind) == 0:  # FwProgressType.NONE: the debugfs files need root
-            report("source-progress", f"{name}: uploading the network to the sensor (its progress needs root to "
-                                      "read); the first results can take a minute")
+            report(
+                "source-progress",
+                f"{name}: uploading the network to the sensor (its progress needs root to "
+                "read); the first results can take a minute",
+            )
             return None
         progress = cls(imx500, name, report)
         progress._thread.start()
@@ -600,8 +656,11 @@ class _FirmwareProgress:
                 step = min(100, int(100 * current / total)) // 25 * 25
                 if step > shown:
                     shown = step
-                    self.report("source-progress", f"{self.name}: uploading the network to the sensor: {step}% "
-                                                   f"({current // 1024} of {total // 1024} KiB)")
+                    self.report(
+                        "source-progress",
+                        f"{self.name}: uploading the network to the sensor: {step}% "
+                        f"({current // 1024} of {total // 1024} KiB)",
+                    )
                 if current >= 0.95 * total:
                     return
             self._stop.wait(0.5)
@@ -621,16 +680,19 @@ def _import_picamera2() -> tuple[Any, Any]:
             raise CameraError(f"--source imx500 needs picamera2, which is not installed here; {IMX500_HINT}") from None
         raise CameraError(f"picamera2's IMX500 support cannot be imported ({exc}); {IMX500_HINT}") from None
     except Exception as exc:  # numpy ABI mismatch, libcamera failing to load
-        raise CameraError(f"picamera2 is installed but fails to import ({type(exc).__name__}: {exc}); "
-                          f"{IMX500_HINT}") from None
+        raise CameraError(
+            f"picamera2 is installed but fails to import ({type(exc).__name__}: {exc}); {IMX500_HINT}"
+        ) from None
     return IMX500, Picamera2
 
 
 def _load_failure(rpk: Path, exc: Exception) -> str:
     text = f"{type(exc).__name__}: {exc}"
     if "dev-node not found" in str(exc):
-        return ("no AI Camera (IMX500) found: check the ribbon cable, 'rpicam-hello --list-cameras', that "
-                "camera_auto_detect=1 is in /boot/firmware/config.txt and that imx500-all is installed (then reboot)")
+        return (
+            "no AI Camera (IMX500) found: check the ribbon cable, 'rpicam-hello --list-cameras', that "
+            "camera_auto_detect=1 is in /boot/firmware/config.txt and that imx500-all is installed (then reboot)"
+        )
     return f"the AI Camera cannot load {rpk} ({text}); make it again with imx500-package from this run's {PACKAGE}"
 
 

@@ -85,7 +85,10 @@ class Smoother:
         changed = not self._started or leader != previous
         self._started, self._current = True, leader
         return Decision(
-            self._name(leader), leader, score if leader is not None else 0.0, changed,
+            self._name(leader),
+            leader,
+            score if leader is not None else 0.0,
+            changed,
             self._name(previous) if changed else None,
         )
 

@@ -83,8 +83,13 @@ class StreamResult:
             "timestamp": round(self.timestamp, 6),
             "result_time": round(self.result_time, 6),
             "predictions": [{"index": p.index, "label": p.label, "score": round(p.score, 6)} for p in self.predictions],
-            "decision": {"label": d.label, "index": d.index, "score": round(d.score, 6), "changed": d.changed,
-                         "previous": d.previous},
+            "decision": {
+                "label": d.label,
+                "index": d.index,
+                "score": round(d.score, 6),
+                "changed": d.changed,
+                "previous": d.previous,
+            },
             "latency_ms": {name[:-3]: round(getattr(lat, name), 3) for name in LATENCY_PARTS},
         }
 
@@ -175,8 +180,15 @@ class Stream:
             self.classifier, self._owns_classifier = SensorClassifier.open(model, source=source, labels=labels), True
         else:
             self.classifier = Classifier(
-                model, labels=labels, num_threads=num_threads, delegate=delegate, device=device, backend=backend,
-                preprocess=preprocess, delegate_options=delegate_options, allow_cpu_fallback=allow_cpu_fallback,
+                model,
+                labels=labels,
+                num_threads=num_threads,
+                delegate=delegate,
+                device=device,
+                backend=backend,
+                preprocess=preprocess,
+                delegate_options=delegate_options,
+                allow_cpu_fallback=allow_cpu_fallback,
             )
             self._owns_classifier = True
         if isinstance(source, FrameSource):
@@ -185,15 +197,19 @@ class Stream:
             self.source = self.classifier.make_source(str(source), **(source_options or {}))
         else:
             if is_imx500_source(source):
-                raise ConfigError(f"--source {source} runs the network on the AI Camera's sensor, not the TFLite model "
-                                  f"{self.classifier.path}: give the run folder or its .rpk")
+                raise ConfigError(
+                    f"--source {source} runs the network on the AI Camera's sensor, not the TFLite model "
+                    f"{self.classifier.path}: give the run folder or its .rpk"
+                )
             spec = self.classifier.input_spec
             self.source = parse_source(
                 source, model_size=(spec.width, spec.height), grayscale=spec.channels == 1, **(source_options or {})
             )
         if self.source.computes_outputs != isinstance(self.classifier, SensorClassifier):
-            raise ConfigError(f"{self.classifier.path} and the source {self.source.name} do not go together: a "
-                              "network on the AI Camera's sensor needs its imx500 source, and that source a network")
+            raise ConfigError(
+                f"{self.classifier.path} and the source {self.source.name} do not go together: a "
+                "network on the AI Camera's sensor needs its imx500 source, and that source a network"
+            )
         self.top_k, self.threshold = top_k, threshold
         self.smoothing = smoothing or Smoothing()
         self.fps, self.max_frames, self.duration = fps, max_frames, duration
@@ -251,7 +267,9 @@ class Stream:
             worker_done = not self._worker.is_alive()
         capture_done = self._capture.stop(timeout)
         if not (worker_done and capture_done):
-            log.warning("stream threads did not finish within %.1f s; they end when their current call returns", timeout)
+            log.warning(
+                "stream threads did not finish within %.1f s; they end when their current call returns", timeout
+            )
         if self._owns_classifier and worker_done:
             self.classifier.close()
 
@@ -326,16 +344,20 @@ class Stream:
         with self._cond:
             recent = list(self._recent)
         now = time.perf_counter()
-        window = [t for t, _ in recent if now - t <= 5.0] if self._worker is not None and not self._done else [
-            t for t, _ in recent
-        ]
+        window = (
+            [t for t, _ in recent if now - t <= 5.0]
+            if self._worker is not None and not self._done
+            else [t for t, _ in recent]
+        )
         fps = (len(window) - 1) / (window[-1] - window[0]) if len(window) > 1 and window[-1] > window[0] else 0.0
         latency: dict[str, dict[str, float]] = {}
         if recent:
             table = np.array([[getattr(lat, p) for p in LATENCY_PARTS] for _, lat in recent])
             p50, p95 = np.percentile(table, [50, 95], axis=0)
-            latency = {p[:-3]: {"p50": round(float(a), 3), "p95": round(float(b), 3)} for p, a, b in
-                       zip(LATENCY_PARTS, p50, p95)}
+            latency = {
+                p[:-3]: {"p50": round(float(a), 3), "p95": round(float(b), 3)}
+                for p, a, b in zip(LATENCY_PARTS, p50, p95)
+            }
         return StreamStats(
             frames_captured=self._capture.captured,
             frames_processed=self._processed,
@@ -441,8 +463,14 @@ class Stream:
             total_ms=(end - frame.captured) * 1e3 + (pre + invoke if on_sensor else 0.0),
         )
         return StreamResult(
-            frame.sequence, frame.timestamp, time.time(), predictions, decision, latency,
-            frame.image if self.keep_frames else None, frame.color,
+            frame.sequence,
+            frame.timestamp,
+            time.time(),
+            predictions,
+            decision,
+            latency,
+            frame.image if self.keep_frames else None,
+            frame.color,
         )
 
     def _deliver(self, result: StreamResult) -> None:

@@ -87,7 +87,9 @@ def resolve_backend(name: str = "auto") -> Backend:
             problems.append(f"{candidate}: {type(exc).__name__}")
             continue
         if candidate == "tensorflow":
-            log.warning("using the full TensorFlow package as interpreter; install ai-edge-litert for a lighter runtime")
+            log.warning(
+                "using the full TensorFlow package as interpreter; install ai-edge-litert for a lighter runtime"
+            )
         return backend
     raise BackendError(
         "no TFLite interpreter is installed (" + "; ".join(problems) + "); install one with: pip install ai-edge-litert"
@@ -106,8 +108,14 @@ def available_backends() -> dict[str, str]:
     for name in BACKEND_NAMES:
         if name == "tensorflow":
             found[name] = (
-                _dist_version("tensorflow") if _dist_version("tensorflow") != "unknown" else _dist_version("tensorflow-cpu")
-            ) if importlib.util.find_spec("tensorflow") else "not available (not installed)"
+                (
+                    _dist_version("tensorflow")
+                    if _dist_version("tensorflow") != "unknown"
+                    else _dist_version("tensorflow-cpu")
+                )
+                if importlib.util.find_spec("tensorflow")
+                else "not available (not installed)"
+            )
             continue
         try:
             found[name] = _import_backend(name).version

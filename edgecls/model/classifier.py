@@ -124,10 +124,19 @@ class Classifier:
         self._output_view = self._interpreter.tensor(self._output_index)
         self.last_timing: Timing | None = None
         spec = self.input_spec
-        log.info("%s: on %s%s, input %dx%dx%d %s, %d classes, labels from %s, resize %s", self.path.name,
-                 self.backend.name, f" with the {self.delegate.kind} delegate" if self.delegate is not None else "",
-                 spec.height, spec.width, spec.channels, spec.dtype, self.output_spec.num_classes,
-                 self.labels.source if self.labels else "nowhere (class indices are shown)", config.resize)
+        log.info(
+            "%s: on %s%s, input %dx%dx%d %s, %d classes, labels from %s, resize %s",
+            self.path.name,
+            self.backend.name,
+            f" with the {self.delegate.kind} delegate" if self.delegate is not None else "",
+            spec.height,
+            spec.width,
+            spec.channels,
+            spec.dtype,
+            self.output_spec.num_classes,
+            self.labels.source if self.labels else "nowhere (class indices are shown)",
+            config.resize,
+        )
 
     # -- construction -------------------------------------------------------------------------------------------
 
@@ -171,7 +180,8 @@ class Classifier:
     def _input_details(self) -> tuple[InputSpec, int]:
         inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()
         problem = classifier_problem(
-            [list(map(int, d["shape"])) for d in inputs], [list(map(int, d["shape"])) for d in outputs],
+            [list(map(int, d["shape"])) for d in inputs],
+            [list(map(int, d["shape"])) for d in outputs],
             _op_names(self.model_info),
         )
         if problem:
@@ -305,12 +315,20 @@ class Classifier:
         self.close()
 
 
-SEQUENCE_OPS = {"UNIDIRECTIONAL_SEQUENCE_LSTM", "BIDIRECTIONAL_SEQUENCE_LSTM", "UNIDIRECTIONAL_SEQUENCE_RNN",
-                "BIDIRECTIONAL_SEQUENCE_RNN", "LSTM", "RNN", "SVDF"}
+SEQUENCE_OPS = {
+    "UNIDIRECTIONAL_SEQUENCE_LSTM",
+    "BIDIRECTIONAL_SEQUENCE_LSTM",
+    "UNIDIRECTIONAL_SEQUENCE_RNN",
+    "BIDIRECTIONAL_SEQUENCE_RNN",
+    "LSTM",
+    "RNN",
+    "SVDF",
+}
 
 
-def classifier_problem(inputs: list[list[int]], outputs: list[list[int]],
-                       ops: set[str] | frozenset[str] = frozenset()) -> str | None:
+def classifier_problem(
+    inputs: list[list[int]], outputs: list[list[int]], ops: set[str] | frozenset[str] = frozenset()
+) -> str | None:
     """Why tensors of these shapes are not an image classifier (one image input [1, H, W, C] with C 1 or 3, and one
     output that is a class-score vector), saying what the model looks like instead; None when they are one."""
     if len(inputs) != 1:

@@ -75,14 +75,25 @@ def sibling_mismatch(cpu: Any, compiled: Any) -> str | None:
 
     ids = [((info.manifest or {}).get("provenance") or {}).get("run_id") for info in (cpu, compiled)]
     if ids[0] and ids[1]:
-        return None if ids[0] == ids[1] else f"it was compiled from another run (run id {ids[1]}, the CPU model's is {ids[0]})"
+        return (
+            None
+            if ids[0] == ids[1]
+            else f"it was compiled from another run (run id {ids[1]}, the CPU model's is {ids[0]})"
+        )
     if bool(ids[0]) != bool(ids[1]) and cpu.manifest is not None:
         return "the CPU model is from an edgecls run the Edge TPU build does not record"
 
     def edges(info: Any) -> list[tuple[Any, ...]]:
         graph = read_graph(info.path)
-        return [(graph.tensors[i].shape, graph.tensors[i].dtype, tuple(round(s, 9) for s in graph.tensors[i].scales),
-                 graph.tensors[i].zero_points) for i in (*graph.inputs, *graph.outputs)]
+        return [
+            (
+                graph.tensors[i].shape,
+                graph.tensors[i].dtype,
+                tuple(round(s, 9) for s in graph.tensors[i].scales),
+                graph.tensors[i].zero_points,
+            )
+            for i in (*graph.inputs, *graph.outputs)
+        ]
 
     a, b = edges(cpu), edges(compiled)
     return None if a == b else f"its inputs and outputs differ ({b} against the CPU model's {a})"

@@ -65,7 +65,10 @@ class _Table:
         if vec is None:
             return []
         start, length = vec
-        return [_Table(self.buf, start + 4 * i + struct.unpack_from("<I", self.buf, start + 4 * i)[0]) for i in range(length)]
+        return [
+            _Table(self.buf, start + 4 * i + struct.unpack_from("<I", self.buf, start + 4 * i)[0])
+            for i in range(length)
+        ]
 
     def table(self, index: int) -> _Table | None:
         at = self._target(index)
@@ -134,9 +137,7 @@ def verify_model(path: str | os.PathLike[str]) -> ModelStructure:
 
 def _walk(buf: mmap.mmap) -> ModelStructure:
     model = _Table(buf, struct.unpack_from("<I", buf, 0)[0])
-    codes = tuple(
-        OperatorCode(max(t.scalar(0, "b"), t.scalar(3, "i")), t.string(1)) for t in model.tables(1)
-    )
+    codes = tuple(OperatorCode(max(t.scalar(0, "b"), t.scalar(3, "i")), t.string(1)) for t in model.tables(1))
     counts = []
     tensors = 0
     for n, subgraph in enumerate(model.tables(2)):
@@ -224,15 +225,25 @@ class Graph:
 # Fields read from the builtin options tables that pre-flight checks need, by BuiltinOptions type:
 # {type: (table name, {field index: (name, struct code)})}
 _OPTIONS = {
-    1: {3: ("fused_activation", "b"), 4: ("dilation_w", "i"), 5: ("dilation_h", "i"), 1: ("stride_w", "i"),
-        2: ("stride_h", "i")},  # Conv2DOptions
+    1: {
+        3: ("fused_activation", "b"),
+        4: ("dilation_w", "i"),
+        5: ("dilation_h", "i"),
+        1: ("stride_w", "i"),
+        2: ("stride_h", "i"),
+    },  # Conv2DOptions
     2: {4: ("fused_activation", "b"), 5: ("dilation_w", "i"), 6: ("dilation_h", "i"), 3: ("depth_multiplier", "i")},
     5: {5: ("fused_activation", "b"), 3: ("filter_w", "i"), 4: ("filter_h", "i")},  # Pool2DOptions
     8: {0: ("fused_activation", "b"), 1: ("weights_format", "b"), 2: ("keep_num_dims", "b")},  # FullyConnected
     10: {0: ("axis", "i"), 1: ("fused_activation", "b")},  # ConcatenationOptions
     27: {0: ("keep_dims", "b")},  # ReducerOptions
-    32: {0: ("begin_mask", "i"), 1: ("end_mask", "i"), 2: ("ellipsis_mask", "i"), 3: ("new_axis_mask", "i"),
-         4: ("shrink_axis_mask", "i")},  # StridedSliceOptions
+    32: {
+        0: ("begin_mask", "i"),
+        1: ("end_mask", "i"),
+        2: ("ellipsis_mask", "i"),
+        3: ("new_axis_mask", "i"),
+        4: ("shrink_axis_mask", "i"),
+    },  # StridedSliceOptions
 }
 _DEFAULTS = {"dilation_w": 1, "dilation_h": 1, "stride_w": 1, "stride_h": 1, "depth_multiplier": 1}
 
@@ -244,7 +255,9 @@ def read_graph(path: str | os.PathLike[str]) -> Graph:
         try:
             return _graph(buf)
         except (_Truncated, struct.error, ValueError) as exc:
-            raise ModelError(f"{p}: the model file is truncated or corrupt ({exc}); copy or download it again") from None
+            raise ModelError(
+                f"{p}: the model file is truncated or corrupt ({exc}); copy or download it again"
+            ) from None
 
 
 def _graph(buf: mmap.mmap) -> Graph:
@@ -275,8 +288,18 @@ def _graph(buf: mmap.mmap) -> Graph:
             fmt = "i" if dtype == "int32" else "q"
             n = len(data) // struct.calcsize(fmt)
             constants[i] = struct.unpack_from(f"<{n}{fmt}", data, 0)
-        tensors.append(TensorInfo(i, t.string(3) or f"tensor{i}", dtype, tuple(shape), tuple(signature),
-                                  tuple(scales), tuple(int(z) for z in zeros), bool(data)))
+        tensors.append(
+            TensorInfo(
+                i,
+                t.string(3) or f"tensor{i}",
+                dtype,
+                tuple(shape),
+                tuple(signature),
+                tuple(scales),
+                tuple(int(z) for z in zeros),
+                bool(data),
+            )
+        )
     operators = []
     for i, op in enumerate(sg.tables(3)):
         code_index = op.scalar(0, "I")
@@ -292,5 +315,10 @@ def _graph(buf: mmap.mmap) -> Graph:
                 options[key] = table.scalar(field_index, fmt, _DEFAULTS.get(key, 0)) if table else _DEFAULTS.get(key, 0)
         operators.append(OperatorInfo(i, name, version, tuple(op.numbers(1, "i")), tuple(op.numbers(2, "i")), options))
     return Graph(
-        tuple(tensors), tuple(operators), tuple(sg.numbers(1, "i")), tuple(sg.numbers(2, "i")), len(subgraphs), constants
+        tuple(tensors),
+        tuple(operators),
+        tuple(sg.numbers(1, "i")),
+        tuple(sg.numbers(2, "i")),
+        len(subgraphs),
+        constants,
     )

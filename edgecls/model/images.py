@@ -45,8 +45,9 @@ def read_image(path: str | os.PathLike[str], *, grayscale: bool = False, max_pix
 MAX_PIXELS = 64_000_000
 
 
-def decode_image(data: bytes, *, name: str = "<bytes>", grayscale: bool = False,
-                 max_pixels: int | None = None) -> np.ndarray:
+def decode_image(
+    data: bytes, *, name: str = "<bytes>", grayscale: bool = False, max_pixels: int | None = None
+) -> np.ndarray:
     """Decode an encoded image (file contents) exactly as read_image does; ``name`` is used in errors."""
     import io
 
@@ -90,9 +91,11 @@ def _to_array(im, grayscale: bool, name: str = "<image>") -> np.ndarray:  # type
         arr = np.asarray(im, dtype=np.float32)
         finite = arr[np.isfinite(arr)]
         if finite.size == 0 or finite.min() < 0 or finite.max() > 255:
-            raise ImageError(f"{name}: a floating-point image with values outside 0..1 and 0..255 (min "
-                             f"{finite.min() if finite.size else 'nan'}, max {finite.max() if finite.size else 'nan'}); "
-                             "convert it to 8-bit first")
+            raise ImageError(
+                f"{name}: a floating-point image with values outside 0..1 and 0..255 (min "
+                f"{finite.min() if finite.size else 'nan'}, max {finite.max() if finite.size else 'nan'}); "
+                "convert it to 8-bit first"
+            )
         top = 1.0 if finite.max() <= 1.0 else 255.0
         gray = np.clip(np.rint(np.nan_to_num(arr) * (255.0 / top)), 0, 255).astype(np.uint8)
         return gray if grayscale else np.repeat(gray[:, :, None], 3, axis=2)
@@ -131,4 +134,3 @@ def expand_image_paths(items: Iterable[str | os.PathLike[str]]) -> Iterator[Path
             yield from (m for m in matches if m.is_file())
         else:
             yield p
-

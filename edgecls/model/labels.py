@@ -67,8 +67,10 @@ def format_labels(names: Sequence[str]) -> str:
         return plain
     text = "".join(f"{i} {n}\n" for i, n in enumerate(names))
     if parse_labels(text) != dict(enumerate(names)):
-        raise LabelsError(f"labels {names[:3]}... cannot be written so they read back unchanged (leading or trailing "
-                          "spaces?); rename the class folders")
+        raise LabelsError(
+            f"labels {names[:3]}... cannot be written so they read back unchanged (leading or trailing "
+            "spaces?); rename the class folders"
+        )
     return text
 
 
@@ -91,7 +93,9 @@ def read_labels_file(path: str | os.PathLike[str]) -> list[str] | dict[int, str]
     except UnicodeDecodeError:
         raise LabelsError(f"cannot read label file {p}: it is not UTF-8 text; expected one label a line") from None
     except OSError as exc:  # a directory, permission denied, a symlink loop
-        raise LabelsError(f"cannot read label file {p} ({os_reason(exc)}); expected UTF-8 text, one label a line") from None
+        raise LabelsError(
+            f"cannot read label file {p} ({os_reason(exc)}); expected UTF-8 text, one label a line"
+        ) from None
     return parse_labels(text, origin=str(p))
 
 

@@ -56,7 +56,12 @@ MAX_TOTAL_BYTES = 64 << 20
 MAX_ENTRIES = 1000
 # The manifest's known keys and the JSON types they must have (anything else in a manifest is kept, unread).
 MANIFEST_TYPES: dict[str, type | tuple[type, ...]] = {
-    "labels": list, "preprocess": dict, "output": dict, "input": dict, "provenance": dict, "version": int,
+    "labels": list,
+    "preprocess": dict,
+    "output": dict,
+    "input": dict,
+    "provenance": dict,
+    "version": int,
 }
 # Warnings about a file's metadata already given in this process, by file (path, size, mtime) and text: a command
 # reads one model more than once (`info` checks the file, then the classifier does), and says each problem once.
@@ -114,8 +119,10 @@ def _parse_manifest(data: bytes, p: Path) -> dict[str, Any]:
         raise ModelError(f"{p}: the embedded {MANIFEST_NAME} is not an edgecls manifest; {fix}")
     for key, kind in MANIFEST_TYPES.items():
         if key in manifest and not isinstance(manifest[key], kind):
-            raise ModelError(f"{p}: the embedded {MANIFEST_NAME} is damaged ({key!r} is a {type(manifest[key]).__name__}, "
-                             f"expected a JSON {'array' if kind is list else 'object' if kind is dict else 'number'}); {fix}")
+            raise ModelError(
+                f"{p}: the embedded {MANIFEST_NAME} is damaged ({key!r} is a {type(manifest[key]).__name__}, "
+                f"expected a JSON {'array' if kind is list else 'object' if kind is dict else 'number'}); {fix}"
+            )
     labels = manifest.get("labels")
     if labels is not None and not all(isinstance(x, str) for x in labels):
         raise ModelError(f"{p}: the embedded {MANIFEST_NAME} is damaged (its labels are not all strings); {fix}")
@@ -144,19 +151,34 @@ def _read_appended_zip(fh: Any, p: Path, file: tuple[str, int, int]) -> dict[str
     with zf:
         infos = [info for info in zf.infolist() if not info.is_dir()]
         if len(infos) > MAX_ENTRIES:
-            _warn_once(file, "%s: its metadata zip has %d entries; reading none (at most %d)", p, len(infos),
-                       MAX_ENTRIES)
+            _warn_once(
+                file, "%s: its metadata zip has %d entries; reading none (at most %d)", p, len(infos), MAX_ENTRIES
+            )
             return {}
         for info in infos:
             if info.file_size > MAX_ENTRY_BYTES or total + info.file_size > MAX_TOTAL_BYTES:
-                _warn_once(file, "%s: metadata entry %r is %d bytes; skipped (at most %d)", p, info.filename,
-                           info.file_size, MAX_ENTRY_BYTES)
+                _warn_once(
+                    file,
+                    "%s: metadata entry %r is %d bytes; skipped (at most %d)",
+                    p,
+                    info.filename,
+                    info.file_size,
+                    MAX_ENTRY_BYTES,
+                )
                 continue
             try:
                 with zf.open(info) as member:
                     data = member.read(MAX_ENTRY_BYTES + 1)  # the header may lie about the size: bound the read
-            except (zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError, OSError, EOFError, ValueError,
-                    struct.error) as exc:
+            except (
+                zipfile.BadZipFile,
+                zlib.error,
+                RuntimeError,
+                NotImplementedError,
+                OSError,
+                EOFError,
+                ValueError,
+                struct.error,
+            ) as exc:
                 _warn_once(file, "%s: metadata entry %r cannot be read (%s); skipped", p, info.filename, _short(exc))
                 continue
             if len(data) > MAX_ENTRY_BYTES:

@@ -49,7 +49,9 @@ class Postprocessor:
 
     def __init__(self, spec: OutputSpec, *, activation: str = "auto") -> None:
         if activation not in ACTIVATIONS:
-            raise ConfigError(f"output activation {activation!r} is not supported; expected one of {', '.join(ACTIVATIONS)}")
+            raise ConfigError(
+                f"output activation {activation!r} is not supported; expected one of {', '.join(ACTIVATIONS)}"
+            )
         self.spec = spec
         self.activation = activation
         self._lut: np.ndarray | None = None
@@ -85,7 +87,6 @@ class Postprocessor:
             e = np.exp(values - values.max())
             return e / e.sum()
         return np.clip(values, 0.0, 1.0, out=values)
-
 
     def top_k(self, raw: np.ndarray, k: int, threshold: float = 0.0) -> list[tuple[int, float]]:
         """The ``k`` best (index, score) pairs of a raw output tensor; see the module function ``top_k``."""

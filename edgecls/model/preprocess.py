@@ -71,7 +71,9 @@ class PreprocessConfig:
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
-            raise ConfigError(f"resize mode {self.resize!r} is not supported; expected one of {', '.join(RESIZE_MODES)}")
+            raise ConfigError(
+                f"resize mode {self.resize!r} is not supported; expected one of {', '.join(RESIZE_MODES)}"
+            )
         if self.interpolation not in INTERPOLATIONS:
             raise ConfigError(
                 f"interpolation {self.interpolation!r} is not supported; expected one of {', '.join(INTERPOLATIONS)}"
@@ -207,7 +209,9 @@ class Preprocessor:
     # -- pieces -------------------------------------------------------------------------------------------------
 
     def _from_yuv420(self, frame: np.ndarray) -> np.ndarray:
-        if not (isinstance(frame, np.ndarray) and frame.ndim == 2 and frame.shape[0] % 3 == 0 and frame.dtype == np.uint8):
+        if not (
+            isinstance(frame, np.ndarray) and frame.ndim == 2 and frame.shape[0] % 3 == 0 and frame.dtype == np.uint8
+        ):
             raise ImageError(
                 f"a yuv420 frame is a uint8 array of shape (height * 3 / 2, width); received "
                 f"{getattr(frame, 'shape', type(frame).__name__)}"
@@ -220,7 +224,9 @@ class Preprocessor:
 
     def _make_plan(self, frame: np.ndarray, color: str) -> _Plan:
         if color not in COLOR_ORDERS:
-            raise ImageError(f"colour order {color!r} is not supported; expected 'rgb' or 'bgr' (OpenCV frames are bgr)")
+            raise ImageError(
+                f"colour order {color!r} is not supported; expected 'rgb' or 'bgr' (OpenCV frames are bgr)"
+            )
         h, w = frame.shape[:2]
         src_channels = 1 if frame.ndim == 2 else frame.shape[2]
         th, tw = self.spec.height, self.spec.width

@@ -72,7 +72,9 @@ class JsonlSink:
             # line-buffered: one write per line; the sink holds the file until close()
             self._fh = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
         except OSError as exc:
-            raise SinkError(f"cannot open {self.path} for appending ({exc.strerror}); check the path and permissions") from None
+            raise SinkError(
+                f"cannot open {self.path} for appending ({exc.strerror}); check the path and permissions"
+            ) from None
 
     def write(self, result: StreamResult) -> None:
         if self.on_change and not result.decision.changed:
@@ -110,8 +112,13 @@ class SinkGroup:
                 if i not in self.first_error:
                     self.first_error[i] = _describe(exc)
                     if self.on_event is not None:
-                        self.on_event(StreamEvent("sink-error", f"{_name(sink)}: {self.first_error[i]}; the other "
-                                                                "sinks and the stream go on", time.time()))
+                        self.on_event(
+                            StreamEvent(
+                                "sink-error",
+                                f"{_name(sink)}: {self.first_error[i]}; the other sinks and the stream go on",
+                                time.time(),
+                            )
+                        )
 
     def close(self) -> list[str]:
         """Close every sink; returns one line per sink that failed (writes or close), for a summary. A sink whose
@@ -152,8 +159,9 @@ def _import_cv2_for(what: str) -> Any:
     try:
         import cv2
     except ImportError:
-        raise SinkError(f"{what} draws and encodes frames with OpenCV, which is not installed: "
-                        "pip install 'edgecls[camera]'") from None
+        raise SinkError(
+            f"{what} draws and encodes frames with OpenCV, which is not installed: pip install 'edgecls[camera]'"
+        ) from None
     return cv2
 
 
@@ -184,8 +192,9 @@ class VideoSink:
                 pass
             os.unlink(self.partial)
         except OSError as exc:
-            raise SinkError(f"cannot write the video {self.path} ({exc.strerror or exc}); check the folder and its "
-                            "permissions") from None
+            raise SinkError(
+                f"cannot write the video {self.path} ({exc.strerror or exc}); check the folder and its permissions"
+            ) from None
 
     def write(self, result: StreamResult) -> None:
         if result.frame is None:
@@ -262,5 +271,6 @@ def parse_sink(
     if kind == "video":
         return VideoSink(rest, fps=fps)
     host, _, port = rest.rpartition(":")
-    return PreviewSink(int(port or 8080), host=host or "127.0.0.1", token=preview_token, hosts=preview_hosts,
-                       stats=stats)
+    return PreviewSink(
+        int(port or 8080), host=host or "127.0.0.1", token=preview_token, hosts=preview_hosts, stats=stats
+    )

@@ -65,9 +65,11 @@ def class_of_folder(folder: str, classes: Sequence[str]) -> str | None:
     plain = folder if folder in classes and folder != UNLABELLED else None
     mapped = _mapped(folder, classes)
     if plain is not None and mapped is not None and mapped != plain:
-        raise DataError(f"the folder {folder!r} is the class {plain!r} by its name but the class {mapped!r} as "
-                        f"edgecls run --collect names folders; rename it to {folder_name(plain)!r} or "
-                        f"{folder_name(mapped)!r}")
+        raise DataError(
+            f"the folder {folder!r} is the class {plain!r} by its name but the class {mapped!r} as "
+            f"edgecls run --collect names folders; rename it to {folder_name(plain)!r} or "
+            f"{folder_name(mapped)!r}"
+        )
     return plain if plain is not None else mapped
 
 
@@ -103,7 +105,7 @@ def _unescape(name: str) -> str | None:
             out += name[i].encode("utf-8", "surrogatepass")
             i += 1
             continue
-        pair = name[i + 1:i + 3]
+        pair = name[i + 1 : i + 3]
         if len(pair) != 2 or any(c not in "0123456789abcdefABCDEF" for c in pair):
             return None
         out.append(int(pair, 16))

@@ -131,8 +131,14 @@ class Collector:
     fixes the random sample. Counters: `saved` (by reason in `by_reason`), `removed` (to stay in bounds),
     `rate_limited` (wanted, but within ``every_s`` of the last one). `close` releases DIR."""
 
-    def __init__(self, root: str | Path, policy: CollectPolicy | None = None, *, model: str | None = None,
-                 seed: int | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        policy: CollectPolicy | None = None,
+        *,
+        model: str | None = None,
+        seed: int | None = None,
+    ) -> None:
         self.root = Path(root)
         self.path = self.root  # how sink errors name it
         self.policy = policy or CollectPolicy()
@@ -145,8 +151,10 @@ class Collector:
         self._kept: deque[tuple[str, str, int]] = deque()  # (folder, image, bytes of image and sidecar), oldest first
         self._root_fd = self._lock_fd = -1
         if os.open not in os.supports_dir_fd or not _NOFOLLOW:
-            raise SinkError("--collect needs a system that can open files relative to a folder without following "
-                            "links (Linux, macOS, the BSDs); this one cannot")
+            raise SinkError(
+                "--collect needs a system that can open files relative to a folder without following "
+                "links (Linux, macOS, the BSDs); this one cannot"
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self._root_fd = os.open(self.root, _DIR_FLAGS)  # DIR itself may be a link the user named; nothing inside
@@ -206,8 +214,11 @@ class Collector:
     def _save(self, result: StreamResult, reason: str) -> None:
         from PIL import Image
 
-        label = result.decision.label if result.decision.label is not None else (
-            result.top.label if result.top is not None else None)
+        label = (
+            result.decision.label
+            if result.decision.label is not None
+            else (result.top.label if result.top is not None else None)
+        )
         folder = folder_name(label)
         buffer = io.BytesIO()
         Image.fromarray(to_rgb(result.frame, result.color)).save(buffer, "JPEG", quality=self.policy.quality)
@@ -217,8 +228,10 @@ class Collector:
             fd = _open_folder(self._root_fd, folder, create=True)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise SinkError(f"cannot collect into {where}: it is a symbolic link or not a folder; collect writes "
-                                f"only into real folders inside {self.root} (remove or rename it)") from None
+                raise SinkError(
+                    f"cannot collect into {where}: it is a symbolic link or not a folder; collect writes "
+                    f"only into real folders inside {self.root} (remove or rename it)"
+                ) from None
             raise SinkError(f"cannot write {where} ({os_reason(exc)}); check the folder and its permissions") from None
         try:
             image = _free_name(fd, f"{stamp}-{result.sequence:07d}")
@@ -245,24 +258,30 @@ class Collector:
             "timestamp": round(result.timestamp, 6),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(result.timestamp)),
             "model": self.model,
-            "predictions": [{"index": p.index, "label": p.label, "score": round(p.score, 6)}
-                            for p in result.predictions],
+            "predictions": [
+                {"index": p.index, "label": p.label, "score": round(p.score, 6)} for p in result.predictions
+            ],
             "decision": result.to_dict()["decision"],
         }
 
     def _trim(self) -> None:
         max_files, max_bytes = self.policy.max_files, self.policy.max_bytes
-        while len(self._kept) > 1 and ((max_files is not None and len(self._kept) > max_files)
-                                       or (max_bytes is not None and self._bytes > max_bytes)):
+        while len(self._kept) > 1 and (
+            (max_files is not None and len(self._kept) > max_files)
+            or (max_bytes is not None and self._bytes > max_bytes)
+        ):
             folder, image, size = self._kept.popleft()
             self._bytes -= size
             self.removed += _remove_owned(self._root_fd, folder, image)
 
     def summary(self) -> str:
         reasons = ", ".join(f"{self.by_reason[r]} {r}" for r in REASONS if self.by_reason[r])
-        return (f"collected {self.saved} frame(s) in {self.root}" + (f" ({reasons})" if reasons else "")
-                + f"; {self.files} there now" + (f", {self.removed} oldest removed to stay within --collect-max"
-                                                 if self.removed else ""))
+        return (
+            f"collected {self.saved} frame(s) in {self.root}"
+            + (f" ({reasons})" if reasons else "")
+            + f"; {self.files} there now"
+            + (f", {self.removed} oldest removed to stay within --collect-max" if self.removed else "")
+        )
 
     def close(self) -> None:
         """Release DIR (its lock); the frames stay. Safe to call twice."""
@@ -285,18 +304,22 @@ def _lock(root_fd: int, root: Path) -> int:
         fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o644, dir_fd=root_fd)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.EISDIR):
-            raise SinkError(f"cannot use {root} for collected frames: {root / LOCK_NAME} is a link or a folder; "
-                            "remove it (collect follows no link inside its folder)") from None
+            raise SinkError(
+                f"cannot use {root} for collected frames: {root / LOCK_NAME} is a link or a folder; "
+                "remove it (collect follows no link inside its folder)"
+            ) from None
         raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
         os.close(fd)
-        raise SinkError(f"{root} is already being collected into by another edgecls run"
-                        + (f" (process {owner})" if owner.isdigit() else "")
-                        + "; one collector per folder keeps --collect-max: stop that run, or collect into another "
-                          "folder") from None
+        raise SinkError(
+            f"{root} is already being collected into by another edgecls run"
+            + (f" (process {owner})" if owner.isdigit() else "")
+            + "; one collector per folder keeps --collect-max: stop that run, or collect into another "
+            "folder"
+        ) from None
     except BaseException:
         os.close(fd)
         raise
@@ -390,4 +413,3 @@ def _write_new(fd: int, name: str, data: bytes) -> None:
     except BaseException:
         _unlink(fd, tmp)
         raise
-

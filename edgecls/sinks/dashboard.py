@@ -67,9 +67,11 @@ def check_token(token: str) -> str:
     if not low <= len(token) <= high or bad:
         shown = ", ".join(repr(c) if c.isprintable() and c.isascii() else f"U+{ord(c):04X}" for c in bad[:5])
         why = f"it holds {shown}" if bad else f"it has {len(token)} characters"
-        raise ConfigError(f"the preview token cannot be used: {why}. A token needs {low} to {high} printable ASCII "
-                          "characters without spaces, quotes or any of ;,\\#%&+ (what a cookie and a URL carry as "
-                          "they are); make one with `openssl rand -hex 16`")
+        raise ConfigError(
+            f"the preview token cannot be used: {why}. A token needs {low} to {high} printable ASCII "
+            "characters without spaces, quotes or any of ;,\\#%&+ (what a cookie and a URL carry as "
+            "they are); make one with `openssl rand -hex 16`"
+        )
     return token
 
 
@@ -82,8 +84,10 @@ def check_host_name(name: str) -> str:
     except ValueError:
         pass
     if not HOST_NAME.fullmatch(text):
-        raise ConfigError(f"--preview-host {name!r}: give a host name (letters, digits, '-' and '.'), e.g. "
-                          "--preview-host raspberrypi.local, or an IP address")
+        raise ConfigError(
+            f"--preview-host {name!r}: give a host name (letters, digits, '-' and '.'), e.g. "
+            "--preview-host raspberrypi.local, or an IP address"
+        )
     return text
 
 
@@ -95,13 +99,25 @@ class Dashboard:
 
     cookie = COOKIE
 
-    def __init__(self, port: int = 8080, *, host: str = "127.0.0.1", token: str | None = None, quality: int = 80,
-                 max_fps: float = 10.0, max_clients: int = 16, hosts: Iterable[str] = (),
-                 request_timeout: float = 5.0, stats: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self,
+        port: int = 8080,
+        *,
+        host: str = "127.0.0.1",
+        token: str | None = None,
+        quality: int = 80,
+        max_fps: float = 10.0,
+        max_clients: int = 16,
+        hosts: Iterable[str] = (),
+        request_timeout: float = 5.0,
+        stats: Callable[[], Any] | None = None,
+    ) -> None:
         host = host.strip("[]")
         if not is_loopback(host) and not token:
-            raise ConfigError(f"the preview on {host} is open to the network: give it a token with --preview-token "
-                              f"or {TOKEN_ENV} (or bind it to 127.0.0.1 and use an SSH tunnel)")
+            raise ConfigError(
+                f"the preview on {host} is open to the network: give it a token with --preview-token "
+                f"or {TOKEN_ENV} (or bind it to 127.0.0.1 and use an SSH tunnel)"
+            )
         self.token = check_token(token) if token is not None else None
         self.quality, self.min_interval = quality, 1.0 / max_fps
         self.max_clients, self._stats = max_clients, stats
@@ -125,9 +141,10 @@ class Dashboard:
         self.host, self.port = self._server.server_address[:2]
         self._names.add(str(self.host).lower())
         self._every_address = ipaddress.ip_address(self.host).is_unspecified  # 0.0.0.0 or ::
-        self._threads = [threading.Thread(target=self._server.serve_forever, args=(0.1,), name="edgecls-dashboard",
-                                          daemon=True),
-                         threading.Thread(target=self._encode_loop, name="edgecls-dashboard-jpeg", daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._server.serve_forever, args=(0.1,), name="edgecls-dashboard", daemon=True),
+            threading.Thread(target=self._encode_loop, name="edgecls-dashboard-jpeg", daemon=True),
+        ]
         for thread in self._threads:
             thread.start()
 
@@ -177,8 +194,11 @@ class Dashboard:
         last = 0.0
         while True:
             with self._cond:
-                while not self._closed and not (self.video_viewers and self._latest is not None
-                                                and (self._jpeg is None or self._jpeg[0] != self._version)):
+                while not self._closed and not (
+                    self.video_viewers
+                    and self._latest is not None
+                    and (self._jpeg is None or self._jpeg[0] != self._version)
+                ):
                     self._cond.wait(0.5)
                 if self._closed:
                     return
@@ -231,12 +251,22 @@ class Dashboard:
             data = self._stats().to_dict()
         else:
             elapsed = time.monotonic() - self._started
-            data = {"frames_processed": self._count, "elapsed_s": round(elapsed, 3),
-                    "fps": round(self._count / elapsed, 2) if elapsed > 0 else 0.0}
+            data = {
+                "frames_processed": self._count,
+                "elapsed_s": round(elapsed, 3),
+                "fps": round(self._count / elapsed, 2) if elapsed > 0 else 0.0,
+            }
         connections, waiting = self.connections.counts()
-        data["dashboard"] = {"clients": self.clients, "video_viewers": self.video_viewers,
-                             "event_viewers": self.event_viewers, "refused": self.refused, "denied": self.denied,
-                             "max_clients": self.max_clients, "connections": connections, "waiting": waiting}
+        data["dashboard"] = {
+            "clients": self.clients,
+            "video_viewers": self.video_viewers,
+            "event_viewers": self.event_viewers,
+            "refused": self.refused,
+            "denied": self.denied,
+            "max_clients": self.max_clients,
+            "connections": connections,
+            "waiting": waiting,
+        }
         return data
 
     # -- connections --------------------------------------------------------------------------------------------

@@ -51,8 +51,7 @@ GONE_ERRNOS = {errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN
 
 def went_away(exc: BaseException | None) -> bool:
     """Whether an exception only says that the client went away (or was let go)."""
-    return isinstance(exc, (ConnectionError, TimeoutError)) or (
-        isinstance(exc, OSError) and exc.errno in GONE_ERRNOS)
+    return isinstance(exc, (ConnectionError, TimeoutError)) or (isinstance(exc, OSError) and exc.errno in GONE_ERRNOS)
 
 
 def client_gone(sock: socket.socket) -> bool:
@@ -144,8 +143,10 @@ class Server(ThreadingHTTPServer):
         if not self.connections.open(request):
             try:
                 request.setblocking(False)
-                request.send(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 21\r\n"
-                             b"Connection: close\r\n\r\ntoo many connections\n")
+                request.send(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 21\r\n"
+                    b"Connection: close\r\n\r\ntoo many connections\n"
+                )
             except OSError:
                 pass
             self.shutdown_request(request)
@@ -206,8 +207,11 @@ def parse_max_rate(query: dict[str, list[str]]) -> float | None:
     except ValueError:
         rate = math.nan
     if not MAX_RATE[0] <= rate <= MAX_RATE[1]:
-        raise _Refuse(400, f"max_rate must be a number of events a second from {MAX_RATE[0]:g} to {MAX_RATE[1]:g}, "
-                           "e.g. /events?max_rate=15")
+        raise _Refuse(
+            400,
+            f"max_rate must be a number of events a second from {MAX_RATE[0]:g} to {MAX_RATE[1]:g}, "
+            "e.g. /events?max_rate=15",
+        )
     return rate
 
 
@@ -294,8 +298,11 @@ def make_handler(board: Dashboard, connections: Connections, request_timeout: fl
             if len(hosts) > 1 or (not hosts and self.request_version != "HTTP/1.0"):
                 raise _Refuse(400, "one Host header is needed")
             if hosts and not board.serves_host(host_name(hosts[0])):
-                raise _Refuse(403, "unknown host name: open the dashboard by its address or localhost, or give the "
-                                   "name with --preview-host")
+                raise _Refuse(
+                    403,
+                    "unknown host name: open the dashboard by its address or localhost, or give the "
+                    "name with --preview-host",
+                )
             if self._cross_origin(path, hosts[0] if hosts else ""):
                 raise _Refuse(403, "cross-origin request refused")
             if not board.authorised(self.headers, query):
@@ -310,8 +317,11 @@ def make_handler(board: Dashboard, connections: Connections, request_timeout: fl
             if site not in ("cross-site", "same-site"):
                 return False
             # a link from elsewhere may open the page itself (the page's own requests are then same-origin)
-            return not (path in PAGE_PATHS and (self.headers.get("Sec-Fetch-Mode") or "").lower() == "navigate"
-                        and (self.headers.get("Sec-Fetch-Dest") or "document").lower() == "document")
+            return not (
+                path in PAGE_PATHS
+                and (self.headers.get("Sec-Fetch-Mode") or "").lower() == "navigate"
+                and (self.headers.get("Sec-Fetch-Dest") or "document").lower() == "document"
+            )
 
         def _route(self, path: str, query: dict[str, list[str]], rate: float | None) -> None:
             extra = {}

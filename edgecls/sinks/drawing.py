@@ -22,8 +22,16 @@ def annotate(result: StreamResult) -> np.ndarray:
     y = int(30 * scale)
     for text in lines:
         for color, thickness in (((0, 0, 0), 4), ((255, 255, 255), 1)):
-            cv2.putText(frame, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, max(1, int(thickness * scale)),
-                        cv2.LINE_AA)
+            cv2.putText(
+                frame,
+                text,
+                (10, y),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                scale,
+                color,
+                max(1, int(thickness * scale)),
+                cv2.LINE_AA,
+            )
         y += int(30 * scale)
     return frame
 

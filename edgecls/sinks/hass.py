@@ -59,23 +59,29 @@ class Discovery:
 
     def __post_init__(self) -> None:
         if not _PREFIX.match(self.prefix):
-            raise ConfigError(f"MQTT discovery prefix {self.prefix!r}: expected letters, digits, _ and - in "
-                              "/-separated parts, e.g. homeassistant")
-        if self.node_id is not None and (not self.node_id or _ID.search(self.node_id)
-                                         or len(self.node_id) > NODE_ID_MAX):
+            raise ConfigError(
+                f"MQTT discovery prefix {self.prefix!r}: expected letters, digits, _ and - in "
+                "/-separated parts, e.g. homeassistant"
+            )
+        if self.node_id is not None and (
+            not self.node_id or _ID.search(self.node_id) or len(self.node_id) > NODE_ID_MAX
+        ):
             shown = self.node_id if len(self.node_id) <= 80 else self.node_id[:40] + "..."
-            raise ConfigError(f"MQTT discovery node id {shown!r}: expected letters, digits, _ and -, at most "
-                              f"{NODE_ID_MAX} of them")
+            raise ConfigError(
+                f"MQTT discovery node id {shown!r}: expected letters, digits, _ and -, at most {NODE_ID_MAX} of them"
+            )
 
 
-def discovery_for(enabled: bool, *, prefix: str = DEFAULT_PREFIX, node_id: str | None = None,
-                  model: str | None = None) -> Discovery | None:
+def discovery_for(
+    enabled: bool, *, prefix: str = DEFAULT_PREFIX, node_id: str | None = None, model: str | None = None
+) -> Discovery | None:
     """The Discovery that ``--mqtt-discovery`` (``enabled``), ``--mqtt-discovery-prefix`` and
     ``--mqtt-discovery-node-id`` ask for, or None; a node id without discovery is a ConfigError."""
     if not enabled:
         if node_id is not None:
-            raise ConfigError("--mqtt-discovery-node-id names the device that --mqtt-discovery announces: add "
-                              "--mqtt-discovery")
+            raise ConfigError(
+                "--mqtt-discovery-node-id names the device that --mqtt-discovery announces: add --mqtt-discovery"
+            )
         return None
     return Discovery(prefix=prefix, model=model, node_id=node_id)
 
@@ -85,11 +91,15 @@ def require_mqtt_sink(sinks: list[str], discovery: Discovery | None = None) -> N
     id given to ``discovery`` would name two devices (one per MQTT sink)."""
     mqtt = [spec for spec in sinks if spec.startswith(("mqtt://", "mqtts://"))]
     if not mqtt:
-        raise ConfigError("--mqtt-discovery announces an MQTT sink to Home Assistant: add one, e.g. "
-                          "--sink mqtt://broker.local/pi/vision")
+        raise ConfigError(
+            "--mqtt-discovery announces an MQTT sink to Home Assistant: add one, e.g. "
+            "--sink mqtt://broker.local/pi/vision"
+        )
     if discovery is not None and discovery.node_id is not None and len(mqtt) > 1:
-        raise ConfigError(f"--mqtt-discovery-node-id {discovery.node_id}: one id names one device, and {len(mqtt)} "
-                          "MQTT sinks would each announce it; leave it out (each sink's topic gives it its own id)")
+        raise ConfigError(
+            f"--mqtt-discovery-node-id {discovery.node_id}: one id names one device, and {len(mqtt)} "
+            "MQTT sinks would each announce it; leave it out (each sink's topic gives it its own id)"
+        )
 
 
 def node_id_for(topic: str) -> str:

@@ -79,14 +79,18 @@ def check_topic(topic: str) -> str:
         raise ConfigError("the MQTT topic is empty: name one, e.g. mqtt://broker.local/pi/vision")
     problem = next((p for p in map(_unwelcome, topic) if p is not None), None)
     if problem is not None:
-        raise ConfigError(f"MQTT topic {_shown(topic)} holds {problem}; brokers refuse such a topic (Mosquitto drops "
-                          "the connection): remove it")
+        raise ConfigError(
+            f"MQTT topic {_shown(topic)} holds {problem}; brokers refuse such a topic (Mosquitto drops "
+            "the connection): remove it"
+        )
     if "+" in topic or "#" in topic:
         raise ConfigError(f"MQTT topic {_shown(topic)} is for publishing and cannot hold the wildcards # or +")
     size = len(status_topic_for(topic).encode("utf-8"))
     if size > TOPIC_MAX_BYTES:
-        raise ConfigError(f"MQTT topic {_shown(topic)} is too long: with its status topic ({STATUS_SUFFIX}) it takes "
-                          f"{size:,} bytes, and MQTT allows {TOPIC_MAX_BYTES:,}")
+        raise ConfigError(
+            f"MQTT topic {_shown(topic)} is too long: with its status topic ({STATUS_SUFFIX}) it takes "
+            f"{size:,} bytes, and MQTT allows {TOPIC_MAX_BYTES:,}"
+        )
     return topic
 
 
@@ -107,17 +111,23 @@ def parse_mqtt_url(url: str) -> tuple[str, int, str, str | None, str | None, boo
     if parts.fragment or url.endswith("#"):
         raise ConfigError(f"MQTT sink {shown!r}: the topic is for publishing and cannot hold the wildcards # or +")
     if parts.query or "?" in url.partition("://")[2].partition("/")[2]:
-        raise ConfigError(f"MQTT sink {shown!r}: a '?' would start a URL query, not be part of the topic; write %3F "
-                          "for a '?' in the topic")
+        raise ConfigError(
+            f"MQTT sink {shown!r}: a '?' would start a URL query, not be part of the topic; write %3F "
+            "for a '?' in the topic"
+        )
     raw = parts.path[1:]
     if raw.startswith("/"):
-        raise ConfigError(f"MQTT sink {shown!r}: the topic starts with '/', which makes it a different topic from "
-                          f"{raw.lstrip('/')!r} (an empty first level); write mqtt://HOST/{raw.lstrip('/')}, or %2F "
-                          "for a leading '/' that is meant")
+        raise ConfigError(
+            f"MQTT sink {shown!r}: the topic starts with '/', which makes it a different topic from "
+            f"{raw.lstrip('/')!r} (an empty first level); write mqtt://HOST/{raw.lstrip('/')}, or %2F "
+            "for a leading '/' that is meant"
+        )
     try:
         topic = unquote(raw, errors="strict")
     except UnicodeDecodeError:
-        raise ConfigError(f"MQTT sink {shown!r}: the topic's %-escapes are not valid UTF-8, which MQTT requires") from None
+        raise ConfigError(
+            f"MQTT sink {shown!r}: the topic's %-escapes are not valid UTF-8, which MQTT requires"
+        ) from None
     if not parts.hostname or not topic:
         raise ConfigError(f"MQTT sink {shown!r} needs a host and a topic: mqtt://[user:pass@]host[:port]/topic")
     check_topic(topic)
@@ -195,9 +205,17 @@ def refusal(host: str, port: int, reason_code: Any, user: bool) -> str:
     """What a broker's refusal of the connection (its CONNACK reason) means, and what to do."""
     value = getattr(reason_code, "value", None)
     if value in (134, 135):  # MQTT 3.1.1 return codes 4 and 5: bad user name or password, not authorised
-        fix = ("check the user and password (user:password in the URL, or the user in the URL and the password in "
-               f"{MQTT_PASSWORD_ENV})") if user else ("it wants a user and password: mqtt://USER:PASSWORD@host/topic, "
-                                                      f"or the user in the URL and the password in {MQTT_PASSWORD_ENV}")
+        fix = (
+            (
+                "check the user and password (user:password in the URL, or the user in the URL and the password in "
+                f"{MQTT_PASSWORD_ENV})"
+            )
+            if user
+            else (
+                "it wants a user and password: mqtt://USER:PASSWORD@host/topic, "
+                f"or the user in the URL and the password in {MQTT_PASSWORD_ENV}"
+            )
+        )
         return f"MQTT broker {host}:{port} refused the login ({reason_code}): {fix}"
     return f"MQTT broker {host}:{port} refused the connection ({reason_code})"
 
@@ -351,14 +369,18 @@ class MqttSink:
                     return None
                 why = f"the broker acknowledged none of the results on {_shown(self.topic)}"
                 if self._connections_lost:
-                    why += (f"; it closed the connection {self._connections_lost} time(s) while they were sent: it may "
-                            "refuse this topic or messages this large (see its log)")
+                    why += (
+                        f"; it closed the connection {self._connections_lost} time(s) while they were sent: it may "
+                        "refuse this topic or messages this large (see its log)"
+                    )
                 return why
             if self.last_error is not None:
                 return self.last_error
         if self._connect_failures:
-            return (f"could not connect to {self.host}:{self.port} (is the broker running there, and the host and port "
-                    "right?)")
+            return (
+                f"could not connect to {self.host}:{self.port} (is the broker running there, and the host and port "
+                "right?)"
+            )
         return f"{self.host}:{self.port} did not acknowledge the connection (is it an MQTT broker? TLS needs mqtts://)"
 
     def close(self, timeout: float = 2.0) -> None:
@@ -389,9 +411,17 @@ class MqttSink:
         if problem is not None:
             raise SinkError(f"nothing delivered ({self.written} result(s) not sent): {problem}")
         if self.unsent or self.dropped or self.lost:
-            log.warning("MQTT %s:%d: %d result(s) sent, %d not sent (%d dropped from the full buffer, %d lost in a "
-                        "disconnect, %d still waiting at the stop)", self.host, self.port, self.sent,
-                        self.dropped + self.lost + self.unsent, self.dropped, self.lost, self.unsent)
+            log.warning(
+                "MQTT %s:%d: %d result(s) sent, %d not sent (%d dropped from the full buffer, %d lost in a "
+                "disconnect, %d still waiting at the stop)",
+                self.host,
+                self.port,
+                self.sent,
+                self.dropped + self.lost + self.unsent,
+                self.dropped,
+                self.lost,
+                self.unsent,
+            )
 
     # -- the sender thread: hands buffered results to paho while connected, at most `window` in flight ----------
 
@@ -492,17 +522,23 @@ class MqttSink:
             if self._stuck <= 1:
                 self._event("sink-disconnected", f"MQTT lost {self.host}:{self.port} ({reason_code}); reconnecting")
             elif self._stuck == 3:
-                self._trouble(f"MQTT broker {self.host}:{self.port} keeps closing the connection while results are "
-                              f"sent, none acknowledged: it may refuse the topic {_shown(self.topic)} or messages this "
-                              "large; see the broker's log")
+                self._trouble(
+                    f"MQTT broker {self.host}:{self.port} keeps closing the connection while results are "
+                    f"sent, none acknowledged: it may refuse the topic {_shown(self.topic)} or messages this "
+                    "large; see the broker's log"
+                )
         elif not was and not refused and not self._closing and not self._stuck:  # (stuck: said already)
             if getattr(reason_code, "value", None) == KEEPALIVE_TIMEOUT:  # paho gave up waiting for an answer
-                self._trouble(f"{self.host}:{self.port} did not acknowledge the connection in {client.keepalive} s "
-                              "(is it an MQTT broker? TLS needs mqtts://)")
+                self._trouble(
+                    f"{self.host}:{self.port} did not acknowledge the connection in {client.keepalive} s "
+                    "(is it an MQTT broker? TLS needs mqtts://)"
+                )
             else:  # the connection was made and closed again with no answer to it: the broker refuses something
-                self._trouble(f"MQTT broker {self.host}:{self.port} closed the connection before acknowledging it: "
-                              f"it refuses something in it, such as the last will's topic {_shown(self.status_topic)} "
-                              "or the protocol (TLS needs mqtts://); see the broker's log")
+                self._trouble(
+                    f"MQTT broker {self.host}:{self.port} closed the connection before acknowledging it: "
+                    f"it refuses something in it, such as the last will's topic {_shown(self.status_topic)} "
+                    "or the protocol (TLS needs mqtts://); see the broker's log"
+                )
 
     def _trouble(self, reason: str, *, refused: bool = False) -> None:
         """The broker would not take the connection: remember why (for `wait_connected` and `delivery_problem`),
@@ -565,16 +601,20 @@ def clear_retained(url: str, *, discovery: Any = None, results: bool = False, ti
     try:
         client.connect(host, port, keepalive=max(5, int(timeout) + 1))
     except (OSError, ValueError) as exc:
-        raise SinkError(f"could not connect to MQTT broker {host}:{port} ({_describe(exc)}); nothing was cleared") from None
+        raise SinkError(
+            f"could not connect to MQTT broker {host}:{port} ({_describe(exc)}); nothing was cleared"
+        ) from None
     client.loop_start()
     try:
         if not answered.wait(max(0.0, deadline - time.monotonic())):
-            raise SinkError(f"MQTT broker {host}:{port} did not acknowledge the connection in {timeout:g} s; nothing "
-                            "was cleared")
+            raise SinkError(
+                f"MQTT broker {host}:{port} did not acknowledge the connection in {timeout:g} s; nothing was cleared"
+            )
         reason = answer.get("reason")
         if reason is None:
-            raise SinkError(f"MQTT broker {host}:{port} closed the connection before acknowledging it; nothing was "
-                            "cleared")
+            raise SinkError(
+                f"MQTT broker {host}:{port} closed the connection before acknowledging it; nothing was cleared"
+            )
         if getattr(reason, "is_failure", False):
             raise SinkError(refusal(host, port, reason, user) + "; nothing was cleared")
         infos = [(t, client.publish(t, b"", qos=1, retain=True)) for t in topics]
@@ -585,8 +625,10 @@ def clear_retained(url: str, *, discovery: Any = None, results: bool = False, ti
                 break
         left = [t for t, info in infos if not _acknowledged(info)]
         if left:
-            raise SinkError(f"MQTT broker {host}:{port} acknowledged {len(topics) - len(left)} of {len(topics)} "
-                            f"clearing messages in {timeout:g} s; not cleared: {', '.join(map(_shown, left))}")
+            raise SinkError(
+                f"MQTT broker {host}:{port} acknowledged {len(topics) - len(left)} of {len(topics)} "
+                f"clearing messages in {timeout:g} s; not cleared: {', '.join(map(_shown, left))}"
+            )
     finally:
         client.disconnect()
         client.loop_stop()

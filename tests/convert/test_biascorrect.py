@@ -84,7 +84,7 @@ def test_the_kernel_model_matches_the_converters_int8_weights():
             shape = [1] * 4
             shape[axis] = -1
             stored[tuple(t["shape"])] = q * scales.reshape(shape)
-    (_container, targets), = _targets(model)
+    ((_container, targets),) = _targets(model)
     assert [t.conv.name for t in targets] == ["c1", "dw", "c3"]
     import keras
 

@@ -44,9 +44,13 @@ def converted():  # type: ignore[no-untyped-def]
 
     model = _model()
     calibration = np.random.default_rng(0).uniform(0, 255, (16, 24, 24, 3)).astype(np.float32)
-    return {mode: (to_tflite(model, mode=mode, representative=calibration, compacted=False),
-                   to_tflite(model, mode=mode, representative=calibration))
-            for mode in ("int8", "float16", "dynamic", "none")}
+    return {
+        mode: (
+            to_tflite(model, mode=mode, representative=calibration, compacted=False),
+            to_tflite(model, mode=mode, representative=calibration),
+        )
+        for mode in ("int8", "float16", "dynamic", "none")
+    }
 
 
 def _outputs(flat: bytes, inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -74,10 +78,18 @@ def _tensors(flat: bytes) -> list[dict]:
     for t in Interpreter(model_content=flat).get_tensor_details():
         q = t["quantization_parameters"]
         buffer = model.Buffers(graph.Tensors(t["index"]).Buffer())
-        rows.append({"index": t["index"], "dtype": t["dtype"], "shape": t["shape"].tolist(),
-                     "scales": q["scales"].tolist(), "zero_points": q["zero_points"].tolist(),
-                     "dim": q["quantized_dimension"], "name": t["name"],
-                     "data": buffer.DataAsNumpy().tobytes() if buffer.DataLength() else None})
+        rows.append(
+            {
+                "index": t["index"],
+                "dtype": t["dtype"],
+                "shape": t["shape"].tolist(),
+                "scales": q["scales"].tolist(),
+                "zero_points": q["zero_points"].tolist(),
+                "dim": q["quantized_dimension"],
+                "name": t["name"],
+                "data": buffer.DataAsNumpy().tobytes() if buffer.DataLength() else None,
+            }
+        )
     return rows
 
 
@@ -108,8 +120,9 @@ def test_compacted_model_computes_exactly_what_the_converters_file_computes(conv
     # Same tensors, types, shapes, quantisation and constant values; only the names are shorter.
     before, after = _tensors(raw), _tensors(compacted)
     assert sum(t["data"] is not None for t in before) >= 8  # the weights are compared too
-    assert [{k: v for k, v in t.items() if k != "name"} for t in before] == \
-        [{k: v for k, v in t.items() if k != "name"} for t in after]
+    assert [{k: v for k, v in t.items() if k != "name"} for t in before] == [
+        {k: v for k, v in t.items() if k != "name"} for t in after
+    ]
     for old, new in zip(before, after):
         assert old["name"].split(";")[0].endswith(new["name"]) and len(new["name"]) <= len(old["name"])
     assert any(";" in t["name"] for t in before) and not any(";" in t["name"] for t in after)
@@ -154,14 +167,23 @@ def test_a_third_party_model_stays_exact(coral):
     np.testing.assert_array_equal(_outputs(flat, [image])[0], _outputs(compacted, [image])[0])
 
 
-@pytest.mark.parametrize("names, expected", [
-    (["serving_default_image:0", "model_1/inner_1/conv_1/Relu6;model_1/inner_1/bn_1/add", "model_1/head/MatMul",
-      "StatefulPartitionedCall:0"],
-     ["serving_default_image:0", "inner_1/conv_1/Relu6", "head/MatMul", "StatefulPartitionedCall:0"]),
-    (["a/b/c", "a/b/c"], ["c", "c"]),  # the last component is never removed
-    (["x", "y"], ["x", "y"]),
-    ([], []),
-])
+@pytest.mark.parametrize(
+    "names, expected",
+    [
+        (
+            [
+                "serving_default_image:0",
+                "model_1/inner_1/conv_1/Relu6;model_1/inner_1/bn_1/add",
+                "model_1/head/MatMul",
+                "StatefulPartitionedCall:0",
+            ],
+            ["serving_default_image:0", "inner_1/conv_1/Relu6", "head/MatMul", "StatefulPartitionedCall:0"],
+        ),
+        (["a/b/c", "a/b/c"], ["c", "c"]),  # the last component is never removed
+        (["x", "y"], ["x", "y"]),
+        ([], []),
+    ],
+)
 def test_short_names(names, expected):
     from edgecls.convert.compact import short_names
 

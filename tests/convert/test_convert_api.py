@@ -13,8 +13,18 @@ from conftest import convert, one_error_line
 pytestmark = pytest.mark.slow
 
 # TINY (conftest) as keyword arguments: what a notebook user would type
-TINY_KW = {"input_size": 32, "width": 8, "depth": 2, "epochs": 3, "baseline": False, "calibration_samples": 20, "max_drop": 100,
-               "min_agreement": 0, "patience": 3, "batch_size": 8}
+TINY_KW = {
+    "input_size": 32,
+    "width": 8,
+    "depth": 2,
+    "epochs": 3,
+    "baseline": False,
+    "calibration_samples": 20,
+    "max_drop": 100,
+    "min_agreement": 0,
+    "patience": 3,
+    "batch_size": 8,
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +50,14 @@ def test_train_returns_a_frozen_result_that_matches_the_report(api_run):
     assert result.passed == report["passed"] and result.classes == ("circle", "square", "stripes")
     assert result.int8_top1 == report["int8"]["top1"] and result.agreement == report["agreement"]
     assert result.model_path == out.absolute() / "model.tflite" and result.model_path.is_file()
-    for path in (result.keras_path, result.labels_path, result.report_path, result.report_md_path,
-                 result.confusion_matrix_path, result.training_curves_path):
+    for path in (
+        result.keras_path,
+        result.labels_path,
+        result.report_path,
+        result.report_md_path,
+        result.confusion_matrix_path,
+        result.training_curves_path,
+    ):
         assert path.is_file(), path
     assert result.edgetpu_model_path is None
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -87,8 +103,15 @@ def test_quantize_a_keras_model_from_elsewhere_with_string_paths(api_run, shapes
     from edgecls.convert import quantize
 
     result, _, _ = api_run
-    external = quantize(str(result.keras_path), str(shapes), str(tmp_path / "ext"), progress=False,
-                        max_drop=100, min_agreement=0, calibration_samples=10)
+    external = quantize(
+        str(result.keras_path),
+        str(shapes),
+        str(tmp_path / "ext"),
+        progress=False,
+        max_drop=100,
+        min_agreement=0,
+        calibration_samples=10,
+    )
     assert external.report["test_source"] == "calibration" and external.model_path.is_file()
     assert external.report["model"]["source_model"] == str(result.keras_path)
 
@@ -132,8 +155,22 @@ def test_option_names_cover_the_command_line():
 def test_demo_takes_every_flag_given_and_the_seed(tmp_path):
     """--demo used to drop most flags and train with seed 0 whatever --seed said."""
     out = tmp_path / "demo"
-    result = convert("--demo", "--out", out, "--epochs", "1", "--no-baseline", "--seed", "3", "--max-drop", "100",
-                     "--min-agreement", "0", "--int8-method", "ptq")
+    result = convert(
+        "--demo",
+        "--out",
+        out,
+        "--epochs",
+        "1",
+        "--no-baseline",
+        "--seed",
+        "3",
+        "--max-drop",
+        "100",
+        "--min-agreement",
+        "0",
+        "--int8-method",
+        "ptq",
+    )
     assert result.exit_code == 0, result.output
     settings = json.loads((out / "report.json").read_text())["settings"]
     assert settings["train.epochs"] == 1 and settings["train.seed"] == 3 and settings["baseline"] is False

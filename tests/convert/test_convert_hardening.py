@@ -50,8 +50,11 @@ def dataset(root: Path, names: tuple[str, ...], per_class: int = 10) -> Path:
 
 
 def digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +121,7 @@ def test_an_interrupt_while_writing_the_report_leaves_the_old_run_whole(old_run,
     assert digest(out) == before  # the old 3-class run, every file of it
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]
 
-    code, output = ctrl_c_when(["convert", data4, "--out", out, *TINY, "--overwrite"],
-                               lambda line: "exporting" in line)
+    code, output = ctrl_c_when(["convert", data4, "--out", out, *TINY, "--overwrite"], lambda line: "exporting" in line)
     assert "Traceback" not in output
     if code == 130:
         assert digest(out) == before
@@ -163,14 +165,24 @@ def test_the_gate_wants_agreement_and_knows_what_one_image_is_worth(old_run):
         def counts(self, part):  # type: ignore[no-untyped-def]
             return {"a": 10, "b": 10, "c": 10}
 
-    metrics = {"drop_points": 0.0, "agreement": 0.0, "float": {"top1": 0.4}}  # a 1-epoch model: same top-1, never agreeing
+    metrics = {
+        "drop_points": 0.0,
+        "agreement": 0.0,
+        "float": {"top1": 0.4},
+    }  # a 1-epoch model: same top-1, never agreeing
     failures = gate_failures(metrics, ConvertOptions(out_dir=Path("x")), Data(), trained=True)
-    assert len(failures) == 1 and "agree on the top-1 class of 0.0%" in failures[0] and "--min-agreement 90%" in failures[0]
+    assert (
+        len(failures) == 1
+        and "agree on the top-1 class of 0.0%" in failures[0]
+        and "--min-agreement 90%" in failures[0]
+    )
     assert not gate_failures({**metrics, "agreement": 0.95}, ConvertOptions(out_dir=Path("x")), Data(), trained=True)
     report = json.loads((old_run[1] / "report.json").read_text())
     assert report["test_images"] == 6 and report["points_per_image"] == pytest.approx(16.667, abs=0.01)
     first = (old_run[1] / "report.md").read_text().splitlines()[2]
-    assert "the test split has 6 images, so each image the model gets right or wrong moves top-1 by 16.67 points" in first
+    assert (
+        "the test split has 6 images, so each image the model gets right or wrong moves top-1 by 16.67 points" in first
+    )
     # TINY allows a 100-point drop: measurable even on 6 images (the only warning is the advice on so few images)
     assert not [w for w in report["warnings"] if "one image is" in w]
     assert [w for w in report["warnings"] if "smallest class has" in w]
@@ -187,11 +199,27 @@ def test_ctrl_c_inside_the_tflite_converter_is_an_interruption(monkeypatch):
         run_converter(Converter(), "int8")
 
 
-
 # --- SIGTERM, SIGHUP and SIGKILL ------------------------------------------------------------------------------
 
-LONG = ["--input-size", "32", "--width", "8", "--depth", "2", "--epochs", "500", "--patience", "500", "--no-baseline",
-        "--batch-size", "4", "--min-agreement", "0", "--max-drop", "100"]  # trains until it is stopped
+LONG = [
+    "--input-size",
+    "32",
+    "--width",
+    "8",
+    "--depth",
+    "2",
+    "--epochs",
+    "500",
+    "--patience",
+    "500",
+    "--no-baseline",
+    "--batch-size",
+    "4",
+    "--min-agreement",
+    "0",
+    "--max-drop",
+    "100",
+]  # trains until it is stopped
 
 
 # `python -m edgecls` with SIGTERM and SIGHUP at their defaults, whatever the suite inherited (nohup ignores SIGHUP).
@@ -209,9 +237,14 @@ class Convert:
     by a thread, so that waiting for a line has a deadline."""
 
     def __init__(self, *args: object) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", AS_FROM_A_TERMINAL, "convert", *map(str, args)], cwd=ROOT,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "COLUMNS": "200"})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", AS_FROM_A_TERMINAL, "convert", *map(str, args)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "COLUMNS": "200"},
+        )
         self.lines: list[str] = []
         self._new: queue.Queue[str | None] = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -338,8 +371,10 @@ def test_only_staging_folders_of_ended_runs_that_are_ours_are_removed(tmp_path):
         gone = {
             "ended": owner(tmp_path / ".run.new-ended000", **{**me, "pid": ended.pid}),
             "reused": owner(tmp_path / ".run.new-reused00", **{**live, "started": "1"}),
-            "zombie": owner(tmp_path / ".run.new-zombie00", **{**me, "pid": zombie.pid,
-                                                                "started": staging.process_start(zombie.pid)}),
+            "zombie": owner(
+                tmp_path / ".run.new-zombie00",
+                **{**me, "pid": zombie.pid, "started": staging.process_start(zombie.pid)},
+            ),
             "rebooted": owner(tmp_path / ".run.new-rebooted", **{**live, "boot": "another-boot"}),
         }
         kept = {
@@ -374,14 +409,19 @@ def test_only_staging_folders_of_ended_runs_that_are_ours_are_removed(tmp_path):
 
 # --- disk space ------------------------------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def small_disk(path: Path, size: str):  # type: ignore[no-untyped-def]
     """A tmpfs of ``size`` mounted at ``path``, unmounted at the end (root only: skips elsewhere)."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a small tmpfs needs root")
     path.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
-                          check=False, capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -460,8 +500,15 @@ def test_a_write_that_fails_on_a_real_disk_is_one_error_line(point, tmp_path):
     runner.write_text(FILL_FIRST)
     with small_disk(tmp_path / "disk", "8m") as disk:
         out = disk / "run"
-        done = subprocess.run([sys.executable, runner, disk, point, data, "--out", out, *PLUMBING], check=False,
-                              cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+        done = subprocess.run(
+            [sys.executable, runner, disk, point, data, "--out", out, *PLUMBING],
+            check=False,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "COLUMNS": "200"},
+        )
         errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
         assert done.returncode == 1 and len(errors) == 1, done.stderr[-3000:]
         assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr

@@ -35,8 +35,15 @@ def compact_run(shapes, tmp_path_factory):
 
 def test_artifacts_and_report_fields(compact_run):
     out = compact_run
-    for name in ("model.tflite", "labels.txt", "model.keras", "report.json", "report.md",
-                 "confusion_matrix.png", "training_curves.png"):
+    for name in (
+        "model.tflite",
+        "labels.txt",
+        "model.keras",
+        "report.json",
+        "report.md",
+        "confusion_matrix.png",
+        "training_curves.png",
+    ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
     report = json.loads((out / "report.json").read_text())
@@ -53,12 +60,20 @@ def test_artifacts_and_report_fields(compact_run):
     assert report["majority_class"] == {"class": "circle", "top1": pytest.approx(1 / 3)}
     assert (out / "labels.txt").read_text().split() == report["classes"]
     md = (out / "report.md").read_text()  # a 3-epoch model may not learn: the verdict line then says so
-    assert ("Parity gate PASSED" if not report["learned_nothing"] else "Parity gate passed, but the model learned nothing") in md
+    assert (
+        "Parity gate PASSED" if not report["learned_nothing"] else "Parity gate passed, but the model learned nothing"
+    ) in md
     assert "conv biases corrected for the rounding error" in (out / "report.md").read_text()
     history = report["history"]
     kept = history["stages"][-1]["kept_epoch"]  # TINY: 3 epochs, early stopping watches the last (2 * 3 // 3 = 2)
-    assert kept == 3 and (f"The model is the weights of epoch 3 of 3 (train stage, lowest validation loss "
-                          f"{history['val_loss'][2]:.4f}") in (out / "report.md").read_text()
+    assert (
+        kept == 3
+        and (
+            f"The model is the weights of epoch 3 of 3 (train stage, lowest validation loss "
+            f"{history['val_loss'][2]:.4f}"
+        )
+        in (out / "report.md").read_text()
+    )
     for png in ("confusion_matrix.png", "training_curves.png"):
         assert Image.open(out / png).size[0] > 200
     # Low agreement without int8 tuning: the report points to it.
@@ -106,8 +121,9 @@ def test_seed_cnn_binary_sigmoid_end_to_end(shapes, tmp_path):
     for cls in ("circle", "stripes"):
         shutil.copytree(shapes / cls, data / cls)
     out = tmp_path / "seed"
-    result = convert(data, "--out", out, "--arch", "seed-cnn", "--epochs", "2", "--max-drop", "100",
-                     "--calibration-samples", "10")
+    result = convert(
+        data, "--out", out, "--arch", "seed-cnn", "--epochs", "2", "--max-drop", "100", "--calibration-samples", "10"
+    )
     assert result.exit_code == 0, result.output
     with Classifier(out / "model.tflite") as clf:
         assert clf.output_spec.size == 1 and clf.output_spec.num_classes == 2  # one sigmoid unit
@@ -142,8 +158,20 @@ def test_parity_gate_failure_keeps_artifacts_and_exits_non_zero(tmp_path, monkey
     monkeypatch.setattr(evaluate, "tflite_probabilities", swapped)
     out = tmp_path / "gate"
     args = [a if a != "100" else "1.0" for a in TINY]
-    result = convert(colour_dataset(tmp_path / "colours"), "--out", out, *args, "--augment", "0", "--epochs", "8", "--batch-size", "4",
-                     "--learning-rate", "0.01")
+    result = convert(
+        colour_dataset(tmp_path / "colours"),
+        "--out",
+        out,
+        *args,
+        "--augment",
+        "0",
+        "--epochs",
+        "8",
+        "--batch-size",
+        "4",
+        "--learning-rate",
+        "0.01",
+    )
     report = json.loads((out / "report.json").read_text())
     assert report["float"]["top1"] > 0.5, "the float model should learn red vs blue"
     line = one_error_line(result, code=3)  # a negative verdict, apart from errors (1)
@@ -156,8 +184,23 @@ def test_uint8_io_and_float16(shapes, tmp_path):
     out = tmp_path / "u8"
     # also through tf.distribute's MirroredStrategy (one CPU device here), as a multi-GPU workstation would run it
     # (and with the regularisers and without bias correction, which the report records)
-    result = convert(shapes, "--out", out, *TINY, "--io", "uint8", "--strategy", "mirrored", "--mixup", "0.2",
-                     "--weight-decay", "0.01", "--optimizer", "sgd", "--no-bias-correction")
+    result = convert(
+        shapes,
+        "--out",
+        out,
+        *TINY,
+        "--io",
+        "uint8",
+        "--strategy",
+        "mirrored",
+        "--mixup",
+        "0.2",
+        "--weight-decay",
+        "0.01",
+        "--optimizer",
+        "sgd",
+        "--no-bias-correction",
+    )
     assert result.exit_code == 0, result.output
     with Classifier(out / "model.tflite") as clf:
         assert clf.input_spec.dtype == "uint8" and clf.output_spec.dtype == "uint8"
@@ -208,9 +251,33 @@ def test_qat_on_a_pretrained_mobilenet(shapes, tmp_path):
     if not IN_CI:
         pytest.importorskip("tensorflow_model_optimization")
     out = tmp_path / "mbqat"
-    result = convert(shapes, "--out", out, "--arch", "mobilenet_v1", "--alpha", "0.25", "--weights", weights,
-                     "--input-size", "32", "--epochs", "1", "--fine-tune-epochs", "1", "--no-baseline",
-                     "--calibration-samples", "20", "--max-drop", "100", "--batch-size", "8", "--qat", "--qat-epochs", "1")
+    result = convert(
+        shapes,
+        "--out",
+        out,
+        "--arch",
+        "mobilenet_v1",
+        "--alpha",
+        "0.25",
+        "--weights",
+        weights,
+        "--input-size",
+        "32",
+        "--epochs",
+        "1",
+        "--fine-tune-epochs",
+        "1",
+        "--no-baseline",
+        "--calibration-samples",
+        "20",
+        "--max-drop",
+        "100",
+        "--batch-size",
+        "8",
+        "--qat",
+        "--qat-epochs",
+        "1",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["qat"]["epochs"] == 1 and "ptq" in report
@@ -222,8 +289,9 @@ def test_qat_on_a_pretrained_mobilenet(shapes, tmp_path):
 def test_qat_errors_come_before_training(shapes, tmp_path, monkeypatch):
     import sys
 
-    v3 = convert(shapes, "--out", tmp_path / "m", "--no-baseline", "--qat", "--arch", "mobilenet_v3_small",
-                 "--weights", "none")
+    v3 = convert(
+        shapes, "--out", tmp_path / "m", "--no-baseline", "--qat", "--arch", "mobilenet_v3_small", "--weights", "none"
+    )
     assert "--int8-method qat supports --arch seed-cnn, compact-cnn, mobilenet_v1, mobilenet_v2" in one_error_line(v3)
     monkeypatch.setitem(sys.modules, "tensorflow_model_optimization", None)  # the extra is not installed
     missing = convert(shapes, "--out", tmp_path / "q", *TINY, "--qat")
@@ -275,8 +343,10 @@ def test_a_model_that_always_gives_one_answer_is_flagged(shapes, tmp_path):
     assert report["majority_class"] == {"class": "circle", "top1": pytest.approx(1 / 3)}  # 14 of each: the first
     warning = next(w for w in report["warnings"] if "no better than always answering 'circle' (33.3%" in w)
     assert "check that the model and the labels belong together" in warning
-    assert any("has 42 images, so one image is 2.38 points of top-1, more than the --max-drop of 1.00" in w
-               for w in report["warnings"])  # the default gate cannot measure its own limit on 42 images
+    assert any(
+        "has 42 images, so one image is 2.38 points of top-1, more than the --max-drop of 1.00" in w
+        for w in report["warnings"]
+    )  # the default gate cannot measure its own limit on 42 images
     said = " ".join(result.output.split())
     assert "LEARNED NOTHING" in said and "warning: the float model's top-1 (33.3%) is no better" in said
     first = (out / "report.md").read_text().splitlines()[2]
@@ -295,19 +365,50 @@ def test_transfer_learning_from_the_shared_mobilenet_weights(flowers, tmp_path):
         for f in sorted((flowers / cls).iterdir())[:12]:
             shutil.copy(f, data / cls / f.name)  # real JPEG files
     out = tmp_path / "mobilenet"
-    result = convert(data, "--out", out, "--arch", "mobilenet_v1", "--alpha", "0.25", "--weights", weights,
-                     "--input-size", "96", "--epochs", "1", "--fine-tune-epochs", "1", "--fine-tune-layers", "6",
-                     "--no-baseline", "--max-drop", "100", "--calibration-samples", "16",
-                     "--int8-method", "int8-tune", "--int8-tune-epochs", "2")
+    result = convert(
+        data,
+        "--out",
+        out,
+        "--arch",
+        "mobilenet_v1",
+        "--alpha",
+        "0.25",
+        "--weights",
+        weights,
+        "--input-size",
+        "96",
+        "--epochs",
+        "1",
+        "--fine-tune-epochs",
+        "1",
+        "--fine-tune-layers",
+        "6",
+        "--no-baseline",
+        "--max-drop",
+        "100",
+        "--calibration-samples",
+        "16",
+        "--int8-method",
+        "int8-tune",
+        "--int8-tune-epochs",
+        "2",
+    )
     assert result.exit_code == 0, result.output
     assert "int8-tune   2/2  KL" in result.output
     report = json.loads((out / "report.json").read_text())
     assert [s["name"] for s in report["history"]["stages"]] == ["head", "fine-tune"]
     # --int8-tune: error-compensating rounding on the base's 27 convs, tuned on the training split; recorded.
     tuning = report["int8_tuning"]
-    assert tuning["rounded_layers"] == 27 and tuning["epochs"] == 2 and tuning["images"] == report["split_sizes"]["train"]
-    assert report["quantization"] == {"mode": "int8", "io": "uint8", "method": "int8-tune", "bias_correction": False,
-                                      "int8_tune": True}
+    assert (
+        tuning["rounded_layers"] == 27 and tuning["epochs"] == 2 and tuning["images"] == report["split_sizes"]["train"]
+    )
+    assert report["quantization"] == {
+        "mode": "int8",
+        "io": "uint8",
+        "method": "int8-tune",
+        "bias_correction": False,
+        "int8_tune": True,
+    }
     assert Classifier(out / "model.tflite").model_info.manifest["quantization"]["int8_tune"] is True
     assert "error-compensating rounding on 27 conv layers" in (out / "report.md").read_text()
     assert report["history"]["stages"][1]["learning_rate"] == pytest.approx(1e-4)
@@ -338,9 +439,32 @@ def test_a_frozen_mobilenet_v2_trains_its_head_on_features_computed_once(flowers
     real = training._head_on_features
     monkeypatch.setattr(training, "_head_on_features", lambda *a: calls.append(1) or real(*a))
     out = tmp_path / "v2"
-    result = convert(data, "--out", out, "--arch", "mobilenet_v2", "--weights", weights, "--input-size", "96",
-                     "--augment", "0", "--fine-tune-epochs", "0", "--epochs", "3", "--no-baseline", "--max-drop", "100",
-                     "--min-agreement", "0", "--calibration-samples", "16", "--int8-method", "bias-correction")
+    result = convert(
+        data,
+        "--out",
+        out,
+        "--arch",
+        "mobilenet_v2",
+        "--weights",
+        weights,
+        "--input-size",
+        "96",
+        "--augment",
+        "0",
+        "--fine-tune-epochs",
+        "0",
+        "--epochs",
+        "3",
+        "--no-baseline",
+        "--max-drop",
+        "100",
+        "--min-agreement",
+        "0",
+        "--calibration-samples",
+        "16",
+        "--int8-method",
+        "bias-correction",
+    )
     assert result.exit_code == 0, result.output
     assert "running the frozen backbone once" in result.output and calls == [1]
     report = json.loads((out / "report.json").read_text())
@@ -459,11 +583,20 @@ def test_weight_decay_shrinks_kernels_only(optimizer):
     for decay in (0.0, 0.9):
         keras.utils.set_random_seed(1)
         model = create_model("compact-cnn", ModelSpec(num_classes=3, input_size=32, width=8, depth=1))
-        compile_model(model, learning_rate=1e-2, sigmoid=False, label_smoothing=0.0, decay_steps=1000,
-                      weight_decay=decay, optimizer=optimizer)
+        compile_model(
+            model,
+            learning_rate=1e-2,
+            sigmoid=False,
+            label_smoothing=0.0,
+            decay_steps=1000,
+            weight_decay=decay,
+            optimizer=optimizer,
+        )
         model.fit(x, y, epochs=10, batch_size=8, verbose=0)
-        norms[decay] = (float(np.linalg.norm(model.get_layer("stem_conv").kernel)),
-                        float(np.linalg.norm(model.get_layer("stem_bn").gamma)))
+        norms[decay] = (
+            float(np.linalg.norm(model.get_layer("stem_conv").kernel)),
+            float(np.linalg.norm(model.get_layer("stem_bn").gamma)),
+        )
         assert type(model.optimizer).__name__ == ("SGD" if optimizer == "sgd" else "AdamW" if decay else "Adam")
     assert norms[0.9][0] < 0.9 * norms[0.0][0], norms  # kernels decay
     assert norms[0.9][1] == pytest.approx(norms[0.0][1], rel=0.05), norms  # BatchNorm scales are left alone
@@ -481,8 +614,9 @@ def test_training_ends_with_the_weights_of_the_kept_epoch(shapes, tmp_path):
     keras.utils.set_random_seed(0)
     model = create_model("compact-cnn", ModelSpec(num_classes=3, input_size=32, width=8, depth=1))
     config = TrainConfig(epochs=9, batch_size=8, augment=1.0, patience=1)
-    history = train(model, dataset, config, sigmoid=False, checkpoint_dir=tmp_path / "ckpt",
-                    strategy=make_strategy("default"))
+    history = train(
+        model, dataset, config, sigmoid=False, checkpoint_dir=tmp_path / "ckpt", strategy=make_strategy("default")
+    )
     kept = history["stages"][-1]["kept_epoch"]
     watched = history["val_loss"][(2 * 9) // 3 :]
     assert kept == 7 + int(np.argmin(watched)) and 7 <= kept <= len(history["val_loss"])

@@ -14,8 +14,10 @@ from edgecls.convert.progress import duration
 from edgecls.convert.training import flips
 
 
-@pytest.mark.parametrize("size, depth, expected_final", [(28, 4, 4), (32, 4, 4), (48, 4, 3), (64, 4, 4), (96, 4, 3),
-                                                          (128, 4, 4), (224, 4, 7), (32, 2, 4), (16, 4, 4)])
+@pytest.mark.parametrize(
+    "size, depth, expected_final",
+    [(28, 4, 4), (32, 4, 4), (48, 4, 3), (64, 4, 4), (96, 4, 3), (128, 4, 4), (224, 4, 7), (32, 2, 4), (16, 4, 4)],
+)
 def test_compact_cnn_halves_the_resolution_only_while_the_input_allows(size, depth, expected_final):
     strides = stride_plan(size, depth)
     assert len(strides) == depth + 1 and set(strides) <= {1, 2}
@@ -31,10 +33,17 @@ def test_a_28_pixel_digit_is_not_downsampled_like_a_photo():
     assert stride_plan(28, 4).count(2) == 3 and stride_plan(128, 4).count(2) == 5
 
 
-@pytest.mark.parametrize("flip, shape, expected", [
-    ("auto", (10, 28, 28, 1), False), ("auto", (10, 32, 32, 1), False), ("auto", (10, 64, 64, 1), True),
-    ("auto", (10, 28, 28, 3), True), ("on", (10, 28, 28, 1), True), ("off", (10, 96, 96, 3), False),
-])
+@pytest.mark.parametrize(
+    "flip, shape, expected",
+    [
+        ("auto", (10, 28, 28, 1), False),
+        ("auto", (10, 32, 32, 1), False),
+        ("auto", (10, 64, 64, 1), True),
+        ("auto", (10, 28, 28, 3), True),
+        ("on", (10, 28, 28, 1), True),
+        ("off", (10, 96, 96, 3), False),
+    ],
+)
 def test_mirroring_suits_the_images(flip, shape, expected):
     assert flips(flip, shape) is expected
 

@@ -124,20 +124,27 @@ def test_a_teacher_without_its_report_is_used_and_the_report_says_so(shapes, tea
 
 
 def test_teacher_errors_are_one_line(shapes, teacher_run, tmp_path):
-    assert "not found" in one_error_line(convert(shapes, "--out", tmp_path / "a", *TINY, "--teacher", tmp_path / "nope"))
+    assert "not found" in one_error_line(
+        convert(shapes, "--out", tmp_path / "a", *TINY, "--teacher", tmp_path / "nope")
+    )
     assert "no model.keras in that folder" in one_error_line(
-        convert(shapes, "--out", tmp_path / "b", *TINY, "--teacher", tmp_path))
+        convert(shapes, "--out", tmp_path / "b", *TINY, "--teacher", tmp_path)
+    )
     corrupt = tmp_path / "corrupt.keras"
     corrupt.write_bytes(b"not a zip file at all")
     assert "cannot load it as a Keras model" in one_error_line(
-        convert(shapes, "--out", tmp_path / "c", *TINY, "--teacher", corrupt))
+        convert(shapes, "--out", tmp_path / "c", *TINY, "--teacher", corrupt)
+    )
     two = tmp_path / "two"
     for name in ("circle", "square"):
         shutil.copytree(shapes / name, two / name)
     assert "has 3 outputs but this dataset has 2 classes" in one_error_line(
-        convert(two, "--out", tmp_path / "d", *TINY, "--teacher", teacher_run))
+        convert(two, "--out", tmp_path / "d", *TINY, "--teacher", teacher_run)
+    )
     assert "--teacher-weight must be in (0, 1]" in one_error_line(
-        convert(shapes, "--out", tmp_path / "e", *TINY, "--teacher", teacher_run, "--teacher-weight", "1.5"))
+        convert(shapes, "--out", tmp_path / "e", *TINY, "--teacher", teacher_run, "--teacher-weight", "1.5")
+    )
     model = teacher_run / "model.keras"
     assert "--teacher distils while training" in one_error_line(
-        convert(model, "--calibration", shapes, "--out", tmp_path / "f", "--teacher", teacher_run))
+        convert(model, "--calibration", shapes, "--out", tmp_path / "f", "--teacher", teacher_run)
+    )

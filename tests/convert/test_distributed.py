@@ -28,8 +28,9 @@ def _free_ports(n: int) -> list[int]:
 
 
 def _tf_config(ports: list[int], index: int) -> str:
-    return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                       "task": {"type": "worker", "index": index}})
+    return json.dumps(
+        {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
+    )
 
 
 @pytest.mark.slow
@@ -44,10 +45,28 @@ def test_two_workers_train_one_model_and_only_the_chief_writes(shapes, tmp_path)
     procs = []
     for index in range(2):
         env = {**os.environ, "TF_CONFIG": _tf_config(ports, index), "TMPDIR": str(scratch)}
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "edgecls", "convert", str(shapes), "--out", str(tmp_path / f"out{index}"),
-             "--strategy", "multi-worker", *flags, "--batch-size", "8"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "edgecls",
+                    "convert",
+                    str(shapes),
+                    "--out",
+                    str(tmp_path / f"out{index}"),
+                    "--strategy",
+                    "multi-worker",
+                    *flags,
+                    "--batch-size",
+                    "8",
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = []
     for proc in procs:
         out, _ = proc.communicate(timeout=600)
@@ -59,8 +78,9 @@ def test_two_workers_train_one_model_and_only_the_chief_writes(shapes, tmp_path)
     # are the same on both
     chief_epochs, other_epochs = EPOCH_LINE.findall(outputs[0]), EPOCH_LINE.findall(outputs[1])
     strip = [re.sub(r"\s+[\d.]+ s(, left <= .*)?$", "", line) for line in chief_epochs]
-    assert len(chief_epochs) == 4 and strip == [re.sub(r"\s+[\d.]+ s(, left <= .*)?$", "", line)
-                                                for line in other_epochs]
+    assert len(chief_epochs) == 4 and strip == [
+        re.sub(r"\s+[\d.]+ s(, left <= .*)?$", "", line) for line in other_epochs
+    ]
     assert "left <=" in chief_epochs[0] and "left <=" not in chief_epochs[-1]
 
     report = json.loads((tmp_path / "out0" / "report.json").read_text())
@@ -81,11 +101,27 @@ def test_a_worker_that_dies_is_one_error_line_on_the_other(shapes, tmp_path):
     ports = _free_ports(2)
     flags = [*TINY]
     flags[flags.index("--epochs") + 1] = "200"
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "edgecls", "convert", str(shapes), "--out", str(tmp_path / f"out{index}"),
-         "--strategy", "multi-worker", *flags], env={**os.environ, "TF_CONFIG": _tf_config(ports, index)},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT if index else subprocess.PIPE, text=True)
-        for index in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edgecls",
+                "convert",
+                str(shapes),
+                "--out",
+                str(tmp_path / f"out{index}"),
+                "--strategy",
+                "multi-worker",
+                *flags,
+            ],
+            env={**os.environ, "TF_CONFIG": _tf_config(ports, index)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if index else subprocess.PIPE,
+            text=True,
+        )
+        for index in range(2)
+    ]
     for line in procs[1].stdout:  # once the cluster trains, worker 1 is killed
         if EPOCH_LINE.match(line):
             break
@@ -107,12 +143,15 @@ def test_mirrored_strategy_trains_to_the_end(shapes, tmp_path):
     assert report["settings"]["train.strategy"] == "mirrored" and len(report["history"]["loss"]) == 3
 
 
-@pytest.mark.parametrize("config, words", [
-    (None, "needs TF_CONFIG on every worker"),
-    ("{not json", "TF_CONFIG is not a cluster and a task"),
-    ('{"cluster": {"worker": ["a:1"]}}', "TF_CONFIG is not a cluster and a task"),
-    ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}', "is not in the cluster"),
-])
+@pytest.mark.parametrize(
+    "config, words",
+    [
+        (None, "needs TF_CONFIG on every worker"),
+        ("{not json", "TF_CONFIG is not a cluster and a task"),
+        ('{"cluster": {"worker": ["a:1"]}}', "TF_CONFIG is not a cluster and a task"),
+        ('{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 2}}', "is not in the cluster"),
+    ],
+)
 def test_a_bad_tf_config_is_one_clear_error(monkeypatch, config, words):
     from edgecls.convert.distributed import cluster_spec
 

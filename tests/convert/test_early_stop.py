@@ -40,9 +40,16 @@ def test_a_taken_request_ends_training_with_the_best_checkpoint(shapes, tmp_path
                 assert request.request() is True  # as a first Ctrl-C during training would
                 assert request.request() is False  # a second one interrupts
 
-    history = train(model, dataset, TrainConfig(epochs=8, batch_size=8, augment=0.0), sigmoid=False,
-                    checkpoint_dir=tmp_path / "ckpt", strategy=make_strategy("default"), observer=Observer(),
-                    stop_request=request)
+    history = train(
+        model,
+        dataset,
+        TrainConfig(epochs=8, batch_size=8, augment=0.0),
+        sigmoid=False,
+        checkpoint_dir=tmp_path / "ckpt",
+        strategy=make_strategy("default"),
+        observer=Observer(),
+        stop_request=request,
+    )
     stopped = history["stopped_early"]
     # The request came at the end of epoch 2; epoch 3 ran one batch, was validated, and training ended.
     assert stopped["stage"] == "train" and stopped["epoch"] == 3 and stopped["epochs"] == 8
@@ -57,8 +64,10 @@ def test_a_taken_request_ends_training_with_the_best_checkpoint(shapes, tmp_path
 
 def test_first_ctrl_c_in_training_exports_the_best_model_so_far(shapes, tmp_path):
     out = tmp_path / "run"
-    code, output = ctrl_c_when(["convert", shapes, "--out", out, *TINY, "--epochs", "200"],
-                               lambda line: line.strip().startswith("train   2/200"))
+    code, output = ctrl_c_when(
+        ["convert", shapes, "--out", out, *TINY, "--epochs", "200"],
+        lambda line: line.strip().startswith("train   2/200"),
+    )
     assert code == 0, output
     assert "stopping training after this batch" in output and "Traceback" not in output
     report = json.loads((out / "report.json").read_text())
@@ -67,15 +76,28 @@ def test_first_ctrl_c_in_training_exports_the_best_model_so_far(shapes, tmp_path
     assert len(report["history"]["loss"]) == stopped["epoch"]
     assert "stopped early by the user" in (out / "report.md").read_text()
     assert report["int8"]["top1"] > 0 and (out / "model.tflite").stat().st_size > 0
-    classify = subprocess.run([sys.executable, "-m", "edgecls", "classify", str(out / "model.tflite"),
-                               str(next(Path(shapes).rglob("*.png")))], capture_output=True, text=True, cwd=ROOT, check=False)
+    classify = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgecls",
+            "classify",
+            str(out / "model.tflite"),
+            str(next(Path(shapes).rglob("*.png"))),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
     assert classify.returncode == 0, classify.stderr
 
 
 def test_ctrl_c_outside_training_still_interrupts(shapes, tmp_path):
     out = tmp_path / "run"
-    code, output = ctrl_c_when(["convert", shapes, "--out", out, *TINY],
-                               lambda line: "exporting" in line)  # training is over: nothing to end early
+    code, output = ctrl_c_when(
+        ["convert", shapes, "--out", out, *TINY], lambda line: "exporting" in line
+    )  # training is over: nothing to end early
     assert code == 130, output
     assert "interrupted" in output and "Traceback" not in output
     assert not (out / "model.tflite").exists()

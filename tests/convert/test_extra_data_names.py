@@ -21,17 +21,48 @@ from edgecls.sinks.classfolders import UNLABELLED, folder_name
 from edgecls.sinks.collect import Collector, CollectPolicy
 
 CLASSES = [
-    "dog's", "cat", "Cat", "CAT", "Egyptian cat", "a/b", "..", ".", ".hidden", "a\x00b", "bell\x07", "new\nline",
-    "trailing.", "con", "ß", "ss", "é", "e\u0301", "猫" * 86, "猫" * 300, "猫" * 300 + "!", "100%", "50%~off", "",
-    "%unlabelled", "q\"uo:te*?<>|",
+    "dog's",
+    "cat",
+    "Cat",
+    "CAT",
+    "Egyptian cat",
+    "a/b",
+    "..",
+    ".",
+    ".hidden",
+    "a\x00b",
+    "bell\x07",
+    "new\nline",
+    "trailing.",
+    "con",
+    "ß",
+    "ss",
+    "é",
+    "e\u0301",
+    "猫" * 86,
+    "猫" * 300,
+    "猫" * 300 + "!",
+    "100%",
+    "50%~off",
+    "",
+    "%unlabelled",
+    'q"uo:te*?<>|',
 ]
 
 
 def result(seq: int, label: str | None) -> StreamResult:
     frame = np.full((16, 16, 3), seq * 9 % 256, np.uint8)
     predictions = [Prediction(0, label, 0.4)] if label is not None else []
-    return StreamResult(seq, time.time(), time.time(), predictions, Decision(label, 0, 0.4, False, None),
-                        Latency(0, 0, 1, 0, 1), frame, "rgb")
+    return StreamResult(
+        seq,
+        time.time(),
+        time.time(),
+        predictions,
+        Decision(label, 0, 0.4, False, None),
+        Latency(0, 0, 1, 0, 1),
+        frame,
+        "rgb",
+    )
 
 
 def collect(field: Path, labels: list[str | None]) -> None:
@@ -88,8 +119,11 @@ def test_unlabelled_frames_must_be_sorted_before_training(tmp_path):
 def test_a_folder_that_is_two_classes_is_one_clear_error(tmp_path):
     field = tmp_path / "field"
     image(field / "a%3Ab" / "x.png")  # the class "a%3Ab" by its name, "a:b" as collect would name that one's folder
-    with pytest.raises(DataError, match=r"--extra-data .*: the folder 'a%3Ab' is the class 'a%3Ab' by its name but "
-                                        r"the class 'a:b' as edgecls run --collect names folders; rename it"):
+    with pytest.raises(
+        DataError,
+        match=r"--extra-data .*: the folder 'a%3Ab' is the class 'a%3Ab' by its name but "
+        r"the class 'a:b' as edgecls run --collect names folders; rename it",
+    ):
         _extra_samples([field], ["a:b", "a%3Ab"])
 
 
@@ -131,14 +165,20 @@ def test_links_inside_the_folder_are_followed_and_a_loop_is_named_once(tmp_path)
     os.mkfifo(field / "dog" / "pipe.png")
     samples, skipped = _extra_samples([field], ["cat", "dog"])
     names = sorted((["cat", "dog"][s.label], s.path.relative_to(field).as_posix()) for s in samples)
-    assert names == [("cat", "cat/same-as-dog/a.png"), ("cat", "cat/same-as-dog/deep/b.png"),
-                     ("dog", "dog/a.png"), ("dog", "dog/deep/b.png")]
+    assert names == [
+        ("cat", "cat/same-as-dog/a.png"),
+        ("cat", "cat/same-as-dog/deep/b.png"),
+        ("dog", "dog/a.png"),
+        ("dog", "dog/deep/b.png"),
+    ]
     reasons = sorted((Path(s.path).relative_to(field).as_posix(), s.reason) for s in skipped)
     loop = "a link to a folder that is walked already (a loop); not followed"
     assert reasons == [  # each once, though the linked folder is walked under two names
-        ("cat/same-as-dog/deep/again", loop), ("cat/same-as-dog/gone.jpg", "a symlink loop or broken link"),
+        ("cat/same-as-dog/deep/again", loop),
+        ("cat/same-as-dog/gone.jpg", "a symlink loop or broken link"),
         ("cat/same-as-dog/loop.jpg", "a symlink loop or broken link"),
-        ("cat/same-as-dog/pipe.png", "not a regular file (a FIFO?)"), ("cat/same-as-dog/self", loop),
+        ("cat/same-as-dog/pipe.png", "not a regular file (a FIFO?)"),
+        ("cat/same-as-dog/self", loop),
     ]
 
 

@@ -27,12 +27,28 @@ WITHOUT_TENSORFLOW = textwrap.dedent("""
 
 
 def _without_tensorflow(*args: object, cwd: Path) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
-    return subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_TENSORFLOW, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
 
 
-@pytest.mark.parametrize("case", ["missing data", "finished out", "out is a file", "missing weights",
-                                  "alpha the weights contradict", "missing extra data", "missing model"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing data",
+        "finished out",
+        "out is a file",
+        "missing weights",
+        "alpha the weights contradict",
+        "missing extra data",
+        "missing model",
+    ],
+)
 def test_a_typo_is_one_error_line_before_tensorflow_loads(case: str, tmp_path: Path, shapes: Path) -> None:
     finished = tmp_path / "finished"
     finished.mkdir()
@@ -43,14 +59,22 @@ def test_a_typo_is_one_error_line_before_tensorflow_loads(case: str, tmp_path: P
         "missing data": (["convert", "missing/", "--out", "x"], "dataset folder not found: missing"),
         "finished out": (["convert", shapes, "--out", finished], "already holds a finished run; pass --overwrite"),
         "out is a file": (["convert", shapes, "--out", tmp_path / "file"], "is a file; give a folder"),
-        "missing weights": (["convert", shapes, "--out", "x", "--arch", "mobilenet_v2", "--weights", "nope.h5"],
-                            "--weights 'nope.h5'"),
-        "alpha the weights contradict": (["convert", shapes, "--out", "x", "--arch", "mobilenet_v2", "--weights", v2,
-                                          "--alpha", "0.35"], "holds mobilenet_v2 alpha 1.0 weights"),
-        "missing extra data": (["convert", shapes, "--out", "x", "--extra-data", "nowhere"],
-                               "--extra-data nowhere: not a folder"),
-        "missing model": (["convert", "nope.keras", "--calibration", shapes, "--out", "x"],
-                          "model not found: nope.keras"),
+        "missing weights": (
+            ["convert", shapes, "--out", "x", "--arch", "mobilenet_v2", "--weights", "nope.h5"],
+            "--weights 'nope.h5'",
+        ),
+        "alpha the weights contradict": (
+            ["convert", shapes, "--out", "x", "--arch", "mobilenet_v2", "--weights", v2, "--alpha", "0.35"],
+            "holds mobilenet_v2 alpha 1.0 weights",
+        ),
+        "missing extra data": (
+            ["convert", shapes, "--out", "x", "--extra-data", "nowhere"],
+            "--extra-data nowhere: not a folder",
+        ),
+        "missing model": (
+            ["convert", "nope.keras", "--calibration", shapes, "--out", "x"],
+            "model not found: nope.keras",
+        ),
     }[case]
     done = _without_tensorflow(*args, cwd=tmp_path)
     lines = done.stderr.splitlines()
@@ -62,14 +86,26 @@ def test_a_typo_is_one_error_line_before_tensorflow_loads(case: str, tmp_path: P
 @pytest.mark.slow
 def test_a_run_prints_no_native_tensorflow_log_line_and_says_where_it_trains(shapes: Path, tmp_path: Path) -> None:
     tensorflow_or_skip()
-    done = subprocess.run([sys.executable, "-m", "edgecls", "convert", shapes, "--out", tmp_path / "run", *TINY],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "edgecls", "convert", shapes, "--out", tmp_path / "run", *TINY],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     native = [line for line in done.stderr.splitlines() if is_native_log_line(line)]
     assert native == [], native
     assert "training on the CPU" in done.stderr or "training on the GPU" in done.stderr
-    verbose = subprocess.run([sys.executable, "-m", "edgecls", "-v", "convert", shapes, "--out", tmp_path / "run",
-                              "--overwrite", *TINY], capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
+    verbose = subprocess.run(
+        [sys.executable, "-m", "edgecls", "-v", "convert", shapes, "--out", tmp_path / "run", "--overwrite", *TINY],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        check=False,
+    )
     assert verbose.returncode == 0, verbose.stderr[-3000:]
     assert "image cache" in verbose.stderr.lower() or "cache" in verbose.stderr  # the warm run read the cache
 

@@ -36,8 +36,19 @@ def test_collect_relabel_convert(first_model, shapes, tmp_path):
         shutil.copy(path, camera / f"{len(truth) - 1:03d}.png")
 
     field = tmp_path / "field"
-    result = invoke("run", first_model / "model.tflite", "--source", camera, "-q", "--collect", field,
-                    "--collect-every", "0", "--collect-sample", "1")
+    result = invoke(
+        "run",
+        first_model / "model.tflite",
+        "--source",
+        camera,
+        "-q",
+        "--collect",
+        field,
+        "--collect-every",
+        "0",
+        "--collect-sample",
+        "1",
+    )
     assert result.exit_code == 0, result.output
     assert f"collected {len(truth)} frame(s) in {field}" in result.stderr
     images = sorted(field.rglob("*.jpg"))

@@ -52,8 +52,9 @@ def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def test_a_second_run_decodes_nothing_and_gets_the_same_images(photos: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_second_run_decodes_nothing_and_gets_the_same_images(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (photos / "circle" / "broken.jpg").write_bytes(b"not a jpeg")
     reference = _scan(photos, None)
     cache = ImageCache(tmp_path / "cache")
@@ -65,7 +66,9 @@ def test_a_second_run_decodes_nothing_and_gets_the_same_images(photos: Path, tmp
     assert warm.cache == {"all": "hit"} and calls == []
     assert isinstance(warm.images["train"], ImageStore) and isinstance(reference.images["train"], np.ndarray)
     _same(reference, warm)
-    assert [s.path for s in warm.skipped] == [s.path for s in reference.skipped] == [str(photos / "circle" / "broken.jpg")]
+    assert (
+        [s.path for s in warm.skipped] == [s.path for s in reference.skipped] == [str(photos / "circle" / "broken.jpg")]
+    )
     # another seed and split reuse the entry: splits are row numbers into it
     calls.clear()
     other = scan(photos, input_size=(32, 32), channels=3, seed=3, split=(0.6, 0.2, 0.2), cache=cache)
@@ -86,8 +89,7 @@ def test_a_changed_dataset_is_decoded_again_and_its_old_entry_goes(photos: Path,
     _same(_scan(photos, None), after)
     assert len(cache.entries()) == 1  # the entry of the old listing was replaced, not kept beside it
     del after
-    (photos / "square" / "extra.png").write_bytes((photos / "square" / min(os.listdir(photos / "square")))
-                                                  .read_bytes())
+    (photos / "square" / "extra.png").write_bytes((photos / "square" / min(os.listdir(photos / "square"))).read_bytes())
     assert _scan(photos, cache).cache == {"all": "built"}  # a new file
     assert _scan(photos, cache, size=24).cache == {"all": "built"}  # another input size is another entry
     assert len(cache.entries()) == 2
@@ -114,15 +116,21 @@ CHILD = textwrap.dedent("""
 
 
 def _child(photos: Path, cache: Path, delay: float) -> subprocess.Popen:  # type: ignore[type-arg]
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(photos), str(cache), str(delay)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(photos), str(cache), str(delay)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _digest(dataset) -> str:  # type: ignore[no-untyped-def]
     import hashlib
 
-    return hashlib.sha256(b"".join(np.asarray(dataset.images[s][:]).tobytes() for s in ("train", "val", "test"))
-                          ).hexdigest()
+    return hashlib.sha256(
+        b"".join(np.asarray(dataset.images[s][:]).tobytes() for s in ("train", "val", "test"))
+    ).hexdigest()
 
 
 def test_a_build_killed_halfway_is_never_trusted(photos: Path, tmp_path: Path) -> None:
@@ -186,8 +194,11 @@ def _mount(mount_point, *args: str) -> Path:  # type: ignore[no-untyped-def]
     return point
 
 
-def test_a_full_disk_falls_back_to_memory_with_one_warning(photos: Path, mount_point,  # type: ignore[no-untyped-def]
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_disk_falls_back_to_memory_with_one_warning(
+    photos: Path,
+    mount_point,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     small = _mount(mount_point, "-t", "tmpfs", "-o", "size=96k", "tmpfs")
     reference = _scan(photos, None, size=40)  # 42 images x 4.8 KB: more than 96 KB
     warnings: list[str] = []
@@ -208,8 +219,11 @@ def test_a_full_disk_falls_back_to_memory_with_one_warning(photos: Path, mount_p
     assert not [p for p in (small / "cache").iterdir() if not p.name.endswith(".lock")]  # no half entry left
 
 
-def test_a_read_only_cache_folder_falls_back_with_one_warning(photos: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
-                                                              mount_point) -> None:
+def test_a_read_only_cache_folder_falls_back_with_one_warning(
+    photos: Path,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+    mount_point,
+) -> None:
     source = tmp_path / "ro-source"
     source.mkdir()
     point = _mount(mount_point, "--bind", str(source))
@@ -287,8 +301,9 @@ def test_the_input_pipeline_streams_from_the_cache_with_labels_in_step(tmp_path:
         assert np.array_equal(images.numpy()[:, 0, 0, 0], 40.0 * np.argmax(y.numpy(), axis=1))
         seen += len(images)
     assert seen == len(labels)
-    shard = input_pipeline(rows_of(x, slice(1, None, 2)), targets(labels, 3, False)[1::2], config, train=True,
-                           endless=True)
+    shard = input_pipeline(
+        rows_of(x, slice(1, None, 2)), targets(labels, 3, False)[1::2], config, train=True, endless=True
+    )
     for images, y in shard.take(5):
         assert len(images) == 7
         assert np.array_equal(images.numpy()[:, 0, 0, 0], 40.0 * np.argmax(y.numpy(), axis=1))
@@ -305,7 +320,8 @@ def test_training_sees_the_same_batches_from_the_cache_as_from_memory(photos: Pa
     cached = _scan(photos, ImageCache(tmp_path / "cache"))
     config = TrainConfig(augment=0.0, batch_size=5, seed=4)
     y = targets(in_memory.labels("train"), 3, False)
-    for epoch_a, epoch_b in zip(*(input_pipeline(d.images["train"], y, config, train=True).repeat(2)
-                                  for d in (in_memory, cached))):
+    for epoch_a, epoch_b in zip(
+        *(input_pipeline(d.images["train"], y, config, train=True).repeat(2) for d in (in_memory, cached))
+    ):
         assert np.array_equal(epoch_a[0].numpy(), epoch_b[0].numpy())
         assert np.array_equal(epoch_a[1].numpy(), epoch_b[1].numpy())

@@ -45,11 +45,11 @@ def test_java_missing_or_too_old_is_one_error_naming_the_fix(tmp_path, monkeypat
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(ConversionError, match="no working `java` is on PATH.*openjdk-17-jre-headless"):
         imx500_env.check_java()
-    fake_program(tmp_path / "old", "java", 'echo \'openjdk version "11.0.22" 2024-01-16\' >&2\n')
+    fake_program(tmp_path / "old", "java", "echo 'openjdk version \"11.0.22\" 2024-01-16' >&2\n")
     monkeypatch.setenv("PATH", str(tmp_path / "old"))
     with pytest.raises(ConversionError, match="is Java 11;.*openjdk-17-jre-headless"):
         imx500_env.check_java()
-    fake_program(tmp_path / "ok", "java", 'echo \'openjdk version "17.0.15" 2025-04-15\' >&2\n')
+    fake_program(tmp_path / "ok", "java", "echo 'openjdk version \"17.0.15\" 2025-04-15' >&2\n")
     monkeypatch.setenv("PATH", str(tmp_path / "ok"))
     assert imx500_env.check_java() == 17
     assert imx500_env.parse_java_version('java version "1.8.0_402"') == 8
@@ -89,10 +89,16 @@ def test_a_killed_install_is_never_trusted(tmp_path):
     pins, is rebuilt, never used."""
     python_311_or_310()
     env = tmp_path / "env"
-    code = ("import sys; from pathlib import Path; from edgecls.convert.imx500_env import ensure_env; "
-            "ensure_env(path=Path(sys.argv[1]), pins=())")
-    child = subprocess.Popen([sys.executable, "-c", code, str(env)], start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    code = (
+        "import sys; from pathlib import Path; from edgecls.convert.imx500_env import ensure_env; "
+        "ensure_env(path=Path(sys.argv[1]), pins=())"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(env)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not list(tmp_path.glob(".env.new-*/bin/python")):
@@ -110,8 +116,9 @@ def test_a_killed_install_is_never_trusted(tmp_path):
     toolchain = ensure_env(path=env, pins=())
     assert env_state(env, pins=()).ready and toolchain.python == env / "bin" / "python"
     assert not list(tmp_path.glob(".env.new-*")), "the killed build was left"
-    version = subprocess.run([str(toolchain.python), "-c", "import sys; print(sys.prefix)"], capture_output=True,
-                             text=True, check=True).stdout.strip()
+    version = subprocess.run(
+        [str(toolchain.python), "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert Path(version) == env  # a renamed venv run through its python is that venv
 
     (env / imx500_env.MARKER).unlink()  # what an install killed by an older edgecls, or by hand, looks like
@@ -126,13 +133,20 @@ def test_a_killed_install_is_never_trusted(tmp_path):
 
 
 def test_pip_progress_is_a_few_short_lines():
-    lines = ["Collecting numpy==1.26.4",
-             "  Downloading tensorflow-2.15.1-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl (475.3 MB)",
-             "  Downloading six-1.17.0-py2.py3-none-any.whl (11 kB)",
-             "Installing collected packages: six, numpy, tensorflow",
-             "Successfully installed numpy-1.26.4 six-1.17.0 tensorflow-2.15.1"]
-    assert [pip_event(line) for line in lines] == [None, "downloading tensorflow-2.15.1 (475.3 MB)", None,
-                                                   "installing 3 packages", "installed 3 packages"]
+    lines = [
+        "Collecting numpy==1.26.4",
+        "  Downloading tensorflow-2.15.1-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl (475.3 MB)",
+        "  Downloading six-1.17.0-py2.py3-none-any.whl (11 kB)",
+        "Installing collected packages: six, numpy, tensorflow",
+        "Successfully installed numpy-1.26.4 six-1.17.0 tensorflow-2.15.1",
+    ]
+    assert [pip_event(line) for line in lines] == [
+        None,
+        "downloading tensorflow-2.15.1 (475.3 MB)",
+        None,
+        "installing 3 packages",
+        "installed 3 packages",
+    ]
 
 
 def test_doctor_shows_the_state_without_importing_tensorflow(tmp_path, monkeypatch):
@@ -148,10 +162,17 @@ def test_doctor_shows_the_state_without_importing_tensorflow(tmp_path, monkeypat
     (tmp_path / "env" / imx500_env.MARKER).write_text(json.dumps({"pins": list(imx500_env.PINS), "python": "3.11.7"}))
     finding = next(f for f in diagnose(tmp_path, extra=[imx500_env.doctor_check]) if f.check == "imx500 toolchain")
     assert finding.status == "ok" and "Python 3.11.7" in finding.detail and "imx500-converter" in finding.detail
-    code = ("import sys, edgecls.device.doctor as d, edgecls.convert.imx500_env as e; d.diagnose(extra=[e.doctor_check]); "
-            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code],
-                         capture_output=True, text=True, check=True, env={**os.environ, imx500_env.ENV_VAR: str(tmp_path)})
+    code = (
+        "import sys, edgecls.device.doctor as d, edgecls.convert.imx500_env as e; d.diagnose(extra=[e.doctor_check]); "
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, imx500_env.ENV_VAR: str(tmp_path)},
+    )
     assert out.stdout.split() == ["False", "False"]
 
 
@@ -172,8 +193,13 @@ def test_a_layer_the_imx500_does_not_take_is_refused_before_any_work(tmp_path, m
         x = keras.layers.GlobalAveragePooling2D()(x)
         return keras.Model(inputs, keras.layers.Dense(spec.num_classes, activation="softmax")(x))
 
-    monkeypatch.setitem(models.ARCHITECTURES, "test-layernorm", models.Architecture(
-        name="test-layernorm", build=layernorm_net, input_size=32, tune_sizes=(32,), family="compact"))
+    monkeypatch.setitem(
+        models.ARCHITECTURES,
+        "test-layernorm",
+        models.Architecture(
+            name="test-layernorm", build=layernorm_net, input_size=32, tune_sizes=(32,), family="compact"
+        ),
+    )
     monkeypatch.setenv("PATH", str(tmp_path / "no-java"))
     monkeypatch.setenv(imx500_env.ENV_VAR, str(tmp_path / "env"))
     spec = models.ModelSpec(num_classes=3, input_size=32)
@@ -201,8 +227,9 @@ def test_an_external_or_missing_run_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="not a finished edgecls run"):
         export_run(tmp_path)
     (tmp_path / "model.keras").write_bytes(b"")
-    (tmp_path / "report.json").write_text(json.dumps({"model": {"arch": "saved_model", "source_model": "/m"},
-                                                      "classes": ["a", "b"]}))
+    (tmp_path / "report.json").write_text(
+        json.dumps({"model": {"arch": "saved_model", "source_model": "/m"}, "classes": ["a", "b"]})
+    )
     with pytest.raises(ConfigError, match="trained elsewhere"):
         export_run(tmp_path)
 
@@ -210,10 +237,21 @@ def test_an_external_or_missing_run_is_refused(tmp_path):
 def test_memory_report_and_parity_section():
     from edgecls.convert.imx500 import markdown_lines, memory_use, parity, summary_line, verdict
 
-    memory = memory_use({"Memory Report": {
-        "Runtime Memory Physical Size": "151552B", "Model Memory Physical Size": "113.00KB", "Reserved Memory": "1024B",
-        "Memory Usage": "934464B", "Total Memory Available On Chip": "8.00MB", "Memory Utilization": "12%",
-        "Fit In Chip": True, "Input Persistent": True, "Networks": [{"Input Persistence Cost": "16384B"}]}})
+    memory = memory_use(
+        {
+            "Memory Report": {
+                "Runtime Memory Physical Size": "151552B",
+                "Model Memory Physical Size": "113.00KB",
+                "Reserved Memory": "1024B",
+                "Memory Usage": "934464B",
+                "Total Memory Available On Chip": "8.00MB",
+                "Memory Utilization": "12%",
+                "Fit In Chip": True,
+                "Input Persistent": True,
+                "Networks": [{"Input Persistence Cost": "16384B"}],
+            }
+        }
+    )
     assert memory["used_bytes"] == 934464 and memory["available_bytes"] == 8 * 1024**2
     assert memory["model_bytes"] == 113 * 1024 and memory["input_persistence_bytes"] == 16384
     assert memory["share"] == round(934464 / 8 / 1024**2, 4) and memory["fits"]
@@ -222,9 +260,14 @@ def test_memory_report_and_parity_section():
     float_probs = np.eye(3)[labels]
     worse = float_probs.copy()
     worse[0] = [0, 1, 0]  # one image of ten changes its answer: 10 points, 90% agreement
-    section = {**parity(labels, float_probs, worse, ["a", "b", "c"], max_drop=1.0, min_agreement=0.9),
-               "memory": memory, "rebuild_max_difference": 3e-8, "calibration_images": 30, "package_bytes": 53000,
-               "files": {"package": "imx500/packerOut.zip"}}
+    section = {
+        **parity(labels, float_probs, worse, ["a", "b", "c"], max_drop=1.0, min_agreement=0.9),
+        "memory": memory,
+        "rebuild_max_difference": 3e-8,
+        "calibration_images": 30,
+        "package_bytes": 53000,
+        "files": {"package": "imx500/packerOut.zip"},
+    }
     assert section["drop_points"] == pytest.approx(10.0) and section["agreement"] == pytest.approx(0.9)
     assert not section["passed"] and "10.00 points below float" in verdict(section)
     text = "\n".join(markdown_lines(section))
@@ -246,10 +289,16 @@ def test_export_command_exit_codes(tmp_path, monkeypatch):
 
     from edgecls.cli.app import app
 
-    failing = {"imx500_top1": 0.5, "float_top1": 0.9, "drop_points": 40.0, "agreement": 0.5, "passed": False,
-               "gate_message": "IMX500 top-1 is 40.00 points below float, more than --max-drop 1.00",
-               "memory": {"used_bytes": 1024, "available_bytes": 8 * 1024**2, "share": 0.0001, "fits": True},
-               "files": {"package": "imx500/packerOut.zip"}}
+    failing = {
+        "imx500_top1": 0.5,
+        "float_top1": 0.9,
+        "drop_points": 40.0,
+        "agreement": 0.5,
+        "passed": False,
+        "gate_message": "IMX500 top-1 is 40.00 points below float, more than --max-drop 1.00",
+        "memory": {"used_bytes": 1024, "available_bytes": 8 * 1024**2, "share": 0.0001, "fits": True},
+        "files": {"package": "imx500/packerOut.zip"},
+    }
     seen = {}
 
     def fake_export(run_dir, **kwargs):
@@ -311,14 +360,17 @@ def toolchain():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch, size, extra", [
-    ("compact-cnn", 48, {"width": 8, "depth": 2}),
-    ("compact-cnn", 48, {"width": 8, "depth": 2, "separable": False}),
-    ("seed-cnn", 64, {}),
-    ("mobilenet_v1", 64, {"alpha": 0.25}),
-    ("mobilenet_v2", 64, {"alpha": 0.35}),
-    ("mobilenet_v3_small", 64, {"alpha": 0.75}),
-])
+@pytest.mark.parametrize(
+    "arch, size, extra",
+    [
+        ("compact-cnn", 48, {"width": 8, "depth": 2}),
+        ("compact-cnn", 48, {"width": 8, "depth": 2, "separable": False}),
+        ("seed-cnn", 64, {}),
+        ("mobilenet_v1", 64, {"alpha": 0.25}),
+        ("mobilenet_v2", 64, {"alpha": 0.35}),
+        ("mobilenet_v3_small", 64, {"alpha": 0.75}),
+    ],
+)
 def test_the_tf_keras_rebuild_matches_the_keras_3_model_on_real_images(arch, size, extra, toolchain, flowers):
     """Every registry architecture, with random weights and batch-norm statistics, rebuilt in tf.keras 2.15 inside
     the toolchain's environment with Rescaling as tensor ops: outputs within 1e-5 of the Keras 3 model on flower
@@ -336,8 +388,14 @@ def test_the_tf_keras_rebuild_matches_the_keras_3_model_on_real_images(arch, siz
     for layer in _layers(model):
         if type(layer).__name__ == "BatchNormalization":  # statistics that are not the identity
             gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.1, beta.shape),
-                               rng.normal(0, 0.1, mean.shape), rng.uniform(0.5, 2.0, var.shape)])
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, gamma.shape),
+                    rng.normal(0, 0.1, beta.shape),
+                    rng.normal(0, 0.1, mean.shape),
+                    rng.uniform(0.5, 2.0, var.shape),
+                ]
+            )
     paths = [min((flowers / name).glob("*.jpg")) for name in sorted(os.listdir(flowers)) if (flowers / name).is_dir()]
     images = np.stack([np.asarray(Image.fromarray(read_image(p)).resize((size, size))) for p in paths * 2])
     expected = np.asarray(model.predict_on_batch(images.astype(np.float32)))
@@ -367,9 +425,34 @@ def test_convert_target_imx500_then_export_again(toolchain, tmp_path):
     RUN/imx500/ and the report's section; `edgecls export imx500 RUN` does it again in place, swapped in whole."""
     data = colours(tmp_path / "data")
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "edgecls", "convert", str(data), "--out", str(run), "--target", "imx500",
-               "--input-size", "32", "--width", "8", "--depth", "2", "--epochs", "12", "--no-baseline", "--seed", "0",
-               "--calibration-samples", "64", "--max-drop", "100", "--min-agreement", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "edgecls",
+        "convert",
+        str(data),
+        "--out",
+        str(run),
+        "--target",
+        "imx500",
+        "--input-size",
+        "32",
+        "--width",
+        "8",
+        "--depth",
+        "2",
+        "--epochs",
+        "12",
+        "--no-baseline",
+        "--seed",
+        "0",
+        "--calibration-samples",
+        "64",
+        "--max-drop",
+        "100",
+        "--min-agreement",
+        "0",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "IMX500: top-1" in done.stderr and "packerOut.zip" in done.stderr
@@ -378,7 +461,8 @@ def test_convert_target_imx500_then_export_again(toolchain, tmp_path):
     section = report["imx500"]
     assert section["test_images"] == report["test_images"] and section["float_top1"] == report["float"]["top1"]
     assert 0.0 <= section["agreement"] <= 1.0 and section["drop_points"] == pytest.approx(
-        100 * (section["float_top1"] - section["imx500_top1"]), abs=1e-3)
+        100 * (section["float_top1"] - section["imx500_top1"]), abs=1e-3
+    )
     assert report["float"]["top1"] > 0.5, "the model learned nothing: the parity figures would prove nothing"
     memory = section["memory"]
     assert memory["fits"] and 0 < memory["share"] < 0.1 and memory["available_bytes"] > 8_000_000
@@ -397,8 +481,13 @@ def test_convert_target_imx500_then_export_again(toolchain, tmp_path):
     first = (folder / "packerOut.zip").stat().st_ino
     stale = run / f".imx500.new-{2**22 + 7}-left"  # what a killed export left (no such process)
     stale.mkdir()
-    again = subprocess.run([sys.executable, "-m", "edgecls", "export", "imx500", str(run), "--max-drop", "100",
-                            "--min-agreement", "0"], capture_output=True, text=True, timeout=900, check=False)
+    again = subprocess.run(
+        [sys.executable, "-m", "edgecls", "export", "imx500", str(run), "--max-drop", "100", "--min-agreement", "0"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert (folder / "packerOut.zip").stat().st_ino != first  # a new folder, renamed in
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []

@@ -50,7 +50,8 @@ def _flower_images(flowers, size: int, n: int) -> np.ndarray:
     files = sorted(p for c in sorted(flowers.iterdir()) if c.is_dir() for p in sorted(c.iterdir())[: n // 5 + 1])
     np.random.default_rng(0).shuffle(files)
     return np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size))) for p in files[:n]]).astype(
-        np.float32)
+        np.float32
+    )
 
 
 def test_tuning_brings_a_real_mobilenet_closer_to_float_than_bias_correction(flowers):
@@ -73,8 +74,9 @@ def test_tuning_brings_a_real_mobilenet_closer_to_float_than_bias_correction(flo
     weights_before = [w.copy() for w in model.get_weights()]
     corrected = _run(to_tflite(model, mode="int8", representative=calibration), test)
     epochs_seen = []
-    with tuned_for_int8(model, calibration, tuning, epochs=4,
-                        on_epoch=lambda e, n, kl: epochs_seen.append((e, n, kl))) as summary:
+    with tuned_for_int8(
+        model, calibration, tuning, epochs=4, on_epoch=lambda e, n, kl: epochs_seen.append((e, n, kl))
+    ) as summary:
         flat = to_tflite(model, mode="int8", representative=calibration, bias_correction=False)
     tuned = _run(flat, test)
     # The float model comes back exactly as it was.

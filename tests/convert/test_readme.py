@@ -36,8 +36,11 @@ def edgecls_lines(block: str) -> list[list[str]]:
 @pytest.mark.slow
 def test_the_readme_runs_as_written(tmp_path: Path) -> None:
     tensorflow_or_skip()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "COLUMNS": "200"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "COLUMNS": "200",
+    }
 
     def run(argv: list[str]) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
         return subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800, check=False)

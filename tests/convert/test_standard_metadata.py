@@ -40,8 +40,7 @@ def test_mediapipe_classifies_an_edgecls_model_with_its_own_labels(model, shapes
 
     import edgecls
 
-    options = vision.ImageClassifierOptions(base_options=tasks.BaseOptions(model_asset_path=str(model)),
-                                            max_results=3)
+    options = vision.ImageClassifierOptions(base_options=tasks.BaseOptions(model_asset_path=str(model)), max_results=3)
     images = [next((shapes / name).iterdir()) for name in CLASSES]
     with vision.ImageClassifier.create_from_options(options) as theirs, edgecls.Classifier(model) as ours:
         for path in images:

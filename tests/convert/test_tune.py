@@ -15,8 +15,18 @@ from edgecls.cli.app import app
 pytestmark = pytest.mark.slow  # trains or converts real models
 
 runner = CliRunner()
-FAST = ["--max-epochs", "1", "--input-sizes", "32", "--calibration-samples", "20", "--max-drop", "100",
-        "--min-agreement", "0"]  # plumbing: 1-epoch trials on 6 test images
+FAST = [
+    "--max-epochs",
+    "1",
+    "--input-sizes",
+    "32",
+    "--calibration-samples",
+    "20",
+    "--max-drop",
+    "100",
+    "--min-agreement",
+    "0",
+]  # plumbing: 1-epoch trials on 6 test images
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,8 +54,17 @@ def tiny_run(shapes, tmp_path_factory):
 
 def test_tiny_search_end_to_end(tiny_run, shapes):
     out, result = tiny_run
-    for name in ("study.db", "tuning.json", "tuning.md", "pareto.png", "model.tflite", "report.json", "report.md",
-                 "confusion_matrix.png", "labels.txt"):
+    for name in (
+        "study.db",
+        "tuning.json",
+        "tuning.md",
+        "pareto.png",
+        "model.tflite",
+        "report.json",
+        "report.md",
+        "confusion_matrix.png",
+        "labels.txt",
+    ):
         assert (out / name).is_file(), name
     summary = json.loads((out / "tuning.json").read_text())
     assert len(summary["trials"]) == 3
@@ -67,8 +86,9 @@ def test_tiny_search_end_to_end(tiny_run, shapes):
 def record(n, acc, lat, size, feasible=True):  # type: ignore[no-untyped-def]
     from edgecls.convert.tune import TrialRecord
 
-    return TrialRecord(number=n, state="complete", params={}, accuracy=acc, latency_ms=lat, size_kb=size,
-                       feasible=feasible)
+    return TrialRecord(
+        number=n, state="complete", params={}, accuracy=acc, latency_ms=lat, size_kb=size, feasible=feasible
+    )
 
 
 def test_pareto_front_and_budget_choice():
@@ -77,9 +97,9 @@ def test_pareto_front_and_budget_choice():
     records = [
         record(0, 0.80, 10.0, 500, feasible=False),  # most accurate, over the latency budget
         record(1, 0.75, 4.0, 200),
-        record(2, 0.70, 5.0, 300),                  # dominated by 1 on every axis
+        record(2, 0.70, 5.0, 300),  # dominated by 1 on every axis
         record(3, 0.60, 1.0, 100),
-        record(4, 0.75, 4.0, 150),                  # as good as 1 and smaller: 1 is dominated
+        record(4, 0.75, 4.0, 150),  # as good as 1 and smaller: 1 is dominated
         TrialRecord(number=5, state="pruned", params={}),
     ]
     assert [r.number for r in pareto_front(records)] == [0, 4, 3]
@@ -144,8 +164,9 @@ def test_same_seed_samples_the_same_trials(tmp_path):
 
 def test_resume_after_a_real_interruption(shapes, tmp_path):
     out = tmp_path / "study"
-    code, output = ctrl_c_when(["tune", shapes, "--out", out, "--trials", "3", *FAST],
-                               lambda line: line.startswith("trial 0 (1/3 done)"))  # Ctrl-C during trial 1
+    code, output = ctrl_c_when(
+        ["tune", shapes, "--out", out, "--trials", "3", *FAST], lambda line: line.startswith("trial 0 (1/3 done)")
+    )  # Ctrl-C during trial 1
     assert code == 130, output
     # The handler only sets a flag that training checks after every batch: an asynchronous KeyboardInterrupt raised
     # while TensorFlow traced a function was once swallowed, and the search ran on to the end.
@@ -179,6 +200,13 @@ def test_training_stops_at_the_batch_after_should_stop_says_so(shapes):
         return len(asked) >= 3
 
     with pytest.raises(KeyboardInterrupt):
-        train(model, dataset, TrainConfig(epochs=5, batch_size=4, augment=0.0), sigmoid=False,
-              checkpoint_dir=Path(shapes).parent / "ckpt", strategy=make_strategy("default"), should_stop=should_stop)
+        train(
+            model,
+            dataset,
+            TrainConfig(epochs=5, batch_size=4, augment=0.0),
+            sigmoid=False,
+            checkpoint_dir=Path(shapes).parent / "ckpt",
+            strategy=make_strategy("default"),
+            should_stop=should_stop,
+        )
     assert len(asked) == 3  # asked once per batch; the third answer stopped it inside the first epoch

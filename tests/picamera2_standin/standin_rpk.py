@@ -64,7 +64,7 @@ def read_rpk(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     data = Path(path).read_bytes()
     if not data.startswith(MAGIC):
         return None
-    return json.loads(data[len(MAGIC):])
+    return json.loads(data[len(MAGIC) :])
 
 
 def write_package(path: str | os.PathLike[str], **overrides: Any) -> Path:

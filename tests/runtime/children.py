@@ -56,10 +56,12 @@ def edgecls(*args: Any, signals: dict[signal.Signals, Any] = FROM_A_TERMINAL, **
         return subprocess.Popen([sys.executable, "-m", "edgecls", *map(str, args)], env=env, **kwargs)
 
 
-_ON_A_TERMINAL = ("import os, sys\n"
-                  "fd = os.open(sys.argv[1], os.O_RDWR)  # a session leader's first terminal becomes its own\n"
-                  "os.dup2(fd, 0); os.dup2(fd, 1); os.close(fd)\n"
-                  "os.execv(sys.executable, [sys.executable, '-m', 'edgecls', *sys.argv[2:]])\n")
+_ON_A_TERMINAL = (
+    "import os, sys\n"
+    "fd = os.open(sys.argv[1], os.O_RDWR)  # a session leader's first terminal becomes its own\n"
+    "os.dup2(fd, 0); os.dup2(fd, 1); os.close(fd)\n"
+    "os.execv(sys.executable, [sys.executable, '-m', 'edgecls', *sys.argv[2:]])\n"
+)
 
 
 def edgecls_on_a_terminal(*args: Any, **kwargs: Any) -> tuple[subprocess.Popen, int]:
@@ -72,9 +74,16 @@ def edgecls_on_a_terminal(*args: Any, **kwargs: Any) -> tuple[subprocess.Popen, 
     try:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **kwargs.pop("env", {})}
         with _dispositions(FROM_A_TERMINAL):
-            proc = subprocess.Popen([sys.executable, "-c", _ON_A_TERMINAL, os.ttyname(slave), *map(str, args)],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                    text=True, start_new_session=True, env=env, **kwargs)
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _ON_A_TERMINAL, os.ttyname(slave), *map(str, args)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+                env=env,
+                **kwargs,
+            )
     finally:
         os.close(slave)
     return proc, master
@@ -157,7 +166,9 @@ class Lines:
             try:
                 line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"no such line within {timeout:.0f} s; seen: {''.join(self.seen)[-2000:]}") from None
+                raise AssertionError(
+                    f"no such line within {timeout:.0f} s; seen: {''.join(self.seen)[-2000:]}"
+                ) from None
             if line is None:
                 raise AssertionError(f"the pipe closed first; seen: {''.join(self.seen)[-2000:]}")
             self.seen.append(line)

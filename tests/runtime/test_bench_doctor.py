@@ -18,7 +18,9 @@ from edgecls.device.doctor import diagnose
 
 
 def edgecls(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgecls", *args], capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "edgecls", *args], capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def test_benchmark_splits_and_percentiles(coral):
@@ -44,7 +46,9 @@ def test_bench_cli_json_and_budget(coral):
     assert ok.returncode == 0, ok.stderr
     data = json.loads(ok.stdout)
     assert data["budget_ms"] == 10000 and data["within_budget"] is True
-    over = edgecls("bench", model, "--runs", "20", "--warmup", "0", "--budget-ms", "0.0001", "--image", str(coral / "cat.bmp"))
+    over = edgecls(
+        "bench", model, "--runs", "20", "--warmup", "0", "--budget-ms", "0.0001", "--image", str(coral / "cat.bmp")
+    )
     assert over.returncode == 3  # a verdict, apart from errors (1)
     assert "p90 latency" in over.stderr and "over the budget of 0.0001 ms" in over.stderr
     assert "invoke" in over.stdout and "throughput" in over.stdout

@@ -32,7 +32,9 @@ dtoverlay=dwc2,dr_mode=host
 
 
 def tool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-I", "-S", str(TOOL), *args], capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-I", "-S", str(TOOL), *args], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def test_a_line_already_in_effect_is_not_added_and_needs_no_reboot(tmp_path):
@@ -47,15 +49,25 @@ def test_a_line_already_in_effect_is_not_added_and_needs_no_reboot(tmp_path):
 def test_a_new_line_goes_under_all_between_markers_once(tmp_path):
     config = tmp_path / "config.txt"
     config.write_text(PI_OS)
-    args = ["apply", str(config), "--profile", "rpi4", "--line", "dtoverlay=imx219", "the v2 camera",
-            "--line", "camera_auto_detect=1", "detect cameras"]
+    args = [
+        "apply",
+        str(config),
+        "--profile",
+        "rpi4",
+        "--line",
+        "dtoverlay=imx219",
+        "the v2 camera",
+        "--line",
+        "camera_auto_detect=1",
+        "detect cameras",
+    ]
     dry = tool(*args, "--dry-run")
     assert dry.returncode == 10 and "would add dtoverlay=imx219" in dry.stdout and config.read_text() == PI_OS
     first = tool(*args)
     assert first.returncode == 10, first.stderr  # a line was added: reboot
     text = config.read_text()
     assert (tmp_path / "config.txt.edgecls-backup").read_text() == PI_OS
-    block = text[text.index("# >>> edgecls rpi4"):]
+    block = text[text.index("# >>> edgecls rpi4") :]
     assert block.splitlines()[1] == "[all]" and "dtoverlay=imx219" in block and block.rstrip().endswith("# <<< edgecls")
     assert text.count("camera_auto_detect=1") == 1  # not a second time
     assert "dtoverlay=imx219" in effective_lines(text.splitlines())  # not under [cm5]
@@ -83,4 +95,6 @@ def test_lines_that_are_not_settings_are_refused(tmp_path, line):
 
 def test_a_missing_file_is_one_error_line(tmp_path):
     done = tool("apply", str(tmp_path / "nope.txt"), "--line", "a=1", "why")
-    assert done.returncode == 1 and done.stderr.startswith("boot config: cannot read") and "Traceback" not in done.stderr
+    assert (
+        done.returncode == 1 and done.stderr.startswith("boot config: cannot read") and "Traceback" not in done.stderr
+    )

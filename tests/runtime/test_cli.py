@@ -44,7 +44,11 @@ def test_classify_json_lines_directory_and_glob(coral, tmp_path):
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [os.path.basename(r["path"]) for r in records] == ["cat.bmp", "hot_dog.jpg", "dragonfly.bmp"]
-    assert records[0]["predictions"][0] == {"index": 286, "label": "Egyptian cat", "score": pytest.approx(0.84, abs=0.1)}
+    assert records[0]["predictions"][0] == {
+        "index": 286,
+        "label": "Egyptian cat",
+        "score": pytest.approx(0.84, abs=0.1),
+    }
     assert all(len(r["predictions"]) == 2 and r["latency_ms"] > 0 for r in records)
 
 
@@ -162,13 +166,20 @@ def test_info_of_a_three_class_model_lists_its_labels_without_dots(built_models,
 def test_the_python_api_prints_nothing_of_its_own_on_fd_2(coral):
     """LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." to fd 2 when an interpreter is built;
     the command line held it back, the Python API printed it. Now neither does, and it is there at debug level."""
-    code = ("import logging, sys, edgecls\n"
-            "if sys.argv[2] == 'debug': logging.basicConfig(level=logging.DEBUG, format='%(name)s: %(message)s')\n"
-            "clf = edgecls.Classifier(sys.argv[1])\n"
-            "print(clf.classify(sys.argv[3])[0].label)\n")
+    code = (
+        "import logging, sys, edgecls\n"
+        "if sys.argv[2] == 'debug': logging.basicConfig(level=logging.DEBUG, format='%(name)s: %(message)s')\n"
+        "clf = edgecls.Classifier(sys.argv[1])\n"
+        "print(clf.classify(sys.argv[3])[0].label)\n"
+    )
     for level in ("quiet", "debug"):
-        proc = subprocess.run([sys.executable, "-c", code, str(coral / MODEL), level, str(coral / "cat.bmp")],
-                              capture_output=True, text=True, timeout=120, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(coral / MODEL), level, str(coral / "cat.bmp")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert proc.returncode == 0 and proc.stdout == "Egyptian cat\n", proc.stderr
         noise = [line for line in proc.stderr.splitlines() if "XNNPACK" in line]
         if level == "quiet":
@@ -180,13 +191,15 @@ def test_the_python_api_prints_nothing_of_its_own_on_fd_2(coral):
 def test_held_back_native_output_keeps_every_line_that_is_not_routine():
     """What a native library writes to fd 2 inside the block: the routine line goes, any other is printed after it
     (a real error is never hidden), in order, from whichever thread wrote it."""
-    code = ("import os, threading\n"
-            "from edgecls.nativelog import quiet_native_stderr\n"
-            "with quiet_native_stderr():\n"
-            "    os.write(2, b'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n')\n"
-            "    os.write(2, b'ERROR: a real problem\\n')\n"
-            "    t = threading.Thread(target=os.write, args=(2, b'from a thread\\n')); t.start(); t.join()\n"
-            "os.write(2, b'after\\n')\n")
+    code = (
+        "import os, threading\n"
+        "from edgecls.nativelog import quiet_native_stderr\n"
+        "with quiet_native_stderr():\n"
+        "    os.write(2, b'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\\n')\n"
+        "    os.write(2, b'ERROR: a real problem\\n')\n"
+        "    t = threading.Thread(target=os.write, args=(2, b'from a thread\\n')); t.start(); t.join()\n"
+        "os.write(2, b'after\\n')\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0 and proc.stderr == "ERROR: a real problem\nfrom a thread\nafter\n", proc.stderr
 
@@ -194,15 +207,17 @@ def test_held_back_native_output_keeps_every_line_that_is_not_routine():
 def test_native_blocks_in_two_threads_at_once_give_fd_2_back(tmp_path):
     """fd 2 is one per process: two threads holding back native output at the same time must not restore each
     other's temporary file (stderr would be lost for good)."""
-    code = ("import os, threading, time\n"
-            "from edgecls.nativelog import quiet_native_stderr\n"
-            "def work(n):\n"
-            "    for i in range(50):\n"
-            "        with quiet_native_stderr():\n"
-            "            os.write(2, f'{n}\\n'.encode()); time.sleep(0.0005)\n"
-            "threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]\n"
-            "[t.start() for t in threads]; [t.join() for t in threads]\n"
-            "os.write(2, b'still here\\n')\n")
+    code = (
+        "import os, threading, time\n"
+        "from edgecls.nativelog import quiet_native_stderr\n"
+        "def work(n):\n"
+        "    for i in range(50):\n"
+        "        with quiet_native_stderr():\n"
+        "            os.write(2, f'{n}\\n'.encode()); time.sleep(0.0005)\n"
+        "threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "os.write(2, b'still here\\n')\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     lines = proc.stderr.splitlines()
     assert proc.returncode == 0 and lines[-1] == "still here", proc.stderr[-500:]
@@ -264,8 +279,9 @@ def test_a_run_started_with_sigint_and_sighup_ignored_keeps_them_ignored(coral, 
     from children import NOHUP_BACKGROUND_JOB, edgecls, end, wait_for_lines
 
     out = tmp_path / "results.jsonl"
-    proc = edgecls("run", coral / MODEL, "--source", "demo", "-q", "--sink", f"jsonl:{out}",
-                   signals=NOHUP_BACKGROUND_JOB)
+    proc = edgecls(
+        "run", coral / MODEL, "--source", "demo", "-q", "--sink", f"jsonl:{out}", signals=NOHUP_BACKGROUND_JOB
+    )
     try:
         _wait_for_the_command_line_to_import(proc.pid)
         proc.send_signal(signal.SIGINT)  # while it starts

@@ -30,8 +30,20 @@ def run(*args):  # type: ignore[no-untyped-def]
 
 def test_run_a_video_as_json_lines_with_smoothing(coral, cat_video, tmp_path):
     out = tmp_path / "results.jsonl"
-    result = run(coral / MODEL, "--source", cat_video, "--json", "--hold", "3", "--top-k", "2",
-                 "--sink", f"jsonl:{out}", "--threads", "2")
+    result = run(
+        coral / MODEL,
+        "--source",
+        cat_video,
+        "--json",
+        "--hold",
+        "3",
+        "--top-k",
+        "2",
+        "--sink",
+        f"jsonl:{out}",
+        "--threads",
+        "2",
+    )
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(lines) == 24 and lines[0]["predictions"][0]["label"] == "Egyptian cat"
@@ -82,8 +94,17 @@ def test_mqtt_sink_end_to_end(coral, cat_video, mosquitto):
     sub.loop_start()
     try:
         time.sleep(0.3)
-        result = run(coral / MODEL, "--source", cat_video, "-q", "--on-change", "--mqtt-qos", "1",
-                     "--sink", f"mqtt://127.0.0.1:{mosquitto.port}/robot/vision")
+        result = run(
+            coral / MODEL,
+            "--source",
+            cat_video,
+            "-q",
+            "--on-change",
+            "--mqtt-qos",
+            "1",
+            "--sink",
+            f"mqtt://127.0.0.1:{mosquitto.port}/robot/vision",
+        )
         assert result.exit_code == 0, result.output
         deadline = time.monotonic() + 10
         while len(got) < 2 and time.monotonic() < deadline:
@@ -132,8 +153,9 @@ def test_a_hang_up_finishes_the_video_and_the_other_sinks(coral, tmp_path):
     from children import drain, edgecls_on_a_terminal
 
     video, lines = tmp_path / "live.avi", tmp_path / "live.jsonl"
-    proc, terminal = edgecls_on_a_terminal("run", coral / MODEL, "--source", "demo", "--sink", f"video:{video}",
-                                           "--sink", f"jsonl:{lines}")
+    proc, terminal = edgecls_on_a_terminal(
+        "run", coral / MODEL, "--source", "demo", "--sink", f"video:{video}", "--sink", f"jsonl:{lines}"
+    )
     try:
         reader = drain(terminal)
         wait_for_lines(lines, 5, proc)
@@ -168,8 +190,19 @@ def test_a_second_signal_while_the_sinks_close_changes_nothing(coral, tmp_path, 
     import cv2
 
     video, lines = tmp_path / "live.avi", tmp_path / "live.jsonl"
-    proc = edgecls("run", coral / MODEL, "--source", "demo", "-q", "--sink", f"video:{video}",
-                   "--sink", f"jsonl:{lines}", "--sink", "mqtt://127.0.0.1:1/unreachable")
+    proc = edgecls(
+        "run",
+        coral / MODEL,
+        "--source",
+        "demo",
+        "-q",
+        "--sink",
+        f"video:{video}",
+        "--sink",
+        f"jsonl:{lines}",
+        "--sink",
+        "mqtt://127.0.0.1:1/unreachable",
+    )
     try:
         wait_for_lines(lines, 5, proc)
         for _ in range(12):  # over the closing and past it
@@ -219,8 +252,10 @@ def test_run_piped_into_head_ends_with_exit_code_0(coral, tmp_path, tail):
     import shlex
 
     first = tmp_path / "first.txt"
-    script = (f"set -o pipefail; {shlex.quote(sys.executable)} -m edgecls run {shlex.quote(str(coral / MODEL))} "
-              f"--source demo {tail} > {shlex.quote(str(first))}")
+    script = (
+        f"set -o pipefail; {shlex.quote(sys.executable)} -m edgecls run {shlex.quote(str(coral / MODEL))} "
+        f"--source demo {tail} > {shlex.quote(str(first))}"
+    )
     proc = subprocess.Popen(["bash", "-c", script], stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _, stderr = proc.communicate(timeout=PATIENCE_S)
@@ -242,10 +277,27 @@ def test_a_stream_closed_before_the_start_is_no_error(coral, tmp_path, closed):
     import shlex
 
     out = tmp_path / "live.jsonl"
-    command = [sys.executable, "-m", "edgecls", "run", str(coral / MODEL), "--source", "demo", "--max-frames", "3",
-               "--json", "--sink", f"jsonl:{out}"]
-    proc = subprocess.run(["bash", "-c", f"exec {shlex.join(command)} {closed}"], capture_output=True, text=True,
-                          timeout=PATIENCE_S, check=False)
+    command = [
+        sys.executable,
+        "-m",
+        "edgecls",
+        "run",
+        str(coral / MODEL),
+        "--source",
+        "demo",
+        "--max-frames",
+        "3",
+        "--json",
+        "--sink",
+        f"jsonl:{out}",
+    ]
+    proc = subprocess.run(
+        ["bash", "-c", f"exec {shlex.join(command)} {closed}"],
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE_S,
+        check=False,
+    )
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert len(out.read_text().splitlines()) == 3
     if closed == ">&-":
@@ -277,8 +329,19 @@ def test_preview_sink_announces_its_local_url(coral, cat_video):
 def test_a_stop_with_the_mqtt_broker_down_ends_the_run(coral, tmp_path, mosquitto):
     """The broker goes away mid-run; SIGINT still ends the run, and the summary counts what was not sent."""
     out = tmp_path / "live.jsonl"
-    proc = edgecls("run", coral / MODEL, "--source", "demo", "-q", "--mqtt-qos", "1",
-                   "--sink", f"mqtt://127.0.0.1:{mosquitto.port}/t", "--sink", f"jsonl:{out}")
+    proc = edgecls(
+        "run",
+        coral / MODEL,
+        "--source",
+        "demo",
+        "-q",
+        "--mqtt-qos",
+        "1",
+        "--sink",
+        f"mqtt://127.0.0.1:{mosquitto.port}/t",
+        "--sink",
+        f"jsonl:{out}",
+    )
     try:
         said = Lines(proc.stderr)
         wait_for_lines(out, 5, proc)

@@ -30,15 +30,29 @@ from edgecls.sinks.collect import LOCK_NAME, MARKER, Collector, CollectPolicy, f
 KEEP_ALL = {"every_s": 0.0, "sample": 0.0}
 
 
-def frame_result(seq: int, scores=(0.9, 0.1), label: str = "cat", changed: bool = False, color: str = "rgb",
-                 frame: np.ndarray | None = None) -> StreamResult:
+def frame_result(
+    seq: int,
+    scores=(0.9, 0.1),
+    label: str = "cat",
+    changed: bool = False,
+    color: str = "rgb",
+    frame: np.ndarray | None = None,
+) -> StreamResult:
     if frame is None:
         frame = np.zeros((48, 64, 3), np.uint8)
         frame[..., 0] = 200  # red in RGB order
     labels = [label, "dog", "bird"]
     predictions = [Prediction(i, labels[i], s) for i, s in enumerate(scores)]
-    return StreamResult(seq, time.time(), time.time(), predictions, Decision(label, 0, scores[0] if scores else 0.0, changed, None),
-                        Latency(0, 0, 1, 0, 1), frame, color)
+    return StreamResult(
+        seq,
+        time.time(),
+        time.time(),
+        predictions,
+        Decision(label, 0, scores[0] if scores else 0.0, changed, None),
+        Latency(0, 0, 1, 0, 1),
+        frame,
+        color,
+    )
 
 
 def test_the_policy_keeps_unsure_frames_label_changes_and_a_sample():
@@ -52,9 +66,16 @@ def test_the_policy_keeps_unsure_frames_label_changes_and_a_sample():
     assert policy.reason(frame_result(0, (0.9, 0.05)), draw=0.01) == "sample"
 
 
-@pytest.mark.parametrize("text, expected", [("500", (500, None)), ("200MB", (None, 200 << 20)),
-                                            ("1.5G", (None, int(1.5 * (1 << 30)))), ("800k", (None, 800 << 10)),
-                                            ("64b", (None, 64))])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("500", (500, None)),
+        ("200MB", (None, 200 << 20)),
+        ("1.5G", (None, int(1.5 * (1 << 30)))),
+        ("800k", (None, 800 << 10)),
+        ("64b", (None, 64)),
+    ],
+)
 def test_collect_max_is_frames_or_a_size(text, expected):
     assert parse_max(text) == expected
 
@@ -83,8 +104,11 @@ def test_kept_frames_go_under_their_predicted_label_with_a_sidecar(tmp_path):
     collector.write(frame_result(9, (0.9, 0.05), label="dog", changed=True, color="bgr"))
     (cat,) = sorted((tmp_path / "field" / "cat").glob("*.jpg"))
     (dog,) = sorted((tmp_path / "field" / "dog").glob("*.jpg"))
-    assert cat.name.endswith("-0000007.jpg") and collector.saved == 2 and dict(collector.by_reason) == {
-        "uncertain": 1, "changed": 1}
+    assert (
+        cat.name.endswith("-0000007.jpg")
+        and collector.saved == 2
+        and dict(collector.by_reason) == {"uncertain": 1, "changed": 1}
+    )
     sidecar = json.loads(cat.with_suffix(".json").read_text())
     assert sidecar["image"] == cat.name and sidecar["reason"] == "uncertain" and sidecar["model"] == "model.tflite"
     assert sidecar["sequence"] == 7 and sidecar["predictions"][0] == {"index": 0, "label": "cat", "score": 0.5}
@@ -157,18 +181,61 @@ def test_an_unusable_folder_is_one_clear_error(tmp_path):
 
 CJK = "猫"  # 3 bytes of UTF-8: 86 of them are 258 bytes, over the 255 a file name may have
 HOSTILE_LABELS = [
-    "dog's", "Egyptian cat", "a/b", "..", ".", ".hidden", "..hidden", "a\x00b", "tab\there", "new\nline", "\x7f",
-    "\u202eevil.exe", "trailing.", "trailing ", " leading", "con", "CON.txt", "lpt1", "Cat", "cat", "CAT", "caT",
-    "ß", "ss", "é", "e\u0301", CJK * 86, CJK * 300, CJK * 300 + "x", "🐱" * 70, "a" * 300, "a" * 300 + "b", "100%",
-    "%unlabelled", "_unlabelled", "%~", "50%~off", "", "\udc80", "back\\slash", 'q"uo:te*?<>|', "x" * 125 + "%",
+    "dog's",
+    "Egyptian cat",
+    "a/b",
+    "..",
+    ".",
+    ".hidden",
+    "..hidden",
+    "a\x00b",
+    "tab\there",
+    "new\nline",
+    "\x7f",
+    "\u202eevil.exe",
+    "trailing.",
+    "trailing ",
+    " leading",
+    "con",
+    "CON.txt",
+    "lpt1",
+    "Cat",
+    "cat",
+    "CAT",
+    "caT",
+    "ß",
+    "ss",
+    "é",
+    "e\u0301",
+    CJK * 86,
+    CJK * 300,
+    CJK * 300 + "x",
+    "🐱" * 70,
+    "a" * 300,
+    "a" * 300 + "b",
+    "100%",
+    "%unlabelled",
+    "_unlabelled",
+    "%~",
+    "50%~off",
+    "",
+    "\udc80",
+    "back\\slash",
+    'q"uo:te*?<>|',
+    "x" * 125 + "%",
 ]
 
 
 def usable_folder_name(name: str) -> bool:
     """One path component that any file system takes, and that convert does not pass over as hidden."""
-    return (0 < len(name.encode()) <= MAX_BYTES and name not in (".", "..") and not name.startswith(".")
-            and not any(c in name for c in '/\\:*?"<>|') and all(unicodedata.category(c)[0] != "C" for c in name)
-            and not name.endswith((".", " ")))
+    return (
+        0 < len(name.encode()) <= MAX_BYTES
+        and name not in (".", "..")
+        and not name.startswith(".")
+        and not any(c in name for c in '/\\:*?"<>|')
+        and all(unicodedata.category(c)[0] != "C" for c in name)
+        and not name.endswith((".", " "))
+    )
 
 
 @pytest.mark.parametrize("label", HOSTILE_LABELS, ids=lambda s: repr(s)[:24])
@@ -336,25 +403,34 @@ def test_a_linked_lock_file_is_refused_and_its_target_left_alone(tmp_path):
     field = tmp_path / "field"
     field.mkdir()
     (field / LOCK_NAME).symlink_to(target)
-    with pytest.raises(SinkError, match=f"cannot use {field} for collected frames: {field / LOCK_NAME} is a link or a "
-                                        "folder; remove it"):
+    with pytest.raises(
+        SinkError,
+        match=f"cannot use {field} for collected frames: {field / LOCK_NAME} is a link or a folder; remove it",
+    ):
         Collector(field)
     assert target.read_text() == "keep me"
 
 
 # --- one collector per folder ----------------------------------------------------------------------------------------
 
-HOLD = ("import sys\nfrom edgecls.sinks.collect import Collector\nc = Collector(sys.argv[1])\nprint('holding', flush=True)\n"
-        "sys.stdin.read()\n")
-TRY = ("import sys\nfrom edgecls.sinks.collect import Collector\nfrom edgecls.errors import SinkError\n"
-       "try:\n    Collector(sys.argv[1]).close()\nexcept SinkError as exc:\n    print(exc)\n    sys.exit(1)\n")
+HOLD = (
+    "import sys\nfrom edgecls.sinks.collect import Collector\nc = Collector(sys.argv[1])\nprint('holding', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+TRY = (
+    "import sys\nfrom edgecls.sinks.collect import Collector\nfrom edgecls.errors import SinkError\n"
+    "try:\n    Collector(sys.argv[1]).close()\nexcept SinkError as exc:\n    print(exc)\n    sys.exit(1)\n"
+)
 
 
 def test_a_second_collector_in_the_same_process_is_refused_until_the_first_closes(tmp_path):
     first = Collector(tmp_path)
     try:
-        with pytest.raises(SinkError, match=rf"already being collected into by another edgecls run \(process "
-                                            rf"{os.getpid()}\); one collector per folder keeps --collect-max"):
+        with pytest.raises(
+            SinkError,
+            match=rf"already being collected into by another edgecls run \(process "
+            rf"{os.getpid()}\); one collector per folder keeps --collect-max",
+        ):
             Collector(tmp_path)
     finally:
         first.close()
@@ -367,23 +443,52 @@ def test_two_processes_on_one_folder_one_is_refused_and_the_lock_dies_with_its_h
     images.mkdir()
     (images / "cat.bmp").write_bytes((coral / "cat.bmp").read_bytes())
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(field)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(field)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     try:
         assert holder.stdout.readline().strip() == "holding", holder.stderr.read()
-        second = subprocess.run([sys.executable, "-c", TRY, str(field)], capture_output=True, text=True, env=env,
-                                timeout=120, check=False)
+        second = subprocess.run(
+            [sys.executable, "-c", TRY, str(field)], capture_output=True, text=True, env=env, timeout=120, check=False
+        )
         assert second.returncode == 1 and f"(process {holder.pid})" in second.stdout, second.stderr
-        cli = subprocess.run([sys.executable, "-m", "edgecls", "run", str(coral / "mobilenet_v1_0.25_128_quant.tflite"),
-                              "--source", str(images), "-q", "--collect", str(field), "--collect-sample", "1"],
-                             capture_output=True, text=True, env=env, timeout=120, check=False)
-        error = one_error_line(SimpleNamespace(stderr=cli.stderr, exit_code=cli.returncode, output=cli.stdout + cli.stderr))
+        cli = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edgecls",
+                "run",
+                str(coral / "mobilenet_v1_0.25_128_quant.tflite"),
+                "--source",
+                str(images),
+                "-q",
+                "--collect",
+                str(field),
+                "--collect-sample",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+        error = one_error_line(
+            SimpleNamespace(stderr=cli.stderr, exit_code=cli.returncode, output=cli.stdout + cli.stderr)
+        )
         assert f"{field} is already being collected into by another edgecls run (process {holder.pid})" in error
         assert not list(field.rglob("*.jpg"))
         holder.kill()  # a crash: the kernel drops the lock with the process
         holder.wait(30)
-        again = subprocess.run([sys.executable, "-c", TRY, str(field)], capture_output=True, text=True, env=env,
-                               timeout=120, check=False)
+        again = subprocess.run(
+            [sys.executable, "-c", TRY, str(field)], capture_output=True, text=True, env=env, timeout=120, check=False
+        )
         assert again.returncode == 0, again.stdout + again.stderr
     finally:
         if holder.poll() is None:
@@ -403,8 +508,21 @@ def test_run_collect_with_links_in_dir_through_the_command_line(tmp_path, coral)
     before_outside, before_field = snapshot(outside), snapshot(field)
     from conftest import invoke
 
-    result = invoke("run", coral / "mobilenet_v1_0.25_128_quant.tflite", "--source", images, "-q", "--collect", field,
-                    "--collect-max", "2", "--collect-every", "0", "--collect-sample", "1")
+    result = invoke(
+        "run",
+        coral / "mobilenet_v1_0.25_128_quant.tflite",
+        "--source",
+        images,
+        "-q",
+        "--collect",
+        field,
+        "--collect-max",
+        "2",
+        "--collect-every",
+        "0",
+        "--collect-sample",
+        "1",
+    )
     assert result.exit_code == 0, result.output
     assert "collected 5 frame(s)" in result.stderr and "3 oldest removed" in result.stderr
     assert snapshot(outside) == before_outside

@@ -33,8 +33,16 @@ MODEL = "mobilenet_v2_1.0_224_quant.tflite"
 
 def result(seq: int, value: int = 0, label: str = "cat") -> StreamResult:
     frame = np.full((60, 80, 3), value, np.uint8)
-    return StreamResult(seq, time.time(), time.time(), [Prediction(0, label, 0.8), Prediction(1, "dog", 0.2)],
-                        Decision(label, 0, 0.8, seq == 0, None), Latency(0.1, 0.2, 4.0, 0.1, 4.4), frame, "rgb")
+    return StreamResult(
+        seq,
+        time.time(),
+        time.time(),
+        [Prediction(0, label, 0.8), Prediction(1, "dog", 0.2)],
+        Decision(label, 0, 0.8, seq == 0, None),
+        Latency(0.1, 0.2, 4.0, 0.1, 4.4),
+        frame,
+        "rgb",
+    )
 
 
 def get(url: str, headers: dict[str, str] | None = None, timeout: float = 5) -> tuple[int, dict, bytes]:
@@ -61,8 +69,10 @@ def test_endpoints_serve_the_newest_result_and_statistics(board):
     for seq in range(5):
         board.write(result(seq))
     status, _, body = get(board.url + "api/latest")
-    assert status == 200 and json.loads(body) == result(4).to_dict() | {"timestamp": json.loads(body)["timestamp"],
-                                                                        "result_time": json.loads(body)["result_time"]}
+    assert status == 200 and json.loads(body) == result(4).to_dict() | {
+        "timestamp": json.loads(body)["timestamp"],
+        "result_time": json.loads(body)["result_time"],
+    }
     stats = json.loads(get(board.url + "api/stats")[2])
     assert stats["frames_processed"] == 5 and stats["dashboard"]["max_clients"] == 16
     assert get(board.url + "nothing")[0] == 404
@@ -193,25 +203,29 @@ def test_beyond_localhost_it_asks_for_a_token():
 
 def test_the_dashboard_works_without_opencv(coral, tmp_path):
     """The base install has no OpenCV: the video is the plain frame, encoded by Pillow."""
-    code = ("import sys; sys.modules['cv2'] = None\n"
-            "import io, time, urllib.request\n"
-            "from PIL import Image\n"
-            "from edgecls import Classifier\n"
-            "from edgecls.live.stream import Stream\n"
-            "from edgecls.sinks.dashboard import Dashboard\n"
-            "board = Dashboard(0)\n"
-            f"with Stream({str(coral / MODEL)!r}, source={str(coral / 'cat.bmp')!r}, keep_frames=True) as s:\n"
-            "    for r in s: board.write(r)\n"
-            "jpeg = urllib.request.urlopen(board.url + 'snapshot.jpg', timeout=5).read()\n"
-            "print(Image.open(io.BytesIO(jpeg)).size)\n"
-            "board.close()\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                          check=False)
+    code = (
+        "import sys; sys.modules['cv2'] = None\n"
+        "import io, time, urllib.request\n"
+        "from PIL import Image\n"
+        "from edgecls import Classifier\n"
+        "from edgecls.live.stream import Stream\n"
+        "from edgecls.sinks.dashboard import Dashboard\n"
+        "board = Dashboard(0)\n"
+        f"with Stream({str(coral / MODEL)!r}, source={str(coral / 'cat.bmp')!r}, keep_frames=True) as s:\n"
+        "    for r in s: board.write(r)\n"
+        "jpeg = urllib.request.urlopen(board.url + 'snapshot.jpg', timeout=5).read()\n"
+        "print(Image.open(io.BytesIO(jpeg)).size)\n"
+        "board.close()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().startswith("(")
 
 
 # -- hostile clients (issue 33): slots, Host names, origins, half-open connections, tokens, HEAD ----------------
+
 
 def raw(port: int, data: bytes, *, timeout: float = 5.0, until_close: bool = True) -> bytes:
     """Send ``data`` as it is and read the answer: up to the server's close, or only its head; what came within
@@ -286,8 +300,10 @@ def no_traceback(capfd) -> None:  # type: ignore[no-untyped-def]
     assert not [line for line in shown if "Traceback" in line or "Error" in line or "Exception" in line], err[-3000:]
 
 
-@pytest.mark.parametrize("value", ["1e-9", "1e-300", "nan", "inf", "-inf", "-1", "0", "1e999", "0.01", "1001", "abc",
-                                   "%00", "1e-9&max_rate=15"])
+@pytest.mark.parametrize(
+    "value",
+    ["1e-9", "1e-300", "nan", "inf", "-inf", "-1", "0", "1e999", "0.01", "1001", "abc", "%00", "1e-9&max_rate=15"],
+)
 def test_events_max_rate_is_bounded(board, capfd, value):
     """/events?max_rate=1e-9 slept 1/max_rate before it noticed its client left; 1e-300: OverflowError."""
     board.write(result(0))
@@ -381,10 +397,28 @@ def test_unauthenticated_requests_hold_no_slot(capfd):
     no_traceback(capfd)
 
 
-FOREIGN_HOSTS = ["attacker.example", "attacker.example:{port}", "127.0.0.1.attacker.example", "localhost.evil",
-                 "LOCALHOST.evil:{port}", "evil", "192.168.1.10:{port}", "[::2]:{port}", "10.0.0.1"]
-OWN_HOSTS = ["localhost", "localhost:{port}", "LocalHost:{port}", "localhost.:{port}", "127.0.0.1", "127.0.0.1:{port}",
-             "127.3.2.1:{port}", "[::1]", "[::1]:{port}"]
+FOREIGN_HOSTS = [
+    "attacker.example",
+    "attacker.example:{port}",
+    "127.0.0.1.attacker.example",
+    "localhost.evil",
+    "LOCALHOST.evil:{port}",
+    "evil",
+    "192.168.1.10:{port}",
+    "[::2]:{port}",
+    "10.0.0.1",
+]
+OWN_HOSTS = [
+    "localhost",
+    "localhost:{port}",
+    "LocalHost:{port}",
+    "localhost.:{port}",
+    "127.0.0.1",
+    "127.0.0.1:{port}",
+    "127.3.2.1:{port}",
+    "[::1]",
+    "[::1]:{port}",
+]
 
 
 def test_only_the_host_names_it_was_bound_for_are_served(board, capfd):
@@ -393,16 +427,31 @@ def test_only_the_host_names_it_was_bound_for_are_served(board, capfd):
     board.write(result(0, label="secret-label"))
     for host in FOREIGN_HOSTS:
         host = host.format(port=board.port)
-        for method, path in [("GET", "/"), ("GET", "/api/latest"), ("GET", "/snapshot.jpg"), ("GET", "/api/stats"),
-                             ("GET", "/events"), ("GET", "/stream.mjpg"), ("HEAD", "/api/latest")]:
+        for method, path in [
+            ("GET", "/"),
+            ("GET", "/api/latest"),
+            ("GET", "/snapshot.jpg"),
+            ("GET", "/api/stats"),
+            ("GET", "/events"),
+            ("GET", "/stream.mjpg"),
+            ("HEAD", "/api/latest"),
+        ]:
             answer = raw(board.port, f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
             assert status(answer) == 403 and b"secret-label" not in answer and b"JFIF" not in answer, (host, path)
     for host in OWN_HOSTS:
-        answer = raw(board.port, f"GET /api/latest HTTP/1.1\r\nHost: {host.format(port=board.port)}\r\n"
-                                 "Connection: close\r\n\r\n".encode())
+        answer = raw(
+            board.port,
+            f"GET /api/latest HTTP/1.1\r\nHost: {host.format(port=board.port)}\r\nConnection: close\r\n\r\n".encode(),
+        )
         assert status(answer) == 200 and b"secret-label" in answer, host
-    for head in ["Host: a b", "Host: [::1", "Host: localhost:abc", "Host: ", "Host: localhost\r\nHost: evil",
-                 "X-No-Host: 1"]:
+    for head in [
+        "Host: a b",
+        "Host: [::1",
+        "Host: localhost:abc",
+        "Host: ",
+        "Host: localhost\r\nHost: evil",
+        "X-No-Host: 1",
+    ]:
         answer = raw(board.port, f"GET /api/latest HTTP/1.1\r\n{head}\r\n\r\n".encode())
         assert status(answer) in (400, 403) and b"secret-label" not in answer, head
     assert status(raw(board.port, b"GET /api/latest HTTP/1.0\r\n\r\n")) == 200  # HTTP/1.0 has no Host
@@ -414,8 +463,10 @@ def test_names_the_user_lists_are_served_too():
     sink = Dashboard(0, hosts=["Camera.LAN", "pi.local."])
     try:
         for host, code in [("camera.lan", 200), ("pi.local:8080", 200), ("other.lan", 403)]:
-            assert status(raw(sink.port, f"GET /api/stats HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-                                         .encode())) == code, host
+            assert (
+                status(raw(sink.port, f"GET /api/stats HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()))
+                == code
+            ), host
     finally:
         sink.close()
     for bad in ["bad name", "a/b", "-x.lan", "", "x" * 64 + ".lan", "ünïcode.lan", "a..b"]:
@@ -510,9 +561,27 @@ def test_no_traceback_for_clients_that_go_away(capfd, caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info], caplog.text[-3000:]
 
 
-@pytest.mark.parametrize("token", ["tökenlatin1", "токен-не-латиница", "abc;defgh", "abc,defgh", "abc defgh",
-                                   "abc\tdefgh", "abc\x00defgh", "abc\x7fdefgh", 'abc"defgh', "abc\\defgh",
-                                   "abc#defgh", "abc%defgh", "abc&defgh", "abc+defgh", "short", "x" * 257])
+@pytest.mark.parametrize(
+    "token",
+    [
+        "tökenlatin1",
+        "токен-не-латиница",
+        "abc;defgh",
+        "abc,defgh",
+        "abc defgh",
+        "abc\tdefgh",
+        "abc\x00defgh",
+        "abc\x7fdefgh",
+        'abc"defgh',
+        "abc\\defgh",
+        "abc#defgh",
+        "abc%defgh",
+        "abc&defgh",
+        "abc+defgh",
+        "short",
+        "x" * 257,
+    ],
+)
 def test_a_token_a_cookie_or_url_cannot_carry_is_refused_at_start(token):
     """A non-Latin-1 token crashed the handler at /?token=; one with ';' made a cookie the page could not use."""
     with pytest.raises(ConfigError, match="A token needs 8 to 256 printable ASCII characters") as caught:
@@ -526,10 +595,14 @@ def test_the_command_line_refuses_a_bad_token_or_name_in_one_line(coral):
     from edgecls.cli.app import app
 
     runner = CliRunner()
-    for extra, message in [(["--preview-token", "bad;token-x"], "error: the preview token cannot be used: it holds"),
-                           (["--preview-host", "bad name"], "error: --preview-host 'bad name'")]:
-        done = runner.invoke(app, ["run", str(coral / MODEL), "--source", "demo", "--max-frames", "2", "-q",
-                                   "--sink", "preview:0", *extra])
+    for extra, message in [
+        (["--preview-token", "bad;token-x"], "error: the preview token cannot be used: it holds"),
+        (["--preview-host", "bad name"], "error: --preview-host 'bad name'"),
+    ]:
+        done = runner.invoke(
+            app,
+            ["run", str(coral / MODEL), "--source", "demo", "--max-frames", "2", "-q", "--sink", "preview:0", *extra],
+        )
         assert done.exit_code == 1, done.output
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         assert lines[-1].startswith(message) and "Traceback" not in done.output, done.stderr
@@ -553,8 +626,16 @@ def test_head_answers_like_get(board):
         finally:
             conn.close()
 
-    for path in ("/", "/index.html", "/api/latest", "/api/stats", "/snapshot.jpg", "/nothing", "/events",
-                 "/stream.mjpg"):
+    for path in (
+        "/",
+        "/index.html",
+        "/api/latest",
+        "/api/stats",
+        "/snapshot.jpg",
+        "/nothing",
+        "/events",
+        "/stream.mjpg",
+    ):
         got, head = one("GET", path), one("HEAD", path)
         assert head[0] == got[0] and head[1]["Content-Type"] == got[1]["Content-Type"] and head[2] == b"", path
         if path not in ("/api/stats", *streams):
@@ -563,6 +644,7 @@ def test_head_answers_like_get(board):
 
 
 # -- a real browser ---------------------------------------------------------------------------------------------
+
 
 def chromium() -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -583,9 +665,22 @@ def free_port() -> int:
 def headless(exe: str, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
     profile = Path(os.environ.get("TMPDIR", "/tmp")) / f"edgecls-chromium-{os.getpid()}-{time.monotonic_ns()}"
     try:
-        return subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                               "--no-first-run", f"--user-data-dir={profile}", *args],
-                              capture_output=True, text=True, timeout=timeout, check=False)
+        return subprocess.run(
+            [
+                exe,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
     finally:
         shutil.rmtree(profile, ignore_errors=True)
 
@@ -597,9 +692,26 @@ def test_the_page_shows_the_live_label_in_a_real_browser(coral, tmp_path):
     frames.mkdir()
     shutil.copy(coral / "cat.bmp", frames / "a.bmp")
     port = free_port()
-    run = subprocess.Popen([sys.executable, "-m", "edgecls", "run", str(coral / MODEL), "--source", str(frames),
-                            "--loop", "--fps", "10", "-q", "--sink", f"preview:{port}"],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgecls",
+            "run",
+            str(coral / MODEL),
+            "--source",
+            str(frames),
+            "--loop",
+            "--fps",
+            "10",
+            "-q",
+            "--sink",
+            f"preview:{port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = f"http://127.0.0.1:{port}/"
         deadline = time.monotonic() + 60
@@ -700,8 +812,13 @@ def test_a_hostile_page_in_a_real_browser_holds_no_slot_and_a_rebound_name_reads
         dom = headless(exe, "--timeout=8000", "--dump-dom", f"http://localhost:{hostile.server_address[1]}/")
         assert "fired 40, read refused" in dom.stdout, dom.stdout[-2000:] + dom.stderr[-2000:]
         assert board.denied >= 20 and most[0] == 0, (board.denied, most[0])
-        rebound = headless(exe, "--timeout=4000", "--host-resolver-rules=MAP attacker.example 127.0.0.1",
-                           "--dump-dom", f"http://attacker.example:{board.port}/")
+        rebound = headless(
+            exe,
+            "--timeout=4000",
+            "--host-resolver-rules=MAP attacker.example 127.0.0.1",
+            "--dump-dom",
+            f"http://attacker.example:{board.port}/",
+        )
         assert "unknown host name" in rebound.stdout and "secret-label" not in rebound.stdout, rebound.stdout[-2000:]
         assert board.clients == 0 and get(board.url)[0] == 200 and get(board.url + "api/latest")[0] == 200
     finally:

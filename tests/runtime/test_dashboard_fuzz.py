@@ -40,8 +40,16 @@ CLOSED = None  # an answer without a status line: the server closed (or reset) t
 
 def result(seq: int, label: str = SECRET) -> StreamResult:
     frame = np.full((48, 64, 3), seq % 250, np.uint8)
-    return StreamResult(seq, time.time(), time.time(), [Prediction(0, label, 0.9), Prediction(1, "other", 0.1)],
-                        Decision(label, 0, 0.9, False, None), Latency(0.1, 0.2, 4.0, 0.1, 4.4), frame, "rgb")
+    return StreamResult(
+        seq,
+        time.time(),
+        time.time(),
+        [Prediction(0, label, 0.9), Prediction(1, "other", 0.1)],
+        Decision(label, 0, 0.9, False, None),
+        Latency(0.1, 0.2, 4.0, 0.1, 4.4),
+        frame,
+        "rgb",
+    )
 
 
 @dataclass
@@ -57,24 +65,72 @@ class Case:
 
 # -- the cases ------------------------------------------------------------------------------------------------------
 
-PATHS = ["/", "/index.html", "/api/latest", "/api/stats", "/snapshot.jpg", "/events", "/events?max_rate=15",
-         "/stream.mjpg"]
-BAD_RATES = ["1e-9", "1e-300", "nan", "NaN", "inf", "-inf", "-1", "0", "1e999", "0.09", "1000.5", "abc", "%00", "",
-             "1e-9&max_rate=15", "0x10", "%F0%9F%98%80", "9" * 400]
-HOSTILE_HOSTS = ["attacker.example", "attacker.example:{port}", "127.0.0.1.nip.io:{port}", "localhost.evil", "evil",
-                 "192.168.1.10", "[::2]:{port}", "10.0.0.1:{port}", "xn--80ak6aa92e.example", "LOCALHOST.attacker"]
-ORIGINS = [{"Origin": "http://evil.example"}, {"Origin": "null"}, {"Origin": "http://127.0.0.1:1"},
-           {"Origin": "https://127.0.0.1:{port}"},
-           {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "empty"},
-           {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"},
-           {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},
-           {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe"}]
+PATHS = [
+    "/",
+    "/index.html",
+    "/api/latest",
+    "/api/stats",
+    "/snapshot.jpg",
+    "/events",
+    "/events?max_rate=15",
+    "/stream.mjpg",
+]
+BAD_RATES = [
+    "1e-9",
+    "1e-300",
+    "nan",
+    "NaN",
+    "inf",
+    "-inf",
+    "-1",
+    "0",
+    "1e999",
+    "0.09",
+    "1000.5",
+    "abc",
+    "%00",
+    "",
+    "1e-9&max_rate=15",
+    "0x10",
+    "%F0%9F%98%80",
+    "9" * 400,
+]
+HOSTILE_HOSTS = [
+    "attacker.example",
+    "attacker.example:{port}",
+    "127.0.0.1.nip.io:{port}",
+    "localhost.evil",
+    "evil",
+    "192.168.1.10",
+    "[::2]:{port}",
+    "10.0.0.1:{port}",
+    "xn--80ak6aa92e.example",
+    "LOCALHOST.attacker",
+]
+ORIGINS = [
+    {"Origin": "http://evil.example"},
+    {"Origin": "null"},
+    {"Origin": "http://127.0.0.1:1"},
+    {"Origin": "https://127.0.0.1:{port}"},
+    {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "empty"},
+    {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"},
+    {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},
+    {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe"},
+]
 METHODS = ["POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT", "BREW", "get", "G\x00T"]
 
 
-def request(port: int, path: str = "/api/latest", *, method: str = "GET", host: str | None = None,
-            headers: dict[str, str] | None = None, version: str = "HTTP/1.1", close: bool = True,
-            body: bytes = b"") -> bytes:
+def request(
+    port: int,
+    path: str = "/api/latest",
+    *,
+    method: str = "GET",
+    host: str | None = None,
+    headers: dict[str, str] | None = None,
+    version: str = "HTTP/1.1",
+    close: bool = True,
+    body: bytes = b"",
+) -> bytes:
     lines = [f"{method} {path} {version}", f"Host: {host if host is not None else f'127.0.0.1:{port}'}"]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     if close:
@@ -89,29 +145,62 @@ def is_stream(path: str) -> bool:
 def malformed(rng: random.Random, port: int) -> Case:
     choice = rng.randrange(10)
     if choice == 0:
-        return Case("malformed", [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))) + b"\r\n\r\n"],
-                    {CLOSED, 400, 403, 404, 414, 431, 501, 505})
+        return Case(
+            "malformed",
+            [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))) + b"\r\n\r\n"],
+            {CLOSED, 400, 403, 404, 414, 431, 501, 505},
+        )
     if choice == 1:
-        line = rng.choice([b"\r\n", b"GET\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", b"GET / HTTP/1.1 x\r\n\r\n",
-                           b"GET /\r\n\r\n", b"GET / HTTP/1.x\r\n\r\n", b" / HTTP/1.1\r\n\r\n",
-                           b"\x00\x00\x00\r\n\r\n"])
+        line = rng.choice(
+            [
+                b"\r\n",
+                b"GET\r\n\r\n",
+                b"GET / HTTP/9.9\r\n\r\n",
+                b"GET / HTTP/1.1 x\r\n\r\n",
+                b"GET /\r\n\r\n",
+                b"GET / HTTP/1.x\r\n\r\n",
+                b" / HTTP/1.1\r\n\r\n",
+                b"\x00\x00\x00\r\n\r\n",
+            ]
+        )
         return Case("malformed", [line], {CLOSED, 400, 505})
     if choice == 2:
         method = rng.choice(METHODS)
-        return Case("malformed", [request(port, rng.choice(PATHS), method=method, body=b"x" * rng.randrange(50))],
-                    {CLOSED, 400, 501})
+        return Case(
+            "malformed",
+            [request(port, rng.choice(PATHS), method=method, body=b"x" * rng.randrange(50))],
+            {CLOSED, 400, 501},
+        )
     if choice == 3:
         target = rng.choice([f"http://127.0.0.1:{port}/api/latest", "*", "api/latest", "http://attacker/"])
         return Case("malformed", [request(port, target)], {400})
     if choice == 4:
-        path = "/" + "".join(rng.choice(["..", "%2e", "%00", "ü", "€", "%ff", "//", "[", ";", "api", "latest", "x"])
-                             for _ in range(rng.randrange(1, 12)))
-        return Case("malformed", [request(port, path)], {200, 404, 400} if not is_stream(path) else {200},
-                    stream=is_stream(path), secret_allowed=True)
+        path = "/" + "".join(
+            rng.choice(["..", "%2e", "%00", "ü", "€", "%ff", "//", "[", ";", "api", "latest", "x"])
+            for _ in range(rng.randrange(1, 12))
+        )
+        return Case(
+            "malformed",
+            [request(port, path)],
+            {200, 404, 400} if not is_stream(path) else {200},
+            stream=is_stream(path),
+            secret_allowed=True,
+        )
     if choice == 5:
-        junk = rng.choice(["NoColonHere", "X-Nul: a\x00b", "X-Fold: a\r\n folded", "X-Utf8: ünï€ 😀", ": empty",
-                           "X-Ctl: \x01\x02\x7f", "Content-Length: -5", "Content-Length: abc",
-                           "Transfer-Encoding: chunked", "Cookie: edgecls_token=\x80\xff; a=b;;;,"])
+        junk = rng.choice(
+            [
+                "NoColonHere",
+                "X-Nul: a\x00b",
+                "X-Fold: a\r\n folded",
+                "X-Utf8: ünï€ 😀",
+                ": empty",
+                "X-Ctl: \x01\x02\x7f",
+                "Content-Length: -5",
+                "Content-Length: abc",
+                "Transfer-Encoding: chunked",
+                "Cookie: edgecls_token=\x80\xff; a=b;;;,",
+            ]
+        )
         data = request(port, "/api/latest")
         data = data.replace(b"Connection: close", junk.encode("utf-8") + b"\r\nConnection: close")
         return Case("malformed", [data], {200, 400}, secret_allowed=True)
@@ -130,11 +219,21 @@ def max_rate(rng: random.Random, port: int) -> Case:
     if rng.random() < 0.7:
         value = rng.choice(BAD_RATES)
         expect = {200} if value == "" else {400}  # an empty max_rate is no max_rate
-        return Case("max_rate", [request(port, f"/events?max_rate={value}")], expect, stream=value == "",
-                    secret_allowed=value == "")
+        return Case(
+            "max_rate",
+            [request(port, f"/events?max_rate={value}")],
+            expect,
+            stream=value == "",
+            secret_allowed=value == "",
+        )
     value = rng.choice([f"{rng.uniform(0.1, 1000):.3f}", "15", "0.1", "1000", "1e2", "+15", " 15"])
-    return Case("max_rate", [request(port, f"/events?max_rate={value.replace(' ', '%20')}")], {200}, stream=True,
-                secret_allowed=True)
+    return Case(
+        "max_rate",
+        [request(port, f"/events?max_rate={value.replace(' ', '%20')}")],
+        {200},
+        stream=True,
+        secret_allowed=True,
+    )
 
 
 def wrong_host(rng: random.Random, port: int) -> Case:
@@ -160,8 +259,9 @@ def slow(rng: random.Random, port: int) -> Case:
         pause = REQUEST_TIMEOUT * 1.6 / len(data)
         return Case("slow", [bytes([b]) for b in data], {CLOSED}, pause=pause)
     cuts = sorted(rng.sample(range(1, len(data)), 2))  # slow but in time: served
-    return Case("slow", [data[: cuts[0]], data[cuts[0]: cuts[1]], data[cuts[1]:]], {200}, pause=0.1,
-                secret_allowed=True)
+    return Case(
+        "slow", [data[: cuts[0]], data[cuts[0] : cuts[1]], data[cuts[1] :]], {200}, pause=0.1, secret_allowed=True
+    )
 
 
 def aborted(rng: random.Random, port: int) -> Case:
@@ -193,8 +293,9 @@ def valid(rng: random.Random, port: int) -> Case:
     choice = rng.randrange(5)
     if choice == 0:
         own = {"Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"}
-        return Case("valid", [request(port, "/events?max_rate=15", headers=own)], {200}, stream=True,
-                    secret_allowed=True)
+        return Case(
+            "valid", [request(port, "/events?max_rate=15", headers=own)], {200}, stream=True, secret_allowed=True
+        )
     if choice == 1:
         both = request(port, "/api/latest", close=False) + request(port, "/api/stats")
         return Case("valid", [both], {200}, secret_allowed=True)
@@ -204,8 +305,16 @@ def valid(rng: random.Random, port: int) -> Case:
     return Case("valid", [request(port, path, method=method, host=host)], {200}, secret_allowed=True)
 
 
-GENERATORS = [(malformed, 3), (max_rate, 2), (wrong_host, 2), (cross_origin, 2), (slow, 1), (aborted, 2),
-              (oversized, 1), (valid, 2)]
+GENERATORS = [
+    (malformed, 3),
+    (max_rate, 2),
+    (wrong_host, 2),
+    (cross_origin, 2),
+    (slow, 1),
+    (aborted, 2),
+    (oversized, 1),
+    (valid, 2),
+]
 
 
 def cases(seed: int, port: int, count: int) -> list[Case]:
@@ -215,6 +324,7 @@ def cases(seed: int, port: int, count: int) -> list[Case]:
 
 
 # -- playing them -------------------------------------------------------------------------------------------------
+
 
 def reset(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -329,6 +439,7 @@ def play_answer(port: int, data: bytes) -> bytes:
 
 # -- the tests ----------------------------------------------------------------------------------------------------
 
+
 def test_the_dashboard_takes_a_seeded_fuzz_and_still_serves_a_viewer(capfd, caplog, monkeypatch):
     caplog.set_level(logging.DEBUG, logger="edgecls")
     uncaught: list[str] = []
@@ -401,9 +512,26 @@ def test_the_command_line_dashboard_prints_no_traceback_under_the_fuzz(coral, tm
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    run = subprocess.Popen([sys.executable, "-m", "edgecls", "run", str(coral / MODEL), "--source", str(frames),
-                            "--loop", "--fps", "20", "-q", "--sink", f"preview:{port}"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgecls",
+            "run",
+            str(coral / MODEL),
+            "--source",
+            str(frames),
+            "--loop",
+            "--fps",
+            "20",
+            "-q",
+            "--sink",
+            f"preview:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -417,8 +545,11 @@ def test_the_command_line_dashboard_prints_no_traceback_under_the_fuzz(coral, tm
         played = [c for c in cases(SEED + 1, port, 160) if c.end != "linger" and c.pause == 0][:100]
         with ThreadPoolExecutor(WORKERS) as pool:
             outcomes = list(pool.map(lambda case: play(port, case, secret="Egyptian cat"), played))
-        problems = [f"seed {SEED + 1} ({case.kind}, {case.chunks[0][:60]!r}): {problem}"
-                    for case, (_, problem) in zip(played, outcomes) if problem]
+        problems = [
+            f"seed {SEED + 1} ({case.kind}, {case.chunks[0][:60]!r}): {problem}"
+            for case, (_, problem) in zip(played, outcomes)
+            if problem
+        ]
         burst(port)
         assert status(play_answer(port, request(port, "/"))) == 200
     finally:

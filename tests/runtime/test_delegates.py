@@ -43,7 +43,11 @@ def models(coral: Path, tmp_path: Path) -> dict[str, Path]:
     only = tmp_path / "only"
     only.mkdir()
     shutil.copy(coral / "mobilenet_v1_0.5_160_quant_edgetpu.tflite", only / "mobilenet_edgetpu.tflite")
-    return {"cpu": alone / "mobilenet.tflite", "pair": pair / "mobilenet.tflite", "only": only / "mobilenet_edgetpu.tflite"}
+    return {
+        "cpu": alone / "mobilenet.tflite",
+        "pair": pair / "mobilenet.tflite",
+        "only": only / "mobilenet_edgetpu.tflite",
+    }
 
 
 def log_lines(path: Path) -> list[str]:
@@ -52,11 +56,15 @@ def log_lines(path: Path) -> list[str]:
 
 def test_external_delegate_gets_its_options_and_the_model_runs(noop_delegate, models, coral, tmp_path):
     log = tmp_path / "delegate.log"
-    with Classifier(models["cpu"], delegate=noop_delegate, delegate_options={"log": log, "mode": "x"},
-                    backend=BACKEND) as clf:
+    with Classifier(
+        models["cpu"], delegate=noop_delegate, delegate_options={"log": log, "mode": "x"}, backend=BACKEND
+    ) as clf:
         top = clf.classify(coral / "cat.bmp", top_k=1)[0]
-        assert clf.describe()["delegate"] == {"kind": "external", "library": str(noop_delegate),
-                                             "options": {"log": str(log), "mode": "x"}}
+        assert clf.describe()["delegate"] == {
+            "kind": "external",
+            "library": str(noop_delegate),
+            "options": {"log": str(log), "mode": "x"},
+        }
     assert "cat" in top.label
     lines = log_lines(log)
     assert f"log={log}" in lines and "mode=x" in lines and "created" in lines
@@ -66,8 +74,9 @@ def test_external_delegate_gets_its_options_and_the_model_runs(noop_delegate, mo
 def test_edgetpu_delegate_library_and_device_option(noop_delegate, models, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGECLS_EDGETPU_LIBRARY", str(noop_delegate))
     log = tmp_path / "edgetpu.log"
-    with Classifier(models["cpu"], delegate="edgetpu", device="USB:1", delegate_options={"log": log},
-                    backend=BACKEND) as clf:
+    with Classifier(
+        models["cpu"], delegate="edgetpu", device="USB:1", delegate_options={"log": log}, backend=BACKEND
+    ) as clf:
         assert clf.describe()["delegate"]["kind"] == "edgetpu"
         assert clf.describe()["delegate"]["options"]["device"] == "usb:1"
     assert "device=usb:1" in log_lines(log)
@@ -94,9 +103,12 @@ def test_absent_edgetpu_library_names_the_package(models, monkeypatch):
 
 def test_delegate_that_finds_no_device(noop_delegate, models, monkeypatch):
     monkeypatch.setenv("EDGECLS_EDGETPU_LIBRARY", str(noop_delegate))
-    with pytest.raises(DelegateError, match=r"failed to start .*asked to fail.*no Edge TPU device found at usb:0") as err:
-        Classifier(models["cpu"], delegate="edgetpu", device="usb:0", delegate_options={"fail_create": "1"},
-                   backend=BACKEND)
+    with pytest.raises(
+        DelegateError, match=r"failed to start .*asked to fail.*no Edge TPU device found at usb:0"
+    ) as err:
+        Classifier(
+            models["cpu"], delegate="edgetpu", device="usb:0", delegate_options={"fail_create": "1"}, backend=BACKEND
+        )
     assert "\n" not in str(err.value)
 
 
@@ -120,8 +132,13 @@ def test_edgetpu_build_without_delegate_says_so(models):
 def test_cpu_fallback_is_loud_and_uses_the_cpu_model(noop_delegate, models, coral, monkeypatch, caplog):
     monkeypatch.setenv("EDGECLS_EDGETPU_LIBRARY", str(noop_delegate))
     with caplog.at_level(logging.WARNING, logger="edgecls"):
-        clf = Classifier(models["pair"], delegate="edgetpu", delegate_options={"fail_create": "1"},
-                         allow_cpu_fallback=True, backend=BACKEND)
+        clf = Classifier(
+            models["pair"],
+            delegate="edgetpu",
+            delegate_options={"fail_create": "1"},
+            allow_cpu_fallback=True,
+            backend=BACKEND,
+        )
     with clf:
         assert clf.path == models["pair"]  # the CPU model, not mobilenet_edgetpu.tflite
         assert clf.delegate is None
@@ -134,21 +151,41 @@ def test_cpu_fallback_is_loud_and_uses_the_cpu_model(noop_delegate, models, cora
 def test_cpu_fallback_needs_a_cpu_model(noop_delegate, models, monkeypatch):
     monkeypatch.setenv("EDGECLS_EDGETPU_LIBRARY", str(noop_delegate))
     with pytest.raises(DelegateError, match="no CPU model to fall back to"):
-        Classifier(models["only"], delegate="edgetpu", delegate_options={"fail_create": "1"},
-                   allow_cpu_fallback=True, backend=BACKEND)
+        Classifier(
+            models["only"],
+            delegate="edgetpu",
+            delegate_options={"fail_create": "1"},
+            allow_cpu_fallback=True,
+            backend=BACKEND,
+        )
 
 
 def edgecls(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-m", "edgecls", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})}, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "edgecls", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
 
 
 def test_cli_delegate_errors_and_fallback(noop_delegate, models, coral):
     env = {"EDGECLS_EDGETPU_LIBRARY": str(noop_delegate)}
-    args = ["classify", str(models["pair"]), str(coral / "cat.bmp"), "--backend", BACKEND, "--delegate", "edgetpu",
-            "--delegate-option", "fail_create=1"]
+    args = [
+        "classify",
+        str(models["pair"]),
+        str(coral / "cat.bmp"),
+        "--backend",
+        BACKEND,
+        "--delegate",
+        "edgetpu",
+        "--delegate-option",
+        "fail_create=1",
+    ]
     failed = edgecls(*args, env=env)
     assert failed.returncode == 1
     assert failed.stderr.startswith("error: the Edge TPU delegate failed to start") and "Traceback" not in failed.stderr
@@ -166,9 +203,11 @@ def test_runtime_version_mismatch_is_named(coral):
     from edgecls.model.metadata import check_model_file
 
     info = check_model_file(coral / "mobilenet_v1_0.25_128_quant_edgetpu.tflite")
-    message = ("Internal: Unsupported data type in custom op handler: 0Node number 0 (edgetpu-custom-op) failed to "
-               "prepare. Failed to prepare for TPU. Failed precondition: Package requires runtime version (14), which "
-               "is newer than this runtime version (13).")
+    message = (
+        "Internal: Unsupported data type in custom op handler: 0Node number 0 (edgetpu-custom-op) failed to "
+        "prepare. Failed to prepare for TPU. Failed precondition: Package requires runtime version (14), which "
+        "is newer than this runtime version (13)."
+    )
     err = interpreter_error(LoadedDelegate("edgetpu", "libedgetpu.so.1"), info, message)
     assert "compiled for a newer Edge TPU runtime" in str(err)
     assert "apt-get install --only-upgrade libedgetpu1-std" in str(err) and "--min_runtime_version" in str(err)
@@ -178,8 +217,21 @@ def test_bench_through_a_delegate(noop_delegate, models, tmp_path):
     import json
 
     log = tmp_path / "bench.log"
-    result = edgecls("bench", str(models["cpu"]), "--delegate", str(noop_delegate), "--delegate-option", f"log={log}",
-                     "--runs", "5", "--warmup", "1", "--json", "--backend", BACKEND)
+    result = edgecls(
+        "bench",
+        str(models["cpu"]),
+        "--delegate",
+        str(noop_delegate),
+        "--delegate-option",
+        f"log={log}",
+        "--runs",
+        "5",
+        "--warmup",
+        "1",
+        "--json",
+        "--backend",
+        BACKEND,
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["delegate"]["kind"] == "external" and data["delegate"]["options"] == {"log": str(log)}

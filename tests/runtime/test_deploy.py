@@ -22,8 +22,14 @@ from edgecls.errors import ConfigError
 
 
 def edgecls(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgecls", *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})}, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "edgecls", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +41,11 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def bundle(wheel):  # type: ignore[no-untyped-def]
     """build_bundle with this session's wheel."""
+
     def make(model, profile, out, **kwargs):  # type: ignore[no-untyped-def]
         kwargs.setdefault("wheel", None if "pip_spec" in kwargs else wheel)
         return build_bundle(model, load_profile(profile) if isinstance(profile, str) else profile, out, **kwargs)
+
     return make
 
 
@@ -64,11 +72,24 @@ def test_edgetpu_bundle_contents(pair, tmp_path, bundle, wheel):
     root = extract(out, tmp_path / "x")
     assert root.name == "edgecls-rpi4-coral-usb"
     names = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
-    assert names == {"model.tflite", "model_edgetpu.tflite", "labels.txt", "profile.toml", "config.txt.fragment",
-                     "edgecls_bootconfig.py", "edgecls.service", "install.sh", "README.txt", "bundle.json",
-                     "SHA256SUMS", f"wheels/{wheel.name}"}
+    assert names == {
+        "model.tflite",
+        "model_edgetpu.tflite",
+        "labels.txt",
+        "profile.toml",
+        "config.txt.fragment",
+        "edgecls_bootconfig.py",
+        "edgecls.service",
+        "install.sh",
+        "README.txt",
+        "bundle.json",
+        "SHA256SUMS",
+        f"wheels/{wheel.name}",
+    }
     assert (root / "wheels" / wheel.name).read_bytes() == wheel.read_bytes()
-    sums = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=root, capture_output=True, text=True, check=False)
+    sums = subprocess.run(
+        ["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=root, capture_output=True, text=True, check=False
+    )
     assert sums.returncode == 0 and sums.stdout.count(": OK") == len(names) - 1, sums.stdout
     assert (root / "model.tflite").read_bytes() == pair.read_bytes()
     assert (root / "model_edgetpu.tflite").read_bytes() == pair.with_name("net_edgetpu.tflite").read_bytes()
@@ -82,8 +103,10 @@ def test_edgetpu_bundle_contents(pair, tmp_path, bundle, wheel):
     unit = (root / "edgecls.service").read_text()
     assert "Restart=on-failure" in unit and "WantedBy=multi-user.target" in unit and "User=edgecls" in unit
     assert "WorkingDirectory=/var/lib/edgecls" in unit and "StateDirectory=edgecls" in unit
-    assert ("ExecStart=/opt/edgecls/venv/bin/edgecls run /opt/edgecls/model.tflite --profile /opt/edgecls/profile.toml"
-            in unit)
+    assert (
+        "ExecStart=/opt/edgecls/venv/bin/edgecls run /opt/edgecls/model.tflite --profile /opt/edgecls/profile.toml"
+        in unit
+    )
     assert "--sink mqtt://broker/edge --quiet" in unit
     assert os.access(root / "install.sh", os.X_OK)
     assert bundle_contents(out)["bundle"]["profile"] == "rpi4-coral-usb"
@@ -95,7 +118,9 @@ def test_install_script_syntax_and_dry_run(pair, tmp_path, bundle, wheel):
     root = extract(out, tmp_path / "x")
     script = root / "install.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True, check=False).returncode == 0
-    dry = subprocess.run(["bash", str(script), "--dry-run", "--no-start"], capture_output=True, text=True, timeout=60, check=False)
+    dry = subprocess.run(
+        ["bash", str(script), "--dry-run", "--no-start"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert dry.returncode == 0, dry.stderr
     steps = dry.stdout
     assert "+ python3 -m venv --system-site-packages /opt/edgecls/venv" in steps  # picamera2 comes from the OS
@@ -108,7 +133,9 @@ def test_install_script_syntax_and_dry_run(pair, tmp_path, bundle, wheel):
     assert "+ systemctl enable edgecls.service" in steps and "--now" not in steps
     assert "usermod -aG apex edgecls" in steps  # the PCIe Edge TPU's device node group
     # it ends saying that nothing was changed (it used to end "installed and enabled")
-    assert steps.splitlines()[-1] == "install.sh: dry run: nothing was changed (the + lines are the steps it would take)"
+    assert (
+        steps.splitlines()[-1] == "install.sh: dry run: nothing was changed (the + lines are the steps it would take)"
+    )
     assert "installed and" not in steps
     bad = subprocess.run(["bash", str(script), "--bogus"], capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "unknown option --bogus" in bad.stderr
@@ -125,7 +152,9 @@ def test_systemd_unit_verifies(pair, tmp_path, bundle):
     out = tmp_path / "b.tar.gz"
     bundle(pair, "rpi5", out, prefix=str(prefix), user="nobody", sinks=["jsonl:/var/log/x 1.jsonl"])
     root = extract(out, tmp_path / "x")
-    result = subprocess.run([analyze, "verify", str(root / "edgecls.service")], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [analyze, "verify", str(root / "edgecls.service")], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert '"jsonl:/var/log/x 1.jsonl"' in (root / "edgecls.service").read_text()  # quoted for systemd
     broken = root / "broken.service"
@@ -168,8 +197,15 @@ def test_deploy_errors(coral, pair, tmp_path, bundle):
 def test_deploy_cli(pair, tmp_path):
     out = tmp_path / "bundle.tar.gz"
     # builds the wheel from this checkout (into the cache named by XDG_CACHE_HOME)
-    result = edgecls("deploy", str(pair), "--profile", "rpi4-coral-usb", "--out", str(out),
-                     env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    result = edgecls(
+        "deploy",
+        str(pair),
+        "--profile",
+        "rpi4-coral-usb",
+        "--out",
+        str(out),
+        env={"XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )
     assert result.returncode == 0, result.stderr
     assert any(n.endswith("-py3-none-any.whl") for n in bundle_contents(out)["names"])
     assert "sudo ./install.sh" in result.stdout and out.is_file()
@@ -197,8 +233,9 @@ def test_mqtt_discovery_needs_an_mqtt_sink_in_the_bundle(pair, tmp_path, bundle)
         ("pip_spec", "--index-url=http://evil/ edgecls", "not an option"),
     ],
 )
-def test_values_that_would_inject_into_the_unit_or_install_script_are_refused(pair, tmp_path, bundle, option, value,
-                                                                              message):
+def test_values_that_would_inject_into_the_unit_or_install_script_are_refused(
+    pair, tmp_path, bundle, option, value, message
+):
     with pytest.raises(ConfigError, match=message):
         bundle(pair, "rpi5", tmp_path / "b.tar.gz", **{option: value})
     assert not (tmp_path / "b.tar.gz").exists()
@@ -206,7 +243,9 @@ def test_values_that_would_inject_into_the_unit_or_install_script_are_refused(pa
 
 def test_a_profile_description_with_a_newline_is_refused(pair, tmp_path):
     bad = tmp_path / "board.toml"
-    bad.write_text(load_profile("rpi5").to_toml().replace('description = "', 'description = "x\\nExecStartPre=/bin/sh ', 1))
+    bad.write_text(
+        load_profile("rpi5").to_toml().replace('description = "', 'description = "x\\nExecStartPre=/bin/sh ', 1)
+    )
     result = edgecls("deploy", str(pair), "--profile", str(bad), "--out", str(tmp_path / "b.tar.gz"))
     assert result.returncode == 1 and "description must be a non-empty string on one line" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "b.tar.gz").exists()
@@ -219,15 +258,30 @@ def test_shell_text_in_values_is_never_run(pair, tmp_path, bundle):
     spec = f"x}}$(touch {canary})"
     bundle(pair, "rpi5", tmp_path / "b.tar.gz", pip_spec=spec, sinks=[f"jsonl:/tmp/$(touch {canary}).jsonl"])
     root = extract(tmp_path / "b.tar.gz", tmp_path / "x")
-    dry = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True, timeout=60,
-                         cwd=tmp_path, check=False)
+    dry = subprocess.run(
+        ["bash", str(root / "install.sh"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=False,
+    )
     assert dry.returncode == 0, dry.stderr
-    assert f"pip install --upgrade --disable-pip-version-check --constraint /opt/edgecls/constraints.txt {spec}" in (
-        dry.stdout) or f"--disable-pip-version-check {spec}" in dry.stdout
+    assert (
+        f"pip install --upgrade --disable-pip-version-check --constraint /opt/edgecls/constraints.txt {spec}"
+        in (dry.stdout)
+        or f"--disable-pip-version-check {spec}" in dry.stdout
+    )
     for how in (["--pip-spec", f"$(touch {canary})"], []):
         env = {**os.environ, "EDGECLS_PIP_SPEC": f"`touch {canary}`"}
-        again = subprocess.run(["bash", str(root / "install.sh"), "--dry-run", *how], capture_output=True, text=True,
-                               timeout=60, env=env, check=False)
+        again = subprocess.run(
+            ["bash", str(root / "install.sh"), "--dry-run", *how],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
         assert again.returncode == 0, again.stderr
     assert not canary.exists()
     unit = (root / "edgecls.service").read_text()
@@ -244,12 +298,19 @@ def test_the_mqtt_password_stays_out_of_the_bundle(pair, tmp_path, bundle):
             assert secret.encode() not in path.read_bytes(), path
     unit = (root / "edgecls.service").read_text()
     assert "--sink mqtt://pi@broker.local/robot/vision" in unit and "EnvironmentFile=-/etc/edgecls/edgecls.env" in unit
-    dry = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True, timeout=60, check=False)
+    dry = subprocess.run(
+        ["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert "names a user but no password was given" in dry.stderr
     secret_file = tmp_path / "pw"
     secret_file.write_text(secret + "\n")
-    dry = subprocess.run(["bash", str(root / "install.sh"), "--dry-run", "--mqtt-password-file", str(secret_file)],
-                         capture_output=True, text=True, timeout=60, check=False)
+    dry = subprocess.run(
+        ["bash", str(root / "install.sh"), "--dry-run", "--mqtt-password-file", str(secret_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert dry.returncode == 0 and "+ write /etc/edgecls/edgecls.env (root only, mode 0600)" in dry.stdout
     assert secret not in dry.stdout + dry.stderr
 
@@ -266,7 +327,11 @@ def fake_bin(folder: Path, name: str, script: str) -> dict[str, str]:
     [
         ("uname", "echo armv7l\n", "32-bit ARM system (armv7l)"),
         ("uname", "echo riscv64\n", "riscv64 is not supported"),
-        ("python3", 'case "$*" in *ensurepip*) exit 1;; esac\nexec "$REAL_PYTHON" "$@"\n', "apt-get install python3-venv"),
+        (
+            "python3",
+            'case "$*" in *ensurepip*) exit 1;; esac\nexec "$REAL_PYTHON" "$@"\n',
+            "apt-get install python3-venv",
+        ),
         ("python3", 'case "$*" in *version_info*) exit 1;; esac\nexec "$REAL_PYTHON" "$@"\n', "needs Python >= 3.10"),
     ],
 )
@@ -275,8 +340,14 @@ def test_install_checks_the_system_before_it_changes_anything(pair, tmp_path, bu
     root = extract(tmp_path / "b.tar.gz", tmp_path / "x")
     env = fake_bin(tmp_path / "bin", name, script)
     env["REAL_PYTHON"] = shutil.which("python3") or sys.executable
-    done = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True, env=env,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        ["bash", str(root / "install.sh"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 1 and message in done.stderr, done.stderr
     assert "+ " not in done.stdout  # no step was even planned
 
@@ -287,19 +358,29 @@ def test_a_damaged_bundle_is_refused(pair, tmp_path, bundle):
     with open(root / "model.tflite", "r+b") as f:
         f.seek(1000)
         f.write(b"\xff\xff")
-    done = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        ["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 1 and "do not match SHA256SUMS" in done.stderr and "+ " not in done.stdout
 
 
 def test_uninstall_dry_run(pair, tmp_path, bundle):
     bundle(pair, "rpi5", tmp_path / "b.tar.gz")
     root = extract(tmp_path / "b.tar.gz", tmp_path / "x")
-    done = subprocess.run(["bash", str(root / "install.sh"), "--uninstall", "--dry-run"], capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = subprocess.run(
+        ["bash", str(root / "install.sh"), "--uninstall", "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "+ rm -f /etc/systemd/system/edgecls.service" in done.stdout and "+ rm -rf /opt/edgecls" in done.stdout
     assert "+ pip" not in done.stdout and "uninstalled" not in done.stdout
-    assert done.stdout.splitlines()[-1] == "install.sh: dry run: nothing was changed (the + lines are the steps it would take)"
+    assert (
+        done.stdout.splitlines()[-1]
+        == "install.sh: dry run: nothing was changed (the + lines are the steps it would take)"
+    )
     assert "mqtt-clear" not in done.stdout  # no MQTT sink: nothing retained to clear
 
 
@@ -319,18 +400,30 @@ def test_picamera2_is_planned_on_a_pi_and_not_on_x86_64(pair, tmp_path, bundle):
         folder = tmp_path / f"bin-{arch}"
         env = fake_bin(folder, "uname", f"echo {arch}\n")
         env = {**env, **fake_bin(folder, "python3", no_picamera), "REAL_PYTHON": real_python}
-        done = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True,
-                              env=env, timeout=60, check=False)
+        done = subprocess.run(
+            ["bash", str(root / "install.sh"), "--dry-run"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         plans[arch] = done
     assert "+ apt-get install -y python3-picamera2" in plans["aarch64"].stdout
     assert "apt-get" not in plans["x86_64"].stdout
     assert "uses the Raspberry Pi camera (picamera2), which exists on a Raspberry Pi only; this is x86_64" in (
-        plans["x86_64"].stderr)
+        plans["x86_64"].stderr
+    )
     if os.uname().machine == "x86_64":  # and with this machine's own uname
-        done = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True,
-                              timeout=60, env={**os.environ, **fake_bin(tmp_path / "bin-real", "python3", no_picamera),
-                                               "REAL_PYTHON": real_python}, check=False)
+        done = subprocess.run(
+            ["bash", str(root / "install.sh"), "--dry-run"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **fake_bin(tmp_path / "bin-real", "python3", no_picamera), "REAL_PYTHON": real_python},
+            check=False,
+        )
         assert done.returncode == 0 and "python3-picamera2 is not installed" in done.stderr, done.stderr
         assert "apt-get" not in done.stdout
 
@@ -339,22 +432,31 @@ def test_a_usb_camera_profile_plans_no_picamera2(pair, tmp_path, bundle):
     bundle(pair, "linux-usb-camera", tmp_path / "b.tar.gz")
     root = extract(tmp_path / "b.tar.gz", tmp_path / "x")
     env = fake_bin(tmp_path / "bin", "uname", "echo aarch64\n")
-    done = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True, env=env,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        ["bash", str(root / "install.sh"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0 and "picamera2" not in done.stdout + done.stderr
 
 
 # -- MQTT topics and Home Assistant in the bundle ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("sink", "message"), [
-    ("mqtt://broker/t%00x", "holds a NUL character"),
-    ("mqtt://broker/t%0Ax", "holds a control character"),
-    ("mqtt://broker/t%FF", "not valid UTF-8"),
-    ("mqtt://broker/t/+", "wildcards"),
-    ("mqtt://broker/" + "x" * 65529, "too long"),
-    ("mqtt://broker//t", "the topic starts with '/'"),
-])
+@pytest.mark.parametrize(
+    ("sink", "message"),
+    [
+        ("mqtt://broker/t%00x", "holds a NUL character"),
+        ("mqtt://broker/t%0Ax", "holds a control character"),
+        ("mqtt://broker/t%FF", "not valid UTF-8"),
+        ("mqtt://broker/t/+", "wildcards"),
+        ("mqtt://broker/" + "x" * 65529, "too long"),
+        ("mqtt://broker//t", "the topic starts with '/'"),
+    ],
+)
 def test_deploy_refuses_a_topic_no_broker_takes(pair, tmp_path, bundle, sink, message):
     """The service would start a client that never delivers: refused on the workstation, with the check `run` uses."""
     with pytest.raises(ConfigError, match=message):
@@ -363,8 +465,16 @@ def test_deploy_refuses_a_topic_no_broker_takes(pair, tmp_path, bundle, sink, me
 
 
 def test_deploy_cli_refuses_a_bad_topic_in_one_line(pair, tmp_path):
-    result = edgecls("deploy", str(pair), "--profile", "rpi5", "--out", str(tmp_path / "b.tar.gz"),
-                     "--sink", "mqtt://pi:hunter2@broker/robot%00vision")
+    result = edgecls(
+        "deploy",
+        str(pair),
+        "--profile",
+        "rpi5",
+        "--out",
+        str(tmp_path / "b.tar.gz"),
+        "--sink",
+        "mqtt://pi:hunter2@broker/robot%00vision",
+    )
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: MQTT topic 'robot\\x00vision' holds a NUL character")
     assert "hunter2" not in result.stderr and not (tmp_path / "b.tar.gz").exists()
@@ -373,21 +483,47 @@ def test_deploy_cli_refuses_a_bad_topic_in_one_line(pair, tmp_path):
 def test_discovery_options_reach_the_unit_and_the_uninstall(pair, tmp_path, bundle):
     from edgecls.sinks.hass import Discovery
 
-    made = bundle(pair, "rpi5", tmp_path / "b.tar.gz", sinks=["mqtt://pi:pw@broker.local/%2Fhome/cam"],
-                  discovery=Discovery(prefix="ha", node_id="porch"))
+    made = bundle(
+        pair,
+        "rpi5",
+        tmp_path / "b.tar.gz",
+        sinks=["mqtt://pi:pw@broker.local/%2Fhome/cam"],
+        discovery=Discovery(prefix="ha", node_id="porch"),
+    )
     root = extract(made.path, tmp_path / "x")
     unit = (root / "edgecls.service").read_text()
     # a meant leading '/' (%2F) stays one: systemd's % is doubled, as systemd unquotes it
-    assert ('--sink "mqtt://pi@broker.local/%%2Fhome/cam" --quiet --stats-every 60 --mqtt-discovery '
-            "--mqtt-discovery-prefix ha --mqtt-discovery-node-id porch") in unit
-    dry = subprocess.run(["bash", str(root / "install.sh"), "--uninstall", "--dry-run"], capture_output=True,
-                         text=True, timeout=60, check=False)
+    assert (
+        '--sink "mqtt://pi@broker.local/%%2Fhome/cam" --quiet --stats-every 60 --mqtt-discovery '
+        "--mqtt-discovery-prefix ha --mqtt-discovery-node-id porch"
+    ) in unit
+    dry = subprocess.run(
+        ["bash", str(root / "install.sh"), "--uninstall", "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert dry.returncode == 0, dry.stderr
-    assert ("+ /opt/edgecls/venv/bin/edgecls mqtt-clear --sink mqtt://pi@broker.local/%2Fhome/cam --mqtt-discovery "
-            "--mqtt-discovery-prefix ha --mqtt-discovery-node-id porch --timeout 5") in dry.stdout
+    assert (
+        "+ /opt/edgecls/venv/bin/edgecls mqtt-clear --sink mqtt://pi@broker.local/%2Fhome/cam --mqtt-discovery "
+        "--mqtt-discovery-prefix ha --mqtt-discovery-node-id porch --timeout 5"
+    ) in dry.stdout
     assert "pw" not in (root / "install.sh").read_text().replace("pwd", "")
-    result = edgecls("deploy", str(pair), "--profile", "rpi5", "--out", str(tmp_path / "c.tar.gz"), "--sink",
-                     "mqtt://broker/cam", "--mqtt-discovery-node-id", "porch", "--wheel", str(made.path))
+    result = edgecls(
+        "deploy",
+        str(pair),
+        "--profile",
+        "rpi5",
+        "--out",
+        str(tmp_path / "c.tar.gz"),
+        "--sink",
+        "mqtt://broker/cam",
+        "--mqtt-discovery-node-id",
+        "porch",
+        "--wheel",
+        str(made.path),
+    )
     assert result.returncode == 1 and "add --mqtt-discovery" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -428,8 +564,9 @@ def installed_for_uninstall(tmp_path: Path, prefix: Path) -> dict[str, str]:
     return env
 
 
-def test_uninstall_clears_the_retained_status_and_discovery_configs(pair, tmp_path, bundle, monkeypatch, coral,
-                                                                    mosquitto):
+def test_uninstall_clears_the_retained_status_and_discovery_configs(
+    pair, tmp_path, bundle, monkeypatch, coral, mosquitto
+):
     """The service ran with --mqtt-discovery against a broker that wants a password. `install.sh --uninstall`, run
     for real (with stand-ins for the steps that would change this machine), takes its status and its Home
     Assistant configs off the broker, with the installed edgecls and the password from the root-only
@@ -438,17 +575,29 @@ def test_uninstall_clears_the_retained_status_and_discovery_configs(pair, tmp_pa
     from conftest import Mosquitto
 
     from edgecls.device import deploy
+
     secret = 's3cret$`"\\pw'
     (tmp_path / "broker").mkdir()
     broker = Mosquitto(tmp_path / "broker", users={"pi": secret}).start()
     try:
         url = f"mqtt://pi@127.0.0.1:{broker.port}/robot/vision"
-        ran = edgecls("run", str(coral / "mobilenet_v2_1.0_224_quant.tflite"), "--source", str(coral / "cat.bmp"),
-                      "-q", "--sink", url, "--mqtt-discovery", env={"EDGECLS_MQTT_PASSWORD": secret})
+        ran = edgecls(
+            "run",
+            str(coral / "mobilenet_v2_1.0_224_quant.tflite"),
+            "--source",
+            str(coral / "cat.bmp"),
+            "-q",
+            "--sink",
+            url,
+            "--mqtt-discovery",
+            env={"EDGECLS_MQTT_PASSWORD": secret},
+        )
         assert ran.returncode == 0, ran.stderr
         assert retained_on(broker.port, "pi", secret) == {
             "homeassistant/sensor/edgecls_robot_vision/label/config",
-            "homeassistant/binary_sensor/edgecls_robot_vision/online/config", "robot/vision/status"}
+            "homeassistant/binary_sensor/edgecls_robot_vision/online/config",
+            "robot/vision/status",
+        }
 
         env_file = tmp_path / "etc" / "edgecls.env"  # the test's own, in place of /etc/edgecls/edgecls.env
         env_file.parent.mkdir()
@@ -457,14 +606,26 @@ def test_uninstall_clears_the_retained_status_and_discovery_configs(pair, tmp_pa
         env_file.chmod(0o600)
         monkeypatch.setattr(deploy, "ENV_FILE", str(env_file))
         prefix = tmp_path / "opt" / "edgecls"
-        bundle(pair, "linux-usb-camera", tmp_path / "b.tar.gz", prefix=str(prefix), sinks=[url],
-               extra_args=["--mqtt-discovery"])
+        bundle(
+            pair,
+            "linux-usb-camera",
+            tmp_path / "b.tar.gz",
+            prefix=str(prefix),
+            sinks=[url],
+            extra_args=["--mqtt-discovery"],
+        )
         root = extract(tmp_path / "b.tar.gz", tmp_path / "x")
         assert "\nBOOT_FILE=''\n" in (root / "install.sh").read_text()  # this machine's boot files stay out of it
         env = installed_for_uninstall(tmp_path, prefix)
 
-        done = subprocess.run(["bash", str(root / "install.sh"), "--uninstall"], capture_output=True, text=True,
-                              env=env, timeout=120, check=False)
+        done = subprocess.run(
+            ["bash", str(root / "install.sh"), "--uninstall"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         assert "cleared 3 retained topic(s) on 127.0.0.1" in done.stdout and "warning" not in done.stderr, done.stderr
         assert done.stdout.splitlines()[-1].startswith("install.sh: uninstalled;")
@@ -474,11 +635,19 @@ def test_uninstall_clears_the_retained_status_and_discovery_configs(pair, tmp_pa
         assert f"rm -f {env_file}" in steps and f"rm -rf {prefix}" in steps  # after the clearing, which needed both
 
         broker.stop()
-        again = subprocess.run(["bash", str(root / "install.sh"), "--uninstall"], capture_output=True, text=True,
-                               env=env, timeout=120, check=False)
+        again = subprocess.run(
+            ["bash", str(root / "install.sh"), "--uninstall"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
         assert again.returncode == 0, again.stdout + again.stderr
         assert f"error: could not connect to MQTT broker 127.0.0.1:{broker.port}" in again.stderr
-        assert "warning: the service's retained MQTT messages" in again.stderr and "the uninstall goes on" in again.stderr
+        assert (
+            "warning: the service's retained MQTT messages" in again.stderr and "the uninstall goes on" in again.stderr
+        )
         assert f"edgecls mqtt-clear --sink {url} --mqtt-discovery --timeout 5" in again.stderr
         assert again.stdout.splitlines()[-1].startswith("install.sh: uninstalled;")
         assert (tmp_path / "steps.log").read_text().count("rm -rf") == 2  # the rest of the uninstall went on
@@ -496,8 +665,10 @@ def test_deploy_with_an_unusable_wheel_cache_builds_in_a_temporary_folder(pair, 
     a_file = tmp_path / "cache-is-a-file"
     a_file.write_text("")
     unwritable = "/proc/1/edgecls-home"  # nobody, root included, can make a folder in /proc
-    for env, cache in (({"XDG_CACHE_HOME": str(a_file)}, f"{a_file}/edgecls/wheels"),
-                       ({"XDG_CACHE_HOME": "", "HOME": unwritable}, f"{unwritable}/.cache/edgecls/wheels")):
+    for env, cache in (
+        ({"XDG_CACHE_HOME": str(a_file)}, f"{a_file}/edgecls/wheels"),
+        ({"XDG_CACHE_HOME": "", "HOME": unwritable}, f"{unwritable}/.cache/edgecls/wheels"),
+    ):
         out = tmp_path / "bundle.tar.gz"
         result = edgecls("deploy", str(pair), "--profile", "rpi5", "--out", str(out), env=env)
         assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr

@@ -34,7 +34,10 @@ def command(report_path: Path) -> tuple[list[str] | None, str | None]:
     """The command that runs the emulated Pi, or why it cannot run here."""
     prefix: list[str] = []
     if os.geteuid() != 0:
-        if shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], capture_output=True, check=False).returncode == 0:
+        if (
+            shutil.which("sudo")
+            and subprocess.run(["sudo", "-n", "true"], capture_output=True, check=False).returncode == 0
+        ):
             prefix = ["sudo", "-n", "--preserve-env=CI,EDGECLS_SHARED_DATA,PIP_CERT"]
         else:
             return None, "the emulated Raspberry Pi OS needs root (debootstrap, chroot, mount namespaces)"
@@ -42,8 +45,16 @@ def command(report_path: Path) -> tuple[list[str] | None, str | None]:
     if problem and "root" not in problem:
         return None, f"{problem}; .ci/run installs what it needs"
     cache = os.environ.get("EDGECLS_EMULATED_CACHE")
-    return [*prefix, sys.executable, str(SCRIPT), "--suite", "bookworm", "--report", str(report_path),
-            *(["--cache", cache] if cache else [])], None
+    return [
+        *prefix,
+        sys.executable,
+        str(SCRIPT),
+        "--suite",
+        "bookworm",
+        "--report",
+        str(report_path),
+        *(["--cache", cache] if cache else []),
+    ], None
 
 
 def start_in_background() -> None:
@@ -53,8 +64,9 @@ def start_in_background() -> None:
     if cmd is None:
         return
     log = open(report_path.with_name("output.txt"), "w+", encoding="utf-8")  # noqa: SIM115 (read by the test)
-    _background.update(proc=subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True),
-                       report=report_path, log=log)
+    _background.update(
+        proc=subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True), report=report_path, log=log
+    )
 
 
 @pytest.mark.slow

@@ -50,9 +50,29 @@ def render(template: str, payload: dict) -> str:
     return jinja2.Environment().from_string(template).render(value_json=payload)
 
 
-TOPICS = ["pi/vision", "pi_vision", "pi-vision", "pi//vision", "/pi/vision", "pi/vision/", "pi vision", "pi.vision",
-          "Pi/Vision", "pi/vision_", "pi/vision__", "pi_/vision", "pi/_vision", "pi/vision/abcdef0123", "x" * 64,
-          "x" * 65, "x" * 64 + "y", "camera", "日本", "日本語", "pi/vision/status"]
+TOPICS = [
+    "pi/vision",
+    "pi_vision",
+    "pi-vision",
+    "pi//vision",
+    "/pi/vision",
+    "pi/vision/",
+    "pi vision",
+    "pi.vision",
+    "Pi/Vision",
+    "pi/vision_",
+    "pi/vision__",
+    "pi_/vision",
+    "pi/_vision",
+    "pi/vision/abcdef0123",
+    "x" * 64,
+    "x" * 65,
+    "x" * 64 + "y",
+    "camera",
+    "日本",
+    "日本語",
+    "pi/vision/status",
+]
 
 
 def test_node_ids_are_unique_per_topic_and_readable():
@@ -75,10 +95,16 @@ def test_configs_follow_home_assistants_discovery_schema():
     label_topic, online_topic = (t for t, _ in discovery_messages(Discovery(), "pi/vision", "pi/vision/status"))
     assert label_topic == "homeassistant/sensor/edgecls_pi_vision/label/config"
     assert online_topic == "homeassistant/binary_sensor/edgecls_pi_vision/online/config"
-    label, online = (json.loads(p) for _, p in discovery_messages(Discovery(model="m.tflite"), "pi/vision", "pi/vision/status"))
+    label, online = (
+        json.loads(p) for _, p in discovery_messages(Discovery(model="m.tflite"), "pi/vision", "pi/vision/status")
+    )
     assert label["state_topic"] == label["json_attributes_topic"] == "pi/vision"
     assert label["availability_topic"] == online["state_topic"] == "pi/vision/status"
-    assert (online["payload_on"], online["payload_off"], online["device_class"]) == ("online", "offline", "connectivity")
+    assert (online["payload_on"], online["payload_off"], online["device_class"]) == (
+        "online",
+        "offline",
+        "connectivity",
+    )
     assert label["unique_id"] != online["unique_id"] and label["device"] == online["device"]
     assert label["device"]["identifiers"] == ["edgecls_pi_vision"] and label["device"]["model"] == "m.tflite"
     assert node_id_for("a b/c") == "edgecls_a_b_c__" + node_id_for("a b/c")[-10:]
@@ -86,8 +112,17 @@ def test_configs_follow_home_assistants_discovery_schema():
     assert custom[0][0] == "ha/discovery/sensor/kitchen/label/config"
 
 
-@pytest.mark.parametrize("kwargs", [{"prefix": "home assistant"}, {"prefix": "ha/#"}, {"prefix": "/ha"},
-                                    {"node_id": "a/b"}, {"node_id": ""}, {"node_id": "n" * 129}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"prefix": "home assistant"},
+        {"prefix": "ha/#"},
+        {"prefix": "/ha"},
+        {"node_id": "a/b"},
+        {"node_id": ""},
+        {"node_id": "n" * 129},
+    ],
+)
 def test_a_prefix_or_node_id_home_assistant_cannot_read_is_refused(kwargs):
     with pytest.raises(ConfigError, match="expected letters, digits"):
         Discovery(**kwargs)
@@ -99,9 +134,21 @@ def test_a_camera_appears_in_home_assistant_through_a_real_broker(coral, mosquit
     live = Retained(port, "robot/vision")
     try:
         time.sleep(0.3)
-        result = runner.invoke(app, ["run", str(coral / MODEL), "--source", str(coral / "cat.bmp"), "-q",
-                                     "--mqtt-qos", "1", "--sink", f"mqtt://127.0.0.1:{port}/robot/vision",
-                                     "--mqtt-discovery"])
+        result = runner.invoke(
+            app,
+            [
+                "run",
+                str(coral / MODEL),
+                "--source",
+                str(coral / "cat.bmp"),
+                "-q",
+                "--mqtt-qos",
+                "1",
+                "--sink",
+                f"mqtt://127.0.0.1:{port}/robot/vision",
+                "--mqtt-discovery",
+            ],
+        )
         assert result.exit_code == 0, result.output
         (published,) = live.wait("robot/vision")
     finally:
@@ -153,17 +200,36 @@ def test_home_assistant_starting_again_gets_the_configs_again(mosquitto):
     assert messages[1] == b"" and json.loads(messages[2])["state_topic"] == "cam"
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--mqtt-discovery"], "--mqtt-discovery announces an MQTT sink to Home Assistant: add one"),
-    (["--mqtt-discovery", "--mqtt-discovery-prefix", "ha/#", "--sink", "mqtt://127.0.0.1:1/t"],
-     "MQTT discovery prefix 'ha/#'"),
-    (["--mqtt-discovery-node-id", "kitchen", "--sink", "mqtt://127.0.0.1:1/t"],
-     "--mqtt-discovery-node-id names the device that --mqtt-discovery announces: add --mqtt-discovery"),
-    (["--mqtt-discovery", "--mqtt-discovery-node-id", "kitchen cam", "--sink", "mqtt://127.0.0.1:1/t"],
-     "MQTT discovery node id 'kitchen cam': expected letters, digits, _ and -"),
-    (["--mqtt-discovery", "--mqtt-discovery-node-id", "kitchen", "--sink", "mqtt://127.0.0.1:1/a",
-      "--sink", "mqtt://127.0.0.1:1/b"], "one id names one device, and 2 MQTT sinks would each announce it"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--mqtt-discovery"], "--mqtt-discovery announces an MQTT sink to Home Assistant: add one"),
+        (
+            ["--mqtt-discovery", "--mqtt-discovery-prefix", "ha/#", "--sink", "mqtt://127.0.0.1:1/t"],
+            "MQTT discovery prefix 'ha/#'",
+        ),
+        (
+            ["--mqtt-discovery-node-id", "kitchen", "--sink", "mqtt://127.0.0.1:1/t"],
+            "--mqtt-discovery-node-id names the device that --mqtt-discovery announces: add --mqtt-discovery",
+        ),
+        (
+            ["--mqtt-discovery", "--mqtt-discovery-node-id", "kitchen cam", "--sink", "mqtt://127.0.0.1:1/t"],
+            "MQTT discovery node id 'kitchen cam': expected letters, digits, _ and -",
+        ),
+        (
+            [
+                "--mqtt-discovery",
+                "--mqtt-discovery-node-id",
+                "kitchen",
+                "--sink",
+                "mqtt://127.0.0.1:1/a",
+                "--sink",
+                "mqtt://127.0.0.1:1/b",
+            ],
+            "one id names one device, and 2 MQTT sinks would each announce it",
+        ),
+    ],
+)
 def test_discovery_misuse_is_one_error_line(coral, args, words):
     result = runner.invoke(app, ["run", str(coral / MODEL), "--source", str(coral / "cat.bmp"), *args])
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -175,9 +241,27 @@ def test_two_cameras_whose_topics_used_to_collide_stay_two_devices(coral, mosqui
     """pi/vision and pi_vision on one broker: two devices in Home Assistant's eyes (four retained configs), each
     reading its own topic; a third camera named with --mqtt-discovery-node-id gets exactly that id."""
     port = mosquitto.port
-    for topic, extra in (("pi/vision", []), ("pi_vision", []), ("kitchen/cam", ["--mqtt-discovery-node-id", "kitchen"])):
-        result = runner.invoke(app, ["run", str(coral / MODEL), "--source", str(coral / "cat.bmp"), "-q", "--mqtt-qos",
-                                     "1", "--sink", f"mqtt://127.0.0.1:{port}/{topic}", "--mqtt-discovery", *extra])
+    for topic, extra in (
+        ("pi/vision", []),
+        ("pi_vision", []),
+        ("kitchen/cam", ["--mqtt-discovery-node-id", "kitchen"]),
+    ):
+        result = runner.invoke(
+            app,
+            [
+                "run",
+                str(coral / MODEL),
+                "--source",
+                str(coral / "cat.bmp"),
+                "-q",
+                "--mqtt-qos",
+                "1",
+                "--sink",
+                f"mqtt://127.0.0.1:{port}/{topic}",
+                "--mqtt-discovery",
+                *extra,
+            ],
+        )
         assert result.exit_code == 0, result.output
     ha = Retained(port, "homeassistant/#")
     try:
@@ -200,8 +284,23 @@ def test_mqtt_clear_takes_the_camera_out_of_home_assistant(coral, mosquitto, tmp
     of the camera; other retained messages on the broker stay. With the broker gone: one error line, exit code 1."""
     port = mosquitto.port
     url = f"mqtt://127.0.0.1:{port}/robot/vision"
-    result = runner.invoke(app, ["run", str(coral / MODEL), "--source", str(coral / "cat.bmp"), "-q", "--sink", url,
-                                 "--mqtt-discovery", "--mqtt-discovery-prefix", "ha", "--mqtt-discovery-node-id", "robot"])
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            str(coral / MODEL),
+            "--source",
+            str(coral / "cat.bmp"),
+            "-q",
+            "--sink",
+            url,
+            "--mqtt-discovery",
+            "--mqtt-discovery-prefix",
+            "ha",
+            "--mqtt-discovery-node-id",
+            "robot",
+        ],
+    )
     assert result.exit_code == 0, result.output
     import paho.mqtt.client as mqtt
 
@@ -214,11 +313,26 @@ def test_mqtt_clear_takes_the_camera_out_of_home_assistant(coral, mosquitto, tmp
     before = Retained(port, "ha/#", "robot/#")
     time.sleep(1.0)
     before.close()
-    assert set(before.messages) == {"ha/sensor/robot/label/config", "ha/binary_sensor/robot/online/config",
-                                    "robot/vision/status", "ha/sensor/other/label/config"}
+    assert set(before.messages) == {
+        "ha/sensor/robot/label/config",
+        "ha/binary_sensor/robot/online/config",
+        "robot/vision/status",
+        "ha/sensor/other/label/config",
+    }
 
-    cleared = runner.invoke(app, ["mqtt-clear", "--sink", url, "--mqtt-discovery", "--mqtt-discovery-prefix", "ha",
-                                  "--mqtt-discovery-node-id", "robot"])
+    cleared = runner.invoke(
+        app,
+        [
+            "mqtt-clear",
+            "--sink",
+            url,
+            "--mqtt-discovery",
+            "--mqtt-discovery-prefix",
+            "ha",
+            "--mqtt-discovery-node-id",
+            "robot",
+        ],
+    )
     assert cleared.exit_code == 0, cleared.output
     assert cleared.stdout.startswith(f"cleared 3 retained topic(s) on 127.0.0.1:{port}: ha/sensor/robot/label/config")
     after = Retained(port, "ha/#", "robot/#")
@@ -241,8 +355,11 @@ def test_mqtt_clear_names_refused_credentials(tmp_path):
 
     broker = Mosquitto(tmp_path, users={"pi": "right"}).start()
     try:
-        done = runner.invoke(app, ["mqtt-clear", "--sink", f"mqtt://pi@127.0.0.1:{broker.port}/cam"],
-                             env={"EDGECLS_MQTT_PASSWORD": "wrong"})
+        done = runner.invoke(
+            app,
+            ["mqtt-clear", "--sink", f"mqtt://pi@127.0.0.1:{broker.port}/cam"],
+            env={"EDGECLS_MQTT_PASSWORD": "wrong"},
+        )
     finally:
         broker.stop()
     assert done.exit_code == 1 and "refused the login (Not authorized): check the user and password" in done.stderr

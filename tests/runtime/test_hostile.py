@@ -26,12 +26,15 @@ def cli(*args):  # type: ignore[no-untyped-def]
     return result
 
 
-@pytest.mark.parametrize("kind, says", [
-    ("segmentation", "a map per pixel (a segmentation model"),
-    ("pose", "keypoints (a pose model"),
-    ("sequence", "a sequence model"),
-    ("detector", "it has 4 outputs"),
-])
+@pytest.mark.parametrize(
+    "kind, says",
+    [
+        ("segmentation", "a map per pixel (a segmentation model"),
+        ("pose", "keypoints (a pose model"),
+        ("sequence", "a sequence model"),
+        ("detector", "it has 4 outputs"),
+    ],
+)
 def test_models_that_are_not_classifiers_are_refused_and_still_described(non_classifiers, coral, kind, says):
     path = non_classifiers[kind]
     refused = cli("classify", path, coral / "cat.bmp")
@@ -69,7 +72,10 @@ def test_a_batch_names_each_bad_item_once_and_classifies_the_rest(coral, batch):
     result = cli("classify", coral / MODEL, batch, "--top-k", "1")
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.exit_code == 1
-    assert sorted(e.split()[-1] for e in errors[:-1]) == sorted(["file", "loop)", f"{batch / 'gone.png'}"]) or len(errors) == 4
+    assert (
+        sorted(e.split()[-1] for e in errors[:-1]) == sorted(["file", "loop)", f"{batch / 'gone.png'}"])
+        or len(errors) == 4
+    )
     assert any("symlink loop" in e and "loop.jpg" in e for e in errors)
     assert any("pipe.jpg" in e and "not a regular file" in e for e in errors)
     assert any("gone.png" in e and "not found" in e for e in errors)
@@ -98,11 +104,19 @@ def test_permission_denied_is_one_line_per_file(coral, batch, tmp_path):
         if not shutil.which("setpriv"):
             pytest.skip("running as root without util-linux setpriv: cannot make a file unreadable")
         prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
-    for args in (["classify", str(coral / MODEL), str(batch / "cat.bmp"), str(batch / "sub" / "secret.bmp"),
-                  str(batch / "owl.jpg")],
-                 ["run", str(coral / MODEL), "--source", str(batch), "-q"]):
-        proc = subprocess.run([*prefix, sys.executable, "-m", "edgecls", *args], capture_output=True, text=True,
-                              timeout=120, check=False)
+    for args in (
+        [
+            "classify",
+            str(coral / MODEL),
+            str(batch / "cat.bmp"),
+            str(batch / "sub" / "secret.bmp"),
+            str(batch / "owl.jpg"),
+        ],
+        ["run", str(coral / MODEL), "--source", str(batch), "-q"],
+    ):
+        proc = subprocess.run(
+            [*prefix, sys.executable, "-m", "edgecls", *args], capture_output=True, text=True, timeout=120, check=False
+        )
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert proc.stderr.count("secret.bmp (Permission denied)") == 1, proc.stderr
     assert proc.stderr.count("frame-skipped") == 4  # the secret, the loop, the FIFO, the broken link
@@ -173,13 +187,16 @@ def one_error_line(proc) -> str:  # type: ignore[no-untyped-def]
     return errors[0]
 
 
-@pytest.mark.parametrize("args, says", [
-    (["--threads", "99999999999"], "num_threads must be between 1 and 256"),
-    (["--delegate", "LIBZ"], "is not a TFLite delegate library"),
-    (["--labels", "FIFO"], "is not a regular file"),
-    (["--labels", "LOOP"], "a symlink loop"),
-    (["--labels", "SECRET"], "Permission denied"),
-])
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--threads", "99999999999"], "num_threads must be between 1 and 256"),
+        (["--delegate", "LIBZ"], "is not a TFLite delegate library"),
+        (["--labels", "FIFO"], "is not a regular file"),
+        (["--labels", "LOOP"], "a symlink loop"),
+        (["--labels", "SECRET"], "Permission denied"),
+    ],
+)
 def test_cli_misuse_is_one_error_line(coral, tmp_path, args, says):
     import ctypes.util
     import subprocess
@@ -196,8 +213,13 @@ def test_cli_misuse_is_one_error_line(coral, tmp_path, args, says):
     swap = {"LIBZ": libz, "FIFO": str(fifo), "LOOP": str(loop), "SECRET": str(secret)}
     args = [swap.get(a, a) for a in args]
     prefix = _unprivileged() if "SECRET" in swap and str(secret) in args else []
-    proc = subprocess.run([*prefix, sys.executable, "-m", "edgecls", "classify", str(coral / MODEL),
-                           str(coral / "cat.bmp"), *args], capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [*prefix, sys.executable, "-m", "edgecls", "classify", str(coral / MODEL), str(coral / "cat.bmp"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 1
     assert says in one_error_line(proc)
 
@@ -216,11 +238,18 @@ def test_unwritable_outputs_are_one_error_line(coral, tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
-    for args in (["run", str(coral / MODEL), "--source", str(coral / "cat.bmp"), "-q", "--sink",
-                  f"video:{locked / 'out.avi'}"],
-                 ["deploy", str(coral / MODEL), "--profile", "rpi4", "--out", str(locked / "bundle.tar.gz")]):
-        proc = subprocess.run([*prefix, sys.executable, "-m", "edgecls", *args], capture_output=True, text=True,
-                              timeout=300, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}, check=False)
+    for args in (
+        ["run", str(coral / MODEL), "--source", str(coral / "cat.bmp"), "-q", "--sink", f"video:{locked / 'out.avi'}"],
+        ["deploy", str(coral / MODEL), "--profile", "rpi4", "--out", str(locked / "bundle.tar.gz")],
+    ):
+        proc = subprocess.run(
+            [*prefix, sys.executable, "-m", "edgecls", *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+            check=False,
+        )
         assert proc.returncode == 1
         assert "Permission denied" in one_error_line(proc)
     assert list(locked.iterdir()) == []
@@ -233,11 +262,15 @@ def test_drawing_sinks_without_opencv_say_which_extra(coral, tmp_path, sink):
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['cv2'] = None\n"  # what `import cv2` meets where OpenCV is not installed
-            f"sys.argv = ['edgecls', 'run', {str(coral / MODEL)!r}, '--source', {str(coral / 'cat.bmp')!r}, '-q', "
-            f"'--sink', {sink!r}]\n"
-            "from edgecls.cli.app import main; main()\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
+    code = (
+        "import sys; sys.modules['cv2'] = None\n"  # what `import cv2` meets where OpenCV is not installed
+        f"sys.argv = ['edgecls', 'run', {str(coral / MODEL)!r}, '--source', {str(coral / 'cat.bmp')!r}, '-q', "
+        f"'--sink', {sink!r}]\n"
+        "from edgecls.cli.app import main; main()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False
+    )
     assert proc.returncode == 1
     assert "pip install 'edgecls[camera]'" in one_error_line(proc)
 
@@ -246,8 +279,10 @@ def test_bench_names_the_processor_not_the_x86_model_number():
     from edgecls.device.bench import cpu_model_from
 
     x86 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 2\nmodel name\t: AMD EPYC 7B13\n"
-    pi = ("processor\t: 0\nBogoMIPS\t: 108.00\nCPU part\t: 0xd08\n\nHardware\t: BCM2835\n"
-          "Model\t\t: Raspberry Pi 4 Model B Rev 1.4\n")
+    pi = (
+        "processor\t: 0\nBogoMIPS\t: 108.00\nCPU part\t: 0xd08\n\nHardware\t: BCM2835\n"
+        "Model\t\t: Raspberry Pi 4 Model B Rev 1.4\n"
+    )
     assert cpu_model_from(x86) == "AMD EPYC 7B13"
     assert cpu_model_from(pi) == "Raspberry Pi 4 Model B Rev 1.4"
     assert cpu_model_from("model\t\t: 2\n") is None
@@ -260,8 +295,13 @@ def test_a_fifo_as_the_model_is_refused_at_once(tmp_path):
     fifo = tmp_path / "model.tflite"
     os.mkfifo(fifo)
     for command in ("info", "check"):
-        proc = subprocess.run([sys.executable, "-m", "edgecls", command, str(fifo)], capture_output=True, text=True,
-                              timeout=60, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "edgecls", command, str(fifo)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert proc.returncode == 1 and "is not a regular file" in one_error_line(proc)
 
 

@@ -60,8 +60,16 @@ def rpk_module():  # type: ignore[no-untyped-def]
     return standin_rpk
 
 
-def make_run(folder: Path, coral: Path, *, resize: str | None = "center-crop", labels: list[str] | None = LABELS,
-             rpk: bool = True, manifest_labels: list[str] | None = None, **network) -> Path:  # type: ignore[no-untyped-def]
+def make_run(
+    folder: Path,
+    coral: Path,
+    *,
+    resize: str | None = "center-crop",
+    labels: list[str] | None = LABELS,
+    rpk: bool = True,
+    manifest_labels: list[str] | None = None,
+    **network,
+) -> Path:  # type: ignore[no-untyped-def]
     """A run folder as convert --target imx500 and imx500-package leave it: model.tflite (only its manifest is read:
     the resize mode), imx500/packerOut.zip, imx500/labels.txt and (made on the Pi) imx500/network.rpk."""
     from edgecls.model.manifest import embed_manifest
@@ -83,8 +91,14 @@ def edgecls(*args: str, env: dict[str, str] | None = None, standin: bool = True)
     base = {k: v for k, v in os.environ.items() if not k.startswith("PICAMERA2_STANDIN")}
     if standin:
         base["PYTHONPATH"] = os.pathsep.join([str(STANDIN), *filter(None, [os.environ.get("PYTHONPATH")])])
-    return subprocess.run([sys.executable, "-m", "edgecls", *args], capture_output=True, text=True, timeout=300,
-                          env={**base, **(env or {})}, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "edgecls", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**base, **(env or {})},
+        check=False,
+    )
 
 
 def expected_scores(image: np.ndarray, not_ready: int, every: int = 1) -> list[float]:
@@ -102,8 +116,9 @@ def test_the_stream_ranks_the_outputs_that_came_with_each_frame(cam, coral, tmp_
 
     run = make_run(tmp_path / "run", coral, not_ready_frames=4, kpi_us=[5200, 1300])
     events = []
-    with edgecls.Stream(str(run), source="imx500", top_k=4, max_frames=8, on_event=events.append,
-                        source_options={"fps": 200}) as stream:
+    with edgecls.Stream(
+        str(run), source="imx500", top_k=4, max_frames=8, on_event=events.append, source_options={"fps": 200}
+    ) as stream:
         results = list(stream)
         source = stream.source
     assert len(results) == 8
@@ -127,8 +142,10 @@ def test_construction_follows_picamera2s_order_and_the_imx500s_camera_number(cam
     """IMX500 first (it hands the firmware to the sensor), then Picamera2 on the IMX500's own camera, here 1."""
     import edgecls
 
-    cam.CAMERAS[:] = [{"Model": "imx708", "Num": 0, "Id": "i2c@80000/imx708@1a"},
-                      {"Model": "imx500", "Num": 1, "Id": "i2c@88000/imx500@1a"}]
+    cam.CAMERAS[:] = [
+        {"Model": "imx708", "Num": 0, "Id": "i2c@80000/imx708@1a"},
+        {"Model": "imx500", "Num": 1, "Id": "i2c@88000/imx500@1a"},
+    ]
     run = make_run(tmp_path / "run", coral, resize="squash")
     with edgecls.Stream(str(run), source="imx500", max_frames=2, source_options={"fps": 200}) as stream:
         assert len(list(stream)) == 2
@@ -165,16 +182,23 @@ def test_a_lost_camera_is_reopened_in_the_same_order_and_every_request_is_releas
     run = make_run(tmp_path / "run", coral, not_ready_frames=1)
     cam.STALLS.append(4)  # the first camera stops after 4 frames (a loose ribbon cable)
     events, cameras = [], []
-    with edgecls.Stream(str(run), source="imx500", max_frames=6, on_event=events.append,
-                        source_options={"fps": 200}) as stream:
+    with edgecls.Stream(
+        str(run), source="imx500", max_frames=6, on_event=events.append, source_options={"fps": 200}
+    ) as stream:
         for result in stream:
             cameras.extend(c for c in cam.OPEN.values() if c not in cameras)
             assert result.predictions
     kinds = [e.kind for e in events]
     assert "source-lost" in kinds and "source-reopened" in kinds and stream.stats().reconnects == 1
     opened = [e for e in cam.EVENTS if e.startswith(("IMX500", "Picamera2", "close"))]
-    assert opened == ["IMX500(network.rpk) -> camera 0", "Picamera2(0)", "close(0)",
-                      "IMX500(network.rpk) -> camera 0", "Picamera2(0)", "close(0)"]
+    assert opened == [
+        "IMX500(network.rpk) -> camera 0",
+        "Picamera2(0)",
+        "close(0)",
+        "IMX500(network.rpk) -> camera 0",
+        "Picamera2(0)",
+        "close(0)",
+    ]
     assert cameras and all(c._held == 0 for c in cameras)  # each request went back to the camera
 
 
@@ -213,9 +237,24 @@ def test_edgecls_run_on_the_ai_camera(coral, tmp_path):
     stdout when the firmware progress cannot be read (as for a service user); the results stay clean JSON."""
     run = make_run(tmp_path / "run", coral, progress="none", not_ready_frames=3)
     events = tmp_path / "events.txt"
-    done = edgecls("run", str(run), "--source", "imx500", "--json", "--top-k", "4", "--max-frames", "9",
-                   "--ema", "0.5", "--hold", "2", "--sink", f"jsonl:{tmp_path / 'out.jsonl'}",
-                   env={"PICAMERA2_STANDIN_EVENTS": str(events)})
+    done = edgecls(
+        "run",
+        str(run),
+        "--source",
+        "imx500",
+        "--json",
+        "--top-k",
+        "4",
+        "--max-frames",
+        "9",
+        "--ema",
+        "0.5",
+        "--hold",
+        "2",
+        "--sink",
+        f"jsonl:{tmp_path / 'out.jsonl'}",
+        env={"PICAMERA2_STANDIN_EVENTS": str(events)},
+    )
     assert done.returncode == 0, done.stderr
     printed = [json.loads(line) for line in done.stdout.splitlines()]  # every line a result
     assert len(printed) == 9
@@ -234,19 +273,30 @@ def test_edgecls_run_on_the_ai_camera(coral, tmp_path):
     assert any(line.startswith("source-progress: imx500:") and "needs root" in line for line in lines)
     assert lines[-1].startswith("done: 9 frames") and "invoke 5.2/5.2" in lines[-1]
     assert "error" not in done.stderr
-    assert events.read_text().splitlines()[:3] == ["IMX500(network.rpk) -> camera 0", f"roi{FULL_SENSOR}",
-                                                   "Picamera2(0)"]
+    assert events.read_text().splitlines()[:3] == [
+        "IMX500(network.rpk) -> camera 0",
+        f"roi{FULL_SENSOR}",
+        "Picamera2(0)",
+    ]
 
 
 def test_edgecls_run_with_the_ai_camera_profile(coral, tmp_path):
     run = make_run(tmp_path / "run", coral, resize="squash")
     events = tmp_path / "events.txt"
-    done = edgecls("run", str(run / "model.tflite"), "--profile", "rpi5-ai-camera", "--max-frames", "2", "--quiet",
-                   env={"PICAMERA2_STANDIN_EVENTS": str(events)})
+    done = edgecls(
+        "run",
+        str(run / "model.tflite"),
+        "--profile",
+        "rpi5-ai-camera",
+        "--max-frames",
+        "2",
+        "--quiet",
+        env={"PICAMERA2_STANDIN_EVENTS": str(events)},
+    )
     assert done.returncode == 0, done.stderr
     log = events.read_text().splitlines()
     assert "configure(main=(1024, 768) RGB888, buffers=8, controls={'FrameRate': 30.0})" in log
-    assert f"roi{FULL_SENSOR}" in log[log.index("start(0)"):]  # squash: the whole sensor
+    assert f"roi{FULL_SENSOR}" in log[log.index("start(0)") :]  # squash: the whole sensor
 
 
 def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
@@ -289,15 +339,18 @@ def test_labels_that_do_not_fit_the_network_end_the_stream_with_one_error(coral,
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         f"error: labels from {run / 'imx500' / 'labels.txt'} have 3 entries but the IMX500 network "
-        f"{run / 'imx500' / 'network.rpk'} outputs 4 scores; use the labels.txt made with this network (--labels)")
+        f"{run / 'imx500' / 'network.rpk'} outputs 4 scores; use the labels.txt made with this network (--labels)"
+    )
 
 
 def test_a_network_that_is_not_a_classifier_is_refused(cam, coral, tmp_path):
     import edgecls
 
     detector = make_run(tmp_path / "det", coral, extra_tensors=3)
-    with (edgecls.Stream(str(detector), source="imx500", max_frames=2, source_options={"fps": 200}) as stream,
-          pytest.raises(NotAClassifierError, match=r"it has 4 output tensors .* a classifier has one")):
+    with (
+        edgecls.Stream(str(detector), source="imx500", max_frames=2, source_options={"fps": 200}) as stream,
+        pytest.raises(NotAClassifierError, match=r"it has 4 output tensors .* a classifier has one"),
+    ):
         list(stream)
     task = make_run(tmp_path / "task", coral, intrinsics={"task": "object detection"})
     with pytest.raises(NotAClassifierError, match="network intrinsics say the task is 'object detection'"):
@@ -352,11 +405,16 @@ def test_the_network_is_found_from_the_run_its_model_or_the_rpk(coral, tmp_path)
         find_network(run)
 
 
-@pytest.mark.parametrize(("resize", "intrinsics", "crop"), [
-    ("squash", None, "full"), ("center-crop", None, "center"), ("letterbox", None, "center"),
-    (None, {"task": "classification", "input_aspect_ratio": {"width": 1, "height": 1}}, "center"),
-    (None, {"task": "classification"}, "full"),
-])
+@pytest.mark.parametrize(
+    ("resize", "intrinsics", "crop"),
+    [
+        ("squash", None, "full"),
+        ("center-crop", None, "center"),
+        ("letterbox", None, "center"),
+        (None, {"task": "classification", "input_aspect_ratio": {"width": 1, "height": 1}}, "center"),
+        (None, {"task": "classification"}, "full"),
+    ],
+)
 def test_the_sensor_crop_follows_the_training_resize_mode(cam, coral, tmp_path, resize, intrinsics, crop):
     run = make_run(tmp_path / "run", coral, resize=resize, intrinsics=intrinsics)
     clf = SensorClassifier.open(run)
@@ -382,8 +440,10 @@ def test_labels_that_do_not_fit_are_a_labels_error(cam, coral, tmp_path):
     import edgecls
 
     run = make_run(tmp_path / "run", coral, labels=["a", "b"])
-    with (edgecls.Stream(str(run), source="imx500", max_frames=1, source_options={"fps": 200}) as stream,
-          pytest.raises(LabelsError, match="have 2 entries but the IMX500 network")):
+    with (
+        edgecls.Stream(str(run), source="imx500", max_frames=1, source_options={"fps": 200}) as stream,
+        pytest.raises(LabelsError, match="have 2 entries but the IMX500 network"),
+    ):
         list(stream)
 
 
@@ -408,11 +468,14 @@ def test_a_two_class_sigmoid_network_scores_both_classes(cam, coral, tmp_path):
 
 
 def test_importing_edgecls_never_imports_picamera2():
-    code = ("import sys, edgecls, edgecls.live.stream, edgecls.live.imx500, edgecls.cli.app; "
-            "assert not any(m.startswith('picamera2') for m in sys.modules), sorted(sys.modules)")
+    code = (
+        "import sys, edgecls, edgecls.live.stream, edgecls.live.imx500, edgecls.cli.app; "
+        "assert not any(m.startswith('picamera2') for m in sys.modules), sorted(sys.modules)"
+    )
     env = {**os.environ, "PYTHONPATH": str(STANDIN)}  # even where picamera2 is importable
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -432,11 +495,14 @@ def test_the_ai_camera_profiles_reach_the_source(coral, tmp_path):
         assert source.fps == profile.camera["fps"]
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    ('lores_size = [320, 240]', "camera.lores_size only apply to a picam source (the AI Camera's network"),
-    ('width = 640', "camera source 'imx500' takes camera.main_size"),
-    ('main_format = "YUV420"', "main_format is one of the RGB formats"),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ("lores_size = [320, 240]", "camera.lores_size only apply to a picam source (the AI Camera's network"),
+        ("width = 640", "camera source 'imx500' takes camera.main_size"),
+        ('main_format = "YUV420"', "main_format is one of the RGB formats"),
+    ],
+)
 def test_ai_camera_profile_mistakes_are_precise_errors(edit, message):
     from edgecls.device.profiles import parse_profile
 
@@ -477,12 +543,15 @@ def test_the_ai_camera_bundle_carries_the_package_and_the_service_runs_the_rpk(c
     assert (root / "imx500" / "packerOut.zip").read_bytes() == (run / "imx500" / "packerOut.zip").read_bytes()
     assert (root / "imx500" / "labels.txt").read_text().splitlines() == LABELS
     assert not (root / "imx500" / "network.rpk").exists()  # made on the device, by imx500-package
-    sums = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=root, capture_output=True,
-                          text=True, check=False)
+    sums = subprocess.run(
+        ["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=root, capture_output=True, text=True, check=False
+    )
     assert sums.returncode == 0 and "imx500/packerOut.zip: OK" in sums.stdout
     unit = (root / "edgecls.service").read_text()
-    assert ("ExecStart=/opt/edgecls/venv/bin/edgecls run /opt/edgecls/model.tflite --profile /opt/edgecls/profile.toml"
-            " --source imx500:/opt/edgecls/imx500/network.rpk --labels /opt/edgecls/imx500/labels.txt") in unit
+    assert (
+        "ExecStart=/opt/edgecls/venv/bin/edgecls run /opt/edgecls/model.tflite --profile /opt/edgecls/profile.toml"
+        " --source imx500:/opt/edgecls/imx500/network.rpk --labels /opt/edgecls/imx500/labels.txt"
+    ) in unit
     assert "imx500-package" in (root / "README.txt").read_text()
 
 
@@ -504,8 +573,14 @@ def test_install_plans_the_ai_camera_packages_and_the_rpk_on_a_pi(coral, tmp_pat
     for state, dpkg in (("fresh", "exit 1\n"), ("installed", "printf 'install ok installed'\n")):
         env = fake_bin(tmp_path / f"bin-{state}", uname="echo aarch64\n", python3=no_picamera, **{"dpkg-query": dpkg})
         env["REAL_PYTHON"] = sys.executable
-        done = subprocess.run(["bash", str(root / "install.sh"), "--dry-run", "--no-start"], capture_output=True,
-                              text=True, env=env, timeout=60, check=False)
+        done = subprocess.run(
+            ["bash", str(root / "install.sh"), "--dry-run", "--no-start"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         plans[state] = done.stdout
     fresh = plans["fresh"].splitlines()
@@ -513,19 +588,29 @@ def test_install_plans_the_ai_camera_packages_and_the_rpk_on_a_pi(coral, tmp_pat
     assert "+ apt-get install -y python3-picamera2" in steps and steps.count("+ apt-get update") == 1
     assert "+ apt-get install -y imx500-all imx500-tools" in steps
     package = "+ imx500-package -i /opt/edgecls/imx500/packerOut.zip -o /opt/edgecls/imx500/.package.XXXXXX"
-    assert steps.index("+ install -d -m 755 /opt/edgecls/imx500") < steps.index(
-        f"+ install -m 644 {root}/imx500/packerOut.zip /opt/edgecls/imx500/packerOut.zip") < steps.index(package)
-    assert steps[steps.index(package) + 1:steps.index(package) + 3] == [
+    assert (
+        steps.index("+ install -d -m 755 /opt/edgecls/imx500")
+        < steps.index(f"+ install -m 644 {root}/imx500/packerOut.zip /opt/edgecls/imx500/packerOut.zip")
+        < steps.index(package)
+    )
+    assert steps[steps.index(package) + 1 : steps.index(package) + 3] == [
         "+ install -m 644 /opt/edgecls/imx500/.package.XXXXXX/network.rpk /opt/edgecls/imx500/network.rpk.new",
-        "+ mv -f /opt/edgecls/imx500/network.rpk.new /opt/edgecls/imx500/network.rpk"]
+        "+ mv -f /opt/edgecls/imx500/network.rpk.new /opt/edgecls/imx500/network.rpk",
+    ]
     assert "imx500-all imx500-tools" not in plans["installed"] and package in plans["installed"]
 
 
 def test_install_refuses_the_ai_camera_off_a_pi(coral, tmp_path):
     root = ai_camera_bundle(make_run(tmp_path / "run", coral), tmp_path, profile="rpi-zero-2w-ai-camera")
     env = fake_bin(tmp_path / "bin", uname="echo x86_64\n")
-    done = subprocess.run(["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True, env=env,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        ["bash", str(root / "install.sh"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 1 and "exist for Raspberry Pi OS on a Raspberry Pi only; this is x86_64" in done.stderr
     assert "+ " not in done.stdout  # before any step
 
@@ -538,15 +623,17 @@ def test_install_makes_the_rpk_once_per_package_and_replaces_it_whole(coral, tmp
     run = make_run(tmp_path / "run", coral, rpk=False)
     root = ai_camera_bundle(run, tmp_path)
     text = (root / "install.sh").read_text()
-    helpers = text[text.index("say() {"):text.index("systemd_running()")]
+    helpers = text[text.index("say() {") : text.index("systemd_running()")]
     step = re.search(r"\n(# ---- the AI Camera's network.*?\nfi\n)", text, re.DOTALL).group(1)
     prefix = tmp_path / "opt"
     (prefix / "imx500").mkdir(parents=True)
     calls = tmp_path / "calls.txt"
-    tool = ('echo "$*" >> "$CALLS"\n[ -z "$FAIL" ] || { echo "imx500-package: failed" >&2; exit 3; }\n'
-            'while getopts "i:o:" o; do case "$o" in i) IN="$OPTARG";; o) OUT="$OPTARG";; esac; done\n'
-            f'exec "{sys.executable}" -c "import sys, standin_rpk; standin_rpk.package(sys.argv[1], sys.argv[2])" '
-            '"$IN" "$OUT"\n')
+    tool = (
+        'echo "$*" >> "$CALLS"\n[ -z "$FAIL" ] || { echo "imx500-package: failed" >&2; exit 3; }\n'
+        'while getopts "i:o:" o; do case "$o" in i) IN="$OPTARG";; o) OUT="$OPTARG";; esac; done\n'
+        f'exec "{sys.executable}" -c "import sys, standin_rpk; standin_rpk.package(sys.argv[1], sys.argv[2])" '
+        '"$IN" "$OUT"\n'
+    )
     env = fake_bin(tmp_path / "bin", **{"imx500-package": tool})
     env.update(PYTHONPATH=str(STANDIN), CALLS=str(calls))
     script = tmp_path / "step.sh"
@@ -555,8 +642,9 @@ def test_install_makes_the_rpk_once_per_package_and_replaces_it_whole(coral, tmp
     def install(package: Path, **extra: str) -> subprocess.CompletedProcess[str]:
         (root / "imx500" / "packerOut.zip").write_bytes(package.read_bytes())  # what the bundle brings
         (prefix / "imx500" / "packerOut.zip").write_bytes(package.read_bytes())  # what install.sh put in place
-        return subprocess.run(["bash", str(script)], capture_output=True, text=True, env={**env, **extra},
-                              timeout=120, check=False)
+        return subprocess.run(
+            ["bash", str(script)], capture_output=True, text=True, env={**env, **extra}, timeout=120, check=False
+        )
 
     rpk = prefix / "imx500" / "network.rpk"
     first = install(run / "imx500" / "packerOut.zip")
@@ -570,6 +658,9 @@ def test_install_makes_the_rpk_once_per_package_and_replaces_it_whole(coral, tmp
     failed = install(rpk_module().write_package(tmp_path / "third.zip", outputs=[[9, 9, 9, 9]]), FAIL="1")
     assert failed.returncode == 1 and "imx500-package could not make the network" in failed.stderr
     assert rpk_module().read_rpk(rpk)["outputs"] == [[1, 2, 3, 250]]  # the old network, whole
-    assert sorted(p.name for p in (prefix / "imx500").iterdir()) == ["network.rpk", "network.rpk.sha256",
-                                                                     "packerOut.zip"]
+    assert sorted(p.name for p in (prefix / "imx500").iterdir()) == [
+        "network.rpk",
+        "network.rpk.sha256",
+        "packerOut.zip",
+    ]
     assert len(calls.read_text().splitlines()) == 3

@@ -63,24 +63,34 @@ def read_junit(path: Path) -> list[Case]:
 
 def unexpected_skips(skipped: list[Case], installed: dict[str, bool]) -> list[Case]:
     """The skips that say a module's extra is missing where the environment has that module."""
-    return [case for case in skipped
-            if any(installed.get(module) and any(word in case.message for word in words)
-                   for module, words in SKIP_WORDS.items())]
+    return [
+        case
+        for case in skipped
+        if any(
+            installed.get(module) and any(word in case.message for word in words)
+            for module, words in SKIP_WORDS.items()
+        )
+    ]
 
 
 def test_skips_are_judged_by_what_the_environment_holds():
-    skipped = [Case("a", "skipped", "needs OpenCV, the 'camera' extra: pip install 'edgecls[camera]'"),
-               Case("b", "skipped", "no /dev/full on this system"),
-               Case("c", "skipped", "needs paho-mqtt, the 'mqtt' extra: pip install 'edgecls[mqtt]'")]
+    skipped = [
+        Case("a", "skipped", "needs OpenCV, the 'camera' extra: pip install 'edgecls[camera]'"),
+        Case("b", "skipped", "no /dev/full on this system"),
+        Case("c", "skipped", "needs paho-mqtt, the 'mqtt' extra: pip install 'edgecls[mqtt]'"),
+    ]
     assert unexpected_skips(skipped, {"cv2": False, "paho": False}) == []
     assert unexpected_skips(skipped, {"cv2": False, "paho": True}) == [skipped[2]]
 
 
 def _installed(python: Path) -> dict[str, bool]:
-    code = ("import importlib.util, json, sys\n"
-            "print(json.dumps({m: importlib.util.find_spec(m) is not None for m in sys.argv[1:]}))")
-    probe = subprocess.run([str(python), "-c", code, *SKIP_WORDS], capture_output=True, text=True, timeout=120,
-                           check=True)
+    code = (
+        "import importlib.util, json, sys\n"
+        "print(json.dumps({m: importlib.util.find_spec(m) is not None for m in sys.argv[1:]}))"
+    )
+    probe = subprocess.run(
+        [str(python), "-c", code, *SKIP_WORDS], capture_output=True, text=True, timeout=120, check=True
+    )
     return json.loads(probe.stdout)
 
 
@@ -97,10 +107,24 @@ def test_runtime_suite_passes_on_tflite_runtime(tmp_path):
         pytest.skip(reason)
     report = tmp_path / "legacy.xml"
     proc = subprocess.Popen(
-        [str(LEGACY_PYTHON), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", f"--junitxml={report}",
-         "tests/runtime"],
-        cwd=ROOT, env={**os.environ, "EDGECLS_TEST_BACKEND": "tflite_runtime"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        [
+            str(LEGACY_PYTHON),
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-m",
+            "not slow",
+            f"--junitxml={report}",
+            "tests/runtime",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "EDGECLS_TEST_BACKEND": "tflite_runtime"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     try:
         output, _ = proc.communicate(timeout=TIMEOUT_S)
@@ -111,8 +135,9 @@ def test_runtime_suite_passes_on_tflite_runtime(tmp_path):
     tail = "\n".join(output.splitlines()[-15:])
     assert report.exists(), f"the inner run wrote no report (exit {proc.returncode}):\n{tail}"
     cases = read_junit(report)
-    failed = [f"{c.name}: {c.message.splitlines()[0] if c.message else ''}" for c in cases
-              if c.outcome in ("failed", "error")]
+    failed = [
+        f"{c.name}: {c.message.splitlines()[0] if c.message else ''}" for c in cases if c.outcome in ("failed", "error")
+    ]
     assert not failed, "failed on tflite_runtime:\n" + "\n".join(failed)
     assert proc.returncode == 0, tail
     passed = {c.name for c in cases if c.outcome == "passed"}
@@ -123,8 +148,10 @@ def test_runtime_suite_passes_on_tflite_runtime(tmp_path):
     wrong = unexpected_skips(skipped, installed)
     assert not wrong, "skipped for an extra the environment has:\n" + "\n".join(f"{c.name}: {c.message}" for c in wrong)
     if not installed["cv2"]:  # what needs an extra this environment lacks is skipped, saying which extra
-        assert any("needs OpenCV, the 'camera' extra" in c.message and "pip install 'edgecls[camera]'" in c.message
-                   for c in skipped), "\n".join(f"{c.name}: {c.message}" for c in skipped)
+        assert any(
+            "needs OpenCV, the 'camera' extra" in c.message and "pip install 'edgecls[camera]'" in c.message
+            for c in skipped
+        ), "\n".join(f"{c.name}: {c.message}" for c in skipped)
     version = subprocess.run(
         [str(LEGACY_PYTHON), "-c", "import numpy, tflite_runtime; print(numpy.__version__)"],
         capture_output=True,

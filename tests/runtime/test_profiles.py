@@ -15,8 +15,16 @@ from edgecls.device.profiles import list_profiles, load_profile, parse_profile
 from edgecls.errors import ConfigError
 from edgecls.live.sources import OpenCVSource, PicameraSource, parse_source
 
-REQUIRED = {"rpi5", "rpi4", "rpi3b-plus", "rpi-zero-2w", "rpi4-coral-usb", "rpi5-coral-pcie", "coral-dev-board",
-            "linux-usb-camera"}
+REQUIRED = {
+    "rpi5",
+    "rpi4",
+    "rpi3b-plus",
+    "rpi-zero-2w",
+    "rpi4-coral-usb",
+    "rpi5-coral-pcie",
+    "coral-dev-board",
+    "linux-usb-camera",
+}
 
 VALID = """
 name = "bench-board"
@@ -37,8 +45,14 @@ hold = 2
 
 
 def edgecls(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edgecls", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})}, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "edgecls", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
 
 
 def test_every_required_profile_is_bundled_and_round_trips():
@@ -82,7 +96,9 @@ def test_profile_camera_settings_reach_the_source():
     assert source.main_size == (1536, 864) and source.lores_format == "RGB888" and source.sensor_mode is None
     assert source.lores_size == (398, 224)  # the sensor's aspect ratio, just over the model input
     assert source.controls["FrameRate"] == 30.0 and source.buffer_count == 6
-    usb = parse_source(load_profile("linux-usb-camera").camera["source"], **load_profile("linux-usb-camera").source_options())
+    usb = parse_source(
+        load_profile("linux-usb-camera").camera["source"], **load_profile("linux-usb-camera").source_options()
+    )
     assert isinstance(usb, OpenCVSource)
 
 
@@ -96,10 +112,10 @@ def test_profile_camera_settings_reach_the_source():
         (lambda t: t.replace("ema = 0.5", "ema = 1.5"), "smoothing.ema must be a number > 0.0 and <= 1.0"),
         (lambda t: t.replace("threads = 1", 'threads = 1\ndevice = "usb"'), "needs runtime.delegate = 'edgetpu'"),
         (lambda t: t.replace("threads = 1", 'threads = 1\ndelegate = "edgetpu"\ndevice = "usb:x"'), "runtime.device"),
-        (lambda t: t.replace("fps = 60.0", "fps = 60.0\nlores_format = \"YUV420\""), "only apply to a picam source"),
+        (lambda t: t.replace("fps = 60.0", 'fps = 60.0\nlores_format = "YUV420"'), "only apply to a picam source"),
         (lambda t: t.replace('source = "demo"', 'source = "picam"\nmain_size = [640]'), "camera.main_size must be"),
         (lambda t: t.replace('source = "demo"', 'source = "picam"\nwidth = 640'), "takes camera.main_size"),
-        (lambda t: t + "\n[boot]\n[[boot.config]]\nline = \"x=1\"\n", "missing boot.config[0].comment"),
+        (lambda t: t + '\n[boot]\n[[boot.config]]\nline = "x=1"\n', "missing boot.config[0].comment"),
         (lambda t: t.replace("[camera]", "[camera"), "is not valid TOML"),
     ],
 )
@@ -129,7 +145,11 @@ def test_lookup_by_name_path_and_search_path(tmp_path, monkeypatch):
     [
         ('name = "bench-board"', 'name = "bench board"', "name must be a name of letters"),
         ('name = "bench-board"', 'name = "../etc"', "name must be a name of letters"),
-        ('description = ', 'description = "x\\nExecStartPre=/bin/sh" #', "description must be a non-empty string on one"),
+        (
+            "description = ",
+            'description = "x\\nExecStartPre=/bin/sh" #',
+            "description must be a non-empty string on one",
+        ),
     ],
 )
 def test_values_that_reach_a_deploy_bundle_are_checked(old, new, expected):
@@ -161,8 +181,10 @@ def test_run_with_a_profile_and_overrides(coral, tmp_path):
     # the profile's smoothing (ema 0.5) blends frames; --ema 1 on the command line turns it off
     assert any(abs(r["decision"]["score"] - r["predictions"][0]["score"]) > 1e-6 for r in lines[1:])
     raw = edgecls("run", model, "--profile", str(profile), "--max-frames", "4", "--json", "--ema", "1", "--hold", "1")
-    assert all(abs(json.loads(line)["decision"]["score"] - json.loads(line)["predictions"][0]["score"]) < 1e-6
-               for line in raw.stdout.splitlines())
+    assert all(
+        abs(json.loads(line)["decision"]["score"] - json.loads(line)["predictions"][0]["score"]) < 1e-6
+        for line in raw.stdout.splitlines()
+    )
     # --source overrides the profile's camera; its smoothing and threads still apply
     cat = edgecls("run", model, "--profile", str(profile), "--source", str(coral / "cat.bmp"), "--json")
     assert cat.returncode == 0, cat.stderr
@@ -176,13 +198,32 @@ def test_run_profile_with_edgetpu_never_falls_back_silently(coral, tmp_path):
     model = str(coral / "mobilenet_v1_0.25_128_quant.tflite")
     strict = edgecls("run", model, "--profile", str(tmp_path / "bench-board.toml"), "--max-frames", "1", env=env)
     assert strict.returncode == 1 and strict.stderr.startswith("error: the Edge TPU runtime library")
-    loud = edgecls("run", model, "--profile", str(tmp_path / "bench-board.toml"), "--max-frames", "1",
-                   "--allow-cpu-fallback", "-q", env=env)
+    loud = edgecls(
+        "run",
+        model,
+        "--profile",
+        str(tmp_path / "bench-board.toml"),
+        "--max-frames",
+        "1",
+        "--allow-cpu-fallback",
+        "-q",
+        env=env,
+    )
     assert loud.returncode == 0, loud.stderr
     assert "WARNING: DELEGATE NOT USED" in loud.stderr
     # a delegate on the command line replaces the profile's
-    cpu = edgecls("run", model, "--profile", str(tmp_path / "bench-board.toml"), "--max-frames", "1", "-q",
-                  "--delegate", str(Path("/nonexistent/lib.so")), env=env)
+    cpu = edgecls(
+        "run",
+        model,
+        "--profile",
+        str(tmp_path / "bench-board.toml"),
+        "--max-frames",
+        "1",
+        "-q",
+        "--delegate",
+        str(Path("/nonexistent/lib.so")),
+        env=env,
+    )
     assert cpu.returncode == 1 and "delegate library /nonexistent/lib.so cannot be loaded" in cpu.stderr
 
 
@@ -190,7 +231,10 @@ def test_run_rejects_a_broken_profile_in_one_line(coral, tmp_path):
     (tmp_path / "bad.toml").write_text(VALID.replace("threads = 1", "threads = -1").replace("bench-board", "bad"))
     result = edgecls("run", str(coral / "cat.bmp"), "--profile", str(tmp_path / "bad.toml"))
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == f"error: profile {tmp_path / 'bad.toml'}: runtime.threads must be an integer >= 1 (received -1)"
+    assert (
+        result.stderr.strip()
+        == f"error: profile {tmp_path / 'bad.toml'}: runtime.threads must be an integer >= 1 (received -1)"
+    )
     nosource = edgecls("run", str(coral / "mobilenet_v1_0.25_128_quant.tflite"))
     assert nosource.returncode == 1 and "--profile NAME" in nosource.stderr
 

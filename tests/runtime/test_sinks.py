@@ -28,8 +28,14 @@ from edgecls.sinks.mqtt import check_topic
 def result(seq: int, label: str = "cat", changed: bool = False, frame: bool = True) -> StreamResult:
     image = np.full((120, 160, 3), seq % 256, np.uint8) if frame else None
     return StreamResult(
-        seq, time.time(), time.time(), [Prediction(0, label, 0.9), Prediction(1, "dog", 0.1)],
-        Decision(label, 0, 0.9, changed, None), Latency(0.1, 0.2, 4.0, 0.1, 4.4), image, "rgb",
+        seq,
+        time.time(),
+        time.time(),
+        [Prediction(0, label, 0.9), Prediction(1, "dog", 0.1)],
+        Decision(label, 0, 0.9, changed, None),
+        Latency(0.1, 0.2, 4.0, 0.1, 4.4),
+        image,
+        "rgb",
     )
 
 
@@ -130,11 +136,21 @@ def test_preview_serves_mjpeg_on_localhost():
 
 def test_parse_sink_and_mqtt_urls(tmp_path):
     assert parse_mqtt_url("mqtt://bob:s%40cret@broker.local:1884/robot/vision") == (
-        "broker.local", 1884, "robot/vision", "bob", "s@cret", False,
+        "broker.local",
+        1884,
+        "robot/vision",
+        "bob",
+        "s@cret",
+        False,
     )
     assert parse_mqtt_url("mqtts://h/t")[1] == 8883
-    for bad, message in [("mqtt://host", "needs a host and a topic"), ("mqtt://h/a/+", "wildcards"), ("mqtt://h/a/#", "wildcards"),
-                         ("ftp://x", "unknown sink"), ("preview:abc", "port must be a number")]:
+    for bad, message in [
+        ("mqtt://host", "needs a host and a topic"),
+        ("mqtt://h/a/+", "wildcards"),
+        ("mqtt://h/a/#", "wildcards"),
+        ("ftp://x", "unknown sink"),
+        ("preview:abc", "port must be a number"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             parse_sink(bad)
     sink = parse_sink(f"jsonl:{tmp_path / 'r.jsonl'}")
@@ -308,7 +324,10 @@ def test_a_password_never_appears_in_messages():
 
     assert mask_url("mqtt://pi:hunter2@broker:1884/t") == "mqtt://pi:***@broker:1884/t"
     assert mask_url("mqtt://pi@broker/t") == "mqtt://pi@broker/t" and mask_url("jsonl:x") == "jsonl:x"
-    assert split_mqtt_password("mqtts://pi:s%40cret@broker/robot/vision") == ("mqtts://pi@broker/robot/vision", "s@cret")
+    assert split_mqtt_password("mqtts://pi:s%40cret@broker/robot/vision") == (
+        "mqtts://pi@broker/robot/vision",
+        "s@cret",
+    )
     assert split_mqtt_password("mqtt://broker/t") == ("mqtt://broker/t", None)
     for bad in ["mqtt://pi:hunter2@broker", "mqtt://pi:hunter2@broker:99999/t", "mqtt://pi:hunter2@broker/t\nx"]:
         with pytest.raises(ConfigError) as caught:
@@ -326,7 +345,7 @@ def test_the_password_comes_from_the_environment(tmp_path, coral):
     root-only EnvironmentFile; a real broker that wants the password receives the results."""
     from conftest import Mosquitto
 
-    secret = "s3cret$`\"pw"
+    secret = 's3cret$`"pw'
     broker = Mosquitto(tmp_path, users={"pi": secret}).start()
     try:
         import paho.mqtt.client as mqtt
@@ -339,10 +358,28 @@ def test_the_password_comes_from_the_environment(tmp_path, coral):
         sub.subscribe("robot/vision", qos=1)
         sub.loop_start()
         url = f"mqtt://pi@127.0.0.1:{broker.port}/robot/vision"
-        command = [sys.executable, "-m", "edgecls", "run", str(coral / "mobilenet_v2_1.0_224_quant.tflite"),
-                   "--source", str(coral / "cat.bmp"), "-q", "--mqtt-qos", "1", "--sink", url]
-        ok = subprocess.run(command, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "EDGECLS_MQTT_PASSWORD": secret}, check=False)
+        command = [
+            sys.executable,
+            "-m",
+            "edgecls",
+            "run",
+            str(coral / "mobilenet_v2_1.0_224_quant.tflite"),
+            "--source",
+            str(coral / "cat.bmp"),
+            "-q",
+            "--mqtt-qos",
+            "1",
+            "--sink",
+            url,
+        ]
+        ok = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "EDGECLS_MQTT_PASSWORD": secret},
+            check=False,
+        )
         assert ok.returncode == 0, ok.stderr
         deadline = time.monotonic() + 10
         while not got and time.monotonic() < deadline:
@@ -350,8 +387,14 @@ def test_the_password_comes_from_the_environment(tmp_path, coral):
         assert [m["predictions"][0]["label"] for m in got] == ["Egyptian cat"]
         # without the password the broker refuses the connection; the result is not delivered, and the run says
         # why and fails (it used to end with exit code 0 and "not reachable yet")
-        wrong = subprocess.run(command, capture_output=True, text=True, timeout=120,
-                               env={**os.environ, "EDGECLS_MQTT_PASSWORD": "wrong"}, check=False)
+        wrong = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "EDGECLS_MQTT_PASSWORD": "wrong"},
+            check=False,
+        )
         time.sleep(0.5)
         assert len(got) == 1 and "wrong" not in wrong.stderr
         errors = [line for line in wrong.stderr.splitlines() if line.startswith("error:")]
@@ -368,26 +411,29 @@ def test_the_password_comes_from_the_environment(tmp_path, coral):
 LONGEST = 65535 - len("/status")  # bytes of the longest topic whose status topic still fits MQTT's 65,535
 
 
-@pytest.mark.parametrize(("topic", "says"), [
-    ("t%00x", "holds a NUL character"),
-    ("t%0Ax", "holds a control character"),
-    ("t%1B[2J", "holds a control character"),
-    ("t%7F", "holds a control character"),
-    ("t/%C2%85", "holds a control character (U+0085)"),  # C1 NEXT LINE
-    ("t/%EF%BF%BF", "noncharacter U+FFFF"),
-    ("t/%EF%B7%90", "noncharacter U+FDD0"),
-    ("t/%F4%8F%BF%BF", "noncharacter U+10FFFF"),
-    ("t%FF", "not valid UTF-8"),
-    ("t%C3", "not valid UTF-8"),
-    ("t/\udcff", "not valid UTF-8"),  # a stray byte in argv, as Python decodes it
-    ("t/+", "wildcards"),
-    ("t/%23", "wildcards"),
-    ("x" * (LONGEST + 1), "too long: with its status topic (/status) it takes 65,536 bytes"),
-    ("%C3%A9" * 40000, "too long"),  # 40,000 characters, 80,000 bytes
-    ("/pi/vision", "the topic starts with '/'"),
-    ("//pi/vision", "the topic starts with '/'"),
-    ("pi?vision", "a '?' would start a URL query"),
-])
+@pytest.mark.parametrize(
+    ("topic", "says"),
+    [
+        ("t%00x", "holds a NUL character"),
+        ("t%0Ax", "holds a control character"),
+        ("t%1B[2J", "holds a control character"),
+        ("t%7F", "holds a control character"),
+        ("t/%C2%85", "holds a control character (U+0085)"),  # C1 NEXT LINE
+        ("t/%EF%BF%BF", "noncharacter U+FFFF"),
+        ("t/%EF%B7%90", "noncharacter U+FDD0"),
+        ("t/%F4%8F%BF%BF", "noncharacter U+10FFFF"),
+        ("t%FF", "not valid UTF-8"),
+        ("t%C3", "not valid UTF-8"),
+        ("t/\udcff", "not valid UTF-8"),  # a stray byte in argv, as Python decodes it
+        ("t/+", "wildcards"),
+        ("t/%23", "wildcards"),
+        ("x" * (LONGEST + 1), "too long: with its status topic (/status) it takes 65,536 bytes"),
+        ("%C3%A9" * 40000, "too long"),  # 40,000 characters, 80,000 bytes
+        ("/pi/vision", "the topic starts with '/'"),
+        ("//pi/vision", "the topic starts with '/'"),
+        ("pi?vision", "a '?' would start a URL query"),
+    ],
+)
 def test_a_topic_no_broker_takes_is_refused_at_start(topic, says):
     """Each used to start a client that reconnected forever (NUL, control characters: "Malformed UTF-8"), kill
     paho's thread (over 65,535 bytes: struct.error) or be changed silently (a leading '/' stripped, '?...' cut)."""
@@ -400,13 +446,16 @@ def test_a_topic_no_broker_takes_is_refused_at_start(topic, says):
         assert "hunter2" not in message
 
 
-@pytest.mark.parametrize(("path", "topic"), [
-    ("%2Fpi/vision", "/pi/vision"),  # a leading slash that is meant: written %2F
-    ("pi/vision/", "pi/vision/"),
-    ("a%3Fb", "a?b"),
-    ("caf%C3%A9/%E2%82%AC", "café/€"),
-    ("x" * LONGEST, "x" * LONGEST),
-])
+@pytest.mark.parametrize(
+    ("path", "topic"),
+    [
+        ("%2Fpi/vision", "/pi/vision"),  # a leading slash that is meant: written %2F
+        ("pi/vision/", "pi/vision/"),
+        ("a%3Fb", "a?b"),
+        ("caf%C3%A9/%E2%82%AC", "café/€"),
+        ("x" * LONGEST, "x" * LONGEST),
+    ],
+)
 def test_a_topic_is_the_url_path_exactly(path, topic):
     assert parse_mqtt_url(f"mqtt://h/{path}")[2] == topic
 
@@ -431,8 +480,20 @@ def test_what_check_topic_refuses_mosquitto_refuses(mosquitto):
             client.disconnect()
             client.loop_stop()
 
-    refused = ["a/\x00", "a/\x01", "a/\n", "a/\x1f", "a/\x7f", "a/\x85", "a/\x9f", "a/\ufdd0", "a/\ufffe", "a/\uffff",
-               "a/\U0001fffe", "a/\U0010ffff"]
+    refused = [
+        "a/\x00",
+        "a/\x01",
+        "a/\n",
+        "a/\x1f",
+        "a/\x7f",
+        "a/\x85",
+        "a/\x9f",
+        "a/\ufdd0",
+        "a/\ufffe",
+        "a/\uffff",
+        "a/\U0001fffe",
+        "a/\U0010ffff",
+    ]
     accepted = ["a/ ", "a/~", "a/\xa0", "a/\ufdcf", "a/\ufdf0", "a/\ufffd", "a/é", "/a"]
     for topic in refused:
         with pytest.raises(ConfigError):
@@ -452,8 +513,10 @@ def test_the_longest_topic_and_a_meant_leading_slash_reach_a_real_broker(mosquit
     sub.subscribe("#", qos=1)
     sub.loop_start()
     topics = ["x" * LONGEST, "/pi/vision", "café/€"]
-    sinks = [MqttSink(f"mqtt://127.0.0.1:{mosquitto.port}/{path}", qos=1)
-             for path in ("x" * LONGEST, "%2Fpi/vision", "caf%C3%A9/%E2%82%AC")]
+    sinks = [
+        MqttSink(f"mqtt://127.0.0.1:{mosquitto.port}/{path}", qos=1)
+        for path in ("x" * LONGEST, "%2Fpi/vision", "caf%C3%A9/%E2%82%AC")
+    ]
     try:
         time.sleep(0.3)
         for sink in sinks:
@@ -482,8 +545,10 @@ def run_once(coral, url: str, *extra: str):  # type: ignore[no-untyped-def]
 
     from edgecls.cli.app import app
 
-    done = CliRunner().invoke(app, ["run", str(coral / MODEL), "--source", str(coral / "cat.bmp"), "-q",
-                                    "--mqtt-qos", "1", "--sink", url, *extra])
+    done = CliRunner().invoke(
+        app,
+        ["run", str(coral / MODEL), "--source", str(coral / "cat.bmp"), "-q", "--mqtt-qos", "1", "--sink", url, *extra],
+    )
     assert "Traceback" not in done.output and (done.exception is None or isinstance(done.exception, SystemExit))
     return done.exit_code, [line for line in done.stderr.splitlines() if line.startswith("error:")], done.stderr
 
@@ -559,9 +624,23 @@ def test_messages_the_broker_rejects_fail_the_run_without_a_flood_of_lines(coral
 
         from edgecls.cli.app import app
 
-        done = CliRunner().invoke(app, ["run", str(coral / MODEL), "--source", str(coral / "cat.bmp"), "--loop",
-                                        "--duration", "4", "-q", "--mqtt-qos", "1",
-                                        "--sink", f"mqtt://127.0.0.1:{broker.port}/cam"])
+        done = CliRunner().invoke(
+            app,
+            [
+                "run",
+                str(coral / MODEL),
+                "--source",
+                str(coral / "cat.bmp"),
+                "--loop",
+                "--duration",
+                "4",
+                "-q",
+                "--mqtt-qos",
+                "1",
+                "--sink",
+                f"mqtt://127.0.0.1:{broker.port}/cam",
+            ],
+        )
     finally:
         broker.stop()
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]

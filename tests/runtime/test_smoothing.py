@@ -23,8 +23,14 @@ def test_without_smoothing_the_decision_follows_every_frame():
 def test_hold_ignores_a_single_glitch_and_switches_after_k_frames():
     sequence = [CAT, CAT, DOG, CAT, DOG, DOG, DOG, CAT]
     assert decide(Smoothing(hold=3), sequence) == [
-        ("cat", True), ("cat", False), ("cat", False), ("cat", False),  # one dog frame is a glitch
-        ("cat", False), ("cat", False), ("dog", True), ("dog", False),  # three dog frames in a row switch
+        ("cat", True),
+        ("cat", False),
+        ("cat", False),
+        ("cat", False),  # one dog frame is a glitch
+        ("cat", False),
+        ("cat", False),
+        ("dog", True),
+        ("dog", False),  # three dog frames in a row switch
     ]
 
 
@@ -38,7 +44,10 @@ def test_a_large_margin_switches_at_once_and_a_small_one_waits():
     sequence = [[0.6, 0.4], [0.05, 0.95], [0.45, 0.55], [0.45, 0.55]]
     assert decide(Smoothing(hold=3, margin=0.5), sequence)[:2] == [("cat", True), ("dog", True)]
     assert decide(Smoothing(hold=3, margin=0.5), [[0.6, 0.4], [0.45, 0.55], [0.45, 0.55], [0.45, 0.55]]) == [
-        ("cat", True), ("cat", False), ("cat", False), ("dog", True),
+        ("cat", True),
+        ("cat", False),
+        ("cat", False),
+        ("dog", True),
     ]
 
 
@@ -68,8 +77,13 @@ def test_reset_forgets_history():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"alpha": 0}, "alpha"), ({"alpha": 1.5}, "alpha"), ({"hold": 0}, "hold"), ({"margin": 0}, "margin"),
-     ({"min_score": 2}, "min_score")],
+    [
+        ({"alpha": 0}, "alpha"),
+        ({"alpha": 1.5}, "alpha"),
+        ({"hold": 0}, "hold"),
+        ({"margin": 0}, "margin"),
+        ({"min_score": 2}, "min_score"),
+    ],
 )
 def test_bad_settings_are_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message):

@@ -150,11 +150,19 @@ class Picamera2StandIn:
         self._cancel = threading.Event()
         Picamera2StandIn.instances.append(self)
 
-    def create_video_configuration(self, main=None, lores=None, buffer_count=6, queue=True, sensor=None,
-                                   controls=None, colour_space=None):
+    def create_video_configuration(
+        self, main=None, lores=None, buffer_count=6, queue=True, sensor=None, controls=None, colour_space=None
+    ):
         self.calls.append("create_video_configuration")
-        return {"main": dict(main), "lores": dict(lores), "buffer_count": buffer_count, "queue": queue,
-                "sensor": sensor, "controls": controls, "colour_space": colour_space}
+        return {
+            "main": dict(main),
+            "lores": dict(lores),
+            "buffer_count": buffer_count,
+            "queue": queue,
+            "sensor": sensor,
+            "controls": controls,
+            "colour_space": colour_space,
+        }
 
     def align_configuration(self, config):
         self.calls.append("align_configuration")
@@ -231,19 +239,35 @@ def _standin_defaults():
     Picamera2StandIn.yuv = (200, 128, 128)
 
 
-@pytest.mark.parametrize("fmt, color, lores", [("YUV420", "rgb", (384, 288)), ("RGB888", "bgr", (320, 240)),
-                                                ("BGR888", "rgb", (320, 240))])
+@pytest.mark.parametrize(
+    "fmt, color, lores", [("YUV420", "rgb", (384, 288)), ("RGB888", "bgr", (320, 240)), ("BGR888", "rgb", (320, 240))]
+)
 def test_picamera_adapter_uses_a_two_stream_configuration(fmt, color, lores):
-    source = PicameraSource(0, lores_size=(300, 224), lores_format=fmt, main_size=(1280, 960), buffer_count=6,
-                            sensor_mode=0, camera_factory=Picamera2StandIn)
+    source = PicameraSource(
+        0,
+        lores_size=(300, 224),
+        lores_format=fmt,
+        main_size=(1280, 960),
+        buffer_count=6,
+        sensor_mode=0,
+        camera_factory=Picamera2StandIn,
+    )
     assert source.live
     with source:
         frame = source.read()
         cam = Picamera2StandIn.instances[-1]
         config = source.configuration
         assert source.color == color  # YUV at main 1280x960 is Rec.709: converted here with that matrix, to RGB
-    assert cam.calls == ["create_video_configuration", "align_configuration", "configure", "start",
-                         "capture_array:lores", "cancel_all_and_flush", "stop", "close"]
+    assert cam.calls == [
+        "create_video_configuration",
+        "align_configuration",
+        "configure",
+        "start",
+        "capture_array:lores",
+        "cancel_all_and_flush",
+        "stop",
+        "close",
+    ]
     # the width rounded *up* to the Pi 5's alignment, the height following main's 4:3
     assert config["lores"]["size"] == lores and config["lores"]["format"] == fmt
     assert config["main"]["size"] == (1280, 960) and config["main"]["format"] == "XRGB8888"
@@ -259,18 +283,22 @@ def test_picamera_adapter_uses_a_two_stream_configuration(fmt, color, lores):
         assert tuple(rgb[0, 0]) == (250, 20, 10)
 
 
-@pytest.mark.parametrize("platform, fmt, model, main, want", [
-    ("VC4", "YUV420", (224, 224), (1280, 960), (320, 240)),  # picamera2 alone: 256x224, a 14% squeeze
-    ("PISP", "YUV420", (32, 32), (1280, 960), (128, 96)),  # picamera2 alone: width 0, configure fails
-    ("PISP", "RGB888", (96, 96), (1536, 864), (192, 108)),
-    ("VC4", "RGB888", (224, 224), (640, 480), (320, 240)),
-])
+@pytest.mark.parametrize(
+    "platform, fmt, model, main, want",
+    [
+        ("VC4", "YUV420", (224, 224), (1280, 960), (320, 240)),  # picamera2 alone: 256x224, a 14% squeeze
+        ("PISP", "YUV420", (32, 32), (1280, 960), (128, 96)),  # picamera2 alone: width 0, configure fails
+        ("PISP", "RGB888", (96, 96), (1536, 864), (192, 108)),
+        ("VC4", "RGB888", (224, 224), (640, 480), (320, 240)),
+    ],
+)
 def test_picamera_lores_is_aligned_up_keeping_the_aspect_ratio(platform, fmt, model, main, want):
     from edgecls.live.sources import lores_size_for
 
     Picamera2StandIn.platform = platform
-    source = PicameraSource(0, lores_size=lores_size_for(model, main), lores_format=fmt, main_size=main,
-                            camera_factory=Picamera2StandIn)
+    source = PicameraSource(
+        0, lores_size=lores_size_for(model, main), lores_format=fmt, main_size=main, camera_factory=Picamera2StandIn
+    )
     with source:
         frame = source.read()
     w, h = source.configuration["lores"]["size"]
@@ -311,8 +339,9 @@ def test_a_stalled_picamera_times_out_and_the_stream_reopens_it():
     cancelled before stop() (which would deadlock behind it), and the stream reopens the camera."""
     from edgecls.live.capture import Capture
 
-    source = PicameraSource(0, lores_size=(128, 96), main_size=(640, 480), frame_timeout=0.1,
-                            camera_factory=Picamera2StandIn)
+    source = PicameraSource(
+        0, lores_size=(128, 96), main_size=(640, 480), frame_timeout=0.1, camera_factory=Picamera2StandIn
+    )
     source.open()
     source.read()  # the first frame
     Picamera2StandIn.stalled = True
@@ -352,8 +381,10 @@ def test_picamera2_failing_to_import_names_the_numpy_fix(monkeypatch):
 
     def broken(name, *args, **kwargs):
         if name == "picamera2":
-            raise ValueError("numpy.dtype size changed, may indicate binary incompatibility. Expected 96 from C "
-                             "header, got 88 from PyObject")
+            raise ValueError(
+                "numpy.dtype size changed, may indicate binary incompatibility. Expected 96 from C "
+                "header, got 88 from PyObject"
+            )
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", broken)

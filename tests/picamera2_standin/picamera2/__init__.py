@@ -38,8 +38,16 @@ _LOCK = threading.Lock()
 
 def _cameras_from_env() -> list[dict[str, Any]]:
     models = [m.strip() for m in os.environ.get("PICAMERA2_STANDIN_CAMERAS", "imx500").split(",") if m.strip()]
-    return [{"Model": m, "Num": n, "Id": f"/base/axi/pcie@120000/rp1/i2c@{80000 + n * 8000}/{m}@1a",
-             "Location": 2, "Rotation": 0} for n, m in enumerate(models)]
+    return [
+        {
+            "Model": m,
+            "Num": n,
+            "Id": f"/base/axi/pcie@120000/rp1/i2c@{80000 + n * 8000}/{m}@1a",
+            "Location": 2,
+            "Rotation": 0,
+        }
+        for n, m in enumerate(models)
+    ]
 
 
 CAMERAS: list[dict[str, Any]] = _cameras_from_env()
@@ -70,8 +78,20 @@ def event(text: str) -> None:
 
 
 _FORMATS = {"RGB888": 3, "BGR888": 3, "XRGB8888": 4, "XBGR8888": 4, "YUV420": 1}
-_CONFIG_KEYS = {"main", "lores", "raw", "transform", "colour_space", "buffer_count", "controls", "display",
-                "encode", "sensor", "queue", "use_case"}
+_CONFIG_KEYS = {
+    "main",
+    "lores",
+    "raw",
+    "transform",
+    "colour_space",
+    "buffer_count",
+    "controls",
+    "display",
+    "encode",
+    "sensor",
+    "queue",
+    "use_case",
+}
 
 
 class CompletedRequest:
@@ -131,15 +151,36 @@ class Picamera2:
     def global_camera_info() -> list[dict[str, Any]]:
         return [dict(c) for c in CAMERAS]
 
-    def create_preview_configuration(self, main: dict | None = None, lores: dict | None = None, raw: dict | None = None,
-                                     transform: Any = None, colour_space: Any = None, buffer_count: int = 4,
-                                     controls: dict | None = None, display: str = "main", encode: str = "main",
-                                     sensor: dict | None = None, queue: bool = True) -> dict[str, Any]:
+    def create_preview_configuration(
+        self,
+        main: dict | None = None,
+        lores: dict | None = None,
+        raw: dict | None = None,
+        transform: Any = None,
+        colour_space: Any = None,
+        buffer_count: int = 4,
+        controls: dict | None = None,
+        display: str = "main",
+        encode: str = "main",
+        sensor: dict | None = None,
+        queue: bool = True,
+    ) -> dict[str, Any]:
         self._alive()
         main = {"format": "XBGR8888", "size": (640, 480), **(main or {})}
-        return {"use_case": "preview", "main": main, "lores": lores, "raw": raw, "buffer_count": buffer_count,
-                "controls": dict(controls or {}), "queue": queue, "sensor": sensor, "colour_space": colour_space,
-                "transform": transform, "display": display, "encode": encode}
+        return {
+            "use_case": "preview",
+            "main": main,
+            "lores": lores,
+            "raw": raw,
+            "buffer_count": buffer_count,
+            "controls": dict(controls or {}),
+            "queue": queue,
+            "sensor": sensor,
+            "colour_space": colour_space,
+            "transform": transform,
+            "display": display,
+            "encode": encode,
+        }
 
     def configure(self, config: dict[str, Any]) -> None:
         self._alive()
@@ -151,8 +192,10 @@ class Picamera2:
         fmt = config["main"]["format"]
         if fmt not in _FORMATS or fmt == "YUV420":
             raise RuntimeError(f"stand-in: main format {fmt} is not one of the RGB formats")
-        event(f"configure(main={tuple(config['main']['size'])} {fmt}, buffers={config['buffer_count']}, "
-              f"controls={config['controls']})")
+        event(
+            f"configure(main={tuple(config['main']['size'])} {fmt}, buffers={config['buffer_count']}, "
+            f"controls={config['controls']})"
+        )
         self.config = config
 
     def camera_configuration(self) -> dict[str, Any] | None:
@@ -189,14 +232,19 @@ class Picamera2:
         return CompletedRequest(self, index, self._metadata(index))
 
     def _metadata(self, index: int) -> dict[str, Any]:
-        metadata: dict[str, Any] = {"SensorTimestamp": time.monotonic_ns(), "ScalerCrop": (0, 0, 4056, 3040),
-                                    "FrameDuration": 33333}
+        metadata: dict[str, Any] = {
+            "SensorTimestamp": time.monotonic_ns(),
+            "ScalerCrop": (0, 0, 4056, 3040),
+            "FrameDuration": 33333,
+        }
         net = self.network
         if net is None or index < net["not_ready_frames"] or (index - net["not_ready_frames"]) % net["every"]:
             return metadata
         n = (index - net["not_ready_frames"]) // net["every"]
         raw = np.asarray(net["outputs"][n % len(net["outputs"])], dtype=np.float64)
-        tensors = [net["scale"] * (raw - net["zero_point"])] + [np.zeros(4 * (k + 1)) for k in range(net["extra_tensors"])]
+        tensors = [net["scale"] * (raw - net["zero_point"])] + [
+            np.zeros(4 * (k + 1)) for k in range(net["extra_tensors"])
+        ]
         metadata["CnnOutputTensor"] = [float(v) for t in tensors for v in t]
         metadata["CnnOutputTensorInfo"] = {"network_name": "standin", "shapes": [[len(t)] for t in tensors]}
         if net["kpi_us"] is not None:

@@ -61,8 +61,11 @@ class IMX500:
 
     def __init__(self, network_file: str, camera_id: str = "") -> None:
         self.device_fd = None
-        found = [c for c in _world.Picamera2.global_camera_info() if c["Model"] == "imx500"
-                 and (not camera_id or camera_id in c["Id"])]
+        found = [
+            c
+            for c in _world.Picamera2.global_camera_info()
+            if c["Model"] == "imx500" and (not camera_id or camera_id in c["Id"])
+        ]
         if not found:
             raise RuntimeError("IMX500: Requested camera dev-node not found")
         self.__camera_num = found[0]["Num"]
@@ -78,7 +81,9 @@ class IMX500:
         _world.event(f"IMX500({os.path.basename(path)}) -> camera {self.__camera_num}")
         _world.NETWORKS[self.__camera_num] = network
         self.network = network
-        self.fw_progress = IMX500.FwProgressType.DIRECT if network["progress"] == "direct" else IMX500.FwProgressType.NONE
+        self.fw_progress = (
+            IMX500.FwProgressType.DIRECT if network["progress"] == "direct" else IMX500.FwProgressType.NONE
+        )
         if self.fw_progress == IMX500.FwProgressType.NONE:
             print("IMX500 firmware update progress bar is not available")  # as picamera2 does, on stdout
         self.config: dict[str, Any] = {"network_file": network_file, "input_tensor": {}}
@@ -109,7 +114,7 @@ class IMX500:
         outputs, offset = [], 0
         for shape in self.get_output_shapes(metadata):
             size = int(np.prod(shape))
-            tensor = flat[offset:offset + size].reshape(shape, order="F")
+            tensor = flat[offset : offset + size].reshape(shape, order="F")
             outputs.append(np.expand_dims(tensor, 0) if add_batch else tensor)
             offset += size
         return outputs
