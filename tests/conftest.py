@@ -290,8 +290,8 @@ def ctrl_c_when(args: list[str], trigger, timeout: float = 240.0) -> tuple[int, 
         text=True,
         cwd=ROOT,
         env={**os.environ, "COLUMNS": "200"},
-        preexec_fn=as_from_a_terminal,
-    )  # noqa: PLW1509 - one signal() call before exec
+        preexec_fn=as_from_a_terminal,  # noqa: PLW1509 - one signal() call before exec
+    )
     try:
         seen = []
         deadline = time.monotonic() + timeout
