@@ -255,3 +255,38 @@ def test_completion_and_verbosity_are_on_the_command_line():
     assert "--install-completion" in top and "--verbose" in top
     bad = CliRunner().invoke(app, ["doctor"], env={"EDGECLS_LOG": "loud"})
     assert bad.exit_code == 2 and "EDGECLS_LOG='loud' is not one of debug, info, warning, error" in bad.output
+
+
+# -- the house style: ruff's lint and format check, with the pinned ruff of the dev extra ----------------------
+
+
+def _ruff() -> list[str]:
+    import os
+    import shutil
+    import sys
+
+    import pytest
+
+    beside = Path(sys.executable).with_name("ruff")
+    found = str(beside) if beside.is_file() else shutil.which("ruff")
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("ruff is not installed: pip install -e '.[dev]'")
+        pytest.skip("ruff is not installed (pip install -e '.[dev]')")
+    return [found]
+
+
+def test_ruff_lint_passes():
+    import subprocess
+
+    done = subprocess.run([*_ruff(), "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_ruff_format_check_passes():
+    import subprocess
+
+    done = subprocess.run(
+        [*_ruff(), "format", "--check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, "run `ruff format .`:\n" + done.stdout + done.stderr
