@@ -170,10 +170,9 @@ def _describe_compiled(model: Path, labels: Path | None, not_a_classifier: str |
     that is not an image classifier (``not_a_classifier``: why), with every input and output listed."""
     from collections import Counter
 
-    from edgecls.model.delegates import cpu_sibling
     from edgecls.model.flatbuffer import read_graph
     from edgecls.model.labels import labels_for_file
-    from edgecls.model.metadata import check_model_file
+    from edgecls.model.metadata import check_model_file, cpu_sibling
     from edgecls.model.postprocess import OutputSpec
 
     info = check_model_file(model)

@@ -40,9 +40,8 @@ from edgecls.live.imx500 import FOLDER as IMX500_FOLDER
 from edgecls.live.imx500 import LABELS as IMX500_LABELS
 from edgecls.live.imx500 import PACKAGE as IMX500_PACKAGE
 from edgecls.live.imx500 import RPK as IMX500_RPK
-from edgecls.model.delegates import compiled_sibling, cpu_sibling
 from edgecls.model.labels import format_labels, labels_for_file
-from edgecls.model.metadata import check_model_file
+from edgecls.model.metadata import check_model_file, compiled_sibling, cpu_sibling
 from edgecls.sinks.base import check_sink_spec, has_control_chars
 from edgecls.sinks.dashboard import is_loopback
 from edgecls.sinks.hass import Discovery, require_mqtt_sink, run_args

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgecls.errors import ConfigError, DelegateError, ModelError, NotAClassifierError
-from edgecls.model import delegates
+from edgecls.model import delegates, metadata
 from edgecls.model.backends import Backend, op_counts, resolve_backend
 from edgecls.model.images import read_image
 from edgecls.model.labels import Labels, find_labels
@@ -87,10 +87,10 @@ class Classifier:
         # With the Edge TPU asked for, NAME_edgetpu.tflite beside NAME.tflite is the model to run; labels and the
         # manifest may live only in the CPU model (the compiler drops appended files), so it stays at hand.
         self._source_info: ModelFileInfo | None = None
-        sibling = delegates.compiled_sibling(model) if delegate == "edgetpu" else None
+        sibling = metadata.compiled_sibling(model) if delegate == "edgetpu" else None
         if sibling is not None:
             self._source_info = check_model_file(model)
-            why = delegates.sibling_mismatch(self._source_info, check_model_file(sibling))
+            why = metadata.sibling_mismatch(self._source_info, check_model_file(sibling))
             if why:
                 raise ModelError(
                     f"{sibling} does not belong to {model}: {why}; compile it again (edgetpu_compiler {Path(model).name})"
@@ -145,7 +145,7 @@ class Classifier:
         self.fallback_reason = str(exc)
         self.delegate = None
         if self.model_info.has_edgetpu_op():
-            cpu = self._source_info.path if self._source_info else delegates.cpu_sibling(self.model_info.path)
+            cpu = self._source_info.path if self._source_info else metadata.cpu_sibling(self.model_info.path)
             if cpu is None:
                 raise DelegateError(
                     f"{exc}; and there is no CPU model to fall back to ({self.model_info.path} only runs on the Edge "

@@ -8,6 +8,7 @@ import stat
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -134,3 +135,56 @@ def expand_image_paths(items: Iterable[str | os.PathLike[str]]) -> Iterator[Path
             yield from (m for m in matches if m.is_file())
         else:
             yield p
+
+
+def yuv_matrix(space: Any) -> tuple[str, bool]:
+    """(encoding "601"/"709"/"2020", full range) of a libcamera ColorSpace (Sycc: 601 full; Smpte170m: 601
+    limited; Rec709: 709 limited)."""
+    if space is None:
+        return ("601", False)
+    encoding, rng = getattr(space, "ycbcrEncoding", None), getattr(space, "range", None)
+    text = f"{encoding} {rng}" if encoding is not None else str(space)
+    text = text.lower()
+    if "sycc" in text or "jpeg" in text:
+        return ("601", True)
+    full = "full" in text
+    for name in ("709", "2020"):
+        if name in text:
+            return (name, full)
+    return ("601", full)
+
+
+# Kr, Kb of each YCbCr encoding
+_KR_KB = {"601": (0.299, 0.114), "709": (0.2126, 0.0722), "2020": (0.2627, 0.0593)}
+
+
+def yuv420_to_rgb(frame: np.ndarray, encoding: str = "601", full_range: bool = False) -> np.ndarray:
+    """An RGB image from an I420 array (H*3/2, W) in the given YCbCr encoding (OpenCV's conversion knows only
+    BT.601 limited range)."""
+    h, w = frame.shape[0] * 2 // 3, frame.shape[1]
+    y = frame[:h].astype(np.float32)
+    u = frame[h : h + h // 4].reshape(h // 2, w // 2).astype(np.float32) - 128.0
+    v = frame[h + h // 4 :].reshape(h // 2, w // 2).astype(np.float32) - 128.0
+    if not full_range:
+        y = (y - 16.0) * (255.0 / 219.0)
+        u, v = u * (255.0 / 224.0), v * (255.0 / 224.0)
+    u = u.repeat(2, axis=0).repeat(2, axis=1)
+    v = v.repeat(2, axis=0).repeat(2, axis=1)
+    kr, kb = _KR_KB[encoding]
+    kg = 1.0 - kr - kb
+    r = y + 2.0 * (1.0 - kr) * v
+    b = y + 2.0 * (1.0 - kb) * u
+    g = (y - kr * r - kb * b) / kg
+    return np.clip(np.stack([r, g, b], axis=-1) + 0.5, 0, 255).astype(np.uint8)
+
+
+def to_rgb(frame: np.ndarray, color: str) -> np.ndarray:
+    """An RGB (or single-channel gray) uint8 image from a frame in a source's ``color`` order."""
+    if color == "yuv420":
+        from edgecls.model.images import yuv420_to_rgb
+
+        return yuv420_to_rgb(frame)
+    if frame.ndim == 2 or frame.shape[2] == 1:
+        return frame.reshape(frame.shape[0], frame.shape[1])
+    rgb = frame[..., :3]
+    return np.ascontiguousarray(rgb[..., ::-1] if color == "bgr" else rgb)

@@ -150,9 +150,8 @@ def find_labels(
 def labels_for_file(info: ModelFileInfo, labels: str | os.PathLike[str] | None = None) -> Labels | None:
     """The labels of a model read without an interpreter (e.g. an Edge TPU build no CPU can run): from the file,
     or from the CPU model beside an ``*_edgetpu.tflite`` (the compiler drops appended files)."""
-    from edgecls.model.delegates import cpu_sibling
     from edgecls.model.flatbuffer import read_graph
-    from edgecls.model.metadata import check_model_file
+    from edgecls.model.metadata import check_model_file, cpu_sibling
     from edgecls.model.postprocess import OutputSpec
 
     graph = read_graph(info.path)

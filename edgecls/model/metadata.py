@@ -223,3 +223,57 @@ def embed_files(model: bytes, files: dict[str, bytes]) -> bytes:
         for name, data in existing.items():
             zf.writestr(name, data)
     return flatbuffer_bytes(model) + buf.getvalue()
+
+
+EDGETPU_SUFFIX = "_edgetpu"
+
+
+def compiled_sibling(model: str | os.PathLike[str]) -> Path | None:
+    """``NAME_edgetpu.tflite`` beside ``NAME.tflite``, if it exists (None for a model that is already a build)."""
+    p = Path(model)
+    if p.stem.endswith(EDGETPU_SUFFIX):
+        return None
+    sibling = p.with_name(f"{p.stem}{EDGETPU_SUFFIX}{p.suffix}")
+    return sibling if sibling.is_file() else None
+
+
+def sibling_mismatch(cpu: Any, compiled: Any) -> str | None:
+    """Why an Edge TPU build (``compiled``, a ModelFileInfo) does not belong to the CPU model beside it, or None.
+
+    Models edgecls writes carry a run id in their manifest: both must have the same one. Other pairs (Coral's) must
+    at least agree on the input and output tensors (shape, type, quantisation), which the compiler keeps."""
+    from edgecls.model.flatbuffer import read_graph
+
+    ids = [((info.manifest or {}).get("provenance") or {}).get("run_id") for info in (cpu, compiled)]
+    if ids[0] and ids[1]:
+        return (
+            None
+            if ids[0] == ids[1]
+            else f"it was compiled from another run (run id {ids[1]}, the CPU model's is {ids[0]})"
+        )
+    if bool(ids[0]) != bool(ids[1]) and cpu.manifest is not None:
+        return "the CPU model is from an edgecls run the Edge TPU build does not record"
+
+    def edges(info: Any) -> list[tuple[Any, ...]]:
+        graph = read_graph(info.path)
+        return [
+            (
+                graph.tensors[i].shape,
+                graph.tensors[i].dtype,
+                tuple(round(s, 9) for s in graph.tensors[i].scales),
+                graph.tensors[i].zero_points,
+            )
+            for i in (*graph.inputs, *graph.outputs)
+        ]
+
+    a, b = edges(cpu), edges(compiled)
+    return None if a == b else f"its inputs and outputs differ ({b} against the CPU model's {a})"
+
+
+def cpu_sibling(model: str | os.PathLike[str]) -> Path | None:
+    """``NAME.tflite`` beside an Edge TPU build ``NAME_edgetpu.tflite``, if it exists."""
+    p = Path(model)
+    if not p.stem.endswith(EDGETPU_SUFFIX):
+        return None
+    sibling = p.with_name(p.stem[: -len(EDGETPU_SUFFIX)] + p.suffix)
+    return sibling if sibling.is_file() else None

@@ -37,14 +37,13 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from edgecls.errors import ConfigError, SinkError
 from edgecls.fsutil import os_reason
 from edgecls.live.stream import StreamResult
+from edgecls.model.images import to_rgb
 from edgecls.sinks.classfolders import folder_name
 
-__all__ = ["LOCK_NAME", "MARKER", "REASONS", "CollectPolicy", "Collector", "folder_name", "parse_max", "to_rgb"]
+__all__ = ["LOCK_NAME", "MARKER", "REASONS", "CollectPolicy", "Collector", "folder_name", "parse_max"]
 
 REASONS = ("changed", "uncertain", "margin", "sample")
 MARKER = "edgecls_collect"  # sidecar field (value 1): this frame was written by a Collector
@@ -112,18 +111,6 @@ class CollectPolicy:
         if draw < self.sample:
             return "sample"
         return None
-
-
-def to_rgb(frame: np.ndarray, color: str) -> np.ndarray:
-    """An RGB (or single-channel gray) uint8 image from a frame in a source's ``color`` order."""
-    if color == "yuv420":
-        from edgecls.live.sources import yuv420_to_rgb
-
-        return yuv420_to_rgb(frame)
-    if frame.ndim == 2 or frame.shape[2] == 1:
-        return frame.reshape(frame.shape[0], frame.shape[1])
-    rgb = frame[..., :3]
-    return np.ascontiguousarray(rgb[..., ::-1] if color == "bgr" else rgb)
 
 
 class Collector:

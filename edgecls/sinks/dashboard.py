@@ -338,7 +338,7 @@ def encode_jpeg(result: StreamResult, quality: int) -> bytes:
             return data.tobytes()
     from PIL import Image
 
-    from edgecls.sinks.collect import to_rgb
+    from edgecls.model.images import to_rgb
 
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(to_rgb(result.frame, result.color))).save(buffer, "JPEG", quality=quality)  # type: ignore[arg-type]

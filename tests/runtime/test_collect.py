@@ -23,9 +23,10 @@ from PIL import Image
 from edgecls.errors import ConfigError, SinkError
 from edgecls.live.smoothing import Decision
 from edgecls.live.stream import Latency, StreamResult
+from edgecls.model.images import to_rgb
 from edgecls.model.postprocess import Prediction
 from edgecls.sinks.classfolders import MAX_BYTES, UNLABELLED, class_of_folder
-from edgecls.sinks.collect import LOCK_NAME, MARKER, Collector, CollectPolicy, folder_name, parse_max, to_rgb
+from edgecls.sinks.collect import LOCK_NAME, MARKER, Collector, CollectPolicy, folder_name, parse_max
 
 KEEP_ALL = {"every_s": 0.0, "sample": 0.0}
 
