@@ -61,6 +61,23 @@ def by_check(findings):  # type: ignore[no-untyped-def]
     return result
 
 
+def usb_devices() -> list[Path]:
+    folder = Path("/sys/bus/usb/devices")
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+def pci_devices() -> list[Path]:
+    folder = Path("/sys/bus/pci/devices")
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+def ids(device: Path, *names: str) -> tuple[str, ...]:
+    try:
+        return tuple((device / name).read_text().strip() for name in names)
+    except OSError:
+        return ()
+
+
 def test_doctor_on_this_machine():
     findings = by_check(diagnose())
     assert findings["python"][0].status == "ok"
@@ -80,13 +97,20 @@ def test_doctor_on_this_machine():
     cameras = list(Path("/dev").glob("video*"))
     if not cameras:
         assert findings["camera"][0].status == "info" and "no camera device" in findings["camera"][0].detail
-    if not list(Path("/dev").glob("apex_*")):
-        assert "edgetpu usb" in findings or findings["edgetpu"][0].detail.startswith("no Edge TPU found")
+    coral_usb = [d for d in usb_devices() if ids(d, "idVendor", "idProduct") in {("18d1", "9302"), ("1a6e", "089a")}]
+    coral_pci = [d for d in pci_devices() if ids(d, "vendor", "device") == ("0x1ac1", "0x089a")]
+    assert len(findings.get("edgetpu usb", [])) == len(coral_usb)
+    if not coral_usb and not coral_pci and not list(Path("/dev").glob("apex_*")):
+        assert findings["edgetpu"][0].detail.startswith("no Edge TPU found"), findings
     result = edgecls("doctor", "--json")
     assert result.returncode == 0, result.stdout
-    assert {f["check"] for f in json.loads(result.stdout)} >= {"python", "interpreter", "libedgetpu", "camera"}
+    listed = json.loads(result.stdout)
+    assert {f["check"] for f in listed} >= {"python", "interpreter", "libedgetpu", "camera"}
     text = edgecls("doctor").stdout
-    assert "fix:" in text or has_runtime
+    shown = [line.split(" fix: ", 1)[1] for line in text.splitlines() if " fix: " in line]
+    assert shown == [f["fix"] for f in listed if f.get("fix")]  # the text shows each finding's fix, and no other
+    if not has_runtime:
+        assert lib.fix in shown
 
 
 def write(path: Path, text: str) -> None:
