@@ -152,7 +152,7 @@ def test_the_wheel_holds_one_top_level_package(tmp_path):
     """`pip wheel .` (what `edgecls deploy` bundles): edgecls alone, with the converter and the profiles inside."""
     import zipfile
 
-    from edgecls.device.deploy import build_wheel
+    from edgecls.device.wheels import build_wheel
 
     wheel = build_wheel(ROOT, cache=tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
@@ -165,6 +165,8 @@ def test_the_wheel_holds_one_top_level_package(tmp_path):
         "edgecls/firmware_configs/rpi5.toml",
         "edgecls/firmware_configs/README.md",
         "edgecls/model/manifest.py",
+        "edgecls/device/scripts/install.sh",  # the device scripts deploy renders: package data
+        "edgecls/device/scripts/edgecls.service",
     } <= set(names)
 
 

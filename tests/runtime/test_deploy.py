@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from edgecls.device.deploy import build_bundle, build_wheel, bundle_contents
+from edgecls.device.deploy import build_bundle, bundle_contents
 from edgecls.device.profiles import load_profile
+from edgecls.device.wheels import build_wheel
 from edgecls.errors import ConfigError
 
 
@@ -574,7 +575,7 @@ def test_uninstall_clears_the_retained_status_and_discovery_configs(
     run later, and goes on. (``mosquitto``: the broker's skip rules; this test starts one that wants a password.)"""
     from conftest import Mosquitto
 
-    from edgecls.device import deploy
+    from edgecls.device import installer
 
     secret = 's3cret$`"\\pw'
     (tmp_path / "broker").mkdir()
@@ -604,7 +605,7 @@ def test_uninstall_clears_the_retained_status_and_discovery_configs(
         escaped = secret.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("`", "\\`")
         env_file.write_text(f'EDGECLS_MQTT_PASSWORD="{escaped}"\n')  # as install.sh writes it
         env_file.chmod(0o600)
-        monkeypatch.setattr(deploy, "ENV_FILE", str(env_file))
+        monkeypatch.setattr(installer, "ENV_FILE", str(env_file))
         prefix = tmp_path / "opt" / "edgecls"
         bundle(
             pair,
