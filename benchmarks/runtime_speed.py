@@ -8,7 +8,14 @@ Measures, on mobilenet_v2_1.0_224_quant from ../shared/data/coral with 2 threads
 interleaved round-robin so drift hits all of them alike; then `import edgecls`, `edgecls classify MODEL IMAGE` from
 process start, and the peak RSS of that command.
 
-Run: python benchmarks/runtime_speed.py [--rounds 400] [--json out.json]
+CLI start-up (``--only cli`` measures just this): time from process start to result and peak RSS, each process's own
+(wait4), of ``edgecls classify MODEL IMAGE``, ``edgecls info MODEL`` and ``edgecls --help``, against the bare
+baseline: a ``python -c`` that loads the model with ai_edge_litert, invokes it once and prints the top class. Then one
+``python -X importtime -m edgecls classify ...``: import time per top-level package, which says where the difference
+goes.
+
+Run: python benchmarks/runtime_speed.py [--rounds 400] [--json benchmarks/results/runtime_speed.json] [--only cli]
+(with --only, the other sections already in the JSON file are kept)
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -123,18 +131,111 @@ def process_timings(runs: int) -> dict[str, float]:
     }
 
 
+BARE = (
+    "from ai_edge_litert.interpreter import Interpreter\n"
+    "interpreter = Interpreter(model_path={model!r})\n"
+    "interpreter.allocate_tensors()\n"
+    "interpreter.invoke()\n"
+    "print(int(interpreter.get_tensor(interpreter.get_output_details()[0]['index']).argmax()))\n"
+)
+
+
+def measured_run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """(seconds from start to exit, peak RSS in MB) of one process; its own rusage, not the largest child's so far."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def import_breakdown(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
+    """Import time (ms) per top-level package, from ``python -X importtime``: each module's own time, summed."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    per_root: dict[str, float] = {}
+    for line in proc.stderr.splitlines():
+        if not line.startswith("import time:") or "self [us]" in line:
+            continue
+        self_us, _, name = (part.strip() for part in line[len("import time:") :].split("|"))
+        root = name.split(".")[0]
+        per_root[root] = per_root.get(root, 0.0) + int(self_us) / 1e3
+    return dict(sorted(((k, round(v, 1)) for k, v in per_root.items() if v >= 1.0), key=lambda kv: -kv[1]))
+
+
+def cli_startup(runs: int) -> dict[str, object]:
+    """Start-up cost of the command line against the bare interpreter (see the module's docstring).
+
+    Compiled modules are cached (in a folder of their own, whatever PYTHONDONTWRITEBYTECODE says here), as on an
+    installed device, and one unmeasured round fills that cache first."""
+    python = sys.executable
+    edgecls_bin = str(Path(python).with_name("edgecls"))
+    commands = {
+        "bare_invoke": [python, "-c", BARE.format(model=str(MODEL))],
+        "classify": [edgecls_bin, "classify", str(MODEL), str(IMAGE)],
+        "info": [edgecls_bin, "info", str(MODEL)],
+        "help": [edgecls_bin, "--help"],
+    }
+    with tempfile.TemporaryDirectory(prefix="edgecls-pycache-") as cache:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env |= {"PYTHONPYCACHEPREFIX": cache, "COLUMNS": "120"}  # COLUMNS: the help's layout is the same for all
+        samples: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+        for round_ in range(runs + 1):  # round-robin: a busy moment of the machine hits every command alike
+            for name, cmd in commands.items():
+                sample = measured_run(cmd, env)
+                if round_:
+                    samples[name].append(sample)
+        imports = import_breakdown([python, "-X", "importtime", "-m", "edgecls", *commands["classify"][1:]], env)
+    result: dict[str, object] = {
+        name: {
+            "median_s": round(statistics.median(t for t, _ in runs_), 4),
+            "peak_rss_mb": round(max(r for _, r in runs_), 1),
+        }
+        for name, runs_ in samples.items()
+    }
+    return {**result, "runs": runs, "classify_imports_ms": imports}
+
+
+def print_cli_startup(figures: dict[str, object]) -> None:
+    bare = figures["bare_invoke"]
+    print(f"cli start-up, median of {figures['runs']} runs (time to result, peak RSS of the process):")
+    for name in ("bare_invoke", "classify", "info", "help"):
+        f = figures[name]
+        print(
+            f"  {name:12s} {f['median_s'] * 1e3:6.0f} ms {f['peak_rss_mb']:6.1f} MB"
+            f"   +{(f['median_s'] - bare['median_s']) * 1e3:4.0f} ms {f['peak_rss_mb'] - bare['peak_rss_mb']:+5.1f} MB"
+            " against bare"
+        )
+    print(
+        "  classify's imports (ms, own time per package): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in list(figures["classify_imports_ms"].items())[:10])
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=400)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=10, help="process start-up repetitions")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--only", choices=["cli"], help="measure only this section (cli: command-line start-up)")
     args = parser.parse_args()
     if not MODEL.exists():
         sys.exit(f"needs {MODEL} (../shared/data)")
+    if args.only == "cli":
+        cli = cli_startup(args.runs)
+        print_cli_startup(cli)
+        if args.json:
+            kept = json.loads(args.json.read_text()) if args.json.exists() else {}
+            kept["cli_startup"] = cli
+            args.json.write_text(json.dumps(kept, indent=2) + "\n")
+        return
     # Process figures first, while this process is small: a forked child's peak RSS counts the parent's pages
     # until exec, so measuring after loading models here would inflate the command's figure.
     proc = process_timings(args.runs)
+    cli = cli_startup(args.runs)
     loop = loop_timings(args.rounds, args.threads)
     result = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
@@ -142,6 +243,7 @@ def main() -> None:
         "median_ms": loop,
         "ratio_to_invoke": {mode: {k: v / times["invoke"] for k, v in times.items()} for mode, times in loop.items()},
         **proc,
+        "cli_startup": cli,
     }
     print(f"median per frame (ms), {args.threads} threads, 640x480 RGB frame -> {MODEL.name}")
     for mode, times in loop.items():
@@ -153,6 +255,7 @@ def main() -> None:
     print(f"import edgecls           {proc['import_edgecls_s'] * 1e3:6.0f} ms (process incl. start-up)")
     print(f"edgecls classify (CLI)   {proc['classify_cli_s'] * 1e3:6.0f} ms from process start to result")
     print(f"peak RSS of that command {proc['classify_cli_peak_rss_mb']:6.1f} MB")
+    print_cli_startup(cli)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 
