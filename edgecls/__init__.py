@@ -30,7 +30,9 @@ _LAZY = {
     "Decision": "edgecls.live.smoothing",
     "FrameSource": "edgecls.live.sources",
     "parse_source": "edgecls.live.sources",
-    "parse_sink": "edgecls.sinks.base",
+    "parse_sink": "edgecls.sinks.spec",
+    "SinkOptions": "edgecls.sinks.spec",
+    "register_sink": "edgecls.sinks.spec",
     "load_profile": "edgecls.device.profiles",
     "Profile": "edgecls.device.profiles",
     "preflight": "edgecls.device.edgetpu",
@@ -73,7 +75,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from edgecls.model.images import read_image
     from edgecls.model.postprocess import Prediction
     from edgecls.model.preprocess import InputSpec, PreprocessConfig
-    from edgecls.sinks.base import parse_sink
+    from edgecls.sinks.spec import SinkOptions, parse_sink, register_sink
 
 
 def __getattr__(name: str) -> Any:

@@ -22,7 +22,7 @@ import signal
 import sys
 
 import edgecls
-from edgecls.sinks.base import MqttSink
+from edgecls.sinks.mqtt import MqttSink
 
 
 def main() -> int:

@@ -24,8 +24,18 @@ from edgecls.live.capture import StreamEvent
 from edgecls.live.smoothing import Smoothing
 from edgecls.live.stream import Stream, StreamStats
 from edgecls.model.classifier import Classifier
-from edgecls.sinks.base import MqttSink, PreviewSink, Sink, SinkGroup, TextSink, format_line, parse_sink
+from edgecls.sinks.base import Sink, SinkGroup, TextSink, format_line
 from edgecls.sinks.collect import Collector
+from edgecls.sinks.dashboard import Dashboard
+from edgecls.sinks.mqtt import MqttSink
+from edgecls.sinks.spec import (
+    MqttSinkOptions,
+    PreviewSinkOptions,
+    SinkOptions,
+    VideoSinkOptions,
+    parse_sink,
+    sink_needs_frames,
+)
 
 LIVE_REFRESH_S = 0.1
 # What stops a run cleanly (the stream stopped, every sink flushed and closed, the summary on stderr, exit code 0):
@@ -95,7 +105,7 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
         duration=options.duration,
         loop=options.loop,
         on_event=on_event,
-        keep_frames=options.collect is not None or any(s.startswith(("video:", "preview")) for s in options.sinks),
+        keep_frames=options.collect is not None or any(sink_needs_frames(s) for s in options.sinks),
         source_options={
             "width": options.width,
             "height": options.height,
@@ -152,20 +162,15 @@ def _make_sinks(
     )
     if discovery is not None:
         require_mqtt_sink(options.sinks, discovery)
+    sink_options = SinkOptions(
+        on_change=options.on_change,
+        mqtt=MqttSinkOptions(qos=options.mqtt_qos, retain=options.mqtt_retain, discovery=discovery),
+        preview=PreviewSinkOptions(token=options.preview_token, hosts=options.preview_hosts),
+        video=VideoSinkOptions(fps=options.fps or 30.0),
+    )
     try:
         for spec in options.sinks:
-            sink = parse_sink(
-                spec,
-                on_change=options.on_change,
-                qos=options.mqtt_qos,
-                retain=options.mqtt_retain,
-                fps=options.fps or 30.0,
-                on_event=on_event,
-                discovery=discovery,
-                preview_token=options.preview_token,
-                preview_hosts=options.preview_hosts,
-                stats=stats,
-            )
+            sink = parse_sink(spec, sink_options, on_event=on_event, stats=stats)
             sinks.append(sink)
             # a broker that refused the login or closed the connection has said so (a sink-error line) already
             if isinstance(sink, MqttSink) and not sink.wait_connected(2.0) and sink.last_error is None:
@@ -173,7 +178,7 @@ def _make_sinks(
                     f"warning: MQTT broker {sink.host}:{sink.port} is not reachable yet; results are buffered "
                     "and sent when it is"
                 )
-            if isinstance(sink, PreviewSink):
+            if isinstance(sink, Dashboard):
                 say(sink.announce())
         if options.collect is not None:
             sinks.append(Collector(options.collect, options.collect_policy, model=model_name))

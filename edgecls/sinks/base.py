@@ -1,9 +1,8 @@
-"""Where stream results go: a JSON-lines file, an MQTT broker, an annotated video file, the live dashboard.
+"""What every sink is: ``write(result)`` and ``close()`` (which flushes); the text and JSON-lines sinks; and
+`SinkGroup`, which feeds several sinks so that one failing never stops the others or the stream.
 
-Every sink has ``write(result)`` and ``close()`` (which flushes), and is built from the text a user types after
-``--sink`` by `parse_sink`: ``jsonl:PATH``, ``mqtt://[user:pass@]host[:port]/topic``, ``video:PATH``,
-``preview:[HOST:]PORT``. A sink never stops classification: a broker that goes away is reconnected to in the
-background while results wait in a bounded buffer.
+The other sinks live in their own modules (`edgecls.sinks.mqtt`, `edgecls.sinks.video`, `edgecls.sinks.dashboard`,
+`edgecls.sinks.collect`); `edgecls.sinks.spec` builds one from the text a user types after ``--sink``.
 """
 
 from __future__ import annotations
@@ -12,20 +11,15 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
-from edgecls.errors import ConfigError, EdgeclsError, SinkError
+from edgecls.errors import EdgeclsError, SinkError
 from edgecls.live.capture import StreamEvent
 from edgecls.live.stream import StreamResult
-from edgecls.sinks.dashboard import Dashboard as PreviewSink  # the preview: sink is the live dashboard
-from edgecls.sinks.drawing import annotate
-from edgecls.sinks.mqtt import MQTT_PASSWORD_ENV, MqttSink, mask_url, parse_mqtt_url, split_mqtt_password  # noqa: F401 (importable here too)
 
 log = logging.getLogger(__name__)
-
-SINK_FORMS = "jsonl:PATH, mqtt://[user:pass@]host[:port]/topic, video:PATH (.avi or .mp4), preview:[HOST:]PORT"
 
 
 class Sink(Protocol):
@@ -155,122 +149,25 @@ def has_control_chars(text: str) -> bool:
     return any(ord(c) < 32 or ord(c) == 127 for c in text)
 
 
-def _import_cv2_for(what: str) -> Any:
-    try:
-        import cv2
-    except ImportError:
-        raise SinkError(
-            f"{what} draws and encodes frames with OpenCV, which is not installed: pip install 'edgecls[camera]'"
-        ) from None
-    return cv2
+# Names that lived here before the sinks had a module each: still importable from here, loaded on first use.
+_MOVED = {
+    "VideoSink": ("edgecls.sinks.video", "VideoSink"),
+    "PreviewSink": ("edgecls.sinks.dashboard", "Dashboard"),
+    "MqttSink": ("edgecls.sinks.mqtt", "MqttSink"),
+    "MQTT_PASSWORD_ENV": ("edgecls.sinks.mqtt", "MQTT_PASSWORD_ENV"),
+    "mask_url": ("edgecls.sinks.mqtt", "mask_url"),
+    "parse_mqtt_url": ("edgecls.sinks.mqtt", "parse_mqtt_url"),
+    "split_mqtt_password": ("edgecls.sinks.mqtt", "split_mqtt_password"),
+    "SINK_FORMS": ("edgecls.sinks.spec", "SINK_FORMS"),
+    "check_sink_spec": ("edgecls.sinks.spec", "check_sink_spec"),
+    "parse_sink": ("edgecls.sinks.spec", "parse_sink"),
+}
 
 
-# -- the annotated video file (the live dashboard is edgecls.sinks.dashboard) ---------------------------------------------
+def __getattr__(name: str) -> Any:
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-
-class VideoSink:
-    """The stream, annotated, written to a video file with OpenCV (``.avi``: MJPG, ``.mp4``: mp4v).
-
-    Frames go to a ``.partial`` file renamed to ``path`` on close, so an interrupted run never leaves a
-    half-written file under the final name.
-    """
-
-    FOURCC: ClassVar[dict[str, str]] = {".avi": "MJPG", ".mp4": "mp4v", ".mkv": "MJPG"}
-
-    def __init__(self, path: str | os.PathLike[str], *, fps: float = 30.0) -> None:
-        self.path = Path(path)
-        if self.path.suffix.lower() not in self.FOURCC:
-            raise ConfigError(f"video sink {self.path}: the file must end in {', '.join(self.FOURCC)}")
-        self.fps = fps
-        self.partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
-        self.frames = 0
-        self._writer: Any = None
-        _import_cv2_for("the video sink")
-        try:  # fail now, not after the first frame: the folder must exist (or be made) and be writable
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.partial, "wb"):
-                pass
-            os.unlink(self.partial)
-        except OSError as exc:
-            raise SinkError(
-                f"cannot write the video {self.path} ({exc.strerror or exc}); check the folder and its permissions"
-            ) from None
-
-    def write(self, result: StreamResult) -> None:
-        if result.frame is None:
-            raise SinkError("the video sink needs the frames: make the stream with keep_frames=True")
-        import cv2
-
-        image = annotate(result)
-        if self._writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fourcc = cv2.VideoWriter_fourcc(*self.FOURCC[self.path.suffix.lower()])
-            self._writer = cv2.VideoWriter(str(self.partial), fourcc, self.fps, (image.shape[1], image.shape[0]))
-            if not self._writer.isOpened():
-                self._writer = None
-                raise SinkError(f"OpenCV cannot write {self.path}; try a .avi file")
-            self._size = (image.shape[1], image.shape[0])
-        if (image.shape[1], image.shape[0]) != self._size:
-            image = cv2.resize(image, self._size)
-        self._writer.write(image)
-        self.frames += 1
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
-            os.replace(self.partial, self.path)
-
-
-def check_sink_spec(spec: str) -> str:
-    """Check a ``--sink`` text without opening anything (``edgecls deploy`` checks the service's sinks this way);
-    returns its kind: jsonl, mqtt, video or preview. Raises ConfigError naming the accepted forms."""
-    shown = mask_url(spec)
-    if has_control_chars(spec):
-        raise ConfigError(f"sink {shown!r} holds control characters")
-    if spec.startswith(("mqtt://", "mqtts://")):
-        parse_mqtt_url(spec)
-        return "mqtt"
-    kind, _, rest = spec.partition(":")
-    if kind == "jsonl" and rest:
-        return kind
-    if kind == "video" and rest:
-        if not rest.lower().endswith(tuple(VideoSink.FOURCC)):
-            raise ConfigError(f"video sink {rest}: the file must end in {', '.join(VideoSink.FOURCC)}")
-        return kind
-    if kind == "preview":
-        _host, _, port = rest.rpartition(":")
-        if not (port or "8080").isdigit() or not 0 <= int(port or 8080) < 65536:  # 0: any free port
-            raise ConfigError(f"preview sink {spec!r}: the port must be a number, e.g. preview:8080")
-        return kind
-    raise ConfigError(f"unknown sink {shown!r}; expected {SINK_FORMS}")
-
-
-def parse_sink(
-    spec: str,
-    *,
-    on_change: bool = False,
-    qos: int = 0,
-    retain: bool = False,
-    fps: float = 30.0,
-    on_event: Callable[[StreamEvent], None] | None = None,
-    discovery: Any = None,
-    preview_token: str | None = None,
-    preview_hosts: Iterable[str] = (),
-    stats: Callable[[], Any] | None = None,
-) -> Sink:
-    """Build the sink a ``--sink`` text names (see SINK_FORMS); ``discovery`` (edgecls.sinks.hass.Discovery) goes to
-    MQTT sinks, ``preview_token``, ``preview_hosts`` (more names it answers to) and ``stats`` (the stream's
-    `Stream.stats`) to the dashboard."""
-    kind = check_sink_spec(spec)
-    rest = spec.partition(":")[2]
-    if kind == "mqtt":
-        return MqttSink(spec, on_change=on_change, qos=qos, retain=retain, on_event=on_event, discovery=discovery)
-    if kind == "jsonl":
-        return JsonlSink(rest, on_change=on_change)
-    if kind == "video":
-        return VideoSink(rest, fps=fps)
-    host, _, port = rest.rpartition(":")
-    return PreviewSink(
-        int(port or 8080), host=host or "127.0.0.1", token=preview_token, hosts=preview_hosts, stats=stats
-    )
+    module, attr = _MOVED[name]
+    return getattr(importlib.import_module(module), attr)

@@ -177,7 +177,7 @@ def test_a_camera_appears_in_home_assistant_through_a_real_broker(coral, mosquit
 def test_home_assistant_starting_again_gets_the_configs_again(mosquitto):
     import paho.mqtt.client as mqtt
 
-    from edgecls.sinks.base import MqttSink
+    from edgecls.sinks.mqtt import MqttSink
 
     port = mosquitto.port
     config_topic = "homeassistant/sensor/edgecls_cam/label/config"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -19,8 +20,11 @@ from edgecls.errors import ConfigError, SinkError
 from edgecls.live.smoothing import Decision
 from edgecls.live.stream import Latency, StreamResult
 from edgecls.model.postprocess import Prediction
-from edgecls.sinks.base import JsonlSink, MqttSink, PreviewSink, TextSink, VideoSink, parse_mqtt_url, parse_sink
-from edgecls.sinks.mqtt import check_topic
+from edgecls.sinks.base import JsonlSink, TextSink
+from edgecls.sinks.dashboard import Dashboard as PreviewSink
+from edgecls.sinks.mqtt import MqttSink, check_topic, parse_mqtt_url
+from edgecls.sinks.spec import parse_sink
+from edgecls.sinks.video import VideoSink
 
 # (tests that need OpenCV are marked needs_opencv)
 
@@ -156,6 +160,95 @@ def test_parse_sink_and_mqtt_urls(tmp_path):
     sink = parse_sink(f"jsonl:{tmp_path / 'r.jsonl'}")
     assert isinstance(sink, JsonlSink)
     sink.close()
+
+
+def test_sinks_come_from_one_registry(tmp_path):
+    """Every kind of sink is one entry of the registry: its forms make SINK_FORMS and the unknown-sink error, its
+    check is what deploy runs, and a kind registered from outside is built by parse_sink like a built-in one,
+    with the runtime callbacks beside the options."""
+    from edgecls.sinks import spec
+
+    assert list(spec.SINKS) == ["jsonl", "mqtt", "video", "preview"]
+    assert spec.SINK_FORMS == spec.sink_forms() and all(entry.form in spec.SINK_FORMS for entry in spec.SINKS.values())
+    assert [spec.check_sink_spec(s) for s in ("jsonl:x", "mqtts://h/t", "video:a.avi", "preview", "preview:0")] == [
+        "jsonl",
+        "mqtt",
+        "video",
+        "preview",
+        "preview",
+    ]
+    assert [spec.sink_needs_frames(s) for s in ("jsonl:x", "mqtt://h/t", "video:a.mp4", "preview:8080")] == [
+        False,
+        False,
+        True,
+        True,
+    ]
+    with pytest.raises(ConfigError, match="names no file; expected jsonl:PATH"):
+        spec.check_sink_spec("jsonl:")
+    with pytest.raises(ConfigError, match=r"expected mqtt://\[user:pass@\]host"):
+        spec.check_sink_spec("mqtt:broker/topic")
+
+    built = []
+
+    class ListSink:
+        def __init__(self, name, on_change, stats):  # type: ignore[no-untyped-def]
+            self.name, self.on_change, self.stats, self.results = name, on_change, stats, []
+
+        def write(self, result):  # type: ignore[no-untyped-def]
+            self.results.append(result)
+
+        def close(self):  # type: ignore[no-untyped-def]
+            pass
+
+    def check(text):  # type: ignore[no-untyped-def]
+        if not text.partition(":")[2]:
+            raise ConfigError(f"list sink {text!r} needs a name")
+
+    @spec.register_sink("list", form="list:NAME", check=check)
+    def build(text, options, *, on_event=None, stats=None):  # type: ignore[no-untyped-def]
+        built.append(ListSink(text.partition(":")[2], options.on_change, stats))
+        return built[-1]
+
+    try:
+        assert "list:NAME" in spec.sink_forms() and spec.check_sink_spec("list:a") == "list"
+        with pytest.raises(ConfigError, match="needs a name"):
+            spec.parse_sink("list:")
+        sink = spec.parse_sink("list:a", spec.SinkOptions(on_change=True), stats=list)
+        assert sink is built[0] and (sink.name, sink.on_change, sink.stats) == ("a", True, list)
+        with pytest.raises(ConfigError, match="'jsonl' is taken already"):
+            spec.register_sink("other", form="jsonl:X", schemes=("jsonl",))(build)
+    finally:
+        del spec.SINKS["list"]
+    with pytest.raises(ConfigError, match="unknown sink 'list:a'"):
+        spec.parse_sink("list:a")
+
+
+def test_sink_options_are_checked_when_made(tmp_path):
+    """Each sink's options are frozen and refuse a bad value when built, repeating it; parse_sink hands each
+    kind its own (on_change to JSON lines, the fps to the video)."""
+    import dataclasses
+
+    from edgecls.sinks.spec import MqttSinkOptions, PreviewSinkOptions, SinkOptions, VideoSinkOptions
+
+    for make, says in [
+        (lambda: MqttSinkOptions(qos=3), "MQTT QoS must be 0, 1 or 2 (received 3)"),
+        (lambda: MqttSinkOptions(qos=True), "(received True)"),
+        (lambda: VideoSinkOptions(fps=0), "fps must be positive (received 0)"),
+        (lambda: PreviewSinkOptions(hosts="pi.local"), "not one text (received 'pi.local')"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            make()
+    options = SinkOptions(on_change=True, preview=PreviewSinkOptions(hosts=["pi.local"]))
+    assert options.preview.hosts == ("pi.local",) and options.mqtt == MqttSinkOptions()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.on_change = False  # type: ignore[misc]
+    sink = parse_sink(f"jsonl:{tmp_path / 'changes.jsonl'}", options)
+    try:
+        sink.write(result(0, changed=False, frame=False))
+        sink.write(result(1, changed=True, frame=False))
+    finally:
+        sink.close()
+    assert [json.loads(line)["sequence"] for line in (tmp_path / "changes.jsonl").read_text().splitlines()] == [1]
 
 
 class Subscriber:
@@ -320,7 +413,8 @@ def test_a_failing_sink_is_reported_once_and_the_others_go_on(tmp_path):
 
 
 def test_a_password_never_appears_in_messages():
-    from edgecls.sinks.base import check_sink_spec, mask_url, split_mqtt_password
+    from edgecls.sinks.mqtt import mask_url, split_mqtt_password
+    from edgecls.sinks.spec import check_sink_spec
 
     assert mask_url("mqtt://pi:hunter2@broker:1884/t") == "mqtt://pi:***@broker:1884/t"
     assert mask_url("mqtt://pi@broker/t") == "mqtt://pi@broker/t" and mask_url("jsonl:x") == "jsonl:x"
