@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import platform
-import shlex
 import shutil
 import sys
 import tempfile
@@ -30,18 +29,19 @@ from edgecls.model.labels import format_labels, read_labels_file
 from edgecls.model.manifest import embed_manifest
 from edgecls.model.preprocess import PreprocessConfig
 
-from . import distributed, evaluate
+from . import distributed, evaluate, gate
 from . import report as reporting
 from .cache import cache_summary, concat
 from .data import Dataset, scan, stratified_sample
 from .int8methods import DEFAULT_INT8_METHOD, INT8_METHODS, Int8Context, check_supported, int8_method
-from .models import ARCHITECTURES, architecture, create_model, uses_sigmoid
+from .models import create_model, uses_sigmoid
 from .options import ConvertOptions
 from .staging import (
     MIN_RUN_BYTES,
     RoomWatch,
     check_room,
     claim,
+    final_path,
     held_signals,
     release,
     remove_stale_stages,
@@ -590,21 +590,77 @@ def export_and_verify(
     external: str | None = None,
     teacher: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Stages 4 to 7 for a trained ``model``: export, verify, gate, and write the run into ``options.out_dir``
-    (model.keras, model.tflite with its manifest, labels.txt, report.json/.md, plots). Returns the report."""
+    """Stages 4 to 7 for a trained ``model``: export, verify, gate (edgecls.convert.gate), and write the run into
+    ``options.out_dir`` (model.keras, model.tflite with its manifest, labels.txt, report.json/.md, plots). Returns
+    the report."""
     out = options.out_dir
     out.mkdir(parents=True, exist_ok=True)
     classes = list(dataset.classes)
-    method = INT8_METHODS[options.method] if options.method else None
-    norm = _normalizer(dataset)
     float_bytes = len(to_tflite(model, mode="none"))
     _save_keras(model, out / "model.keras")
-    float_probs = evaluate.float_probabilities(model, dataset.images["test"], sigmoid=sigmoid, normalize=norm)
+    float_probs = evaluate.float_probabilities(
+        model, dataset.images["test"], sigmoid=sigmoid, normalize=_normalizer(dataset)
+    )
     manifest = manifest_for(options, dataset, sigmoid, external=external)
     if teacher is not None:
         manifest["provenance"]["teacher"] = {k: teacher.get(k) for k in ("path", "arch", "weight", "split_checked")}
+    flat, details, metrics, ptq = _export_and_measure(
+        model, dataset, options, obs, sigmoid=sigmoid, float_probs=float_probs, manifest=manifest
+    )
     model_path = out / "model.tflite"
+    manifest["metrics"] = {
+        "float_top1": metrics["float"]["top1"],
+        f"{gate.result_key(options)}_top1": metrics["int8"]["top1"],
+        "agreement": metrics["agreement"],
+        "passed": not gate.gate_failures(metrics, options),
+    }
+    write_model(model_path, flat, manifest, classes)  # now with the metrics
+    atomic_write_text(out / "labels.txt", format_labels(classes))
+
+    result = gate.build_report(
+        options,
+        dataset,
+        model,
+        metrics,
+        sizes=(model_path.stat().st_size, float_bytes),
+        baseline=baseline,
+        history=history,
+        timing=timing,
+        external=external,
+    )
+    _add_method_details(result, options, flat, details, ptq, metrics)
+    if teacher is not None:
+        result["teacher"] = teacher
+    if options.target == "edgetpu":
+        obs.step("Edge TPU: pre-flight, then edgetpu_compiler if installed")
+        result["edgetpu"] = edgetpu_step(model_path, manifest, classes)
+    if options.target == "imx500":  # RUN/imx500/ and the report's "imx500" section (edgecls.convert.imx500)
+        from .imx500_run import add_to_convert
+
+        add_to_convert(result, model, dataset, options, obs, sigmoid=sigmoid, float_probs=float_probs)
+    obs.step("writing the report")
+    write_report(out, result, options, dataset, history)
+    return result
+
+
+def _export_and_measure(
+    model: Any,
+    dataset: Dataset,
+    options: ConvertOptions,
+    obs: ConvertObserver,
+    *,
+    sigmoid: bool,
+    float_probs: np.ndarray,
+    manifest: dict[str, Any],
+) -> tuple[bytes, Any, dict[str, Any], dict[str, Any] | None]:
+    """Export with the chosen int8 method and verify it through the runtime, model.tflite written with the
+    provisional ``manifest`` (no metrics yet); before a method that compares itself with post-training int8, that
+    too. Returns the TFLite bytes, what the method reported, the metrics, and post-training int8's numbers (or
+    None)."""
+    model_path = options.out_dir / "model.tflite"
+    classes = list(dataset.classes)
     n_test = len(dataset.samples["test"])
+    method = INT8_METHODS[options.method] if options.method else None
     ptq = None
     if method is not None and method.compare_with_ptq:  # what post-training int8 gives, for the report
         flat, _ = export(model, dataset, options.updated(int8_method=DEFAULT_INT8_METHOD), obs, sigmoid=sigmoid)
@@ -618,67 +674,44 @@ def export_and_verify(
             "int8_bytes": len(flat),
         }
     flat, details = export(model, dataset, options, obs, sigmoid=sigmoid)
-    # Written with a provisional manifest, evaluated through the runtime, then rewritten with the metrics.
     write_model(model_path, flat, manifest, classes)
     what = f"the {options.method} int8 model" if ptq else "the exported model"
     obs.step(f"verifying {what} on {n_test} held-out images ({dataset.test_source} split)")
-    metrics = verify(model_path, float_probs, dataset)
-    key = "int8" if options.quant == "int8" else "tflite"
-    passed = not gate_failures(metrics, options, dataset, trained=history is not None)
-    manifest["metrics"] = {
-        "float_top1": metrics["float"]["top1"],
-        f"{key}_top1": metrics["int8"]["top1"],
-        "agreement": metrics["agreement"],
-        "passed": passed,
-    }
-    write_model(model_path, flat, manifest, classes)
-    atomic_write_text(out / "labels.txt", format_labels(classes))
+    return flat, details, verify(model_path, float_probs, dataset), ptq
 
-    result = _report(
-        options,
-        dataset,
-        model,
-        metrics,
-        key,
-        passed,
-        model_path.stat().st_size,
-        float_bytes,
-        baseline,
-        history,
-        timing,
-        external,
-    )
+
+def _add_method_details(
+    result: dict[str, Any],
+    options: ConvertOptions,
+    flat: bytes,
+    details: Any,
+    ptq: dict[str, Any] | None,
+    metrics: dict[str, Any],
+) -> None:
+    """The report's record of the int8 method: the network's own bytes, QAT's history beside post-training int8's
+    numbers (a failed QAT gate that post-training int8 would have passed says so), or int8-tune's record."""
     result["int8_graph_bytes"] = len(flat)  # the network alone, what float_tflite_bytes also counts
     if ptq is not None:
         result["ptq"] = ptq
         result["qat"] = {"epochs": options.qat_epochs, "history": details}
-        if not passed and ptq["drop_points"] < metrics["drop_points"]:
-            result["gate_message"] += (
-                f" Post-training int8 lost only {ptq['drop_points']:.2f} points on this model: "
-                "run without --int8-method qat."
-            )
+        gate.point_to_ptq(result, ptq, metrics)
     elif details is not None:
         result["int8_tuning"] = details
-    if teacher is not None:
-        result["teacher"] = teacher
-    if options.target == "edgetpu":
-        obs.step("Edge TPU: pre-flight, then edgetpu_compiler if installed")
-        result["edgetpu"] = edgetpu_step(model_path, manifest, classes)
-    if options.target == "imx500":  # RUN/imx500/ and the report's "imx500" section (edgecls.convert.imx500)
-        from .imx500_run import add_to_convert
 
-        add_to_convert(result, model, dataset, options, obs, sigmoid=sigmoid, float_probs=float_probs)
-    obs.step("writing the report")
+
+def write_report(
+    out: Path, result: dict[str, Any], options: ConvertOptions, dataset: Dataset, history: dict[str, Any] | None
+) -> None:
+    """Stage 7: report.json, report.md, the confusion matrix and the training curves."""
     reporting.write_json(out / "report.json", result)
     atomic_write_text(out / "report.md", reporting.markdown(result))
     reporting.plot_confusion(
         out / "confusion_matrix.png",
-        metrics["int8"]["confusion_matrix"],
-        classes,
+        result[gate.result_key(options)]["confusion_matrix"],
+        list(dataset.classes),
         f"{options.quant} model on the {dataset.test_source} split",
     )
     reporting.plot_curves(out / "training_curves.png", history or {}, f"{options.arch} training")
-    return result
 
 
 def edgetpu_step(model_path: Path, manifest: dict[str, Any], classes: list[str]) -> dict[str, Any]:
@@ -796,231 +829,6 @@ def _provenance(options: ConvertOptions, dataset: Dataset, external: str | None)
             "platform": platform.platform(),
         },
     }
-
-
-def _report(
-    options: ConvertOptions,
-    dataset: Dataset,
-    model: Any,
-    metrics: dict[str, Any],
-    key: str,
-    passed: bool,
-    tflite_bytes: int,
-    float_bytes: int,
-    baseline: dict[str, Any] | None,
-    history: dict[str, Any] | None,
-    timing: dict[str, float],
-    external: str | None,
-) -> dict[str, Any]:
-    settings = {
-        k: (str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "extra_data" else v)
-        for k, v in options.flat().items()
-        if applies(k, options)
-    }
-    drop = metrics["drop_points"]
-    failures = gate_failures(metrics, options, dataset, trained=history is not None)
-    fix = (
-        "Try more --qat-epochs, or --calibration-samples higher."
-        if options.qat
-        else "Try more --int8-tune-epochs."
-        if options.int8_tune
-        else "Try --int8-method int8-tune (the int8 weights fitted to the float model, a few minutes), or "
-        "quantisation-aware training: --int8-method qat (pip install 'edgecls[qat]')."
-    )
-    message = "; ".join(failures) + f"; the artifacts are written but the model did not pass. {fix}"
-    majority = majority_class(dataset.counts("test"))
-    n_test = len(dataset.samples["test"])
-    per_image = 100.0 / max(1, n_test)
-    nothing = learned_nothing(metrics, dataset)
-    warnings = [guessing_warning(metrics["float"]["top1"], majority, trained=history is not None)] if nothing else []
-    if per_image > options.max_drop:
-        warnings.append(
-            f"the {dataset.test_source} split has {n_test} images, so one image is {per_image:.2f} points "
-            f"of top-1, more than the --max-drop of {options.max_drop:.2f} the gate allows: it cannot "
-            f"measure a drop that small (give it at least {int(100 / max(options.max_drop, 1e-9)) + 1} "
-            "test images, e.g. a larger --split test share)"
-        )
-    warnings += advice(options, dataset, metrics, baseline, per_image) if history is not None else []
-    notes = {
-        "val": "the data has no test/ folder, so the held-out evaluation uses val/ (also used for early stopping)",
-        "calibration": "the model was trained elsewhere; every calibration image is also an evaluation image",
-    }
-    return {
-        "schema_version": reporting.REPORT_SCHEMA_VERSION,
-        "classes": list(dataset.classes),
-        "model": {
-            "arch": options.arch,
-            "input_size": options.size(),
-            "color": options.color,
-            "params": int(model.count_params()),
-            "source_model": external,
-        },
-        "float": metrics["float"],
-        key: metrics["int8"],
-        "agreement": metrics["agreement"],
-        "drop_points": drop,
-        "max_drop": options.max_drop,
-        "min_agreement": options.min_agreement,
-        "learned_nothing": nothing,
-        "test_images": n_test,
-        "points_per_image": round(per_image, 3),
-        "passed": passed,
-        "gate_message": None if passed else message,
-        "int8_bytes": tflite_bytes,
-        "float_tflite_bytes": float_bytes,
-        "quantization": {
-            "mode": options.quant,
-            "io": options.io,
-            "method": options.method,
-            "bias_correction": options.corrects_biases,
-            "int8_tune": options.int8_tune,
-        },
-        "split_sizes": dataset.split_sizes(),
-        "extra_data": {"folders": [str(p) for p in options.extra_data], "train_images": dataset.extra}
-        if options.extra_data
-        else None,
-        "test_source": dataset.test_source,
-        "test_note": notes.get(dataset.test_source),
-        "class_counts": {"train": dataset.counts("train"), "test": dataset.counts("test")},
-        "majority_class": majority,
-        "warnings": warnings,
-        "imbalance": round(dataset.imbalance(), 3),
-        "skipped": [{"path": s.path, "reason": s.reason} for s in dataset.skipped],
-        "baseline": baseline,
-        "history": history,
-        "settings": settings,
-        "dataset_fingerprint": dataset.fingerprint,
-        "image_cache": dict(dataset.cache),
-        "timing": {
-            "train_s": round(timing["train_s"], 1),
-            "total_s": round(time.perf_counter() - timing["started"], 1),
-        },
-    }
-
-
-_FAMILY_OPTIONS = {
-    "mobilenet": ("alpha", "weights", "train.fine_tune_epochs", "train.fine_tune_layers"),
-    "compact": ("width", "depth", "separable"),
-}
-_ONLY_WITH = {
-    "teacher_weight": "teacher",
-    "qat_epochs": "qat",
-    "int8_tune_epochs": "int8-tune",
-    "labels": "external",
-    "mean": "external",
-    "std": "external",
-}
-
-
-def applies(name: str, options: ConvertOptions) -> bool:
-    """Whether the setting ``name`` (report.json's flat name) meant anything for this run: a compact-cnn has no
-    alpha, ImageNet weights or fine-tuning stage; the teacher's weight needs a teacher; and so on."""
-    family = architecture(options.arch).family if options.arch in ARCHITECTURES else None
-    for owner, names in _FAMILY_OPTIONS.items():
-        if name in names and family != owner:
-            return False
-    needs = _ONLY_WITH.get(name)
-    if needs == "teacher":
-        return options.teacher is not None
-    if needs in ("qat", "int8-tune"):
-        return options.method == needs
-    if needs == "external":
-        return options.labels is not None or options.mean is not None
-    return True
-
-
-def final_path(path: Path) -> Path:
-    """Where ``path``, inside a run being built (`staged_output`'s ``.OUT.new-*``), will be once the run is in place."""
-    parts = list(path.parts)
-    for i, part in enumerate(parts):
-        if part.startswith(".") and ".new-" in part:
-            parts[i] = part[1:].rsplit(".new-", 1)[0]
-    return Path(*parts)
-
-
-FEW_PER_CLASS = 300  # below this many training images per class, a model from scratch is told about transfer
-TRANSFER = "--arch mobilenet_v1 --alpha 0.25 --weights imagenet"
-
-
-def advice(
-    options: ConvertOptions,
-    dataset: Dataset,
-    metrics: dict[str, Any],
-    baseline: dict[str, Any] | None,
-    per_image: float,
-) -> list[str]:
-    """What a user should know to do better: the textbook baseline beat the model (by more than one test image),
-    or a model from scratch had few images per class (transfer learning is what such data needs)."""
-    out: list[str] = []
-    if options.recipe == "demo":  # synthetic shapes: nothing to advise
-        return out
-    data = shlex.quote(str(final_path(dataset.root.absolute())))  # both absolute: one command, copied as it is
-    run = shlex.quote(str(final_path(options.out_dir.absolute())))
-    scratch = options.arch in ("compact-cnn", "seed-cnn") or options.weights == "none"
-    if baseline is not None and 100 * (baseline["float_top1"] - metrics["int8"]["top1"]) > per_image:
-        out.append(
-            f"the baseline (the tutorial CNN, --arch seed-cnn, trained on the same split) scored "
-            f"{100 * baseline['float_top1']:.1f}% on the test split, more than this {options.arch}'s "
-            f"{100 * metrics['int8']['top1']:.1f}% int8: transfer learning usually beats both "
-            f"(edgecls convert {data} --out {run}-transfer {TRANSFER}), or take the baseline itself "
-            f"(--arch seed-cnn)"
-        )
-    fewest = min(dataset.counts("train").values(), default=0)
-    if scratch and fewest < FEW_PER_CLASS:
-        out.append(
-            f"{options.arch} learns from scratch here, and the smallest class has {fewest} training images: "
-            f"with under {FEW_PER_CLASS} per class, a model from ImageNet weights often does better; compare "
-            f"(edgecls convert {data} --out {run}-transfer {TRANSFER})"
-        )
-    return out
-
-
-def majority_class(counts: dict[str, int]) -> dict[str, Any]:
-    """The class a model that always gives one answer would do best with, and the top-1 it would get."""
-    if not counts:
-        return {"class": None, "top1": 0.0}
-    name = max(counts, key=counts.__getitem__)
-    return {"class": name, "top1": counts[name] / sum(counts.values())}
-
-
-def gate_failures(metrics: dict[str, Any], options: ConvertOptions, dataset: Dataset, *, trained: bool) -> list[str]:
-    """What fails the parity gate, one sentence each (empty: it passes): a top-1 drop over --max-drop, or a top-1
-    agreement under --min-agreement. (A float model no better than the majority class is not a parity failure; the
-    report says so in its first line instead of PASSED: see `learned_nothing`.)"""
-    key = "int8" if options.quant == "int8" else "tflite"
-    failures = []
-    if metrics["drop_points"] > options.max_drop:
-        failures.append(
-            f"{key} top-1 is {metrics['drop_points']:.2f} points below float, more than --max-drop "
-            f"{options.max_drop:.2f}"
-        )
-    if metrics["agreement"] < options.min_agreement:
-        failures.append(
-            f"{key} and float agree on the top-1 class of {100 * metrics['agreement']:.1f}% of the test "
-            f"images, under --min-agreement {100 * options.min_agreement:.0f}%"
-        )
-    return failures
-
-
-def learned_nothing(metrics: dict[str, Any], dataset: Dataset) -> bool:
-    """Whether the float model is no better than always answering the most frequent test class: a gate that passes
-    on such a model proves only that int8 guesses the same way."""
-    return metrics["float"]["top1"] <= majority_class(dataset.counts("test"))["top1"]
-
-
-def guessing_warning(top1: float, majority: dict[str, Any], *, trained: bool) -> str:
-    """What to say when the float model is no better than always answering the most frequent class: a parity gate
-    that passes on such a model proves only that int8 guesses the same way."""
-    advice = (
-        "training did not learn the task: lower --learning-rate (a diverged run collapses onto one class), "
-        "train longer, or check the labels"
-        if trained
-        else "check that the model and the labels belong together"
-    )
-    return (
-        f"the float model's top-1 ({100 * top1:.1f}%) is no better than always answering "
-        f"{majority['class']!r} ({100 * majority['top1']:.1f}% of the test images); {advice}"
-    )
 
 
 def write_demo_data(out_dir: Path, *, per_class: int = 300, seed: int = 0) -> Path:

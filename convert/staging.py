@@ -47,6 +47,16 @@ def stage_prefix(out: Path) -> str:
     return f".{out.name}.new-"
 
 
+def final_path(path: Path) -> Path:
+    """Where ``path``, inside a run being built (`pipeline.staged_output`'s ``.OUT.new-*``), will be once the run
+    is in place."""
+    parts = list(path.parts)
+    for i, part in enumerate(parts):
+        if part.startswith(".") and ".new-" in part:
+            parts[i] = part[1:].rsplit(".new-", 1)[0]
+    return Path(*parts)
+
+
 # --- ownership -----------------------------------------------------------------------------------------------
 
 

@@ -159,24 +159,21 @@ def test_an_edge_tpu_build_of_another_model_is_refused(coral, tmp_path):
 
 
 def test_the_gate_wants_agreement_and_knows_what_one_image_is_worth(old_run):
-    from edgecls.convert.pipeline import ConvertOptions, gate_failures
-
-    class Data:
-        def counts(self, part):  # type: ignore[no-untyped-def]
-            return {"a": 10, "b": 10, "c": 10}
+    from edgecls.convert.gate import gate_failures
+    from edgecls.convert.options import ConvertOptions
 
     metrics = {
         "drop_points": 0.0,
         "agreement": 0.0,
         "float": {"top1": 0.4},
     }  # a 1-epoch model: same top-1, never agreeing
-    failures = gate_failures(metrics, ConvertOptions(out_dir=Path("x")), Data(), trained=True)
+    failures = gate_failures(metrics, ConvertOptions(out_dir=Path("x")))
     assert (
         len(failures) == 1
         and "agree on the top-1 class of 0.0%" in failures[0]
         and "--min-agreement 90%" in failures[0]
     )
-    assert not gate_failures({**metrics, "agreement": 0.95}, ConvertOptions(out_dir=Path("x")), Data(), trained=True)
+    assert not gate_failures({**metrics, "agreement": 0.95}, ConvertOptions(out_dir=Path("x")))
     report = json.loads((old_run[1] / "report.json").read_text())
     assert report["test_images"] == 6 and report["points_per_image"] == pytest.approx(16.667, abs=0.01)
     first = (old_run[1] / "report.md").read_text().splitlines()[2]

@@ -352,7 +352,7 @@ def test_a_model_that_always_gives_one_answer_is_flagged(shapes, tmp_path):
     first = (out / "report.md").read_text().splitlines()[2]
     assert first.startswith("**Parity gate passed, but the model learned nothing**") and "PASSED" not in first
     assert "the test split has 42 images, so each image the model gets right or wrong moves top-1 by 2.38" in first
-    from edgecls.convert.pipeline import guessing_warning
+    from edgecls.convert.gate import guessing_warning
 
     assert "lower --learning-rate" in guessing_warning(0.255, report["majority_class"], trained=True)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from edgecls.convert.gate import advice
 from edgecls.convert.models import stride_plan
 from edgecls.convert.options import ConvertOptions
-from edgecls.convert.pipeline import advice
 from edgecls.convert.progress import duration
 from edgecls.convert.training import flips
 
@@ -68,7 +68,7 @@ def test_the_report_says_when_the_seed_cnn_baseline_did_better(tmp_path):
 
 
 def test_advice_names_the_folders_the_run_will_have(tmp_path):
-    from edgecls.convert.pipeline import final_path
+    from edgecls.convert.staging import final_path
 
     staged = tmp_path / ".run.new-abc123"
     assert final_path(staged) == tmp_path / "run" and final_path(staged / "demo_data") == tmp_path / "run" / "demo_data"
