@@ -407,8 +407,8 @@ def _imx500_files(model: Path, profile: Profile) -> dict[str, bytes]:
     package, labels = run / IMX500_FOLDER / IMX500_PACKAGE, run / IMX500_FOLDER / IMX500_LABELS
     if not package.is_file():
         raise ConfigError(
-            f"profile {profile.name} runs the network on the AI Camera's sensor, and {package} is missing: make it with "
-            f"edgecls export imx500 {run} (or convert with --target imx500)"
+            f"profile {profile.name} runs the network on the AI Camera's sensor, and {package} is missing: make it "
+            f"with edgecls export imx500 {run} (or convert with --target imx500)"
         )
     if not labels.is_file():
         raise ConfigError(
@@ -455,6 +455,7 @@ def _clear_args(mqtt_sinks: list[str], discovery: Discovery | None, *, retained:
 
 
 def _readme(profile: Profile, prefix: str, files: list[str], wheelhouse: str | None) -> str:
+    state_dir, env_file = installer.STATE_DIR, installer.ENV_FILE
     offline = (
         (
             f"The wheels/ folder holds every dependency for {WHEELHOUSE_TARGETS[wheelhouse]['os']}: "
@@ -473,7 +474,7 @@ def _readme(profile: Profile, prefix: str, files: list[str], wheelhouse: str | N
         f"It installs edgecls from wheels/ in {prefix}/venv ({offline.rstrip('.')}), the model, labels and profile",
         f"in {prefix}, the boot configuration lines of config.txt.fragment that are not already in effect, and",
         f"enables and starts {SERVICE_NAME} (logs: journalctl -u {SERVICE_NAME} -f). The service runs as its own",
-        f"user in {installer.STATE_DIR}; an MQTT password goes into {installer.ENV_FILE} (root only) with --mqtt-password-file.",
+        f"user in {state_dir}; an MQTT password goes into {env_file} (root only) with --mqtt-password-file.",
         *(
             [
                 f"For the AI Camera it installs {IMX500_PACKAGES} from Raspberry Pi's archive (a first install of the",

@@ -234,8 +234,15 @@ def _install_values(
 def _shell_assignments(values: dict[str, str], arrays: dict[str, list[str]]) -> str:
     """``NAME='value'`` lines and ``NAME=('a' 'b')`` arrays, each value checked for control characters and
     shell-quoted: the only generated lines of install.sh."""
-    lines = [f"{name}={shlex.quote(check_arg(name, value))}" for name, value in values.items()]
+    lines = [f"{name}={_sh_quote(check_arg(name, value))}" for name, value in values.items()]
     for name, items in arrays.items():
         what = "mqtt-clear argument" if name == "MQTT_CLEAR" else name
-        lines.append(f"{name}=(" + " ".join(shlex.quote(check_arg(what, item)) for item in items) + ")")
+        lines.append(f"{name}=(" + " ".join(_sh_quote(check_arg(what, item)) for item in items) + ")")
     return "\n".join(lines)
+
+
+def _sh_quote(value: str) -> str:
+    """`shlex.quote`, in single quotes even where the value needs none: every value reads as data (shellcheck
+    reads ``WHEEL=edgecls-1.0-py3-none-any.whl`` as arithmetic)."""
+    quoted = shlex.quote(value)
+    return quoted if quoted.startswith("'") else f"'{quoted}'"

@@ -1,7 +1,7 @@
 """`edgecls deploy` bundles: their contents, the systemd unit (systemd-analyze verify where available), the install
-script (bash -n, a --dry-run that prints every step, and its checks), and that no value given to deploy can inject
-a line into the unit or a command into install.sh. tests/runtime/test_emulated_pi.py installs a bundle on an emulated
-Raspberry Pi OS and runs its service."""
+script (bash -n and shellcheck on the package's file and on a rendered one, a --dry-run that prints every step, and
+its checks), and that no value given to deploy can inject a line into the unit or a command into install.sh.
+tests/runtime/test_emulated_pi.py installs a bundle on an emulated Raspberry Pi OS and runs its service."""
 
 from __future__ import annotations
 
@@ -680,3 +680,105 @@ def test_deploy_with_an_unusable_wheel_cache_builds_in_a_temporary_folder(pair, 
         out.unlink()
     with pytest.raises(ConfigError, match="cannot be used .*set XDG_CACHE_HOME to a writable folder"):
         build_wheel(cache=a_file / "wheels")  # the library call without a fallback: one clear error
+
+
+# -- the device scripts: files of the package, rendered from validated values only ------------------------------------
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "edgecls" / "device" / "scripts"
+
+
+def test_the_install_script_passes_bash_n_and_shellcheck_as_a_file_and_rendered(pair, tmp_path, bundle):
+    """The template itself (the real file in the package) and a bundle's install.sh with every list filled (boot
+    lines, MQTT uninstall arguments, files): `bash -n` always, shellcheck where it is installed."""
+    made = bundle(
+        pair,
+        "rpi5-coral-pcie",
+        tmp_path / "b.tar.gz",
+        sinks=["mqtt://pi:pw@broker.local/cam", "jsonl:r.jsonl"],
+        extra_args=["--mqtt-discovery", "--mqtt-retain"],
+    )
+    rendered = extract(made.path, tmp_path / "x") / "install.sh"
+    text = rendered.read_text()
+    assert "\nBOOT_ARGS=('--line' " in text and "\nMQTT_CLEAR=('mqtt-clear' " in text  # the lists are not empty
+    for script in (SCRIPTS / "install.sh", rendered):
+        syntax = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+        assert syntax.returncode == 0, syntax.stderr
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck); bash -n passed")
+    for script in (SCRIPTS / "install.sh", rendered):
+        lint = subprocess.run([shellcheck, "-s", "bash", str(script)], capture_output=True, text=True, check=False)
+        assert lint.returncode == 0, lint.stdout
+
+
+def test_placeholders_and_shell_text_in_values_stay_literal(pair, tmp_path, bundle):
+    """Values that look like the templates' own placeholders (@VALUES@, @EXEC_START@) or hold quotes, $(...), %
+    and backslashes are filled in once and stay data: the unit has one ExecStart, install.sh's dry run runs nothing
+    and shows the --pip-spec as given."""
+    canary = tmp_path / "pwned"
+    board = tmp_path / "board.toml"
+    hostile = f"cam @EXEC_START@ @USER@ '$(touch {canary})' 100% \\\\"  # TOML: one backslash
+    board.write_text(load_profile("rpi5").to_toml().replace('description = "', f'description = "{hostile} ', 1))
+    spec = f"edgecls @VALUES@ @PROFILE@ '$(touch {canary})'"
+    sink = f"jsonl:/tmp/@STATE_DIR@'$(touch {canary})'.jsonl"
+    made = bundle(pair, load_profile(board), tmp_path / "b.tar.gz", pip_spec=spec, sinks=[sink])
+    root = extract(made.path, tmp_path / "x")
+    unit = (root / "edgecls.service").read_text().splitlines()
+    exec_start = (
+        "ExecStart=/opt/edgecls/venv/bin/edgecls run /opt/edgecls/model.tflite --profile /opt/edgecls/profile.toml "
+        f"--labels /opt/edgecls/labels.txt --sink \"jsonl:/tmp/@STATE_DIR@'$$(touch {canary})'.jsonl\" --quiet "
+        "--stats-every 60"
+    )
+    assert [line for line in unit if line.startswith("ExecStart=")] == [exec_start]
+    (description,) = [line for line in unit if line.startswith("Description=")]
+    assert f"cam @EXEC_START@ @USER@ '$(touch {canary})' 100%% /" in description  # % doubled, no trailing \
+    assert [line for line in unit if line.startswith("User=")] == ["User=edgecls"]
+    script = (root / "install.sh").read_text()
+    assert f"\nPIP_SPEC='edgecls @VALUES@ @PROFILE@ '\"'\"'$(touch {canary})'\"'\"''\n" in script
+    dry = subprocess.run(
+        ["bash", str(root / "install.sh"), "--dry-run"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert f"--disable-pip-version-check --constraint /opt/edgecls/constraints.txt {spec}\n" in dry.stdout or (
+        f"--disable-pip-version-check {spec}\n" in dry.stdout  # no numpy in this system: no constraint
+    )
+    assert not canary.exists()
+
+
+def test_render_fills_each_placeholder_once_and_refuses_a_template_that_drifted():
+    from edgecls.device.installer import render
+
+    assert render("a=@A@ b=@B@", {"A": "@B@", "B": "@A@"}) == "a=@B@ b=@A@"  # a value is never read again
+    with pytest.raises(ValueError, match=r"placeholders \['A', 'B'\] do not match the values \['A'\]"):
+        render("@A@ @B@", {"A": "x"})
+    with pytest.raises(ValueError, match="do not match"):
+        render("@A@", {"A": "x", "EXTRA": "y"})
+
+
+def test_an_installed_edgecls_reads_its_device_scripts_from_the_wheel(wheel, tmp_path):
+    """The wheel (what a device or a pip install gets) carries the templates as package data, and an edgecls
+    imported from it, not from this checkout, renders them."""
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        assert {"edgecls/device/scripts/install.sh", "edgecls/device/scripts/edgecls.service"} <= names
+        archive.extractall(tmp_path / "site")
+    probe = (
+        "import edgecls.device.installer as i, sys; from edgecls.device.profiles import load_profile; "
+        "print(i.__file__); "
+        "sys.stdout.write(i.service_unit(load_profile('rpi5'), prefix='/opt/edgecls', user='edgecls', args=['x']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    where, unit = done.stdout.split("\n", 1)
+    assert Path(where).is_relative_to(tmp_path / "site")
+    assert "ExecStart=x\n" in unit and "WantedBy=multi-user.target" in unit

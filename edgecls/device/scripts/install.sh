@@ -11,6 +11,8 @@
 set -euo pipefail
 umask 022
 
+# The bundle's settings, each value validated and shell-quoted by edgecls deploy (edgecls/device/installer.py):
+# the only generated lines of this script.
 @VALUES@
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -59,6 +61,8 @@ clear_mqtt() {
   local edgecls="$PREFIX/venv/bin/edgecls"
   echo "+ $edgecls ${MQTT_CLEAR[*]}"
   [ "$DRY_RUN" = 0 ] || return 0
+  # with the password from the root-only EnvironmentFile this script writes:
+  # shellcheck source=/dev/null
   if [ -x "$edgecls" ] \
     && (if [ -r "$ENV_FILE" ]; then set -a; . "$ENV_FILE"; set +a; fi; exec "$edgecls" "${MQTT_CLEAR[@]}"); then
     return 0
@@ -221,7 +225,7 @@ fi
 if [ -n "$PIP_SPEC" ]; then
   run "${PIP[@]}" "$PIP_SPEC"
 else
-  run "${PIP[@]}" "$HERE/wheels/$WHEEL[$EXTRAS]"
+  run "${PIP[@]}" "$HERE/wheels/${WHEEL}[$EXTRAS]"
   # the same version number may hold new code: put this bundle's edgecls in place whatever pip thinks
   run "$PREFIX/venv/bin/pip" install --disable-pip-version-check --force-reinstall --no-deps --no-index \
     "$HERE/wheels/$WHEEL"
