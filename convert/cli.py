@@ -1,12 +1,14 @@
 """`edgecls convert` and `edgecls tune`: options, progress display and exit codes over edgecls.convert.api.
 
-Importing this module is cheap (Typer and the two registries); TensorFlow loads when a command runs.
+Each option's default comes from the configuration object it sets (edgecls.convert.options) and it sits in that
+object's help panel; `_option_values` is the one place a command's parameters become those options' values.
+Importing this module is cheap (Typer, the options and the two registries); TensorFlow loads when a command runs.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -16,56 +18,45 @@ import typer
 from edgecls.cli.common import examples, project_errors, verbose
 from edgecls.errors import EXIT_VERDICT
 
+from .choices import COLORS, FLIPS, IO_TYPES, OPTIMIZERS, QUANT_MODES, STRATEGIES, TARGETS
 from .int8methods import DEFAULT_INT8_METHOD, INT8_METHODS
 from .models import ARCHITECTURES
+from .options import (
+    ConvertOptions,
+    DataOptions,
+    DistillOptions,
+    ExportOptions,
+    GateOptions,
+    ModelOptions,
+    TrainConfig,
+    TuneOptions,
+    option_names,
+)
 
 if TYPE_CHECKING:
     from .progress import RichObserver
 
-# The choices come from the registries: a new architecture or int8 method shows up here by itself.
-Arch = Enum("Arch", {name.replace("-", "_"): name for name in ARCHITECTURES}, type=str)  # type: ignore[misc]
-Int8MethodChoice = Enum("Int8MethodChoice", {n.replace("-", "_"): n for n in INT8_METHODS}, type=str)  # type: ignore[misc]
-DEFAULT_METHOD_CHOICE = Int8MethodChoice[DEFAULT_INT8_METHOD.replace("-", "_")]  # type: ignore[misc]
+
+def _choices(name: str, values: Any) -> Any:
+    """A Typer choice from the names the library knows (a new architecture or int8 method shows up by itself)."""
+    return Enum(name, {value.replace("-", "_"): value for value in values}, type=str)  # type: ignore[misc]
 
 
-class Color(str, Enum):
-    rgb = "rgb"
-    grayscale = "grayscale"
+Arch = _choices("Arch", ARCHITECTURES)
+Int8MethodChoice = _choices("Int8MethodChoice", INT8_METHODS)
+Color = _choices("Color", COLORS)
+Quant = _choices("Quant", QUANT_MODES)
+IoType = _choices("IoType", IO_TYPES)
+Strategy = _choices("Strategy", STRATEGIES)
+Flip = _choices("Flip", FLIPS)
+Optimizer = _choices("Optimizer", OPTIMIZERS)
+Target = _choices("Target", TARGETS)
 
 
-class Quant(str, Enum):
-    int8 = "int8"
-    float16 = "float16"
-    dynamic = "dynamic"
-    none = "none"
-
-
-class IoType(str, Enum):
-    int8 = "int8"
-    uint8 = "uint8"
-
-
-class Strategy(str, Enum):
-    default = "default"
-    mirrored = "mirrored"
-    multi_worker = "multi-worker"
-
-
-class Resize(str, Enum):
+class Resize(str, Enum):  # edgecls.model.preprocess.RESIZE_MODES (that module loads numpy)
     squash = "squash"
     center_crop = "center-crop"
     letterbox = "letterbox"
-
-
-class Flip(str, Enum):
-    auto = "auto"
-    on = "on"
-    off = "off"
-
-
-class Optimizer(str, Enum):
-    adam = "adam"
-    sgd = "sgd"
 
 
 class ClassWeights(str, Enum):
@@ -73,20 +64,31 @@ class ClassWeights(str, Enum):
     auto = "auto"
 
 
-class Target(str, Enum):
-    cpu = "cpu"
-    edgetpu = "edgetpu"
-    imx500 = "imx500"
+# One help panel per configuration object; a model trained elsewhere has its own (--calibration and what only it
+# reads: its labels and normalisation, DataOptions' labels/mean/std), and tune's search its own.
+PANELS: dict[type, str] = {
+    ModelOptions: "Model",
+    DataOptions: "Data",
+    TrainConfig: "Training",
+    DistillOptions: "Distillation",
+    ExportOptions: "Int8 export",
+    GateOptions: "Parity gate and report",
+    TuneOptions: "Search and budgets",
+}
+EXTERNAL = "A model trained elsewhere (--calibration)"
 
 
-DATA, MODEL, TRAIN, EXPORT, GATE, EXTERNAL = (
-    "Data",
-    "Model",
-    "Training",
-    "Int8 export",
-    "Parity gate and report",
-    "A model trained elsewhere (--calibration)",
-)
+def _in(group: type, *decls: str, **kwargs: Any) -> Any:
+    """A typer.Option shown in the help panel of the configuration object it sets."""
+    return typer.Option(*decls, rich_help_panel=PANELS[group], **kwargs)
+
+
+def _split_text(split: tuple[float, ...]) -> str:
+    """A split as --split writes it: (0.7, 0.15, 0.15) -> "70,15,15"."""
+    return ",".join(f"{100 * part:g}" for part in split)
+
+
+SPLIT = _split_text(DataOptions.split)
 CONVERT_EXAMPLES = examples(
     "edgecls convert --demo --out demo-run",
     "edgecls convert photos/ --out run",
@@ -136,199 +138,179 @@ def convert(
         typer.Option(
             help="Label file for an external model (default: calibration folder names).", rich_help_panel=EXTERNAL
         ),
-    ] = None,
+    ] = DataOptions.labels,
     mean: Annotated[
         float | None, typer.Option(help="External model: the mean it subtracts from pixels.", rich_help_panel=EXTERNAL)
-    ] = None,
+    ] = DataOptions.mean,
     std: Annotated[
         float | None, typer.Option(help="External model: the std it divides pixels by.", rich_help_panel=EXTERNAL)
-    ] = None,
-    arch: Annotated[Arch, typer.Option(help="Architecture.", rich_help_panel=MODEL)] = Arch.compact_cnn,  # type: ignore[attr-defined]
+    ] = DataOptions.std,
+    arch: Annotated[Arch, _in(ModelOptions, help="Architecture.")] = ModelOptions.arch,
     input_size: Annotated[
-        int | None, typer.Option(min=16, help="Square input size (default per architecture).", rich_help_panel=MODEL)
-    ] = None,
+        int | None, _in(ModelOptions, min=16, help="Square input size (default per architecture).")
+    ] = ModelOptions.input_size,
     color: Annotated[
-        Color, typer.Option(help="Model colour input; grayscale is a third of the input work.", rich_help_panel=MODEL)
-    ] = Color.rgb,
+        Color, _in(ModelOptions, help="Model colour input; grayscale is a third of the input work.")
+    ] = ModelOptions.color,
     alpha: Annotated[
         float | None,
-        typer.Option(
+        _in(
+            ModelOptions,
             help="MobileNet width multiplier (default: what a --weights file names, else 0.25 for mobilenet_v1, 1.0 for the others).",
-            rich_help_panel=MODEL,
             show_default=False,
         ),
-    ] = None,
+    ] = ModelOptions.alpha,
     weights: Annotated[
-        str, typer.Option(help="MobileNet weights: imagenet, none, or a local .h5/.keras file.", rich_help_panel=MODEL)
-    ] = "imagenet",
-    width: Annotated[int, typer.Option(help="compact-cnn: filters of the first stage.", rich_help_panel=MODEL)] = 32,
-    depth: Annotated[int, typer.Option(help="compact-cnn: number of stages.", rich_help_panel=MODEL)] = 4,
+        str, _in(ModelOptions, help="MobileNet weights: imagenet, none, or a local .h5/.keras file.")
+    ] = ModelOptions.weights,
+    width: Annotated[int, _in(ModelOptions, help="compact-cnn: filters of the first stage.")] = ModelOptions.width,
+    depth: Annotated[int, _in(ModelOptions, help="compact-cnn: number of stages.")] = ModelOptions.depth,
     separable: Annotated[
-        bool, typer.Option(help="compact-cnn: depthwise-separable blocks.", rich_help_panel=MODEL)
-    ] = True,
-    dropout: Annotated[float, typer.Option(help="Dropout before the classifier.", rich_help_panel=MODEL)] = 0.2,
+        bool, _in(ModelOptions, help="compact-cnn: depthwise-separable blocks.")
+    ] = ModelOptions.separable,
+    dropout: Annotated[float, _in(ModelOptions, help="Dropout before the classifier.")] = ModelOptions.dropout,
     target: Annotated[
         Target,
-        typer.Option(
+        _in(
+            ModelOptions,
             help="edgetpu: Edge-TPU-friendly build, pre-flight, and edgetpu_compiler when installed. imx500: also the Raspberry Pi AI Camera's package (RUN/imx500/, its own parity gate; needs Java 17, the toolchain is installed on first use).",
-            rich_help_panel=MODEL,
         ),
-    ] = Target.cpu,
-    split: Annotated[str, typer.Option(help="train,val,test percentages.", rich_help_panel=DATA)] = "70,15,15",
+    ] = ModelOptions.target,
+    split: Annotated[str, _in(DataOptions, help="train,val,test percentages.")] = SPLIT,
     extra_data: Annotated[
         list[Path] | None,
-        typer.Option(
+        _in(
+            DataOptions,
             "--extra-data",
             help="More class folders for training only, e.g. frames from edgecls run --collect sorted by a person (repeatable).",
-            rich_help_panel=DATA,
         ),
     ] = None,
-    seed: Annotated[
-        int,
-        typer.Option(
-            help="Seed for the split, weight initialisation, shuffling and augmentation.", rich_help_panel=DATA
-        ),
-    ] = 0,
     cache_dir: Annotated[
         Path | None,
-        typer.Option(
+        _in(
+            DataOptions,
             "--cache-dir",
             help="Where decoded images are kept between runs (default: $EDGECLS_CACHE_DIR, else ~/.cache/edgecls/data; `edgecls cache` lists and clears it).",
-            rich_help_panel=DATA,
             show_default=False,
         ),
-    ] = None,
+    ] = DataOptions.cache_dir,
     cache: Annotated[
         bool,
-        typer.Option(
+        _in(
+            DataOptions,
             "--cache/--no-cache",
             help="Keep decoded images on disk between runs; --no-cache decodes them into memory for this run only (memory then grows with the number of images).",
-            rich_help_panel=DATA,
         ),
-    ] = True,
-    resize: Annotated[
-        Resize, typer.Option(help="How the device fits frames to the input.", rich_help_panel=DATA)
-    ] = Resize.squash,
+    ] = DataOptions.cache,
+    resize: Annotated[Resize, _in(DataOptions, help="How the device fits frames to the input.")] = DataOptions.resize,
+    seed: Annotated[
+        int, _in(TrainConfig, help="Seed for the split, weight initialisation, shuffling and augmentation.")
+    ] = TrainConfig.seed,
     epochs: Annotated[
-        int, typer.Option(min=1, help="Training epochs (the head, for transfer models).", rich_help_panel=TRAIN)
-    ] = 40,
+        int, _in(TrainConfig, min=1, help="Training epochs (the head, for transfer models).")
+    ] = TrainConfig.epochs,
     fine_tune_epochs: Annotated[
-        int, typer.Option(min=0, help="Transfer models: fine-tuning epochs.", rich_help_panel=TRAIN)
-    ] = 15,
+        int, _in(TrainConfig, min=0, help="Transfer models: fine-tuning epochs.")
+    ] = TrainConfig.fine_tune_epochs,
     fine_tune_layers: Annotated[
-        int, typer.Option(min=0, help="Transfer models: top base layers to unfreeze.", rich_help_panel=TRAIN)
-    ] = 30,
-    batch_size: Annotated[int, typer.Option(min=1, rich_help_panel=TRAIN)] = 32,
+        int, _in(TrainConfig, min=0, help="Transfer models: top base layers to unfreeze.")
+    ] = TrainConfig.fine_tune_layers,
+    batch_size: Annotated[int, _in(TrainConfig, min=1)] = TrainConfig.batch_size,
     learning_rate: Annotated[
-        float, typer.Option(help="Learning rate (fine-tuning uses a tenth).", rich_help_panel=TRAIN)
-    ] = 1e-3,
+        float, _in(TrainConfig, help="Learning rate (fine-tuning uses a tenth).")
+    ] = TrainConfig.learning_rate,
     optimizer: Annotated[
         Optimizer,
-        typer.Option(
+        _in(
+            TrainConfig,
             help="adam, or sgd with Nesterov momentum 0.9 (about 10x the learning rate; keep adam for transfer models, whose fine-tuning collapsed with sgd).",
-            rich_help_panel=TRAIN,
         ),
-    ] = Optimizer.adam,
-    label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.99, rich_help_panel=TRAIN)] = 0.0,
+    ] = TrainConfig.optimizer,
+    label_smoothing: Annotated[float, _in(TrainConfig, min=0.0, max=0.99)] = TrainConfig.label_smoothing,
     augment: Annotated[
-        float, typer.Option(min=0.0, max=3.0, help="Augmentation strength (0 = off).", rich_help_panel=TRAIN)
-    ] = 1.0,
+        float, _in(TrainConfig, min=0.0, max=3.0, help="Augmentation strength (0 = off).")
+    ] = TrainConfig.augment,
     mixup: Annotated[
-        float,
-        typer.Option(
-            min=0.0, max=10.0, help="MixUp strength, the Beta(a, a) alpha (0 = off; try 0.2).", rich_help_panel=TRAIN
-        ),
-    ] = 0.0,
+        float, _in(TrainConfig, min=0.0, max=10.0, help="MixUp strength, the Beta(a, a) alpha (0 = off; try 0.2).")
+    ] = TrainConfig.mixup,
     flip: Annotated[
         Flip,
-        typer.Option(
+        _in(
+            TrainConfig,
             help="Mirror training images left-right: auto does for photos, not for grayscale images of 32 px or less (a mirrored digit is not the same digit).",
-            rich_help_panel=TRAIN,
         ),
-    ] = Flip.auto,
+    ] = TrainConfig.flip,
     weight_decay: Annotated[
         float,
-        typer.Option(
-            min=0.0,
-            max=0.99,
-            help="Decoupled weight decay of kernels (0 = none; with Adam, AdamW).",
-            rich_help_panel=TRAIN,
-        ),
-    ] = 0.0,
-    patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience in epochs.", rich_help_panel=TRAIN)] = 8,
+        _in(TrainConfig, min=0.0, max=0.99, help="Decoupled weight decay of kernels (0 = none; with Adam, AdamW)."),
+    ] = TrainConfig.weight_decay,
+    patience: Annotated[int, _in(TrainConfig, min=1, help="Early-stopping patience in epochs.")] = TrainConfig.patience,
     class_weights: Annotated[
-        ClassWeights, typer.Option(help="'auto' weighs classes by inverse frequency.", rich_help_panel=TRAIN)
-    ] = ClassWeights.none,
+        ClassWeights, _in(TrainConfig, help="'auto' weighs classes by inverse frequency.")
+    ] = "auto" if TrainConfig.class_weights else "none",
     strategy: Annotated[
-        Strategy, typer.Option(help="tf.distribute strategy (multi-worker reads TF_CONFIG).", rich_help_panel=TRAIN)
-    ] = Strategy.default,
-    teacher: Annotated[
-        Path | None,
-        typer.Option(
-            help="Distil from this model: an earlier convert output folder (same data, split "
-            "and seed) or a .keras file; the training targets blend in its probabilities.",
-            rich_help_panel=TRAIN,
-        ),
-    ] = None,
-    teacher_weight: Annotated[
-        float,
-        typer.Option(help="With --teacher: the teacher's share of the targets, in (0, 1].", rich_help_panel=TRAIN),
-    ] = 0.7,
+        Strategy, _in(TrainConfig, help="tf.distribute strategy (multi-worker reads TF_CONFIG).")
+    ] = TrainConfig.strategy,
     deterministic: Annotated[
         bool,
-        typer.Option(
+        _in(
+            TrainConfig,
             "--deterministic",
             help="Deterministic TensorFlow ops: --seed reproduces the model exactly (slower).",
-            rich_help_panel=TRAIN,
         ),
-    ] = False,
-    quant: Annotated[
-        Quant, typer.Option(help="Quantisation of the exported model.", rich_help_panel=EXPORT)
-    ] = Quant.int8,
+    ] = ConvertOptions.deterministic,
+    teacher: Annotated[
+        Path | None,
+        _in(
+            DistillOptions,
+            help="Distil from this model: an earlier convert output folder (same data, split "
+            "and seed) or a .keras file; the training targets blend in its probabilities.",
+        ),
+    ] = DistillOptions.teacher,
+    teacher_weight: Annotated[
+        float, _in(DistillOptions, help="With --teacher: the teacher's share of the targets, in (0, 1].")
+    ] = DistillOptions.teacher_weight,
+    quant: Annotated[Quant, _in(ExportOptions, help="Quantisation of the exported model.")] = ExportOptions.quant,
     io: Annotated[
         IoType,
-        typer.Option(
+        _in(
+            ExportOptions,
             "--io",
             help="int8 models: input/output type (uint8 is what MediaPipe and other runtimes take).",
-            rich_help_panel=EXPORT,
         ),
-    ] = IoType.uint8,
+    ] = ExportOptions.io,
     calibration_samples: Annotated[
-        int, typer.Option(min=1, help="Representative images for int8 calibration.", rich_help_panel=EXPORT)
-    ] = 300,
+        int, _in(ExportOptions, min=1, help="Representative images for int8 calibration.")
+    ] = ExportOptions.calibration_samples,
     int8_method: Annotated[
         Int8MethodChoice,
-        typer.Option(
-            "--int8-method", help=f"How the float model is fitted to int8. {_METHODS_HELP}.", rich_help_panel=EXPORT
-        ),  # type: ignore[valid-type]
-    ] = DEFAULT_METHOD_CHOICE,  # type: ignore[misc]
+        _in(ExportOptions, "--int8-method", help=f"How the float model is fitted to int8. {_METHODS_HELP}."),  # type: ignore[valid-type]
+    ] = ExportOptions.int8_method,
     int8_tune_epochs: Annotated[
-        int,
-        typer.Option(min=1, help="Epochs of --int8-method int8-tune over the training images.", rich_help_panel=EXPORT),
-    ] = 16,
-    qat_epochs: Annotated[int, typer.Option(min=1, help="Epochs of --int8-method qat.", rich_help_panel=EXPORT)] = 5,
+        int, _in(ExportOptions, min=1, help="Epochs of --int8-method int8-tune over the training images.")
+    ] = ExportOptions.int8_tune_epochs,
+    qat_epochs: Annotated[
+        int, _in(ExportOptions, min=1, help="Epochs of --int8-method qat.")
+    ] = ExportOptions.qat_epochs,
     # The three switches the int8 method replaced, kept working for existing scripts (not shown in --help).
     qat: Annotated[bool, typer.Option("--qat", hidden=True)] = False,
     int8_tune: Annotated[bool, typer.Option("--int8-tune", hidden=True)] = False,
     bias_correction: Annotated[bool | None, typer.Option("--bias-correction/--no-bias-correction", hidden=True)] = None,
     max_drop: Annotated[
-        float,
-        typer.Option(
-            min=0.0, help="Largest allowed top-1 drop of the quantised model, in points.", rich_help_panel=GATE
-        ),
-    ] = 1.0,
+        float, _in(GateOptions, min=0.0, help="Largest allowed top-1 drop of the quantised model, in points.")
+    ] = GateOptions.max_drop,
     min_agreement: Annotated[
         float,
-        typer.Option(
+        _in(
+            GateOptions,
             min=0.0,
             max=1.0,
             help="Smallest share of test images on which the quantised and the float model agree on the top-1 class.",
-            rich_help_panel=GATE,
         ),
-    ] = 0.9,
+    ] = GateOptions.min_agreement,
     baseline: Annotated[
-        bool, typer.Option(help="Also train the seed-cnn baseline to compare against.", rich_help_panel=GATE)
-    ] = True,
+        bool, _in(GateOptions, help="Also train the seed-cnn baseline to compare against.")
+    ] = GateOptions.baseline,
 ) -> None:
     """Train a compact CNN or MobileNet transfer model, export it as a verified int8 TFLite model, and report.
 
@@ -337,74 +319,22 @@ def convert(
     (or SIGHUP) ends it at once: one error line, exit code 143 (129), and --out keeps a whole run or none.
     """
     with _native_log(), project_errors(), _ends_on_termination(out):
-        method = _int8_method(int8_method.value, qat=qat, int8_tune=int8_tune, bias_correction=bias_correction)
-        values = {
-            "input_size": input_size,
-            "color": color.value,
-            "alpha": alpha,
-            "weights": weights,
-            "width": width,
-            "depth": depth,
-            "separable": separable,
-            "dropout": dropout,
-            "epochs": epochs,
-            "fine_tune_epochs": fine_tune_epochs,
-            "fine_tune_layers": fine_tune_layers,
-            "batch_size": batch_size,
-            "learning_rate": learning_rate,
-            "label_smoothing": label_smoothing,
-            "augment": augment,
-            "mixup": mixup,
-            "flip": flip.value,
-            "weight_decay": weight_decay,
-            "optimizer": optimizer.value,
-            "patience": patience,
-            "class_weights": class_weights is ClassWeights.auto,
-            "seed": seed,
-            "strategy": strategy.value,
-            "arch": arch.value,
-            "split": _parse_split(split),
-            "extra_data": tuple(extra_data or ()),
-            "resize": resize.value,
-            "quant": quant.value,
-            "io": io.value,
-            "calibration_samples": calibration_samples,
-            "max_drop": max_drop,
-            "min_agreement": min_agreement,
-            "baseline": baseline,
-            "labels": labels,
-            "mean": mean,
-            "std": std,
-            "target": target.value,
-            "int8_method": method,
-            "qat_epochs": qat_epochs,
-            "int8_tune_epochs": int8_tune_epochs,
-            "deterministic": deterministic,
-            "teacher": teacher,
-            "teacher_weight": teacher_weight,
-            "cache": cache,
-            "cache_dir": cache_dir,
-        }
+        values = _option_values(ctx.params)
+        values["int8_method"] = _int8_method(
+            values["int8_method"], qat=qat, int8_tune=int8_tune, bias_correction=bias_correction
+        )
+        # The flags the user gave (the int8 method counts as given when one of its old switches was): the demo's
+        # settings, or the recipe for the model (edgecls.convert.recipes), fill the rest.
+        given = {k: v for k, v in values.items() if _given(ctx, k)}
+        if values["int8_method"] != DEFAULT_INT8_METHOD:
+            given["int8_method"] = values["int8_method"]
         from . import api
         from .progress import RichObserver
 
         observer = RichObserver()
-        common = {"overwrite": overwrite, "progress": observer, "verbose": verbose()}
-        # The flags the user gave (the int8 method counts as given when one of its old switches was): the demo's
-        # settings, or the recipe for the model (edgecls.convert.recipes), fill the rest.
-        given = {k: v for k, v in values.items() if _given(ctx, k)}
-        if method != DEFAULT_INT8_METHOD:
-            given["int8_method"] = method
-        if demo:
-            result = _with_early_stop(lambda request: api.demo(out, stop_request=request, **common, **given), observer)
-        elif source is None:
-            raise typer.BadParameter("give a dataset folder (or a model with --calibration), or use --demo")
-        elif calibration is not None:
-            result = api.quantize(source, calibration, out, **common, **values)
-        else:
-            result = _with_early_stop(
-                lambda request: api.train(source, out, stop_request=request, **common, **given), observer
-            )
+        result = _run_convert(
+            observer, source, out, demo=demo, calibration=calibration, overwrite=overwrite, values=values, given=given
+        )
         if isinstance(result, api.WorkerResult):
             observer.console.print(str(result))
             return
@@ -412,6 +342,49 @@ def convert(
     if not result.passed:
         typer.echo(f"error: {result.gate_message}", err=True)
         raise typer.Exit(code=EXIT_VERDICT)
+
+
+_FROM_CLI: dict[str, Callable[[Any], Any]] = {
+    "split": lambda text: _parse_split(text),
+    "extra_data": lambda folders: tuple(folders or ()),
+    "class_weights": lambda choice: _plain(choice) == ClassWeights.auto.value,
+}
+
+
+def _option_values(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A command's parameters that are options (`options.option_names`), as the configuration objects take them:
+    a choice as its value, --split as three fractions, --class-weights as a switch, --extra-data as a tuple. The one
+    place the command line's values become options; `ConvertOptions.updated` puts each in its group."""
+    return {name: _FROM_CLI.get(name, _plain)(params[name]) for name in option_names() if name in params}
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, Enum) else value
+
+
+def _run_convert(
+    observer: RichObserver,
+    source: Path | None,
+    out: Path,
+    *,
+    demo: bool,
+    calibration: Path | None,
+    overwrite: bool,
+    values: dict[str, Any],
+    given: dict[str, Any],
+) -> Any:
+    """The job the command line asks for: the demo or training get the flags given (the demo's settings or the
+    recipe fill the rest), quantising a model from elsewhere every option."""
+    from . import api
+
+    common = {"overwrite": overwrite, "progress": observer, "verbose": verbose()}
+    if demo:
+        return _with_early_stop(lambda request: api.demo(out, stop_request=request, **common, **given), observer)
+    if source is None:
+        raise typer.BadParameter("give a dataset folder (or a model with --calibration), or use --demo")
+    if calibration is not None:
+        return api.quantize(source, calibration, out, **common, **values)
+    return _with_early_stop(lambda request: api.train(source, out, stop_request=request, **common, **given), observer)
 
 
 def _native_log() -> contextlib.AbstractContextManager[None]:
@@ -453,8 +426,34 @@ def _parse_split(text: str) -> tuple[float, float, float]:
 
 
 def _summary(observer: RichObserver, report: dict[str, Any], out: Path, demo: bool) -> None:
-    key = "int8" if report["quantization"]["mode"] == "int8" else "tflite"
+    """What the run gave, after its progress: the verdict line and its warnings, the numbers to compare with, the
+    model's size and how to try it, then what the target (IMX500, Edge TPU) adds."""
     console = observer.console
+    _verdict_line(console, report)
+    for warning in report.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+    _comparisons(console, report)
+    graph = report.get("int8_graph_bytes") or report["int8_bytes"]
+    console.print(
+        f"{report['int8_bytes'] / 1024:.1f} KiB model ({graph / report['float_tflite_bytes']:.2f}x the float "
+        f"network), {report['timing']['total_s']:.0f} s. Report: {out / 'report.md'}",
+        soft_wrap=True,
+    )
+    if report["skipped"]:
+        console.print(f"{len(report['skipped'])} files skipped (listed in the report)")
+    sample = next((p for p in sorted((out / "demo_data").rglob("*.png"))), None) if demo else None
+    hint = f" {sample}" if sample else " IMAGE"
+    console.print(f"Try it: edgecls classify {out / 'model.tflite'}{hint}", soft_wrap=True)
+    if report.get("imx500"):
+        from .imx500 import summary_line
+
+        console.print(summary_line(report["imx500"]), soft_wrap=True)
+    if report.get("edgetpu"):
+        _edgetpu_summary(console, report["edgetpu"], out)
+
+
+def _verdict_line(console: Any, report: dict[str, Any]) -> None:
+    key = "int8" if report["quantization"]["mode"] == "int8" else "tflite"
     verdict = (
         "[red]FAILED[/]"
         if not report["passed"]
@@ -468,8 +467,11 @@ def _summary(observer: RichObserver, report: dict[str, Any], out: Path, demo: bo
         f"(drop {report['drop_points']:.2f} pt, agreement {100 * report['agreement']:.1f}%) - parity gate {verdict}",
         soft_wrap=True,
     )
-    for warning in report.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+
+
+def _comparisons(console: Any, report: dict[str, Any]) -> None:
+    """The numbers beside the model's: post-training int8 before QAT, the baseline, the image cache, the teacher,
+    and where training stopped early."""
     if report.get("ptq"):
         ptq = report["ptq"]
         console.print(
@@ -493,46 +495,33 @@ def _summary(observer: RichObserver, report: dict[str, Any], out: Path, demo: bo
         console.print(
             f"training was stopped early ({stopped['stage']} epoch {stopped['epoch']} of {stopped['epochs']})"
         )
-    graph = report.get("int8_graph_bytes") or report["int8_bytes"]
+
+
+def _edgetpu_summary(console: Any, tpu: dict[str, Any], out: Path) -> None:
+    """The Edge TPU pre-flight's line, then the compiled model, the compiler's error, or the command to compile."""
+    check = tpu["preflight"]
+    first = check["first_cpu_op"]
     console.print(
-        f"{report['int8_bytes'] / 1024:.1f} KiB model ({graph / report['float_tflite_bytes']:.2f}x the float "
-        f"network), {report['timing']['total_s']:.0f} s. Report: {out / 'report.md'}",
+        f"Edge TPU pre-flight: {check['status']}, {check['edgetpu_ops']} of {len(check['ops'])} ops on the Edge TPU"
+        + (f"; first CPU op #{first['index']} {first['op']}: {first['reason']}" if first else ""),
         soft_wrap=True,
     )
-    if report["skipped"]:
-        console.print(f"{len(report['skipped'])} files skipped (listed in the report)")
-    sample = next((p for p in sorted((out / "demo_data").rglob("*.png"))), None) if demo else None
-    hint = f" {sample}" if sample else " IMAGE"
-    console.print(f"Try it: edgecls classify {out / 'model.tflite'}{hint}", soft_wrap=True)
-    if report.get("imx500"):
-        from .imx500 import summary_line
-
-        console.print(summary_line(report["imx500"]), soft_wrap=True)
-    tpu = report.get("edgetpu")
-    if tpu:
-        check = tpu["preflight"]
-        first = check["first_cpu_op"]
+    compiled = tpu.get("compiler")
+    if compiled is None:
         console.print(
-            f"Edge TPU pre-flight: {check['status']}, {check['edgetpu_ops']} of {len(check['ops'])} ops on the Edge TPU"
-            + (f"; first CPU op #{first['index']} {first['op']}: {first['reason']}" if first else ""),
+            f"edgetpu_compiler is not installed here; on an x86-64 Linux machine run, in {out}: "
+            f"[bold]{tpu['command']}[/]",
             soft_wrap=True,
         )
-        compiled = tpu.get("compiler")
-        if compiled is None:
-            console.print(
-                f"edgetpu_compiler is not installed here; on an x86-64 Linux machine run, in {out}: "
-                f"[bold]{tpu['command']}[/]",
-                soft_wrap=True,
-            )
-        elif tpu.get("compiled_model"):
-            console.print(
-                f"compiled: {out / tpu['compiled_model']} ({compiled['edgetpu_ops']} ops on the Edge TPU, "
-                f"{compiled['cpu_ops']} on the CPU; on-chip memory {compiled['on_chip_memory']}, off-chip "
-                f"{compiled['off_chip_memory']})",
-                soft_wrap=True,
-            )
-        else:
-            console.print(f"[red]edgetpu_compiler failed[/]: {compiled.get('error')}", soft_wrap=True)
+    elif tpu.get("compiled_model"):
+        console.print(
+            f"compiled: {out / tpu['compiled_model']} ({compiled['edgetpu_ops']} ops on the Edge TPU, "
+            f"{compiled['cpu_ops']} on the CPU; on-chip memory {compiled['on_chip_memory']}, off-chip "
+            f"{compiled['off_chip_memory']})",
+            soft_wrap=True,
+        )
+    else:
+        console.print(f"[red]edgetpu_compiler failed[/]: {compiled.get('error')}", soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -639,54 +628,75 @@ def _with_early_stop(work: Any, observer: RichObserver) -> Any:
 
 
 def tune(
+    ctx: typer.Context,
     data: Annotated[
         Path, typer.Argument(help="Dataset folder (DATA/<class>/*.jpg or train/ val/ and optionally test/).")
     ],
     out: Annotated[Path, typer.Option("--out", help="Study, trials, table, plot and the chosen model.")] = Path(
         "edgecls-tune"
     ),
-    arch: Annotated[Arch, typer.Option(help="Architecture to search.")] = Arch.compact_cnn,  # type: ignore[attr-defined]
-    trials: Annotated[int, typer.Option(min=1, help="Trials in the study (finished ones count when resuming).")] = 20,
+    arch: Annotated[Arch, _in(ModelOptions, help="Architecture to search.")] = ModelOptions.arch,
+    trials: Annotated[
+        int, _in(TuneOptions, min=1, help="Trials in the study (finished ones count when resuming).")
+    ] = TuneOptions.trials,
     budget_ms: Annotated[
-        float | None, typer.Option(min=0.0, help="Largest p90 latency (edgecls bench, x profile factor).")
-    ] = None,
-    max_size_kb: Annotated[float | None, typer.Option(min=0.0, help="Largest int8 model file.")] = None,
+        float | None, _in(TuneOptions, min=0.0, help="Largest p90 latency (edgecls bench, x profile factor).")
+    ] = TuneOptions.budget_ms,
+    max_size_kb: Annotated[
+        float | None, _in(TuneOptions, min=0.0, help="Largest int8 model file.")
+    ] = TuneOptions.max_size_kb,
     timeout: Annotated[
-        float | None, typer.Option(min=0.1, help="Stop starting trials after this many minutes.")
-    ] = None,
-    profile: Annotated[str | None, typer.Option(help="Device profile whose latency_factor scales the latency.")] = None,
-    max_epochs: Annotated[int, typer.Option(min=1, help="Most epochs a trial may train.")] = 30,
+        float | None, _in(TuneOptions, min=0.1, help="Stop starting trials after this many minutes.")
+    ] = TuneOptions.timeout_min,
+    profile: Annotated[
+        str | None, _in(TuneOptions, help="Device profile whose latency_factor scales the latency.")
+    ] = TuneOptions.profile,
+    max_epochs: Annotated[int, _in(TuneOptions, min=1, help="Most epochs a trial may train.")] = TuneOptions.max_epochs,
     input_sizes: Annotated[
-        str | None, typer.Option(help="Comma-separated input sizes to search (default per arch).")
+        str | None, _in(TuneOptions, help="Comma-separated input sizes to search (default per arch).")
     ] = None,
-    bench_threads: Annotated[int, typer.Option(min=1, help="Interpreter threads for the latency measurement.")] = 1,
-    color: Annotated[Color, typer.Option(help="Model colour input.")] = Color.rgb,
+    bench_threads: Annotated[
+        int, _in(TuneOptions, min=1, help="Interpreter threads for the latency measurement.")
+    ] = TuneOptions.bench_threads,
+    color: Annotated[Color, _in(ModelOptions, help="Model colour input.")] = ModelOptions.color,
     weights: Annotated[
-        str, typer.Option(help="MobileNet weights: imagenet, none, or a local .h5/.keras file.")
-    ] = "imagenet",
-    resize: Annotated[Resize, typer.Option(help="How the device fits frames to the input.")] = Resize.squash,
-    io: Annotated[IoType, typer.Option("--io", help="int8 model input/output type.")] = IoType.int8,
-    calibration_samples: Annotated[int, typer.Option(min=1, help="Representative images for int8 calibration.")] = 300,
-    max_drop: Annotated[float, typer.Option(min=0.0, help="Parity gate of the exported model, in points.")] = 1.0,
+        str, _in(ModelOptions, help="MobileNet weights: imagenet, none, or a local .h5/.keras file.")
+    ] = ModelOptions.weights,
+    resize: Annotated[Resize, _in(DataOptions, help="How the device fits frames to the input.")] = DataOptions.resize,
+    # tune's own default: int8 in and out, where convert's is uint8 (for MediaPipe; see ExportOptions.io)
+    io: Annotated[IoType, _in(ExportOptions, "--io", help="int8 model input/output type.")] = "int8",
+    calibration_samples: Annotated[
+        int, _in(ExportOptions, min=1, help="Representative images for int8 calibration.")
+    ] = ExportOptions.calibration_samples,
+    max_drop: Annotated[
+        float, _in(GateOptions, min=0.0, help="Parity gate of the exported model, in points.")
+    ] = GateOptions.max_drop,
     min_agreement: Annotated[
         float,
-        typer.Option(
+        _in(
+            GateOptions,
             min=0.0,
             max=1.0,
             help="Parity gate: the least share of test images on which int8 and float agree on the top-1 class.",
         ),
-    ] = 0.9,
-    split: Annotated[str, typer.Option(help="train,val,test percentages.")] = "70,15,15",
-    seed: Annotated[int, typer.Option(help="Seed of the sampler, the split and each trial's training.")] = 0,
+    ] = GateOptions.min_agreement,
+    split: Annotated[str, _in(DataOptions, help="train,val,test percentages.")] = SPLIT,
+    seed: Annotated[
+        int, _in(TuneOptions, help="Seed of the sampler, the split and each trial's training.")
+    ] = TuneOptions.seed,
     cache_dir: Annotated[
         Path | None,
-        typer.Option(
-            "--cache-dir", help="Where decoded images are kept between runs (see edgecls convert).", show_default=False
+        _in(
+            DataOptions,
+            "--cache-dir",
+            help="Where decoded images are kept between runs (see edgecls convert).",
+            show_default=False,
         ),
-    ] = None,
+    ] = DataOptions.cache_dir,
     cache: Annotated[
-        bool, typer.Option("--cache/--no-cache", help="Keep decoded images on disk between runs (see edgecls convert).")
-    ] = True,
+        bool,
+        _in(DataOptions, "--cache/--no-cache", help="Keep decoded images on disk between runs (see edgecls convert)."),
+    ] = DataOptions.cache,
 ) -> None:
     """Search hyperparameters for the most accurate int8 model within a latency and size budget (Optuna).
 
@@ -699,54 +709,9 @@ def tune(
         from .api import import_tensorflow
 
         import_tensorflow("tune", verbose=verbose())  # quiet: e.g. retracing notes between trials of other shapes
-        from .pipeline import ConvertOptions
-        from .tune import TuneOptions
         from .tune import tune as run_tune
 
-        factor = 1.0
-        if profile:
-            from edgecls.device.profiles import load_profile
-
-            prof = load_profile(profile)
-            if prof.latency_factor is None:
-                raise typer.BadParameter(f"profile {prof.name} has no latency_factor to scale latency with")
-            factor = prof.latency_factor
-        sizes = None
-        if input_sizes:
-            try:
-                sizes = tuple(int(s) for s in input_sizes.split(",") if s.strip())
-            except ValueError:
-                raise typer.BadParameter(
-                    f"--input-sizes expects numbers like 64,96 (received {input_sizes!r})"
-                ) from None
-        base = ConvertOptions.create(
-            out,
-            arch=arch.value,
-            color=color.value,
-            weights=weights,
-            resize=resize.value,
-            io=io.value,
-            calibration_samples=calibration_samples,
-            max_drop=max_drop,
-            min_agreement=min_agreement,
-            split=_parse_split(split),
-            seed=seed,
-            cache=cache,
-            cache_dir=cache_dir,
-        )
-        options = TuneOptions(
-            base=base,
-            trials=trials,
-            budget_ms=budget_ms,
-            max_size_kb=max_size_kb,
-            timeout_min=timeout,
-            seed=seed,
-            max_epochs=max_epochs,
-            latency_factor=factor,
-            profile=profile,
-            bench_threads=bench_threads,
-            input_sizes=sizes,
-        )
+        options = _tune_options(ctx.params, out)
         try:
             summary = _with_ctrl_c_flag(lambda stop: run_tune(data, options, observer, should_stop=stop), observer)
         except KeyboardInterrupt:
@@ -756,6 +721,53 @@ def tune(
                 soft_wrap=True,
             )
             raise typer.Exit(code=130) from None
+    _tune_summary(observer, summary, out)
+
+
+def _tune_options(params: Mapping[str, Any], out: Path) -> TuneOptions:
+    """What tune is told: the conversion settings it keeps fixed (`_option_values`), the search and its budgets."""
+    from .options import ConvertOptions
+
+    factor = _latency_factor(params["profile"])
+    sizes = _input_sizes(params["input_sizes"])
+    return TuneOptions(
+        base=ConvertOptions.create(out, **_option_values(params)),
+        trials=params["trials"],
+        budget_ms=params["budget_ms"],
+        max_size_kb=params["max_size_kb"],
+        timeout_min=params["timeout"],
+        seed=params["seed"],
+        max_epochs=params["max_epochs"],
+        latency_factor=factor,
+        profile=params["profile"],
+        bench_threads=params["bench_threads"],
+        input_sizes=sizes,
+    )
+
+
+def _latency_factor(profile: str | None) -> float:
+    """How much slower than this machine the --profile's device is (1.0 without a profile)."""
+    if not profile:
+        return 1.0
+    from edgecls.device.profiles import load_profile
+
+    prof = load_profile(profile)
+    if prof.latency_factor is None:
+        raise typer.BadParameter(f"profile {prof.name} has no latency_factor to scale latency with")
+    return prof.latency_factor
+
+
+def _input_sizes(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--input-sizes expects numbers like 64,96 (received {text!r})") from None
+
+
+def _tune_summary(observer: Any, summary: dict[str, Any], out: Path) -> None:
+    """The chosen trial and its test-split numbers, where the results are, and exit code 3 if its gate failed."""
     chosen = summary["chosen"]
     report = summary["report"]
     observer.console.print(

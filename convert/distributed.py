@@ -27,13 +27,11 @@ import numpy as np
 from edgecls.errors import ConfigError, EdgeclsError
 
 from .cache import rows_of
+from .choices import STRATEGIES
 
 
 class TrainingError(EdgeclsError):
     """Distributed training could not go on (a worker stopped or cannot be reached)."""
-
-
-STRATEGIES = ("default", "mirrored", "multi-worker")
 
 
 @dataclass(frozen=True)

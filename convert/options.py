@@ -1,6 +1,7 @@
 """What `edgecls convert` can be told, grouped by concern: the model, the data, training, distillation, the int8
 export and the parity gate. Each group checks its own values; `ConvertOptions` holds one of each and checks what
-spans two (the Edge TPU wants an int8 export). Defaults are what a user gets with no flags.
+spans two (the Edge TPU wants an int8 export). Defaults are what a user gets with no flags: each is set once, in its
+dataclass, and the command line shows it from there. `TuneOptions` is what `edgecls tune` is told.
 
 Options are set by their flat names, the command's flags (`ConvertOptions.create(out, arch=..., epochs=...)`,
 `options.updated(input_size=64)`), and read as ``options.model.arch`` or, for short, ``options.arch``.
@@ -16,13 +17,10 @@ from typing import Any
 
 from edgecls.errors import ConfigError
 
+from .choices import COLORS, IO_TYPES, QUANT_MODES, TARGETS
 from .int8methods import DEFAULT_INT8_METHOD, int8_method
 from .models import ModelSpec, architecture, resolve_alpha
-from .tflite_export import IO_TYPES, QUANT_MODES
-from .training import TrainConfig
-
-COLORS = ("rgb", "grayscale")
-TARGETS = ("cpu", "edgetpu", "imx500")
+from .trainconfig import TrainConfig
 
 
 def _path(value: Any) -> Path | None:
@@ -247,6 +245,42 @@ class ConvertOptions:
             edgetpu=m.target == "edgetpu",
         )
         return dataclasses.replace(spec, **overrides)
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """What `edgecls tune` is told. ``base`` holds the fixed conversion settings (colour, resize, io, weights...)."""
+
+    base: ConvertOptions
+    trials: int = 20
+    budget_ms: float | None = None
+    max_size_kb: float | None = None
+    timeout_min: float | None = None
+    seed: int = 0
+    max_epochs: int = 30
+    latency_factor: float = 1.0
+    profile: str | None = None
+    bench_threads: int = 1
+    input_sizes: tuple[int, ...] | None = None  # None: the architecture's tune_sizes (models.ARCHITECTURES)
+
+    def __post_init__(self) -> None:
+        if self.trials < 1:
+            raise ConfigError(f"--trials must be at least 1 (received {self.trials})")
+        if self.budget_ms is not None and self.budget_ms <= 0:
+            raise ConfigError(f"--budget-ms must be positive (received {self.budget_ms})")
+        if self.max_size_kb is not None and self.max_size_kb <= 0:
+            raise ConfigError(f"--max-size-kb must be positive (received {self.max_size_kb})")
+        if self.max_epochs < 1:
+            raise ConfigError(f"--max-epochs must be at least 1 (received {self.max_epochs})")
+        if self.base.quant != "int8":
+            raise ConfigError("edgecls tune measures int8 models; --quant must be int8")
+
+    @property
+    def out_dir(self) -> Path:
+        return self.base.out_dir
+
+    def sizes(self) -> tuple[int, ...]:
+        return self.input_sizes or architecture(self.base.arch).tune_sizes
 
 
 def option_names() -> tuple[str, ...]:

@@ -14,12 +14,10 @@ import numpy as np
 from edgecls.errors import ConversionError
 from edgecls.nativelog import quiet_native_stderr
 
+from .choices import IO_TYPES, QUANT_MODES
 from .compact import compact
 
 log = logging.getLogger(__name__)
-
-QUANT_MODES = ("int8", "float16", "dynamic", "none")
-IO_TYPES = ("int8", "uint8")
 
 
 def static_batch(model: Any) -> Any:

@@ -7,23 +7,21 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from edgecls.errors import ConfigError
-
 from .cache import ImageStore, rows_of
+from .choices import FLIPS, OPTIMIZERS, STRATEGIES
 from .data import Dataset
-from .distributed import STRATEGIES, make_strategy
+from .distributed import make_strategy
 from .models import base_model
 from .staging import check_room, saved_bytes
+from .trainconfig import TrainConfig
 
-__all__ = ["STRATEGIES", "make_strategy"]  # and the rest below; the strategies live in .distributed
-OPTIMIZERS = ("adam", "sgd")
-FLIPS = ("auto", "on", "off")
+# TrainConfig (.trainconfig) and the choices it checks (.choices) are importable from here too.
+__all__ = ["FLIPS", "OPTIMIZERS", "STRATEGIES", "TrainConfig", "make_strategy"]
 SMALL_GRAY = 32  # grayscale images this small are glyphs, digits or sensor maps: a mirror image is another thing
 
 
@@ -34,47 +32,6 @@ def flips(flip: str, image_shape: tuple[int, ...]) -> bool:
         return flip == "on"
     height, width, channels = image_shape[-3:]
     return not (channels == 1 and max(height, width) <= SMALL_GRAY)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training hyperparameters. ``augment`` scales every augmentation (0 turns it off)."""
-
-    epochs: int = 40
-    fine_tune_epochs: int = 15
-    fine_tune_layers: int = 30
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    label_smoothing: float = 0.0
-    augment: float = 1.0
-    mixup: float = 0.0  # MixUp Beta(a, a) concentration; 0 = off
-    weight_decay: float = 0.0  # decoupled weight decay of kernels (Adam becomes AdamW); 0 = none
-    optimizer: str = "adam"  # adam, or sgd (Nesterov momentum 0.9)
-    patience: int = 8
-    class_weights: bool = False
-    seed: int = 0
-    strategy: str = "default"
-    flip: str = "auto"  # horizontal mirroring in augmentation: auto (not for small grayscale images), on, off
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, f"epochs must be at least 1 (received {self.epochs})"),
-            (self.fine_tune_epochs >= 0, f"fine-tune epochs must be >= 0 (received {self.fine_tune_epochs})"),
-            (self.fine_tune_layers >= 0, f"fine-tune layers must be >= 0 (received {self.fine_tune_layers})"),
-            (self.batch_size >= 1, f"batch size must be at least 1 (received {self.batch_size})"),
-            (0 < self.learning_rate < 1, f"learning rate must be in (0, 1) (received {self.learning_rate})"),
-            (0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1) (received {self.label_smoothing})"),
-            (0 <= self.augment <= 3, f"augment strength must be in [0, 3] (received {self.augment})"),
-            (0 <= self.mixup <= 10, f"mixup must be in [0, 10] (received {self.mixup})"),
-            (0 <= self.weight_decay < 1, f"weight decay must be in [0, 1) (received {self.weight_decay})"),
-            (self.optimizer in OPTIMIZERS, f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}"),
-            (self.patience >= 1, f"patience must be at least 1 (received {self.patience})"),
-            (self.strategy in STRATEGIES, f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}"),
-            (self.flip in FLIPS, f"flip {self.flip!r} is not one of {', '.join(FLIPS)}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
 
 
 class TrainingObserver(Protocol):

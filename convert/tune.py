@@ -32,6 +32,7 @@ from edgecls.fsutil import atomic_write_bytes, atomic_write_text
 from . import evaluate
 from .data import Dataset, scan
 from .models import architecture, create_model, uses_sigmoid
+from .options import TuneOptions
 from .pipeline import ConvertOptions, QuietObserver, export, export_and_verify, manifest_for, write_model
 from .tflite_export import to_tflite
 from .training import deterministic, make_strategy, stop_check, train
@@ -43,42 +44,6 @@ BENCH_RUNS, BENCH_WARMUP = 60, 10
 
 class TuneError(ConfigError):
     """The search cannot give a model within the budgets (or cannot start)."""
-
-
-@dataclass(frozen=True)
-class TuneOptions:
-    """What `edgecls tune` is told. ``base`` holds the fixed conversion settings (colour, resize, io, weights...)."""
-
-    base: ConvertOptions
-    trials: int = 20
-    budget_ms: float | None = None
-    max_size_kb: float | None = None
-    timeout_min: float | None = None
-    seed: int = 0
-    max_epochs: int = 30
-    latency_factor: float = 1.0
-    profile: str | None = None
-    bench_threads: int = 1
-    input_sizes: tuple[int, ...] | None = None  # None: the architecture's tune_sizes (models.ARCHITECTURES)
-
-    def __post_init__(self) -> None:
-        if self.trials < 1:
-            raise ConfigError(f"--trials must be at least 1 (received {self.trials})")
-        if self.budget_ms is not None and self.budget_ms <= 0:
-            raise ConfigError(f"--budget-ms must be positive (received {self.budget_ms})")
-        if self.max_size_kb is not None and self.max_size_kb <= 0:
-            raise ConfigError(f"--max-size-kb must be positive (received {self.max_size_kb})")
-        if self.max_epochs < 1:
-            raise ConfigError(f"--max-epochs must be at least 1 (received {self.max_epochs})")
-        if self.base.quant != "int8":
-            raise ConfigError("edgecls tune measures int8 models; --quant must be int8")
-
-    @property
-    def out_dir(self) -> Path:
-        return self.base.out_dir
-
-    def sizes(self) -> tuple[int, ...]:
-        return self.input_sizes or architecture(self.base.arch).tune_sizes
 
 
 class TuneObserver(Protocol):
