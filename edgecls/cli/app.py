@@ -6,7 +6,9 @@ verdict (a failed parity gate, a model the accelerator will not map, a latency o
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -17,16 +19,17 @@ import typer
 from edgecls import __version__
 from edgecls.cli.common import error, examples, interrupted, project_errors, setup_logging
 from edgecls.errors import EXIT_VERDICT, EdgeclsError
-from edgecls.nativelog import quiet_native_stderr
 
-app = typer.Typer(
-    name="edgecls",
-    help="Image classification from workstation to small devices: run, inspect and convert int8 TFLite models.",
-    no_args_is_help=True,
+_SETTINGS: dict[str, Any] = {
+    "name": "edgecls",
+    "help": "Image classification from workstation to small devices: run, inspect and convert int8 TFLite models.",
+    "no_args_is_help": True,
     # Help texts escape a "[" that rich would read as markup (\\\\[default: 1]); tests/test_project.py checks them all.
-    rich_markup_mode="rich",
-    pretty_exceptions_enable=False,
-)
+    "rich_markup_mode": "rich",
+    "pretty_exceptions_enable": False,
+}
+# The commands defined here; `app` (below) is this plus the workstation's commands, `main` runs only what it needs.
+app = typer.Typer(**_SETTINGS)
 
 DEVICE, INSPECT, SHIP, HOST = (
     "Classify on the device",
@@ -109,6 +112,7 @@ def _open_classifier(
     allow_cpu_fallback: bool = False,
 ) -> Any:
     from edgecls.model.classifier import Classifier
+    from edgecls.nativelog import quiet_native_stderr
 
     with quiet_native_stderr():
         clf = Classifier(
@@ -922,26 +926,67 @@ def _collect_policy(below: float, margin: float, sample: float, every: float, mo
     )
 
 
-def _register_host_commands() -> None:
-    """The workstation's commands, from `edgecls.convert.cli` (cheap to import: TensorFlow loads only when one runs,
-    and where it is not installed the command says which extra to install)."""
+_own = app
+del app  # from here on `app` is the whole app, with the workstation's commands: see __getattr__
+
+
+def _app_of(commands: list[Any]) -> typer.Typer:
+    """An app with the options before the command (``-v``, ``--version``) and these commands."""
+    new = typer.Typer(**_SETTINGS)
+    new.callback()(_main)
+    new.registered_commands.extend(commands)
+    return new
+
+
+def _register_host_commands(target: typer.Typer) -> None:
+    """The workstation's commands, from `edgecls.convert.cli` (TensorFlow loads only when one runs, and where it is
+    not installed the command says which extra to install)."""
     from edgecls.convert.cli import CONVERT_EXAMPLES, TUNE_EXAMPLES, cache_app, convert, tune
 
-    app.command("convert", rich_help_panel=HOST, epilog=CONVERT_EXAMPLES)(convert)
-    app.command("tune", rich_help_panel=HOST, epilog=TUNE_EXAMPLES)(tune)
-    app.add_typer(cache_app, name="cache", rich_help_panel=HOST)
+    target.command("convert", rich_help_panel=HOST, epilog=CONVERT_EXAMPLES)(convert)
+    target.command("tune", rich_help_panel=HOST, epilog=TUNE_EXAMPLES)(tune)
+    target.add_typer(cache_app, name="cache", rich_help_panel=HOST)
     from edgecls.convert.cli_export import export_app
 
-    app.add_typer(export_app, name="export", rich_help_panel=HOST)
+    target.add_typer(export_app, name="export", rich_help_panel=HOST)
 
 
-_register_host_commands()
+@functools.cache
+def _whole_app() -> typer.Typer:
+    """Every command, the workstation's too, made on first use: importing those would cost every device command
+    15 ms (much more on a Pi Zero) for nothing."""
+    whole = _app_of(_own.registered_commands)
+    _register_host_commands(whole)
+    return whole
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # `from edgecls.cli.app import app` (tests, Typer's own tools): the whole app
+        return _whole_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _app_for(args: list[str]) -> typer.Typer:
+    """The app that runs ``args``: for a command defined here, one holding only that command (before it parses
+    anything, Typer turns every parameter of every command it holds into an option, 30 to 50 ms for all of them
+    with run's and convert's dozens); the whole app for anything else (help, completion, a workstation command, a
+    mistyped name that deserves the suggestions). The options before the command (``-v``, ``--version``) take no
+    value, so the first argument that is not an option names the command."""
+    if "--" in args or "_EDGECLS_COMPLETE" in os.environ:  # shell completion asks through this variable
+        return _whole_app()
+    name = next((arg for arg in args if not arg.startswith("-")), None)
+    chosen = [c for c in _own.registered_commands if _command_name(c) == name]
+    return _app_of(chosen) if chosen else _whole_app()
+
+
+def _command_name(info: Any) -> str:
+    return info.name or typer.main.get_command_name(info.callback.__name__)
 
 
 def main() -> None:
     """Console-script entry point (an interrupt before a command has set up its own handling is exit 130 too)."""
     try:
-        app()
+        _app_for(sys.argv[1:])()
     except KeyboardInterrupt:
         interrupted()
         sys.exit(130)
