@@ -179,8 +179,23 @@ def _graph(report: dict[str, Any]) -> int:
 
 def markdown(report: dict[str, Any]) -> str:
     """A report a person reads: verdict first, then accuracy, sizes, data and settings."""
-    q = report["quantization"]["mode"]
-    key = "int8" if q == "int8" else "tflite"
+    lines = [
+        *_verdict_lines(report),
+        *_accuracy_lines(report),
+        *_sizes_lines(report),
+        *_data_lines(report),
+        *_settings_lines(report),
+    ]
+    return "\n".join(lines)
+
+
+def _key(report: dict[str, Any]) -> str:
+    return "int8" if report["quantization"]["mode"] == "int8" else "tflite"
+
+
+def _verdict_lines(report: dict[str, Any]) -> list[str]:
+    """The title, the gate's verdict with its numbers, then what the reader must know before the numbers."""
+    key = _key(report)
     f, t = report["float"], report[key]
     # never PASSED above a warning that the model learned nothing: parity with a model that guesses proves nothing
     verdict = (
@@ -225,6 +240,14 @@ def markdown(report: dict[str, Any]) -> str:
             ),
             "",
         ]
+    return lines
+
+
+def _accuracy_lines(report: dict[str, Any]) -> list[str]:
+    """Top-1 (and top-5) of the float and the exported model beside the baseline and teacher, per class, plots."""
+    q = report["quantization"]["mode"]
+    f, t = report["float"], report[_key(report)]
+    lines: list[str] = []
     lines += [
         "## Accuracy on the held-out split",
         "",
@@ -263,6 +286,15 @@ def markdown(report: dict[str, Any]) -> str:
         "![training curves](training_curves.png)",
         "",
         *_kept_lines(report.get("history")),
+    ]
+    return lines
+
+
+def _sizes_lines(report: dict[str, Any]) -> list[str]:
+    """The model's size on disk and against the float network, its parameters, and what the int8 method, the
+    teacher and the IMX500 export add."""
+    q = report["quantization"]["mode"]
+    return [
         "## Sizes",
         "",
         (
@@ -275,6 +307,12 @@ def markdown(report: dict[str, Any]) -> str:
         *_teacher_lines(report.get("teacher")),
         *_imx500_lines(report.get("imx500")),
         "",
+    ]
+
+
+def _data_lines(report: dict[str, Any]) -> list[str]:
+    """The classes, the split, --extra-data, the imbalance and the skipped files."""
+    lines = [
         "## Data",
         "",
         f"- classes ({len(report['classes'])}): {', '.join(report['classes'])}",
@@ -300,7 +338,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"  - `{item['path']}`: {item['reason']}")
     if len(report["skipped"]) > 20:
         lines.append(f"  - ... and {len(report['skipped']) - 20} more (see report.json)")
-    lines += [
+    return lines
+
+
+def _settings_lines(report: dict[str, Any]) -> list[str]:
+    """The settings that applied, and the wall time."""
+    return [
         "",
         "## Settings",
         "",
@@ -313,4 +356,3 @@ def markdown(report: dict[str, Any]) -> str:
         + ").",
         "",
     ]
-    return "\n".join(lines)
