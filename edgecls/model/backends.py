@@ -7,6 +7,7 @@ TensorFlow package, which is heavy; only used when nothing lighter is installed 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 from collections.abc import Callable
@@ -28,12 +29,21 @@ _INSTALL_HINT = {
 
 @dataclass(frozen=True)
 class Backend:
-    """An importable interpreter backend."""
+    """An importable interpreter backend. ``version`` is ``known_version``, or the installed version of the
+    distribution ``dist``, read when first asked for: importlib.metadata (and the email package it brings) would
+    cost every command 15 ms to import, and only `edgecls info`, `bench` and `doctor` say the version."""
 
     name: str
-    version: str
     interpreter_class: Callable[..., Any]
     load_delegate: Callable[..., Any]
+    dist: str | None = None
+    known_version: str | None = None
+
+    @functools.cached_property
+    def version(self) -> str:
+        if self.known_version is not None:
+            return self.known_version
+        return _dist_version(self.dist) if self.dist else "unknown"
 
     def __str__(self) -> str:
         return f"{self.name} {self.version}"
@@ -42,15 +52,13 @@ class Backend:
 def _import_backend(name: str) -> Backend:
     if name == "ai_edge_litert":
         module = importlib.import_module("ai_edge_litert.interpreter")
-        version = _dist_version("ai-edge-litert")
-        return Backend(name, version, module.Interpreter, module.load_delegate)
+        return Backend(name, module.Interpreter, module.load_delegate, dist="ai-edge-litert")
     if name == "tflite_runtime":
         module = importlib.import_module("tflite_runtime.interpreter")
-        version = _dist_version("tflite-runtime")
-        return Backend(name, version, module.Interpreter, module.load_delegate)
+        return Backend(name, module.Interpreter, module.load_delegate, dist="tflite-runtime")
     if name == "tensorflow":
         tf = importlib.import_module("tensorflow")
-        return Backend(name, tf.__version__, tf.lite.Interpreter, tf.lite.experimental.load_delegate)
+        return Backend(name, tf.lite.Interpreter, tf.lite.experimental.load_delegate, known_version=tf.__version__)
     raise BackendError(f"unknown backend {name!r}: expected 'auto' or one of {', '.join(BACKEND_NAMES)}")
 
 
