@@ -48,8 +48,14 @@ def rate(video: Path, seconds: float, threads: int, condition: str, chromium: st
     from edgecls.sinks.dashboard import Dashboard
 
     browser = None
+    from edgecls.live.sources import SourceConfig
+    from edgecls.model.classifier import ClassifierConfig
+
     with Stream(
-        str(MODEL), source=str(video), loop=True, num_threads=threads, keep_frames=condition != "bare"
+        str(MODEL),
+        SourceConfig(str(video), loop=True),
+        classifier=ClassifierConfig(num_threads=threads),
+        keep_frames=condition != "bare",
     ) as stream:
         board = Dashboard(0, stats=stream.stats) if condition != "bare" else None
         warm_until = time.monotonic() + 3.0

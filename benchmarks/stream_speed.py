@@ -67,12 +67,16 @@ def bare_invoke_ms(threads: int, count: int, runs: int) -> float:
 
 
 def stream_run(video: Path, threads: int, frames: int | None = None, loop: bool = False) -> dict[str, float]:
-    from edgecls import Stream
+    from edgecls import ClassifierConfig, SourceConfig, Stream
 
     stamps, totals, invokes = [], [], []
     # edgecls run's defaults: top 3, no smoothing, no frames kept (no drawing sink)
     with Stream(
-        MODEL, source=str(video), num_threads=threads, top_k=3, keep_frames=False, loop=loop, max_frames=frames
+        MODEL,
+        SourceConfig(str(video), loop=loop),
+        classifier=ClassifierConfig(num_threads=threads, top_k=3),
+        keep_frames=False,
+        max_frames=frames,
     ) as stream:
         for result in stream:
             stamps.append(time.perf_counter())
@@ -113,15 +117,14 @@ def rss_mb() -> float:
 
 
 def leak_check(video: Path, threads: int, frames: int) -> dict[str, float]:
-    from edgecls import Smoothing, Stream
+    from edgecls import ClassifierConfig, Smoothing, SourceConfig, Stream
 
     fds_before, threads_before = len(os.listdir("/proc/self/fd")), threading.active_count()
     samples: list[tuple[int, float]] = []
     with Stream(
         MODEL,
-        source=str(video),
-        num_threads=threads,
-        loop=True,
+        SourceConfig(str(video), loop=True),
+        classifier=ClassifierConfig(num_threads=threads),
         max_frames=frames,
         smoothing=Smoothing(alpha=0.5, hold=3),
     ) as stream:

@@ -16,12 +16,14 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _LAZY = {
     "Classifier": "edgecls.model.classifier",
+    "ClassifierConfig": "edgecls.model.classifier",
     "Timing": "edgecls.model.classifier",
     "Prediction": "edgecls.model.postprocess",
     "PreprocessConfig": "edgecls.model.preprocess",
     "InputSpec": "edgecls.model.preprocess",
     "read_image": "edgecls.model.images",
     "Stream": "edgecls.live.stream",
+    "StreamConfig": "edgecls.live.stream",
     "StreamResult": "edgecls.live.stream",
     "StreamStats": "edgecls.live.stream",
     "Latency": "edgecls.live.stream",
@@ -30,6 +32,8 @@ _LAZY = {
     "Decision": "edgecls.live.smoothing",
     "FrameSource": "edgecls.live.sources",
     "parse_source": "edgecls.live.sources",
+    "SourceConfig": "edgecls.live.sources",
+    "PicameraOptions": "edgecls.live.sources",
     "parse_sink": "edgecls.sinks.spec",
     "SinkOptions": "edgecls.sinks.spec",
     "register_sink": "edgecls.sinks.spec",
@@ -69,9 +73,9 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from edgecls.live.capture import StreamEvent
     from edgecls.live.smoothing import Decision, Smoothing
-    from edgecls.live.sources import FrameSource, parse_source
-    from edgecls.live.stream import Latency, Stream, StreamResult, StreamStats
-    from edgecls.model.classifier import Classifier, Timing
+    from edgecls.live.sources import FrameSource, PicameraOptions, SourceConfig, parse_source
+    from edgecls.live.stream import Latency, Stream, StreamConfig, StreamResult, StreamStats
+    from edgecls.model.classifier import Classifier, ClassifierConfig, Timing
     from edgecls.model.images import read_image
     from edgecls.model.postprocess import Prediction
     from edgecls.model.preprocess import InputSpec, PreprocessConfig

@@ -36,22 +36,21 @@ def main() -> int:
     args = parser.parse_args()
 
     try:
-        if args.profile:
-            options = edgecls.load_profile(args.profile).stream_options()
-        else:
+        profile = edgecls.load_profile(args.profile) if args.profile else None
+        config = edgecls.StreamConfig(
+            source=edgecls.SourceConfig(args.source or (None if profile else "picam")),
+            classifier=edgecls.ClassifierConfig(num_threads=args.threads, top_k=1),
             # A label must lead 3 frames in a row (or by 0.3) before the decision switches; scores are averaged a little.
-            options = {"source": "picam", "smoothing": edgecls.Smoothing(alpha=0.6, hold=3, margin=0.3, min_score=0.4)}
-        if args.source:  # another camera than the profile's: its camera settings no longer apply
-            options.update(source=args.source, source_options=None)
-        if args.threads:
-            options["num_threads"] = args.threads
-        stream = edgecls.Stream(
-            args.model,
-            top_k=1,
-            keep_frames=False,
+            smoothing=edgecls.Smoothing()
+            if profile
+            else edgecls.Smoothing(alpha=0.6, hold=3, margin=0.3, min_score=0.4),
             max_frames=args.max_frames,
-            on_event=lambda e: print(f"[{e.kind}] {e.message}", file=sys.stderr),
-            **options,
+            keep_frames=False,
+        )
+        if profile:  # the board's camera, threads, delegate and smoothing, where the options above left them unset
+            config = profile.apply(config)
+        stream = edgecls.Stream.from_config(
+            args.model, config, on_event=lambda e: print(f"[{e.kind}] {e.message}", file=sys.stderr)
         )
         mqtt = MqttSink(args.mqtt, on_change=True) if args.mqtt else None
     except edgecls.EdgeclsError as exc:

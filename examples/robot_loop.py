@@ -52,7 +52,8 @@ def main() -> int:
     # hold=5: a new label must lead five frames in a row; margin=0.4: or lead clearly, to react at once.
     smoothing = edgecls.Smoothing(alpha=0.5, hold=5, margin=0.4, min_score=0.3)
     try:
-        with edgecls.Stream(args.model, source=args.source, smoothing=smoothing, top_k=1, keep_frames=False) as stream:
+        top = edgecls.ClassifierConfig(top_k=1)
+        with edgecls.Stream(args.model, args.source, classifier=top, smoothing=smoothing, keep_frames=False) as stream:
             deadline = time.monotonic() + args.seconds if args.seconds else None
             period = 1.0 / args.rate
             seen = -1

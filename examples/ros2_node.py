@@ -28,7 +28,11 @@ class ClassifierNode(Node):
         self.only_changes = self.declare_parameter("only_changes", False).value
         self.publisher = self.create_publisher(String, "classification", 10)
         self.stream = edgecls.Stream(
-            model, source=source, top_k=3, keep_frames=False, smoothing=edgecls.Smoothing(hold=int(hold))
+            model,
+            source,
+            classifier=edgecls.ClassifierConfig(top_k=3),
+            smoothing=edgecls.Smoothing(hold=int(hold)),
+            keep_frames=False,
         )
         self.stream.start()
         self.last_sequence = -1

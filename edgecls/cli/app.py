@@ -351,6 +351,23 @@ ProfileOpt = Annotated[
     typer.Option("--profile", help="A device profile (see `edgecls profiles`) or a .toml path; flags override it."),
 ]
 
+# `edgecls run`'s help panels, one per configuration object its options fill (edgecls.cli.run builds them once):
+# SourceConfig, ClassifierConfig, Smoothing, StreamConfig's limits, the output (OutputOptions and SinkOptions'
+# on_change), SinkOptions' mqtt and preview parts, and the collector's CollectPolicy.
+SOURCE_PANEL, MODEL_PANEL, SMOOTHING_PANEL, LIMITS_PANEL = "Source", "Model", "Decision smoothing", "Limits"
+OUTPUT_PANEL, MQTT_PANEL, PREVIEW_PANEL, FIELD_PANEL = "Output", "MQTT and Home Assistant", "Dashboard", "Field data"
+
+
+def _in_panel(option: Any, panel: str) -> Any:
+    """A shared option (``Annotated[type, typer.Option(...)]``) shown in ``panel`` of this command's help."""
+    import copy
+    import typing
+
+    kind, info = typing.get_args(option)[:2]
+    info = copy.copy(info)
+    info.rich_help_panel = panel
+    return Annotated[kind, info]
+
 
 @app.command(
     rich_help_panel=DEVICE,
@@ -373,67 +390,130 @@ def run(
             "pipeline, an image, a folder or glob of images, or demo (default: the profile's camera); imx500 or "
             "imx500:RPK runs the network on the AI Camera's sensor (MODEL: the run folder, its model.tflite or "
             "the .rpk).",
+            rich_help_panel=SOURCE_PANEL,
         ),
     ] = None,
     profile: ProfileOpt = None,
-    labels: LabelsOpt = None,
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Predictions per result.")] = 3,
-    threshold: ThresholdOpt = 0.0,
-    threads: ThreadsOpt = None,
+    labels: _in_panel(LabelsOpt, MODEL_PANEL) = None,
+    top_k: Annotated[
+        int, typer.Option("--top-k", min=1, help="Predictions per result.", rich_help_panel=MODEL_PANEL)
+    ] = 3,
+    threshold: _in_panel(ThresholdOpt, MODEL_PANEL) = 0.0,
+    threads: _in_panel(ThreadsOpt, MODEL_PANEL) = None,
     backend: Annotated[
-        BackendChoice | None, typer.Option("--backend", help="Interpreter backend \\[default: auto].")
+        BackendChoice | None,
+        typer.Option("--backend", help="Interpreter backend \\[default: auto].", rich_help_panel=MODEL_PANEL),
     ] = None,
-    delegate: DelegateOpt = None,
-    device: DeviceOpt = None,
-    delegate_option: DelegateOptionOpt = None,
-    allow_cpu_fallback: FallbackOpt = False,
+    delegate: _in_panel(DelegateOpt, MODEL_PANEL) = None,
+    device: _in_panel(DeviceOpt, MODEL_PANEL) = None,
+    delegate_option: _in_panel(DelegateOptionOpt, MODEL_PANEL) = None,
+    allow_cpu_fallback: _in_panel(FallbackOpt, MODEL_PANEL) = False,
     sink: Annotated[
         list[str] | None,
         typer.Option(
             "--sink",
             help="Also send results to jsonl:PATH, mqtt://\\[user:pass@]host[:port]/topic, "
             "video:PATH or preview:[HOST:]PORT (repeatable).",
+            rich_help_panel=OUTPUT_PANEL,
         ),
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per result on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Nothing on stdout (sinks only).")] = False,
-    on_change: Annotated[bool, typer.Option("--on-change", help="Emit only when the decided label changes.")] = False,
-    fps: Annotated[float | None, typer.Option("--fps", min=0.01, help="Classify at most this many frames/s.")] = None,
-    max_frames: Annotated[int | None, typer.Option("--max-frames", min=1, help="Stop after N results.")] = None,
-    duration: Annotated[float | None, typer.Option("--duration", min=0.01, help="Stop after S seconds.")] = None,
-    loop: Annotated[bool, typer.Option("--loop", help="Start a video file or image folder over at its end.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="One JSON object per result on stdout.", rich_help_panel=OUTPUT_PANEL)
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Nothing on stdout (sinks only).", rich_help_panel=OUTPUT_PANEL)
+    ] = False,
+    on_change: Annotated[
+        bool,
+        typer.Option("--on-change", help="Emit only when the decided label changes.", rich_help_panel=OUTPUT_PANEL),
+    ] = False,
+    fps: Annotated[
+        float | None,
+        typer.Option("--fps", min=0.01, help="Classify at most this many frames/s.", rich_help_panel=LIMITS_PANEL),
+    ] = None,
+    max_frames: Annotated[
+        int | None,
+        typer.Option("--max-frames", min=1, help="Stop after N results.", rich_help_panel=LIMITS_PANEL),
+    ] = None,
+    duration: Annotated[
+        float | None,
+        typer.Option("--duration", min=0.01, help="Stop after S seconds.", rich_help_panel=LIMITS_PANEL),
+    ] = None,
+    loop: Annotated[
+        bool,
+        typer.Option(
+            "--loop", help="Start a video file or image folder over at its end.", rich_help_panel=SOURCE_PANEL
+        ),
+    ] = False,
     ema: Annotated[
         float | None,
         typer.Option(
-            "--ema", min=0.01, max=1.0, help="Moving-average weight of the newest frame (1: off) \\[default: 1]."
+            "--ema",
+            min=0.01,
+            max=1.0,
+            help="Moving-average weight of the newest frame (1: off) \\[default: 1].",
+            rich_help_panel=SMOOTHING_PANEL,
         ),
     ] = None,
     hold: Annotated[
         int | None,
-        typer.Option("--hold", min=1, help="Frames a new label must lead before the decision switches \\[default: 1]."),
+        typer.Option(
+            "--hold",
+            min=1,
+            help="Frames a new label must lead before the decision switches \\[default: 1].",
+            rich_help_panel=SMOOTHING_PANEL,
+        ),
     ] = None,
     margin: Annotated[
-        float | None, typer.Option("--margin", min=0.01, max=1.0, help="...or lead by this much to switch at once.")
+        float | None,
+        typer.Option(
+            "--margin",
+            min=0.01,
+            max=1.0,
+            help="...or lead by this much to switch at once.",
+            rich_help_panel=SMOOTHING_PANEL,
+        ),
     ] = None,
     min_score: Annotated[
-        float | None, typer.Option("--min-score", min=0.0, max=1.0, help="Below this, no decision \\[default: 0].")
+        float | None,
+        typer.Option(
+            "--min-score",
+            min=0.0,
+            max=1.0,
+            help="Below this, no decision \\[default: 0].",
+            rich_help_panel=SMOOTHING_PANEL,
+        ),
     ] = None,
-    width: Annotated[int | None, typer.Option("--width", min=16, help="Camera frame width to ask for.")] = None,
-    height: Annotated[int | None, typer.Option("--height", min=16, help="Camera frame height to ask for.")] = None,
+    width: Annotated[
+        int | None,
+        typer.Option("--width", min=16, help="Camera frame width to ask for.", rich_help_panel=SOURCE_PANEL),
+    ] = None,
+    height: Annotated[
+        int | None,
+        typer.Option("--height", min=16, help="Camera frame height to ask for.", rich_help_panel=SOURCE_PANEL),
+    ] = None,
     camera_fps: Annotated[
-        float | None, typer.Option("--camera-fps", min=1, help="Camera frame rate to ask for.")
+        float | None,
+        typer.Option("--camera-fps", min=1, help="Camera frame rate to ask for.", rich_help_panel=SOURCE_PANEL),
     ] = None,
-    mqtt_qos: Annotated[int, typer.Option("--mqtt-qos", min=0, max=2, help="MQTT quality of service.")] = 0,
-    mqtt_retain: Annotated[bool, typer.Option("--mqtt-retain", help="Publish MQTT results as retained.")] = False,
+    mqtt_qos: Annotated[
+        int, typer.Option("--mqtt-qos", min=0, max=2, help="MQTT quality of service.", rich_help_panel=MQTT_PANEL)
+    ] = 0,
+    mqtt_retain: Annotated[
+        bool,
+        typer.Option("--mqtt-retain", help="Publish MQTT results as retained.", rich_help_panel=MQTT_PANEL),
+    ] = False,
     mqtt_discovery: Annotated[
         bool,
         typer.Option(
             "--mqtt-discovery",
             help="Announce the camera to Home Assistant (MQTT discovery): a device with a label sensor and an online sensor.",
+            rich_help_panel=MQTT_PANEL,
         ),
     ] = False,
     mqtt_discovery_prefix: Annotated[
-        str, typer.Option("--mqtt-discovery-prefix", help="Home Assistant's discovery prefix.")
+        str,
+        typer.Option("--mqtt-discovery-prefix", help="Home Assistant's discovery prefix.", rich_help_panel=MQTT_PANEL),
     ] = "homeassistant",
     mqtt_discovery_node_id: Annotated[
         str | None,
@@ -441,11 +521,17 @@ def run(
             "--mqtt-discovery-node-id",
             help="The device's id in Home Assistant (default: from the topic, one per topic).",
             show_default=False,
+            rich_help_panel=MQTT_PANEL,
         ),
     ] = None,
     stats_every: Annotated[
         float | None,
-        typer.Option("--stats-every", min=0.1, help="A JSON line of live statistics on stderr every S seconds."),
+        typer.Option(
+            "--stats-every",
+            min=0.1,
+            help="A JSON line of live statistics on stderr every S seconds.",
+            rich_help_panel=OUTPUT_PANEL,
+        ),
     ] = None,
     preview_token: Annotated[
         str | None,
@@ -455,6 +541,7 @@ def run(
             show_envvar=True,
             help="Token the dashboard (preview:HOST:PORT) asks for when it listens beyond 127.0.0.1.",
             show_default=False,
+            rich_help_panel=PREVIEW_PANEL,
         ),
     ] = None,
     preview_host: Annotated[
@@ -463,6 +550,7 @@ def run(
             "--preview-host",
             help="Another name the dashboard answers to, e.g. raspberrypi.local (it answers to localhost, its addresses and the HOST of preview:HOST:PORT; other Host headers get 403, against DNS rebinding); repeatable.",
             show_default=False,
+            rich_help_panel=PREVIEW_PANEL,
         ),
     ] = None,
     collect: Annotated[
@@ -470,19 +558,19 @@ def run(
         typer.Option(
             "--collect",
             help="Keep the frames worth a look (unsure, label changes, a sample) in DIR/<predicted label>/ with JSON sidecars, for relabelling and convert --extra-data.",
-            rich_help_panel="Field data",
+            rich_help_panel=FIELD_PANEL,
         ),
     ] = None,
     collect_below: Annotated[
         float,
         typer.Option(
-            "--collect-below", min=0.0, max=1.0, help="Unsure: top score under this.", rich_help_panel="Field data"
+            "--collect-below", min=0.0, max=1.0, help="Unsure: top score under this.", rich_help_panel=FIELD_PANEL
         ),
     ] = 0.6,
     collect_margin: Annotated[
         float,
         typer.Option(
-            "--collect-margin", min=0.0, max=1.0, help="Unsure: the top two within this.", rich_help_panel="Field data"
+            "--collect-margin", min=0.0, max=1.0, help="Unsure: the top two within this.", rich_help_panel=FIELD_PANEL
         ),
     ] = 0.1,
     collect_sample: Annotated[
@@ -492,13 +580,13 @@ def run(
             min=0.0,
             max=1.0,
             help="Share of the other frames kept at random.",
-            rich_help_panel="Field data",
+            rich_help_panel=FIELD_PANEL,
         ),
     ] = 0.01,
     collect_every: Annotated[
         float,
         typer.Option(
-            "--collect-every", min=0.0, help="At most one frame every S seconds.", rich_help_panel="Field data"
+            "--collect-every", min=0.0, help="At most one frame every S seconds.", rich_help_panel=FIELD_PANEL
         ),
     ] = 1.0,
     collect_max: Annotated[
@@ -506,112 +594,66 @@ def run(
         typer.Option(
             "--collect-max",
             help="Frames (500) or size (200MB) to keep; the oldest go first.",
-            rich_help_panel="Field data",
+            rich_help_panel=FIELD_PANEL,
         ),
     ] = "1000",
 ) -> None:
     """Classify a live camera, video or stream; Ctrl-C or SIGTERM stops it cleanly with every sink flushed."""
-    from edgecls.cli.run import RunOptions, run_stream
+    from edgecls.cli.run import OutputOptions, open_classifier, run_stream
+    from edgecls.live.smoothing import Smoothing
+    from edgecls.live.sources import SourceConfig
+    from edgecls.live.stream import StreamConfig
+    from edgecls.model.classifier import ClassifierConfig
+    from edgecls.sinks.spec import MqttSinkOptions, PreviewSinkOptions, SinkOptions, VideoSinkOptions, sink_needs_frames
 
     with project_errors():
-        prof = _load_profile(profile)
-        runtime = prof.runtime if prof else {}
-        smooth = prof.smoothing if prof else {}
-        camera = prof.source_options() if prof else {}
-        if source is None:
-            if prof is None:
-                from edgecls.errors import ConfigError
-
-                raise ConfigError("no --source given; pass --source (e.g. picam, 0, video.mp4) or --profile NAME")
-            source = prof.camera["source"]
-        from edgecls.live.imx500 import is_imx500_source
-
-        # the profile's camera settings apply to its camera (the AI Camera's with any network: imx500:RPK)
-        use_profile_camera = prof is not None and (
-            source == prof.camera["source"] or (is_imx500_source(source) and is_imx500_source(prof.camera["source"]))
-        )
-        options = RunOptions(
-            source=source,
-            top_k=top_k,
-            threshold=threshold,
-            sinks=list(sink or []),
-            json_lines=json_out,
-            quiet=quiet,
-            on_change=on_change,
+        # The one place the options become configuration; unset ones stay None for the profile to fill.
+        sinks = tuple(sink or ())
+        config = StreamConfig(
+            source=SourceConfig(source, width=width, height=height, fps=camera_fps, loop=loop),
+            classifier=ClassifierConfig(
+                labels=labels,
+                num_threads=threads,
+                delegate=delegate,
+                device=device,
+                delegate_options=parse_key_values(delegate_option, "--delegate-option") or None,
+                allow_cpu_fallback=allow_cpu_fallback,
+                backend=backend.value if backend is not None else None,
+                top_k=top_k,
+                threshold=threshold,
+            ),
+            smoothing=Smoothing(alpha=ema, hold=hold, margin=margin, min_score=min_score),
             fps=fps,
             max_frames=max_frames,
             duration=duration,
-            loop=loop,
-            ema=_first(ema, smooth.get("ema"), 1.0),
-            hold=_first(hold, smooth.get("hold"), 1),
-            margin=_first(margin, smooth.get("margin")),
-            min_score=_first(min_score, smooth.get("min_score"), 0.0),
-            width=_first(width, camera.get("width") if use_profile_camera else None),
-            height=_first(height, camera.get("height") if use_profile_camera else None),
-            camera_fps=_first(camera_fps, camera.get("fps") if use_profile_camera else None),
-            picamera=camera.get("picamera") if use_profile_camera else None,
-            mqtt_qos=mqtt_qos,
-            mqtt_retain=mqtt_retain,
+            keep_frames=collect is not None or any(sink_needs_frames(spec) for spec in sinks),
+        )
+        sink_options = SinkOptions(
+            on_change=on_change,
+            mqtt=MqttSinkOptions(qos=mqtt_qos, retain=mqtt_retain),
+            preview=PreviewSinkOptions(token=preview_token, hosts=tuple(preview_host or ())),
+            video=VideoSinkOptions(fps=fps or 30.0),
+        )
+        output = OutputOptions(
+            sinks=sinks,
+            json_lines=json_out,
+            quiet=quiet,
             stats_every=stats_every,
+            collect=str(collect) if collect is not None else None,
+            collect_policy=_collect_policy(collect_below, collect_margin, collect_sample, collect_every, collect_max),
             mqtt_discovery=mqtt_discovery_prefix if mqtt_discovery else None,
             mqtt_discovery_node_id=mqtt_discovery_node_id,
-            collect=str(collect) if collect is not None else None,
-            preview_token=preview_token,
-            preview_hosts=tuple(preview_host or ()),
-            collect_policy=_collect_policy(collect_below, collect_margin, collect_sample, collect_every, collect_max),
         )
-        # A delegate given on the command line replaces the profile's, with its device.
-        profile_delegate = delegate is None and device is None
-        if is_imx500_source(source):  # the network runs on the sensor: no interpreter, nothing for the CPU to tune
-            _refuse_cpu_options(
-                threads=threads,
-                backend=backend,
-                delegate=delegate,
-                device=device,
-                delegate_option=delegate_option,
-                allow_cpu_fallback=allow_cpu_fallback or None,
-            )
-            from edgecls.live.imx500 import SensorClassifier
+        if profile is not None:
+            from edgecls.device.profiles import load_profile
 
-            clf = SensorClassifier.open(model, source=source, labels=labels)
-        else:
-            clf = _open_classifier(
-                model,
-                labels=labels,
-                threads=_first(threads, runtime.get("threads")),
-                backend=backend or BackendChoice(runtime.get("backend", "auto")),
-                delegate=delegate if not profile_delegate else runtime.get("delegate"),
-                device=device if not profile_delegate else runtime.get("device"),
-                delegate_option=delegate_option,
-                allow_cpu_fallback=allow_cpu_fallback or bool(runtime.get("allow_cpu_fallback", False)),
-            )
-        code = run_stream(clf, options, out=sys.stdout, err=sys.stderr)
+            config = load_profile(profile).apply(config)
+        elif source is None:
+            from edgecls.errors import ConfigError
+
+            raise ConfigError("no --source given; pass --source (e.g. picam, 0, video.mp4) or --profile NAME")
+        code = run_stream(open_classifier(model, config), config, sink_options, output, out=sys.stdout, err=sys.stderr)
     raise typer.Exit(code=code)
-
-
-def _refuse_cpu_options(**given: Any) -> None:
-    """--source imx500 with options for a TFLite interpreter: an error, not silently ignored."""
-    named = [f"--{name.replace('_', '-')}" for name, value in given.items() if value]
-    if named:
-        from edgecls.errors import ConfigError
-
-        raise ConfigError(
-            f"{', '.join(named)} set the TFLite interpreter on the CPU; with --source imx500 the network "
-            "runs on the AI Camera's sensor: leave them out"
-        )
-
-
-def _first(*values: Any) -> Any:
-    """The first value that is not None (command-line flag, then profile, then built-in default)."""
-    return next((v for v in values if v is not None), None)
-
-
-def _load_profile(name: str | None) -> Any:
-    if name is None:
-        return None
-    from edgecls.device.profiles import load_profile
-
-    return load_profile(name)
 
 
 @app.command(rich_help_panel=SHIP, epilog=examples("edgecls profiles", "edgecls profiles rpi5"))

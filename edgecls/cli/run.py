@@ -15,27 +15,21 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from edgecls.errors import EdgeclsError
+from edgecls.errors import ConfigError, EdgeclsError
 from edgecls.live.capture import StreamEvent
-from edgecls.live.smoothing import Smoothing
-from edgecls.live.stream import Stream, StreamStats
-from edgecls.model.classifier import Classifier
+from edgecls.live.imx500 import SensorClassifier, is_imx500_source
+from edgecls.live.stream import Stream, StreamConfig, StreamStats
+from edgecls.model.classifier import Classifier, ClassifierConfig
+from edgecls.nativelog import quiet_native_stderr
 from edgecls.sinks.base import Sink, SinkGroup, TextSink, format_line
 from edgecls.sinks.collect import Collector
 from edgecls.sinks.dashboard import Dashboard
 from edgecls.sinks.mqtt import MqttSink
-from edgecls.sinks.spec import (
-    MqttSinkOptions,
-    PreviewSinkOptions,
-    SinkOptions,
-    VideoSinkOptions,
-    parse_sink,
-    sink_needs_frames,
-)
+from edgecls.sinks.spec import SinkOptions, parse_sink
 
 LIVE_REFRESH_S = 0.1
 # What stops a run cleanly (the stream stopped, every sink flushed and closed, the summary on stderr, exit code 0):
@@ -44,39 +38,60 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 CLOSED_STDOUT = "a closed stdout"
 
 
-@dataclass
-class RunOptions:
-    source: str
-    top_k: int = 3
-    threshold: float = 0.0
-    sinks: list[str] = field(default_factory=list)
+@dataclass(frozen=True)
+class OutputOptions:
+    """Where `edgecls run` sends its results besides the stream itself: the ``--sink`` texts, stdout (``json_lines``,
+    or nothing when ``quiet``), a statistics line every ``stats_every`` seconds, the frames worth a look kept in
+    ``collect`` (by ``collect_policy``, an `edgecls.sinks.collect.CollectPolicy`), and Home Assistant discovery under
+    the prefix ``mqtt_discovery`` (None: off) for the device ``mqtt_discovery_node_id``."""
+
+    sinks: tuple[str, ...] = ()
     json_lines: bool = False
     quiet: bool = False
-    on_change: bool = False
-    fps: float | None = None
-    max_frames: int | None = None
-    duration: float | None = None
-    loop: bool = False
-    ema: float = 1.0
-    hold: int = 1
-    margin: float | None = None
-    min_score: float = 0.0
-    width: int | None = None
-    height: int | None = None
-    camera_fps: float | None = None
-    picamera: dict[str, Any] | None = None
-    mqtt_qos: int = 0
-    mqtt_retain: bool = False
-    mqtt_discovery: str | None = None  # Home Assistant MQTT discovery under this prefix (edgecls.sinks.hass)
-    mqtt_discovery_node_id: str | None = None  # the device's id in Home Assistant (default: from the topic)
-    collect: str | None = None  # keep the frames worth a look here (edgecls.sinks.collect)
-    preview_token: str | None = None  # the dashboard's token, needed when it listens beyond 127.0.0.1
-    preview_hosts: tuple[str, ...] = ()  # more names the dashboard answers to (Host header)
-    collect_policy: Any = None  # edgecls.sinks.collect.CollectPolicy
     stats_every: float | None = None
+    collect: str | None = None
+    collect_policy: Any = None
+    mqtt_discovery: str | None = None
+    mqtt_discovery_node_id: str | None = None
 
 
-def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO) -> int:
+def open_classifier(model: str | os.PathLike[str], config: StreamConfig) -> Classifier | SensorClassifier:
+    """The classifier ``config`` asks for (the AI Camera's network with ``--source imx500``), with what native code
+    prints while loading held back (edgecls.nativelog)."""
+    if is_imx500_source(config.source.spec):  # the network runs on the sensor: nothing for the CPU to tune
+        _refuse_cpu_options(config.classifier)
+        return SensorClassifier.open(model, source=str(config.source.spec), labels=config.classifier.labels)
+    with quiet_native_stderr():
+        return Classifier.from_config(model, config.classifier)  # a CPU fallback is logged as a warning
+
+
+def _refuse_cpu_options(config: ClassifierConfig) -> None:
+    """--source imx500 with options for a TFLite interpreter: an error, not silently ignored."""
+    given = {
+        "--threads": config.num_threads,
+        "--backend": config.backend,
+        "--delegate": config.delegate,
+        "--device": config.device,
+        "--delegate-option": config.delegate_options,
+        "--allow-cpu-fallback": config.allow_cpu_fallback,
+    }
+    named = [flag for flag, value in given.items() if value]
+    if named:
+        raise ConfigError(
+            f"{', '.join(named)} set the TFLite interpreter on the CPU; with --source imx500 the network "
+            "runs on the AI Camera's sensor: leave them out"
+        )
+
+
+def run_stream(
+    clf: Classifier | SensorClassifier,
+    config: StreamConfig,
+    sink_options: SinkOptions,
+    output: OutputOptions,
+    *,
+    out: TextIO,
+    err: TextIO,
+) -> int:
     """Run until the source ends, a limit is reached or a signal arrives; returns the exit code."""
     lock = threading.Lock()
 
@@ -93,26 +108,7 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
     def on_event(event: StreamEvent) -> None:
         say(f"{event.kind}: {event.message}")
 
-    smoothing = Smoothing(alpha=options.ema, hold=options.hold, margin=options.margin, min_score=options.min_score)
-    stream = Stream(
-        clf,
-        source=options.source,
-        top_k=options.top_k,
-        threshold=options.threshold,
-        smoothing=smoothing,
-        fps=options.fps,
-        max_frames=options.max_frames,
-        duration=options.duration,
-        loop=options.loop,
-        on_event=on_event,
-        keep_frames=options.collect is not None or any(sink_needs_frames(s) for s in options.sinks),
-        source_options={
-            "width": options.width,
-            "height": options.height,
-            "fps": options.camera_fps,
-            "picamera": options.picamera,
-        },
-    )
+    stream = Stream.from_config(clf, config, on_event=on_event)
     sinks: list[Sink] = []
     group = SinkGroup([], on_event)
     stopped: list[str] = []  # what stopped the run: a signal's name, or CLOSED_STDOUT
@@ -123,11 +119,14 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
 
     with _stop_signals(stop):  # until every sink is closed: a second Ctrl-C must not cut the closing short
         try:
-            sinks = _make_sinks(options, on_event, say, model_name=Path(str(clf.path)).name, stats=stream.stats)
-            if not options.quiet and out is not None:  # started with stdout closed (>&-): as --quiet
-                sinks.insert(0, _StdoutSink(_stdout_sink(out, options, stream), out, lambda: stop(CLOSED_STDOUT)))
-            if options.stats_every:
-                sinks.append(_StatsLines(stream, options.stats_every, say))
+            sinks = _make_sinks(
+                output, sink_options, on_event, say, model_name=Path(str(clf.path)).name, stats=stream.stats
+            )
+            if not output.quiet and out is not None:  # started with stdout closed (>&-): as --quiet
+                stdout = _stdout_sink(out, output.json_lines, sink_options.on_change, stream)
+                sinks.insert(0, _StdoutSink(stdout, out, lambda: stop(CLOSED_STDOUT)))
+            if output.stats_every:
+                sinks.append(_StatsLines(stream, output.stats_every, say))
             group.sinks = sinks
             _run(stream, group)
         finally:
@@ -149,27 +148,27 @@ def run_stream(clf: Classifier, options: RunOptions, *, out: TextIO, err: TextIO
 
 
 def _make_sinks(
-    options: RunOptions, on_event: Any, say: Any, model_name: str | None = None, stats: Any = None
+    output: OutputOptions,
+    sink_options: SinkOptions,
+    on_event: Any,
+    say: Any,
+    model_name: str | None = None,
+    stats: Any = None,
 ) -> list[Sink]:
     sinks: list[Sink] = []
     from edgecls.sinks.hass import discovery_for, require_mqtt_sink
 
     discovery = discovery_for(
-        options.mqtt_discovery is not None,
-        prefix=options.mqtt_discovery or "homeassistant",
-        node_id=options.mqtt_discovery_node_id,
+        output.mqtt_discovery is not None,
+        prefix=output.mqtt_discovery or "homeassistant",
+        node_id=output.mqtt_discovery_node_id,
         model=model_name,
     )
     if discovery is not None:
-        require_mqtt_sink(options.sinks, discovery)
-    sink_options = SinkOptions(
-        on_change=options.on_change,
-        mqtt=MqttSinkOptions(qos=options.mqtt_qos, retain=options.mqtt_retain, discovery=discovery),
-        preview=PreviewSinkOptions(token=options.preview_token, hosts=options.preview_hosts),
-        video=VideoSinkOptions(fps=options.fps or 30.0),
-    )
+        require_mqtt_sink(list(output.sinks), discovery)
+        sink_options = replace(sink_options, mqtt=replace(sink_options.mqtt, discovery=discovery))
     try:
-        for spec in options.sinks:
+        for spec in output.sinks:
             sink = parse_sink(spec, sink_options, on_event=on_event, stats=stats)
             sinks.append(sink)
             # a broker that refused the login or closed the connection has said so (a sink-error line) already
@@ -180,8 +179,8 @@ def _make_sinks(
                 )
             if isinstance(sink, Dashboard):
                 say(sink.announce())
-        if options.collect is not None:
-            sinks.append(Collector(options.collect, options.collect_policy, model=model_name))
+        if output.collect is not None:
+            sinks.append(Collector(output.collect, output.collect_policy, model=model_name))
     except BaseException:
         for s in sinks:
             try:
@@ -337,10 +336,10 @@ def _to_devnull(stream: TextIO) -> None:
         os.close(devnull)
 
 
-def _stdout_sink(out: TextIO, options: RunOptions, stream: Stream) -> Sink:
-    if not options.json_lines and out.isatty():
-        return _LiveLine(out, options.on_change, stream)
-    return TextSink(out, json_lines=options.json_lines, on_change=options.on_change)
+def _stdout_sink(out: TextIO, json_lines: bool, on_change: bool, stream: Stream) -> Sink:
+    if not json_lines and out.isatty():
+        return _LiveLine(out, on_change, stream)
+    return TextSink(out, json_lines=json_lines, on_change=on_change)
 
 
 def _summary(stats: StreamStats, stopped_by: str | None) -> str:

@@ -4,7 +4,7 @@ A profile holds what a board needs to run `edgecls run` well: the camera (picame
 streams, buffers; or a USB camera's index, size and frame rate), interpreter threads, the delegate and its device,
 smoothing defaults, and the lines the board's boot configuration (``/boot/firmware/config.txt``) needs, one comment
 per line. `load_profile` finds a profile by name (``EDGECLS_PROFILE_PATH`` folders first, then the bundled ones) or
-by path; command-line flags override what it says.
+by path; `Profile.apply` fills a `StreamConfig` with it, where what the caller set (a command-line flag) wins.
 """
 
 from __future__ import annotations
@@ -12,12 +12,17 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from edgecls.errors import ConfigError
-from edgecls.live.sources import PICAMERA_FORMATS
+from edgecls.live.smoothing import Smoothing
+from edgecls.live.sources import PICAMERA_FORMATS, PicameraOptions, SourceConfig
+from edgecls.model.classifier import ClassifierConfig
+
+if TYPE_CHECKING:
+    from edgecls.live.stream import StreamConfig
 
 PROFILE_PATH_ENV = "EDGECLS_PROFILE_PATH"
 # What an AI Camera (source imx500) profile may set of picamera2's: the main stream the results carry, and controls.
@@ -230,6 +235,16 @@ def _validate(data: Any, schema: dict[str, Any], origin: str, prefix: str) -> No
 
 # -- the profile ---------------------------------------------------------------------------------------------------
 
+# The camera keys that are picamera2's settings (a picam or the AI Camera's source).
+PICAMERA_KEYS = ("main_size", "main_format", "lores_size", "lores_format", "buffer_count", "sensor_mode", "controls")
+Config = TypeVar("Config")
+
+
+def _fill(mine: Config, other: Config) -> Config:
+    """``mine`` with each field it leaves None taken from ``other``."""
+    unset = {f.name: getattr(other, f.name) for f in fields(mine) if getattr(mine, f.name) is None}  # type: ignore[arg-type]
+    return replace(mine, **unset)  # type: ignore[type-var]
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -264,41 +279,71 @@ class Profile:
         value = self.data.get("latency_factor")
         return float(value) if value is not None else None
 
-    def source_options(self) -> dict[str, Any]:
-        """Keyword arguments for `edgecls.live.sources.parse_source` (camera size, frame rate, picamera2 settings)."""
+    def source_config(self) -> SourceConfig:
+        """The profile's camera: its ``--source``, the size and rate to ask for, picamera2's settings."""
         cam = self.camera
         if cam["source"].partition(":")[0] in ("picam", "imx500"):  # picamera2's settings (the AI Camera's too)
-            picam = {
-                k: cam[k]
-                for k in ("main_format", "lores_format", "buffer_count", "sensor_mode", "controls")
-                if k in cam
-            }
-            for key in ("main_size", "lores_size"):
-                if key in cam:
-                    picam[key] = tuple(cam[key])
-            return {"fps": cam.get("fps"), "picamera": picam}
-        return {"width": cam.get("width"), "height": cam.get("height"), "fps": cam.get("fps")}
+            picamera = PicameraOptions(**{k: cam[k] for k in PICAMERA_KEYS if k in cam})
+            return SourceConfig(cam["source"], fps=cam.get("fps"), picamera=picamera)
+        return SourceConfig(cam["source"], width=cam.get("width"), height=cam.get("height"), fps=cam.get("fps"))
 
-    def stream_options(self) -> dict[str, Any]:
-        """Keyword arguments for `edgecls.Stream`: ``Stream(model, **profile.stream_options())``; override any."""
-        from edgecls.live.smoothing import Smoothing
+    def classifier_config(self) -> ClassifierConfig:
+        """The profile's interpreter settings (threads, backend, delegate and its device, CPU fallback)."""
+        runtime = self.runtime
+        return ClassifierConfig(
+            num_threads=runtime.get("threads"),
+            backend=runtime.get("backend"),
+            delegate=runtime.get("delegate"),
+            device=runtime.get("device"),
+            allow_cpu_fallback=bool(runtime.get("allow_cpu_fallback", False)),
+        )
 
-        runtime, smooth = self.runtime, self.smoothing
-        return {
-            "source": self.camera["source"],
-            "source_options": self.source_options(),
-            "num_threads": runtime.get("threads"),
-            "backend": runtime.get("backend", "auto"),
-            "delegate": runtime.get("delegate"),
-            "device": runtime.get("device"),
-            "allow_cpu_fallback": bool(runtime.get("allow_cpu_fallback", False)),
-            "smoothing": Smoothing(
-                alpha=smooth.get("ema", 1.0),
-                hold=smooth.get("hold", 1),
-                margin=smooth.get("margin"),
-                min_score=smooth.get("min_score", 0.0),
-            ),
-        }
+    def smoothing_config(self) -> Smoothing:
+        """The profile's smoothing (what it leaves out stays unset: the built-in default)."""
+        smooth = self.smoothing
+        return Smoothing(
+            alpha=smooth.get("ema"),
+            hold=smooth.get("hold"),
+            margin=smooth.get("margin"),
+            min_score=smooth.get("min_score"),
+        )
+
+    def apply(self, config: StreamConfig) -> StreamConfig:
+        """``config`` with what it leaves unset taken from this profile; what it sets wins. The same merge as
+        ``edgecls run --profile``:
+
+        - no source: the profile's camera. The camera's size, rate and picamera2 settings fill the unset ones only
+          when the source is the profile's camera (the AI Camera's with any network: ``imx500:RPK``).
+        - the interpreter: threads and backend when unset; the delegate with its device when neither is set (one
+          given replaces the profile's, with its device); the CPU fallback when either allows it. None of it when
+          the source is the AI Camera (the network runs on the sensor).
+        - each smoothing field left unset (see `Smoothing.unset`).
+
+        >>> load_profile("rpi5").apply(StreamConfig(smoothing=Smoothing(hold=5))).smoothing  # doctest: +SKIP
+        Smoothing(alpha=0.4, hold=5, margin=0.25, min_score=0.3)
+        """
+        from edgecls.live.imx500 import is_imx500_source
+
+        camera = self.source_config()
+        source = config.source
+        if source.spec is None:
+            source = replace(source, spec=camera.spec)
+        if source.spec == camera.spec or (is_imx500_source(source.spec) and is_imx500_source(camera.spec)):
+            picamera = _fill(source.picamera, camera.picamera) if source.picamera else camera.picamera
+            source = replace(_fill(source, camera), picamera=picamera)
+        classifier = config.classifier
+        if not is_imx500_source(source.spec):
+            own = self.classifier_config()
+            pair = own if classifier.delegate is None and classifier.device is None else classifier
+            classifier = replace(
+                _fill(classifier, own),
+                delegate=pair.delegate,  # the delegate and its device come together, from one side
+                device=pair.device,
+                allow_cpu_fallback=classifier.allow_cpu_fallback or own.allow_cpu_fallback,
+            )
+        return replace(
+            config, source=source, classifier=classifier, smoothing=config.smoothing.fill(self.smoothing_config())
+        )
 
     def boot_fragment(self) -> str:
         """The lines for the boot configuration file, each under its comment ("" when the board needs none)."""

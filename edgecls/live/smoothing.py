@@ -10,11 +10,15 @@ Pure numpy and no model: a robot should not flip its behaviour because one frame
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from edgecls.errors import ConfigError
+
+# The built-in smoothing: none (each frame decides on its own). One place; a field left out takes its value here.
+SMOOTHING_DEFAULTS: dict[str, Any] = {"alpha": 1.0, "hold": 1, "margin": None, "min_score": 0.0}
 
 
 @dataclass(frozen=True)
@@ -25,14 +29,23 @@ class Smoothing:
     leader must lead in a row before the decision switches to it (1: at once). ``margin``: a leader ahead of the
     current decision by at least this much switches at once, without waiting for ``hold`` (None: never).
     ``min_score``: a leader whose smoothed score is below this is no decision at all (label None).
+
+    A field left out (or given as None) takes the default in SMOOTHING_DEFAULTS and is named in `unset`, so that
+    `fill` (and a device profile, `edgecls.device.profiles.Profile.apply`) can give it another value while what was
+    given stays. (`dataclasses.replace` passes every field, so its result has none unset.)
     """
 
-    alpha: float = 1.0
-    hold: int = 1
+    alpha: float | None = None  # None: SMOOTHING_DEFAULTS's (a number once made; see the class docstring)
+    hold: int | None = None
     margin: float | None = None
-    min_score: float = 0.0
+    min_score: float | None = None
+    unset: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        unset = frozenset(name for name in SMOOTHING_DEFAULTS if getattr(self, name) is None)
+        for name in unset:
+            object.__setattr__(self, name, SMOOTHING_DEFAULTS[name])
+        object.__setattr__(self, "unset", unset)
         if not 0.0 < self.alpha <= 1.0:
             raise ConfigError(f"smoothing alpha must be in (0, 1] (received {self.alpha})")
         if self.hold < 1:
@@ -41,6 +54,16 @@ class Smoothing:
             raise ConfigError(f"smoothing margin must be in (0, 1] (received {self.margin})")
         if not 0.0 <= self.min_score <= 1.0:
             raise ConfigError(f"smoothing min_score must be in [0, 1] (received {self.min_score})")
+
+    def fill(self, other: Smoothing) -> Smoothing:
+        """These settings, with the fields left unset here taken from ``other`` (those it sets).
+
+        >>> Smoothing(hold=5).fill(Smoothing(alpha=0.5, hold=3))
+        Smoothing(alpha=0.5, hold=5, margin=None, min_score=0.0)
+        """
+        given = {name: getattr(self, name) for name in SMOOTHING_DEFAULTS if name not in self.unset}
+        taken = {name: getattr(other, name) for name in self.unset if name not in other.unset}
+        return Smoothing(**given, **taken)
 
 
 @dataclass(frozen=True, slots=True)

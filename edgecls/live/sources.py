@@ -17,8 +17,10 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -560,24 +562,114 @@ def _import_cv2() -> Any:
     return cv2
 
 
-# -- parsing --source ----------------------------------------------------------------------------------------------
+# -- what --source and the camera options say ----------------------------------------------------------------------
+
+
+def _size_pair(value: Any, what: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    pair = tuple(value) if isinstance(value, (tuple, list)) else ()
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 16 for v in pair):
+        raise ConfigError(f"{what} must be (width, height), two integers >= 16 (received {value!r})")
+    return pair  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class PicameraOptions:
+    """picamera2 settings of a Raspberry Pi camera (or the AI Camera's main stream): see `PicameraSource`. None
+    leaves a setting to the source (the lores size then follows the model's input)."""
+
+    main_size: tuple[int, int] | None = None
+    main_format: str | None = None
+    lores_size: tuple[int, int] | None = None
+    lores_format: str | None = None
+    buffer_count: int | None = None
+    sensor_mode: int | None = None
+    controls: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "main_size", _size_pair(self.main_size, "picamera main_size"))
+        object.__setattr__(self, "lores_size", _size_pair(self.lores_size, "picamera lores_size"))
+        for name in ("main_format", "lores_format"):
+            value = getattr(self, name)
+            if value is not None and value not in PICAMERA_FORMATS:
+                raise ConfigError(f"picamera {name} must be one of {', '.join(PICAMERA_FORMATS)} (received {value!r})")
+        for name, low in (("buffer_count", 2), ("sensor_mode", 0)):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+                raise ConfigError(f"picamera {name} must be an integer >= {low} (received {value!r})")
+        if self.controls is not None:
+            if not isinstance(self.controls, Mapping):
+                raise ConfigError(f"picamera controls must be a table of name = value (received {self.controls!r})")
+            object.__setattr__(self, "controls", MappingProxyType(dict(self.controls)))
+
+    def kwargs(self) -> dict[str, Any]:
+        """The settings given, as keyword arguments of `PicameraSource` (and the AI Camera's source)."""
+        given = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        if "controls" in given:
+            given["controls"] = dict(given["controls"])
+        return given
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where frames come from, as one value: ``spec``, the ``--source`` text (see SOURCE_FORMS) or a camera index
+    (None: not set yet, e.g. a device profile's camera is to be used, `edgecls.device.profiles.Profile.apply`);
+    ``width``/``height``/``fps``: what to ask a camera for; ``loop``: start a file or image folder over at its end;
+    ``picamera``: a Raspberry Pi camera's settings. Checked when made; `parse_source` builds the source.
+
+    >>> SourceConfig("picam", fps=30, picamera=PicameraOptions(main_size=(1536, 864))).picamera.main_size
+    (1536, 864)
+    """
+
+    spec: str | int | None = None
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    loop: bool = False
+    picamera: PicameraOptions | None = None
+
+    def __post_init__(self) -> None:
+        spec = self.spec
+        if spec is not None and (isinstance(spec, bool) or not isinstance(spec, (str, int))):
+            raise ConfigError(f"the source must be a --source text or a camera index (received {spec!r})")
+        if isinstance(spec, int) and spec < 0:
+            raise ConfigError(f"a camera index is 0 or more (received {spec})")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 16):
+                raise ConfigError(f"camera {name} must be an integer >= 16 (received {value!r})")
+        if self.fps is not None and (
+            not isinstance(self.fps, (int, float)) or isinstance(self.fps, bool) or not self.fps > 0
+        ):
+            raise ConfigError(f"camera fps must be a positive number (received {self.fps!r})")
+        if isinstance(self.picamera, Mapping):  # a profile's or a script's table
+            unknown = sorted(set(self.picamera) - {f.name for f in fields(PicameraOptions)})
+            if unknown:
+                raise ConfigError(
+                    f"unknown picamera setting {unknown[0]!r}; expected one of "
+                    + ", ".join(f.name for f in fields(PicameraOptions))
+                )
+            object.__setattr__(self, "picamera", PicameraOptions(**self.picamera))
+        elif self.picamera is not None and not isinstance(self.picamera, PicameraOptions):
+            raise ConfigError(f"picamera must be PicameraOptions (received {self.picamera!r})")
 
 
 def parse_source(
-    spec: str | int,
+    source: str | int | SourceConfig,
     *,
-    width: int | None = None,
-    height: int | None = None,
-    fps: float | None = None,
     model_size: tuple[int, int] | None = None,
     grayscale: bool = False,
-    picamera: dict[str, Any] | None = None,
 ) -> FrameSource:
-    """Build the source a ``--source`` text names (see SOURCE_FORMS); nothing is opened yet.
+    """Build the source a ``--source`` text (or a `SourceConfig`) names (see SOURCE_FORMS); nothing is opened yet.
 
-    ``width``/``height``/``fps`` go to cameras; ``model_size`` (w, h) sizes picamera2's lores stream unless
-    ``picamera`` (`PicameraSource` keyword arguments, e.g. from a device profile) gives ``lores_size``.
+    The config's ``width``/``height``/``fps`` go to cameras; ``model_size`` (w, h) sizes picamera2's lores stream
+    unless its ``picamera`` settings give ``lores_size``.
     """
+    config = source if isinstance(source, SourceConfig) else SourceConfig(source)
+    spec, width, height, fps = config.spec, config.width, config.height, config.fps
+    if spec is None:
+        raise ConfigError(f"no source given; expected {SOURCE_FORMS}")
     if isinstance(spec, int):
         return OpenCVSource(spec, width=width, height=height, fps=fps)
     text = spec.strip()
@@ -592,7 +684,7 @@ def parse_source(
         )
     if text == "picam" or text.startswith("picam:"):
         index = int(_number(text[6:], "picam camera number")) if text.startswith("picam:") else 0
-        options = dict(picamera or {})
+        options = config.picamera.kwargs() if config.picamera else {}
         if fps:
             options["controls"] = {"FrameRate": float(fps), **(options.get("controls") or {})}
         main = tuple(options.pop("main_size", None) or (width or 1280, height or 960))
@@ -636,7 +728,9 @@ __all__ = [
     "FrameSource",
     "ImageFilesSource",
     "OpenCVSource",
+    "PicameraOptions",
     "PicameraSource",
+    "SourceConfig",
     "lores_size_for",
     "parse_source",
 ]

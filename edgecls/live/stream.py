@@ -1,6 +1,6 @@
 """`Stream`: live classification of a camera, video or network stream, for the CLI and for robotics code.
 
-    with edgecls.Stream("model.tflite", source="picam", smoothing=Smoothing(alpha=0.5, hold=3)) as stream:
+    with edgecls.Stream("model.tflite", "picam", smoothing=Smoothing(alpha=0.5, hold=3)) as stream:
         for result in stream:
             if result.decision.changed:
                 robot.react(result.decision.label)
@@ -10,6 +10,10 @@ inference of frame N. Results reach the consumer by iteration (``for``/``async f
 (``on_result``, called in the inference thread) or by polling (`Stream.latest`, never blocking). Errors in either
 thread are raised as project exceptions in the consumer's thread. The library never prints, exits or installs
 signal handlers: the CLI does that around it.
+
+What a stream is told is one frozen `StreamConfig` (the classifier's `ClassifierConfig`, the source's `SourceConfig`,
+the `Smoothing` and the limits), built once by the caller, a device profile (`Profile.apply`) or the CLI, and handed
+down: ``Stream.from_config(model, config)``; the keyword arguments of `Stream` build the same config.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,10 +35,9 @@ from edgecls.errors import ConfigError, EdgeclsError
 from edgecls.live.capture import END, Capture, Frame, StreamEvent
 from edgecls.live.imx500 import SensorClassifier, is_imx500_source
 from edgecls.live.smoothing import Decision, Smoother, Smoothing
-from edgecls.live.sources import FrameSource, parse_source
-from edgecls.model.classifier import Classifier
+from edgecls.live.sources import FrameSource, SourceConfig, parse_source
+from edgecls.model.classifier import Classifier, ClassifierConfig
 from edgecls.model.postprocess import Prediction
-from edgecls.model.preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
 
@@ -121,18 +124,64 @@ class StreamStats:
         }
 
 
+@dataclass(frozen=True)
+class StreamConfig:
+    """Everything a `Stream` is told, as one value: the ``classifier`` (how to open and rank the model), the
+    ``source`` (a `SourceConfig`; a ``--source`` text or camera index is taken as one), the decision's
+    ``smoothing``, and the limits: ``fps`` (classify at most this many frames per second), ``max_frames`` and
+    ``duration`` (stop after that many results or seconds). ``keep_frames``: attach each captured image to its
+    result (for drawing sinks). Checked when made; a device profile fills what is left unset
+    (`edgecls.device.profiles.Profile.apply`).
+
+    >>> StreamConfig("demo", max_frames=10).source.spec
+    'demo'
+    """
+
+    source: SourceConfig = field(default_factory=SourceConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    smoothing: Smoothing = field(default_factory=Smoothing)
+    fps: float | None = None
+    max_frames: int | None = None
+    duration: float | None = None
+    keep_frames: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.source, SourceConfig):
+            object.__setattr__(self, "source", SourceConfig(self.source))
+        for name, kind in (("classifier", ClassifierConfig), ("smoothing", Smoothing)):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(f"{name} must be a {kind.__name__} (received {getattr(self, name)!r})")
+        for name in ("fps", "duration"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be positive (received {value})")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ConfigError(f"max_frames must be at least 1 (received {self.max_frames})")
+
+
+def _open_classifier(
+    model: str | os.PathLike[str] | Classifier | SensorClassifier, config: StreamConfig
+) -> tuple[Classifier | SensorClassifier, bool]:
+    """The stream's classifier and whether the stream opened it (and so closes it)."""
+    if isinstance(model, (Classifier, SensorClassifier)):
+        return model, False
+    if is_imx500_source(config.source.spec):  # the network runs on the sensor: no interpreter on the CPU
+        spec = str(config.source.spec)
+        return SensorClassifier.open(model, source=spec, labels=config.classifier.labels), True
+    return Classifier.from_config(model, config.classifier), True
+
+
 class Stream:
     """Classify a stream of frames with a model; see the module docstring for the ways to consume it.
 
-    ``model``: a .tflite path (opened with ``labels``, ``num_threads``, ``delegate``, ``device``, ``backend``,
-    ``preprocess`` as in `Classifier`) or a ready `Classifier` (not closed by the stream); with ``source="imx500"``
-    (the AI Camera, which runs the network itself) a run folder, its model.tflite or a .rpk, or a ready
-    `edgecls.live.imx500.SensorClassifier`. ``source``: a
-    ``--source`` text (see `edgecls.live.sources.parse_source`; ``source_options`` go to it) or a `FrameSource`.
-    ``top_k``/``threshold``: the ranked predictions of each result. ``smoothing``: the decision's `Smoothing`.
-    ``fps``: classify at most this many frames per second. ``max_frames``/``duration``: stop after that many
-    results or seconds. ``loop``: start a file over at its end. ``on_result``/``on_event``: callbacks from the
-    stream's threads. ``keep_frames``: attach each captured image to its result (for drawing sinks).
+    ``model``: a .tflite path (opened as ``classifier``, a `ClassifierConfig`, says) or a ready `Classifier` (not
+    closed by the stream; only the config's ``top_k``/``threshold`` apply to it); with ``source="imx500"`` (the AI
+    Camera, which runs the network itself) a run folder, its model.tflite or a .rpk, or a ready
+    `edgecls.live.imx500.SensorClassifier`. ``source``: a ``--source`` text or camera index (see
+    `edgecls.live.sources.parse_source`), a `SourceConfig` (with the camera's size and rate, ``loop``, picamera2
+    settings), or a `FrameSource`. ``smoothing``: the decision's `Smoothing`. ``fps``, ``max_frames``,
+    ``duration``, ``keep_frames``: see `StreamConfig`; `from_config` takes them all as one. ``on_result``/
+    ``on_event``: callbacks from the stream's threads.
 
     Results wait for their consumer: up to two are queued for an iteration, and a finite source is classified no
     faster than it is taken (a live one drops the oldest unread result instead). This holds from `start` on, so an
@@ -144,84 +193,46 @@ class Stream:
     def __init__(
         self,
         model: str | os.PathLike[str] | Classifier | SensorClassifier,
+        source: str | int | SourceConfig | FrameSource,
         *,
-        source: str | int | FrameSource,
-        labels: str | os.PathLike[str] | Sequence[str] | None = None,
-        num_threads: int | None = None,
-        delegate: Any = None,
-        device: str | None = None,
-        delegate_options: dict[str, str] | None = None,
-        allow_cpu_fallback: bool = False,
-        backend: str = "auto",
-        preprocess: PreprocessConfig | None = None,
-        top_k: int = 5,
-        threshold: float = 0.0,
+        classifier: ClassifierConfig | None = None,
         smoothing: Smoothing | None = None,
         fps: float | None = None,
         max_frames: int | None = None,
         duration: float | None = None,
-        loop: bool = False,
         on_result: Callable[[StreamResult], None] | None = None,
         on_event: Callable[[StreamEvent], None] | None = None,
         keep_frames: bool = True,
-        source_options: dict[str, Any] | None = None,
     ) -> None:
-        for name, value in (("fps", fps), ("duration", duration)):
-            if value is not None and value <= 0:
-                raise ConfigError(f"{name} must be positive (received {value})")
-        if max_frames is not None and max_frames < 1:
-            raise ConfigError(f"max_frames must be at least 1 (received {max_frames})")
-        if top_k < 1:
-            raise ConfigError(f"top_k must be at least 1 (received {top_k})")
-        self.classifier: Classifier | SensorClassifier
-        if isinstance(model, (Classifier, SensorClassifier)):
-            self.classifier, self._owns_classifier = model, False
-        elif is_imx500_source(source):  # the network runs on the sensor: no interpreter on the CPU
-            self.classifier, self._owns_classifier = SensorClassifier.open(model, source=source, labels=labels), True
-        else:
-            self.classifier = Classifier(
-                model,
-                labels=labels,
-                num_threads=num_threads,
-                delegate=delegate,
-                device=device,
-                backend=backend,
-                preprocess=preprocess,
-                delegate_options=delegate_options,
-                allow_cpu_fallback=allow_cpu_fallback,
-            )
-            self._owns_classifier = True
-        if isinstance(source, FrameSource):
-            self.source = source
-        elif isinstance(self.classifier, SensorClassifier):
-            self.source = self.classifier.make_source(str(source), **(source_options or {}))
-        else:
-            if is_imx500_source(source):
-                raise ConfigError(
-                    f"--source {source} runs the network on the AI Camera's sensor, not the TFLite model "
-                    f"{self.classifier.path}: give the run folder or its .rpk"
-                )
-            spec = self.classifier.input_spec
-            self.source = parse_source(
-                source, model_size=(spec.width, spec.height), grayscale=spec.channels == 1, **(source_options or {})
-            )
+        given = source if isinstance(source, FrameSource) else None
+        self.config = config = StreamConfig(
+            source=SourceConfig() if given is not None else source,  # type: ignore[arg-type]
+            classifier=classifier or ClassifierConfig(),
+            smoothing=smoothing or Smoothing(),
+            fps=fps,
+            max_frames=max_frames,
+            duration=duration,
+            keep_frames=keep_frames,
+        )
+        self.classifier, self._owns_classifier = _open_classifier(model, config)
+        self.source = given or self._make_source(config.source)
         if self.source.computes_outputs != isinstance(self.classifier, SensorClassifier):
             raise ConfigError(
                 f"{self.classifier.path} and the source {self.source.name} do not go together: a "
                 "network on the AI Camera's sensor needs its imx500 source, and that source a network"
             )
-        self.top_k, self.threshold = top_k, threshold
-        self.smoothing = smoothing or Smoothing()
-        self.fps, self.max_frames, self.duration = fps, max_frames, duration
+        self.top_k, self.threshold = config.classifier.top_k, config.classifier.threshold
+        self.smoothing = config.smoothing
+        self.fps, self.max_frames, self.duration = config.fps, config.max_frames, config.duration
         self.on_result, self.on_event = on_result, on_event
-        self.keep_frames = keep_frames
+        self.keep_frames = config.keep_frames
         # Preparing a file's next frame in the capture thread overlaps it with inference, but only pays when the
         # interpreter leaves a core free: when its threads take every core, the extra work stalls them instead.
         prepare = None
         if isinstance(self.classifier, Classifier) and self.classifier.num_threads < (os.cpu_count() or 1):
             preprocessor = self.classifier.preprocessor
             prepare = lambda image, color: preprocessor.to_array(image, color=color)
-        self._capture = Capture(self.source, loop=loop, on_event=self._emit, prepare=prepare)
+        self._capture = Capture(self.source, loop=config.source.loop, on_event=self._emit, prepare=prepare)
         self._results: collections.deque[StreamResult] = collections.deque()
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -235,6 +246,46 @@ class Stream:
         self._started_at = self._ended_at = 0.0
         self._recent: collections.deque[tuple[float, Latency]] = collections.deque(maxlen=512)
         self._closed = False
+
+    @classmethod
+    def from_config(
+        cls,
+        model: str | os.PathLike[str] | Classifier | SensorClassifier,
+        config: StreamConfig,
+        *,
+        on_result: Callable[[StreamResult], None] | None = None,
+        on_event: Callable[[StreamEvent], None] | None = None,
+    ) -> Stream:
+        """The stream ``config`` describes (the callbacks are not configuration: they come beside it)."""
+        return cls(
+            model,
+            config.source,
+            classifier=config.classifier,
+            smoothing=config.smoothing,
+            fps=config.fps,
+            max_frames=config.max_frames,
+            duration=config.duration,
+            on_result=on_result,
+            on_event=on_event,
+            keep_frames=config.keep_frames,
+        )
+
+    def _make_source(self, config: SourceConfig) -> FrameSource:
+        if isinstance(self.classifier, SensorClassifier):
+            return self.classifier.make_source(
+                str(config.spec),
+                width=config.width,
+                height=config.height,
+                fps=config.fps,
+                picamera=config.picamera.kwargs() if config.picamera else None,
+            )
+        if is_imx500_source(config.spec):
+            raise ConfigError(
+                f"--source {config.spec} runs the network on the AI Camera's sensor, not the TFLite model "
+                f"{self.classifier.path}: give the run folder or its .rpk"
+            )
+        spec = self.classifier.input_spec
+        return parse_source(config, model_size=(spec.width, spec.height), grayscale=spec.channels == 1)
 
     # -- lifetime -----------------------------------------------------------------------------------------------
 

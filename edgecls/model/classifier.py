@@ -6,9 +6,10 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,45 @@ def default_num_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """How to open and rank a classifier, as one value built once and handed down (`Classifier.from_config`,
+    `edgecls.Stream`). The fields are `Classifier`'s keyword arguments (see there), plus ``top_k``/``threshold``: the
+    ranked predictions `Classifier.classify` returns by default. None means "not set": the built-in default, unless a
+    device profile fills it (`edgecls.device.profiles.Profile.apply`); so does ``allow_cpu_fallback=False``.
+
+    >>> ClassifierConfig(num_threads=2, top_k=3).backend is None  # None: "auto", the first importable backend
+    True
+    """
+
+    labels: str | os.PathLike[str] | Sequence[str] | None = None
+    num_threads: int | None = None
+    delegate: Any = None
+    device: str | None = None
+    delegate_options: Mapping[str, str] | None = None
+    allow_cpu_fallback: bool = False
+    backend: str | None = None
+    preprocess: PreprocessConfig | None = None
+    top_k: int = 5
+    threshold: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.num_threads is not None and (
+            not isinstance(self.num_threads, int) or not 1 <= self.num_threads <= MAX_THREADS
+        ):
+            raise ConfigError(f"num_threads must be between 1 and {MAX_THREADS} (received {self.num_threads!r})")
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 1:
+            raise ConfigError(f"top_k must be at least 1 (received {self.top_k!r})")
+        if not isinstance(self.threshold, (int, float)) or not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"threshold must be between 0 and 1 (received {self.threshold!r})")
+        if self.backend is not None and not isinstance(self.backend, str):
+            raise ConfigError(f"backend must be a name such as 'auto' (received {self.backend!r})")
+        if self.labels is not None and not isinstance(self.labels, (str, os.PathLike)):
+            object.__setattr__(self, "labels", tuple(self.labels))  # a list given: frozen like the rest
+        if self.delegate_options is not None:
+            object.__setattr__(self, "delegate_options", MappingProxyType(dict(self.delegate_options)))
+
+
 class Classifier:
     """An int8 (or float) TFLite image classifier, built once and reused for every frame.
 
@@ -56,8 +96,10 @@ class Classifier:
     ``device``: which Edge TPU (``usb``, ``usb:N``, ``pci:N``); ``delegate_options``: key/value options for the
     delegate library. A delegate that cannot load raises DelegateError, unless ``allow_cpu_fallback`` is set: then
     the CPU model runs and ``fallback_reason`` says why (logged as a warning).
-    ``backend``: ``"auto"``, ``"ai_edge_litert"``, ``"tflite_runtime"`` or ``"tensorflow"``. ``preprocess``:
+    ``backend``: ``"auto"`` (or None), ``"ai_edge_litert"``, ``"tflite_runtime"`` or ``"tensorflow"``. ``preprocess``:
     resize mode, interpolation and normalisation (default: the model's manifest, else squash + bilinear).
+    `from_config` opens one from a `ClassifierConfig`, whose ``top_k``/``threshold`` `classify` then uses when it is
+    not told; ``config`` is the configuration it was opened with.
 
     >>> with Classifier("mobilenet_v2_1.0_224_quant.tflite") as clf:  # doctest: +SKIP
     ...     clf.classify("cat.bmp", top_k=3)[0].label
@@ -71,17 +113,25 @@ class Classifier:
         labels: str | os.PathLike[str] | Sequence[str] | None = None,
         num_threads: int | None = None,
         delegate: Any = None,
-        backend: str = "auto",
+        backend: str | None = None,
         device: str | None = None,
-        delegate_options: dict[str, str] | None = None,
+        delegate_options: Mapping[str, str] | None = None,
         allow_cpu_fallback: bool = False,
         preprocess: PreprocessConfig | None = None,
         activation: str | None = None,
         resize_engine: str = "auto",
     ) -> None:
-        if num_threads is not None and not 1 <= num_threads <= MAX_THREADS:
-            raise ConfigError(f"num_threads must be between 1 and {MAX_THREADS} (received {num_threads})")
-        self.backend: Backend = resolve_backend(backend)
+        self.config = ClassifierConfig(  # checks every value, once
+            labels=labels,
+            num_threads=num_threads,
+            delegate=delegate,
+            device=device,
+            delegate_options=delegate_options,
+            allow_cpu_fallback=allow_cpu_fallback,
+            backend=backend,
+            preprocess=preprocess,
+        )
+        self.backend: Backend = resolve_backend(backend or "auto")
         self.num_threads = num_threads or default_num_threads()
         self.fallback_reason: str | None = None
         # With the Edge TPU asked for, NAME_edgetpu.tflite beside NAME.tflite is the model to run; labels and the
@@ -101,7 +151,11 @@ class Classifier:
             raise delegates.edgetpu_model_error(self.model_info)
         try:
             self.delegate = delegates.resolve(
-                delegate, device=device, model=self.model_info, backend=self.backend, options=delegate_options
+                delegate,
+                device=device,
+                model=self.model_info,
+                backend=self.backend,
+                options=dict(delegate_options) if delegate_options is not None else None,
             )
             self._interpreter = self._build_interpreter()
         except DelegateError as exc:
@@ -137,6 +191,28 @@ class Classifier:
             self.labels.source if self.labels else "nowhere (class indices are shown)",
             config.resize,
         )
+
+    @classmethod
+    def from_config(
+        cls, model: str | os.PathLike[str], config: ClassifierConfig | None = None, **engine: Any
+    ) -> Classifier:
+        """Open ``model`` as ``config`` says (the default config when None); ``engine``: ``activation`` and
+        ``resize_engine``, as in the constructor."""
+        c = config or ClassifierConfig()
+        clf = cls(
+            model,
+            labels=c.labels,
+            num_threads=c.num_threads,
+            delegate=c.delegate,
+            backend=c.backend,
+            device=c.device,
+            delegate_options=c.delegate_options,
+            allow_cpu_fallback=c.allow_cpu_fallback,
+            preprocess=c.preprocess,
+            **engine,
+        )
+        clf.config = c  # its top_k and threshold too
+        return clf
 
     # -- construction -------------------------------------------------------------------------------------------
 
@@ -210,13 +286,14 @@ class Classifier:
         self,
         image: np.ndarray | str | os.PathLike[str],
         *,
-        top_k: int = 5,
-        threshold: float = 0.0,
+        top_k: int | None = None,
+        threshold: float | None = None,
         color: str = "rgb",
     ) -> list[Prediction]:
         """Classify one image: a uint8 array (HxW, HxWx3, HxWx4 in ``color`` order, "rgb" or "bgr") or a file path.
 
-        Returns up to ``top_k`` predictions with score >= ``threshold``, best first.
+        Returns up to ``top_k`` predictions with score >= ``threshold``, best first (None: the configuration's,
+        5 and 0.0 unless it was opened with others).
         """
         return self._ranked(*self._run(image, color), top_k, threshold)
 
@@ -228,7 +305,9 @@ class Classifier:
         self.last_timing = Timing((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
         return scores
 
-    def classify_input(self, tensor: np.ndarray, *, top_k: int = 5, threshold: float = 0.0) -> list[Prediction]:
+    def classify_input(
+        self, tensor: np.ndarray, *, top_k: int | None = None, threshold: float | None = None
+    ) -> list[Prediction]:
         """Classify an input already preprocessed (``self.preprocessor.to_array(frame)``): copy, invoke, rank."""
         t0 = time.perf_counter()
         np.copyto(self._input_view()[0], tensor, casting="no")
@@ -236,8 +315,10 @@ class Classifier:
         self.invoke()
         return self._ranked(t0, t1, time.perf_counter(), top_k, threshold)
 
-    def _ranked(self, t0: float, t1: float, t2: float, top_k: int, threshold: float) -> list[Prediction]:
+    def _ranked(self, t0: float, t1: float, t2: float, top_k: int | None, threshold: float | None) -> list[Prediction]:
         """Rank the output of the invoke that ran from ``t1`` to ``t2`` and record the timing (input from ``t0``)."""
+        top_k = self.config.top_k if top_k is None else top_k
+        threshold = self.config.threshold if threshold is None else threshold
         pairs = self.postprocessor.top_k(self._output_view(), top_k, threshold)
         result = predictions(pairs, self.labels.names if self.labels else None)
         self.last_timing = Timing((t1 - t0) * 1e3, (t2 - t1) * 1e3, (time.perf_counter() - t2) * 1e3)

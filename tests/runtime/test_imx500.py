@@ -20,6 +20,8 @@ import pytest
 from edgecls.errors import CameraError, ConfigError, LabelsError, ModelError, NotAClassifierError
 from edgecls.live.imx500 import IMX500Source, SensorClassifier, crop_for, find_network, roi_for
 from edgecls.live.smoothing import Smoother, Smoothing
+from edgecls.live.sources import SourceConfig
+from edgecls.model.classifier import ClassifierConfig
 
 STANDIN = Path(__file__).resolve().parents[1] / "picamera2_standin"
 LABELS = ["daisy", "dandelion", "rose", "sunflower"]
@@ -117,7 +119,11 @@ def test_the_stream_ranks_the_outputs_that_came_with_each_frame(cam, coral, tmp_
     run = make_run(tmp_path / "run", coral, not_ready_frames=4, kpi_us=[5200, 1300])
     events = []
     with edgecls.Stream(
-        str(run), source="imx500", top_k=4, max_frames=8, on_event=events.append, source_options={"fps": 200}
+        str(run),
+        source=SourceConfig("imx500", fps=200),
+        classifier=ClassifierConfig(top_k=4),
+        max_frames=8,
+        on_event=events.append,
     ) as stream:
         results = list(stream)
         source = stream.source
@@ -147,7 +153,7 @@ def test_construction_follows_picamera2s_order_and_the_imx500s_camera_number(cam
         {"Model": "imx500", "Num": 1, "Id": "i2c@88000/imx500@1a"},
     ]
     run = make_run(tmp_path / "run", coral, resize="squash")
-    with edgecls.Stream(str(run), source="imx500", max_frames=2, source_options={"fps": 200}) as stream:
+    with edgecls.Stream(str(run), source=SourceConfig("imx500", fps=200), max_frames=2) as stream:
         assert len(list(stream)) == 2
     assert cam.EVENTS[:3] == ["IMX500(network.rpk) -> camera 1", f"roi{FULL_SENSOR}", "Picamera2(1)"]
     assert cam.EVENTS[3].startswith("configure(main=(640, 480) RGB888, buffers=6, controls={'FrameRate': 200.0})")
@@ -183,7 +189,7 @@ def test_a_lost_camera_is_reopened_in_the_same_order_and_every_request_is_releas
     cam.STALLS.append(4)  # the first camera stops after 4 frames (a loose ribbon cable)
     events, cameras = [], []
     with edgecls.Stream(
-        str(run), source="imx500", max_frames=6, on_event=events.append, source_options={"fps": 200}
+        str(run), source=SourceConfig("imx500", fps=200), max_frames=6, on_event=events.append
     ) as stream:
         for result in stream:
             cameras.extend(c for c in cam.OPEN.values() if c not in cameras)
@@ -221,7 +227,9 @@ def test_frames_between_outputs_are_skipped_not_classified(cam, coral, tmp_path)
     import edgecls
 
     run = make_run(tmp_path / "run", coral, not_ready_frames=2, every=2)
-    with edgecls.Stream(str(run), source="imx500", top_k=4, max_frames=5, source_options={"fps": 200}) as stream:
+    with edgecls.Stream(
+        str(run), source=SourceConfig("imx500", fps=200), classifier=ClassifierConfig(top_k=4), max_frames=5
+    ) as stream:
         results = list(stream)
     assert len(results) == 5
     for r in results:
@@ -348,7 +356,7 @@ def test_a_network_that_is_not_a_classifier_is_refused(cam, coral, tmp_path):
 
     detector = make_run(tmp_path / "det", coral, extra_tensors=3)
     with (
-        edgecls.Stream(str(detector), source="imx500", max_frames=2, source_options={"fps": 200}) as stream,
+        edgecls.Stream(str(detector), source=SourceConfig("imx500", fps=200), max_frames=2) as stream,
         pytest.raises(NotAClassifierError, match=r"it has 4 output tensors .* a classifier has one"),
     ):
         list(stream)
@@ -441,7 +449,7 @@ def test_labels_that_do_not_fit_are_a_labels_error(cam, coral, tmp_path):
 
     run = make_run(tmp_path / "run", coral, labels=["a", "b"])
     with (
-        edgecls.Stream(str(run), source="imx500", max_frames=1, source_options={"fps": 200}) as stream,
+        edgecls.Stream(str(run), source=SourceConfig("imx500", fps=200), max_frames=1) as stream,
         pytest.raises(LabelsError, match="have 2 entries but the IMX500 network"),
     ):
         list(stream)
@@ -452,7 +460,7 @@ def test_without_labels_in_the_run_the_networks_intrinsics_give_them(cam, coral,
 
     intrinsics = {"task": "classification", "classes": {"labels": ["w", "x", "y", "z"]}}
     run = make_run(tmp_path / "run", coral, labels=None, intrinsics=intrinsics)
-    with edgecls.Stream(str(run), source="imx500", max_frames=2, source_options={"fps": 200}) as stream:
+    with edgecls.Stream(str(run), source=SourceConfig("imx500", fps=200), max_frames=2) as stream:
         results = list(stream)
     assert all(r.predictions[0].label in {"w", "x", "y"} and r.decision.label in {"w", "x", "y"} for r in results)
     assert stream.classifier.labels.source.endswith("(network intrinsics)")
@@ -462,7 +470,9 @@ def test_a_two_class_sigmoid_network_scores_both_classes(cam, coral, tmp_path):
     import edgecls
 
     run = make_run(tmp_path / "run", coral, labels=["cat", "dog"], outputs=[[192]], not_ready_frames=0)
-    with edgecls.Stream(str(run), source="imx500", max_frames=1, top_k=2, source_options={"fps": 200}) as stream:
+    with edgecls.Stream(
+        str(run), source=SourceConfig("imx500", fps=200), max_frames=1, classifier=ClassifierConfig(top_k=2)
+    ) as stream:
         (result,) = list(stream)
     assert [(p.label, p.score) for p in result.predictions] == [("dog", 0.75), ("cat", 0.25)]
 
@@ -490,7 +500,10 @@ def test_the_ai_camera_profiles_reach_the_source(coral, tmp_path):
         profile = load_profile(name)
         assert profile.camera["source"] == "imx500" and profile.runtime == {}
         assert any(e["line"] == "camera_auto_detect=1" for e in profile.boot_lines)
-        source = SensorClassifier.open(run).make_source(profile.camera["source"], **profile.source_options())
+        camera = profile.source_config()
+        source = SensorClassifier.open(run).make_source(
+            str(camera.spec), fps=camera.fps, picamera=camera.picamera.kwargs() if camera.picamera else None
+        )
         assert (source.main_size, source.buffer_count, source.main_format) == (size, buffers, "RGB888")
         assert source.fps == profile.camera["fps"]
 

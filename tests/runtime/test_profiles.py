@@ -90,15 +90,12 @@ def test_boot_fragment_has_a_comment_above_every_line():
 
 
 def test_profile_camera_settings_reach_the_source():
-    options = load_profile("rpi5").source_options()
-    source = parse_source("picam", model_size=(224, 224), **options)
+    source = parse_source(load_profile("rpi5").source_config(), model_size=(224, 224))
     assert isinstance(source, PicameraSource)
     assert source.main_size == (1536, 864) and source.lores_format == "RGB888" and source.sensor_mode is None
     assert source.lores_size == (398, 224)  # the sensor's aspect ratio, just over the model input
     assert source.controls["FrameRate"] == 30.0 and source.buffer_count == 6
-    usb = parse_source(
-        load_profile("linux-usb-camera").camera["source"], **load_profile("linux-usb-camera").source_options()
-    )
+    usb = parse_source(load_profile("linux-usb-camera").source_config())
     assert isinstance(usb, OpenCVSource)
 
 
@@ -239,13 +236,13 @@ def test_run_rejects_a_broken_profile_in_one_line(coral, tmp_path):
     assert nosource.returncode == 1 and "--profile NAME" in nosource.stderr
 
 
-def test_stream_options_build_a_stream(coral, tmp_path):
+def test_a_profile_applied_builds_a_stream(coral, tmp_path):
     import edgecls
 
     (tmp_path / "bench-board.toml").write_text(VALID)
-    options = edgecls.load_profile(tmp_path / "bench-board.toml").stream_options()
-    assert options["num_threads"] == 1 and options["smoothing"].alpha == 0.5 and options["smoothing"].hold == 2
-    with edgecls.Stream(coral / "mobilenet_v1_0.25_128_quant.tflite", max_frames=2, **options) as stream:
+    config = edgecls.load_profile(tmp_path / "bench-board.toml").apply(edgecls.StreamConfig(max_frames=2))
+    assert config.classifier.num_threads == 1 and config.smoothing.alpha == 0.5 and config.smoothing.hold == 2
+    with edgecls.Stream.from_config(coral / "mobilenet_v1_0.25_128_quant.tflite", config) as stream:
         results = list(stream)
     assert len(results) == 2 and stream.classifier.num_threads == 1
 
@@ -258,8 +255,7 @@ def test_every_picam_profile_configures_the_camera_it_describes():
         cam = profile.camera
         if not cam["source"].startswith("picam"):
             continue
-        options = profile.source_options()
-        source = parse_source(cam["source"], model_size=(224, 224), **options)
+        source = parse_source(profile.source_config(), model_size=(224, 224))
         source._factory = Picamera2StandIn
         Picamera2StandIn.platform = "PISP" if profile.name.startswith("rpi5") else "VC4"
         with source:
@@ -275,3 +271,49 @@ def test_every_picam_profile_configures_the_camera_it_describes():
             assert config["sensor"]["output_size"] == Picamera2StandIn.instances[-1].sensor_modes[0]["size"]
         assert lw >= 224 and lh >= 224 and lw <= cam["main_size"][0]  # just over the model input
         assert frame.ndim in (2, 3)
+
+
+def test_profile_apply_fills_only_what_was_left_unset():
+    """The merge `edgecls run --profile` does, from Python: the profile fills the unset fields; a value the caller
+    gave wins, even one equal to the built-in default (alpha 1.0 turns the profile's averaging off)."""
+    from edgecls.live.smoothing import Smoothing
+    from edgecls.live.sources import PicameraOptions, SourceConfig
+    from edgecls.live.stream import StreamConfig
+    from edgecls.model.classifier import ClassifierConfig
+
+    rpi5, coral = load_profile("rpi5"), load_profile("rpi5-coral-pcie")
+    filled = rpi5.apply(StreamConfig())
+    assert filled.source.spec == "picam" and filled.source.fps == rpi5.camera["fps"]
+    assert filled.source.picamera.main_size == tuple(rpi5.camera["main_size"])
+    assert filled.classifier.num_threads == rpi5.runtime["threads"] and filled.classifier.backend == "auto"
+    assert filled.smoothing == rpi5.smoothing_config() and not filled.smoothing.unset
+
+    mine = StreamConfig(
+        source=SourceConfig("picam", fps=15, picamera=PicameraOptions(buffer_count=3)),
+        classifier=ClassifierConfig(num_threads=1, backend="auto", top_k=2),
+        smoothing=Smoothing(alpha=1.0),
+        max_frames=7,
+    )
+    applied = rpi5.apply(mine)
+    assert (applied.source.fps, applied.source.picamera.buffer_count) == (15, 3)  # given: kept
+    assert applied.source.picamera.main_size == tuple(rpi5.camera["main_size"])  # unset: the profile's
+    assert (applied.classifier.num_threads, applied.classifier.top_k, applied.max_frames) == (1, 2, 7)
+    assert applied.smoothing.alpha == 1.0 and applied.smoothing.hold == rpi5.smoothing["hold"]
+    assert mine.smoothing.unset == {"hold", "margin", "min_score"}  # the caller's config is left as it was
+
+    other = rpi5.apply(StreamConfig(source=SourceConfig("clip.mp4")))  # not the profile's camera: none of its settings
+    assert other.source == SourceConfig("clip.mp4") and other.classifier.num_threads == rpi5.runtime["threads"]
+
+    edgetpu = coral.apply(StreamConfig())
+    assert (edgetpu.classifier.delegate, edgetpu.classifier.device) == ("edgetpu", "pci:0")
+    own = coral.apply(StreamConfig(classifier=ClassifierConfig(delegate="/opt/lib.so")))
+    assert (own.classifier.delegate, own.classifier.device) == ("/opt/lib.so", None)  # replaced with its device
+    usb = coral.apply(StreamConfig(classifier=ClassifierConfig(device="usb")))
+    assert (usb.classifier.delegate, usb.classifier.device) == (None, "usb")
+    fallback = coral.apply(StreamConfig(classifier=ClassifierConfig(allow_cpu_fallback=True)))
+    assert fallback.classifier.allow_cpu_fallback
+
+    sensor = rpi5.apply(StreamConfig(source=SourceConfig("imx500")))  # the network runs on the sensor
+    assert sensor.classifier == ClassifierConfig() and sensor.source.picamera is None
+    ai = load_profile("rpi5-ai-camera").apply(StreamConfig(source=SourceConfig("imx500:net.rpk")))
+    assert ai.source.spec == "imx500:net.rpk" and ai.source.picamera.main_size == (1024, 768)  # its camera, any network

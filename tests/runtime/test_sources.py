@@ -4,6 +4,7 @@ adapter against a stand-in object that records picamera2's documented calls."""
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import threading
 import time
 from typing import ClassVar
@@ -414,3 +415,36 @@ def test_picamera_bad_settings_are_config_errors():
         PicameraSource(0, lores_size=(2000, 2000), main_size=(640, 480))
     with pytest.raises(ConfigError, match="sensor mode 5 does not exist"):
         PicameraSource(0, sensor_mode=5, camera_factory=Picamera2StandIn).open()
+
+
+def test_a_source_config_is_checked_when_made_and_builds_the_source():
+    """SourceConfig and PicameraOptions refuse a bad value when made, repeating it; parse_source takes the config
+    (a text alone is a config with nothing else set)."""
+    import dataclasses
+
+    from edgecls.live.sources import PicameraOptions, SourceConfig
+
+    for make, says in [
+        (lambda: SourceConfig("0", width=8), "camera width must be an integer >= 16 (received 8)"),
+        (lambda: SourceConfig("0", height=480.5), "camera height must be an integer >= 16 (received 480.5)"),
+        (lambda: SourceConfig("0", fps=0), "camera fps must be a positive number (received 0)"),
+        (lambda: SourceConfig(-1), "a camera index is 0 or more (received -1)"),
+        (lambda: SourceConfig(["picam"]), "(received ['picam'])"),
+        (lambda: SourceConfig("picam", picamera={"lores": 1}), "unknown picamera setting 'lores'"),
+        (lambda: PicameraOptions(main_format="NV12"), "main_format must be one of YUV420"),
+        (lambda: PicameraOptions(lores_size=(320,)), "lores_size must be (width, height)"),
+        (lambda: PicameraOptions(buffer_count=1), "buffer_count must be an integer >= 2 (received 1)"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            make()
+    config = SourceConfig("picam:1", fps=15, picamera={"main_size": [1536, 864], "controls": {"ExposureTime": 9}})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.fps = 30  # type: ignore[misc]
+    picam = parse_source(config, model_size=(224, 224))
+    assert isinstance(picam, PicameraSource) and picam.camera_num == 1 and picam.main_size == (1536, 864)
+    assert picam.controls == {"FrameRate": 15.0, "ExposureTime": 9} and picam.lores_size == (398, 224)
+    usb = parse_source(SourceConfig(2, width=640, height=480, fps=30))
+    assert (usb.target, usb.width, usb.height, usb.fps) == (2, 640, 480, 30)
+    assert parse_source(SourceConfig("demo", fps=5)).fps == 5
+    with pytest.raises(ConfigError, match="no source given"):
+        parse_source(SourceConfig())

@@ -7,6 +7,7 @@ is measured in benchmarks/."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import BACKEND
 
-from edgecls import Smoothing, Stream
+from edgecls import ClassifierConfig, Smoothing, SourceConfig, Stream
 from edgecls.errors import CameraError, EdgeclsError
 from edgecls.live.sources import FrameSource
 
@@ -23,8 +24,12 @@ from edgecls.live.sources import FrameSource
 MODEL = "mobilenet_v2_1.0_224_quant.tflite"
 
 
-def stream(coral, source, **kwargs):  # type: ignore[no-untyped-def]
-    return Stream(coral / MODEL, source=source, num_threads=2, backend=BACKEND, **kwargs)
+def stream(coral, source, top_k=5, loop=False, **kwargs):  # type: ignore[no-untyped-def]
+    if loop:
+        source = SourceConfig(source, loop=True)
+    return Stream(
+        coral / MODEL, source, classifier=ClassifierConfig(num_threads=2, backend=BACKEND, top_k=top_k), **kwargs
+    )
 
 
 def test_every_frame_of_a_file_is_classified_in_order(coral, cat_video):
@@ -266,3 +271,41 @@ def test_polling_latest_reads_a_finite_source_to_its_end(coral):
             time.sleep(0.01)
         assert not s.running and s.latest().sequence == 7 and s.stats().frames_processed == 8
         assert list(s) == []  # nothing was kept for an iteration nobody asked for
+
+
+def test_a_stream_is_made_from_one_config(coral, cat_video):
+    """StreamConfig carries the classifier's, the source's and the smoothing's configuration and the limits, checked
+    when made; Stream.from_config and Stream's keyword arguments build the same stream, and a Classifier opened from
+    a ClassifierConfig ranks as it says."""
+    import dataclasses
+
+    from edgecls import Classifier, StreamConfig
+    from edgecls.errors import ConfigError
+
+    for make, says in [
+        (lambda: StreamConfig("demo", fps=0), "fps must be positive (received 0)"),
+        (lambda: StreamConfig("demo", max_frames=0), "max_frames must be at least 1 (received 0)"),
+        (lambda: StreamConfig("demo", smoothing={"hold": 2}), "smoothing must be a Smoothing (received {'hold': 2})"),
+        (lambda: ClassifierConfig(top_k=0), "top_k must be at least 1 (received 0)"),
+        (lambda: ClassifierConfig(num_threads=0), "num_threads must be between 1 and 256 (received 0)"),
+        (lambda: ClassifierConfig(threshold=1.5), "threshold must be between 0 and 1 (received 1.5)"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            make()
+    config = StreamConfig(
+        SourceConfig(str(cat_video), loop=True),
+        classifier=ClassifierConfig(num_threads=2, backend=BACKEND, top_k=2, labels=None),
+        smoothing=Smoothing(hold=4),
+        max_frames=30,
+        keep_frames=False,
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.max_frames = 3  # type: ignore[misc]
+    with Stream.from_config(coral / MODEL, config) as s:
+        results = list(s)
+    assert s.config == config and len(results) == 30 and results[-1].sequence == 29  # looped
+    assert all(len(r.predictions) == 2 and r.frame is None for r in results)
+    assert [r.decision.label for r in results[12:15]] == ["Egyptian cat"] * 3  # hold=4 across the cut
+    with Classifier.from_config(coral / MODEL, ClassifierConfig(num_threads=1, backend=BACKEND, top_k=1)) as clf:
+        assert clf.num_threads == 1 and [p.label for p in clf.classify(coral / "cat.bmp")] == ["Egyptian cat"]
+        assert len(clf.classify(coral / "cat.bmp", top_k=3)) == 3
