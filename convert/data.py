@@ -7,6 +7,7 @@ skipped and listed, never a crash.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections import Counter
@@ -173,75 +174,29 @@ def scan(
     subdirs = {p.name.lower(): p for p in root_path.iterdir() if p.is_dir()}
     presplit = "train" in subdirs and "val" in subdirs
     config = preprocess or PreprocessConfig()
-    if presplit:
-        parts = {name: list_class_folders(subdirs[name]) for name in SPLIT_NAMES if name in subdirs}
-        classes = parts["train"][0]
-        for name, (names, _, _) in parts.items():
-            if names != classes:
-                raise DataError(
-                    f"{subdirs[name]} has classes {names} but train/ has {classes}; every split needs the same class folders"
-                )
-        candidates = {name: _flatten(files, classes) for name, (_, files, _) in parts.items()}
-        skipped = [s for _, _, sk in parts.values() for s in sk]
-    else:
-        classes, files, skipped = list_class_folders(root_path)
-        candidates = {"all": _flatten(files, classes)}
-    _check_classes(root_path, classes, {k: v for k, v in candidates.items()})
     extra_roots = [Path(e) for e in extra]
-    if extra_roots:
-        candidates["~extra"], extra_skipped = _extra_samples(extra_roots, classes)
-        skipped.extend(extra_skipped)
-
-    decoded: dict[str, tuple[list[Sample], Any]] = {}
-    how: dict[str, str] = {}
-    digest = hashlib.sha256()
-    total = sum(len(v) for v in candidates.values())
-    done = [0]
-
-    def tick() -> None:
-        done[0] += 1
-        if progress:
-            progress(done[0], total)
-
+    classes, candidates, skipped = _listings(root_path, subdirs if presplit else None, extra_roots)
     roots = {
         "all": root_path,
         "~extra": extra_roots[0] if extra_roots else root_path,
         **{name: subdirs[name] for name in SPLIT_NAMES if name in subdirs},
     }
-    for name in sorted(candidates):
-        samples, images, bad, hashes, how[name] = _decode_all(
-            candidates[name],
-            name=name,
-            root=roots[name],
-            input_size=input_size,
-            channels=channels,
-            config=config,
-            workers=workers,
-            tick=tick,
-            cache=cache,
-            warn=warn or (lambda message: None),
-        )
-        skipped.extend(bad)
-        prefix = str(root_path) + os.sep
-        for sample, h in zip(samples, hashes):
-            where = str(sample.path)
-            digest.update(f"{name}/{where.removeprefix(prefix)}:{h}\n".encode())
-        decoded[name] = (samples, images)
+    decode = functools.partial(
+        _decode_all,
+        input_size=input_size,
+        channels=channels,
+        config=config,
+        workers=workers,
+        cache=cache,
+        warn=warn or (lambda message: None),
+    )
+    decoded, how, unreadable, fingerprint = _decode_listings(candidates, roots, root_path, decode, progress)
+    skipped.extend(unreadable)
     extra_samples, extra_images = decoded.pop("~extra", ([], None))
-
     if presplit:
-        samples_by_split = {name: decoded[name][0] for name in decoded}
-        images_by_split = {name: decoded[name][1] for name in decoded}
-        test_source = "test" if "test" in decoded else "val"
-        if "test" not in decoded:
-            samples_by_split["test"], images_by_split["test"] = samples_by_split["val"], images_by_split["val"]
-        _check_counts(classes, samples_by_split["train"], "train/", minimum=2)
+        samples_by_split, images_by_split, test_source = _given_splits(decoded, classes)
     else:
-        samples, images = decoded["all"]
-        _check_counts(classes, samples, str(root_path), minimum=MIN_IMAGES_PER_CLASS)
-        index = _stratified_split([s.label for s in samples], split, seed)
-        samples_by_split = {name: [samples[i] for i in idx] for name, idx in index.items()}
-        images_by_split = {name: rows_of(images, idx) for name, idx in index.items()}
+        samples_by_split, images_by_split = _stratified_splits(decoded["all"], classes, root_path, split, seed)
         test_source = "test"
     if extra_samples:
         samples_by_split["train"] = samples_by_split["train"] + extra_samples
@@ -256,11 +211,96 @@ def scan(
         presplit=presplit,
         test_source=test_source,
         seed=seed,
-        fingerprint=digest.hexdigest()[:16],
+        fingerprint=fingerprint,
         preprocess=config,
         extra=extra_counts,
-        cache={name: value for name, value in how.items()},
+        cache=dict(how),
     )
+
+
+def _listings(
+    root: Path, splits: dict[str, Path] | None, extra_roots: list[Path]
+) -> tuple[list[str], dict[str, list[Sample]], list[Skipped]]:
+    """The classes, the files to decode under a name each ("all" of a folder-per-class ``root``, or "train", "val"
+    and "test" of a pre-split one, whose subfolders are ``splits``; "~extra" for the --extra-data folders), and the
+    entries skipped while listing."""
+    if splits is not None:
+        parts = {name: list_class_folders(splits[name]) for name in SPLIT_NAMES if name in splits}
+        classes = parts["train"][0]
+        for name, (names, _, _) in parts.items():
+            if names != classes:
+                raise DataError(
+                    f"{splits[name]} has classes {names} but train/ has {classes}; every split needs the same class folders"
+                )
+        candidates = {name: _flatten(files, classes) for name, (_, files, _) in parts.items()}
+        skipped = [s for _, _, sk in parts.values() for s in sk]
+    else:
+        classes, files, skipped = list_class_folders(root)
+        candidates = {"all": _flatten(files, classes)}
+    _check_classes(root, classes, candidates)
+    if extra_roots:
+        candidates["~extra"], extra_skipped = _extra_samples(extra_roots, classes)
+        skipped.extend(extra_skipped)
+    return classes, candidates, skipped
+
+
+def _decode_listings(
+    candidates: dict[str, list[Sample]],
+    roots: dict[str, Path],
+    root: Path,
+    decode: Callable[..., tuple[list[Sample], Any, list[Skipped], list[str], str]],
+    progress: ProgressFn | None,
+) -> tuple[dict[str, tuple[list[Sample], Any]], dict[str, str], list[Skipped], str]:
+    """Each listing decoded (`_decode_all`) in name order, under one progress count: its samples and images, how the
+    cache served it, the files that did not decode, and the dataset's fingerprint (every decoded file's listing,
+    path under ``root`` and content hash)."""
+    decoded: dict[str, tuple[list[Sample], Any]] = {}
+    how: dict[str, str] = {}
+    skipped: list[Skipped] = []
+    digest = hashlib.sha256()
+    total = sum(len(v) for v in candidates.values())
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        if progress:
+            progress(done[0], total)
+
+    prefix = str(root) + os.sep
+    for name in sorted(candidates):
+        samples, images, bad, hashes, how[name] = decode(candidates[name], name=name, root=roots[name], tick=tick)
+        skipped.extend(bad)
+        for sample, h in zip(samples, hashes):
+            where = str(sample.path)
+            digest.update(f"{name}/{where.removeprefix(prefix)}:{h}\n".encode())
+        decoded[name] = (samples, images)
+    return decoded, how, skipped, digest.hexdigest()[:16]
+
+
+def _given_splits(
+    decoded: dict[str, tuple[list[Sample], Any]], classes: list[str]
+) -> tuple[dict[str, list[Sample]], dict[str, Any], str]:
+    """The splits of a pre-split dataset as its folders give them, val standing in for a missing test/, and the
+    name of the folder the test images came from."""
+    samples_by_split = {name: decoded[name][0] for name in decoded}
+    images_by_split = {name: decoded[name][1] for name in decoded}
+    test_source = "test" if "test" in decoded else "val"
+    if "test" not in decoded:
+        samples_by_split["test"], images_by_split["test"] = samples_by_split["val"], images_by_split["val"]
+    _check_counts(classes, samples_by_split["train"], "train/", minimum=2)
+    return samples_by_split, images_by_split, test_source
+
+
+def _stratified_splits(
+    decoded: tuple[list[Sample], Any], classes: list[str], root: Path, split: Sequence[float], seed: int
+) -> tuple[dict[str, list[Sample]], dict[str, Any]]:
+    """A folder-per-class dataset's decoded images split into train, val and test, each class in proportion."""
+    samples, images = decoded
+    _check_counts(classes, samples, str(root), minimum=MIN_IMAGES_PER_CLASS)
+    index = _stratified_split([s.label for s in samples], split, seed)
+    samples_by_split = {name: [samples[i] for i in idx] for name, idx in index.items()}
+    images_by_split = {name: rows_of(images, idx) for name, idx in index.items()}
+    return samples_by_split, images_by_split
 
 
 def _extra_samples(roots: list[Path], classes: list[str]) -> tuple[list[Sample], list[Skipped]]:
