@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 if TYPE_CHECKING:
+    from email.message import Message
+
     from edgecls.sinks.dashboard import Dashboard
 
 log = logging.getLogger("edgecls.sinks.dashboard")
@@ -230,198 +232,236 @@ def host_name(value: str) -> str | None:
     return name.removesuffix(".") or None
 
 
-def make_handler(board: Dashboard, connections: Connections, request_timeout: float) -> type:
-    page = PAGE.read_bytes()
+def check_request(
+    board: Dashboard, path: str, query: dict[str, list[str]], headers: Message, version: str
+) -> float | None:
+    """Why a request is refused (raises _Refuse), in the order the module's docstring gives: its target, its Host,
+    its origin, its token, its max_rate; else its max_rate (None for every path but /events, and when not given)."""
+    if not path.startswith("/"):
+        raise _Refuse(400, "bad request target")
+    hosts = headers.get_all("Host") or []
+    if len(hosts) > 1 or (not hosts and version != "HTTP/1.0"):
+        raise _Refuse(400, "one Host header is needed")
+    if hosts and not board.serves_host(host_name(hosts[0])):
+        raise _Refuse(
+            403,
+            "unknown host name: open the dashboard by its address or localhost, or give the name with --preview-host",
+        )
+    if cross_origin(headers, path, hosts[0] if hosts else ""):
+        raise _Refuse(403, "cross-origin request refused")
+    if not board.authorised(headers, query):
+        raise _Refuse(401, "token required: open /?token=TOKEN")
+    return parse_max_rate(query) if path == "/events" else None
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        timeout = request_timeout
 
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("dashboard: " + format, *args)
-
-        def setup(self) -> None:
-            super().setup()
-            self.rfile.close()
-            self._reader = _HeadReader(self.connection)
-            self.rfile = io.BufferedReader(self._reader)
-
-        def handle_one_request(self) -> None:
-            connections.waiting(self.connection, True)
-            self._reader.deadline = time.monotonic() + request_timeout
-            try:
-                super().handle_one_request()
-            except OSError as exc:
-                if not went_away(exc):
-                    raise
-                log.debug("dashboard: %s went away (%s)", self.client_address[0], exc)
-                self.close_connection = True
-
-        def parse_request(self) -> bool:
-            ok = super().parse_request()
-            connections.waiting(self.connection, False)
-            self._reader.deadline = None
-            self.connection.settimeout(WRITE_TIMEOUT)
-            return ok
-
-        def do_GET(self) -> None:
-            self._serve(body=True)
-
-        def do_HEAD(self) -> None:
-            self._serve(body=False)
-
-        def _serve(self, body: bool) -> None:
-            self._body = body
-            path, _, query_text = self.path.partition("?")
-            try:
-                query = parse_qs(query_text.partition("#")[0])
-                rate = self._guard(path, query)
-            except _Refuse as refusal:
-                board.deny()
-                self.close_connection = True
-                self._send(refusal.code, "text/plain", str(refusal).encode() + b"\n", {"Connection": "close"})
-                return
-            if not board.admit():
-                self.close_connection = True
-                self._send(503, "text/plain", b"too many viewers; try again later\n", {"Connection": "close"})
-                return
-            try:
-                self._route(path, query, rate)
-            finally:
-                board.leave()
-
-        def _guard(self, path: str, query: dict[str, list[str]]) -> float | None:
-            """Why this request is refused (raises _Refuse), else its max_rate."""
-            if not path.startswith("/"):
-                raise _Refuse(400, "bad request target")
-            hosts = self.headers.get_all("Host") or []
-            if len(hosts) > 1 or (not hosts and self.request_version != "HTTP/1.0"):
-                raise _Refuse(400, "one Host header is needed")
-            if hosts and not board.serves_host(host_name(hosts[0])):
-                raise _Refuse(
-                    403,
-                    "unknown host name: open the dashboard by its address or localhost, or give the "
-                    "name with --preview-host",
-                )
-            if self._cross_origin(path, hosts[0] if hosts else ""):
-                raise _Refuse(403, "cross-origin request refused")
-            if not board.authorised(self.headers, query):
-                raise _Refuse(401, "token required: open /?token=TOKEN")
-            return parse_max_rate(query) if path == "/events" else None
-
-        def _cross_origin(self, path: str, host: str) -> bool:
-            origin = self.headers.get("Origin")
-            if origin is not None and _origin_key(origin) != _origin_key("http://" + host):
-                return True
-            site = (self.headers.get("Sec-Fetch-Site") or "").strip().lower()
-            if site not in ("cross-site", "same-site"):
-                return False
-            # a link from elsewhere may open the page itself (the page's own requests are then same-origin)
-            return not (
-                path in PAGE_PATHS
-                and (self.headers.get("Sec-Fetch-Mode") or "").lower() == "navigate"
-                and (self.headers.get("Sec-Fetch-Dest") or "document").lower() == "document"
-            )
-
-        def _route(self, path: str, query: dict[str, list[str]], rate: float | None) -> None:
-            extra = {}
-            if board.token and query.get("token"):  # the page's own requests then carry it in a cookie
-                extra["Set-Cookie"] = f"{board.cookie}={board.token}; HttpOnly; SameSite=Strict; Path=/"
-            if path in PAGE_PATHS:
-                extra |= {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
-                self._send(200, "text/html; charset=utf-8", page, extra)
-            elif path == "/api/latest":
-                latest = board.latest()
-                if latest is None:
-                    self._send(503, "application/json", b'{"error": "no result yet"}')
-                else:
-                    self._json(latest)
-            elif path == "/api/stats":
-                self._json(board.stats())
-            elif path == "/snapshot.jpg":
-                jpeg = board.snapshot()
-                self._send(200, "image/jpeg", jpeg) if jpeg else self._send(503, "text/plain", b"no frame yet\n")
-            elif path == "/stream.mjpg":
-                self._video()
-            elif path == "/events":
-                self._events(rate)
-            else:
-                self._send(404, "text/plain", b"not found\n")
-
-        def _send(self, code: int, kind: str, body: bytes, extra: dict[str, str] | None = None) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            for name, value in (extra or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            if self._body:
-                self.wfile.write(body)
-
-        def _json(self, data: Any) -> None:
-            self._send(200, "application/json", json.dumps(data).encode())
-
-        def _open_stream(self, kind: str) -> bool:
-            """The stream's headers; whether its body follows (not for HEAD)."""
-            self.close_connection = True
-            self.send_response(200)
-            self.send_header("Content-Type", kind)
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            return self._body
-
-        def _video(self) -> None:
-            if not self._open_stream("multipart/x-mixed-replace; boundary=frame"):
-                return
-            board.watching("video_viewers", +1)
-            seen = -1
-            try:
-                while not board.closed and not client_gone(self.connection):
-                    version, jpeg = board.next_jpeg(seen, timeout=TICK)
-                    if jpeg is None or version == seen:
-                        continue
-                    seen = version
-                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg))
-                    self.wfile.write(jpeg + b"\r\n")
-            finally:
-                board.watching("video_viewers", -1)
-
-        def _events(self, max_rate: float | None) -> None:
-            """Every result (or, with ``max_rate``, the newest at most that many times a second: what a page can
-            show) and the statistics once a second."""
-            if not self._open_stream("text/event-stream"):
-                return
-            board.watching("event_viewers", +1)
-            seen, next_stats, next_result = board.version() - 1, 0.0, 0.0  # from the newest result on
-            try:
-                self.wfile.write(b"retry: 1000\n\n")
-                while not board.closed and not client_gone(self.connection):
-                    results = []
-                    wait = next_result - time.monotonic()
-                    if wait > 0:
-                        time.sleep(min(wait, TICK))
-                    else:
-                        seen, results = board.results_since(seen, timeout=TICK)
-                        if max_rate is not None and results:
-                            results = results[-1:]
-                            next_result = time.monotonic() + 1.0 / max_rate
-                    chunks = [b"event: result\ndata: " + json.dumps(r.to_dict()).encode() + b"\n\n" for r in results]
-                    if time.monotonic() >= next_stats:
-                        next_stats = time.monotonic() + 1.0
-                        chunks.append(b"event: stats\ndata: " + json.dumps(board.stats()).encode() + b"\n\n")
-                    if chunks:
-                        self.wfile.write(b"".join(chunks))
-            finally:
-                board.watching("event_viewers", -1)
-
-    return Handler
+def cross_origin(headers: Message, path: str, host: str) -> bool:
+    """Whether a browser sent this request from another site: an Origin other than ``host``'s own, or
+    ``Sec-Fetch-Site`` cross-site or same-site (except a link that opens the page itself)."""
+    origin = headers.get("Origin")
+    if origin is not None and _origin_key(origin) != _origin_key("http://" + host):
+        return True
+    site = (headers.get("Sec-Fetch-Site") or "").strip().lower()
+    if site not in ("cross-site", "same-site"):
+        return False
+    # a link from elsewhere may open the page itself (the page's own requests are then same-origin)
+    return not (
+        path in PAGE_PATHS
+        and (headers.get("Sec-Fetch-Mode") or "").lower() == "navigate"
+        and (headers.get("Sec-Fetch-Dest") or "document").lower() == "document"
+    )
 
 
 def _origin_key(origin: str) -> str:
     """An origin, comparable: lowercased, without the default port."""
     origin = origin.strip().lower()
     return origin[:-3] if origin.startswith("http://") and origin.endswith(":80") else origin
+
+
+class DashboardHandler(BaseHTTPRequestHandler):
+    """One connection: its request heads read against a deadline, each request checked (`check_request`), given
+    a viewer slot, and answered with the page, a JSON endpoint, a snapshot or a stream. `make_handler` binds it to a
+    dashboard."""
+
+    protocol_version = "HTTP/1.1"
+    board: Dashboard
+    connections: Connections
+    timeout: float  # seconds a request head may take to arrive whole (StreamRequestHandler also sets it on the socket)
+    page: bytes
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("dashboard: " + format, *args)
+
+    # -- the connection: a request head in time, then writes that may take WRITE_TIMEOUT ---------------------------
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()
+        self._reader = _HeadReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        self.connections.waiting(self.connection, True)
+        self._reader.deadline = time.monotonic() + self.timeout
+        try:
+            super().handle_one_request()
+        except OSError as exc:
+            if not went_away(exc):
+                raise
+            log.debug("dashboard: %s went away (%s)", self.client_address[0], exc)
+            self.close_connection = True
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self.connections.waiting(self.connection, False)
+        self._reader.deadline = None
+        self.connection.settimeout(WRITE_TIMEOUT)
+        return ok
+
+    # -- a request: checked, given a slot, routed ------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        self._serve(body=True)
+
+    def do_HEAD(self) -> None:
+        self._serve(body=False)
+
+    def _serve(self, body: bool) -> None:
+        self._body = body
+        path, _, query_text = self.path.partition("?")
+        try:
+            query = parse_qs(query_text.partition("#")[0])
+            rate = check_request(self.board, path, query, self.headers, self.request_version)
+        except _Refuse as refusal:
+            self.board.deny()
+            self._close_with(refusal.code, str(refusal))
+            return
+        if not self.board.admit():
+            self._close_with(503, "too many viewers; try again later")
+            return
+        try:
+            self._route(path, query, rate)
+        finally:
+            self.board.leave()
+
+    def _route(self, path: str, query: dict[str, list[str]], rate: float | None) -> None:
+        if path in PAGE_PATHS:
+            self._page(query)
+        elif path == "/api/latest":
+            self._latest()
+        elif path == "/api/stats":
+            self._json(self.board.stats())
+        elif path == "/snapshot.jpg":
+            self._snapshot()
+        elif path == "/stream.mjpg":
+            self._video()
+        elif path == "/events":
+            self._events(rate)
+        else:
+            self._send(404, "text/plain", b"not found\n")
+
+    # -- the answers -----------------------------------------------------------------------------------------------
+
+    def _page(self, query: dict[str, list[str]]) -> None:
+        """The page, never in a frame; opened with ?token=, it sets the cookie that the page's own requests carry."""
+        extra = {}
+        if self.board.token and query.get("token"):
+            extra["Set-Cookie"] = f"{self.board.cookie}={self.board.token}; HttpOnly; SameSite=Strict; Path=/"
+        extra |= {"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
+        self._send(200, "text/html; charset=utf-8", self.page, extra)
+
+    def _latest(self) -> None:
+        latest = self.board.latest()
+        if latest is None:
+            self._send(503, "application/json", b'{"error": "no result yet"}')
+        else:
+            self._json(latest)
+
+    def _snapshot(self) -> None:
+        jpeg = self.board.snapshot()
+        self._send(200, "image/jpeg", jpeg) if jpeg else self._send(503, "text/plain", b"no frame yet\n")
+
+    def _close_with(self, code: int, message: str) -> None:
+        """A refusal: ``message`` as plain text, and the connection closed after it."""
+        self.close_connection = True
+        self._send(code, "text/plain", message.encode() + b"\n", {"Connection": "close"})
+
+    def _send(self, code: int, kind: str, body: bytes, extra: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self._body:
+            self.wfile.write(body)
+
+    def _json(self, data: Any) -> None:
+        self._send(200, "application/json", json.dumps(data).encode())
+
+    # -- the streams: until the client goes away or the board closes -----------------------------------------------
+
+    def _open_stream(self, kind: str) -> bool:
+        """The stream's headers; whether its body follows (not for HEAD)."""
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        return self._body
+
+    def _video(self) -> None:
+        if not self._open_stream("multipart/x-mixed-replace; boundary=frame"):
+            return
+        board = self.board
+        board.watching("video_viewers", +1)
+        seen = -1
+        try:
+            while not board.closed and not client_gone(self.connection):
+                version, jpeg = board.next_jpeg(seen, timeout=TICK)
+                if jpeg is None or version == seen:
+                    continue
+                seen = version
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg))
+                self.wfile.write(jpeg + b"\r\n")
+        finally:
+            board.watching("video_viewers", -1)
+
+    def _events(self, max_rate: float | None) -> None:
+        """Every result (or, with ``max_rate``, the newest at most that many times a second: what a page can
+        show) and the statistics once a second."""
+        if not self._open_stream("text/event-stream"):
+            return
+        board = self.board
+        board.watching("event_viewers", +1)
+        seen, next_stats, next_result = board.version() - 1, 0.0, 0.0  # from the newest result on
+        try:
+            self.wfile.write(b"retry: 1000\n\n")
+            while not board.closed and not client_gone(self.connection):
+                results = []
+                wait = next_result - time.monotonic()
+                if wait > 0:
+                    time.sleep(min(wait, TICK))
+                else:
+                    seen, results = board.results_since(seen, timeout=TICK)
+                    if max_rate is not None and results:
+                        results = results[-1:]
+                        next_result = time.monotonic() + 1.0 / max_rate
+                chunks = [b"event: result\ndata: " + json.dumps(r.to_dict()).encode() + b"\n\n" for r in results]
+                if time.monotonic() >= next_stats:
+                    next_stats = time.monotonic() + 1.0
+                    chunks.append(b"event: stats\ndata: " + json.dumps(board.stats()).encode() + b"\n\n")
+                if chunks:
+                    self.wfile.write(b"".join(chunks))
+        finally:
+            board.watching("event_viewers", -1)
+
+
+def make_handler(board: Dashboard, connections: Connections, request_timeout: float) -> type[DashboardHandler]:
+    """The request handler class for ``board``'s server: `DashboardHandler` bound to the board, its connections,
+    the request-head deadline and the page."""
+    bound = {"board": board, "connections": connections, "timeout": request_timeout, "page": PAGE.read_bytes()}
+    return type("Handler", (DashboardHandler,), bound)
