@@ -283,6 +283,12 @@ class MqttSink:
         self._stuck = 0
         self._sent_at_connect = 0
         self._told: set[str] = set()
+        self._configure_client(reconnect_s, window)
+        self._start(keepalive)
+
+    def _configure_client(self, reconnect_s: float, window: int) -> None:
+        """paho's client set up for this sink: the last will, the reconnect pace, no queue of its own beyond
+        ``window`` messages in flight, and this sink's callbacks."""
         mqtt = _import_paho()
         self._ok, self._no_conn = mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN
         self._client.will_set(self.status_topic, "offline", qos=1, retain=True)
@@ -296,6 +302,9 @@ class MqttSink:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
         self._client.on_message = self._on_message
+
+    def _start(self, keepalive: int) -> None:
+        """paho's thread, which connects (and reconnects after every loss), and the thread that hands it results."""
         try:
             self._client.connect_async(self.host, self.port, keepalive)
         except (OSError, ValueError) as exc:
