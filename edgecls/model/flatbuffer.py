@@ -268,6 +268,20 @@ def _graph(buf: mmap.mmap) -> Graph:
     if not subgraphs:
         raise ValueError("the model has no subgraph")
     sg = subgraphs[0]
+    tensors, constants = _tensors(buf, sg, buffers)
+    return Graph(
+        tuple(tensors),
+        tuple(_operators(sg, codes)),
+        tuple(sg.numbers(1, "i")),
+        tuple(sg.numbers(2, "i")),
+        len(subgraphs),
+        constants,
+    )
+
+
+def _tensors(buf: mmap.mmap, sg: _Table, buffers: list[_Table]) -> tuple[list[TensorInfo], dict[int, tuple[int, ...]]]:
+    """The subgraph's tensors, and by tensor the values of its int32/int64 constants (their first 64 bytes: a
+    shape, an axis list)."""
     tensors, constants = [], {}
     for i, t in enumerate(sg.tables(0)):
         shape = t.numbers(0, "i")
@@ -300,6 +314,11 @@ def _graph(buf: mmap.mmap) -> Graph:
                 bool(data),
             )
         )
+    return tensors, constants
+
+
+def _operators(sg: _Table, codes: list[tuple[int, str | None, int]]) -> list[OperatorInfo]:
+    """The subgraph's operators, each named (a builtin, or a custom op's own name) with its options read."""
     operators = []
     for i, op in enumerate(sg.tables(3)):
         code_index = op.scalar(0, "I")
@@ -314,11 +333,4 @@ def _graph(buf: mmap.mmap) -> Graph:
             for field_index, (key, fmt) in fields.items():
                 options[key] = table.scalar(field_index, fmt, _DEFAULTS.get(key, 0)) if table else _DEFAULTS.get(key, 0)
         operators.append(OperatorInfo(i, name, version, tuple(op.numbers(1, "i")), tuple(op.numbers(2, "i")), options))
-    return Graph(
-        tuple(tensors),
-        tuple(operators),
-        tuple(sg.numbers(1, "i")),
-        tuple(sg.numbers(2, "i")),
-        len(subgraphs),
-        constants,
-    )
+    return operators
