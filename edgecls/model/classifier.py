@@ -134,34 +134,8 @@ class Classifier:
         self.backend: Backend = resolve_backend(backend or "auto")
         self.num_threads = num_threads or default_num_threads()
         self.fallback_reason: str | None = None
-        # With the Edge TPU asked for, NAME_edgetpu.tflite beside NAME.tflite is the model to run; labels and the
-        # manifest may live only in the CPU model (the compiler drops appended files), so it stays at hand.
-        self._source_info: ModelFileInfo | None = None
-        sibling = metadata.compiled_sibling(model) if delegate == "edgetpu" else None
-        if sibling is not None:
-            self._source_info = check_model_file(model)
-            why = metadata.sibling_mismatch(self._source_info, check_model_file(sibling))
-            if why:
-                raise ModelError(
-                    f"{sibling} does not belong to {model}: {why}; compile it again (edgetpu_compiler {Path(model).name})"
-                    f" or remove it"
-                )
-        self.model_info: ModelFileInfo = check_model_file(sibling or model)
-        if delegate is None and self.model_info.has_edgetpu_op():
-            raise delegates.edgetpu_model_error(self.model_info)
-        try:
-            self.delegate = delegates.resolve(
-                delegate,
-                device=device,
-                model=self.model_info,
-                backend=self.backend,
-                options=dict(delegate_options) if delegate_options is not None else None,
-            )
-            self._interpreter = self._build_interpreter()
-        except DelegateError as exc:
-            if not allow_cpu_fallback:
-                raise
-            self._fall_back_to_cpu(exc)
+        self.model_info: ModelFileInfo = self._model_to_run(model, delegate)
+        self._open_interpreter(delegate, device, delegate_options, allow_cpu_fallback)
         self.path = self.model_info.path
         manifest = self.model_info.manifest or (self._source_info.manifest if self._source_info else None) or {}
         self.input_spec, self._input_index = self._input_details()
@@ -177,6 +151,9 @@ class Classifier:
         self._input_view = self._interpreter.tensor(self._input_index)
         self._output_view = self._interpreter.tensor(self._output_index)
         self.last_timing: Timing | None = None
+        self._log_opened(config.resize)
+
+    def _log_opened(self, resize: str) -> None:
         spec = self.input_spec
         log.info(
             "%s: on %s%s, input %dx%dx%d %s, %d classes, labels from %s, resize %s",
@@ -189,7 +166,7 @@ class Classifier:
             spec.dtype,
             self.output_spec.num_classes,
             self.labels.source if self.labels else "nowhere (class indices are shown)",
-            config.resize,
+            resize,
         )
 
     @classmethod
@@ -215,6 +192,44 @@ class Classifier:
         return clf
 
     # -- construction -------------------------------------------------------------------------------------------
+
+    def _model_to_run(self, model: str | os.PathLike[str], delegate: Any) -> ModelFileInfo:
+        """With the Edge TPU asked for, NAME_edgetpu.tflite beside NAME.tflite is the model to run (when it belongs to
+        it); labels and the manifest may live only in the CPU model (the compiler drops appended files), so that stays
+        at hand as ``_source_info``. An Edge TPU build without a delegate is refused."""
+        self._source_info: ModelFileInfo | None = None
+        sibling = metadata.compiled_sibling(model) if delegate == "edgetpu" else None
+        if sibling is not None:
+            self._source_info = check_model_file(model)
+            why = metadata.sibling_mismatch(self._source_info, check_model_file(sibling))
+            if why:
+                raise ModelError(
+                    f"{sibling} does not belong to {model}: {why}; compile it again (edgetpu_compiler {Path(model).name})"
+                    f" or remove it"
+                )
+        info = check_model_file(sibling or model)
+        if delegate is None and info.has_edgetpu_op():
+            raise delegates.edgetpu_model_error(info)
+        return info
+
+    def _open_interpreter(
+        self, delegate: Any, device: str | None, delegate_options: Mapping[str, str] | None, allow_cpu_fallback: bool
+    ) -> None:
+        """The interpreter for `model_info`, with the delegate resolved; on the CPU instead when the delegate fails
+        and ``allow_cpu_fallback`` allows it."""
+        try:
+            self.delegate = delegates.resolve(
+                delegate,
+                device=device,
+                model=self.model_info,
+                backend=self.backend,
+                options=dict(delegate_options) if delegate_options is not None else None,
+            )
+            self._interpreter = self._build_interpreter()
+        except DelegateError as exc:
+            if not allow_cpu_fallback:
+                raise
+            self._fall_back_to_cpu(exc)
 
     def _fall_back_to_cpu(self, exc: DelegateError) -> None:
         """``allow_cpu_fallback``: run on the CPU, loudly (a warning logged, and `fallback_reason` set)."""
