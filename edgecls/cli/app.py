@@ -176,14 +176,40 @@ def _describe_compiled(model: Path, labels: Path | None, not_a_classifier: str |
 
     from edgecls.model.flatbuffer import read_graph
     from edgecls.model.labels import labels_for_file
-    from edgecls.model.metadata import check_model_file, cpu_sibling
-    from edgecls.model.postprocess import OutputSpec
+    from edgecls.model.metadata import check_model_file
 
     info = check_model_file(model)
     graph = read_graph(info.path)
+    found = labels_for_file(info, labels)  # a labels file that does not fit the output is refused for either kind
+    if not_a_classifier is not None:
+        kind = {
+            "not_a_classifier": not_a_classifier,
+            "inputs": _tensor_facts(graph, graph.inputs),
+            "outputs": _tensor_facts(graph, graph.outputs),
+        }
+    else:
+        kind = _edgetpu_classifier_facts(info, graph, found)
+    return {
+        "path": str(info.path),
+        "size_bytes": info.size_bytes,
+        **kind,
+        "ops": dict(Counter(op.name for op in graph.operators).most_common()),
+        "metadata_files": sorted(info.associated_files),
+        "manifest": info.manifest,
+    }
+
+
+def _tensor_facts(graph: Any, indices: tuple[int, ...]) -> list[dict[str, Any]]:
+    return [{"shape": list(graph.tensors[i].shape), "dtype": graph.tensors[i].dtype} for i in indices]
+
+
+def _edgetpu_classifier_facts(info: Any, graph: Any, found: Any) -> dict[str, Any]:
+    """What `Classifier.describe` would say of an Edge TPU build, read from its file: its one input and output, the
+    labels, the manifest's preprocessing, and the CPU model beside it."""
+    from edgecls.model.metadata import cpu_sibling
+    from edgecls.model.postprocess import OutputSpec
+
     inp, out = graph.tensors[graph.inputs[0]], graph.tensors[graph.outputs[0]]
-    size, classes = out.size, OutputSpec(out.size, out.dtype).num_classes
-    found = labels_for_file(info, labels)
     cpu = cpu_sibling(info.path)
     manifest = info.manifest or {}
 
@@ -191,22 +217,7 @@ def _describe_compiled(model: Path, labels: Path | None, not_a_classifier: str |
         return {"scale": t.scales[0], "zero_point": t.zero_points[0]} if t.scales and t.zero_points else None
 
     channels = inp.shape[-1] if inp.shape else 0
-    if not_a_classifier is not None:
-        return {
-            "path": str(info.path),
-            "size_bytes": info.size_bytes,
-            "not_a_classifier": not_a_classifier,
-            "inputs": [{"shape": list(graph.tensors[i].shape), "dtype": graph.tensors[i].dtype} for i in graph.inputs],
-            "outputs": [
-                {"shape": list(graph.tensors[i].shape), "dtype": graph.tensors[i].dtype} for i in graph.outputs
-            ],
-            "ops": dict(Counter(op.name for op in graph.operators).most_common()),
-            "metadata_files": sorted(info.associated_files),
-            "manifest": info.manifest,
-        }
     return {
-        "path": str(info.path),
-        "size_bytes": info.size_bytes,
         "backend": {
             "name": "none",
             "version": "(compiled for the Edge TPU: run it with --delegate edgetpu)",
@@ -222,17 +233,14 @@ def _describe_compiled(model: Path, labels: Path | None, not_a_classifier: str |
             "quantization": quant(inp),
         },
         "output": {
-            "size": size,
-            "num_classes": classes,
+            "size": out.size,
+            "num_classes": OutputSpec(out.size, out.dtype).num_classes,
             "dtype": out.dtype,
             "quantization": quant(out),
             "activation": manifest.get("output", {}).get("activation", "auto"),
         },
         "labels": {"count": len(found), "source": found.source, "first": list(found.names[:5])} if found else None,
         "preprocess": dict(manifest.get("preprocess", {})),
-        "ops": dict(Counter(op.name for op in graph.operators).most_common()),
-        "metadata_files": sorted(info.associated_files),
-        "manifest": info.manifest,
     }
 
 
