@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -280,110 +281,42 @@ def train(
     weights = dataset.class_weights() if config.class_weights and not sigmoid else None
     multi_worker = distributed.is_multi_worker(strategy)
     if multi_worker:
-        k = len(dataset.classes)
-        x_train, y_train = dataset.images["train"], targets(dataset.labels("train"), k, sigmoid)
-        w_train = (
-            None if weights is None else np.array([weights[int(i)] for i in dataset.labels("train")], dtype=np.float32)
-        )
-        val_arrays = (dataset.images["val"], targets(dataset.labels("val"), k, sigmoid))
+        inputs = _worker_inputs(dataset, config, sigmoid, teacher, weights, strategy)
         stop_request = None  # one worker cannot end early alone: the others would wait for it at the next step
-
-        def shard_pipeline(shard: int, shards: int, per_replica_batch: int) -> Any:
-            return input_pipeline(
-                rows_of(x_train, slice(shard, None, shards)),
-                y_train[shard::shards],
-                config,
-                train=True,
-                teacher=teacher,
-                sigmoid=sigmoid,
-                batch_size=per_replica_batch,
-                seed=config.seed + shard,
-                endless=True,
-                sample_weights=None if w_train is None else w_train[shard::shards],
-            )
-
-        workers = distributed.role(strategy).num_workers
-        history_cluster = {
-            "workers": workers,
-            "replicas": strategy.num_replicas_in_sync,
-            "global_batch": config.batch_size,
-            "steps_per_epoch": max(1, len(x_train) // config.batch_size),
-            "train_images_per_worker": [len(range(i, len(x_train), workers)) for i in range(workers)],
-        }
     else:
-        train_ds, val_ds = make_datasets(dataset, config, sigmoid, teacher)
-    history: dict[str, Any] = {
-        "loss": [],
-        "accuracy": [],
-        "val_loss": [],
-        "val_accuracy": [],
-        "epoch_s": [],
-        "stages": [],
-    }
-    if multi_worker:
-        history["cluster"] = history_cluster
+        inputs = _Inputs(*make_datasets(dataset, config, sigmoid, teacher))
+    history = _new_history(inputs.cluster)
     base = base_model(model)
     pretrained = base is not None and not base.trainable  # models.create_model freezes pretrained bases only
-    stages = [("train", config.epochs, config.learning_rate)]
-    if pretrained and config.fine_tune_epochs > 0 and config.fine_tune_layers > 0:
-        stages = [
-            ("head", config.epochs, config.learning_rate),
-            ("fine-tune", config.fine_tune_epochs, config.learning_rate / 10),
-        ]
+    stages = _stages(config, pretrained)
     for index, (name, epochs, lr) in enumerate(stages):
         if name == "fine-tune":
             _unfreeze_top(base, config.fine_tune_layers)
         steps = epochs * max(1, -(-len(dataset.samples["train"]) // config.batch_size))
         with strategy.scope():
-            compile_model(
-                model,
-                learning_rate=lr,
-                sigmoid=sigmoid,
-                label_smoothing=config.label_smoothing,
-                decay_steps=steps,
-                weight_decay=config.weight_decay,
-                optimizer=config.optimizer,
-            )
-        fit_model, fit_train, fit_val = model, None, None
-        if pretrained and not base.trainable and not multi_worker and head_on_features(config, teacher):
+            _compile(model, config, lr, sigmoid, steps)
+        fit_model, fit_train, fit_val = model, inputs.train, inputs.val
+        on_features = pretrained and not base.trainable and not multi_worker and head_on_features(config, teacher)
+        if on_features:  # the frozen backbone runs once; the head trains on its features
             observer.stage("backbone features", 1)
             fit_model, fit_train, fit_val = _head_on_features(model, dataset, config, sigmoid)
-            compile_model(
-                fit_model,
-                learning_rate=lr,
-                sigmoid=sigmoid,
-                label_smoothing=config.label_smoothing,
-                decay_steps=steps,
-                weight_decay=config.weight_decay,
-                optimizer=config.optimizer,
-            )
+            _compile(fit_model, config, lr, sigmoid, steps)
         observer.stage(name, epochs)
         history["stages"].append(
             {
                 "name": name,
                 "start_epoch": len(history["loss"]),
                 "learning_rate": lr,
-                **({"on_features": True} if fit_train is not None else {}),
+                **({"on_features": True} if on_features else {}),
             }
         )
         callbacks, best, early = _callbacks(config, name, epochs, checkpoint_dir, observer, should_stop, stop_request)
-        if fit_train is not None:  # the frozen backbone ran once; the head trains on its features
-            with stop_request.fitting() if stop_request is not None else contextlib.nullcontext():
-                fitted = fit_model.fit(
-                    fit_train,
-                    validation_data=fit_val,
-                    epochs=epochs,
-                    class_weight=weights,
-                    shuffle=False,
-                    verbose=0,
-                    callbacks=callbacks,
-                ).history
-        elif multi_worker:  # Keras's fit does not run under this strategy (see .distributed)
+        if multi_worker:  # Keras's fit does not run under this strategy (see .distributed)
             fitted = distributed.fit(
                 model,
                 strategy,
-                make_train=shard_pipeline,
-                val=val_arrays,
+                make_train=fit_train,
+                val=fit_val,
                 n_train=len(dataset.samples["train"]),
                 batch_size=config.batch_size,
                 epochs=epochs,
@@ -391,25 +324,11 @@ def train(
                 sigmoid=sigmoid,
             )
         else:
-            with stop_request.fitting() if stop_request is not None else contextlib.nullcontext():
-                fitted = model.fit(
-                    train_ds,
-                    validation_data=val_ds,
-                    epochs=epochs,
-                    class_weight=weights,
-                    shuffle=False,  # the tf.data pipeline shuffles
-                    verbose=0,
-                    callbacks=callbacks,
-                ).history
-        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-            history[key].extend(float(v) for v in fitted.get(key, []))
-        history["epoch_s"].extend(round(t, 2) for t in best.epoch_seconds)
+            fitted = _keras_fit(fit_model, fit_train, fit_val, epochs, weights, callbacks, stop_request)
         stopped = stop_request is not None and stop_request.requested
-        kept = best.best_epoch if stopped else early.best_epoch if early.best_weights is not None else None
         if stopped and best.best_epoch is not None:
             fit_model.load_weights(best.checkpoint_path)  # the head's own layers, when it trained on features
-        stage = history["stages"][-1]
-        stage["kept_epoch"] = None if kept is None else stage["start_epoch"] + kept + 1
+        _record_stage(history, fitted, best, early, stopped)
         if stopped:
             history["stopped_early"] = {
                 "stage": name,
@@ -420,6 +339,127 @@ def train(
             }
             break
     return history
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """What the stages fit on: the training and validation tf.data pipelines of one process; or, on a multi-worker
+    cluster, ``train(shard, shards, per_replica_batch)`` giving a shard's pipeline, the validation split as arrays
+    (images, targets), and the cluster's shape for the history."""
+
+    train: Any
+    val: Any
+    cluster: dict[str, Any] | None = None
+
+
+def _worker_inputs(
+    dataset: Dataset, config: TrainConfig, sigmoid: bool, teacher: Any, weights: dict[int, float] | None, strategy: Any
+) -> _Inputs:
+    """A multi-worker cluster's inputs: each worker trains on every n-th training image, from its own seed."""
+    from . import distributed
+
+    k = len(dataset.classes)
+    x_train, y_train = dataset.images["train"], targets(dataset.labels("train"), k, sigmoid)
+    w_train = (
+        None if weights is None else np.array([weights[int(i)] for i in dataset.labels("train")], dtype=np.float32)
+    )
+
+    def shard_pipeline(shard: int, shards: int, per_replica_batch: int) -> Any:
+        return input_pipeline(
+            rows_of(x_train, slice(shard, None, shards)),
+            y_train[shard::shards],
+            config,
+            train=True,
+            teacher=teacher,
+            sigmoid=sigmoid,
+            batch_size=per_replica_batch,
+            seed=config.seed + shard,
+            endless=True,
+            sample_weights=None if w_train is None else w_train[shard::shards],
+        )
+
+    workers = distributed.role(strategy).num_workers
+    cluster = {
+        "workers": workers,
+        "replicas": strategy.num_replicas_in_sync,
+        "global_batch": config.batch_size,
+        "steps_per_epoch": max(1, len(x_train) // config.batch_size),
+        "train_images_per_worker": [len(range(i, len(x_train), workers)) for i in range(workers)],
+    }
+    val = (dataset.images["val"], targets(dataset.labels("val"), k, sigmoid))
+    return _Inputs(shard_pipeline, val, cluster)
+
+
+def _new_history(cluster: dict[str, Any] | None) -> dict[str, Any]:
+    history: dict[str, Any] = {
+        "loss": [],
+        "accuracy": [],
+        "val_loss": [],
+        "val_accuracy": [],
+        "epoch_s": [],
+        "stages": [],
+    }
+    if cluster is not None:
+        history["cluster"] = cluster
+    return history
+
+
+def _stages(config: TrainConfig, pretrained: bool) -> list[tuple[str, int, float]]:
+    """(name, epochs, learning rate) of each stage: a pretrained base trains its head first, then fine-tunes at a
+    tenth of the learning rate; anything else trains as one network."""
+    if pretrained and config.fine_tune_epochs > 0 and config.fine_tune_layers > 0:
+        return [
+            ("head", config.epochs, config.learning_rate),
+            ("fine-tune", config.fine_tune_epochs, config.learning_rate / 10),
+        ]
+    return [("train", config.epochs, config.learning_rate)]
+
+
+def _compile(model: Any, config: TrainConfig, learning_rate: float, sigmoid: bool, decay_steps: int) -> None:
+    compile_model(
+        model,
+        learning_rate=learning_rate,
+        sigmoid=sigmoid,
+        label_smoothing=config.label_smoothing,
+        decay_steps=decay_steps,
+        weight_decay=config.weight_decay,
+        optimizer=config.optimizer,
+    )
+
+
+def _keras_fit(
+    model: Any,
+    train_ds: Any,
+    val_ds: Any,
+    epochs: int,
+    weights: dict[int, float] | None,
+    callbacks: list[Any],
+    stop_request: StopRequest | None,
+) -> dict[str, list[float]]:
+    """Keras's own fit, during which a stop request can be taken; its History dict."""
+    with stop_request.fitting() if stop_request is not None else contextlib.nullcontext():
+        return model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            class_weight=weights,
+            shuffle=False,  # the tf.data pipeline shuffles
+            verbose=0,
+            callbacks=callbacks,
+        ).history
+
+
+def _record_stage(
+    history: dict[str, Any], fitted: dict[str, list[float]], best: Any, early: Any, stopped: bool
+) -> None:
+    """The stage's epochs added to the history, and which epoch's weights it kept: the best checkpoint's when it was
+    stopped, early stopping's best when that restored one, else the last (None)."""
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        history[key].extend(float(v) for v in fitted.get(key, []))
+    history["epoch_s"].extend(round(t, 2) for t in best.epoch_seconds)
+    kept = best.best_epoch if stopped else early.best_epoch if early.best_weights is not None else None
+    stage = history["stages"][-1]
+    stage["kept_epoch"] = None if kept is None else stage["start_epoch"] + kept + 1
 
 
 def head_on_features(config: TrainConfig, teacher: Any = None) -> bool:
@@ -486,21 +526,23 @@ def _callbacks(
     ``checkpoint_path``) and the early stopping whose best weights the stage ends with."""
     import keras
 
-    class Stop(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
-            stop_check(should_stop)
+    checkpoint = _checkpoint_callback(checkpoint_dir, stage)
+    report = _report_callback(observer, stage, epochs)
+    report.seconds = checkpoint.epoch_seconds  # the stage's epoch times, kept for the history
+    # With cosine decay the best epochs come late: watch only the last third, so a noisy validation loss in the
+    # middle of the schedule cannot stop training before the learning rate has come down.
+    early = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=config.patience, restore_best_weights=True, start_from_epoch=(2 * epochs) // 3
+    )
+    return [early, checkpoint, report, *_stop_callbacks(should_stop, stop_request)], checkpoint, early
 
-    class EndEarly(keras.callbacks.Callback):
-        """Ends fit after this batch once the stop request is taken (Keras still validates the unfinished epoch)."""
 
-        def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
-            if stop_request.requested:  # type: ignore[union-attr]
-                self.model.stop_training = True
+def _report_callback(observer: TrainingObserver, stage: str, epochs: int) -> Any:
+    """Tells the observer each epoch's logs, its wall time ("epoch_s") and an estimate of the stage's time left
+    ("eta_s": the mean epoch so far times the epochs left; early stopping may end the stage sooner)."""
+    import keras
 
     class Report(keras.callbacks.Callback):
-        """Each epoch's logs, its wall time ("epoch_s") and an estimate of the stage's time left ("eta_s": the mean
-        epoch so far times the epochs left; early stopping may end the stage sooner)."""
-
         def __init__(self) -> None:
             super().__init__()
             self.seconds: list[float] = []
@@ -517,9 +559,15 @@ def _callbacks(
             }
             observer.epoch(stage, epoch + 1, epochs, {**{k: float(v) for k, v in (logs or {}).items()}, **timing})
 
-    class AtomicCheckpoint(keras.callbacks.Callback):
-        """Best weights so far, written to a temporary file and renamed, so a crash never leaves half a file."""
+    return Report()
 
+
+def _checkpoint_callback(checkpoint_dir: Path, stage: str) -> Any:
+    """Keeps the stage's best weights so far by validation loss (``best``, ``best_epoch``, ``checkpoint_path``),
+    written to a temporary file and renamed, so a crash never leaves half a file."""
+    import keras
+
+    class AtomicCheckpoint(keras.callbacks.Callback):
         def __init__(self) -> None:
             super().__init__()
             self.best = float("inf")
@@ -539,25 +587,24 @@ def _callbacks(
                 self.model.save_weights(tmp)
                 os.replace(tmp, self.checkpoint_path)
 
-    checkpoint = AtomicCheckpoint()
-    report = Report()
-    report.seconds = checkpoint.epoch_seconds  # the stage's epoch times, kept for the history
-    # With cosine decay the best epochs come late: watch only the last third, so a noisy validation loss in the
-    # middle of the schedule cannot stop training before the learning rate has come down.
-    early = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=config.patience, restore_best_weights=True, start_from_epoch=(2 * epochs) // 3
-    )
-    return (
-        [
-            early,
-            checkpoint,
-            report,
-            *([Stop()] if should_stop is not None else []),
-            *([EndEarly()] if stop_request is not None else []),
-        ],
-        checkpoint,
-        early,
-    )
+    return AtomicCheckpoint()
+
+
+def _stop_callbacks(should_stop: Callable[[], bool] | None, stop_request: StopRequest | None) -> list[Any]:
+    """After every batch: interrupt when ``should_stop`` says so (see stop_check); end fit once ``stop_request`` is
+    taken (Keras still validates the unfinished epoch)."""
+    import keras
+
+    class Stop(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+            stop_check(should_stop)
+
+    class EndEarly(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+            if stop_request.requested:  # type: ignore[union-attr]
+                self.model.stop_training = True
+
+    return [*([Stop()] if should_stop is not None else []), *([EndEarly()] if stop_request is not None else [])]
 
 
 def stop_check(should_stop: Callable[[], bool] | None) -> None:
