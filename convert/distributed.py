@@ -158,6 +158,34 @@ def fit(
             "(the global batch is split evenly between them)"
         )
     steps = max(1, n_train // batch_size)
+    train_step = _train_step(model, strategy, make_train, batch_size)
+    validate = _validator(model, strategy, val, sigmoid)
+    try:
+        return _epochs(
+            model,
+            keras.callbacks.CallbackList(
+                callbacks, add_history=True, model=model, epochs=epochs, steps=steps, verbose=0
+            ),
+            epochs=epochs,
+            steps=steps,
+            train_step=train_step,
+            validate=validate,
+        )
+    except (
+        tf.errors.UnavailableError,
+        tf.errors.DeadlineExceededError,
+        tf.errors.CancelledError,
+        tf.errors.AbortedError,
+    ) as exc:
+        raise lost_worker(exc) from None
+
+
+def _train_step(
+    model: Any, strategy: Any, make_train: Callable[[int, int, int], Any], batch_size: int
+) -> Callable[[], dict[str, Any]]:
+    """One training step on the next global batch: Keras's own per-replica ``train_step`` on each replica's part of
+    it (one input pipeline per worker, from ``make_train``), the logs averaged over the replicas."""
+    import tensorflow as tf
 
     def pipeline(context: Any) -> Any:
         return make_train(
@@ -171,6 +199,17 @@ def fit(
         logs = strategy.run(model.train_step, args=(next(iterator),))
         return {name: strategy.reduce("MEAN", value, axis=None) for name, value in logs.items()}
 
+    return lambda: train_step(batches)
+
+
+def _validator(
+    model: Any, strategy: Any, val: tuple[np.ndarray, np.ndarray], sigmoid: bool
+) -> Callable[[], dict[str, float]]:
+    """The validation loss and accuracy over the whole split: each worker scores its own rows, and one collective
+    sums every worker's loss, correct count and count, so all of them get the same numbers."""
+    import tensorflow as tf
+
+    replicas = strategy.num_replicas_in_sync
     loss_config = {**model.loss.get_config(), "reduction": None}
     per_example_loss = type(model.loss).from_config(loss_config)
     role_of = role(strategy)
@@ -201,24 +240,7 @@ def fit(
         loss, correct, count = (float(v) for v in np.asarray(total))
         return {"val_loss": loss / max(count, 1.0), "val_accuracy": correct / max(count, 1.0)}
 
-    try:
-        return _epochs(
-            model,
-            keras.callbacks.CallbackList(
-                callbacks, add_history=True, model=model, epochs=epochs, steps=steps, verbose=0
-            ),
-            epochs=epochs,
-            steps=steps,
-            train_step=lambda: train_step(batches),
-            validate=validate,
-        )
-    except (
-        tf.errors.UnavailableError,
-        tf.errors.DeadlineExceededError,
-        tf.errors.CancelledError,
-        tf.errors.AbortedError,
-    ) as exc:
-        raise lost_worker(exc) from None
+    return validate
 
 
 def _epochs(
