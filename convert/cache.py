@@ -493,33 +493,7 @@ def _build(
     tmp = entry.with_name(f".{key}.tmp")
     _remove(tmp)  # a killed build of this key (we hold its lock)
     tmp.mkdir()
-    row_bytes = int(np.prod(shape))
-    images = tmp / IMAGES
-    fd = os.open(images, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        os.write(fd, _npy_header((len(items), *shape)))
-
-        def store(position: int, image: np.ndarray) -> None:
-            data = np.ascontiguousarray(image, dtype=np.uint8).tobytes()
-            offset = HEADER_BYTES + position * row_bytes
-            done = 0
-            while done < len(data):
-                done += os.pwrite(fd, data[done:], offset + done)
-
-        hashes: dict[int, str] = {}
-        failed: list[list[Any]] = []
-        for position, result in _decode_each(items, decode, workers):
-            tick()
-            if isinstance(result, str):
-                failed.append([position, result])
-            else:
-                image, digest = result
-                store(position, image)
-                hashes[position] = digest
-        os.ftruncate(fd, HEADER_BYTES + len(items) * row_bytes)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    hashes, failed = _write_images(tmp / IMAGES, items, shape, decode, workers, tick)
     kept = sorted(hashes)
     index = {
         "format": CACHE_FORMAT,
@@ -545,6 +519,46 @@ def _build(
     os.rename(tmp, entry)
     _fsync_dir(entry.parent)
     return kept, index["hashes"], failed
+
+
+def _write_images(
+    path: Path,
+    items: Sequence[Item],
+    shape: tuple[int, int, int],
+    decode: DecodeFn,
+    workers: int,
+    tick: Callable[[], None],
+) -> tuple[dict[int, str], list[list[Any]]]:
+    """An .npy file of one row per item, each decoded image written at its row with pwrite as it comes (a row that
+    did not decode stays zeros), synced; the content hash of each row written and [position, reason] of each
+    failure."""
+    row_bytes = int(np.prod(shape))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        os.write(fd, _npy_header((len(items), *shape)))
+
+        def store(position: int, image: np.ndarray) -> None:
+            data = np.ascontiguousarray(image, dtype=np.uint8).tobytes()
+            offset = HEADER_BYTES + position * row_bytes
+            done = 0
+            while done < len(data):
+                done += os.pwrite(fd, data[done:], offset + done)
+
+        hashes: dict[int, str] = {}
+        failed: list[list[Any]] = []
+        for position, result in _decode_each(items, decode, workers):
+            tick()
+            if isinstance(result, str):
+                failed.append([position, result])
+            else:
+                image, digest = result
+                store(position, image)
+                hashes[position] = digest
+        os.ftruncate(fd, HEADER_BYTES + len(items) * row_bytes)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return hashes, failed
 
 
 def _decode_each(items: Sequence[Item], decode: DecodeFn, workers: int) -> Iterator[tuple[int, Any]]:
