@@ -257,9 +257,6 @@ def tuned_for_int8(
     block. ``calibration``: float32 model inputs for the Hessians; ``images``: the tuning images (raw, passed through
     ``normalize`` batch by batch). Yields a summary (layers, images, epochs, KL before and after, seconds); the float
     weights come back exactly afterwards."""
-    import keras
-    import tensorflow as tf
-
     norm = normalize or (lambda x: x.astype(np.float32))
     started = time.perf_counter()
     saved = [(v, np.array(v)) for v in model.weights]
@@ -267,45 +264,16 @@ def tuned_for_int8(
         teacher = np.concatenate(
             [np.asarray(model.predict(norm(images[i : i + 64]), verbose=0)) for i in range(0, len(images), 64)]
         )
-        rounded = 0
-        for target, hessian in hessians(model, calibration):
-            kernel = np.asarray(target.conv.kernel)
-            depthwise = isinstance(target.conv, keras.layers.DepthwiseConv2D)
-            target.conv.kernel.assign(gptq_kernel(kernel, target.fold, depthwise, hessian))
-            rounded += 1
+        rounded = _round_kernels(model, calibration)
         variables = _tunable(model)
         convs = _convs(model) if kernel_learning_rate > 0 else []
-        handles = [getattr(v, "value", v) for v in variables]
-        kernels = [getattr(layer.kernel, "value", layer.kernel) for layer in convs]
         steps = max(1, epochs * -(-len(images) // batch_size))
-        optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps))
-        if kernels:
-            kernel_optimizer = keras.optimizers.Adam(
-                keras.optimizers.schedules.CosineDecay(kernel_learning_rate, steps)
-            )
-
-        @tf.function
-        def step(x: Any, p: Any) -> Any:
-            with tf.GradientTape() as tape:
-                q = _as_distribution(model(x, training=False))
-                t = _as_distribution(p)
-                loss = tf.reduce_mean(tf.reduce_sum(t * (tf.math.log(t + 1e-8) - tf.math.log(q + 1e-8)), axis=-1))
-            grads = tape.gradient(loss, handles + kernels)
-            optimizer.apply_gradients(zip(grads[: len(handles)], handles))
-            if kernels:
-                kernel_optimizer.apply_gradients(zip(grads[len(handles) :], kernels))
-            return loss
-
+        step = _distillation_step(model, variables, convs, learning_rate, kernel_learning_rate, steps)
         rng = np.random.default_rng(seed)
         losses: list[float] = []
         with _patched_calls(_fake_quantised_relu6(model) + _fake_quantised_kernels(convs)):
             for epoch in range(epochs):
-                order = rng.permutation(len(images))
-                total = 0.0
-                for start in range(0, len(images), batch_size):
-                    idx = np.sort(order[start : start + batch_size])
-                    total += float(step(tf.constant(norm(images[idx])), tf.constant(teacher[idx]))) * len(idx)
-                losses.append(total / len(images))
+                losses.append(_tuning_epoch(step, images, teacher, norm, rng.permutation(len(images)), batch_size))
                 if on_epoch is not None:
                     on_epoch(epoch + 1, epochs, losses[-1])
         summary = {
@@ -323,3 +291,63 @@ def tuned_for_int8(
     finally:
         for variable, value in saved:
             variable.assign(value)
+
+
+def _round_kernels(model: Any, calibration: np.ndarray) -> int:
+    """Every kernel rounded to its int8 grid by GPTQ on the Hessians of ``calibration``; how many were rounded."""
+    import keras
+
+    rounded = 0
+    for target, hessian in hessians(model, calibration):
+        kernel = np.asarray(target.conv.kernel)
+        depthwise = isinstance(target.conv, keras.layers.DepthwiseConv2D)
+        target.conv.kernel.assign(gptq_kernel(kernel, target.fold, depthwise, hessian))
+        rounded += 1
+    return rounded
+
+
+def _distillation_step(
+    model: Any, variables: list[Any], convs: list[Any], learning_rate: float, kernel_learning_rate: float, steps: int
+) -> Callable[[Any, Any], Any]:
+    """One step that moves ``variables`` (and the kernels of ``convs``, at their own rate) towards the float model's
+    predictions: the KL divergence of the model's output from them, each rate on a cosine decay over ``steps``."""
+    import keras
+    import tensorflow as tf
+
+    handles = [getattr(v, "value", v) for v in variables]
+    kernels = [getattr(layer.kernel, "value", layer.kernel) for layer in convs]
+    optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, steps))
+    if kernels:
+        kernel_optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(kernel_learning_rate, steps))
+
+    @tf.function
+    def step(x: Any, p: Any) -> Any:
+        with tf.GradientTape() as tape:
+            q = _as_distribution(model(x, training=False))
+            t = _as_distribution(p)
+            loss = tf.reduce_mean(tf.reduce_sum(t * (tf.math.log(t + 1e-8) - tf.math.log(q + 1e-8)), axis=-1))
+        grads = tape.gradient(loss, handles + kernels)
+        optimizer.apply_gradients(zip(grads[: len(handles)], handles))
+        if kernels:
+            kernel_optimizer.apply_gradients(zip(grads[len(handles) :], kernels))
+        return loss
+
+    return step
+
+
+def _tuning_epoch(
+    step: Callable[[Any, Any], Any],
+    images: np.ndarray,
+    teacher: np.ndarray,
+    norm: Callable[[np.ndarray], np.ndarray],
+    order: np.ndarray,
+    batch_size: int,
+) -> float:
+    """One pass over ``images`` in ``order``, a batch at a time (rows read in file order); the mean loss."""
+    import tensorflow as tf
+
+    total = 0.0
+    for start in range(0, len(images), batch_size):
+        idx = np.sort(order[start : start + batch_size])
+        total += float(step(tf.constant(norm(images[idx])), tf.constant(teacher[idx]))) * len(idx)
+    return total / len(images)
