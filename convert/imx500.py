@@ -151,52 +151,11 @@ def export(model: Any, job: Imx500Job, run_dir: Path, progress: Progress | None 
             work = Path(scratch)
             _write_job(model, job, work, steps=("float", "quantize"))
             result = _run_worker(toolchain, work, say)
-            rebuilt = _probabilities(np.load(work / "float.npy"), job.sigmoid)
-            difference = float(np.max(np.abs(rebuilt - job.float_probs))) if len(rebuilt) else 0.0
-            if difference > REBUILD_TOLERANCE:
-                raise ConversionError(
-                    f"the tf.keras rebuild of {job.arch} gives probabilities up to {difference:.2g} "
-                    f"from the Keras 3 model's (at most {REBUILD_TOLERANCE:g}): the export would not "
-                    "be this model; please report it"
-                )
+            difference = _rebuild_difference(work, job)
             quantized = _probabilities(np.load(work / "quantized.npy"), job.sigmoid)
             converted = _run_converter(toolchain, work / "model_mct.keras", work / "out", say)
-            section = {
-                **parity(
-                    job.test_labels,
-                    job.float_probs,
-                    quantized,
-                    job.classes,
-                    max_drop=job.max_drop,
-                    min_agreement=job.min_agreement,
-                ),
-                "memory": memory_use(converted["memory_report"]),
-                "rebuild_max_difference": difference,
-                "calibration_images": len(job.calibration),
-                "input": {
-                    "width": job.spec.input_size,
-                    "height": job.spec.input_size,
-                    "color": "rgb",
-                    "pixels": "uint8 0..255; the scaling is inside the network",
-                },
-                "output": {"head": "sigmoid" if job.sigmoid else "softmax", "scale": converted["output_scale"]},
-                "package_bytes": (work / "out" / "packerOut.zip").stat().st_size,
-                "versions": result.get("versions", {}),
-                "files": {
-                    "package": f"{FOLDER}/packerOut.zip",
-                    "labels": f"{FOLDER}/labels.txt",
-                    "memory_report": f"{FOLDER}/memory_report.json",
-                },
-                "seconds": {**result.get("seconds", {}), "convert": converted["seconds"]},
-            }
-            for name, target in (
-                ("packerOut.zip", "packerOut.zip"),
-                (converted["report_name"], "memory_report.json"),
-                ("dnnParams.xml", "dnnParams.xml"),
-            ):
-                if (work / "out" / name).is_file():
-                    shutil.copyfile(work / "out" / name, stage / target)
-            shutil.copyfile(work / "model_mct.keras", stage / "model_mct.keras")
+            section = _section(job, quantized, difference, result, converted, work / "out" / "packerOut.zip")
+            _stage_files(work, converted["report_name"], stage)
         section["seconds"]["total"] = round(time.perf_counter() - started, 1)
         atomic_write_text(stage / "labels.txt", format_labels(job.classes))
         atomic_write_text(stage / "imx500.json", json.dumps(section, indent=2) + "\n")
@@ -206,6 +165,73 @@ def export(model: Any, job: Imx500Job, run_dir: Path, progress: Progress | None 
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return section
+
+
+def _rebuild_difference(work: Path, job: Imx500Job) -> float:
+    """How far the tf.keras rebuild's probabilities are from the Keras 3 model's; a ConversionError past
+    REBUILD_TOLERANCE, where the export would not be this model."""
+    rebuilt = _probabilities(np.load(work / "float.npy"), job.sigmoid)
+    difference = float(np.max(np.abs(rebuilt - job.float_probs))) if len(rebuilt) else 0.0
+    if difference > REBUILD_TOLERANCE:
+        raise ConversionError(
+            f"the tf.keras rebuild of {job.arch} gives probabilities up to {difference:.2g} "
+            f"from the Keras 3 model's (at most {REBUILD_TOLERANCE:g}): the export would not "
+            "be this model; please report it"
+        )
+    return difference
+
+
+def _section(
+    job: Imx500Job,
+    quantized: np.ndarray,
+    difference: float,
+    result: dict[str, Any],
+    converted: dict[str, Any],
+    package: Path,
+) -> dict[str, Any]:
+    """The report's "imx500" section but the total time: the parity gate, the memory use, the input and output
+    the camera sees, the files, the versions and the time of each step."""
+    return {
+        **parity(
+            job.test_labels,
+            job.float_probs,
+            quantized,
+            job.classes,
+            max_drop=job.max_drop,
+            min_agreement=job.min_agreement,
+        ),
+        "memory": memory_use(converted["memory_report"]),
+        "rebuild_max_difference": difference,
+        "calibration_images": len(job.calibration),
+        "input": {
+            "width": job.spec.input_size,
+            "height": job.spec.input_size,
+            "color": "rgb",
+            "pixels": "uint8 0..255; the scaling is inside the network",
+        },
+        "output": {"head": "sigmoid" if job.sigmoid else "softmax", "scale": converted["output_scale"]},
+        "package_bytes": package.stat().st_size,
+        "versions": result.get("versions", {}),
+        "files": {
+            "package": f"{FOLDER}/packerOut.zip",
+            "labels": f"{FOLDER}/labels.txt",
+            "memory_report": f"{FOLDER}/memory_report.json",
+        },
+        "seconds": {**result.get("seconds", {}), "convert": converted["seconds"]},
+    }
+
+
+def _stage_files(work: Path, report_name: str, stage: Path) -> None:
+    """The converter's package, memory report and parameters (those it wrote) and the MCT model, copied into the
+    stage folder."""
+    for name, target in (
+        ("packerOut.zip", "packerOut.zip"),
+        (report_name, "memory_report.json"),
+        ("dnnParams.xml", "dnnParams.xml"),
+    ):
+        if (work / "out" / name).is_file():
+            shutil.copyfile(work / "out" / name, stage / target)
+    shutil.copyfile(work / "model_mct.keras", stage / "model_mct.keras")
 
 
 def _probabilities(out: np.ndarray, sigmoid: bool) -> np.ndarray:
