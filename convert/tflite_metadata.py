@@ -46,96 +46,17 @@ class ModelDescription:
 
 
 def metadata_flatbuffer(model: ModelDescription) -> bytes:
-    """The ModelMetadata flatbuffer for ``model``."""
+    """The ModelMetadata flatbuffer for ``model``: one subgraph of one input (the image) and one output (the scores,
+    with the labels file when there is one label per score). A flatbuffer is written from the leaves up, so every
+    object is built before the table that points to it."""
     import flatbuffers
 
     b = flatbuffers.Builder(1024)
-
-    def table(fields: list[tuple[int, str, Any]], slots: int) -> int:
-        """One table; ``fields`` are (slot, kind, value) with kind "offset", "byte" or "uint"."""
-        b.StartObject(slots)
-        for slot, kind, value in fields:
-            if kind == "offset":
-                b.PrependUOffsetTRelativeSlot(slot, value, 0)
-            elif kind == "byte":
-                b.PrependInt8Slot(slot, value, 0)
-            else:
-                b.PrependUint32Slot(slot, value, 0)
-        return b.EndObject()
-
-    def offsets(items: list[int]) -> int:
-        b.StartVector(4, len(items), 4)
-        for item in reversed(items):
-            b.PrependUOffsetTRelative(item)
-        return b.EndVector()
-
-    def floats(values: list[float]) -> int:
-        b.StartVector(4, len(values), 4)
-        for value in reversed(values):
-            b.PrependFloat32(value)
-        return b.EndVector()
-
-    def stats(low: float, high: float) -> int:  # Stats: max 0, min 1
-        most, least = floats([high]), floats([low])
-        return table([(0, "offset", most), (1, "offset", least)], 2)
-
-    channels = 1 if model.color == "grayscale" else 3
-    # the input image: ImageProperties (color_space 0, default_size 1), NormalizationOptions (mean 0, std 1)
-    size = table([(0, "uint", model.width), (1, "uint", model.height)], 2)
-    image = table([(0, "byte", _COLOR_SPACE[model.color]), (1, "offset", size)], 2)
-    image_content = table([(0, "byte", _IMAGE_PROPERTIES), (1, "offset", image)], 3)
-    means = list(model.mean) if len(model.mean) == channels else [model.mean[0]] * channels
-    stds = list(model.std) if len(model.std) == channels else [model.std[0]] * channels
-    mean, std = floats(means), floats(stds)
-    normalization = table([(0, "offset", mean), (1, "offset", std)], 2)
-    unit = table([(0, "byte", _NORMALIZATION_OPTIONS), (1, "offset", normalization)], 2)
-    low, high = min((0.0 - m) / d for m, d in zip(means, stds)), max((255.0 - m) / d for m, d in zip(means, stds))
-    input_name, input_text = (
-        b.CreateString("image"),
-        b.CreateString(
-            f"A {model.width}x{model.height} {model.color.upper() if model.color == 'rgb' else model.color} image, "
-            "pixels 0..255"
-            + ("; the model normalises them itself" if set(means) == {0.0} and set(stds) == {1.0} else "")
-        ),
-    )
-    input_tensor = table(
-        [
-            (0, "offset", input_name),
-            (1, "offset", input_text),
-            (3, "offset", image_content),
-            (4, "offset", offsets([unit])),
-            (5, "offset", stats(low, high)),
-        ],
-        7,
-    )
-
-    # the output scores: FeatureProperties, the labels file (name 0, description 1, type 2)
-    files: list[int] = []
-    if model.labels and len(model.labels) == model.scores:
-        file_name, file_text = b.CreateString(LABELS_FILE), b.CreateString("The class of each score, one per line.")
-        files.append(table([(0, "offset", file_name), (1, "offset", file_text), (2, "byte", _TENSOR_AXIS_LABELS)], 5))
-    b.StartObject(0)
-    features = b.EndObject()
-    score_content = table([(0, "byte", _FEATURE_PROPERTIES), (1, "offset", features)], 3)
-    output_name = b.CreateString("probability")
-    output_text = b.CreateString(
-        "The probability of each class."
-        if model.scores > 1
-        else f"The probability of class {model.labels[1] if len(model.labels) > 1 else 1}."
-    )
-    output_fields = [
-        (0, "offset", output_name),
-        (1, "offset", output_text),
-        (3, "offset", score_content),
-        (5, "offset", stats(0.0, 1.0)),
-    ]
-    if files:
-        output_fields.append((6, "offset", offsets(files)))
-    output_tensor = table(output_fields, 7)
-
+    w = _Writer(b)
+    input_tensor, output_tensor = _input_metadata(w, model), _output_metadata(w, model)
     # SubGraphMetadata: input_tensor_metadata 2, output_tensor_metadata 3
-    inputs, outputs = offsets([input_tensor]), offsets([output_tensor])
-    subgraph = table([(2, "offset", inputs), (3, "offset", outputs)], 10)
+    inputs, outputs = w.offsets([input_tensor]), w.offsets([output_tensor])
+    subgraph = w.table([(2, "offset", inputs), (3, "offset", outputs)], 10)
     # ModelMetadata: name 0, description 1, version 2, subgraph_metadata 3, author 4, min_parser_version 7
     name, description, version = (
         b.CreateString(model.name),
@@ -143,8 +64,8 @@ def metadata_flatbuffer(model: ModelDescription) -> bytes:
         b.CreateString(model.version),
     )
     author, parser = b.CreateString("edgecls"), b.CreateString(MIN_PARSER_VERSION)
-    subgraphs = offsets([subgraph])
-    root = table(
+    subgraphs = w.offsets([subgraph])
+    root = w.table(
         [
             (0, "offset", name),
             (1, "offset", description),
@@ -157,6 +78,108 @@ def metadata_flatbuffer(model: ModelDescription) -> bytes:
     )
     b.Finish(root, file_identifier=IDENTIFIER)
     return bytes(b.Output())
+
+
+def _input_metadata(w: _Writer, model: ModelDescription) -> int:
+    """The input image's TensorMetadata (name 0, description 1, content 3, process_units 4, stats 5):
+    ImageProperties (color_space 0, default_size 1), NormalizationOptions (mean 0, std 1) and the range the
+    normalised pixels take."""
+    b = w.builder
+    channels = 1 if model.color == "grayscale" else 3
+    size = w.table([(0, "uint", model.width), (1, "uint", model.height)], 2)
+    image = w.table([(0, "byte", _COLOR_SPACE[model.color]), (1, "offset", size)], 2)
+    image_content = w.table([(0, "byte", _IMAGE_PROPERTIES), (1, "offset", image)], 3)
+    means = list(model.mean) if len(model.mean) == channels else [model.mean[0]] * channels
+    stds = list(model.std) if len(model.std) == channels else [model.std[0]] * channels
+    mean, std = w.floats(means), w.floats(stds)
+    normalization = w.table([(0, "offset", mean), (1, "offset", std)], 2)
+    unit = w.table([(0, "byte", _NORMALIZATION_OPTIONS), (1, "offset", normalization)], 2)
+    low, high = min((0.0 - m) / d for m, d in zip(means, stds)), max((255.0 - m) / d for m, d in zip(means, stds))
+    input_name, input_text = (
+        b.CreateString("image"),
+        b.CreateString(
+            f"A {model.width}x{model.height} {model.color.upper() if model.color == 'rgb' else model.color} image, "
+            "pixels 0..255"
+            + ("; the model normalises them itself" if set(means) == {0.0} and set(stds) == {1.0} else "")
+        ),
+    )
+    return w.table(
+        [
+            (0, "offset", input_name),
+            (1, "offset", input_text),
+            (3, "offset", image_content),
+            (4, "offset", w.offsets([unit])),
+            (5, "offset", w.stats(low, high)),
+        ],
+        7,
+    )
+
+
+def _output_metadata(w: _Writer, model: ModelDescription) -> int:
+    """The output scores' TensorMetadata (name 0, description 1, content 3, stats 5, associated_files 6):
+    FeatureProperties, probabilities in 0..1, and the labels file (AssociatedFile: name 0, description 1, type 2)."""
+    b = w.builder
+    files: list[int] = []
+    if model.labels and len(model.labels) == model.scores:
+        file_name, file_text = b.CreateString(LABELS_FILE), b.CreateString("The class of each score, one per line.")
+        files.append(w.table([(0, "offset", file_name), (1, "offset", file_text), (2, "byte", _TENSOR_AXIS_LABELS)], 5))
+    b.StartObject(0)
+    features = b.EndObject()
+    score_content = w.table([(0, "byte", _FEATURE_PROPERTIES), (1, "offset", features)], 3)
+    output_name = b.CreateString("probability")
+    output_text = b.CreateString(
+        "The probability of each class."
+        if model.scores > 1
+        else f"The probability of class {model.labels[1] if len(model.labels) > 1 else 1}."
+    )
+    output_fields = [
+        (0, "offset", output_name),
+        (1, "offset", output_text),
+        (3, "offset", score_content),
+        (5, "offset", w.stats(0.0, 1.0)),
+    ]
+    if files:
+        output_fields.append((6, "offset", w.offsets(files)))
+    return w.table(output_fields, 7)
+
+
+class _Writer:
+    """The few flatbuffer shapes the metadata is made of, written with one `flatbuffers.Builder`."""
+
+    def __init__(self, builder: Any) -> None:
+        self.builder = builder
+
+    def table(self, fields: list[tuple[int, str, Any]], slots: int) -> int:
+        """One table; ``fields`` are (slot, kind, value) with kind "offset", "byte" or "uint"."""
+        b = self.builder
+        b.StartObject(slots)
+        for slot, kind, value in fields:
+            if kind == "offset":
+                b.PrependUOffsetTRelativeSlot(slot, value, 0)
+            elif kind == "byte":
+                b.PrependInt8Slot(slot, value, 0)
+            else:
+                b.PrependUint32Slot(slot, value, 0)
+        return b.EndObject()
+
+    def offsets(self, items: list[int]) -> int:
+        b = self.builder
+        b.StartVector(4, len(items), 4)
+        for item in reversed(items):
+            b.PrependUOffsetTRelative(item)
+        return b.EndVector()
+
+    def floats(self, values: list[float]) -> int:
+        b = self.builder
+        b.StartVector(4, len(values), 4)
+        for value in reversed(values):
+            b.PrependFloat32(value)
+        return b.EndVector()
+
+    def stats(self, low: float, high: float) -> int:
+        """Stats: max 0, min 1."""
+        most, least = self.floats([high]), self.floats([low])
+        return self.table([(0, "offset", most), (1, "offset", least)], 2)
 
 
 def with_metadata(flat: bytes, metadata: bytes) -> bytes:
