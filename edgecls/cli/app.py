@@ -1025,6 +1025,8 @@ def _app_for(args: list[str]) -> typer.Typer:
     if "--" in args or "_EDGECLS_COMPLETE" in os.environ:  # shell completion asks through this variable
         return _whole_app()
     name = next((arg for arg in args if not arg.startswith("-")), None)
+    if name is None or "--help" in args[: args.index(name)]:  # `edgecls --help run`: the app's help, every command
+        return _whole_app()
     chosen = [c for c in _own.registered_commands if _command_name(c) == name]
     return _app_of(chosen) if chosen else _whole_app()
 

@@ -144,6 +144,9 @@ def test_a_command_alone_answers_as_the_whole_app_does(coral, tmp_path):
         assert one.stderr == whole.stderr, args
     for args in (["convert", "--help"], ["cache"], ["--help"], [], ["--version"], ["clasify"], ["-v"]):
         assert _app_for(args) is app, args  # the workstation's commands, help, the version, a typo: the whole app
+    for args in (["--help", "classify"], ["-v", "--help", "run"]):  # the app's help, before the command: all of it
+        assert _app_for(args) is app, args
+        assert "convert" in CliRunner().invoke(_app_for(args), args).stdout, args
 
 
 def test_the_options_before_a_command_take_no_value():
